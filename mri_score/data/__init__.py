@@ -1,0 +1,1 @@
+"""Data: the synthetic brain corpus, the k-space simulator's helpers and training datasets."""

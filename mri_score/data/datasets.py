@@ -1,0 +1,133 @@
+"""Training sources of complex MR slices, all scaled by :mod:`mri_score.scaling`.
+
+Each source holds full complex slices (already divided by their ACS reference
+scale) and hands out random crops as 2-channel float tensors drawn with an
+explicit ``torch.Generator``, so a resumed run reproduces the batches exactly.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mri_score.data.corpus import SyntheticBrainCorpus, load_template
+from mri_score.errors import InputError
+from mri_score.scaling import TRAIN_CENTER_FRACTION, image_scale
+
+
+def _scaled(img: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(img)
+    return (x / image_scale(x, TRAIN_CENTER_FRACTION)).numpy().astype(np.complex64)
+
+
+def _gen_one(args: tuple[dict, int]) -> np.ndarray:
+    # numpy/scipy only: torch's thread pool must not be touched in a forked worker
+    kwargs, index = args
+    return SyntheticBrainCorpus(**kwargs).generate(index)[0]
+
+
+class SlicePool:
+    """In-memory complex slices (scaled) with random crop / flip / conjugation sampling."""
+
+    def __init__(self, slices: Sequence[np.ndarray], crop: int) -> None:
+        if not slices:
+            raise InputError("the training source holds no slices")
+        self.slices = [s for s in slices if min(s.shape) >= crop]
+        if not self.slices:
+            raise InputError(f"no training slice is at least {crop}x{crop}")
+        self.crop = crop
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def batch(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+        """``(B, 2, crop, crop)`` float32 of random crops, flips and conjugations."""
+        idx = torch.randint(len(self.slices), (batch_size,), generator=gen).tolist()
+        out = torch.empty(batch_size, 2, self.crop, self.crop)
+        for b, i in enumerate(idx):
+            s = self.slices[i]
+            h, w = s.shape
+            r = int(torch.randint(h - self.crop + 1, (1,), generator=gen))
+            c = int(torch.randint(w - self.crop + 1, (1,), generator=gen))
+            flips = torch.randint(2, (3,), generator=gen).tolist()
+            x = torch.from_numpy(s[r : r + self.crop, c : c + self.crop])
+            if flips[0]:
+                x = x.flip(-2)
+            if flips[1]:
+                x = x.flip(-1)
+            if flips[2]:
+                x = x.conj()
+            out[b, 0] = x.real
+            out[b, 1] = x.imag
+        return out
+
+
+def synthetic_pool(
+    count: int,
+    crop: int,
+    seed: int = 0,
+    families: Sequence[str] = ("t1", "t2", "pd", "random"),
+    sizes: Sequence[int] = (96, 128, 160),
+    pixel_mm: tuple[float, float] = (0.8, 1.5),
+    workers: int | None = None,
+) -> SlicePool:
+    """A pool of ``count`` synthetic training slices generated in parallel (deterministic by seed)."""
+    kwargs = {"split": "train", "families": tuple(families), "seed": seed, "sizes": tuple(sizes),
+              "pixel_mm": tuple(pixel_mm)}
+    SyntheticBrainCorpus(**kwargs)  # validate arguments before forking
+    load_template()  # load once in the parent; forked workers share it
+    workers = workers or min(2, os.cpu_count() or 1)
+    jobs = [(kwargs, i) for i in range(count)]
+    if workers > 1 and count > 16:
+        with mp.get_context("fork").Pool(workers) as pool:
+            slices = pool.map(_gen_one, jobs, chunksize=32)
+    else:
+        slices = [_gen_one(j) for j in jobs]
+    return SlicePool([_scaled(s) for s in slices], crop)
+
+
+def fastmri_pool(
+    root: str | os.PathLike[str],
+    crop: int,
+    target: str = "complex",
+    center_fraction: float = TRAIN_CENTER_FRACTION,
+    max_slices: int | None = None,
+) -> SlicePool:
+    """Slices of a directory of fastMRI **train** files (fully sampled k-space).
+
+    ``target="complex"``: coil-combined complex slices, SENSE-1 with coil maps
+    estimated from the ACS block only (``center_fraction`` of the columns,
+    low-resolution method); ``target="magnitude"``: the file's
+    ``reconstruction_rss``/``_esc`` (real).  Either way each slice is divided
+    by the reference scale of its ACS low-resolution image.
+    """
+    from mri_score.fastmri_io import read_fastmri
+    from operators import ifft2c, maps_lowres, sense1_combine
+
+    files = sorted(Path(root).glob("*.h5"))
+    if not files:
+        raise InputError(f"{root}: no .h5 files")
+    slices: list[np.ndarray] = []
+    for f in files:
+        vol = read_fastmri(f, load_target=target == "magnitude")
+        ks = torch.from_numpy(vol.kspace)
+        w = ks.shape[-1]
+        width = max(4, round(w * center_fraction))
+        for s in range(ks.shape[0]):
+            if target == "magnitude":
+                if vol.target is None:
+                    raise InputError(f"{f}: no reconstruction_rss/esc target for magnitude training")
+                img = torch.from_numpy(vol.target[s]).to(torch.complex64)
+            else:
+                maps = maps_lowres(ks[s], width)
+                img = sense1_combine(ifft2c(ks[s]), maps)
+            scale = image_scale(img, center_fraction)
+            slices.append((img / scale).numpy().astype(np.complex64))
+            if max_slices and len(slices) >= max_slices:
+                return SlicePool(slices, crop)
+    return SlicePool(slices, crop)

@@ -1,0 +1,32 @@
+"""PNG panels for reconstructions (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def recon_panel(path: str | Path, zero_filled: np.ndarray, recon: np.ndarray, std: np.ndarray,
+                target: np.ndarray | None, title: str = "", slice_index: int | None = None) -> None:
+    """Zero-filled, reconstruction, std and (with a target) target and |error| of one slice of ``(S, H, W)`` volumes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    i = recon.shape[0] // 2 if slice_index is None else slice_index
+    panels = [("zero-filled", zero_filled[i], "gray"), ("reconstruction", recon[i], "gray"), ("posterior std", std[i], "magma")]
+    if target is not None:
+        panels += [("target", target[i], "gray"), ("|error|", np.abs(target[i] - recon[i]), "magma")]
+    vmax = float(np.percentile(recon[i], 99.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3))
+    for ax, (name, img, cmap) in zip(axes, panels):
+        gray = cmap == "gray"
+        ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax if gray else max(float(np.percentile(img, 99.5)), 1e-12))
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

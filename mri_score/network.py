@@ -1,0 +1,203 @@
+"""Noise-conditional U-Net with EDM preconditioning (Karras et al. 2022).
+
+The network acts on 2-channel (real, imaginary) images ``(B, 2, H, W)`` float32
+and is fully convolutional: any ``H, W`` works (inputs are zero-padded to a
+multiple of the network's stride inside :class:`EDMDenoiser` and cropped back).
+
+``D(x; σ) = c_skip(σ) x + c_out(σ) F(c_in(σ) x; c_noise(σ))`` with
+``c_skip = σ_d² / (σ² + σ_d²)``, ``c_out = σ σ_d / √(σ² + σ_d²)``,
+``c_in = 1 / √(σ² + σ_d²)``, ``c_noise = ln(σ) / 4``; the score is
+``s(x, σ) = (D(x; σ) − x) / σ²``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+
+@dataclass
+class NetworkConfig:
+    """Architecture of the U-Net (all that is needed to rebuild it from weights)."""
+
+    in_channels: int = 2
+    base_channels: int = 32
+    channel_mult: Sequence[int] = field(default_factory=lambda: (1, 2, 3, 4))
+    num_res_blocks: int = 1
+    emb_dim: int = 128
+    groups: int = 8
+    sigma_data: float = 0.5
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channel_mult"] = list(self.channel_mult)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetworkConfig:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        cfg = cls(**known)
+        cfg.channel_mult = tuple(int(c) for c in cfg.channel_mult)
+        return cfg
+
+
+class FourierEmbedding(nn.Module):
+    """Sinusoidal embedding of the scalar noise condition ``c_noise``: ``(B,)`` -> ``(B, dim)``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        half = dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        arg = c[:, None].float() * 1000.0 * self.freqs[None, :] / 1000.0 * 100.0
+        return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm–SiLU–conv ×2 with FiLM (scale, shift) from the noise embedding and a 1×1 skip."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(groups, cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(min(groups, cout), cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(self.norm2(h) * (1 + scale) + shift)
+        return self.skip(x) + self.conv2(h)
+
+
+class UNet(nn.Module):
+    """The raw network ``F(x; c_noise)``: ``(B, C, H, W)`` with ``H, W`` multiples of :attr:`stride`."""
+
+    def __init__(self, cfg: NetworkConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch = [cfg.base_channels * m for m in cfg.channel_mult]
+        self.stride = 2 ** (len(ch) - 1)
+        self.embed = FourierEmbedding(cfg.emb_dim)
+        self.emb_mlp = nn.Sequential(
+            nn.Linear(cfg.emb_dim, cfg.emb_dim), nn.SiLU(), nn.Linear(cfg.emb_dim, cfg.emb_dim), nn.SiLU()
+        )
+        self.stem = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        cin = ch[0]
+        skips = []
+        for i, c in enumerate(ch):
+            blocks = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock(cin, c, cfg.emb_dim, cfg.groups))
+                cin = c
+            self.down_blocks.append(blocks)
+            skips.append(c)
+            if i < len(ch) - 1:
+                self.downsamples.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        self.mid = nn.ModuleList([ResBlock(cin, cin, cfg.emb_dim, cfg.groups) for _ in range(2)])
+        self.up_blocks = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        for i in reversed(range(len(ch))):
+            c = ch[i]
+            blocks = nn.ModuleList()
+            blocks.append(ResBlock(cin + skips[i], c, cfg.emb_dim, cfg.groups))
+            for _ in range(cfg.num_res_blocks - 1):
+                blocks.append(ResBlock(c, c, cfg.emb_dim, cfg.groups))
+            cin = c
+            self.up_blocks.append(blocks)
+            if i > 0:
+                self.upsamples.append(nn.Conv2d(c, ch[i - 1], 3, padding=1))
+                cin = ch[i - 1]
+        self.out_norm = nn.GroupNorm(min(cfg.groups, cin), cin)
+        self.out = nn.Conv2d(cin, cfg.in_channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        emb = self.emb_mlp(self.embed(c_noise))
+        h = self.stem(x)
+        skips = []
+        for i, blocks in enumerate(self.down_blocks):
+            for blk in blocks:
+                h = blk(h, emb)
+            skips.append(h)
+            if i < len(self.downsamples):
+                h = self.downsamples[i](h)
+        for blk in self.mid:
+            h = blk(h, emb)
+        for j, blocks in enumerate(self.up_blocks):
+            h = torch.cat([h, skips.pop()], dim=1)
+            for blk in blocks:
+                h = blk(h, emb)
+            if j < len(self.upsamples):
+                h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+                h = self.upsamples[j](h)
+        return self.out(F.silu(self.out_norm(h)))
+
+
+class EDMDenoiser(nn.Module):
+    """EDM-preconditioned denoiser ``D(x; σ)`` on real 2-channel images ``(B, 2, H, W)``.
+
+    ``sigma`` is a float or a tensor ``(B,)``.  Inputs of any ``H, W`` are zero-padded
+    to a multiple of the U-Net stride and cropped back.
+    """
+
+    def __init__(self, cfg: NetworkConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.net = UNet(cfg)
+        self.sigma_data = float(cfg.sigma_data)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        b, _, h, w = x.shape
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+        if sigma.numel() == 1:
+            sigma = sigma.expand(b)
+        s = sigma[:, None, None, None]
+        sd = self.sigma_data
+        c_skip = sd**2 / (s**2 + sd**2)
+        c_out = s * sd / torch.sqrt(s**2 + sd**2)
+        c_in = 1.0 / torch.sqrt(s**2 + sd**2)
+        c_noise = torch.log(sigma) / 4.0
+        stride = self.net.stride
+        ph, pw = (-h) % stride, (-w) % stride
+        xin = c_in * x
+        if ph or pw:
+            xin = F.pad(xin, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        f = self.net(xin, c_noise).float()
+        if ph or pw:
+            f = f[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+        return c_skip * x + c_out * f
+
+    def score(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """``∇ log p_σ(x) ≈ (D(x; σ) − x) / σ²``, same shape as ``x``."""
+        sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+        return (self(x, sigma) - x) / sig**2
+
+
+def complex_to_channels(x: torch.Tensor) -> torch.Tensor:
+    """Complex ``(B, H, W)`` -> real ``(B, 2, H, W)`` (real, imaginary): the network boundary."""
+    return torch.view_as_real(x).permute(0, 3, 1, 2).contiguous()
+
+
+def channels_to_complex(x: torch.Tensor) -> torch.Tensor:
+    """Real ``(B, 2, H, W)`` -> complex ``(B, H, W)``."""
+    return torch.complex(x[:, 0].float(), x[:, 1].float())
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

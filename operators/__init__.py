@@ -1,0 +1,62 @@
+"""Differentiable MRI physics on torch complex tensors: FFT, masks, SENSE, CG and coil maps.
+
+Everything here follows fastMRI's conventions (centred orthonormal FFT over the
+last two dims, column masks on ``W``) and works on CPU and CUDA.
+"""
+
+from operators.cg import CGResult, conjugate_gradient
+from operators.coils import (
+    acs_width,
+    estimate_maps,
+    lowres_coil_images,
+    lowres_sense1,
+    maps_espirit,
+    maps_lowres,
+    normalize_maps,
+    rss,
+    sense1_combine,
+)
+from operators.errors import OperatorInputError
+from operators.fft import fft2c, ifft2c
+from operators.linop import FFT2C, LinearOperator, check_adjoint, inner
+from operators.masks import (
+    MASK_TYPES,
+    EquiSpacedMaskFunc,
+    EquispacedMaskFractionFunc,
+    MaskFunc,
+    PoissonMaskFunc,
+    RandomMaskFunc,
+    create_mask_for_mask_type,
+    seed_from_filename,
+)
+from operators.sense import Sense
+
+__all__ = [
+    "FFT2C",
+    "MASK_TYPES",
+    "CGResult",
+    "EquiSpacedMaskFunc",
+    "EquispacedMaskFractionFunc",
+    "LinearOperator",
+    "MaskFunc",
+    "OperatorInputError",
+    "PoissonMaskFunc",
+    "RandomMaskFunc",
+    "Sense",
+    "acs_width",
+    "check_adjoint",
+    "conjugate_gradient",
+    "create_mask_for_mask_type",
+    "estimate_maps",
+    "fft2c",
+    "ifft2c",
+    "inner",
+    "lowres_coil_images",
+    "lowres_sense1",
+    "maps_espirit",
+    "maps_lowres",
+    "normalize_maps",
+    "rss",
+    "sense1_combine",
+    "seed_from_filename",
+]
