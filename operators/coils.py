@@ -40,39 +40,32 @@ def normalize_maps(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return torch.where(norm > eps, maps / norm.clamp_min(eps), torch.zeros_like(maps))
 
 
-def acs_width(mask: torch.Tensor) -> int:
-    """Width of the contiguous fully sampled block around the centre column of a mask.
-
-    ``mask`` broadcasts to ``(..., H, W)``; for a 2-D mask the centre row is used.
-    fastMRI's centre block starts at ``(W - n + 1) // 2``; the centre column is ``W // 2``.
-    """
-    m = torch.as_tensor(mask)
-    line = m.reshape(-1, m.shape[-1])[m.reshape(-1, m.shape[-1]).shape[0] // 2] if m.ndim >= 2 else m
-    if m.ndim >= 2 and m.shape[-2] > 1:
-        line = m[(0,) * (m.ndim - 2) + (m.shape[-2] // 2,)]
-    line = (line.reshape(-1) != 0).cpu().numpy()
+def _centre_run(line: np.ndarray) -> int:
+    """Length of the run of True around index ``len // 2`` (0 when the centre is not sampled)."""
     c = line.shape[0] // 2
     if not line[c]:
         return 0
-    lo = c
+    lo, hi = c, c
     while lo > 0 and line[lo - 1]:
         lo -= 1
-    hi = c
     while hi < line.shape[0] - 1 and line[hi + 1]:
         hi += 1
-    width = hi - lo + 1
-    if m.ndim >= 2 and m.shape[-2] > 1:  # 2-D mask: the ACS is the square fully sampled around the centre
-        m2 = (m[(0,) * (m.ndim - 2)] != 0).cpu().numpy()
-        col = m2[:, c]
-        r = col.shape[0] // 2
-        lo_r = r
-        while lo_r > 0 and col[lo_r - 1]:
-            lo_r -= 1
-        hi_r = r
-        while hi_r < col.shape[0] - 1 and col[hi_r + 1]:
-            hi_r += 1
-        width = min(width, hi_r - lo_r + 1)
-    return int(width)
+    return hi - lo + 1
+
+
+def acs_width(mask: torch.Tensor) -> int:
+    """Width of the contiguous fully sampled block around the k-space centre.
+
+    ``mask`` broadcasts to ``(..., H, W)``.  For a column mask this is the run of
+    sampled columns through ``W // 2``; for a 2-D mask the side of the sampled
+    cross through the centre (the smaller of the row and column runs).
+    """
+    m = (torch.as_tensor(mask) != 0).cpu().numpy()
+    if m.ndim >= 2 and m.shape[-2] > 1:
+        m2 = m.reshape(-1, *m.shape[-2:])[0]
+        h, w = m2.shape
+        return int(min(_centre_run(m2[h // 2, :]), _centre_run(m2[:, w // 2])))
+    return int(_centre_run(m.reshape(-1)))
 
 
 def _acs_window(shape: tuple[int, int], width: int, two_d: bool, device: torch.device) -> torch.Tensor:

@@ -1,0 +1,168 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mri_score.checkpoint import load_checkpoint, save_checkpoint
+from mri_score.errors import CheckpointError
+from mri_score.network import EDMDenoiser, channels_to_complex, complex_to_channels
+from mri_score.prior import default_prior_path, load_prior
+from mri_score.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_train_cfg(out_dir, steps=6, **data):
+    return {
+        "out_dir": str(out_dir),
+        "data": {"source": "synthetic", "pool_size": 8, "sizes": [64], "crop": 32, "seed": 0, **data},
+        "network": {"base_channels": 8, "channel_mult": [1, 2], "emb_dim": 16, "groups": 4},
+        "train": {"steps": steps, "batch": 4, "lr": 1e-3, "warmup": 1, "ckpt_every": 3, "log_every": 1,
+                  "precision": "fp32", "seed": 0},
+    }
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (37, 50), (128, 96)])
+def test_denoiser_any_size_and_score(tiny_cfg, shape):
+    model = EDMDenoiser(tiny_cfg)
+    x = torch.randn(2, 2, *shape)
+    d = model(x, torch.tensor([0.5, 2.0]))
+    assert d.shape == x.shape
+    s = model.score(x, torch.tensor([0.5, 2.0]))
+    expected = (d - x) / torch.tensor([0.5, 2.0]).reshape(-1, 1, 1, 1) ** 2
+    assert torch.allclose(s, expected, atol=1e-5)
+
+
+def test_channel_boundary_round_trip():
+    z = torch.complex(torch.randn(3, 8, 9), torch.randn(3, 8, 9))
+    assert torch.equal(channels_to_complex(complex_to_channels(z)), z)
+
+
+def test_checkpoint_tamper_and_corruption_detected(tmp_path, tiny_prior_path):
+    tensors, meta = load_checkpoint(tiny_prior_path)
+    # metadata edited: the digest no longer matches
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_prior_path), framework="pt") as f:
+        header = f.metadata()
+    edited = json.loads(header["meta"])
+    edited["network"]["base_channels"] = 16
+    bad = tmp_path / "tampered.safetensors"
+    save_file(load_file(str(tiny_prior_path)), str(bad), metadata={"meta": json.dumps(edited), "digest": header["digest"]})
+    with pytest.raises(CheckpointError, match="digest mismatch"):
+        load_prior(bad)
+    # truncated file
+    trunc = tmp_path / "trunc.safetensors"
+    trunc.write_bytes(tiny_prior_path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_prior(trunc)
+    # a pickle is refused without being executed
+    pkl = tmp_path / "evil.pt"
+    torch.save({"a": torch.ones(1)}, pkl)
+    with pytest.raises(CheckpointError):
+        load_prior(pkl)
+    # consistent metadata but wrong tensor shapes
+    wrong = {k: (v[:1] if v.ndim else v) for k, v in tensors.items()}
+    p = save_checkpoint(tmp_path / "wrong.safetensors", wrong, {k: v for k, v in meta.items() if k != "format"})
+    with pytest.raises(CheckpointError, match="shape"):
+        load_prior(p)
+    missing = dict(list(tensors.items())[1:])
+    p = save_checkpoint(tmp_path / "missing.safetensors", missing, {k: v for k, v in meta.items() if k != "format"})
+    with pytest.raises(CheckpointError, match="missing"):
+        load_prior(p)
+
+
+def test_tiny_training_loss_decreases(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_train_cfg(tmp_path, steps=60)
+    cfg["train"]["ckpt_every"] = 1000
+    out = train(cfg)
+    losses = out["losses"]
+    assert np.mean(losses[-15:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_resume_reproduces_uninterrupted_losses(tmp_path):
+    full = train(tiny_train_cfg(tmp_path / "full", steps=6))
+    part = train(tiny_train_cfg(tmp_path / "part", steps=6), max_steps=3)
+    assert part["steps"] == 3
+    rest = train(tiny_train_cfg(tmp_path / "part", steps=6), resume=True)
+    assert rest["start"] == 3 and rest["steps"] == 6
+    assert np.allclose(part["losses"] + rest["losses"], full["losses"], rtol=1e-5, atol=1e-6)
+    a, _ = load_checkpoint(tmp_path / "full" / "checkpoint.safetensors")
+    b, _ = load_checkpoint(tmp_path / "part" / "checkpoint.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if k.startswith("ema."))
+
+
+def test_ddp_gloo_two_ranks_identical_parameters(tmp_path):
+    cfg_path = tmp_path / "cfg.yaml"
+    import yaml
+
+    cfg_path.write_text(yaml.safe_dump(tiny_train_cfg(tmp_path / "ddp", steps=3)))
+    script = tmp_path / "run_ddp.py"
+    script.write_text(
+        "import sys, hashlib, torch, torch.distributed as dist\n"
+        "from mri_score.config import load_config\n"
+        "import mri_score.train as T\n"
+        "dist.init_process_group('gloo')\n"
+        "torch.set_num_threads(1)\n"
+        "orig = T.train\n"
+        "cfg = load_config(sys.argv[1])\n"
+        "import copy\n"
+        "captured = {}\n"
+        "real_ddp = torch.nn.parallel.DistributedDataParallel\n"
+        "def spy(module, **kw):\n"
+        "    captured['m'] = module\n"
+        "    return real_ddp(module, **kw)\n"
+        "torch.nn.parallel.DistributedDataParallel = spy\n"
+        "T.train(cfg)\n"
+        "h = hashlib.sha256(b''.join(p.detach().numpy().tobytes() for p in captured['m'].parameters())).hexdigest()\n"
+        "open(sys.argv[2] + f'.{dist.get_rank()}', 'w').write(h)\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(script), str(cfg_path), str(tmp_path / "hash")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    h0 = (tmp_path / "hash.0").read_text()
+    h1 = (tmp_path / "hash.1").read_text()
+    assert h0 == h1
+    assert (tmp_path / "ddp" / "checkpoint.safetensors").is_file()
+
+
+def test_train_cli_bad_config_exit_2(tmp_path, capsys):
+    from mri_score.train import main
+
+    assert main(["--config", str(tmp_path / "none.yaml")]) == 2
+    (tmp_path / "bad.yaml").write_text("out_dir: x\ndata: {source: nowhere}\ntrain: {steps: 1}\n")
+    assert main(["--config", str(tmp_path / "bad.yaml")]) == 2
+    assert main(["--config", str(tmp_path / "bad.yaml"), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(e.startswith("error:") for e in err)
+
+
+@pytest.mark.skipif(not default_prior_path().is_file(), reason="default prior not trained yet")
+def test_default_prior_loads_and_denoises_held_out_slices():
+    from mri_score.data.corpus import SyntheticBrainCorpus
+    from mri_score.scaling import image_scale
+
+    prior = load_prior()
+    assert prior.meta["kind"] == "prior" and "command" in prior.meta
+    corpus = SyntheticBrainCorpus("test", families=("t1", "t2", "pd", "flair"), seed=0)
+    imgs = []
+    for i in range(4):
+        x = torch.from_numpy(corpus.generate(i, shape=(96, 96))[0])
+        imgs.append(x / image_scale(x))
+    x0 = complex_to_channels(torch.stack(imgs))
+    g = torch.Generator().manual_seed(0)
+    for sigma in (0.01, 0.05, 0.2, 1.0, 5.0):
+        noisy = x0 + sigma * torch.randn(x0.shape, generator=g)
+        with torch.no_grad():
+            den = prior(noisy, sigma)
+        assert ((den - x0) ** 2).mean() < ((noisy - x0) ** 2).mean()

@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+import torch
+
+import operators
+from operators import FFT2C, Sense, check_adjoint, conjugate_gradient, fft2c, ifft2c
+
+
+def crandn(*shape, dtype=torch.complex64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    real_dtype = torch.float32 if dtype == torch.complex64 else torch.float64
+    return torch.complex(torch.randn(shape, generator=g, dtype=real_dtype), torch.randn(shape, generator=g, dtype=real_dtype))
+
+
+def test_fft2c_matches_fastmri_definition():
+    x = crandn(3, 16, 12)
+    ref = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x.numpy(), axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    assert np.allclose(fft2c(x).numpy(), ref, atol=1e-5)
+    ref_i = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(x.numpy(), axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    assert np.allclose(ifft2c(x).numpy(), ref_i, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (2, 15, 18), (2, 3, 9, 7)])
+def test_fft_unitary_and_inverse(shape):
+    x = crandn(*shape)
+    k = fft2c(x)
+    assert torch.allclose(torch.linalg.vector_norm(k), torch.linalg.vector_norm(x), rtol=1e-5)
+    assert torch.allclose(ifft2c(k), x, atol=1e-5)
+
+
+def test_fft_adjointness():
+    op = FFT2C()
+    assert check_adjoint(op, crandn(2, 17, 20, seed=1), crandn(2, 17, 20, seed=2)) < 1e-5
+    assert check_adjoint(op.H, crandn(2, 17, 20, seed=3), crandn(2, 17, 20, seed=4)) < 1e-5
+
+
+def _maps_mask(coils=4, h=24, w=20, seed=0):
+    maps = crandn(coils, h, w, seed=seed)
+    mask = (torch.rand(w, generator=torch.Generator().manual_seed(seed)) > 0.5).float()
+    return maps, mask
+
+
+def test_sense_adjointness_complex64_and_batch():
+    maps, mask = _maps_mask()
+    A = Sense(maps, mask)
+    assert check_adjoint(A, crandn(3, 24, 20, seed=5), crandn(3, 4, 24, 20, seed=6)) < 1e-5
+    mask2d = (torch.rand(24, 20, generator=torch.Generator().manual_seed(1)) > 0.6).float()
+    assert check_adjoint(Sense(maps, mask2d), crandn(24, 20, seed=7), crandn(4, 24, 20, seed=8)) < 1e-5
+
+
+def test_sense_matches_sigpy():
+    import sigpy.mri
+
+    maps, mask = _maps_mask(coils=5, h=16, w=18, seed=3)
+    x = crandn(16, 18, seed=9)
+    ours = Sense(maps, mask)(x).numpy()
+    sp = sigpy.mri.linop.Sense(maps.numpy(), weights=np.broadcast_to(mask.numpy(), (5, 16, 18)), coord=None)
+    # sigpy's weights multiply by sqrt(weights): identical for a 0/1 mask
+    ref = sp * x.numpy()
+    assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 1e-5
+    y = crandn(5, 16, 18, seed=10)
+    adj_ref = sp.H * y.numpy()
+    assert np.linalg.norm(Sense(maps, mask).adjoint(y).numpy() - adj_ref) / np.linalg.norm(adj_ref) < 1e-5
+
+
+def test_autograd_gradient_equals_analytic_adjoint():
+    maps, mask = _maps_mask(seed=4)
+    A = Sense(maps.to(torch.complex128), mask)
+    x = crandn(24, 20, dtype=torch.complex128, seed=11).requires_grad_(True)
+    y = crandn(4, 24, 20, dtype=torch.complex128, seed=12)
+    loss = (A(x) - y).abs().pow(2).sum()
+    (g,) = torch.autograd.grad(loss, x)
+    analytic = 2 * A.adjoint(A(x.detach()) - y)
+    assert torch.allclose(g, analytic, atol=1e-10)
+
+
+def test_gram_and_composition():
+    maps, mask = _maps_mask(seed=5)
+    A = Sense(maps, mask)
+    x = crandn(24, 20, seed=13)
+    assert torch.allclose(A.gram(x), A.H(A(x)), atol=1e-4)
+    C = FFT2C().H @ FFT2C()
+    assert torch.allclose(C(x), x, atol=1e-5)
+    assert check_adjoint(FFT2C() * FFT2C(), x, crandn(24, 20, seed=14)) < 1e-5
+
+
+def test_sense_moves_with_module_to():
+    maps, mask = _maps_mask()
+    A = Sense(maps, mask).to(torch.device("cpu"))
+    assert {n for n, _ in A.named_buffers()} == {"maps", "mask"}
+
+
+@pytest.mark.cuda
+def test_sense_on_cuda_matches_cpu():
+    maps, mask = _maps_mask()
+    x = crandn(24, 20)
+    A = Sense(maps, mask)
+    assert torch.allclose(A.to("cuda")(x.cuda()).cpu(), A.cpu()(x), atol=1e-4)
+
+
+def test_cg_solves_known_system_batched():
+    maps, mask = _maps_mask(coils=6, seed=6)
+    A = Sense(maps.to(torch.complex128), mask)
+    x_true = crandn(3, 24, 20, dtype=torch.complex128, seed=15)
+    lam = 0.1
+    b = A.gram(x_true) + lam * x_true
+    res = conjugate_gradient(A.gram, b, lam=lam, max_iter=200, tol=1e-10, batch_dims=1)
+    assert torch.allclose(res.x, x_true, atol=1e-7)
+    assert res.iterations < 200
+    assert (res.relative_residual <= 1e-10).all()
+
+
+def test_cg_respects_iteration_cap():
+    maps, mask = _maps_mask(seed=7)
+    A = Sense(maps, mask)
+    b = crandn(24, 20, seed=16)
+    res = conjugate_gradient(A.gram, b, lam=0.01, max_iter=3, tol=0.0)
+    assert res.iterations == 3
+
+
+def test_bad_operator_input_raises_value_error():
+    with pytest.raises(ValueError):
+        fft2c(torch.randn(4, 4))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        Sense(crandn(2, 8, 8), torch.ones(7))
+    with pytest.raises(ValueError, match="does not match"):
+        Sense(crandn(2, 8, 8))(crandn(8, 9))
+    with pytest.raises(ValueError):
+        Sense(torch.randn(2, 8, 8))
+    assert issubclass(operators.OperatorInputError, ValueError)
