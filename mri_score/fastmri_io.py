@@ -274,6 +274,7 @@ def atomic_h5_write(out_path: str | os.PathLike[str], datasets: dict[str, Any], 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)
     try:
         with h5py.File(tmp, "w") as hf:
             for key, value in datasets.items():

@@ -38,7 +38,7 @@ def sample_dds(
     sigma_max: float = 10.0,
     sigma_min: float = 0.002,
     cg_iters: int = 5,
-    eta: float = 0.5,
+    eta: float = 1.0,
     gamma: float | None = None,
     gamma_scale: float = 1.0,
     gamma_min: float = 1.0,

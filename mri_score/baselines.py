@@ -1,0 +1,101 @@
+"""fastMRI-style baselines on one multi-coil slice: zero-filled RSS, CG-SENSE, sigpy L1-wavelet and TV, BART pics.
+
+All take undersampled k-space ``(coils, H, W)`` complex64 (numpy), its mask and
+(except zero-filled) ACS coil maps, and return a complex or real image ``(H, W)``.
+Data are divided by the same ACS reference scale as the score samplers
+(:mod:`mri_score.scaling`) before solving, so regularisation weights are
+comparable across volumes; results are returned in the original units.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from operators import Sense, conjugate_gradient, ifft2c, rss
+
+
+def zero_filled_rss(kspace: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """RSS of the zero-filled coil images, real ``(H, W)``."""
+    k = torch.from_numpy(kspace) * torch.from_numpy(mask)
+    return rss(ifft2c(k), dim=0).numpy()
+
+
+def cg_sense(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, scale: float, lam: float = 1e-3,
+             iters: int = 30) -> np.ndarray:
+    """CG-SENSE: ``argmin ‖Ax − y‖² + λ‖x‖²`` by ``iters`` CG steps, complex ``(H, W)``."""
+    op = Sense(torch.from_numpy(maps), torch.from_numpy(mask))
+    y = torch.from_numpy(kspace) / scale
+    x = conjugate_gradient(op.gram, op.adjoint(y), lam=lam, max_iter=iters, tol=1e-6).x
+    return (x * scale).numpy()
+
+
+def _sigpy_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return np.broadcast_to(mask, shape).astype(np.float32)
+
+
+def l1_wavelet(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, scale: float, lam: float,
+               iters: int = 100) -> np.ndarray:
+    """sigpy ``L1WaveletRecon`` (Daubechies-4 wavelets, FISTA-type), complex ``(H, W)``."""
+    import sigpy.mri.app
+
+    y = kspace / scale
+    x = sigpy.mri.app.L1WaveletRecon(y, maps, lam, weights=_sigpy_mask(mask, y.shape), max_iter=iters,
+                                     show_pbar=False).run()
+    return np.asarray(x) * scale
+
+
+def total_variation(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, scale: float, lam: float,
+                    iters: int = 100) -> np.ndarray:
+    """sigpy ``TotalVariationRecon`` (primal-dual), complex ``(H, W)``."""
+    import sigpy.mri.app
+
+    y = kspace / scale
+    x = sigpy.mri.app.TotalVariationRecon(y, maps, lam, weights=_sigpy_mask(mask, y.shape), max_iter=iters,
+                                          show_pbar=False).run()
+    return np.asarray(x) * scale
+
+
+def bart_available() -> bool:
+    """True when the ``bart`` command line (Debian package ``bart``) is on PATH."""
+    return shutil.which("bart") is not None
+
+
+def _write_cfl(base: Path, arr: np.ndarray) -> None:
+    dims = list(arr.shape) + [1] * (16 - arr.ndim)
+    base.with_suffix(".hdr").write_text("# Dimensions\n" + " ".join(str(d) for d in dims) + "\n")
+    arr.astype(np.complex64).flatten(order="F").tofile(base.with_suffix(".cfl"))
+
+
+def _read_cfl(base: Path) -> np.ndarray:
+    dims = [int(d) for d in base.with_suffix(".hdr").read_text().splitlines()[1].split()]
+    n = int(np.prod(dims))
+    data = np.fromfile(base.with_suffix(".cfl"), dtype=np.complex64, count=n)
+    last = max(i for i, d in enumerate(dims) if d > 1) + 1 if n > 1 else 1
+    return data.reshape(dims[:last], order="F")
+
+
+def bart_pics(kspace: np.ndarray, mask: np.ndarray, scale: float, lam: float, iters: int = 100,
+              calib: int | None = None) -> np.ndarray:
+    """The fastMRI CS baseline: ``bart ecalib -m1 -c0`` maps then ``bart pics -R T:7:0:λ``, complex ``(H, W)``.
+
+    k-space goes to BART as ``(H, W, 1, coils)`` ``.cfl`` files (readout, phase, slice, coil).
+    """
+    if not bart_available():
+        raise RuntimeError("bart is not installed (apt-get install bart)")
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        k = (kspace * mask / scale).transpose(1, 2, 0)[:, :, None, :]
+        _write_cfl(t / "ksp", k)
+        cal = ["-r", str(calib)] if calib else []
+        subprocess.run(["bart", "ecalib", "-m1", "-c0", *cal, str(t / "ksp"), str(t / "maps")], check=True,
+                       capture_output=True)
+        subprocess.run(["bart", "pics", "-S", "-i", str(iters), "-R", f"T:7:0:{lam}", str(t / "ksp"),
+                        str(t / "maps"), str(t / "rec")], check=True, capture_output=True)
+        rec = _read_cfl(t / "rec")
+    return np.asarray(rec).reshape(kspace.shape[-2:]) * scale
