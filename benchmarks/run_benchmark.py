@@ -1,4 +1,6 @@
-"""Quality / speed / robustness / uncertainty benchmark: ``python benchmarks/run_benchmark.py --config configs/bench_<name>.yaml``.
+"""Quality / speed / robustness / uncertainty benchmark.
+
+Run: ``python benchmarks/run_benchmark.py --config configs/bench_<name>.yaml``.
 
 Simulates 8-coil k-space from held-out synthetic volumes (seen contrasts and the
 held-out FLAIR family) and from real MR volumes shipped in installed wheels,
@@ -196,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 if vi == 0:
                     panels.setdefault(tag, {"target": target, "zf": None, "methods": {}})
-                    panels[tag]["methods"][(method, param)] = (recon, np.stack(res["stds"]) if res["stds"][0] is not None else None)
+                    std_vol = np.stack(res["stds"]) if res["stds"][0] is not None else None
+                    panels[tag]["methods"][(method, param)] = (recon, std_vol)
             print(f"[{time.time() - t_start:.0f}s] {tag} {vol['name']} done", flush=True)
     write_results(Path(args.out_dir), name, rows, panels, stamp(args, cfg), time.time() - t_start)
     return 0
@@ -233,11 +236,13 @@ def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, head
              "setting, chosen on these same volumes (an optimistic baseline); every λ is in the CSV.", ""]
     groups = sorted({r["group"] for r in rows}, key=lambda g: (g != "synthetic test split", g))
     for group in groups:
-        lines += [f"## {group}", "", "| setting | method | PSNR (dB) | SSIM | NMSE | s/slice | NFE |", "|---|---|---|---|---|---|---|"]
+        lines += [f"## {group}", "", "| setting | method | PSNR (dB) | SSIM | NMSE | s/slice | NFE |",
+                  "|---|---|---|---|---|---|---|"]
         table: dict[tuple[str, str], list[dict]] = defaultdict(list)
         for r in kept:
             if r["group"] == group:
-                table[(r["setting"], label(r) + (f" ({r['param']})" if r["method"] in ("l1_wavelet", "tv", "bart_pics", "cg_sense") else ""))].append(r)
+                swept = r["method"] in ("l1_wavelet", "tv", "bart_pics", "cg_sense")
+                table[(r["setting"], label(r) + (f" ({r['param']})" if swept else ""))].append(r)
         for (setting, meth), rs in table.items():
             agg = aggregate([{k: r[k] for k in ("PSNR", "SSIM", "NMSE")} for r in rs])
             lines.append(f"| {setting} | {meth} | {agg['PSNR'][0]:.2f} ± {agg['PSNR'][1]:.2f} | "
@@ -253,7 +258,8 @@ def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, head
             table2[(r["setting"], r["group"], label(r))].append(r)
         for (setting, group, meth), rs in table2.items():
             lines.append(f"| {setting} | {group} | {meth} | " + " | ".join(
-                f"{np.nanmean([r[k] for r in rs]):.3f}" for k in ("within_1std", "within_2std", "within_3std", "corr_err_std")) + " |")
+                f"{np.nanmean([r[k] for r in rs]):.3f}"
+                for k in ("within_1std", "within_2std", "within_3std", "corr_err_std")) + " |")
         lines.append("")
     lines += [f"ACS coil maps (ESPIRiT, or low-resolution maps for ACS < 16 lines): "
               f"{np.mean([r['maps_sec_per_slice'] for r in rows]):.2f} s/slice, shared by all methods and not "

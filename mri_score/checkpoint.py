@@ -97,5 +97,7 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], p
         )
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
-            raise CheckpointError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the architecture expects {tuple(own[k].shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {k} has shape {tuple(v.shape)}, the architecture expects {tuple(own[k].shape)}"
+            )
     module.load_state_dict(state)

@@ -53,7 +53,10 @@ def simulate_volume(
     if not snr > 0:
         raise InputError(f"--snr must be > 0, got {snr}")
     x = torch.from_numpy(images.astype(np.complex64))
-    maps = torch.from_numpy(birdcage_maps(coils, images.shape[-2:])) if coils > 1 else torch.ones(1, *images.shape[-2:], dtype=torch.complex64)
+    if coils > 1:
+        maps = torch.from_numpy(birdcage_maps(coils, images.shape[-2:]))
+    else:
+        maps = torch.ones(1, *images.shape[-2:], dtype=torch.complex64)
     clean = fft2c(maps[None] * x[:, None])
     ref = float(np.percentile(np.abs(images), 99))
     sigma = ref / snr

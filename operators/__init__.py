@@ -21,8 +21,8 @@ from operators.fft import fft2c, ifft2c
 from operators.linop import FFT2C, LinearOperator, check_adjoint, inner
 from operators.masks import (
     MASK_TYPES,
-    EquiSpacedMaskFunc,
     EquispacedMaskFractionFunc,
+    EquiSpacedMaskFunc,
     MaskFunc,
     PoissonMaskFunc,
     RandomMaskFunc,

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from operators import (
-    EquiSpacedMaskFunc,
     EquispacedMaskFractionFunc,
+    EquiSpacedMaskFunc,
     PoissonMaskFunc,
     RandomMaskFunc,
     create_mask_for_mask_type,

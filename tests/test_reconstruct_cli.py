@@ -1,0 +1,81 @@
+import hashlib
+
+import h5py
+import numpy as np
+import pytest
+
+from mri_score.reconstruct import main
+
+
+def sha(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_reconstruct_file_writes_fastmri_output_and_leaves_input(tmp_path, fully_sampled_file, tiny_prior_path, capsys):
+    before = sha(fully_sampled_file)
+    out = tmp_path / "out"
+    rc = main(["--kspace", str(fully_sampled_file), "--out", str(out), "--prior", str(tiny_prior_path),
+               "--steps", "3", "--samples", "2", "--center-fraction", "0.25", "--png"])
+    assert rc == 0
+    assert sha(fully_sampled_file) == before
+    with h5py.File(out / fully_sampled_file.name) as hf:
+        rec = hf["reconstruction"][()]
+        assert rec.dtype == np.float32 and rec.shape == (2, 64, 64)
+        assert hf["reconstruction_std"].shape == (2, 64, 64)
+        assert hf["mask"].shape == (64,)
+        assert hf.attrs["sampler"] == "dds" and hf.attrs["nfe_per_slice"] == 3
+    assert (out / "vol_a.png").is_file()
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "PSNR" in line and "NFE 3/slice" in line
+    assert sorted(p.name for p in out.iterdir()) == ["vol_a.h5", "vol_a.png"]
+
+
+def test_reconstruct_is_deterministic_by_seed(tmp_path, fully_sampled_file, tiny_prior_path):
+    outs = []
+    for d in ("a", "b"):
+        main(["--kspace", str(fully_sampled_file), "--out", str(tmp_path / d), "--prior", str(tiny_prior_path),
+              "--steps", "2", "--center-fraction", "0.25", "--seed", "5"])
+        with h5py.File(tmp_path / d / fully_sampled_file.name) as hf:
+            outs.append(hf["reconstruction"][()])
+    assert np.array_equal(*outs)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sampler", "magic"], "unknown sampler"),
+    (["--accel", "64"], "--accel"),
+    (["--center-fraction", "0.9"], "--center-fraction"),
+    (["--device", "cuda"], "CUDA"),
+    (["--center-fraction", "0.02"], "ACS too narrow"),
+])
+def test_bad_arguments_one_line_exit_2(tmp_path, fully_sampled_file, tiny_prior_path, capsys, args, message):
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    rc = main(["--kspace", str(fully_sampled_file), "--out", str(tmp_path / "o"), "--prior", str(tiny_prior_path),
+               "--steps", "2", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o" / fully_sampled_file.name).exists()
+
+
+def test_directory_with_good_and_bad_files(tmp_path, fully_sampled_file, tiny_prior_path, capsys):
+    d = fully_sampled_file.parent
+    (d / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 20)
+    (d / "empty.h5").write_bytes(b"")
+    rc = main(["--kspace", str(d), "--out", str(tmp_path / "o"), "--prior", str(tiny_prior_path), "--steps", "2",
+               "--center-fraction", "0.25"])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert (tmp_path / "o" / "vol_a.h5").is_file()
+    assert "broken.h5" in captured.err and "empty.h5" in captured.err
+    assert not (tmp_path / "o" / "broken.h5").exists()
+
+
+def test_missing_file_and_bad_prior(tmp_path, fully_sampled_file, capsys):
+    assert main(["--kspace", str(tmp_path / "nope.h5")]) == 2
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    assert main(["--kspace", str(fully_sampled_file), "--prior", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "nope.h5" in err[0] and "bad.safetensors" in err[1]
