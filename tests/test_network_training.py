@@ -166,3 +166,31 @@ def test_default_prior_loads_and_denoises_held_out_slices():
         with torch.no_grad():
             den = prior(noisy, sigma)
         assert ((den - x0) ** 2).mean() < ((noisy - x0) ** 2).mean()
+
+
+def test_sigterm_saves_checkpoint_and_resume_continues(tmp_path):
+    import signal
+    import time
+
+    import yaml
+
+    cfg = tiny_train_cfg(tmp_path / "run", steps=100000)
+    cfg["train"]["ckpt_every"] = 100000
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mri_score.train", "--config", str(cfg_path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "loss.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    _, meta = load_checkpoint(ckpt)
+    assert meta["step"] >= 3
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+    out = train(tiny_train_cfg(tmp_path / "run", steps=meta["step"] + 2), resume=True)
+    assert out["start"] == meta["step"] and out["steps"] == meta["step"] + 2
