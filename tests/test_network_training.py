@@ -194,3 +194,13 @@ def test_sigterm_saves_checkpoint_and_resume_continues(tmp_path):
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
     out = train(tiny_train_cfg(tmp_path / "run", steps=meta["step"] + 2), resume=True)
     assert out["start"] == meta["step"] and out["steps"] == meta["step"] + 2
+
+
+@pytest.mark.parametrize("name", ["prior_brain_synth", "prior_fastmri_knee", "prior_fastmri_brain"])
+def test_shipped_configs_parse_and_build(name):
+    from mri_score.config import load_config
+    from mri_score.network import NetworkConfig
+
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert cfg["data"]["source"] in ("synthetic", "fastmri")
+    EDMDenoiser(NetworkConfig.from_dict(cfg["network"]))
