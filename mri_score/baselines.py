@@ -39,26 +39,26 @@ def _sigpy_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(mask, shape).astype(np.float32)
 
 
-def l1_wavelet(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, scale: float, lam: float,
-               iters: int = 100) -> np.ndarray:
-    """sigpy ``L1WaveletRecon`` (Daubechies-4 wavelets, FISTA-type), complex ``(H, W)``."""
+def _sigpy_app(app_name: str, kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, scale: float, lam: float,
+               iters: int) -> np.ndarray:
     import sigpy.mri.app
 
     y = kspace / scale
-    x = sigpy.mri.app.L1WaveletRecon(y, maps, lam, weights=_sigpy_mask(mask, y.shape), max_iter=iters,
-                                     show_pbar=False).run()
+    app = getattr(sigpy.mri.app, app_name)
+    x = app(y, maps, lam, weights=_sigpy_mask(mask, y.shape), max_iter=iters, show_pbar=False).run()
     return np.asarray(x) * scale
+
+
+def l1_wavelet(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, scale: float, lam: float,
+               iters: int = 100) -> np.ndarray:
+    """sigpy ``L1WaveletRecon`` (Daubechies-4 wavelets, FISTA-type), complex ``(H, W)``."""
+    return _sigpy_app("L1WaveletRecon", kspace, mask, maps, scale, lam, iters)
 
 
 def total_variation(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, scale: float, lam: float,
                     iters: int = 100) -> np.ndarray:
     """sigpy ``TotalVariationRecon`` (primal-dual), complex ``(H, W)``."""
-    import sigpy.mri.app
-
-    y = kspace / scale
-    x = sigpy.mri.app.TotalVariationRecon(y, maps, lam, weights=_sigpy_mask(mask, y.shape), max_iter=iters,
-                                          show_pbar=False).run()
-    return np.asarray(x) * scale
+    return _sigpy_app("TotalVariationRecon", kspace, mask, maps, scale, lam, iters)
 
 
 def bart_available() -> bool:

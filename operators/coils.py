@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from operators.errors import OperatorInputError
-from operators.fft import fft2c, ifft2c
+from operators.fft import ifft2c
 
 #: ESPIRiT calibration needs at least this many ACS lines; below it the
 #: low-resolution fallback is used.
@@ -155,18 +155,3 @@ def lowres_sense1(kspace: torch.Tensor, maps: torch.Tensor, width: int, two_d: b
     """SENSE-1 combination of the ACS low-resolution coil images: ``(..., coils, H, W)`` -> ``(..., H, W)``."""
     return sense1_combine(lowres_coil_images(kspace, width, two_d), maps)
 
-
-__all__ = [
-    "MIN_ACS",
-    "MIN_ESPIRIT_ACS",
-    "acs_width",
-    "estimate_maps",
-    "fft2c",
-    "lowres_coil_images",
-    "lowres_sense1",
-    "maps_espirit",
-    "maps_lowres",
-    "normalize_maps",
-    "rss",
-    "sense1_combine",
-]

@@ -38,6 +38,11 @@ def temp_seed(rng: np.random.RandomState, seed: int | tuple[int, ...] | None) ->
         rng.set_state(state)
 
 
+def _check_shape(shape: Sequence[int]) -> None:
+    if len(shape) < 2:
+        raise OperatorInputError(f"shape should have at least 2 dims (..., H, W), got {tuple(shape)}")
+
+
 def seed_from_filename(fname: str) -> tuple[int, ...]:
     """fastMRI's per-file seed: ``tuple(map(ord, fname))`` of the base file name."""
     return tuple(map(ord, fname))
@@ -99,8 +104,7 @@ class MaskFunc:
         num_low_frequencies : int
             Width of the fully sampled centre block (the ACS), in columns.
         """
-        if len(shape) < 2:
-            raise OperatorInputError(f"shape should have at least 2 dims (..., H, W), got {tuple(shape)}")
+        _check_shape(shape)
         with temp_seed(self.rng, seed):
             center_mask, accel_mask, num_low = self.sample_mask(shape, offset)
         return torch.maximum(center_mask, accel_mask), num_low
@@ -225,8 +229,7 @@ class PoissonMaskFunc:
     ) -> tuple[torch.Tensor, int]:
         import sigpy.mri
 
-        if len(shape) < 2:
-            raise OperatorInputError(f"shape should have at least 2 dims (..., H, W), got {tuple(shape)}")
+        _check_shape(shape)
         h, w = int(shape[-2]), int(shape[-1])
         with temp_seed(self.rng, seed):
             acc = float(self.rng.choice(self.accelerations))
