@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     vols = build_volumes(cfg)
     data = cfg["data"]
     rows: list[dict] = []
+    skipped: list[str] = []
     panels = {}
     t_start = time.time()
     for setting in require(cfg, "settings"):
@@ -174,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         for vi, vol in enumerate(vols):
             ksp, target, _ = simulate_volume(vol["images"], int(data.get("coils", 8)), float(data.get("snr", 50)),
                                              seed=seed * 1000 + vi)
-            mask, _ = make_mask(mtype, accel, cf, ksp.shape[-2:], vol["name"])
+            try:
+                mask, _ = make_mask(mtype, accel, cf, ksp.shape[-2:], vol["name"])
+            except (InputError, ValueError) as err:
+                skipped.append(f"{tag} {vol['name']}: {err}")
+                print(f"skipped {tag} {vol['name']}: {err}", flush=True)
+                continue
             per_method: dict[tuple, dict] = defaultdict(lambda: {"images": [], "stds": [], "seconds": [], "nfe": 0})
             maps_seconds = []
             for s in range(ksp.shape[0]):
@@ -201,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                     std_vol = np.stack(res["stds"]) if res["stds"][0] is not None else None
                     panels[tag]["methods"][(method, param)] = (recon, std_vol)
             print(f"[{time.time() - t_start:.0f}s] {tag} {vol['name']} done", flush=True)
-    write_results(Path(args.out_dir), name, rows, panels, stamp(args, cfg), time.time() - t_start)
+        # results so far are written after every setting, so an interrupted run still leaves its tables
+        write_results(Path(args.out_dir), name, rows, panels, stamp(args, cfg), time.time() - t_start, skipped)
     return 0
 
 
@@ -219,7 +226,8 @@ def best_params(rows: list[dict]) -> dict[tuple[str, str], str]:
     return {k: v[1] for k, v in best.items()}
 
 
-def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, header: str, seconds: float) -> None:
+def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, header: str, seconds: float,
+                  skipped: list[str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = sorted({k for r in rows for k in r})
     with open(out_dir / f"{name}.csv", "w", newline="") as fh:
@@ -264,6 +272,8 @@ def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, head
     lines += [f"ACS coil maps (ESPIRiT, or low-resolution maps for ACS < 16 lines): "
               f"{np.mean([r['maps_sec_per_slice'] for r in rows]):.2f} s/slice, shared by all methods and not "
               "included in their times.", ""]
+    if skipped:
+        lines += ["Skipped (mask not realisable):", ""] + [f"- {s}" for s in skipped] + [""]
     figs = make_figures(out_dir, name, kept, panels)
     lines += [f"![{f}]({f})" for f in figs]
     (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")

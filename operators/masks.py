@@ -234,8 +234,13 @@ class PoissonMaskFunc:
         with temp_seed(self.rng, seed):
             acc = float(self.rng.choice(self.accelerations))
             draw = int(self.rng.randint(0, 2**31 - 1))
-        mask = sigpy.mri.poisson((h, w), acc, calib=(self.calib_size, self.calib_size), dtype=np.float32,
-                                 crop_corner=True, seed=draw)
+        try:
+            mask = sigpy.mri.poisson((h, w), acc, calib=(self.calib_size, self.calib_size), dtype=np.float32,
+                                     crop_corner=True, seed=draw)
+        except ValueError as err:
+            raise OperatorInputError(
+                f"no Poisson-disc mask reaches acceleration {acc:g} on {h}x{w} with a {self.calib_size}² calibration region"
+            ) from err
         mask_shape = [1 for _ in shape]
         mask_shape[-2], mask_shape[-1] = h, w
         return torch.from_numpy(np.ascontiguousarray(mask.real.astype(np.float32)).reshape(mask_shape)), self.calib_size

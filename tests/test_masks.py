@@ -106,3 +106,8 @@ def test_mask_argument_errors():
         RandomMaskFunc([1.5], [4])
     with pytest.raises(ValueError):
         create_mask_for_mask_type("spiral", [0.08], [4])
+
+
+def test_poisson_unreachable_acceleration_is_a_clear_error():
+    with pytest.raises(ValueError, match="no Poisson-disc mask reaches"):
+        PoissonMaskFunc([8], calib_size=26, seed=0)((96, 40))
