@@ -131,3 +131,12 @@ def fastmri_pool(
             if max_slices and len(slices) >= max_slices:
                 return SlicePool(slices, crop)
     return SlicePool(slices, crop)
+
+
+def held_out_batch(count: int, size: int = 96, seed: int = 0) -> torch.Tensor:
+    """``count`` scaled test-split slices (t1/t2/pd/flair) as ``(count, 2, size, size)`` float32, for denoising checks."""
+    from mri_score.network import complex_to_channels
+
+    corpus = SyntheticBrainCorpus("test", families=("t1", "t2", "pd", "flair"), seed=seed)
+    imgs = [torch.from_numpy(_scaled(corpus.generate(i, shape=(size, size))[0])) for i in range(count)]
+    return complex_to_channels(torch.stack(imgs))
