@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import os
-import platform
 import resource
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.provenance import provenance  # noqa: E402
 from mri_score import baselines  # noqa: E402
 from mri_score.config import load_config, require  # noqa: E402
 from mri_score.errors import InputError, exit_on_input_error  # noqa: E402
@@ -37,9 +37,11 @@ from mri_score.posterior import SamplerSettings, reconstruct_slice  # noqa: E402
 from mri_score.prior import load_prior  # noqa: E402
 from mri_score.scaling import kspace_scale  # noqa: E402
 from mri_score.simulate import corpus_volume, make_mask, simulate_volume  # noqa: E402
+from mri_score.supervised import load_unet, unet_reconstruct  # noqa: E402
 from operators import estimate_maps  # noqa: E402
 
 SCORE_METHODS = ("dds", "langevin", "pc", "dps")
+METHODS = ("zero_filled", "cg_sense", "unet", "l1_wavelet", "tv", "bart_pics", *SCORE_METHODS)
 
 
 def real_volume(name: str, slices: int) -> np.ndarray:
@@ -57,7 +59,7 @@ def real_volume(name: str, slices: int) -> np.ndarray:
 
 
 def build_volumes(cfg: dict) -> list[dict]:
-    data = require(cfg, "data")
+    data = require(cfg, "data", cfg.get("_source", "config"))
     seed = int(cfg.get("seed", 0))
     vols = []
     for i, spec in enumerate(data.get("volumes", [])):
@@ -70,47 +72,94 @@ def build_volumes(cfg: dict) -> list[dict]:
     return vols
 
 
-def run_methods(ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, prior, methods: dict, seed: int,
+class PeakMemory:
+    """Peak resident memory of this process above its level at entry, in GB (sampled every 5 ms from /proc)."""
+
+    def __enter__(self) -> PeakMemory:
+        self._base = self._rss()
+        self._peak = self._base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:  # no /proc (macOS): fall back to the process peak, a coarse upper bound
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.005):
+            self._peak = max(self._peak, self._rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._rss())
+        self.gb = (self._peak - self._base) / 2**30
+
+
+def run_methods(ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, models: dict, methods: dict, seed: int,
                 first_volume: bool) -> list[dict]:
-    """Every configured method on one slice: ``[{method, param, image, seconds, nfe, std}]``."""
+    """Every configured method on one slice: ``[{method, param, image, seconds, nfe, std, peak_gb}]``."""
     out = []
-    scale = float(kspace_scale(torch.from_numpy(ks), torch.from_numpy(mask), maps))
-    maps_np = maps.numpy()
     for name, spec in methods.items():
         spec = spec or {}
         if name in SCORE_METHODS and spec.get("first_volume_only") and not first_volume:
             continue
-        t0 = time.perf_counter()
-        if name == "zero_filled":
-            out.append({"method": name, "param": "", "image": baselines.zero_filled_rss(ks, mask),
+        if name == "bart_pics" and not baselines.bart_available():
+            continue
+        with PeakMemory() as mem:
+            rows = _run_method(name, spec, ks, mask, maps, models, seed, first_volume)
+        for r in rows:
+            r["peak_gb"] = mem.gb
+        out += rows
+    return out
+
+
+def _run_method(name: str, spec: dict, ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, models: dict,
+                seed: int, first_volume: bool) -> list[dict]:
+    """One method (all its swept λ or NFE budgets) on one slice."""
+    out = []
+    scale = float(kspace_scale(torch.from_numpy(ks), torch.from_numpy(mask), maps))
+    maps_np = maps.numpy()
+    t0 = time.perf_counter()
+    if name == "zero_filled":
+        out.append({"method": name, "param": "", "image": baselines.zero_filled_rss(ks, mask),
+                    "seconds": time.perf_counter() - t0, "nfe": 0})
+    elif name == "cg_sense":
+        img = baselines.cg_sense(ks, mask, maps_np, scale, spec.get("lam", 1e-3), spec.get("iters", 30))
+        out.append({"method": name, "param": f"lam={spec.get('lam', 1e-3)}", "image": np.abs(img),
+                    "seconds": time.perf_counter() - t0, "nfe": 0})
+    elif name == "unet":
+        img = unet_reconstruct(models["unet"], torch.from_numpy(ks), torch.from_numpy(mask), maps)
+        out.append({"method": name, "param": "", "image": img.numpy(), "seconds": time.perf_counter() - t0,
+                    "nfe": 0})
+    elif name in ("l1_wavelet", "tv", "bart_pics"):
+        for lam in spec["lams"]:
+            t0 = time.perf_counter()
+            if name == "l1_wavelet":
+                img = baselines.l1_wavelet(ks, mask, maps_np, scale, lam, spec.get("iters", 100))
+            elif name == "tv":
+                img = baselines.total_variation(ks, mask, maps_np, scale, lam, spec.get("iters", 100))
+            else:
+                img = baselines.bart_pics(ks, mask, scale, lam, spec.get("iters", 100))
+            out.append({"method": name, "param": f"lam={lam}", "image": np.abs(img),
                         "seconds": time.perf_counter() - t0, "nfe": 0})
-        elif name == "cg_sense":
-            img = baselines.cg_sense(ks, mask, maps_np, scale, spec.get("lam", 1e-3), spec.get("iters", 30))
-            out.append({"method": name, "param": f"lam={spec.get('lam', 1e-3)}", "image": np.abs(img),
-                        "seconds": time.perf_counter() - t0, "nfe": 0})
-        elif name in ("l1_wavelet", "tv", "bart_pics"):
-            if name == "bart_pics" and not baselines.bart_available():
-                continue
-            for lam in spec["lams"]:
-                t0 = time.perf_counter()
-                if name == "l1_wavelet":
-                    img = baselines.l1_wavelet(ks, mask, maps_np, scale, lam, spec.get("iters", 100))
-                elif name == "tv":
-                    img = baselines.total_variation(ks, mask, maps_np, scale, lam, spec.get("iters", 100))
-                else:
-                    img = baselines.bart_pics(ks, mask, scale, lam, spec.get("iters", 100))
-                out.append({"method": name, "param": f"lam={lam}", "image": np.abs(img),
-                            "seconds": time.perf_counter() - t0, "nfe": 0})
-        elif name in SCORE_METHODS:
-            budgets = spec["nfe"] if isinstance(spec["nfe"], list) else [spec["nfe"]]
-            for nfe in budgets:
-                settings = SamplerSettings(sampler=name, steps=int(nfe), samples=int(spec.get("samples", 2)),
-                                           seed=seed, options=dict(spec.get("options", {})))
-                res = reconstruct_slice(torch.from_numpy(ks), torch.from_numpy(mask), prior, settings, maps=maps)
-                out.append({"method": name, "param": f"NFE={res.nfe}", "image": res.mean.abs().numpy(),
-                            "std": res.std.numpy(), "seconds": res.seconds, "nfe": res.nfe})
-        else:
-            raise InputError(f"unknown method {name!r} in the benchmark config")
+    elif name in SCORE_METHODS:
+        budgets = spec["nfe"] if isinstance(spec["nfe"], list) else [spec["nfe"]]
+        budgets = budgets + (list(spec.get("nfe_first_volume", [])) if first_volume else [])
+        for nfe in budgets:
+            settings = SamplerSettings(sampler=name, steps=int(nfe), samples=int(spec.get("samples", 2)),
+                                       seed=seed, options=dict(spec.get("options", {})))
+            res = reconstruct_slice(torch.from_numpy(ks), torch.from_numpy(mask), models["prior"], settings,
+                                    maps=maps)
+            out.append({"method": name, "param": f"NFE={res.nfe}", "image": res.mean.abs().numpy(),
+                        "std": res.std.numpy(), "seconds": res.seconds, "nfe": res.nfe})
+    else:
+        raise InputError(f"unknown method {name!r} in the benchmark config")
     return out
 
 
@@ -125,16 +174,8 @@ def calibration(target: np.ndarray, recon: np.ndarray, std: np.ndarray) -> dict:
 
 
 def stamp(args: argparse.Namespace, cfg: dict) -> str:
-    import scipy
-    import sigpy
-
-    return (
-        f"- command: `python benchmarks/run_benchmark.py --config {args.config}`\n"
-        f"- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}\n"
-        f"- machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, {platform.system()}; "
-        f"torch threads {torch.get_num_threads()}\n"
-        f"- versions: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
-        f"scipy {scipy.__version__}, sigpy {sigpy.__version__}, bart {'yes' if baselines.bart_available() else 'not installed'}\n"
+    command = f"python benchmarks/run_benchmark.py --config {args.config}"
+    return provenance(command) + (
         f"- seed: {cfg.get('seed', 0)} (data, masks by file name as fastMRI, sampler seed per slice = seed + slice)\n"
         f"- prior: {cfg.get('prior') or 'shipped default (mri_score/weights/prior_brain_synth.safetensors)'}\n"
     )
@@ -159,17 +200,26 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     if args.prior:
         cfg["prior"] = args.prior
-    name = require(cfg, "name")
+    src = str(args.config)
+    cfg["_source"] = src
+    for key in ("name", "data", "settings", "methods"):
+        require(cfg, key, src)  # all missing keys are reported before any work starts
+    name = require(cfg, "name", src)
     seed = int(cfg.get("seed", 0))
-    methods = require(cfg, "methods")
-    prior = load_prior(cfg.get("prior"))
+    methods = require(cfg, "methods", src)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"{args.config}: unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    models = {"prior": load_prior(cfg.get("prior"))}
+    if "unet" in methods:
+        models["unet"] = load_unet(str(ROOT / require(cfg, "methods.unet.weights", src)))
     vols = build_volumes(cfg)
     data = cfg["data"]
     rows: list[dict] = []
     skipped: list[str] = []
     panels = {}
     t_start = time.time()
-    for setting in require(cfg, "settings"):
+    for setting in require(cfg, "settings", src):
         accel, mtype, cf = float(setting["accel"]), setting["mask"], float(setting.get("center_fraction", 0.08))
         tag = f"{accel:g}x {mtype}"
         for vi, vol in enumerate(vols):
@@ -188,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 maps = estimate_maps(torch.from_numpy(ks), torch.from_numpy(mask))
                 maps_seconds.append(time.perf_counter() - t0)
-                for r in run_methods(ks, mask, maps, prior, methods, seed + s, vi == 0):
+                for r in run_methods(ks, mask, maps, models, methods, seed + s, vi == 0):
                     key = (r["method"], r["param"])
+                    per_method[key]["peak_gb"] = max(per_method[key].get("peak_gb", 0.0), r["peak_gb"])
                     per_method[key]["images"].append(r["image"])
                     per_method[key]["stds"].append(r.get("std"))
                     per_method[key]["seconds"].append(r["seconds"])
@@ -198,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                 recon = np.stack(res["images"]).astype(np.float64)
                 row = {"setting": tag, "volume": vol["name"], "group": vol["group"], "method": method, "param": param,
                        **volume_metrics(target, recon), "sec_per_slice": float(np.mean(res["seconds"])),
-                       "nfe": res["nfe"], "maps_sec_per_slice": float(np.mean(maps_seconds))}
+                       "nfe": res["nfe"], "maps_sec_per_slice": float(np.mean(maps_seconds)),
+                       "peak_gb": res["peak_gb"]}
                 if res["stds"][0] is not None:
                     row.update(calibration(target, recon, np.stack(res["stds"])))
                 rows.append(row)
@@ -226,6 +278,36 @@ def best_params(rows: list[dict]) -> dict[tuple[str, str], str]:
     return {k: v[1] for k, v in best.items()}
 
 
+def robustness_table(rows: list[dict]) -> list[str]:
+    """Learned methods vs the best L1-wavelet per (setting, group): PSNR and its gain, mean over volumes.
+
+    The U-Net is trained at 4× equispaced only and the prior never saw FLAIR, so the
+    other settings and the held-out group measure how each generalises.
+    """
+    mean_psnr: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        mean_psnr[(r["setting"], r["group"], label(r))].append(r["PSNR"])
+    learned = sorted({lab for (_, _, lab) in mean_psnr if lab == "unet" or lab.startswith("dds")},
+                     key=lambda x: (x != "unet", len(x), x))
+    if not learned:
+        return []
+    out = ["## Robustness: learned methods off their training distribution", "",
+           "U-Net: trained at 4x equispaced (centre fraction 0.08) on the synthetic corpus; score prior: trained on the "
+           "same corpus without masks. FLAIR is held out of both. PSNR (dB) and gain over the best L1-wavelet.", "",
+           "| setting | group | L1-wavelet | " + " | ".join(learned) + " |", "|---|---|---|" + "---|" * len(learned)]
+    for setting, group in sorted({(s, g) for (s, g, _) in mean_psnr}):
+        l1 = mean_psnr.get((setting, group, "l1_wavelet"))
+        if not l1:
+            continue
+        base = float(np.mean(l1))
+        cells = []
+        for lab in learned:
+            v = mean_psnr.get((setting, group, lab))
+            cells.append(f"{np.mean(v):.2f} ({np.mean(v) - base:+.2f})" if v else "–")
+        out.append(f"| {setting} | {group} | {base:.2f} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, header: str, seconds: float,
                   skipped: list[str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -244,8 +326,8 @@ def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, head
              "setting, chosen on these same volumes (an optimistic baseline); every λ is in the CSV.", ""]
     groups = sorted({r["group"] for r in rows}, key=lambda g: (g != "synthetic test split", g))
     for group in groups:
-        lines += [f"## {group}", "", "| setting | method | PSNR (dB) | SSIM | NMSE | s/slice | NFE |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"## {group}", "", "| setting | method | PSNR (dB) | SSIM | NMSE | s/slice | NFE | peak GB |",
+                  "|---|---|---|---|---|---|---|---|"]
         table: dict[tuple[str, str], list[dict]] = defaultdict(list)
         for r in kept:
             if r["group"] == group:
@@ -255,8 +337,10 @@ def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, head
             agg = aggregate([{k: r[k] for k in ("PSNR", "SSIM", "NMSE")} for r in rs])
             lines.append(f"| {setting} | {meth} | {agg['PSNR'][0]:.2f} ± {agg['PSNR'][1]:.2f} | "
                          f"{agg['SSIM'][0]:.4f} ± {agg['SSIM'][1]:.4f} | {agg['NMSE'][0]:.4f} | "
-                         f"{np.mean([r['sec_per_slice'] for r in rs]):.2f} | {rs[0]['nfe']} |")
+                         f"{np.mean([r['sec_per_slice'] for r in rs]):.2f} | {rs[0]['nfe']} | "
+                         f"{max(r.get('peak_gb', float('nan')) for r in rs):.2f} |")
         lines.append("")
+    lines += robustness_table(kept)
     cal = [r for r in rows if "within_1std" in r]
     if cal:
         lines += ["## Uncertainty calibration (object pixels)", "",

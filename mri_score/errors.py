@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from functools import wraps
 from typing import TypeVar
@@ -13,6 +15,14 @@ T = TypeVar("T")
 
 #: Exit code for bad input on every command line.
 EXIT_BAD_INPUT = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler the command lines install, so clean-up code runs as for Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 class InputError(ValueError):
@@ -26,19 +36,29 @@ class CheckpointError(InputError):
 def exit_on_input_error(main: Callable[..., int | None]) -> Callable[..., int]:
     """Decorate a CLI ``main``: input errors print one line on stderr and exit with code 2.
 
-    ``KeyboardInterrupt`` exits with 130 after cleanup has run (outputs are
-    atomic, so nothing partial is left behind).
+    SIGINT (``KeyboardInterrupt``) exits with 130 and SIGTERM with 143, both as
+    exceptions, so ``finally`` clean-ups run and atomic writers remove their
+    temporary files: nothing partial is left behind.
     """
 
     @wraps(main)
     def wrapper(*args: object, **kwargs: object) -> int:
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return int(main(*args, **kwargs) or 0)
         except (InputError, OperatorInputError) as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except Terminated:
+            print("terminated (SIGTERM); no partial output was left", file=sys.stderr)
+            return 143
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            print("interrupted; no partial output was left", file=sys.stderr)
             return 130
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper

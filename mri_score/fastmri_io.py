@@ -163,12 +163,14 @@ def _validate_kspace(ks: np.ndarray, path: Path) -> None:
         raise InputError(f"{path}: kspace is all zeros")
 
 
-def read_fastmri(path: str | os.PathLike[str], load_target: bool = True) -> FastMRIVolume:
+def read_fastmri(path: str | os.PathLike[str], load_target: bool = True, require_header: bool = True) -> FastMRIVolume:
     """Read a fastMRI file (read-only) and validate it.
 
     Raises :class:`InputError` with a one-line message naming the file for
     anything unusable (unreadable HDF5, no/real/non-finite/all-zero k-space,
-    wrong rank, bad mask, garbled header, recon size larger than the image).
+    wrong rank, bad mask, missing or garbled header, recon size larger than the
+    image).  ``require_header=False`` accepts header-less files (the recon size
+    is then the k-space matrix), as fastMRI's own reader does not.
     """
     import h5py
 
@@ -214,6 +216,8 @@ def read_fastmri(path: str | os.PathLike[str], load_target: bool = True) -> Fast
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in hf.attrs.items()}
         if "ismrmrd_header" in hf:
             meta = parse_ismrmrd_header(bytes(np.asarray(hf["ismrmrd_header"][()]).tobytes()), path)
+        elif require_header:
+            raise InputError(f"{path}: no 'ismrmrd_header' (fastMRI files carry one; it gives the recon size)")
         else:
             meta = {
                 "encoded_size": (h, w, 1),

@@ -28,5 +28,23 @@ def recon_panel(path: str | Path, zero_filled: np.ndarray, recon: np.ndarray, st
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure_atomic(fig, path)
     plt.close(fig)
+
+
+def save_figure_atomic(fig, path: str | Path, dpi: int = 90) -> Path:
+    """``fig.savefig`` to a temporary file in the target directory, then ``os.replace``: complete or absent."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

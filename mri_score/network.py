@@ -13,7 +13,7 @@ multiple of the network's stride inside :class:`EDMDenoiser` and cropped back).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -148,6 +148,16 @@ class UNet(nn.Module):
         return self.out(F.silu(self.out_norm(h)))
 
 
+def pad_to_multiple(x: torch.Tensor, stride: int) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """Zero-pad ``(..., H, W)`` symmetrically to multiples of ``stride``; returns it and the inverse crop."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % stride, (-w) % stride
+    if not (ph or pw):
+        return x, lambda y: y
+    padded = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    return padded, lambda y: y[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+
+
 class EDMDenoiser(nn.Module):
     """EDM-preconditioned denoiser ``D(x; σ)`` on real 2-channel images ``(B, 2, H, W)``.
 
@@ -162,7 +172,7 @@ class EDMDenoiser(nn.Module):
         self.sigma_data = float(cfg.sigma_data)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        b, _, h, w = x.shape
+        b = x.shape[0]
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
         if sigma.numel() == 1:
             sigma = sigma.expand(b)
@@ -172,14 +182,8 @@ class EDMDenoiser(nn.Module):
         c_out = s * sd / torch.sqrt(s**2 + sd**2)
         c_in = 1.0 / torch.sqrt(s**2 + sd**2)
         c_noise = torch.log(sigma) / 4.0
-        stride = self.net.stride
-        ph, pw = (-h) % stride, (-w) % stride
-        xin = c_in * x
-        if ph or pw:
-            xin = F.pad(xin, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-        f = self.net(xin, c_noise).float()
-        if ph or pw:
-            f = f[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+        xin, crop = pad_to_multiple(c_in * x, self.net.stride)
+        f = crop(self.net(xin, c_noise).float())
         return c_skip * x + c_out * f
 
     def score(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:

@@ -34,6 +34,8 @@ def load_prior(
     if path is None or not Path(path).is_file():
         raise CheckpointError(f"{path}: prior checkpoint not found")
     tensors, meta = load_checkpoint(path)
+    if meta.get("task", "score") != "score":
+        raise CheckpointError(f"{path}: a {meta.get('task')!r} checkpoint, not a score prior")
     try:
         cfg = NetworkConfig.from_dict(meta["network"])
     except (KeyError, TypeError, ValueError) as err:

@@ -27,9 +27,13 @@ import torch.distributed as dist
 
 from mri_score.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from mri_score.config import load_config, require
-from mri_score.data.datasets import SlicePool, fastmri_pool, synthetic_pool
+from mri_score.data.datasets import SlicePool, fastmri_pool, synthetic_pool, synthetic_slices
 from mri_score.errors import CheckpointError, InputError, exit_on_input_error
 from mri_score.network import EDMDenoiser, NetworkConfig, count_parameters
+from mri_score.supervised import KspacePairSource, MagnitudeUNet, supervised_loss
+
+#: What a config can train: a score prior (EDM denoiser) or the supervised U-Net baseline.
+TASKS = ("score", "supervised")
 
 
 def edm_loss(model: torch.nn.Module, x: torch.Tensor, gen: torch.Generator, p_mean: float, p_std: float,
@@ -68,11 +72,28 @@ def choose_precision(device: torch.device, mode: str) -> dict[str, Any]:
     return {"device_type": device.type, "dtype": torch.bfloat16, "enabled": enabled}
 
 
-def build_source(cfg: dict[str, Any]) -> SlicePool:
-    """The training slices named by ``cfg['data']``."""
+def _to(x: torch.Tensor, dev: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(dev)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def build_source(cfg: dict[str, Any]) -> SlicePool | KspacePairSource:
+    """The training data named by ``cfg['data']``: crops for ``task: score``, simulated pairs for ``supervised``."""
     data = require(cfg, "data")
     source = data.get("source", "synthetic")
     crop = int(data.get("crop", 64))
+    if cfg.get("task", "score") == "supervised":
+        if source != "synthetic":
+            raise InputError("task: supervised trains on the synthetic corpus (data.source: synthetic)")
+        sizes = tuple(int(s) for s in data.get("sizes", (160, 256)))
+        full = synthetic_slices(int(data.get("pool_size", 1000)), int(data.get("seed", 0)),
+                                tuple(data.get("families", ("t1", "t2", "pd", "random"))), sizes,
+                                tuple(data.get("pixel_mm", (0.8, 1.5))), square=True)
+        mask = data.get("mask", {})
+        return KspacePairSource(full, rows=crop, mask_type=mask.get("type", "equispaced"),
+                                acceleration=float(mask.get("accel", 4)),
+                                center_fraction=float(mask.get("center_fraction", 0.08)),
+                                coils=int(data.get("coils", 8)), snr=tuple(data.get("snr", (30.0, 300.0))))
     if source == "synthetic":
         return synthetic_pool(
             count=int(data.get("pool_size", 4000)),
@@ -142,7 +163,10 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
     net_cfg = NetworkConfig.from_dict(cfg.get("network", {}))
     sigma_cfg = cfg.get("sigma", {})
     p_mean, p_std = float(sigma_cfg.get("p_mean", -1.2)), float(sigma_cfg.get("p_std", 1.2))
-    model = EDMDenoiser(net_cfg).to(dev)
+    task = str(cfg.get("task", "score"))
+    if task not in TASKS:
+        raise InputError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    model = (EDMDenoiser(net_cfg) if task == "score" else MagnitudeUNet(net_cfg)).to(dev)
     channels_last = bool(tr.get("channels_last", True))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -196,7 +220,7 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
         tensors.update(_flatten_optimizer(opt))
         tensors["rng.gen.0"] = gen.get_state()
-        meta = {"step": step, "network": net_cfg.to_dict(), "config": cfg, "kind": "training",
+        meta = {"step": step, "network": net_cfg.to_dict(), "config": cfg, "kind": "training", "task": task,
                 "scaling": "mri_score.scaling.image_scale (ACS 99th percentile)"}
         save_checkpoint(ckpt_path, tensors, meta)
 
@@ -210,12 +234,14 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
     step = start
     try:
         while step < steps:
-            x = pool.batch(batch // world, gen).to(dev)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
                 g["lr"] = _lr(step, lr, warmup)
-            loss = edm_loss(ddp_model, x, gen, p_mean, p_std, net_cfg.sigma_data, precision)
+            if task == "score":
+                x = _to(pool.batch(batch // world, gen), dev, channels_last)
+                loss = edm_loss(ddp_model, x, gen, p_mean, p_std, net_cfg.sigma_data, precision)
+            else:
+                pair = tuple(_to(t, dev, channels_last) for t in pool.batch(batch // world, gen))
+                loss = supervised_loss(ddp_model, pair, precision)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(tr.get("grad_clip", 1.0)))
@@ -250,12 +276,14 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
 
 
 def export_prior(ckpt: str | os.PathLike[str], out: str | os.PathLike[str], command: str) -> Path:
-    """Write the EMA weights of a training checkpoint as a shippable prior (safetensors)."""
+    """Write the EMA weights of a training checkpoint as shippable weights (safetensors): a prior or a U-Net."""
     tensors, meta = load_checkpoint(ckpt)
     ema = {k: v for k, v in tensors.items() if k.startswith("ema.")}
     if not ema:
         raise CheckpointError(f"{ckpt}: no EMA weights to export")
-    new_meta = {"step": meta["step"], "network": meta["network"], "config": meta["config"], "kind": "prior",
+    task = meta.get("task", "score")
+    new_meta = {"step": meta["step"], "network": meta["network"], "config": meta["config"], "task": task,
+                "kind": "prior" if task == "score" else "supervised",
                 "command": command, "scaling": meta.get("scaling")}
     return save_checkpoint(out, ema, new_meta)
 
@@ -299,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.export:
             cmd = "python -m mri_score.train " + " ".join(sys.argv[1:] if argv is None else argv)
             export_prior(Path(require(cfg, "out_dir")) / "checkpoint.safetensors", args.export, cmd)
-            print(f"exported prior to {args.export}")
+            print(f"exported weights to {args.export}")
     return 0
 
 

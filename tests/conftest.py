@@ -52,6 +52,19 @@ def tiny_prior_path(tmp_path, tiny_cfg):
 
 
 @pytest.fixture
+def tiny_unet_path(tmp_path, tiny_cfg):
+    from mri_score.supervised import MagnitudeUNet
+
+    torch.manual_seed(0)
+    cfg = NetworkConfig.from_dict({**tiny_cfg.to_dict(), "in_channels": 1})
+    model = MagnitudeUNet(cfg)
+    path = tmp_path / "tiny_unet.safetensors"
+    save_checkpoint(path, {f"ema.{k}": v for k, v in model.state_dict().items()},
+                    {"step": 0, "network": cfg.to_dict(), "config": {}, "kind": "supervised", "task": "supervised"})
+    return path
+
+
+@pytest.fixture
 def fully_sampled_file(tmp_path):
     imgs = phantom(64, 2)
     ksp, target, _ = simulate_volume(imgs, coils=4, snr=100.0, seed=1)

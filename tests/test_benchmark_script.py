@@ -8,7 +8,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_benchmark_writes_well_formed_tables(tmp_path, tiny_prior_path):
+def test_benchmark_writes_well_formed_tables(tmp_path, tiny_prior_path, tiny_unet_path):
     cfg = {
         "name": "tiny",
         "seed": 0,
@@ -16,7 +16,7 @@ def test_benchmark_writes_well_formed_tables(tmp_path, tiny_prior_path):
         "data": {"volumes": [{"family": "t1", "index": 0}], "slices": 1, "size": [64, 64], "coils": 4, "snr": 100},
         "settings": [{"accel": 4, "mask": "equispaced", "center_fraction": 0.25},
                      {"accel": 8, "mask": "poisson", "center_fraction": 0.5}],
-        "methods": {"zero_filled": {}, "cg_sense": {"lam": 0.01, "iters": 5},
+        "methods": {"zero_filled": {}, "cg_sense": {"lam": 0.01, "iters": 5}, "unet": {"weights": str(tiny_unet_path)},
                     "l1_wavelet": {"lams": [0.001, 0.01], "iters": 5}, "dds": {"nfe": [2], "samples": 2}},
     }
     path = tmp_path / "bench_tiny.yaml"
@@ -26,11 +26,25 @@ def test_benchmark_writes_well_formed_tables(tmp_path, tiny_prior_path):
     assert res.returncode == 0, res.stderr[-2000:]
     md = (tmp_path / "res" / "tiny.md").read_text()
     assert "- command:" in md and "- machine:" in md and "- seed:" in md and "- versions:" in md
-    assert "| 4x equispaced | dds (NFE=2) |" in md
+    assert "| 4x equispaced | dds (NFE=2) |" in md and "| 4x equispaced | unet |" in md
     assert "Uncertainty calibration" in md
     assert "Skipped (mask not realisable)" in md  # 8x Poisson cannot fit a 32² calibration square in 64²
     rows = list(csv.DictReader(open(tmp_path / "res" / "tiny.csv")))
-    assert {r["method"] for r in rows} == {"zero_filled", "cg_sense", "l1_wavelet", "dds"}
+    assert {r["method"] for r in rows} == {"zero_filled", "cg_sense", "unet", "l1_wavelet", "dds"}
+    assert all(float(r["peak_gb"]) >= 0 for r in rows)
+    assert "## Robustness" in md and "| 4x equispaced | synthetic test split |" in md
     assert len([r for r in rows if r["method"] == "l1_wavelet"]) == 2
     assert all(float(r["PSNR"]) > 0 for r in rows)
     assert (tmp_path / "res" / "tiny_psnr_vs_cost.png").is_file()
+
+
+def test_memory_benchmark_reports_child_peak(tmp_path):
+    out = tmp_path / "memory.md"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_memory.py"), "--coils", "3", "--size", "64",
+                          "--slices", "2", "--steps", "2", "--samples", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    md = out.read_text()
+    assert "- command:" in md and "- versions:" in md and "2 slices × 3 coils × 64²" in md
+    peak = float(md.split("| 1 | ")[1].split(" GiB")[0])
+    assert 0.05 < peak < 4.0  # python + torch alone take ~0.3 GiB; the tiny volume adds little

@@ -63,7 +63,11 @@ def test_singlecoil_and_mask_dataset(tmp_path):
 def test_mask_inferred_from_zero_columns(tmp_path):
     k = ksp()
     k[..., 1::3] = 0
-    vol = read_fastmri(write(tmp_path / "c.h5", k, header=False))
+    path = write(tmp_path / "c.h5", k, header=False)
+    with pytest.raises(InputError, match="no 'ismrmrd_header'"):
+        read_fastmri(path)
+    vol = read_fastmri(path, require_header=False)
+    assert vol.recon_size == (32, 24, 1)
     expected = np.ones(24, dtype=np.float32)
     expected[1::3] = 0
     assert np.array_equal(vol.sampling_mask, expected)

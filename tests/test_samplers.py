@@ -70,7 +70,8 @@ def test_sampler_deterministic_by_seed_and_counts_nfe(name):
     assert a.nfe == expected_nfe
 
 
-@pytest.mark.parametrize("name,steps,tol", [("langevin", 600, 0.15), ("pc", 200, 0.2), ("dds", 50, 0.15)])
+@pytest.mark.parametrize("name,steps,tol", [("langevin", 600, 0.15), ("pc", 200, 0.2), ("dds", 50, 0.15),
+                                            ("dps", 100, 0.08)])
 def test_sampler_mean_matches_gaussian_posterior(name, steps, tol):
     problem = make_problem(seed=3)
     mu = posterior_mean(problem)

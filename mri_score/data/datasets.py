@@ -76,9 +76,23 @@ def synthetic_pool(
     pixel_mm: tuple[float, float] = (0.8, 1.5),
     workers: int | None = None,
 ) -> SlicePool:
-    """A pool of ``count`` synthetic training slices generated in parallel (deterministic by seed)."""
+    """A pool of ``count`` scaled synthetic training slices (crops of ``crop``²), deterministic by seed."""
+    slices = synthetic_slices(count, seed, families, sizes, pixel_mm, workers=workers)
+    return SlicePool([_scaled(s) for s in slices], crop)
+
+
+def synthetic_slices(
+    count: int,
+    seed: int = 0,
+    families: Sequence[str] = ("t1", "t2", "pd", "random"),
+    sizes: Sequence[int] = (96, 128, 160),
+    pixel_mm: tuple[float, float] = (0.8, 1.5),
+    square: bool = False,
+    workers: int | None = None,
+) -> list[np.ndarray]:
+    """``count`` unscaled complex64 training-split slices, generated in parallel worker processes."""
     kwargs = {"split": "train", "families": tuple(families), "seed": seed, "sizes": tuple(sizes),
-              "pixel_mm": tuple(pixel_mm)}
+              "pixel_mm": tuple(pixel_mm), "square": square}
     SyntheticBrainCorpus(**kwargs)  # validate arguments before forking
     load_template()  # load once in the parent; forked workers share it
     workers = workers or min(2, os.cpu_count() or 1)
@@ -88,7 +102,7 @@ def synthetic_pool(
             slices = pool.map(_gen_one, jobs, chunksize=32)
     else:
         slices = [_gen_one(j) for j in jobs]
-    return SlicePool([_scaled(s) for s in slices], crop)
+    return slices
 
 
 def fastmri_pool(
@@ -104,7 +118,8 @@ def fastmri_pool(
     estimated from the ACS block only (``center_fraction`` of the columns,
     low-resolution method); ``target="magnitude"``: the file's
     ``reconstruction_rss``/``_esc`` (real).  Either way each slice is divided
-    by the reference scale of its ACS low-resolution image.
+    by the reference scale of its ACS low-resolution image.  Every file is
+    checked; unusable ones are all named in one :class:`InputError`.
     """
     from mri_score.fastmri_io import read_fastmri
     from operators import ifft2c, maps_lowres, sense1_combine
@@ -113,8 +128,13 @@ def fastmri_pool(
     if not files:
         raise InputError(f"{root}: no .h5 files")
     slices: list[np.ndarray] = []
+    bad = []
     for f in files:
-        vol = read_fastmri(f, load_target=target == "magnitude")
+        try:
+            vol = read_fastmri(f, load_target=target == "magnitude")
+        except InputError as err:
+            bad.append(str(err))
+            continue
         ks = torch.from_numpy(vol.kspace)
         w = ks.shape[-1]
         width = max(4, round(w * center_fraction))
@@ -129,7 +149,11 @@ def fastmri_pool(
             scale = image_scale(img, center_fraction)
             slices.append((img / scale).numpy().astype(np.complex64))
             if max_slices and len(slices) >= max_slices:
-                return SlicePool(slices, crop)
+                break
+        if max_slices and len(slices) >= max_slices:
+            break
+    if bad:
+        raise InputError(f"{root}: {len(bad)} unusable training file(s) (fix or remove them): " + "; ".join(bad))
     return SlicePool(slices, crop)
 
 

@@ -1,0 +1,28 @@
+"""The stamp every results file carries: command, date, machine, package versions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+
+import numpy as np
+import torch
+
+
+def provenance(command: str) -> str:
+    """Markdown bullet lines: ``command``, UTC date, machine and CPU count, torch threads, versions."""
+    import scipy
+    import sigpy
+
+    from mri_score import baselines
+
+    return (
+        f"- command: `{command}`\n"
+        f"- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}\n"
+        f"- machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, {platform.system()}; "
+        f"torch threads {torch.get_num_threads()}\n"
+        f"- versions: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+        f"scipy {scipy.__version__}, sigpy {sigpy.__version__}, "
+        f"bart {'yes' if baselines.bart_available() else 'not installed'}\n"
+    )
