@@ -404,24 +404,49 @@ def make_figures(out_dir: Path, name: str, rows: list[dict], panels: dict) -> li
                 continue
             items.append((f"{method} {param}", recon, std))
         n = len(items)
-        fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.6))
+        fig, axes = plt.subplots(3, n, figsize=(2.2 * n, 6.6))
         t = p["target"]
         i = t.shape[0] // 2
         vmax = float(np.percentile(t[i], 99.5))
         for j, (title, img, std) in enumerate(items):
             axes[0, j].imshow(img[i], cmap="gray", vmin=0, vmax=vmax)
             axes[0, j].set_title(title, fontsize=7)
-            err = np.abs(img[i] - t[i]) if j else None
-            if err is not None:
-                axes[1, j].imshow(err, cmap="magma", vmin=0, vmax=0.2 * vmax)
-                axes[1, j].set_title("|error|" + (" / std below" if std is not None else ""), fontsize=6)
+            if j:
+                axes[1, j].imshow(np.abs(img[i] - t[i]), cmap="magma", vmin=0, vmax=0.2 * vmax)
+                axes[1, j].set_title("|error|", fontsize=6)
             if std is not None:
-                axes[1, j].contour(std[i], levels=3, linewidths=0.4, colors="cyan")
+                axes[2, j].imshow(std[i], cmap="magma", vmin=0, vmax=0.2 * vmax)
+                axes[2, j].set_title("posterior std", fontsize=6)
             for a in axes[:, j]:
                 a.axis("off")
-        fig.suptitle(f"{tag}: target, reconstructions (top); |error| ×5 (bottom)", fontsize=8)
+        fig.suptitle(f"{tag}: target and reconstructions (top), |error| (middle), posterior std (bottom); "
+                     "error and std on the same scale (20 % of the target's 99.5th percentile)", fontsize=8)
         fig.tight_layout()
         f = f"{name}_panel_{tag.replace(' ', '_')}.png"
+        fig.savefig(out_dir / f, dpi=90)
+        plt.close(fig)
+        files.append(f)
+    cal = [r for r in rows if "within_1std" in r]
+    if cal:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        ks = (1, 2, 3)
+        axes[0].plot(ks, [0.683, 0.954, 0.997], "k--", label="calibrated Gaussian")
+        by: dict[str, list[dict]] = defaultdict(list)
+        for r in cal:
+            by[label(r)].append(r)
+        for j, (meth, rs) in enumerate(sorted(by.items())):
+            axes[0].plot(ks, [np.nanmean([r[f"within_{k}std"] for r in rs]) for k in ks], "o-", label=meth)
+            axes[1].bar(j, np.nanmean([r["corr_err_std"] for r in rs]))
+        axes[0].set_xticks(ks)
+        axes[0].set_xlabel("k")
+        axes[0].set_ylabel("fraction of object pixels with |error| ≤ k·std")
+        axes[0].legend(fontsize=6)
+        axes[1].set_xticks(range(len(by)))
+        axes[1].set_xticklabels(sorted(by), rotation=45, ha="right", fontsize=6)
+        axes[1].set_ylabel("corr(|error|, std)")
+        fig.suptitle("uncertainty calibration, all settings and volumes", fontsize=8)
+        fig.tight_layout()
+        f = f"{name}_calibration.png"
         fig.savefig(out_dir / f, dpi=90)
         plt.close(fig)
         files.append(f)

@@ -35,7 +35,7 @@ def test_benchmark_writes_well_formed_tables(tmp_path, tiny_prior_path, tiny_une
     assert "## Robustness" in md and "| 4x equispaced | synthetic test split |" in md
     assert len([r for r in rows if r["method"] == "l1_wavelet"]) == 2
     assert all(float(r["PSNR"]) > 0 for r in rows)
-    assert (tmp_path / "res" / "tiny_psnr_vs_cost.png").is_file()
+    assert (tmp_path / "res" / "tiny_psnr_vs_cost.png").is_file() and (tmp_path / "res" / "tiny_calibration.png").is_file()
 
 
 def test_memory_benchmark_reports_child_peak(tmp_path):
