@@ -44,9 +44,9 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, torch.Tenso
     header = {"meta": meta_json, "digest": _digest(tensors, meta_json)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o644)
     try:
         save_file(tensors, tmp, metadata=header)
+        os.chmod(tmp, 0o644)  # after writing: safetensors may recreate the file with mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -198,3 +198,8 @@ def test_shipped_configs_parse_and_build(name):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     assert cfg["data"]["source"] in ("synthetic", "fastmri")
     EDMDenoiser(NetworkConfig.from_dict(cfg["network"]))
+
+
+def test_saved_checkpoints_are_world_readable(tmp_path):
+    p = save_checkpoint(tmp_path / "c.safetensors", {"a": torch.ones(2)}, {"step": 0})
+    assert p.stat().st_mode & 0o777 == 0o644
