@@ -30,6 +30,7 @@ def sample_dps(
     sigma_min: float = 0.002,
     zeta: float = 1.0,
     eta: float = 1.0,
+    clip: bool = True,
 ) -> SamplerResult:
     """DPS for ``K`` samples ``(K, H, W)``; ``zeta`` scales the likelihood step (1: the Gaussian approximation's)."""
     sigmas = karras_sigmas(steps, sigma_max, sigma_min) + [0.0]
@@ -51,7 +52,15 @@ def sample_dps(
         grad = channels_to_complex(grad_r)
         r2 = s**2 * sd**2 / (s**2 + sd**2)
         # posterior Tweedie: E[x₀ | x_i, y] = x̂₀ + σ_i² ∇ log p(y | x_i)
-        x0 = (x0.detach() - zeta * s**2 / (problem.sigma_y**2 + r2) * grad).detach()
+        step = zeta * s**2 / (problem.sigma_y**2 + r2) * grad
+        if clip:
+            # for a Gaussian prior J ≼ (r²/σ²) I, so the step is never longer than a full data-consistency
+            # step Aᴴ(A x̂₀ − y); a trained network's Jacobian is not bounded that way, so enforce it
+            dc = problem.op.adjoint(res.detach())
+            limit = torch.linalg.vector_norm(dc.reshape(dc.shape[0], -1), dim=1)
+            norm = torch.linalg.vector_norm(step.reshape(step.shape[0], -1), dim=1)
+            step = step * (limit / norm.clamp_min(1e-12)).clamp(max=1.0)[:, None, None]
+        x0 = (x0.detach() - step).detach()
         if s_next == 0.0:
             break
         c = eta * s_next
