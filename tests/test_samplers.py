@@ -98,3 +98,24 @@ def test_langevin_posterior_spread_matches_gaussian_posterior():
     # annealed Langevin does not fully equilibrate at the smallest σ, so it over-disperses somewhat;
     # it must still be calibrated to within a factor of 2
     assert 0.5 < float(var_emp / var_exact) < 2.0
+
+
+class AmplifyingDenoiser(GaussianDenoiser):
+    """The exact Gaussian denoiser's values with a Jacobian 30·I above it (``x − x.detach()`` is 0 with gradient I):
+    far beyond the Gaussian bound r²/σ², as a trained network's Jacobian can be in some directions."""
+
+    def forward(self, x, sigma):
+        return super().forward(x, sigma) + 30.0 * (x - x.detach())
+
+
+def test_dps_step_is_bounded_by_a_data_consistency_step():
+    problem = make_problem(seed=5)
+    x_init = problem.zero_filled().expand(2, -1, -1).clone()
+    out = {}
+    for clip in (True, False):
+        prior = ComplexPrior(AmplifyingDenoiser())
+        res = SAMPLERS["dps"](prior, problem, x_init, torch.Generator().manual_seed(0), steps=20, clip=clip)
+        out[clip] = torch.linalg.vector_norm(res.samples).item()
+    scale = torch.linalg.vector_norm(x_init).item()
+    assert out[True] < 100 * scale  # bounded
+    assert not out[False] < 100 * scale  # the unbounded step runs away (inf/nan or huge)
