@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mri_score.atomic import atomic_output
 from mri_score.errors import CheckpointError
 
 FORMAT = "mri-score-checkpoint/1"
@@ -38,19 +38,11 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, torch.Tenso
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
     meta_json = json.dumps({"format": FORMAT, **meta}, sort_keys=True)
     header = {"meta": meta_json, "digest": _digest(tensors, meta_json)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.chmod(tmp, 0o644)  # after writing: safetensors may recreate the file with mkstemp's 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     return path
 
 

@@ -11,7 +11,6 @@ Inputs are opened read-only; outputs are written atomically.
 from __future__ import annotations
 
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mri_score.atomic import atomic_output
 from mri_score.errors import InputError
 
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
@@ -271,24 +271,15 @@ def center_crop(x: Any, shape: tuple[int, int]) -> Any:
 
 
 def atomic_h5_write(out_path: str | os.PathLike[str], datasets: dict[str, Any], attrs: dict[str, Any]) -> Path:
-    """Write an HDF5 file atomically: a temporary file in the same directory, then ``os.replace``."""
+    """Write an HDF5 file atomically (:func:`mri_score.atomic.atomic_output`)."""
     import h5py
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    try:
-        with h5py.File(tmp, "w") as hf:
-            for key, value in datasets.items():
-                hf.create_dataset(key, data=value)
-            for key, value in attrs.items():
-                hf.attrs[key] = value
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as hf:
+        for key, value in datasets.items():
+            hf.create_dataset(key, data=value)
+        for key, value in attrs.items():
+            hf.attrs[key] = value
     return out_path
 
 

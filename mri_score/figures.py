@@ -33,18 +33,9 @@ def recon_panel(path: str | Path, zero_filled: np.ndarray, recon: np.ndarray, st
 
 
 def save_figure_atomic(fig, path: str | Path, dpi: int = 90) -> Path:
-    """``fig.savefig`` to a temporary file in the target directory, then ``os.replace``: complete or absent."""
-    import os
-    import tempfile
+    """``fig.savefig`` as PNG, atomically (:func:`mri_score.atomic.atomic_output`)."""
+    from mri_score.atomic import atomic_output
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
