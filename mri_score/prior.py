@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,29 @@ def load_prior(
     checkpoint's metadata (config, normalisation, provenance).
     """
     path = default_prior_path() if path is None else Path(path)
-    if path is None or not Path(path).is_file():
-        raise CheckpointError(f"{path}: prior checkpoint not found")
+    return load_network(path, "score", "score prior", EDMDenoiser, device, use_ema)  # type: ignore[return-value]
+
+
+def load_network(
+    path: str | os.PathLike[str],
+    task: str,
+    what: str,
+    build: Callable[[NetworkConfig], torch.nn.Module],
+    device: str | torch.device = "cpu",
+    use_ema: bool = True,
+) -> torch.nn.Module:
+    """Load any of the project's networks from a checkpoint whose metadata says ``task``; never unpickles.
+
+    ``build`` makes the module from the checkpoint's :class:`NetworkConfig`; ``what``
+    names it in error messages.  EMA weights are used when present (and ``use_ema``),
+    else the raw ``model.`` weights of a training checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} checkpoint not found")
     tensors, meta = load_checkpoint(path)
-    if meta.get("task", "score") != "score":
-        raise CheckpointError(f"{path}: a {meta.get('task')!r} checkpoint, not a score prior")
+    if meta.get("task", "score") != task:
+        raise CheckpointError(f"{path}: a {meta.get('task', 'score')!r} checkpoint, not a {what}")
     try:
         cfg = NetworkConfig.from_dict(meta["network"])
     except (KeyError, TypeError, ValueError) as err:
@@ -45,7 +64,7 @@ def load_prior(
     if not state:
         raise CheckpointError(f"{path}: checkpoint holds no '{prefix}' weights")
     try:
-        model = EDMDenoiser(cfg)
+        model = build(cfg)
     except (ValueError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"{path}: cannot build the network from its metadata ({err})") from err
     load_state_strict(model, state, path)

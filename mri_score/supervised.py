@@ -136,19 +136,6 @@ def unet_reconstruct(model: MagnitudeUNet, kspace: torch.Tensor, mask: torch.Ten
 
 def load_unet(path: str, device: str | torch.device = "cpu") -> MagnitudeUNet:
     """Load exported (``ema.``) or training (``model.``) weights of a supervised U-Net; never unpickles."""
-    from pathlib import Path
+    from mri_score.prior import load_network
 
-    from mri_score.checkpoint import load_checkpoint, load_state_strict
-    from mri_score.errors import CheckpointError
-
-    if not Path(path).is_file():
-        raise CheckpointError(f"{path}: U-Net checkpoint not found")
-    tensors, meta = load_checkpoint(path)
-    if meta.get("task") != "supervised":
-        raise CheckpointError(f"{path}: not a supervised U-Net checkpoint (task={meta.get('task', 'score')!r})")
-    cfg = NetworkConfig.from_dict(meta["network"])
-    model = MagnitudeUNet(cfg)
-    state = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-    load_state_strict(model, state, path)
-    model.meta = meta  # type: ignore[misc]
-    return model.to(device).eval()
+    return load_network(path, "supervised", "supervised U-Net", MagnitudeUNet, device)  # type: ignore[return-value]
