@@ -33,7 +33,7 @@ from mri_score import baselines  # noqa: E402
 from mri_score.config import load_config, require  # noqa: E402
 from mri_score.errors import InputError, exit_on_input_error  # noqa: E402
 from mri_score.metrics import aggregate, volume_metrics  # noqa: E402
-from mri_score.posterior import SamplerSettings, reconstruct_slice  # noqa: E402
+from mri_score.posterior import MAGNITUDES, SamplerSettings, estimate_sigma_y, output_magnitude, reconstruct_slice  # noqa: E402
 from mri_score.prior import load_prior  # noqa: E402
 from mri_score.scaling import kspace_scale  # noqa: E402
 from mri_score.simulate import corpus_volume, make_mask, simulate_volume  # noqa: E402
@@ -102,10 +102,19 @@ class PeakMemory:
 
 
 def run_methods(ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, models: dict, methods: dict, seed: int,
-                first_volume: bool) -> list[dict]:
-    """Every configured method on one slice: ``[{method, param, image, seconds, nfe, std, peak_gb}]``."""
+                first_volume: bool, magnitude: str = "rss") -> list[dict]:
+    """Every configured method on one slice: ``[{method, param, image, seconds, nfe, std, peak_gb}]``.
+
+    Every SENSE-type method (CG-SENSE, L1, TV, BART, the samplers) is reported in the
+    same ``magnitude`` convention (see :func:`mri_score.posterior.output_magnitude`).
+    """
     out = []
     scale = float(kspace_scale(torch.from_numpy(ks), torch.from_numpy(mask), maps))
+    sigma_y = estimate_sigma_y(torch.from_numpy(ks), torch.from_numpy(mask))
+
+    def to_magnitude(img: np.ndarray) -> np.ndarray:
+        return output_magnitude(torch.from_numpy(np.asarray(img, dtype=np.complex64)), maps, sigma_y, magnitude).numpy()
+
     for name, spec in methods.items():
         spec = spec or {}
         if name in SCORE_METHODS and spec.get("first_volume_only") and not first_volume:
@@ -113,7 +122,7 @@ def run_methods(ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, models: di
         if name == "bart_pics" and not baselines.bart_available():
             continue
         with PeakMemory() as mem:
-            rows = _run_method(name, spec, ks, mask, maps, scale, models, seed, first_volume)
+            rows = _run_method(name, spec, ks, mask, maps, scale, models, seed, first_volume, to_magnitude, magnitude)
         for r in rows:
             r["peak_gb"] = mem.gb
         out += rows
@@ -121,8 +130,9 @@ def run_methods(ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, models: di
 
 
 def _run_method(name: str, spec: dict, ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, scale: float,
-                models: dict, seed: int, first_volume: bool) -> list[dict]:
-    """One method (all its swept λ or NFE budgets) on one slice; ``scale`` is the ACS reference scale."""
+                models: dict, seed: int, first_volume: bool, to_magnitude, magnitude: str) -> list[dict]:
+    """One method (all its swept λ or NFE budgets) on one slice; ``scale`` is the ACS reference scale,
+    ``to_magnitude`` turns a complex SENSE image into the reported magnitude."""
     out = []
     maps_np = maps.numpy()
     t0 = time.perf_counter()
@@ -131,7 +141,7 @@ def _run_method(name: str, spec: dict, ks: np.ndarray, mask: np.ndarray, maps: t
                     "seconds": time.perf_counter() - t0, "nfe": 0})
     elif name == "cg_sense":
         img = baselines.cg_sense(ks, mask, maps_np, scale, spec.get("lam", 1e-3), spec.get("iters", 30))
-        out.append({"method": name, "param": f"lam={spec.get('lam', 1e-3)}", "image": np.abs(img),
+        out.append({"method": name, "param": f"lam={spec.get('lam', 1e-3)}", "image": to_magnitude(img),
                     "seconds": time.perf_counter() - t0, "nfe": 0})
     elif name == "unet":
         img = unet_reconstruct(models["unet"], torch.from_numpy(ks), torch.from_numpy(mask), maps)
@@ -146,17 +156,17 @@ def _run_method(name: str, spec: dict, ks: np.ndarray, mask: np.ndarray, maps: t
                 img = baselines.total_variation(ks, mask, maps_np, scale, lam, spec.get("iters", 100))
             else:
                 img = baselines.bart_pics(ks, mask, scale, lam, spec.get("iters", 100))
-            out.append({"method": name, "param": f"lam={lam}", "image": np.abs(img),
+            out.append({"method": name, "param": f"lam={lam}", "image": to_magnitude(img),
                         "seconds": time.perf_counter() - t0, "nfe": 0})
     elif name in SCORE_METHODS:
         budgets = spec["nfe"] if isinstance(spec["nfe"], list) else [spec["nfe"]]
         budgets = budgets + (list(spec.get("nfe_first_volume", [])) if first_volume else [])
         for nfe in budgets:
             settings = SamplerSettings(sampler=name, steps=int(nfe), samples=int(spec.get("samples", 2)),
-                                       seed=seed, options=dict(spec.get("options", {})))
+                                       seed=seed, magnitude=magnitude, options=dict(spec.get("options", {})))
             res = reconstruct_slice(torch.from_numpy(ks), torch.from_numpy(mask), models["prior"], settings,
                                     maps=maps)
-            out.append({"method": name, "param": f"NFE={res.nfe}", "image": res.mean.abs().numpy(),
+            out.append({"method": name, "param": f"NFE={res.nfe}", "image": res.image.numpy(),
                         "std": res.std.numpy(), "seconds": res.seconds, "nfe": res.nfe})
     return out
 
@@ -175,6 +185,8 @@ def stamp(args: argparse.Namespace, cfg: dict) -> str:
     command = f"python benchmarks/run_benchmark.py --config {args.config}"
     return provenance(command) + (
         f"- seed: {cfg.get('seed', 0)} (data, masks by file name as fastMRI, sampler seed per slice = seed + slice)\n"
+        f"- magnitude: {cfg.get('magnitude', 'rss')} (every SENSE-type method; rss = expected RSS of the noisy coil "
+        "images, as the fastMRI-style target)\n"
         f"- prior: {cfg.get('prior') or 'shipped default (mri_score/weights/prior_brain_synth.safetensors)'}\n"
     )
 
@@ -201,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     src = str(args.config)
     name, _, settings, methods = (require(cfg, key, src) for key in ("name", "data", "settings", "methods"))
     seed = int(cfg.get("seed", 0))
+    magnitude = str(cfg.get("magnitude", "rss"))
+    if magnitude not in MAGNITUDES:
+        raise InputError(f"{args.config}: unknown magnitude {magnitude!r}; choose from {', '.join(MAGNITUDES)}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(f"{args.config}: unknown methods {unknown}; choose from {', '.join(METHODS)}")
@@ -232,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 maps = estimate_maps(torch.from_numpy(ks), torch.from_numpy(mask))
                 maps_seconds.append(time.perf_counter() - t0)
-                for r in run_methods(ks, mask, maps, models, methods, seed + s, vi == 0):
+                for r in run_methods(ks, mask, maps, models, methods, seed + s, vi == 0, magnitude):
                     key = (r["method"], r["param"])
                     per_method[key]["peak_gb"] = max(per_method[key].get("peak_gb", 0.0), r["peak_gb"])
                     per_method[key]["images"].append(r["image"])

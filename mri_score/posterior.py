@@ -17,12 +17,16 @@ from mri_score.errors import InputError
 from mri_score.network import EDMDenoiser
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, ComplexPrior, Problem
 from mri_score.scaling import kspace_scale
-from operators import Sense, acs_width, estimate_maps, ifft2c, sense1_combine
+from operators import Sense, acs_width, estimate_maps, expected_rss, ifft2c, sense1_combine
+
+#: Output magnitude conventions: ``rss`` estimates the fastMRI target (RSS of the noisy fully
+#: sampled coil images, noise floor included); ``sense`` is the coil-combined ``|x|``.
+MAGNITUDES = ("rss", "sense")
 
 
 @dataclass
 class SamplerSettings:
-    """How to sample: sampler name, NFE budget, posterior samples K, seed and sampler options."""
+    """How to sample: sampler name, NFE budget, posterior samples K, seed, output magnitude and sampler options."""
 
     sampler: str = "dds"
     steps: int | None = None
@@ -30,6 +34,7 @@ class SamplerSettings:
     seed: int = 0
     maps: str = "auto"
     sigma_y: float | None = None
+    magnitude: str = "rss"
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -41,12 +46,16 @@ class SamplerSettings:
             raise InputError(f"--steps must be >= 1, got {self.steps}")
         if self.samples < 1:
             raise InputError(f"--samples must be >= 1, got {self.samples}")
+        if self.magnitude not in MAGNITUDES:
+            raise InputError(f"unknown magnitude {self.magnitude!r}; choose one of {', '.join(MAGNITUDES)}")
 
 
 @dataclass
 class SliceResult:
-    """Posterior mean (complex, original units), per-pixel std of the magnitude, zero-filled image, NFE, seconds."""
+    """Reconstruction and per-pixel std (real, ``settings.magnitude`` convention), complex posterior mean,
+    zero-filled image (all original units, ``(H, W)``), NFE, seconds, estimated σ_y and the scale."""
 
+    image: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
     zero_filled: torch.Tensor
@@ -78,6 +87,20 @@ def estimate_sigma_y(kspace: torch.Tensor, mask: torch.Tensor, edge_fraction: fl
         return 0.0
     mad = (parts - parts.median()).abs().median()
     return float(1.4826 * mad * 2**0.5)
+
+
+def output_magnitude(image: torch.Tensor, maps: torch.Tensor, sigma_y: float, magnitude: str = "rss") -> torch.Tensor:
+    """Real magnitude of a complex image ``(..., H, W)``: ``|x|`` (``sense``) or the expected noisy RSS (``rss``).
+
+    ``rss`` is what fastMRI's targets are (:func:`operators.expected_rss` with the
+    data's own σ_y, estimated from the undersampled k-space); every SENSE-type
+    method in the benchmarks is reported with the same convention.
+    """
+    if magnitude == "sense":
+        return image.abs()
+    if magnitude == "rss":
+        return expected_rss(image, maps.to(image.device), sigma_y)
+    raise InputError(f"unknown magnitude {magnitude!r}; choose one of {', '.join(MAGNITUDES)}")
 
 
 def reconstruct_slice(
@@ -123,9 +146,10 @@ def reconstruct_slice(
     result = run(cprior, problem, x_init, gen, steps=int(settings.steps), **settings.options)
     samples = result.samples.detach() * scale
     mean = samples.mean(dim=0)
-    mags = samples.abs()
+    mags = output_magnitude(samples, maps, sigma_y, settings.magnitude)
     std = mags.std(dim=0) if settings.samples > 1 else torch.zeros_like(mags[0])
     return SliceResult(
+        image=output_magnitude(mean, maps, sigma_y, settings.magnitude).cpu(),
         mean=mean.cpu(), std=std.cpu(), zero_filled=zero_filled.cpu(), nfe=result.nfe,
         seconds=time.time() - t0, sigma_y=sigma_y, scale=scale,
     )

@@ -6,6 +6,9 @@ name (default 4x equispaced, centre fraction 0.08).  Coil maps and the
 intensity scale come from the ACS of the undersampled k-space.  Writes
 ``OUT/<name>.h5`` with ``reconstruction`` (float32, recon-size crop),
 ``reconstruction_std``, ``mask`` and the settings as attrs, atomically.
+``reconstruction`` is by default the expected root-sum-of-squares magnitude
+(noise floor included), i.e. the quantity fastMRI's targets are; ``--magnitude
+sense`` writes the coil-combined ``|x|`` instead.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 from mri_score.errors import InputError, exit_on_input_error
 from mri_score.fastmri_io import FastMRIVolume, center_crop, read_fastmri, recon_crop_size, save_reconstruction
 from mri_score.metrics import volume_metrics
-from mri_score.posterior import SamplerSettings, check_acs, reconstruct_slice
+from mri_score.posterior import MAGNITUDES, SamplerSettings, check_acs, reconstruct_slice
 from mri_score.samplers import SAMPLERS
 from mri_score.simulate import make_mask
 from operators.masks import MASK_TYPES
@@ -94,7 +97,7 @@ def reconstruct_file(path: Path, prior: torch.nn.Module, settings: SamplerSettin
     for i in range(s):
         ks = torch.from_numpy(vol.kspace[i])
         res = reconstruct_slice(ks, mask_t, prior, SamplerSettings(**{**settings.__dict__, "seed": settings.seed + i}))
-        means.append(center_crop(res.mean.abs(), crop).numpy())
+        means.append(center_crop(res.image, crop).numpy())
         stds.append(center_crop(res.std, crop).numpy())
         zfs.append(center_crop(res.zero_filled.abs(), crop).numpy())
         nfe += res.nfe
@@ -111,7 +114,8 @@ def reconstruct_file(path: Path, prior: torch.nn.Module, settings: SamplerSettin
         else:
             target = None
     attrs = {"sampler": settings.sampler, "steps": int(settings.steps), "samples": settings.samples,
-             "seed": settings.seed, "acceleration": accel, "mask_source": mask_src, "nfe_per_slice": nfe // s,
+             "seed": settings.seed,
+             "magnitude": settings.magnitude, "acceleration": accel, "mask_source": mask_src, "nfe_per_slice": nfe // s,
              "prior": str(args.prior or "default"), "options": json.dumps(settings.options),
              "acquisition": str(vol.attrs.get("acquisition", "")), "patient_id": str(vol.attrs.get("patient_id", ""))}
     out = save_reconstruction(args.out, path.name, recon, {"reconstruction_std": std, "mask": mask}, attrs)
@@ -158,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-type", default="equispaced", choices=MASK_TYPES)
     p.add_argument("--center-fraction", type=float, default=0.08)
     p.add_argument("--maps", default="auto", choices=["auto", "espirit", "lowres"], help="coil-map estimator")
+    p.add_argument("--magnitude", default="rss", choices=MAGNITUDES,
+                   help="rss: expected RSS of the noisy coil images, as fastMRI targets (default); sense: |x|")
     p.add_argument("--gamma", type=float, default=None, help="DDS data weight (default: from noise levels)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     prior = load_prior(args.prior, device=device)
     options = {"gamma": args.gamma} if (args.gamma is not None and args.sampler == "dds") else {}
     settings = SamplerSettings(sampler=args.sampler, steps=args.steps, samples=args.samples, seed=args.seed,
-                               maps=args.maps, options=options)
+                               maps=args.maps, magnitude=args.magnitude, options=options)
     src = Path(args.kspace)
     if src.is_dir():
         files = sorted(src.glob("*.h5"))

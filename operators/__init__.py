@@ -8,6 +8,7 @@ from operators.cg import CGResult, conjugate_gradient
 from operators.coils import (
     acs_width,
     estimate_maps,
+    expected_rss,
     lowres_coil_images,
     lowres_sense1,
     maps_espirit,
@@ -48,6 +49,7 @@ __all__ = [
     "conjugate_gradient",
     "create_mask_for_mask_type",
     "estimate_maps",
+    "expected_rss",
     "fft2c",
     "ifft2c",
     "inner",

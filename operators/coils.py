@@ -27,6 +27,32 @@ def rss(x: torch.Tensor, dim: int = -3) -> torch.Tensor:
     return torch.sqrt((x.abs() ** 2).sum(dim=dim))
 
 
+def expected_rss(image: torch.Tensor, maps: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
+    """Root-sum-of-squares magnitude the coil images ``S_c x`` would have with k-space noise of std ``noise_std``.
+
+    fastMRI's targets are the RSS of the *noisy* fully sampled coil images, so they
+    carry a noise floor (a non-central chi bias).  With complex Gaussian noise of
+    ``E|n|² = σ²`` per sample (the orthonormal FFT keeps σ in image space),
+    ``E[RSS²] = |x|² Σ_c |S_c|² + C σ²``; this returns its square root.
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        Complex ``(..., H, W)`` coil-combined image.
+    maps : torch.Tensor
+        Coil maps ``(coils, H, W)``.
+    noise_std : float
+        σ per complex k-space sample, in the units of ``image``; 0 gives ``|x| sqrt(Σ|S_c|²)``.
+
+    Returns
+    -------
+    torch.Tensor
+        Real ``(..., H, W)``.
+    """
+    sos = (maps.abs() ** 2).sum(dim=-3)
+    return torch.sqrt(image.abs() ** 2 * sos + maps.shape[-3] * float(noise_std) ** 2)
+
+
 def sense1_combine(coil_images: torch.Tensor, maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """SENSE-1 / MVUE combination ``Σ conj(S_c) x_c / Σ |S_c|²``: ``(..., coils, H, W)`` -> ``(..., H, W)``."""
     num = (torch.conj(maps) * coil_images).sum(dim=-3)

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from mri_score.simulate import birdcage_maps
-from operators import acs_width, estimate_maps, fft2c, ifft2c, maps_lowres, rss, sense1_combine
+from operators import acs_width, estimate_maps, expected_rss, fft2c, ifft2c, maps_lowres, rss, sense1_combine
 from tests.conftest import phantom
 
 
@@ -74,3 +74,23 @@ def test_rss_and_sense1_with_true_maps():
     assert torch.allclose(sense1_combine(coil_imgs, maps), x, atol=1e-5)
     full = ifft2c(fft2c(coil_imgs))
     assert np.allclose(rss(full, 0).numpy(), x.abs().numpy(), atol=1e-5)
+
+
+def test_expected_rss_matches_the_noisy_rss_of_simulated_coil_images():
+    # fastMRI targets are RSS of noisy coil images: E[RSS²] = |x|² Σ|S|² + C σ² (exact), E[RSS] close to its root
+    x, maps, _, _ = _simulate(n=32, coils=8)
+    maps = maps * 1.3  # Σ|S|² ≠ 1 must enter too
+    sigma = 0.05
+    gen = torch.Generator().manual_seed(0)
+    draws = 4000
+    shape = (draws, *maps.shape)
+    noise = torch.complex(torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)) * sigma / 2**0.5
+    ksp = fft2c(maps * x) + noise
+    r = rss(ifft2c(ksp), dim=1)
+    pred = expected_rss(x, maps, sigma)
+    assert torch.allclose((r**2).mean(0), pred**2, rtol=0.03, atol=0)
+    assert torch.allclose(r.mean(0), pred, rtol=0.035, atol=0)  # chi mean vs root mean square: <= 1.5 % bias
+    assert torch.allclose(expected_rss(x, maps, 0.0), rss(maps * x, 0), atol=1e-6)
+    # no-signal pixels: the floor is the root of C σ², not 0 (as |x| would say)
+    assert torch.allclose(expected_rss(torch.zeros(4, 4, dtype=torch.complex64), maps[:, :4, :4], sigma),
+                          torch.full((4, 4), (8 * sigma**2) ** 0.5))

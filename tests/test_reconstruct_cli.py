@@ -79,3 +79,19 @@ def test_missing_file_and_bad_prior(tmp_path, fully_sampled_file, capsys):
     assert main(["--kspace", str(fully_sampled_file), "--prior", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "nope.h5" in err[0] and "bad.safetensors" in err[1]
+
+
+def test_magnitude_convention_rss_adds_the_noise_floor_of_the_target(tmp_path, fully_sampled_file, tiny_prior_path):
+    # same seed, same samples: rss = sqrt(|x|² Σ|S|² + C σ_y²) with ESPIRiT maps (Σ|S|² = 1), sense = |x|
+    recs = {}
+    for mag in ("rss", "sense"):
+        main(["--kspace", str(fully_sampled_file), "--out", str(tmp_path / mag), "--prior", str(tiny_prior_path),
+              "--steps", "2", "--center-fraction", "0.25", "--magnitude", mag])
+        with h5py.File(tmp_path / mag / fully_sampled_file.name) as hf:
+            recs[mag] = hf["reconstruction"][()]
+            assert hf.attrs["magnitude"] == mag
+    floor2 = recs["rss"].astype(np.float64) ** 2 - recs["sense"].astype(np.float64) ** 2
+    assert floor2.min() > 0
+    # one σ_y per slice: the squared floor is the same constant over the whole slice
+    for s in range(floor2.shape[0]):
+        assert np.allclose(floor2[s], np.median(floor2[s]), rtol=1e-2, atol=1e-3 * floor2[s].max())

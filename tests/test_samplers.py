@@ -119,3 +119,17 @@ def test_dps_step_is_bounded_by_a_data_consistency_step():
     scale = torch.linalg.vector_norm(x_init).item()
     assert out[True] < 100 * scale  # bounded
     assert not out[False] < 100 * scale  # the unbounded step runs away (inf/nan or huge)
+
+
+def test_output_magnitude_conventions_and_bad_name():
+    from mri_score.errors import InputError
+    from mri_score.posterior import SamplerSettings, output_magnitude
+
+    x = torch.complex(torch.randn(3, 8, 8), torch.randn(3, 8, 8))
+    maps = torch.ones(4, 8, 8, dtype=torch.complex64) / 2  # Σ|S|² = 1
+    assert torch.equal(output_magnitude(x, maps, 0.1, "sense"), x.abs())
+    assert torch.allclose(output_magnitude(x, maps, 0.1, "rss") ** 2, x.abs() ** 2 + 4 * 0.01)
+    with pytest.raises(InputError, match="unknown magnitude"):
+        output_magnitude(x, maps, 0.1, "phase")
+    with pytest.raises(InputError, match="unknown magnitude"):
+        SamplerSettings(magnitude="phase")

@@ -37,7 +37,7 @@ def sample_dds(
     steps: int = 30,
     sigma_max: float = 10.0,
     sigma_min: float = 0.002,
-    cg_iters: int = 5,
+    cg_iters: int = 10,
     eta: float = 1.0,
     gamma: float | None = None,
     gamma_scale: float = 1.0,
