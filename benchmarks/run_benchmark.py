@@ -197,6 +197,18 @@ def label(row: dict) -> str:
     return row["method"]
 
 
+def validate_config(cfg: dict, src: str) -> tuple[str, list, dict, str]:
+    """``(name, settings, methods, magnitude)`` of a benchmark config, or an :class:`InputError` naming ``src``."""
+    name, _, settings, methods = (require(cfg, key, src) for key in ("name", "data", "settings", "methods"))
+    magnitude = str(cfg.get("magnitude", "rss"))
+    if magnitude not in MAGNITUDES:
+        raise InputError(f"{src}: unknown magnitude {magnitude!r}; choose from {', '.join(MAGNITUDES)}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"{src}: unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    return name, settings, methods, magnitude
+
+
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -211,14 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.prior:
         cfg["prior"] = args.prior
     src = str(args.config)
-    name, _, settings, methods = (require(cfg, key, src) for key in ("name", "data", "settings", "methods"))
+    name, settings, methods, magnitude = validate_config(cfg, src)
     seed = int(cfg.get("seed", 0))
-    magnitude = str(cfg.get("magnitude", "rss"))
-    if magnitude not in MAGNITUDES:
-        raise InputError(f"{args.config}: unknown magnitude {magnitude!r}; choose from {', '.join(MAGNITUDES)}")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise InputError(f"{args.config}: unknown methods {unknown}; choose from {', '.join(METHODS)}")
     models = {"prior": load_prior(cfg.get("prior"))}
     if "unet" in methods:
         models["unet"] = load_unet(str(ROOT / require(cfg, "methods.unet.weights", src)))

@@ -48,3 +48,14 @@ def test_memory_benchmark_reports_child_peak(tmp_path):
     assert "- command:" in md and "- versions:" in md and "2 slices × 3 coils × 64²" in md
     peak = float(md.split("| 1 | ")[1].split(" GiB")[0])
     assert 0.05 < peak < 4.0  # python + torch alone take ~0.3 GiB; the tiny volume adds little
+
+
+def test_every_committed_benchmark_config_is_valid():
+    from benchmarks.run_benchmark import validate_config
+    from mri_score.config import load_config
+
+    configs = sorted((ROOT / "configs").glob("bench_*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        name, settings, methods, magnitude = validate_config(load_config(path), str(path))
+        assert name == path.stem and settings and methods and magnitude in ("rss", "sense")
