@@ -59,3 +59,14 @@ def test_every_committed_benchmark_config_is_valid():
     for path in configs:
         name, settings, methods, magnitude = validate_config(load_config(path), str(path))
         assert name == path.stem and settings and methods and magnitude in ("rss", "sense")
+
+
+def test_maps_check_compares_estimated_and_true_maps(tmp_path):
+    out = tmp_path / "maps.md"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_maps_check.py"), "--nfe", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    md = out.read_text()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| bench_")]
+    assert len(rows) == 6 and sum("true (oracle)" in r for r in rows) == 2
+    assert "- command:" in md and "| 16 |" in md  # bench_quick's ACS is 16 lines
