@@ -111,10 +111,6 @@ def run_methods(ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, models: di
     out = []
     scale = float(kspace_scale(torch.from_numpy(ks), torch.from_numpy(mask), maps))
     sigma_y = estimate_sigma_y(torch.from_numpy(ks), torch.from_numpy(mask))
-
-    def to_magnitude(img: np.ndarray) -> np.ndarray:
-        return output_magnitude(torch.from_numpy(np.asarray(img, dtype=np.complex64)), maps, sigma_y, magnitude).numpy()
-
     for name, spec in methods.items():
         spec = spec or {}
         if name in SCORE_METHODS and spec.get("first_volume_only") and not first_volume:
@@ -122,7 +118,7 @@ def run_methods(ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, models: di
         if name == "bart_pics" and not baselines.bart_available():
             continue
         with PeakMemory() as mem:
-            rows = _run_method(name, spec, ks, mask, maps, scale, models, seed, first_volume, to_magnitude, magnitude)
+            rows = _run_method(name, spec, ks, mask, maps, scale, sigma_y, magnitude, models, seed, first_volume)
         for r in rows:
             r["peak_gb"] = mem.gb
         out += rows
@@ -130,9 +126,13 @@ def run_methods(ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, models: di
 
 
 def _run_method(name: str, spec: dict, ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, scale: float,
-                models: dict, seed: int, first_volume: bool, to_magnitude, magnitude: str) -> list[dict]:
-    """One method (all its swept λ or NFE budgets) on one slice; ``scale`` is the ACS reference scale,
-    ``to_magnitude`` turns a complex SENSE image into the reported magnitude."""
+                sigma_y: float, magnitude: str, models: dict, seed: int, first_volume: bool) -> list[dict]:
+    """One method (all its swept λ or NFE budgets) on one slice; ``scale`` (the ACS reference scale) and
+    ``sigma_y`` (the k-space noise std) are computed once per slice and shared by every method."""
+
+    def to_magnitude(img: np.ndarray) -> np.ndarray:
+        return output_magnitude(torch.from_numpy(np.asarray(img, dtype=np.complex64)), maps, sigma_y, magnitude).numpy()
+
     out = []
     maps_np = maps.numpy()
     t0 = time.perf_counter()
@@ -163,7 +163,8 @@ def _run_method(name: str, spec: dict, ks: np.ndarray, mask: np.ndarray, maps: t
         budgets = budgets + (list(spec.get("nfe_first_volume", [])) if first_volume else [])
         for nfe in budgets:
             settings = SamplerSettings(sampler=name, steps=int(nfe), samples=int(spec.get("samples", 2)),
-                                       seed=seed, magnitude=magnitude, options=dict(spec.get("options", {})))
+                                       seed=seed, sigma_y=sigma_y, magnitude=magnitude,
+                                       options=dict(spec.get("options", {})))
             res = reconstruct_slice(torch.from_numpy(ks), torch.from_numpy(mask), models["prior"], settings,
                                     maps=maps)
             out.append({"method": name, "param": f"NFE={res.nfe}", "image": res.image.numpy(),

@@ -1,10 +1,11 @@
 """How much the ACS coil-map estimate costs: DDS with ESPIRiT / low-resolution / the true simulation maps.
 
 Run: ``python benchmarks/run_maps_check.py`` (~3 min on 2 cores) → ``benchmarks/results/maps_check.md``.
-The cases are bench_quick's (160², centre fraction 0.1: a 16-line ACS, the least ESPIRiT accepts) and
-bench_full's (256², centre fraction 0.08: 20 lines) first synthetic volume at 4x equispaced, simulated
-exactly as the benchmark does.  The true maps are the simulation's birdcage maps: an oracle no real
-reconstruction has, shown only to separate map errors from prior and sampler errors.
+The cases are the first synthetic volume of ``configs/bench_quick.yaml`` (160², centre fraction 0.1: a
+16-line ACS, the least ESPIRiT accepts) and of ``configs/bench_full.yaml`` (256², centre fraction 0.08:
+21 lines) at 4x equispaced, read from those configs and simulated by the benchmark's own code.  The true
+maps are the simulation's birdcage maps: an oracle no real reconstruction has, shown only to separate map
+errors from prior and sampler errors.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.provenance import provenance  # noqa: E402
+from benchmarks.run_benchmark import build_volumes  # noqa: E402
+from mri_score.config import load_config  # noqa: E402
 from mri_score.errors import exit_on_input_error  # noqa: E402
 from mri_score.metrics import volume_metrics  # noqa: E402
 from mri_score.posterior import SamplerSettings, reconstruct_slice  # noqa: E402
 from mri_score.prior import load_prior  # noqa: E402
-from mri_score.simulate import birdcage_maps, corpus_volume, make_mask, simulate_volume  # noqa: E402
+from mri_score.simulate import birdcage_maps, make_mask, simulate_volume  # noqa: E402
 from operators import acs_width, estimate_maps  # noqa: E402
 
-#: (label, family, index, size, centre fraction) as in configs/bench_quick.yaml and configs/bench_full.yaml
-CASES = [("bench_quick", "t2", 0, 160, 0.1), ("bench_full", "t1", 0, 256, 0.08)]
+#: benchmark configs whose first synthetic volume and 4x equispaced setting are checked
+CONFIGS = ("bench_quick", "bench_full")
 
 
 @exit_on_input_error
@@ -38,28 +41,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "maps_check.md"))
     args = ap.parse_args(argv)
     prior = load_prior()
-    lines = ["# Coil-map estimate vs the true maps (DDS, K = 2, 4x equispaced, SNR 100, 8 coils)", "",
-             provenance("python benchmarks/run_maps_check.py") + "- seed: 0 (data as the benchmarks, sampler seed 0)",
-             "", "| case | size | ACS lines | maps | " + " | ".join(f"DDS-{n} PSNR / SSIM" for n in args.nfe) + " |",
-             "|---|---|---|---|" + "---|" * len(args.nfe)]
-    for label, family, index, size, cf in CASES:
-        imgs = corpus_volume("test", index, 1, (size, size), family, 0)
-        ksp, target, _ = simulate_volume(imgs, 8, 100.0, seed=0)
-        name = f"synth_{family}_{index:02d}.h5"
-        mask, _ = make_mask("equispaced", 4.0, cf, ksp.shape[-2:], name)
+    lines = ["# Coil-map estimate vs the true maps (DDS, K = 2, 4x equispaced)", "",
+             provenance("python benchmarks/run_maps_check.py") + "- seed: as each config (data as the benchmarks), "
+             "sampler seed = config seed", "",
+             "| case | size | coils | SNR | ACS lines | maps | " + " | ".join(f"DDS-{n} PSNR / SSIM" for n in args.nfe) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(args.nfe)]
+    for label in CONFIGS:
+        cfg = load_config(ROOT / "configs" / f"{label}.yaml")
+        data, seed = cfg["data"], int(cfg.get("seed", 0))
+        vol = build_volumes({**cfg, "data": {**data, "volumes": data["volumes"][:1], "real": [], "slices": 1}})[0]
+        setting = next(s for s in cfg["settings"] if s["mask"] == "equispaced" and float(s["accel"]) == 4.0)
+        coils, snr = int(data.get("coils", 8)), float(data.get("snr", 50))
+        ksp, target, _ = simulate_volume(vol["images"], coils, snr, seed=seed * 1000)  # as the benchmark, volume 0
+        size = "×".join(str(n) for n in ksp.shape[-2:])
+        mask, _ = make_mask("equispaced", 4.0, float(setting.get("center_fraction", 0.08)), ksp.shape[-2:], vol["name"])
         ks = torch.from_numpy((ksp[0] * mask).astype(np.complex64))
         m = torch.from_numpy(mask)
         maps = {"ESPIRiT (ACS)": estimate_maps(ks, m, method="espirit"),
                 "low-res (ACS)": estimate_maps(ks, m, method="lowres"),
-                "true (oracle)": torch.from_numpy(birdcage_maps(8, (size, size)))}
+                "true (oracle)": torch.from_numpy(birdcage_maps(coils, ksp.shape[-2:]))}
         for mname, mp in maps.items():
             cells = []
             for nfe in args.nfe:
-                res = reconstruct_slice(ks, m, prior, SamplerSettings(sampler="dds", steps=nfe, samples=2, seed=0),
+                res = reconstruct_slice(ks, m, prior, SamplerSettings(sampler="dds", steps=nfe, samples=2, seed=seed),
                                         maps=mp)
                 met = volume_metrics(target, res.image.numpy()[None])
                 cells.append(f"{met['PSNR']:.2f} / {met['SSIM']:.3f}")
-            lines.append(f"| {label} {name} | {size}² | {acs_width(m)} | {mname} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} {vol['name']} | {size} | {coils} | {snr:g} | {acs_width(m)} | {mname} | "
+                         + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -114,8 +114,8 @@ def reconstruct_file(path: Path, prior: torch.nn.Module, settings: SamplerSettin
         else:
             target = None
     attrs = {"sampler": settings.sampler, "steps": int(settings.steps), "samples": settings.samples,
-             "seed": settings.seed,
-             "magnitude": settings.magnitude, "acceleration": accel, "mask_source": mask_src, "nfe_per_slice": nfe // s,
+             "seed": settings.seed, "magnitude": settings.magnitude, "acceleration": accel, "mask_source": mask_src,
+             "nfe_per_slice": nfe // s,
              "prior": str(args.prior or "default"), "options": json.dumps(settings.options),
              "acquisition": str(vol.attrs.get("acquisition", "")), "patient_id": str(vol.attrs.get("patient_id", ""))}
     out = save_reconstruction(args.out, path.name, recon, {"reconstruction_std": std, "mask": mask}, attrs)
