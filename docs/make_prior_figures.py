@@ -23,14 +23,22 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    log = ROOT / "docs" / "prior_loss.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    stages = [("stage 1: batch 32 of 64² crops", ROOT / "docs" / "prior_loss.jsonl"),
+              ("stage 2: batch 8 of 128² crops", ROOT / "docs" / "prior_stage2_loss.jsonl")]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    offset, title = 0, []
+    for label, log in stages:
+        if not log.is_file():
+            continue
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        ax.plot([offset + r["step"] for r in rows], [r["loss"] for r in rows], label=label)
+        title.append(f"{rows[-1]['loss']:.3f}")
+        offset += rows[-1]["step"]
     ax.set_yscale("log")
-    ax.set_xlabel("step (batch 32, 64x64 crops)")
+    ax.set_xlabel("step (stage 2 continues from stage 1's EMA weights)")
     ax.set_ylabel("EDM loss (mean of 25 steps)")
-    ax.set_title(f"prior_brain_synth: final loss {rows[-1]['loss']:.4f}, {rows[-1]['seconds'] / 60:.0f} min")
+    ax.set_title("prior_brain_synth: final loss " + "; ".join(title), fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(ROOT / "docs" / "prior_loss.png", dpi=90)
     prior = load_prior()

@@ -136,6 +136,24 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tens
     opt.load_state_dict(sd)
 
 
+def _init_from(model: torch.nn.Module, ema: torch.nn.Module, path: Path, net_cfg: NetworkConfig, task: str) -> None:
+    """Start ``model`` and ``ema`` from another checkpoint's (EMA) weights (``train.init_from``: fine-tuning).
+
+    The architecture and task must match the config's; the optimizer and step start fresh.
+    """
+    if not path.is_file():
+        raise InputError(f"{path}: train.init_from checkpoint not found")
+    tensors, meta = load_checkpoint(path)
+    if meta.get("task", "score") != task:
+        raise CheckpointError(f"{path}: train.init_from is a {meta.get('task', 'score')!r} checkpoint, not {task!r}")
+    if meta.get("network") != net_cfg.to_dict():
+        raise CheckpointError(f"{path}: train.init_from architecture differs from the config's network")
+    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    load_state_strict(model, state, path)
+    load_state_strict(ema, state, path)
+
+
 def _lr(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / max(1, warmup))
 
@@ -202,6 +220,9 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
         if gen_key in tensors:
             gen.set_state(tensors[gen_key])
         start = int(meta["step"])
+    init_from = tr.get("init_from")
+    if init_from and not resume:
+        _init_from(model, ema, Path(init_from), net_cfg, task)
     pool = build_source(cfg)
     ddp_model: torch.nn.Module = model
     if world > 1:

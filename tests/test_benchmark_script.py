@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +71,21 @@ def test_maps_check_compares_estimated_and_true_maps(tmp_path):
     rows = [ln for ln in md.splitlines() if ln.startswith("| bench_")]
     assert len(rows) == 6 and sum("true (oracle)" in r for r in rows) == 2
     assert "- command:" in md and "| 16 |" in md  # bench_quick's ACS is 16 lines
+
+
+def test_dds_tuning_script_writes_a_table_per_setting(tmp_path, tiny_prior_path):
+    cfg = {"name": "tune_tiny", "seed": 0, "size": [64, 64], "coils": 4, "snr": 100, "prior": str(tiny_prior_path),
+           "synthetic": [{"family": "t1", "index": 20}], "real_slices": [4],
+           "settings": [{"accel": 4, "mask": "equispaced", "center_fraction": 0.25}], "l1_lam": 0.001, "nfe": 2,
+           "variants": [{"sigma_max": 3.0}, {"sigma_max": 3.0, "cg_iters": 2}]}
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_dds_tuning.py"), "--config", str(path),
+                          "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    md = (tmp_path / "tune_tiny.md").read_text()
+    assert "## 4x equispaced" in md and "- command:" in md
+    rows = [ln for ln in md.splitlines() if ln.startswith("| L1") or ln.startswith("| DDS")]
+    assert len(rows) == 3 and "cg_iters=2" in rows[-1]
+    cells = [float(c) for c in rows[1].strip("|").split("|")[1:]]
+    assert len(cells) == 4 and all(np.isfinite(cells))  # 2 slices + 2 means

@@ -99,6 +99,36 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if k.startswith("ema."))
 
 
+def test_init_from_starts_at_the_given_weights(tmp_path):
+    """``train.init_from`` (stage-2 fine-tuning) starts model and EMA at the source's EMA weights."""
+    train(tiny_train_cfg(tmp_path / "stage1", steps=3))
+    src = tmp_path / "stage1" / "checkpoint.safetensors"
+    cfg = tiny_train_cfg(tmp_path / "stage2", steps=1, crop=48)
+    cfg["train"]["init_from"] = str(src)
+    cfg["train"]["lr"] = 0.0  # no update: the result must be the source's EMA weights exactly
+    train(cfg)
+    a, _ = load_checkpoint(src)
+    b, _ = load_checkpoint(tmp_path / "stage2" / "checkpoint.safetensors")
+    for k in a:
+        if k.startswith("ema."):
+            assert torch.equal(b["model." + k[4:]], a[k]), k
+            assert torch.allclose(b[k], a[k]), k
+    cfg["train"]["init_from"] = None  # the control: without it the same run keeps its random initialisation
+    cfg["out_dir"] = str(tmp_path / "fresh")
+    train(cfg)
+    c, _ = load_checkpoint(tmp_path / "fresh" / "checkpoint.safetensors")
+    assert any(not torch.allclose(c["model." + k[4:]], a[k]) for k in a if k.startswith("ema."))
+
+
+def test_init_from_a_different_architecture_is_refused(tmp_path):
+    train(tiny_train_cfg(tmp_path / "stage1", steps=1))
+    cfg = tiny_train_cfg(tmp_path / "stage2", steps=1)
+    cfg["network"]["base_channels"] = 4
+    cfg["train"]["init_from"] = str(tmp_path / "stage1" / "checkpoint.safetensors")
+    with pytest.raises(CheckpointError, match="architecture differs"):
+        train(cfg)
+
+
 def test_ddp_gloo_two_ranks_identical_parameters(tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     import yaml

@@ -84,10 +84,29 @@ def test_gram_and_composition():
     assert check_adjoint(FFT2C() * FFT2C(), x, crandn(24, 20, seed=14)) < 1e-5
 
 
+@pytest.mark.parametrize("size", [(24, 20), (17, 15)])
+@pytest.mark.parametrize("kind", ["column", "column_2d", "2d", "none", "batched_2d"])
+def test_gram_fast_path_equals_adjoint_of_forward(size, kind):
+    """The shift-folded (and, for column masks, W-only) Gram equals AᴴA for even and odd sizes."""
+    h, w = size
+    g = torch.Generator().manual_seed(3)
+    lead = (3,) if kind == "batched_2d" else ()
+    maps = crandn(*lead, 4, h, w, dtype=torch.complex128, seed=21)
+    masks = {"column": (torch.rand(w, generator=g) < 0.4), "column_2d": (torch.rand(1, w, generator=g) < 0.4),
+             "2d": (torch.rand(h, w, generator=g) < 0.4), "none": None,
+             "batched_2d": (torch.rand(3, 1, h, w, generator=g) < 0.4)}
+    mask = masks[kind]
+    A = Sense(maps, None if mask is None else mask.double())
+    x = crandn(*(lead or (2,)), h, w, dtype=torch.complex128, seed=22)
+    ref = A.adjoint(A(x))
+    assert torch.allclose(A.gram(x), ref, atol=1e-12, rtol=1e-10)
+
+
 def test_sense_moves_with_module_to():
     maps, mask = _maps_mask()
     A = Sense(maps, mask).to(torch.device("cpu"))
-    assert {n for n, _ in A.named_buffers()} == {"maps", "mask"}
+    assert set(A.state_dict()) == {"maps", "mask"}
+    assert {n for n, _ in A.named_buffers()} == {"maps", "mask", "_gram_maps", "_gram_maps_conj", "_gram_mask"}
 
 
 @pytest.mark.cuda
@@ -96,6 +115,7 @@ def test_sense_on_cuda_matches_cpu():
     x = crandn(24, 20)
     A = Sense(maps, mask)
     assert torch.allclose(A.to("cuda")(x.cuda()).cpu(), A.cpu()(x), atol=1e-4)
+    assert torch.allclose(A.to("cuda").gram(x.cuda()).cpu(), A.cpu().gram(x), atol=1e-4)
 
 
 def test_cg_solves_known_system_batched():

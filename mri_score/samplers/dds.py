@@ -12,6 +12,12 @@ Tweedie estimate has error variance of about ``r_i² = σ_i² σ_d² / (σ_i² +
 per real component and the data ``σ_y²/2``, so the MAP of the two is
 ``γ_i = 2 r_i² / σ_y²`` (times ``gamma_scale``), clipped to ``[gamma_min, gamma_max]``.
 A fixed ``gamma`` overrides it.
+
+The schedule starts at ``σ_max = 3``: the data are scaled so that the ACS image's
+99th percentile is 1 and the start ``Aᴴy + σ_max z`` is already dominated by noise,
+so higher levels only spend the few steps where nothing forms.  ``σ_max`` and
+``cg_iters`` were chosen with ``benchmarks/run_dds_tuning.py`` on slices the benchmark
+does not report, synthetic and real (``benchmarks/results/dds_tuning.md``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ def sample_dds(
     x_init: torch.Tensor,
     gen: torch.Generator,
     steps: int = 30,
-    sigma_max: float = 10.0,
+    sigma_max: float = 3.0,
     sigma_min: float = 0.002,
     cg_iters: int = 10,
     eta: float = 1.0,
