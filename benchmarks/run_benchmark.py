@@ -118,14 +118,14 @@ def run_methods(ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, models: di
         if name == "bart_pics" and not baselines.bart_available():
             continue
         with PeakMemory() as mem:
-            rows = _run_method(name, spec, ks, mask, maps, scale, sigma_y, magnitude, models, seed, first_volume)
+            rows = run_method(name, spec, ks, mask, maps, scale, sigma_y, magnitude, models, seed, first_volume)
         for r in rows:
             r["peak_gb"] = mem.gb
         out += rows
     return out
 
 
-def _run_method(name: str, spec: dict, ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, scale: float,
+def run_method(name: str, spec: dict, ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, scale: float,
                 sigma_y: float, magnitude: str, models: dict, seed: int, first_volume: bool) -> list[dict]:
     """One method (all its swept λ or NFE budgets) on one slice; ``scale`` (the ACS reference scale) and
     ``sigma_y`` (the k-space noise std) are computed once per slice and shared by every method."""

@@ -20,12 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.provenance import provenance  # noqa: E402
-from benchmarks.run_benchmark import real_volume  # noqa: E402
-from mri_score import baselines  # noqa: E402
+from benchmarks.run_benchmark import real_volume, run_method  # noqa: E402
 from mri_score.config import load_config, require  # noqa: E402
 from mri_score.errors import exit_on_input_error  # noqa: E402
 from mri_score.metrics import volume_metrics  # noqa: E402
-from mri_score.posterior import SamplerSettings, estimate_sigma_y, output_magnitude, reconstruct_slice  # noqa: E402
+from mri_score.posterior import estimate_sigma_y  # noqa: E402
 from mri_score.prior import load_prior  # noqa: E402
 from mri_score.scaling import kspace_scale  # noqa: E402
 from mri_score.simulate import corpus_volume, make_mask, simulate_volume  # noqa: E402
@@ -75,25 +74,21 @@ def main(argv: list[str] | None = None) -> int:
             ksp, target, _ = simulate_volume(case["images"], int(cfg.get("coils", 8)), float(cfg.get("snr", 100)),
                                              seed=seed * 1000 + 500 + i)
             mask, _ = make_mask(mtype, accel, cf, ksp.shape[-2:], f"{case['name']}.h5")
-            ks = torch.from_numpy((ksp[0] * mask).astype(np.complex64))
-            m = torch.from_numpy(mask)
-            maps = estimate_maps(ks, m)
-            prepared.append((ks, m, maps, target, estimate_sigma_y(ks, m), float(kspace_scale(ks, m, maps))))
+            ks = (ksp[0] * mask).astype(np.complex64)
+            kt, m = torch.from_numpy(ks), torch.from_numpy(mask)
+            maps = estimate_maps(kt, m)
+            prepared.append((ks, mask, maps, target, estimate_sigma_y(kt, m), float(kspace_scale(kt, m, maps))))
         rows = []
-        psnrs = []
-        for ks, m, maps, target, sigma_y, scale in prepared:
-            img = baselines.l1_wavelet(ks.numpy(), m.numpy(), maps.numpy(), scale, lam, 100)
-            img = output_magnitude(torch.from_numpy(np.asarray(img, dtype=np.complex64)), maps, sigma_y).numpy()
-            psnrs.append(volume_metrics(target, img[None])["PSNR"])
-        rows.append((f"L1-wavelet λ={lam:g}", psnrs))
-        for v in variants:
+        methods = [(f"L1-wavelet λ={lam:g}", "l1_wavelet", {"lams": [lam], "iters": 100})]
+        methods += [("DDS " + ", ".join(f"{k}={val:g}" for k, val in v.items()), "dds",
+                     {"nfe": [nfe], "samples": 2, "options": v}) for v in variants]
+        for label, method, spec in methods:
             psnrs = []
-            for ks, m, maps, target, sigma_y, _ in prepared:
-                settings = SamplerSettings(sampler="dds", steps=nfe, samples=2, seed=seed, sigma_y=sigma_y, options=v)
-                res = reconstruct_slice(ks, m, prior, settings, maps=maps)
-                psnrs.append(volume_metrics(target, res.image.numpy()[None])["PSNR"])
-            rows.append(("DDS " + ", ".join(f"{k}={val:g}" for k, val in v.items()), psnrs))
-            print(f"[{time.time() - t_start:.0f}s] {accel:g}x {mtype} {rows[-1][0]}: {np.mean(psnrs):.2f}", flush=True)
+            for ks, m, maps, target, sigma_y, scale in prepared:
+                (row,) = run_method(method, spec, ks, m, maps, scale, sigma_y, "rss", {"prior": prior}, seed, False)
+                psnrs.append(volume_metrics(target, row["image"][None])["PSNR"])
+            rows.append((label, psnrs))
+            print(f"[{time.time() - t_start:.0f}s] {accel:g}x {mtype} {label}: {np.mean(psnrs):.2f}", flush=True)
         synth = [i for i, c in enumerate(cases) if c["group"] == "synthetic"]
         real = [i for i, c in enumerate(cases) if c["group"] == "real"]
         lines += [f"## {accel:g}x {mtype}, centre fraction {cf:g}", "",

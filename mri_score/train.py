@@ -30,6 +30,7 @@ from mri_score.config import load_config, require
 from mri_score.data.datasets import SlicePool, fastmri_pool, synthetic_pool, synthetic_slices
 from mri_score.errors import CheckpointError, InputError, exit_on_input_error
 from mri_score.network import EDMDenoiser, NetworkConfig, count_parameters
+from mri_score.prior import load_network
 from mri_score.supervised import KspacePairSource, MagnitudeUNet, supervised_loss
 
 #: What a config can train: a score prior (EDM denoiser) or the supervised U-Net baseline.
@@ -139,17 +140,13 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tens
 def _init_from(model: torch.nn.Module, ema: torch.nn.Module, path: Path, net_cfg: NetworkConfig, task: str) -> None:
     """Start ``model`` and ``ema`` from another checkpoint's (EMA) weights (``train.init_from``: fine-tuning).
 
-    The architecture and task must match the config's; the optimizer and step start fresh.
+    Read with :func:`mri_score.prior.load_network` (task checked, EMA preferred, never unpickles); the
+    architecture must match the config's; the optimizer and step start fresh.
     """
-    if not path.is_file():
-        raise InputError(f"{path}: train.init_from checkpoint not found")
-    tensors, meta = load_checkpoint(path)
-    if meta.get("task", "score") != task:
-        raise CheckpointError(f"{path}: train.init_from is a {meta.get('task', 'score')!r} checkpoint, not {task!r}")
-    if meta.get("network") != net_cfg.to_dict():
+    source = load_network(path, task, "train.init_from", lambda cfg: type(model)(cfg))
+    if source.meta.get("network") != net_cfg.to_dict():
         raise CheckpointError(f"{path}: train.init_from architecture differs from the config's network")
-    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    state = source.state_dict()
     load_state_strict(model, state, path)
     load_state_strict(ema, state, path)
 
