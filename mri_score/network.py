@@ -32,10 +32,13 @@ class NetworkConfig:
     emb_dim: int = 128
     groups: int = 8
     sigma_data: float = 0.5
+    #: Classes per label field (e.g. ``(6, 3)`` for contrast and anatomy); empty: unconditional.
+    label_classes: Sequence[int] = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channel_mult"] = list(self.channel_mult)
+        d["label_classes"] = list(self.label_classes)
         return d
 
     @classmethod
@@ -43,6 +46,7 @@ class NetworkConfig:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         cfg = cls(**known)
         cfg.channel_mult = tuple(int(c) for c in cfg.channel_mult)
+        cfg.label_classes = tuple(int(c) for c in cfg.label_classes)
         return cfg
 
 
@@ -93,6 +97,11 @@ class UNet(nn.Module):
         self.emb_mlp = nn.Sequential(
             nn.Linear(cfg.emb_dim, cfg.emb_dim), nn.SiLU(), nn.Linear(cfg.emb_dim, cfg.emb_dim), nn.SiLU()
         )
+        # one table per label field; index ``classes`` is the null label (unconditional). Zero-initialised,
+        # so a network fine-tuned from an unconditional one starts out equal to it.
+        self.label_embeds = nn.ModuleList(nn.Embedding(n + 1, cfg.emb_dim) for n in cfg.label_classes)
+        for table in self.label_embeds:
+            nn.init.zeros_(table.weight)
         self.stem = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         self.downsamples = nn.ModuleList()
@@ -126,8 +135,14 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        emb = self.emb_mlp(self.embed(c_noise))
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``labels``: long ``(B, F)`` (one column per label field, the null index for "none") or None (all null)."""
+        emb = self.embed(c_noise)
+        for f, table in enumerate(self.label_embeds):
+            idx = labels[:, f] if labels is not None else torch.full((x.shape[0],), table.num_embeddings - 1,
+                                                                     dtype=torch.long, device=x.device)
+            emb = emb + table(idx.to(x.device))
+        emb = self.emb_mlp(emb)
         h = self.stem(x)
         skips = []
         for i, blocks in enumerate(self.down_blocks):
@@ -171,8 +186,17 @@ class EDMDenoiser(nn.Module):
         self.net = UNet(cfg)
         self.sigma_data = float(cfg.sigma_data)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    def null_labels(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """The all-null label tensor ``(batch, F)`` (unconditional), or None for an unconditional network."""
+        if not self.cfg.label_classes:
+            return None
+        return torch.tensor([list(self.cfg.label_classes)] * batch, dtype=torch.long, device=device)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``D(x; σ, c)`` for ``x`` ``(B, 2, H, W)``; ``labels`` long ``(B, F)`` or None (unconditional)."""
         b = x.shape[0]
+        if labels is not None and not self.cfg.label_classes:
+            raise ValueError("labels given to an unconditional network")
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
         if sigma.numel() == 1:
             sigma = sigma.expand(b)
@@ -183,7 +207,7 @@ class EDMDenoiser(nn.Module):
         c_in = 1.0 / torch.sqrt(s**2 + sd**2)
         c_noise = torch.log(sigma) / 4.0
         xin, crop = pad_to_multiple(c_in * x, self.net.stride)
-        f = crop(self.net(xin, c_noise).float())
+        f = crop(self.net(xin, c_noise, labels).float())
         return c_skip * x + c_out * f
 
     def score(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:

@@ -27,7 +27,9 @@ import torch.distributed as dist
 
 from mri_score.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from mri_score.config import load_config, require
-from mri_score.data.datasets import SlicePool, fastmri_pool, synthetic_pool, synthetic_slices
+from mri_score.data.body import BODY_FAMILIES
+from mri_score.data.corpus import ANATOMIES, CONTRASTS, FAMILIES
+from mri_score.data.datasets import SlicePool, fastmri_pool, mixed_pool, synthetic_pool, synthetic_slices
 from mri_score.errors import CheckpointError, InputError, exit_on_input_error
 from mri_score.network import EDMDenoiser, NetworkConfig, count_parameters
 from mri_score.prior import load_network
@@ -38,8 +40,11 @@ TASKS = ("score", "supervised")
 
 
 def edm_loss(model: torch.nn.Module, x: torch.Tensor, gen: torch.Generator, p_mean: float, p_std: float,
-             sigma_data: float, autocast: dict[str, Any]) -> torch.Tensor:
-    """EDM denoising score-matching loss on a batch ``(B, 2, H, W)``; σ ~ LogNormal(p_mean, p_std)."""
+             sigma_data: float, autocast: dict[str, Any], labels: torch.Tensor | None = None) -> torch.Tensor:
+    """EDM denoising score-matching loss on a batch ``(B, 2, H, W)``; σ ~ LogNormal(p_mean, p_std).
+
+    ``labels`` (long ``(B, F)``, null index = classes) condition a conditional network; None: unconditional.
+    """
     b = x.shape[0]
     log_sigma = torch.randn(b, generator=gen) * p_std + p_mean
     sigma = log_sigma.exp().to(x.device)
@@ -49,9 +54,24 @@ def edm_loss(model: torch.nn.Module, x: torch.Tensor, gen: torch.Generator, p_me
     if x.is_contiguous(memory_format=torch.channels_last) is False and autocast.get("channels_last"):
         noisy = noisy.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device_type=autocast["device_type"], dtype=autocast["dtype"], enabled=autocast["enabled"]):
-        denoised = model(noisy, sigma)
+        denoised = model(noisy, sigma) if labels is None else model(noisy, sigma, labels.to(x.device))
     per = ((denoised.float() - x) ** 2).mean(dim=(1, 2, 3))
     return (weight * per).mean()
+
+
+def drop_labels(labels: torch.Tensor, classes: tuple[int, ...], p_all: float, p_field: float,
+                gen: torch.Generator) -> torch.Tensor:
+    """Classifier-free-guidance training: replace labels ``(B, F)`` by the null index (``classes[f]``).
+
+    With probability ``p_all`` a sample loses every label (it trains the unconditional
+    denoiser ``D(x; σ, ∅)``); otherwise each field is dropped with probability ``p_field``
+    (partial conditions, e.g. contrast known and anatomy not).
+    """
+    b, f = labels.shape
+    drop_all = torch.rand(b, generator=gen) < p_all
+    drop = (torch.rand(b, f, generator=gen) < p_field) | drop_all[:, None]
+    null = torch.tensor(list(classes), dtype=labels.dtype).expand(b, f)
+    return torch.where(drop, null, labels)
 
 
 def choose_precision(device: torch.device, mode: str) -> dict[str, Any]:
@@ -95,6 +115,13 @@ def build_source(cfg: dict[str, Any]) -> SlicePool | KspacePairSource:
                                 acceleration=float(mask.get("accel", 4)),
                                 center_fraction=float(mask.get("center_fraction", 0.08)),
                                 coils=int(data.get("coils", 8)), snr=tuple(data.get("snr", (30.0, 300.0))))
+    if source == "mixed":
+        return mixed_pool(
+            count=int(data.get("pool_size", 4000)), crop=crop, seed=int(data.get("seed", 0)),
+            families=tuple(data.get("families", FAMILIES)), body_families=tuple(data.get("body_families", BODY_FAMILIES)),
+            sizes=tuple(data.get("sizes", (128, 160, 192, 256, 320))), pixel_mm=tuple(data.get("pixel_mm", (0.5, 3.0))),
+            subjects=int(data.get("subjects", 40)), anatomy_weights=data.get("anatomy_weights"),
+        )
     if source == "synthetic":
         return synthetic_pool(
             count=int(data.get("pool_size", 4000)),
@@ -109,7 +136,7 @@ def build_source(cfg: dict[str, Any]) -> SlicePool | KspacePairSource:
             require(cfg, "data.path"), crop=crop, target=data.get("target", "complex"),
             max_slices=data.get("max_slices"),
         )
-    raise InputError(f"data.source must be synthetic or fastmri, got {source!r}")
+    raise InputError(f"data.source must be synthetic, mixed or fastmri, got {source!r}")
 
 
 def _rank_world() -> tuple[int, int]:
@@ -144,9 +171,16 @@ def _init_from(model: torch.nn.Module, ema: torch.nn.Module, path: Path, net_cfg
     architecture must match the config's; the optimizer and step start fresh.
     """
     source = load_network(path, task, "train.init_from", lambda cfg: type(model)(cfg))
-    if source.meta.get("network") != net_cfg.to_dict():
+    src_net = {**NetworkConfig.from_dict(source.meta.get("network", {})).to_dict(), "label_classes": []}
+    if src_net != {**net_cfg.to_dict(), "label_classes": []}:
         raise CheckpointError(f"{path}: train.init_from architecture differs from the config's network")
     state = source.state_dict()
+    if tuple(source.cfg.label_classes) != tuple(net_cfg.label_classes):
+        # an unconditional source for a conditional network: the label tables keep their zero init,
+        # so training starts from exactly the source's unconditional denoiser
+        if source.cfg.label_classes:
+            raise CheckpointError(f"{path}: train.init_from has other labels than the config's network")
+        state = {**state, **{k: v for k, v in model.state_dict().items() if k.startswith("net.label_embeds.")}}
     load_state_strict(model, state, path)
     load_state_strict(ema, state, path)
 
@@ -196,6 +230,8 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
     if batch % world:
         raise InputError(f"train.batch {batch} is not divisible by the world size {world}")
     ema_decay = float(tr.get("ema_decay", 0.999))
+    label_drop_all = float(tr.get("label_dropout", 0.2))
+    label_drop_field = float(tr.get("label_field_dropout", 0.2))
     warmup = int(tr.get("warmup", 200))
     ckpt_every = int(tr.get("ckpt_every", 500))
     log_every = int(tr.get("log_every", 25))
@@ -218,6 +254,12 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
             gen.set_state(tensors[gen_key])
         start = int(meta["step"])
     init_from = tr.get("init_from")
+    parent = None
+    if init_from:
+        import hashlib
+
+        ipath = Path(init_from)
+        parent = {"path": str(init_from), "sha256": hashlib.sha256(ipath.read_bytes()).hexdigest()} if ipath.is_file() else None
     if init_from and not resume:
         _init_from(model, ema, Path(init_from), net_cfg, task)
     pool = build_source(cfg)
@@ -239,6 +281,9 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
         tensors.update(_flatten_optimizer(opt))
         tensors["rng.gen.0"] = gen.get_state()
         meta = {"step": step, "network": net_cfg.to_dict(), "config": cfg, "kind": "training", "task": task,
+                **({"labels": {"contrast": list(CONTRASTS), "anatomy": list(ANATOMIES)}} if net_cfg.label_classes else {}),
+                **({"parent": parent} if parent else {}),
+                **({"pixel_mm": list(cfg["data"]["pixel_mm"])} if "pixel_mm" in cfg.get("data", {}) else {}),
                 "scaling": "mri_score.scaling.image_scale (ACS 99th percentile)"}
         save_checkpoint(ckpt_path, tensors, meta)
 
@@ -254,7 +299,14 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
         while step < steps:
             for g in opt.param_groups:
                 g["lr"] = _lr(step, lr, warmup)
-            if task == "score":
+            if task == "score" and net_cfg.label_classes:
+                xb, labels = pool.batch_labelled(batch // world, gen)
+                if labels is None:
+                    raise InputError("a conditional network (network.label_classes) needs a labelled source (data.source: mixed)")
+                labels = drop_labels(labels, tuple(net_cfg.label_classes), label_drop_all, label_drop_field, gen)
+                loss = edm_loss(ddp_model, _to(xb, dev, channels_last), gen, p_mean, p_std, net_cfg.sigma_data,
+                                precision, labels)
+            elif task == "score":
                 x = _to(pool.batch(batch // world, gen), dev, channels_last)
                 loss = edm_loss(ddp_model, x, gen, p_mean, p_std, net_cfg.sigma_data, precision)
             else:
@@ -303,6 +355,9 @@ def export_prior(ckpt: str | os.PathLike[str], out: str | os.PathLike[str], comm
     new_meta = {"step": meta["step"], "network": meta["network"], "config": meta["config"], "task": task,
                 "kind": "prior" if task == "score" else "supervised",
                 "command": command, "scaling": meta.get("scaling")}
+    for key in ("labels", "parent", "pixel_mm"):
+        if key in meta:
+            new_meta[key] = meta[key]
     return save_checkpoint(out, ema, new_meta)
 
 

@@ -29,6 +29,19 @@ Generative model (one slice, all draws from ``numpy.random.default_rng([seed, sp
 The output is complex64 ``(H, W)`` with magnitude roughly in ``[0, 1]``.  The
 test split never uses a training slab or seed stream; a family can be left out
 of training entirely (``families``) to test robustness to unseen contrast.
+
+**Subject-level split** (``split_by="subject"``, used by every new config): one
+template is one subject, so the anatomy itself is split by voxel.  The train split
+reads only the template's right hemisphere (voxels ``x ≥ midline + 1``), mirrored
+into a whole head; the test split only the left one (``x ≤ midline − 1``).  No
+template voxel that a test slice can read is ever read by a training slice, for
+any orientation, tilt or deformation (tested).  Each split then draws distinct
+**subjects**: subject ``k`` of a split is the mirrored template under its own
+large smooth 3-D deformation (a 4×4×4 control grid, up to ``subject_warp_mm``),
+its own head size (±12 % per axis) and its own scalp/skull thicknesses, all from
+``default_rng([seed, 7, split, k])``.  Slices of a subject differ in orientation,
+position, tilt, pixel size, contrast and nuisance.  The legacy ``split_by="slab"``
+(plane centres in 10 mm slabs) reproduces the round-one benchmarks only.
 """
 
 from __future__ import annotations
@@ -53,6 +66,11 @@ _RANGES = {
     "flair": ((0.02, 0.15), (0.55, 0.8), (0.35, 0.55), (0.02, 0.1), (0.4, 0.8)),
     "random": ((0.02, 1.0), (0.05, 1.0), (0.05, 1.0), (0.0, 0.3), (0.2, 1.0)),
 }
+#: Contrast labels of the conditional prior (``random`` and unnamed body families are ``other``).
+CONTRASTS = ("t1", "t2", "pd", "flair", "fatsat", "other")
+#: Anatomy labels of the conditional prior.
+ANATOMIES = ("brain", "body", "limb")
+CONTRAST_OF_FAMILY = {"t1": "t1", "t2": "t2", "pd": "pd", "flair": "flair", "fatsat": "fatsat", "random": "other"}
 SLAB_MM = 10.0
 TEST_SLAB_EVERY = 5
 GUARD_MM = 2.0
@@ -72,9 +90,38 @@ class Template:
     extent: tuple[tuple[int, int], ...]  # brain extent per axis (padded voxel coords)
 
 
-@functools.lru_cache(maxsize=1)
-def load_template() -> Template:
-    """Load the ICBM152 template from the installed nilearn wheel (offline) and derive tissue maps."""
+#: Voxel index (axis 0, unpadded) of the template's mid-sagittal plane (world x = 0 mm).
+MIDLINE = 98
+#: Voxels on each side of the midline that neither hemisphere split reads.
+HEMI_GUARD = 1
+#: Which hemisphere each split of the subject-level corpus reads.
+HEMISPHERES = {"train": "right", "test": "left"}
+
+
+def mirrored_hemisphere(vol: np.ndarray, side: str, midline: int = MIDLINE, guard: int = HEMI_GUARD) -> np.ndarray:
+    """A symmetric volume made of one hemisphere of ``vol`` ``(X, Y, Z)`` and its mirror image.
+
+    ``side="right"`` keeps voxels ``x ≥ midline + guard``, ``"left"`` keeps
+    ``x ≤ midline − guard``; the result has ``2 · kept`` voxels along axis 0 and
+    contains no value from the other side (nor from the ``2·guard − 1`` voxels
+    around the midline).
+    """
+    if side == "right":
+        half = vol[midline + guard:]
+        return np.concatenate([half[::-1], half], axis=0)
+    if side == "left":
+        half = vol[: midline - guard + 1]
+        return np.concatenate([half, half[::-1]], axis=0)
+    raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+
+
+@functools.lru_cache(maxsize=3)
+def load_template(half: str | None = None) -> Template:
+    """Load the ICBM152 template from the installed nilearn wheel (offline) and derive tissue maps.
+
+    ``half=None``: the whole template (legacy slab split); ``"left"``/``"right"``:
+    the symmetric template built from one hemisphere (:func:`mirrored_hemisphere`).
+    """
     try:
         from nilearn import datasets
     except ImportError as err:  # pragma: no cover - depends on install
@@ -83,6 +130,8 @@ def load_template() -> Template:
     gm = datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
     wm = datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
     mask = datasets.load_mni152_brain_mask(resolution=1).get_fdata(dtype=np.float32)
+    if half is not None:
+        t1, gm, wm, mask = (np.ascontiguousarray(mirrored_hemisphere(a, half)) for a in (t1, gm, wm, mask))
     pad = ((PAD, PAD),) * 3
     t1, gm, wm, mask = (np.pad(a, pad) for a in (t1, gm, wm, mask))
     csf = np.clip(mask - gm - wm, 0.0, 1.0) * (mask > 0)
@@ -99,7 +148,7 @@ def load_template() -> Template:
     return Template(t1, gm, wm, csf.astype(np.float32), dist, residual.astype(np.float32), extent)
 
 
-def _smooth_field(rng: np.random.Generator, grid: int, shape: tuple[int, int]) -> np.ndarray:
+def smooth_field(rng: np.random.Generator, grid: int, shape: tuple[int, int]) -> np.ndarray:
     """A smooth random field of unit-ish amplitude: a ``grid × grid`` normal draw, cubic-upsampled."""
     coarse = rng.standard_normal((grid, grid))
     return ndimage.zoom(coarse, (shape[0] / grid, shape[1] / grid), order=3, mode="nearest")[: shape[0], : shape[1]]
@@ -133,6 +182,36 @@ def slab_positions(axis_extent: tuple[int, int], split: str) -> np.ndarray:
     return pos[keep]
 
 
+def _subject_shells(srng: np.random.Generator) -> tuple[float, float, float]:
+    """A subject's CSF rim, skull and scalp outer distances (mm from the brain mask)."""
+    rim = srng.uniform(1.0, 3.0)
+    skull = rim + srng.uniform(3.0, 8.0)
+    return rim, skull, skull + srng.uniform(2.0, 10.0)
+
+
+def _subject_warp(coords: np.ndarray, srng: np.random.Generator, tpl: Template, warp_mm: float) -> np.ndarray:
+    """Map plane coordinates ``(3, H, W)`` of a subject's head into template voxels.
+
+    A subject is the template scaled by its own head size (0.88–1.12 per axis about
+    the brain centre) and displaced by a smooth 3-D field: a 4×4×4 control grid of
+    normal draws spanning the brain's bounding box, cubic-interpolated, scaled so that
+    the largest control displacement is ``warp_mm``.  Both are drawn from ``srng``, so
+    every slice of a subject sees the same anatomy.
+    """
+    lo = np.array([e[0] for e in tpl.extent], dtype=np.float64)
+    hi = np.array([e[1] for e in tpl.extent], dtype=np.float64)
+    centre = (lo + hi) / 2
+    size = srng.uniform(0.88, 1.12, size=3)
+    grid = srng.standard_normal((3, 4, 4, 4))
+    grid *= warp_mm * srng.uniform(0.5, 1.0) / max(np.abs(grid).max(), 1e-6)
+    out = centre[:, None, None] + (coords - centre[:, None, None]) / size[:, None, None]
+    # control-grid coordinates of each point (0 … 3 across the bounding box; clamped beyond it)
+    g = np.stack([(out[a] - lo[a]) / max(hi[a] - lo[a], 1.0) * 3.0 for a in range(3)])
+    for a in range(3):
+        out[a] += ndimage.map_coordinates(grid[a], g, order=3, mode="nearest")
+    return out
+
+
 def _draw_family_intensities(rng: np.random.Generator, family: str) -> np.ndarray:
     ranges = _RANGES[family]
     while True:
@@ -151,6 +230,13 @@ class SliceInfo:
     position: float
     pixel_mm: float
     intensities: tuple[float, ...]
+    subject: int | None = None
+    anatomy: str = "brain"
+
+    @property
+    def contrast(self) -> str:
+        """The contrast label (:data:`CONTRASTS`) of the slice's family."""
+        return CONTRAST_OF_FAMILY.get(self.family, "other")
 
 
 class SyntheticBrainCorpus:
@@ -181,7 +267,16 @@ class SyntheticBrainCorpus:
         pixel_mm: tuple[float, float] = (0.8, 1.5),
         length: int = 100_000,
         square: bool = False,
+        split_by: str = "slab",
+        subjects: int = 40,
+        subject_warp_mm: float = 10.0,
     ) -> None:
+        if split_by not in ("slab", "subject"):
+            raise InputError(f"split_by must be 'slab' or 'subject', got {split_by!r}")
+        if int(subjects) < 1:
+            raise InputError(f"subjects must be >= 1, got {subjects}")
+        if not 0.0 <= float(subject_warp_mm) <= 30.0:
+            raise InputError(f"subject_warp_mm must lie in [0, 30], got {subject_warp_mm}")
         if split not in SPLITS:
             raise InputError(f"unknown split {split!r}; choose train or test")
         bad = [f for f in families if f not in FAMILIES]
@@ -198,6 +293,9 @@ class SyntheticBrainCorpus:
         self.pixel_mm = (float(pixel_mm[0]), float(pixel_mm[1]))
         self.length = int(length)
         self.square = square
+        self.split_by = split_by
+        self.subjects = int(subjects)
+        self.subject_warp_mm = float(subject_warp_mm)
 
     def __len__(self) -> int:
         return self.length
@@ -205,14 +303,21 @@ class SyntheticBrainCorpus:
     def __getitem__(self, index: int) -> np.ndarray:
         return self.generate(index)[0]
 
+    def subject_of(self, index: int) -> int:
+        """The subject (``0 … subjects−1`` of this split) that slice ``index`` belongs to (subject split only)."""
+        return int(np.random.default_rng([self.seed, 11, SPLITS[self.split], int(index)]).integers(self.subjects))
+
     def generate(
-        self, index: int, shape: tuple[int, int] | None = None, family: str | None = None
+        self, index: int, shape: tuple[int, int] | None = None, family: str | None = None,
+        subject: int | None = None,
     ) -> tuple[np.ndarray, SliceInfo]:
         """Slice ``index``: complex64 ``(H, W)`` and its :class:`SliceInfo`.
 
-        ``shape`` overrides the drawn matrix size, ``family`` the drawn contrast family.
+        ``shape`` overrides the drawn matrix size, ``family`` the drawn contrast family and
+        ``subject`` (subject split only) the subject drawn by :meth:`subject_of`.
         """
-        tpl = load_template()
+        by_subject = self.split_by == "subject"
+        tpl = load_template(HEMISPHERES[self.split] if by_subject else None)
         rng = np.random.default_rng([self.seed, SPLITS[self.split], int(index)])
         drawn = self.families[rng.integers(len(self.families))]
         if family is not None and family not in FAMILIES:
@@ -226,7 +331,11 @@ class SyntheticBrainCorpus:
         else:
             h, w = shape
         pix = rng.uniform(*self.pixel_mm)
-        positions = slab_positions(tpl.extent[normal_ax], self.split)
+        if by_subject:
+            lo, hi = tpl.extent[normal_ax]
+            positions = np.arange(lo + 8, hi - 7)
+        else:
+            positions = slab_positions(tpl.extent[normal_ax], self.split)
         pos = float(rng.choice(positions)) + rng.uniform(-0.5, 0.5)
 
         centre = np.array([(lo + hi) / 2 for lo, hi in tpl.extent], dtype=np.float64)
@@ -252,7 +361,14 @@ class SyntheticBrainCorpus:
         )
         amp = rng.uniform(0.0, 4.0)
         for axis in range(3):
-            coords[axis] += amp * _smooth_field(rng, 5, (h, w)) / 2.0
+            coords[axis] += amp * smooth_field(rng, 5, (h, w)) / 2.0
+        subj = None
+        if by_subject:
+            subj = self.subject_of(index) if subject is None else int(subject)
+            if not 0 <= subj < self.subjects:
+                raise InputError(f"subject must lie in [0, {self.subjects - 1}], got {subj}")
+            srng = np.random.default_rng([self.seed, 7, SPLITS[self.split], subj])
+            coords = _subject_warp(coords, srng, tpl, self.subject_warp_mm)
 
         def sample(vol: np.ndarray) -> np.ndarray:
             return ndimage.map_coordinates(vol, coords, order=1, mode="constant", cval=0.0)
@@ -266,6 +382,8 @@ class SyntheticBrainCorpus:
         rim = rng.uniform(1.0, 3.0)
         skull = rim + rng.uniform(3.0, 7.0)
         scalp = skull + rng.uniform(3.0, 8.0)
+        if by_subject:  # a subject keeps its own skull and scalp
+            rim, skull, scalp = _subject_shells(srng)
         edge = 0.7
         s_rim = expit((rim - dist) / edge)
         s_skull = expit((skull - dist) / edge)
@@ -283,7 +401,7 @@ class SyntheticBrainCorpus:
         tissue = s_scalp
         mag = np.clip(mag, 0.0, None)
 
-        bias = np.exp(rng.uniform(0.0, 0.3) * _smooth_field(rng, 4, (h, w)) / 2.0)
+        bias = np.exp(rng.uniform(0.0, 0.3) * smooth_field(rng, 4, (h, w)) / 2.0)
         texture = ndimage.gaussian_filter(rng.standard_normal((h, w)), rng.uniform(0.5, 1.2))
         texture *= rng.uniform(0.0, 0.03) / max(texture.std(), 1e-6)
         mag = mag * bias * (1.0 + texture * tissue)
@@ -291,9 +409,9 @@ class SyntheticBrainCorpus:
 
         yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
         phase = rng.uniform(-np.pi, np.pi) + rng.uniform(-1.5, 1.5) * yy + rng.uniform(-1.5, 1.5) * xx
-        phase += rng.uniform(0.0, np.pi) * _smooth_field(rng, 3, (h, w)) / 2.0
+        phase += rng.uniform(0.0, np.pi) * smooth_field(rng, 3, (h, w)) / 2.0
         img = (mag * np.exp(1j * phase)).astype(np.complex64)
-        info = SliceInfo(family, orientation, pos, pix, tuple(float(x) for x in vals))
+        info = SliceInfo(family, orientation, pos, pix, tuple(float(x) for x in vals), subj)
         return img, info
 
 

@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,19 +35,26 @@ def _gen_one(args: tuple[dict, int]) -> np.ndarray:
 class SlicePool:
     """In-memory complex slices (scaled) with random crop / flip / conjugation sampling."""
 
-    def __init__(self, slices: Sequence[np.ndarray], crop: int) -> None:
+    def __init__(self, slices: Sequence[np.ndarray], crop: int, labels: np.ndarray | None = None) -> None:
         if not slices:
             raise InputError("the training source holds no slices")
-        self.slices = [s for s in slices if min(s.shape) >= crop]
+        keep = [i for i, s in enumerate(slices) if min(s.shape) >= crop]
+        self.slices = [slices[i] for i in keep]
         if not self.slices:
             raise InputError(f"no training slice is at least {crop}x{crop}")
         self.crop = crop
+        #: ``(N, F)`` int64 label indices per slice (contrast, anatomy), or None
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)[keep]
 
     def __len__(self) -> int:
         return len(self.slices)
 
     def batch(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
         """``(B, 2, crop, crop)`` float32 of random crops, flips and conjugations."""
+        return self.batch_labelled(batch_size, gen)[0]
+
+    def batch_labelled(self, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like :meth:`batch`, plus the slices' labels ``(B, F)`` int64 (None when the pool has none)."""
         idx = torch.randint(len(self.slices), (batch_size,), generator=gen).tolist()
         out = torch.empty(batch_size, 2, self.crop, self.crop)
         for b, i in enumerate(idx):
@@ -64,7 +72,8 @@ class SlicePool:
                 x = x.conj()
             out[b, 0] = x.real
             out[b, 1] = x.imag
-        return out
+        labels = None if self.labels is None else torch.from_numpy(self.labels[idx])
+        return out, labels
 
 
 def synthetic_pool(
@@ -79,6 +88,36 @@ def synthetic_pool(
     """A pool of ``count`` scaled synthetic training slices (crops of ``crop``²), deterministic by seed."""
     slices = synthetic_slices(count, seed, families, sizes, pixel_mm, workers=workers)
     return SlicePool([_scaled(s) for s in slices], crop)
+
+
+def _gen_mixed(args: tuple[dict, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    from mri_score.data.mixed import MixedCorpus
+
+    kwargs, index = args
+    corpus = MixedCorpus(**kwargs)
+    img, info = corpus.generate(index)
+    return img, corpus.labels(info)
+
+
+def mixed_pool(count: int, crop: int, workers: int | None = None, **corpus_kwargs: Any) -> SlicePool:
+    """A pool of ``count`` scaled, labelled training slices of the :class:`~mri_score.data.mixed.MixedCorpus`.
+
+    ``corpus_kwargs`` go to :class:`~mri_score.data.mixed.MixedCorpus` (``split`` is always ``"train"``).
+    Labels are ``(contrast, anatomy)`` indices into :data:`corpus.CONTRASTS` and :data:`corpus.ANATOMIES`.
+    """
+    from mri_score.data.mixed import MixedCorpus
+
+    kwargs = {**corpus_kwargs, "split": "train"}
+    MixedCorpus(**kwargs)  # validate before forking
+    load_template("right")
+    workers = workers or min(2, os.cpu_count() or 1)
+    jobs = [(kwargs, i) for i in range(count)]
+    if workers > 1 and count > 16:
+        with mp.get_context("fork").Pool(workers) as pool:
+            out = pool.map(_gen_mixed, jobs, chunksize=32)
+    else:
+        out = [_gen_mixed(j) for j in jobs]
+    return SlicePool([_scaled(img) for img, _ in out], crop, labels=np.array([lab for _, lab in out]))
 
 
 def synthetic_slices(
