@@ -19,6 +19,7 @@ from operators.coils import (
 )
 from operators.errors import OperatorInputError
 from operators.fft import fft2c, ifft2c
+from operators.grid import crop_kspace, fourier_resample, image_to_grid, pad_mask, zero_pad_kspace
 from operators.linop import FFT2C, LinearOperator, check_adjoint, inner
 from operators.masks import (
     MASK_TYPES,
@@ -33,6 +34,11 @@ from operators.masks import (
 from operators.sense import Sense
 
 __all__ = [
+    "crop_kspace",
+    "fourier_resample",
+    "image_to_grid",
+    "pad_mask",
+    "zero_pad_kspace",
     "FFT2C",
     "MASK_TYPES",
     "CGResult",
