@@ -123,3 +123,15 @@ def test_label_dropout_rates():
     assert abs(null.all(1).float().mean() - (0.2 + 0.8 * 0.04)) < 0.015
     assert abs(null[:, 0].float().mean() - (0.2 + 0.8 * 0.2)) < 0.015
     assert torch.equal(out[~null], labels[~null])
+
+
+def test_real_eval_set_loads_every_volume_with_object_slices():
+    from mri_score.data.realset import REAL_VOLUMES, load_real_volume
+
+    for name in REAL_VOLUMES:
+        vol = load_real_volume(name)
+        assert vol.images.ndim == 3 and vol.images.dtype == np.complex64 and len(vol.images) >= 5
+        assert (vol.images.imag == 0).all() and vol.images.real.min() >= 0 and min(vol.pixel_mm) > 0
+    assert load_real_volume("nibabel_example4d").images.shape == (24, 128, 96)
+    with pytest.raises(ValueError):
+        load_real_volume("brainweb")
