@@ -1,6 +1,7 @@
 """Quality / speed / robustness / uncertainty benchmark.
 
-Run: ``python benchmarks/run_benchmark.py --config configs/bench_<name>.yaml``.
+Run: ``python benchmarks/run_benchmark.py --config configs/bench_<name>.yaml`` (or
+``python -m benchmarks.run_benchmark …``).
 
 Simulates 8-coil k-space from held-out synthetic volumes (seen contrasts and the
 held-out FLAIR family) and from real MR volumes shipped in installed wheels,
@@ -14,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import resource
 import sys
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,164 +24,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import (
+    METHODS,
+    SCORE_METHODS,
+    SWEPT_METHODS,
+    PeakMemory,
+    build_volumes,
+    calibrate_volume,
+    coverage,
+    run_method,
+)
+from benchmarks.provenance import provenance
+from mri_score import baselines
+from mri_score.config import load_config, require
+from mri_score.errors import InputError, exit_on_input_error
+from mri_score.metrics import aggregate, volume_metrics
+from mri_score.posterior import MAGNITUDES
+from mri_score.prior import load_prior
+from mri_score.simulation import simulate_volume
+from mri_score.supervised import load_unet
+from operators import make_mask
+from operators.errors import OperatorInputError
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.provenance import provenance  # noqa: E402
-from mri_score import baselines  # noqa: E402
-from mri_score.config import load_config, require  # noqa: E402
-from mri_score.errors import InputError, exit_on_input_error  # noqa: E402
-from mri_score.metrics import aggregate, volume_metrics  # noqa: E402
-from mri_score.posterior import MAGNITUDES, SamplerSettings, estimate_sigma_y, output_magnitude, reconstruct_slice  # noqa: E402
-from mri_score.prior import load_prior  # noqa: E402
-from mri_score.scaling import kspace_scale  # noqa: E402
-from mri_score.simulate import corpus_volume, make_mask, simulate_volume  # noqa: E402
-from mri_score.supervised import load_unet, unet_reconstruct  # noqa: E402
-from operators import estimate_maps  # noqa: E402
-
-SCORE_METHODS = ("dds", "langevin", "pc", "dps")
-METHODS = ("zero_filled", "cg_sense", "unet", "l1_wavelet", "tv", "bart_pics", *SCORE_METHODS)
-
-
-def real_volume(name: str, slices: int) -> np.ndarray:
-    """Real MR images from installed packages: ``nibabel_example4d`` (a 128×96 brain EPI, nibabel's test data)."""
-    if name != "nibabel_example4d":
-        raise InputError(f"unknown real volume {name!r}")
-    import nibabel as nib
-
-    path = Path(nib.__file__).parent / "tests" / "data" / "example4d.nii.gz"
-    vol = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))[..., 0]
-    imgs = np.moveaxis(vol, -1, 0)  # (24, 128, 96)
-    mid = imgs.shape[0] // 2
-    lo = mid - slices // 2
-    return imgs[lo : lo + slices].astype(np.complex64)
-
-
-def build_volumes(cfg: dict) -> list[dict]:
-    data = cfg["data"]
-    seed = int(cfg.get("seed", 0))
-    vols = []
-    for i, spec in enumerate(data.get("volumes", [])):
-        imgs = corpus_volume("test", int(spec.get("index", i)), int(data["slices"]), tuple(data["size"]),
-                             spec["family"], seed)
-        group = "held-out contrast (FLAIR)" if spec["family"] == "flair" else "synthetic test split"
-        vols.append({"name": f"synth_{spec['family']}_{i:02d}.h5", "images": imgs, "group": group})
-    for name in data.get("real", []):
-        vols.append({"name": f"{name}.h5", "images": real_volume(name, int(data["slices"])), "group": "real MR (unseen)"})
-    return vols
-
-
-class PeakMemory:
-    """Peak resident memory of this process above its level at entry, in GB (sampled every 5 ms from /proc)."""
-
-    def __enter__(self) -> PeakMemory:
-        self._base = self._rss()
-        self._peak = self._base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _rss(self) -> int:
-        try:
-            with open("/proc/self/statm") as fh:
-                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:  # no /proc (macOS): fall back to the process peak, a coarse upper bound
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.005):
-            self._peak = max(self._peak, self._rss())
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._peak = max(self._peak, self._rss())
-        self.gb = (self._peak - self._base) / 2**30
-
-
-def run_methods(ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, models: dict, methods: dict, seed: int,
-                first_volume: bool, magnitude: str = "rss") -> list[dict]:
-    """Every configured method on one slice: ``[{method, param, image, seconds, nfe, std, peak_gb}]``.
-
-    Every SENSE-type method (CG-SENSE, L1, TV, BART, the samplers) is reported in the
-    same ``magnitude`` convention (see :func:`mri_score.posterior.output_magnitude`).
-    """
-    out = []
-    scale = float(kspace_scale(torch.from_numpy(ks), torch.from_numpy(mask), maps))
-    sigma_y = estimate_sigma_y(torch.from_numpy(ks), torch.from_numpy(mask))
-    for name, spec in methods.items():
-        spec = spec or {}
-        if name in SCORE_METHODS and spec.get("first_volume_only") and not first_volume:
-            continue
-        if name == "bart_pics" and not baselines.bart_available():
-            continue
-        with PeakMemory() as mem:
-            rows = run_method(name, spec, ks, mask, maps, scale, sigma_y, magnitude, models, seed, first_volume)
-        for r in rows:
-            r["peak_gb"] = mem.gb
-        out += rows
-    return out
-
-
-def run_method(name: str, spec: dict, ks: np.ndarray, mask: np.ndarray, maps: torch.Tensor, scale: float,
-                sigma_y: float, magnitude: str, models: dict, seed: int, first_volume: bool) -> list[dict]:
-    """One method (all its swept λ or NFE budgets) on one slice; ``scale`` (the ACS reference scale) and
-    ``sigma_y`` (the k-space noise std) are computed once per slice and shared by every method."""
-
-    def to_magnitude(img: np.ndarray) -> np.ndarray:
-        return output_magnitude(torch.from_numpy(np.asarray(img, dtype=np.complex64)), maps, sigma_y, magnitude).numpy()
-
-    out = []
-    maps_np = maps.numpy()
-    t0 = time.perf_counter()
-    if name == "zero_filled":
-        out.append({"method": name, "param": "", "image": baselines.zero_filled_rss(ks, mask),
-                    "seconds": time.perf_counter() - t0, "nfe": 0})
-    elif name == "cg_sense":
-        img = baselines.cg_sense(ks, mask, maps_np, scale, spec.get("lam", 1e-3), spec.get("iters", 30))
-        out.append({"method": name, "param": f"lam={spec.get('lam', 1e-3)}", "image": to_magnitude(img),
-                    "seconds": time.perf_counter() - t0, "nfe": 0})
-    elif name == "unet":
-        img = unet_reconstruct(models["unet"], torch.from_numpy(ks), torch.from_numpy(mask), maps)
-        out.append({"method": name, "param": "", "image": img.numpy(), "seconds": time.perf_counter() - t0,
-                    "nfe": 0})
-    elif name in ("l1_wavelet", "tv", "bart_pics"):
-        for lam in spec["lams"]:
-            t0 = time.perf_counter()
-            if name == "l1_wavelet":
-                img = baselines.l1_wavelet(ks, mask, maps_np, scale, lam, spec.get("iters", 100))
-            elif name == "tv":
-                img = baselines.total_variation(ks, mask, maps_np, scale, lam, spec.get("iters", 100))
-            else:
-                img = baselines.bart_pics(ks, mask, scale, lam, spec.get("iters", 100))
-            out.append({"method": name, "param": f"lam={lam}", "image": to_magnitude(img),
-                        "seconds": time.perf_counter() - t0, "nfe": 0})
-    elif name in SCORE_METHODS:
-        budgets = spec["nfe"] if isinstance(spec["nfe"], list) else [spec["nfe"]]
-        budgets = budgets + (list(spec.get("nfe_first_volume", [])) if first_volume else [])
-        for nfe in budgets:
-            settings = SamplerSettings(sampler=name, steps=int(nfe), samples=int(spec.get("samples", 2)),
-                                       seed=seed, sigma_y=sigma_y, magnitude=magnitude,
-                                       options=dict(spec.get("options", {})))
-            res = reconstruct_slice(torch.from_numpy(ks), torch.from_numpy(mask), models["prior"], settings,
-                                    maps=maps)
-            out.append({"method": name, "param": f"NFE={res.nfe}", "image": res.image.numpy(),
-                        "std": res.std.numpy(), "seconds": res.seconds, "nfe": res.nfe})
-    return out
-
-
-def calibration(target: np.ndarray, recon: np.ndarray, std: np.ndarray) -> dict:
-    """Over object pixels (target > 5 % of max): fraction with |error| ≤ k·std (k = 1, 2, 3) and corr(|error|, std)."""
-    sel = target > 0.05 * target.max()
-    err = np.abs(target - recon)[sel]
-    s = std[sel]
-    out = {f"within_{k}std": float(np.mean(err <= k * s)) for k in (1, 2, 3)}
-    out["corr_err_std"] = float(np.corrcoef(err, s)[0, 1]) if s.std() > 0 else float("nan")
-    return out
 
 
 def stamp(args: argparse.Namespace, cfg: dict) -> str:
+    """The results' provenance lines: command, machine, versions, seeds, output convention, prior."""
     command = f"python benchmarks/run_benchmark.py --config {args.config}"
     return provenance(command) + (
         f"- seed: {cfg.get('seed', 0)} (data, masks by file name as fastMRI, sampler seed per slice = seed + slice)\n"
@@ -193,6 +61,7 @@ def stamp(args: argparse.Namespace, cfg: dict) -> str:
 
 
 def label(row: dict) -> str:
+    """Table label of a row: score samplers carry their NFE."""
     if row["method"] in SCORE_METHODS:
         return f"{row['method']} ({row['param']})"
     return row["method"]
@@ -212,6 +81,7 @@ def validate_config(cfg: dict, src: str) -> tuple[str, list, dict, str]:
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark a config describes and write its tables and figures."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
@@ -243,37 +113,35 @@ def main(argv: list[str] | None = None) -> int:
                                              seed=seed * 1000 + vi)
             try:
                 mask, _ = make_mask(mtype, accel, cf, ksp.shape[-2:], vol["name"])
-            except (InputError, ValueError) as err:
+            except OperatorInputError as err:
                 skipped.append(f"{tag} {vol['name']}: {err}")
                 print(f"skipped {tag} {vol['name']}: {err}", flush=True)
                 continue
-            per_method: dict[tuple, dict] = defaultdict(lambda: {"images": [], "stds": [], "seconds": [], "nfe": 0})
-            maps_seconds = []
-            for s in range(ksp.shape[0]):
-                ks = (ksp[s] * mask).astype(np.complex64)
-                t0 = time.perf_counter()
-                maps = estimate_maps(torch.from_numpy(ks), torch.from_numpy(mask))
-                maps_seconds.append(time.perf_counter() - t0)
-                for r in run_methods(ks, mask, maps, models, methods, seed + s, vi == 0, magnitude):
-                    key = (r["method"], r["param"])
-                    per_method[key]["peak_gb"] = max(per_method[key].get("peak_gb", 0.0), r["peak_gb"])
-                    per_method[key]["images"].append(r["image"])
-                    per_method[key]["stds"].append(r.get("std"))
-                    per_method[key]["seconds"].append(r["seconds"])
-                    per_method[key]["nfe"] = r["nfe"]
+            under = (ksp * mask).astype(np.complex64)
+            cals, maps_seconds = calibrate_volume(under, mask)
+            per_method: dict[tuple, dict] = {}
+            for mname, spec in methods.items():
+                spec = spec or {}
+                if mname in SCORE_METHODS and spec.get("first_volume_only") and vi != 0:
+                    continue
+                if mname == "bart_pics" and not baselines.bart_available():
+                    continue
+                with PeakMemory() as mem:
+                    results = run_method(mname, spec, under, mask, cals, magnitude, models, seed, vi == 0)
+                for r in results:
+                    per_method[(r["method"], r["param"])] = {**r, "peak_gb": mem.gb}
             for (method, param), res in per_method.items():
-                recon = np.stack(res["images"]).astype(np.float64)
+                recon = np.asarray(res["images"], dtype=np.float64)
                 row = {"setting": tag, "volume": vol["name"], "group": vol["group"], "method": method, "param": param,
                        **volume_metrics(target, recon), "sec_per_slice": float(np.mean(res["seconds"])),
                        "nfe": res["nfe"], "maps_sec_per_slice": float(np.mean(maps_seconds)),
                        "peak_gb": res["peak_gb"]}
-                if res["stds"][0] is not None:
-                    row.update(calibration(target, recon, np.stack(res["stds"])))
+                if res["stds"] is not None:
+                    row.update(coverage(target, recon, res["stds"]))
                 rows.append(row)
                 if vi == 0:
                     panels.setdefault(tag, {"target": target, "zf": None, "methods": {}})
-                    std_vol = np.stack(res["stds"]) if res["stds"][0] is not None else None
-                    panels[tag]["methods"][(method, param)] = (recon, std_vol)
+                    panels[tag]["methods"][(method, param)] = (recon, res["stds"])
             print(f"[{time.time() - t_start:.0f}s] {tag} {vol['name']} done", flush=True)
         # results so far are written after every setting, so an interrupted run still leaves its tables
         write_results(Path(args.out_dir), name, rows, panels, stamp(args, cfg), time.time() - t_start, skipped)
@@ -284,7 +152,7 @@ def best_params(rows: list[dict]) -> dict[tuple[str, str], str]:
     """For swept baselines: the parameter with the best mean PSNR per (setting, method), over all volumes."""
     acc: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for r in rows:
-        if r["method"] in ("l1_wavelet", "tv", "bart_pics"):
+        if r["method"] in SWEPT_METHODS:
             acc[(r["setting"], r["method"], r["param"])].append(r["PSNR"])
     best: dict[tuple[str, str], tuple[float, str]] = {}
     for (setting, method, param), vals in acc.items():
@@ -333,7 +201,7 @@ def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, head
         w.writeheader()
         w.writerows(rows)
     best = best_params(rows)
-    kept = [r for r in rows if r["method"] not in ("l1_wavelet", "tv", "bart_pics")
+    kept = [r for r in rows if r["method"] not in SWEPT_METHODS
             or best.get((r["setting"], r["method"])) == r["param"]]
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     lines = [f"# Benchmark `{name}`", "", header, f"- total wall time: {seconds:.0f} s; process peak memory {peak_gb:.2f} GB", "",
@@ -347,7 +215,7 @@ def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, head
         table: dict[tuple[str, str], list[dict]] = defaultdict(list)
         for r in kept:
             if r["group"] == group:
-                swept = r["method"] in ("l1_wavelet", "tv", "bart_pics", "cg_sense")
+                swept = r["method"] in (*SWEPT_METHODS, "cg_sense")
                 table[(r["setting"], label(r) + (f" ({r['param']})" if swept else ""))].append(r)
         for (setting, meth), rs in table.items():
             agg = aggregate([{k: r[k] for k in ("PSNR", "SSIM", "NMSE")} for r in rs])
@@ -415,7 +283,7 @@ def make_figures(out_dir: Path, name: str, rows: list[dict], panels: dict) -> li
     for tag, p in list(panels.items())[:2]:
         items = [("target", p["target"], None)]
         for (method, param), (recon, std) in p["methods"].items():
-            if method in ("l1_wavelet", "tv", "bart_pics") and not any(
+            if method in SWEPT_METHODS and not any(
                     r["setting"] == tag and r["method"] == method and r["param"] == param for r in rows):
                 continue
             items.append((f"{method} {param}", recon, std))

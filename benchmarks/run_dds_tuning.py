@@ -1,6 +1,7 @@
 """DDS settings (σ_max, CG steps, data weight, η) compared on slices the benchmark does not report.
 
-Run: ``python benchmarks/run_dds_tuning.py --config configs/tune_dds.yaml`` → ``benchmarks/results/dds_tuning.md``.
+Run: ``python benchmarks/run_dds_tuning.py --config configs/tune_dds.yaml``
+→ ``benchmarks/results/dds_tuning.md`` (or ``python -m benchmarks.run_dds_tuning``).
 The synthetic volumes come from the test split at indices the benchmark does not use, and the real EPI
 slices include three the benchmark never reconstructs, so defaults chosen here are not fitted to the
 reported numbers.  A setting is only worth making the default when it helps on the real slices too.
@@ -14,21 +15,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from benchmarks.harness import calibrate_volume, real_volume, run_method
+from benchmarks.provenance import provenance
+from mri_score.config import load_config, require
+from mri_score.errors import exit_on_input_error
+from mri_score.metrics import volume_metrics
+from mri_score.prior import load_prior
+from mri_score.simulation import corpus_volume, simulate_volume
+from operators import make_mask
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.provenance import provenance  # noqa: E402
-from benchmarks.run_benchmark import real_volume, run_method  # noqa: E402
-from mri_score.config import load_config, require  # noqa: E402
-from mri_score.errors import exit_on_input_error  # noqa: E402
-from mri_score.metrics import volume_metrics  # noqa: E402
-from mri_score.posterior import estimate_sigma_y  # noqa: E402
-from mri_score.prior import load_prior  # noqa: E402
-from mri_score.scaling import kspace_scale  # noqa: E402
-from mri_score.simulate import corpus_volume, make_mask, simulate_volume  # noqa: E402
-from operators import estimate_maps  # noqa: E402
 
 
 def build_cases(cfg: dict, src: str) -> list[dict]:
@@ -46,6 +43,7 @@ def build_cases(cfg: dict, src: str) -> list[dict]:
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    """Compare the config's DDS variants with L1-wavelet and write the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "tune_dds.yaml"))
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
@@ -74,19 +72,18 @@ def main(argv: list[str] | None = None) -> int:
             ksp, target, _ = simulate_volume(case["images"], int(cfg.get("coils", 8)), float(cfg.get("snr", 100)),
                                              seed=seed * 1000 + 500 + i)
             mask, _ = make_mask(mtype, accel, cf, ksp.shape[-2:], f"{case['name']}.h5")
-            ks = (ksp[0] * mask).astype(np.complex64)
-            kt, m = torch.from_numpy(ks), torch.from_numpy(mask)
-            maps = estimate_maps(kt, m)
-            prepared.append((ks, mask, maps, target, estimate_sigma_y(kt, m), float(kspace_scale(kt, m, maps))))
+            under = (ksp[:1] * mask).astype(np.complex64)
+            cals, _ = calibrate_volume(under, mask)
+            prepared.append((under, mask, cals, target))
         rows = []
         methods = [(f"L1-wavelet λ={lam:g}", "l1_wavelet", {"lams": [lam], "iters": 100})]
         methods += [("DDS " + ", ".join(f"{k}={val:g}" for k, val in v.items()), "dds",
                      {"nfe": [nfe], "samples": 2, "options": v}) for v in variants]
         for label, method, spec in methods:
             psnrs = []
-            for ks, m, maps, target, sigma_y, scale in prepared:
-                (row,) = run_method(method, spec, ks, m, maps, scale, sigma_y, "rss", {"prior": prior}, seed, False)
-                psnrs.append(volume_metrics(target, row["image"][None])["PSNR"])
+            for under, m, cals, target in prepared:
+                (row,) = run_method(method, spec, under, m, cals, "rss", {"prior": prior}, seed, False)
+                psnrs.append(volume_metrics(target, row["images"])["PSNR"])
             rows.append((label, psnrs))
             print(f"[{time.time() - t_start:.0f}s] {accel:g}x {mtype} {label}: {np.mean(psnrs):.2f}", flush=True)
         synth = [i for i, c in enumerate(cases) if c["group"] == "synthetic"]

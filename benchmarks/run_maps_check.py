@@ -1,6 +1,7 @@
 """How much the ACS coil-map estimate costs: DDS with ESPIRiT / low-resolution / the true simulation maps.
 
-Run: ``python benchmarks/run_maps_check.py`` (~3 min on 2 cores) → ``benchmarks/results/maps_check.md``.
+Run: ``python benchmarks/run_maps_check.py`` (~3 min on 2 cores; or ``python -m benchmarks.run_maps_check``)
+→ ``benchmarks/results/maps_check.md``.
 The cases are the first synthetic volume of ``configs/bench_quick.yaml`` (160², centre fraction 0.1: a
 16-line ACS, the least ESPIRiT accepts) and of ``configs/bench_full.yaml`` (256², centre fraction 0.08:
 21 lines) at 4x equispaced, read from those configs and simulated by the benchmark's own code.  The true
@@ -17,18 +18,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import build_volumes
+from benchmarks.provenance import provenance
+from mri_score.calibration import calibrate
+from mri_score.config import load_config
+from mri_score.errors import exit_on_input_error
+from mri_score.metrics import volume_metrics
+from mri_score.pipeline import reconstruct_volume
+from mri_score.posterior import SamplerSettings
+from mri_score.prior import load_prior
+from mri_score.simulation import simulate_volume
+from operators import acs_width, birdcage_maps, estimate_maps, make_mask
 
-from benchmarks.provenance import provenance  # noqa: E402
-from benchmarks.run_benchmark import build_volumes  # noqa: E402
-from mri_score.config import load_config  # noqa: E402
-from mri_score.errors import exit_on_input_error  # noqa: E402
-from mri_score.metrics import volume_metrics  # noqa: E402
-from mri_score.posterior import SamplerSettings, reconstruct_slice  # noqa: E402
-from mri_score.prior import load_prior  # noqa: E402
-from mri_score.simulate import birdcage_maps, make_mask, simulate_volume  # noqa: E402
-from operators import acs_width, estimate_maps  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 #: benchmark configs whose first synthetic volume and 4x equispaced setting are checked
 CONFIGS = ("bench_quick", "bench_full")
@@ -36,6 +38,7 @@ CONFIGS = ("bench_quick", "bench_full")
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    """DDS with estimated and true maps on each config's first volume; write the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nfe", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "maps_check.md"))
@@ -55,17 +58,17 @@ def main(argv: list[str] | None = None) -> int:
         ksp, target, _ = simulate_volume(vol["images"], coils, snr, seed=seed * 1000)  # as the benchmark, volume 0
         size = "×".join(str(n) for n in ksp.shape[-2:])
         mask, _ = make_mask("equispaced", 4.0, float(setting.get("center_fraction", 0.08)), ksp.shape[-2:], vol["name"])
-        ks = torch.from_numpy((ksp[0] * mask).astype(np.complex64))
-        m = torch.from_numpy(mask)
+        under = (ksp[:1] * mask).astype(np.complex64)
+        ks, m = torch.from_numpy(under[0]), torch.from_numpy(mask)
         maps = {"ESPIRiT (ACS)": estimate_maps(ks, m, method="espirit"),
                 "low-res (ACS)": estimate_maps(ks, m, method="lowres"),
                 "true (oracle)": torch.from_numpy(birdcage_maps(coils, ksp.shape[-2:]))}
         for mname, mp in maps.items():
             cells = []
             for nfe in args.nfe:
-                res = reconstruct_slice(ks, m, prior, SamplerSettings(sampler="dds", steps=nfe, samples=2, seed=seed),
-                                        maps=mp)
-                met = volume_metrics(target, res.image.numpy()[None])
+                res = reconstruct_volume(under, mask, prior, SamplerSettings(sampler="dds", steps=nfe, samples=2, seed=seed),
+                                         calibrations=[calibrate(ks, m, maps=mp)])
+                met = volume_metrics(target, res.image)
                 cells.append(f"{met['PSNR']:.2f} / {met['SSIM']:.3f}")
             lines.append(f"| {label} {vol['name']} | {size} | {coils} | {snr:g} | {acs_width(m)} | {mname} | "
                          + " | ".join(cells) + " |")

@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.provenance import provenance
+from mri_score.errors import InputError, exit_on_input_error
+from mri_score.fastmri_io import write_fastmri_file
+from mri_score.simulation import corpus_volume, simulate_volume
 
-from benchmarks.provenance import provenance  # noqa: E402
-from mri_score.errors import InputError, exit_on_input_error  # noqa: E402
-from mri_score.simulate import corpus_volume, simulate_volume, write_fastmri_file  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # The child reports its own high-water mark (VmHWM, Linux /proc) on exit: a parent-side ru_maxrss of children
 # would include the parent's pages copied by fork() before exec.
@@ -39,6 +39,7 @@ _CHILD = (
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    """Reconstruct a large simulated volume in a child process and report its peak memory."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--coils", type=int, default=15)
     ap.add_argument("--size", type=int, default=320)

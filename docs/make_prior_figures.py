@@ -5,16 +5,14 @@ Writes docs/prior_loss.png and docs/prior_denoising.md (held-out corpus slices,
 """
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mri_score.data.datasets import held_out_batch
+from mri_score.prior import load_prior
 
-from mri_score.data.datasets import held_out_batch  # noqa: E402
-from mri_score.prior import load_prior  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

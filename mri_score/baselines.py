@@ -1,10 +1,11 @@
 """fastMRI-style baselines on one multi-coil slice: zero-filled RSS, CG-SENSE, sigpy L1-wavelet and TV, BART pics.
 
 All take undersampled k-space ``(coils, H, W)`` complex64 (numpy), its mask and
-(except zero-filled) ACS coil maps, and return a complex or real image ``(H, W)``.
-Data are divided by the same ACS reference scale as the score samplers
-(:mod:`mri_score.scaling`) before solving, so regularisation weights are
-comparable across volumes; results are returned in the original units.
+(except zero-filled) the slice's :class:`~mri_score.calibration.Calibration`
+(ACS coil maps and reference scale, the same the score samplers use), and
+return a complex or real image ``(H, W)``.  Data are divided by the
+calibration's scale before solving, so regularisation weights are comparable
+across volumes; results are returned in the original units.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mri_score.calibration import Calibration
 from operators import Sense, conjugate_gradient, ifft2c, rss
+
+#: Seed of the power iteration sigpy's apps run to find their step size.
+SIGPY_SEED = 0
 
 
 def zero_filled_rss(kspace: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -26,10 +31,11 @@ def zero_filled_rss(kspace: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return rss(ifft2c(k), dim=0).numpy()
 
 
-def cg_sense(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, scale: float, lam: float = 1e-3,
+def cg_sense(kspace: np.ndarray, mask: np.ndarray, cal: Calibration, lam: float = 1e-3,
              iters: int = 30) -> np.ndarray:
     """CG-SENSE: ``argmin ‖Ax − y‖² + λ‖x‖²`` by ``iters`` CG steps, complex ``(H, W)``."""
-    op = Sense(torch.from_numpy(maps), torch.from_numpy(mask))
+    scale = cal.scale
+    op = Sense(cal.maps.cpu(), torch.from_numpy(mask))
     y = torch.from_numpy(kspace) / scale
     x = conjugate_gradient(op.gram, op.adjoint(y), lam=lam, max_iter=iters, tol=1e-6).x
     return (x * scale).numpy()
@@ -39,26 +45,33 @@ def _sigpy_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(mask, shape).astype(np.float32)
 
 
-def _sigpy_app(app_name: str, kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, scale: float, lam: float,
+def _sigpy_app(app_name: str, kspace: np.ndarray, mask: np.ndarray, cal: Calibration, lam: float,
                iters: int) -> np.ndarray:
     import sigpy.mri.app
 
+    scale = cal.scale
     y = kspace / scale
     app = getattr(sigpy.mri.app, app_name)
-    x = app(y, maps, lam, weights=_sigpy_mask(mask, y.shape), max_iter=iters, show_pbar=False).run()
+    # sigpy estimates the step size by power iteration from a start vector drawn from numpy's *global*
+    # random state; seeding it here (and restoring it after) makes the baselines deterministic
+    state = np.random.get_state()
+    np.random.seed(SIGPY_SEED)
+    try:
+        x = app(y, cal.maps.cpu().numpy(), lam, weights=_sigpy_mask(mask, y.shape), max_iter=iters,
+                show_pbar=False).run()
+    finally:
+        np.random.set_state(state)
     return np.asarray(x) * scale
 
 
-def l1_wavelet(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, scale: float, lam: float,
-               iters: int = 100) -> np.ndarray:
+def l1_wavelet(kspace: np.ndarray, mask: np.ndarray, cal: Calibration, lam: float, iters: int = 100) -> np.ndarray:
     """sigpy ``L1WaveletRecon`` (Daubechies-4 wavelets, FISTA-type), complex ``(H, W)``."""
-    return _sigpy_app("L1WaveletRecon", kspace, mask, maps, scale, lam, iters)
+    return _sigpy_app("L1WaveletRecon", kspace, mask, cal, lam, iters)
 
 
-def total_variation(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray, scale: float, lam: float,
-                    iters: int = 100) -> np.ndarray:
+def total_variation(kspace: np.ndarray, mask: np.ndarray, cal: Calibration, lam: float, iters: int = 100) -> np.ndarray:
     """sigpy ``TotalVariationRecon`` (primal-dual), complex ``(H, W)``."""
-    return _sigpy_app("TotalVariationRecon", kspace, mask, maps, scale, lam, iters)
+    return _sigpy_app("TotalVariationRecon", kspace, mask, cal, lam, iters)
 
 
 def bart_available() -> bool:
@@ -80,12 +93,14 @@ def _read_cfl(base: Path) -> np.ndarray:
     return data.reshape(dims[:last], order="F")
 
 
-def bart_pics(kspace: np.ndarray, mask: np.ndarray, scale: float, lam: float, iters: int = 100,
+def bart_pics(kspace: np.ndarray, mask: np.ndarray, cal: Calibration, lam: float, iters: int = 100,
               calib: int | None = None) -> np.ndarray:
     """The fastMRI CS baseline: ``bart ecalib -m1 -c0`` maps then ``bart pics -R T:7:0:λ``, complex ``(H, W)``.
 
-    k-space goes to BART as ``(H, W, 1, coils)`` ``.cfl`` files (readout, phase, slice, coil).
+    BART estimates its own maps; only the calibration's scale is used.  k-space goes to
+    BART as ``(H, W, 1, coils)`` ``.cfl`` files (readout, phase, slice, coil).
     """
+    scale = cal.scale
     if not bart_available():
         raise RuntimeError("bart is not installed (apt-get install bart)")
     with tempfile.TemporaryDirectory() as tmp:

@@ -298,3 +298,57 @@ def save_reconstruction(
     data = {"reconstruction": recon}
     data.update(extra or {})
     return atomic_h5_write(Path(out_dir) / fname, data, attrs or {})
+
+
+def write_fastmri_file(
+    path: Path,
+    kspace: np.ndarray,
+    target: np.ndarray | None,
+    acquisition: str,
+    patient_id: str,
+    mask: np.ndarray | None = None,
+    acceleration: float | None = None,
+    num_low: int | None = None,
+) -> Path:
+    """Write one fastMRI-layout multi-coil file atomically.
+
+    Parameters
+    ----------
+    path : Path
+        Output file (its directory is created).
+    kspace : np.ndarray
+        Fully sampled k-space, complex64 ``(slices, coils, H, W)``.
+    target : np.ndarray or None
+        ``reconstruction_rss`` float32 ``(slices, H, W)`` (with ``max`` and ``norm`` attrs), or None.
+    acquisition, patient_id : str
+        The file's ``acquisition`` and ``patient_id`` attrs.
+    mask : np.ndarray, optional
+        float32 ``(W,)`` or ``(H, W)``: when given the file looks like fastMRI's test split
+        (masked ``kspace``, ``mask``, ``acceleration`` and ``num_low_frequency`` attrs).
+    acceleration : float, optional
+        The ``acceleration`` attr (with ``mask``).
+    num_low : int, optional
+        The ``num_low_frequency`` attr (with ``mask``).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    s, c, h, w = kspace.shape
+    datasets: dict[str, np.ndarray | bytes] = {
+        "ismrmrd_header": np.bytes_(build_ismrmrd_header((h, w, 1), (h, w, 1))),
+    }
+    attrs: dict[str, object] = {"acquisition": acquisition, "patient_id": patient_id}
+    if mask is not None:
+        datasets["kspace"] = (kspace * mask).astype(np.complex64)
+        datasets["mask"] = mask.astype(np.float32)
+        attrs["acceleration"] = acceleration
+        attrs["num_low_frequency"] = num_low
+    else:
+        datasets["kspace"] = kspace
+    if target is not None:
+        datasets["reconstruction_rss"] = target
+        attrs["max"] = float(target.max())
+        attrs["norm"] = float(np.linalg.norm(target))
+    return atomic_h5_write(path, datasets, attrs)

@@ -1,7 +1,8 @@
-"""Posterior sampling of one k-space slice: coil maps and scaling from the ACS, a sampler, mean and std.
+"""Posterior sampling of one k-space slice: calibration, a sampler, mean and std in the output convention.
 
-This module is the shared core of ``reconstruct`` and the benchmarks.  Only
-the undersampled k-space and its mask are used (never a fully sampled answer).
+This module is the shared core of :func:`mri_score.pipeline.reconstruct_volume`
+(the ``reconstruct`` command line and the benchmarks).  Only the undersampled
+k-space and its mask are used (never a fully sampled answer).
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
+from mri_score.calibration import Calibration, calibrate, check_acs, estimate_sigma_y
 from mri_score.errors import InputError
 from mri_score.network import EDMDenoiser
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, ComplexPrior, Problem
-from mri_score.scaling import kspace_scale
-from operators import Sense, acs_width, estimate_maps, expected_rss, ifft2c, sense1_combine
+from operators import Sense, expected_rss, ifft2c, sense1_combine
+
+# re-exported: the σ_y estimator and the ACS check live in mri_score.calibration
+__all__ = ["MAGNITUDES", "Calibration", "SamplerSettings", "SliceResult", "check_acs", "estimate_sigma_y",
+           "output_magnitude", "reconstruct_slice"]
 
 #: Output magnitude conventions: ``rss`` estimates the fastMRI target (RSS of the noisy fully
 #: sampled coil images, noise floor included); ``sense`` is the coil-combined ``|x|``.
@@ -33,7 +37,6 @@ class SamplerSettings:
     samples: int = 2
     seed: int = 0
     maps: str = "auto"
-    sigma_y: float | None = None
     magnitude: str = "rss"
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -43,17 +46,22 @@ class SamplerSettings:
         if self.steps is None:
             self.steps = DEFAULT_STEPS[self.sampler]
         if self.steps < 1:
-            raise InputError(f"--steps must be >= 1, got {self.steps}")
+            raise InputError(f"steps (the NFE budget) must be >= 1, got {self.steps}")
         if self.samples < 1:
-            raise InputError(f"--samples must be >= 1, got {self.samples}")
+            raise InputError(f"samples must be >= 1, got {self.samples}")
         if self.magnitude not in MAGNITUDES:
             raise InputError(f"unknown magnitude {self.magnitude!r}; choose one of {', '.join(MAGNITUDES)}")
 
 
 @dataclass
 class SliceResult:
-    """Reconstruction and per-pixel std (real, ``settings.magnitude`` convention), complex posterior mean,
-    zero-filled image (all original units, ``(H, W)``), NFE, seconds, estimated σ_y and the scale."""
+    """One slice's reconstruction.
+
+    ``image`` and ``std``: reconstruction and per-pixel std (real, ``settings.magnitude`` convention);
+    ``mean``: complex posterior mean; ``zero_filled``: complex SENSE-1 zero-filled image (all in the
+    data's units, ``(H, W)``, on the CPU); ``nfe``: network evaluations; ``seconds``: wall time;
+    ``sigma_y`` and ``scale``: from ``calibration``, the slice's :class:`Calibration`.
+    """
 
     image: torch.Tensor
     mean: torch.Tensor
@@ -63,30 +71,7 @@ class SliceResult:
     seconds: float
     sigma_y: float
     scale: float
-
-
-def estimate_sigma_y(kspace: torch.Tensor, mask: torch.Tensor, edge_fraction: float = 1 / 16) -> float:
-    """Noise std per complex k-space sample (``E|n|² = σ²``) from the outermost readout rows.
-
-    The top and bottom ``edge_fraction`` of the rows of the *sampled* columns
-    hold almost no signal; a median-absolute-deviation estimate on their real
-    and imaginary parts is robust to what signal remains.
-    """
-    m = torch.as_tensor(mask).to(kspace.device)
-    h = kspace.shape[-2]
-    n = max(1, int(round(h * edge_fraction)))
-    sampled = (m.expand(kspace.shape[-2:]) != 0) if m.ndim >= 1 else torch.ones(kspace.shape[-2:], dtype=torch.bool)
-    rows = torch.zeros(h, dtype=torch.bool, device=kspace.device)
-    rows[:n] = True
-    rows[h - n:] = True
-    sel = sampled & rows[:, None]
-    vals = kspace[..., sel]
-    parts = torch.cat([vals.real.reshape(-1), vals.imag.reshape(-1)])
-    parts = parts[parts != 0]
-    if parts.numel() < 16:
-        return 0.0
-    mad = (parts - parts.median()).abs().median()
-    return float(1.4826 * mad * 2**0.5)
+    calibration: Calibration
 
 
 def output_magnitude(image: torch.Tensor, maps: torch.Tensor, sigma_y: float, magnitude: str = "rss") -> torch.Tensor:
@@ -108,7 +93,7 @@ def reconstruct_slice(
     mask: torch.Tensor,
     prior: EDMDenoiser,
     settings: SamplerSettings,
-    maps: torch.Tensor | None = None,
+    calibration: Calibration | None = None,
 ) -> SliceResult:
     """Sample the posterior for one slice.
 
@@ -121,23 +106,23 @@ def reconstruct_slice(
     prior : EDMDenoiser
         The score network (on the device to use).
     settings : SamplerSettings
-    maps : torch.Tensor, optional
-        Coil maps ``(coils, H, W)``; estimated from the ACS when None.
+    calibration : Calibration, optional
+        The slice's calibration (:func:`mri_score.calibration.calibrate`); computed here when None.
+
+    Returns
+    -------
+    SliceResult
     """
     t0 = time.time()
     device = next(prior.parameters()).device
     kspace = kspace.to(device)
     mask_t = torch.as_tensor(mask, dtype=torch.float32).to(device)
     kspace = kspace * mask_t
-    if maps is None:
-        maps = estimate_maps(kspace, mask_t, method=settings.maps)
-    maps = maps.to(device)
-    scale = float(kspace_scale(kspace, mask_t, maps))
-    sigma_y = settings.sigma_y if settings.sigma_y is not None else estimate_sigma_y(kspace, mask_t)
-    sigma_y_scaled = max(sigma_y / scale, 1e-4)
+    cal = calibrate(kspace, mask_t, settings.maps) if calibration is None else calibration.to(device)
+    maps, scale, sigma_y = cal.maps, cal.scale, cal.sigma_y
     op = Sense(maps, mask_t)
     y = kspace / scale
-    problem = Problem(op=op, y=y, sigma_y=sigma_y_scaled)
+    problem = Problem(op=op, y=y, sigma_y=cal.sigma_y_scaled)
     zero_filled = sense1_combine(ifft2c(kspace), maps)
     gen = torch.Generator(device="cpu").manual_seed(int(settings.seed))
     cprior = ComplexPrior(prior)
@@ -151,15 +136,5 @@ def reconstruct_slice(
     return SliceResult(
         image=output_magnitude(mean, maps, sigma_y, settings.magnitude).cpu(),
         mean=mean.cpu(), std=std.cpu(), zero_filled=zero_filled.cpu(), nfe=result.nfe,
-        seconds=time.time() - t0, sigma_y=sigma_y, scale=scale,
+        seconds=time.time() - t0, sigma_y=sigma_y, scale=scale, calibration=cal,
     )
-
-
-def check_acs(mask: torch.Tensor | np.ndarray, name: str) -> int:
-    """ACS width of a mask, or an :class:`InputError` when it is too narrow to estimate coil maps."""
-    from operators.coils import MIN_ACS
-
-    width = acs_width(torch.as_tensor(mask))
-    if width < MIN_ACS:
-        raise InputError(f"{name}: ACS too narrow for coil estimation ({width} centre lines, need >= {MIN_ACS})")
-    return width

@@ -14,25 +14,17 @@ sense`` writes the coil-combined ``|x|`` instead.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mri_score.errors import InputError, exit_on_input_error
-from mri_score.fastmri_io import FastMRIVolume, center_crop, read_fastmri, recon_crop_size, save_reconstruction
-from mri_score.metrics import volume_metrics
-from mri_score.posterior import MAGNITUDES, SamplerSettings, check_acs, reconstruct_slice
+from mri_score.pipeline import demo_volume, reconstruct_file
+from mri_score.posterior import MAGNITUDES, SamplerSettings
 from mri_score.samplers import SAMPLERS
-from mri_score.simulate import make_mask
-from operators.masks import MASK_TYPES
-
-#: Working memory per slice is estimated as this many copies of one slice's multi-coil k-space.
-_MEM_COPIES = 24
+from operators.masks import MASK_TYPES, MAX_ACCELERATION
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,90 +38,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def check_memory(vol: FastMRIVolume, samples: int, device: torch.device) -> None:
-    """Refuse before allocating when one slice's working set would not fit in memory."""
-    _, c, h, w = vol.kspace.shape
-    need = _MEM_COPIES * max(samples, 1) * c * h * w * 8
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):  # pragma: no cover - non-POSIX
-            return
-    if need > free:
-        raise InputError(
-            f"{vol.path}: one slice needs about {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free"
-        )
-
-
-def undersampling_mask(vol: FastMRIVolume, args: argparse.Namespace) -> tuple[np.ndarray, float, str]:
-    """The mask to reconstruct with: the file's own (test split) or a retrospective fastMRI mask."""
-    h, w = vol.kspace.shape[-2:]
-    if vol.is_undersampled and args.accel is None:
-        mask = vol.sampling_mask
-        accel = float(vol.attrs.get("acceleration", w / max(1.0, float(mask.sum()) / (h if mask.ndim == 2 else 1))))
-        return mask, accel, "file"
-    accel = args.accel if args.accel is not None else 4.0
-    mask, _ = make_mask(args.mask_type, accel, args.center_fraction, (h, w), vol.path.name)
-    if mask.ndim == 1:
-        mask[: vol.padding_left] = 0
-        mask[vol.padding_right :] = 0
-    return mask, accel, f"{args.mask_type}"
-
-
-def reconstruct_file(path: Path, prior: torch.nn.Module, settings: SamplerSettings, args: argparse.Namespace,
-                     device: torch.device) -> dict:
-    """Reconstruct one file, write the output, return a summary."""
-    vol = read_fastmri(path)
-    mask, accel, mask_src = undersampling_mask(vol, args)
-    check_acs(mask, str(path))
-    check_memory(vol, settings.samples, device)
-    channels = prior.cfg.in_channels
-    if channels != 2:
-        raise InputError(f"{args.prior or 'default prior'}: prior has {channels} image channels; complex MR images need 2")
-    s, c, h, w = vol.kspace.shape
-    crop = recon_crop_size((h, w), vol.recon_size)
-    means, stds, zfs = [], [], []
-    nfe = 0
-    t0 = time.time()
-    mask_t = torch.from_numpy(mask)
-    for i in range(s):
-        ks = torch.from_numpy(vol.kspace[i])
-        res = reconstruct_slice(ks, mask_t, prior, SamplerSettings(**{**settings.__dict__, "seed": settings.seed + i}))
-        means.append(center_crop(res.image, crop).numpy())
-        stds.append(center_crop(res.std, crop).numpy())
-        zfs.append(center_crop(res.zero_filled.abs(), crop).numpy())
-        nfe += res.nfe
-    seconds = time.time() - t0
-    recon = np.stack(means).astype(np.float32)
-    std = np.stack(stds).astype(np.float32)
-    summary = {"file": str(path), "seconds": seconds, "seconds_per_slice": seconds / s, "nfe_per_slice": nfe // s,
-               "slices": s, "acceleration": accel, "mask": mask_src}
-    target = None
-    if vol.target is not None and not vol.is_undersampled:
-        target = center_crop(vol.target, recon_crop_size(vol.target.shape[-2:], vol.recon_size))
-        if target.shape == recon.shape:
-            summary.update(volume_metrics(target, recon))
-        else:
-            target = None
-    attrs = {"sampler": settings.sampler, "steps": int(settings.steps), "samples": settings.samples,
-             "seed": settings.seed, "magnitude": settings.magnitude, "acceleration": accel, "mask_source": mask_src,
-             "nfe_per_slice": nfe // s,
-             "prior": str(args.prior or "default"), "options": json.dumps(settings.options),
-             "acquisition": str(vol.attrs.get("acquisition", "")), "patient_id": str(vol.attrs.get("patient_id", ""))}
-    out = save_reconstruction(args.out, path.name, recon, {"reconstruction_std": std, "mask": mask}, attrs)
-    summary["output"] = str(out)
-    if args.png:
-        from mri_score.figures import recon_panel
-
-        png = Path(args.out) / (path.stem + ".png")
-        recon_panel(png, np.stack(zfs), recon, std, target, title=f"{path.name} {settings.sampler} R={accel:g}")
-        summary["png"] = str(png)
-    return summary
-
-
 def format_summary(s: dict) -> str:
+    """One line per reconstructed file: timing, NFE, mask, metrics when known, output path."""
     line = (f"{Path(s['file']).name}: {s['slices']} slices, {s['seconds']:.1f} s ({s['seconds_per_slice']:.2f} s/slice), "
             f"NFE {s['nfe_per_slice']}/slice, R={s['acceleration']:g} ({s['mask']})")
     if "PSNR" in s:
@@ -137,20 +47,9 @@ def format_summary(s: dict) -> str:
     return line + f" -> {s['output']}"
 
 
-def demo_volume() -> Path:
-    """The README's sample volume: simulated once from the held-out corpus split and cached."""
-    from mri_score.simulate import corpus_volume, simulate_volume, write_fastmri_file
-
-    cache = Path(os.environ.get("MRI_SCORE_CACHE", Path.home() / ".cache" / "mri_score"))
-    path = cache / "demo" / "demo_brain_t2.h5"
-    if not path.is_file():
-        imgs = corpus_volume("test", 0, 2, (192, 192), "t2", seed=0)
-        ksp, target, _ = simulate_volume(imgs, coils=8, snr=50.0, seed=0)
-        write_fastmri_file(path, ksp, target, "SYN_T2", "demo000")
-    return path
-
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``reconstruct`` command line."""
     p = argparse.ArgumentParser(prog="python -m mri_score.reconstruct", description=__doc__.split("\n")[0])
     p.add_argument("--kspace", help="fastMRI .h5 file or a directory of them")
     p.add_argument("--out", default="reconstructions", help="output directory")
@@ -175,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    """Reconstruct ``--kspace`` (a file or a directory of them) into ``--out``; exit 2 on bad input."""
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -187,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("--kspace PATH is required (or --demo)")
     if args.sampler not in SAMPLERS:
         raise InputError(f"unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if args.accel is not None and not 1.0 < args.accel <= 32:
-        raise InputError(f"--accel must be in (1, 32], got {args.accel}")
+    if args.accel is not None and not 1.0 < args.accel <= MAX_ACCELERATION:
+        raise InputError(f"--accel must be in (1, {MAX_ACCELERATION:g}], got {args.accel}")
     if not 0.0 < args.center_fraction < 0.5:
         raise InputError(f"--center-fraction must be in (0, 0.5), got {args.center_fraction}")
     device = resolve_device(args.device)
@@ -219,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         iterator = tqdm(files, desc="files", unit="file", disable=not sys.stderr.isatty())
     for f in iterator:
         try:
-            summary = reconstruct_file(f, prior, settings, args, device)
+            summary = reconstruct_file(f, prior, settings, args.out, device, accel=args.accel, mask_type=args.mask_type,
+                                       center_fraction=args.center_fraction, prior_name=str(args.prior or "default"),
+                                       png=args.png)
         except InputError as err:
             if len(files) == 1:
                 raise

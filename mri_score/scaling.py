@@ -34,9 +34,12 @@ def image_scale(image: torch.Tensor, center_fraction: float = TRAIN_CENTER_FRACT
     return reference_scale(low)
 
 
-def kspace_scale(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-    """Scale from undersampled multi-coil k-space ``(coils, H, W)``, its mask and ACS maps (test side)."""
+def kspace_scale(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """Scale from undersampled multi-coil k-space ``(coils, H, W)``, its mask and ACS maps (test side).
+
+    ``width`` is the mask's ACS width when the caller already knows it (:func:`operators.acs_width`).
+    """
     m = torch.as_tensor(mask)
-    width = acs_width(m)
+    width = acs_width(m) if width is None else int(width)
     two_d = m.ndim >= 2 and m.shape[-2] > 1
     return reference_scale(lowres_sense1(kspace, maps, width, two_d))

@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from mri_score.calibration import Calibration
 from mri_score.errors import InputError
 from mri_score.network import NetworkConfig, UNet, pad_to_multiple
 from mri_score.scaling import kspace_scale
-from operators import create_mask_for_mask_type, fft2c, ifft2c, rss
+from operators import birdcage_maps, create_mask_for_mask_type, fft2c, ifft2c, rss
 
 
 class MagnitudeUNet(nn.Module):
@@ -60,8 +61,6 @@ class KspacePairSource:
     def __init__(self, slices: Sequence[np.ndarray], rows: int, mask_type: str = "equispaced",
                  acceleration: float = 4.0, center_fraction: float = 0.08, coils: int = 8,
                  snr: tuple[float, float] = (30.0, 300.0)) -> None:
-        from mri_score.simulate import birdcage_maps
-
         self.by_shape: dict[tuple[int, int], list[np.ndarray]] = {}
         for s in slices:
             if s.shape[0] >= rows:
@@ -123,12 +122,12 @@ def supervised_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], 
 
 
 @torch.no_grad()
-def unet_reconstruct(model: MagnitudeUNet, kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+def unet_reconstruct(model: MagnitudeUNet, kspace: torch.Tensor, mask: torch.Tensor, cal: Calibration) -> torch.Tensor:
     """Apply the U-Net to one undersampled slice ``(coils, H, W)``; returns the magnitude ``(H, W)`` in data units.
 
-    ``maps`` (ACS coil maps) only set the reference scale, as for every method.
+    Only the calibration's reference scale is used (the same as every method's).
     """
-    scale = kspace_scale(kspace, mask, maps)
+    scale = cal.scale
     dev = next(model.parameters()).device
     zf = rss(ifft2c(kspace * mask), dim=0) / scale
     return model(zf[None, None].to(dev))[0, 0].cpu() * scale

@@ -7,6 +7,7 @@ last two dims, column masks on ``W``) and works on CPU and CUDA.
 from operators.cg import CGResult, conjugate_gradient
 from operators.coils import (
     acs_width,
+    birdcage_maps,
     estimate_maps,
     expected_rss,
     lowres_coil_images,
@@ -29,6 +30,7 @@ from operators.masks import (
     PoissonMaskFunc,
     RandomMaskFunc,
     create_mask_for_mask_type,
+    make_mask,
     seed_from_filename,
 )
 from operators.sense import Sense
@@ -51,6 +53,7 @@ __all__ = [
     "RandomMaskFunc",
     "Sense",
     "acs_width",
+    "birdcage_maps",
     "check_adjoint",
     "conjugate_gradient",
     "create_mask_for_mask_type",
@@ -61,6 +64,7 @@ __all__ = [
     "inner",
     "lowres_coil_images",
     "lowres_sense1",
+    "make_mask",
     "maps_espirit",
     "maps_lowres",
     "normalize_maps",

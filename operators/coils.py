@@ -66,6 +66,31 @@ def normalize_maps(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return torch.where(norm > eps, maps / norm.clamp_min(eps), torch.zeros_like(maps))
 
 
+def birdcage_maps(coils: int, shape: tuple[int, int], r: float = 1.5) -> np.ndarray:
+    """Simulated birdcage sensitivities (``sigpy.mri.birdcage_maps``) normalised so ``Σ_c |S_c|² = 1``.
+
+    Parameters
+    ----------
+    coils : int
+        Number of coils (>= 1).
+    shape : tuple of int
+        ``(H, W)`` of the image.
+    r : float
+        Relative radius of the birdcage.
+
+    Returns
+    -------
+    np.ndarray
+        complex64 ``(coils, H, W)``.
+    """
+    import sigpy.mri
+
+    if coils < 1:
+        raise OperatorInputError(f"birdcage maps need at least one coil, got {coils}")
+    maps = sigpy.mri.birdcage_maps((coils, *shape), r=r).astype(np.complex64)
+    return normalize_maps(torch.from_numpy(maps)).numpy()
+
+
 def _centre_run(line: np.ndarray) -> int:
     """Length of the run of True around index ``len // 2`` (0 when the centre is not sampled)."""
     c = line.shape[0] // 2
@@ -149,17 +174,20 @@ def maps_espirit(
     return normalize_maps(maps_t)
 
 
-def estimate_maps(kspace: torch.Tensor, mask: torch.Tensor, method: str = "auto") -> torch.Tensor:
+def estimate_maps(
+    kspace: torch.Tensor, mask: torch.Tensor, method: str = "auto", width: int | None = None
+) -> torch.Tensor:
     """Coil maps ``(coils, H, W)`` from undersampled k-space ``(coils, H, W)`` and its mask.
 
     ``method``: ``"espirit"``, ``"lowres"`` or ``"auto"`` (ESPIRiT when the ACS has at
-    least :data:`MIN_ESPIRIT_ACS` lines, else the low-resolution estimate).
+    least :data:`MIN_ESPIRIT_ACS` lines, else the low-resolution estimate); ``width`` is
+    the mask's ACS width when the caller knows it already.
     Raises :class:`OperatorInputError` when the ACS is narrower than :data:`MIN_ACS`.
     """
     if kspace.ndim != 3 or not torch.is_complex(kspace):
         raise OperatorInputError(f"k-space must be complex (coils, H, W), got {kspace.dtype} {tuple(kspace.shape)}")
     mask_t = torch.as_tensor(mask)
-    width = acs_width(mask_t)
+    width = acs_width(mask_t) if width is None else int(width)
     if width < MIN_ACS:
         raise OperatorInputError(
             f"ACS too narrow for coil estimation: {width} fully sampled centre lines (need >= {MIN_ACS})"

@@ -267,3 +267,47 @@ def create_mask_for_mask_type(
         calib = max(12, round(float(center_fractions[0]) * 320))
         return PoissonMaskFunc(accelerations, calib_size=calib, seed=seed)
     raise OperatorInputError(f"unknown mask type {mask_type!r}; choose one of {', '.join(MASK_TYPES)}")
+
+
+#: Accelerations :func:`make_mask` accepts (fastMRI's masks reach up to 32x on realistic widths).
+MAX_ACCELERATION = 32.0
+
+
+def make_mask(
+    mask_type: str, acceleration: float, center_fraction: float, shape: tuple[int, int], fname: str
+) -> tuple[np.ndarray, int]:
+    """A fastMRI mask for k-space ``shape (H, W)``, seeded by the file name as fastMRI does.
+
+    Parameters
+    ----------
+    mask_type : str
+        One of :data:`MASK_TYPES`.
+    acceleration : float
+        Target acceleration R in ``(1, 32]``.
+    center_fraction : float
+        Fully sampled centre fraction in ``(0, 1/R]``.
+    shape : tuple of int
+        ``(H, W)`` of the k-space.
+    fname : str
+        Base file name; :func:`seed_from_filename` of it seeds the mask.
+
+    Returns
+    -------
+    mask : np.ndarray
+        float32, ``(W,)`` for column masks or ``(H, W)`` for Poisson masks; 1 where sampled.
+    num_low_frequencies : int
+        ACS width in lines.
+
+    Raises
+    ------
+    OperatorInputError
+        For an acceleration or centre fraction out of range, or a mask that cannot be realised.
+    """
+    if not 1.0 < acceleration <= MAX_ACCELERATION:
+        raise OperatorInputError(f"acceleration must be in (1, {MAX_ACCELERATION:g}], got {acceleration}")
+    if not 0.0 < center_fraction < 1.0 / acceleration + 1e-9:
+        raise OperatorInputError(f"center fraction must be in (0, 1/acceleration], got {center_fraction}")
+    func = create_mask_for_mask_type(mask_type, [center_fraction], [acceleration])
+    mask, num_low = func(shape, seed=seed_from_filename(fname))
+    m = mask.numpy().squeeze()
+    return m.astype(np.float32), int(num_low)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from mri_score.checkpoint import save_checkpoint
+from mri_score.fastmri_io import write_fastmri_file
 from mri_score.network import EDMDenoiser, NetworkConfig
-from mri_score.simulate import simulate_volume, write_fastmri_file
+from mri_score.simulation import simulate_volume
 
 torch.set_num_threads(1)
 

@@ -1,8 +1,7 @@
 import numpy as np
 import torch
 
-from mri_score.simulate import birdcage_maps
-from operators import acs_width, estimate_maps, expected_rss, fft2c, ifft2c, maps_lowres, rss, sense1_combine
+from operators import acs_width, birdcage_maps, estimate_maps, expected_rss, fft2c, ifft2c, maps_lowres, rss, sense1_combine
 from tests.conftest import phantom
 
 

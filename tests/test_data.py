@@ -5,9 +5,9 @@ import torch
 
 from mri_score.data.corpus import FAMILIES, SyntheticBrainCorpus, load_template, slab_positions
 from mri_score.data.datasets import fastmri_pool
-from mri_score.fastmri_io import read_fastmri
+from mri_score.fastmri_io import read_fastmri, write_fastmri_file
 from mri_score.simulate import main as simulate_main
-from mri_score.simulate import simulate_volume, write_fastmri_file
+from mri_score.simulation import simulate_volume
 from operators import ifft2c, rss
 from tests.conftest import phantom
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import yaml
 
-from mri_score.fastmri_io import build_ismrmrd_header
+from mri_score.fastmri_io import build_ismrmrd_header, write_fastmri_file
 from mri_score.reconstruct import main as reconstruct_main
 from mri_score.simulate import main as simulate_main
-from mri_score.simulate import simulate_volume, write_fastmri_file
+from mri_score.simulation import simulate_volume
 from mri_score.train import main as train_main
 from tests.conftest import phantom
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from mri_score.calibration import calibrate
 from mri_score.errors import CheckpointError, InputError
 from mri_score.prior import load_prior
-from mri_score.simulate import birdcage_maps
 from mri_score.supervised import KspacePairSource, load_unet, simulate_pair, unet_reconstruct
 from mri_score.train import export_prior, train
-from operators import create_mask_for_mask_type, estimate_maps, fft2c, ifft2c, rss
+from operators import birdcage_maps, create_mask_for_mask_type, fft2c, ifft2c, rss
 from tests.conftest import phantom
 
 
@@ -67,11 +67,10 @@ def test_supervised_training_export_and_reconstruction(tmp_path):
     maps = torch.from_numpy(birdcage_maps(4, (64, 64)))
     k = fft2c(maps * torch.from_numpy(imgs[0]))
     mask = create_mask_for_mask_type("equispaced", [0.16], [4])((64, 64), seed=0)[0].squeeze()
-    est = estimate_maps(k * mask, mask)
-    rec = unet_reconstruct(model, k * mask, mask, est)
+    rec = unet_reconstruct(model, k * mask, mask, calibrate(k * mask, mask))
     assert rec.shape == (64, 64) and rec.dtype == torch.float32 and torch.isfinite(rec).all()
     # every step is divided by the ACS reference scale, so the output scales with the data
-    rec2 = unet_reconstruct(model, 7.0 * k * mask, mask, est)
+    rec2 = unet_reconstruct(model, 7.0 * k * mask, mask, calibrate(7.0 * k * mask, mask))
     assert torch.allclose(rec2, 7.0 * rec, rtol=1e-4, atol=1e-5 * float(rec.abs().max()))
 
 

@@ -1,0 +1,134 @@
+"""Calibration of one slice from its undersampled k-space alone: ACS width, coil maps, intensity scale, σ_y.
+
+Everything the samplers, the baselines and the output stage need to know about a
+slice besides the data is computed here, once per slice, from the *undersampled*
+k-space and its mask (never from a fully sampled answer), and passed on as one
+:class:`Calibration`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mri_score.errors import InputError
+from mri_score.scaling import kspace_scale
+from operators import acs_width, estimate_maps
+from operators.coils import MIN_ACS
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What is known about one slice from its ACS and noise.
+
+    Attributes
+    ----------
+    acs_width : int
+        Lines in the fully sampled centre block of the mask.
+    maps : torch.Tensor
+        Coil maps, complex ``(coils, H, W)``, ``Σ_c |S_c|² = 1``.
+    scale : float
+        Reference intensity scale (:func:`mri_score.scaling.kspace_scale`): data are divided by it
+        before sampling so that the ACS image's 99th percentile is 1.
+    sigma_y : float
+        Noise std per complex k-space sample in the data's units (``E|n|² = σ_y²``).
+    """
+
+    acs_width: int
+    maps: torch.Tensor
+    scale: float
+    sigma_y: float
+
+    @property
+    def sigma_y_scaled(self) -> float:
+        """σ_y in the scaled units the samplers work in (floored at 1e-4 so the likelihood stays finite)."""
+        return max(self.sigma_y / self.scale, 1e-4)
+
+    def to(self, device: torch.device | str) -> Calibration:
+        """The same calibration with the maps on ``device``."""
+        return Calibration(self.acs_width, self.maps.to(device), self.scale, self.sigma_y)
+
+
+def estimate_sigma_y(kspace: torch.Tensor, mask: torch.Tensor, edge_fraction: float = 1 / 16) -> float:
+    """Noise std per complex k-space sample (``E|n|² = σ²``) from the outermost readout rows.
+
+    The top and bottom ``edge_fraction`` of the rows of the *sampled* columns
+    hold almost no signal; a median-absolute-deviation estimate on their real
+    and imaginary parts is robust to what signal remains.
+
+    Parameters
+    ----------
+    kspace : torch.Tensor
+        Undersampled k-space, complex ``(..., H, W)``.
+    mask : torch.Tensor
+        Sampling mask broadcastable to ``(H, W)``.
+    edge_fraction : float
+        Fraction of rows at each edge used.
+
+    Returns
+    -------
+    float
+        σ in the units of ``kspace``; 0.0 when fewer than 16 non-zero values are available.
+    """
+    m = torch.as_tensor(mask).to(kspace.device)
+    h = kspace.shape[-2]
+    n = max(1, int(round(h * edge_fraction)))
+    sampled = (m.expand(kspace.shape[-2:]) != 0) if m.ndim >= 1 else torch.ones(kspace.shape[-2:], dtype=torch.bool)
+    rows = torch.zeros(h, dtype=torch.bool, device=kspace.device)
+    rows[:n] = True
+    rows[h - n:] = True
+    sel = sampled & rows[:, None]
+    vals = kspace[..., sel]
+    parts = torch.cat([vals.real.reshape(-1), vals.imag.reshape(-1)])
+    parts = parts[parts != 0]
+    if parts.numel() < 16:
+        return 0.0
+    mad = (parts - parts.median()).abs().median()
+    return float(1.4826 * mad * 2**0.5)
+
+
+def check_acs(mask: torch.Tensor | np.ndarray, name: str) -> int:
+    """ACS width of a mask, or an :class:`InputError` naming ``name`` when it is too narrow for coil maps."""
+    width = acs_width(torch.as_tensor(mask))
+    if width < MIN_ACS:
+        raise InputError(f"{name}: ACS too narrow for coil estimation ({width} centre lines, need >= {MIN_ACS})")
+    return width
+
+
+def calibrate(
+    kspace: torch.Tensor,
+    mask: torch.Tensor,
+    maps_method: str = "auto",
+    maps: torch.Tensor | None = None,
+    sigma_y: float | None = None,
+) -> Calibration:
+    """Calibrate one slice from its undersampled k-space.
+
+    Parameters
+    ----------
+    kspace : torch.Tensor
+        Undersampled k-space, complex ``(coils, H, W)``, zero where not sampled; the
+        calibration is computed on its device.
+    mask : torch.Tensor
+        float32 ``(W,)`` or ``(H, W)`` sampling mask.
+    maps_method : str
+        Coil-map estimator for :func:`operators.estimate_maps` (``auto``, ``espirit``, ``lowres``).
+    maps : torch.Tensor, optional
+        Coil maps to use instead of estimating them (e.g. the simulation's true maps).
+    sigma_y : float, optional
+        Known noise std per complex sample, instead of :func:`estimate_sigma_y`.
+
+    Returns
+    -------
+    Calibration
+    """
+    mask_t = torch.as_tensor(mask, dtype=torch.float32).to(kspace.device)
+    width = acs_width(mask_t)
+    if maps is None:
+        maps = estimate_maps(kspace, mask_t, method=maps_method, width=width)
+    maps = maps.to(kspace.device)
+    scale = float(kspace_scale(kspace, mask_t, maps, width))
+    sy = float(sigma_y) if sigma_y is not None else estimate_sigma_y(kspace, mask_t)
+    return Calibration(acs_width=width, maps=maps, scale=scale, sigma_y=sy)
