@@ -4,7 +4,9 @@ Generative model (one slice, all draws from the ``numpy.random.Generator`` passe
 
 1. **Outline.** A closed contour ``r(θ) = R (1 + Σ_k a_k cos(kθ + φ_k))`` (k = 2…6, small
    ``a_k``) with an aspect ratio: the trunk (``body``, 220–400 mm wide, flattened) or a
-   limb (``limb``, 80–180 mm, rounder).  Position, size and in-plane rotation vary.
+   limb (``limb``, 80–180 mm, rounder).  Position, size and in-plane rotation vary; an
+   object wider than 92 % of the field of view is shrunk to fit (a scan's field of view
+   is prescribed around the anatomy, so nothing is cut off or aliased).
 2. **Layers.** Skin (1–2.5 mm) and subcutaneous fat whose thickness varies around the
    contour (2–30 mm); inside it muscle, split into compartments by thin fascia (the
    edges of a random Voronoi partition).
@@ -109,7 +111,6 @@ def body_slice(
     h, w = shape
     iv = _draw_intensities(rng, family)
     y, x = np.meshgrid((np.arange(h) - h / 2 + 0.5) * pixel_mm, (np.arange(w) - w / 2 + 0.5) * pixel_mm, indexing="ij")
-    fov = min(h, w) * pixel_mm
     edge = max(0.5 * pixel_mm, 0.4)
     if kind == "body":
         half_w = rng.uniform(110, 200)
@@ -117,8 +118,11 @@ def body_slice(
     else:
         half_w = rng.uniform(40, 90)
         half_h = half_w * rng.uniform(0.8, 1.1)
-    # objects larger than the field of view are cut, as in real scans (aliasing is not simulated)
-    cx, cy = rng.uniform(-0.1, 0.1, size=2) * fov
+    # the field of view is prescribed around the object, as in a real scan: shrink what would not fit
+    fit = min(1.0, 0.46 * w * pixel_mm / half_w, 0.46 * h * pixel_mm / half_h)
+    half_w, half_h = half_w * fit, half_h * fit
+    cx = rng.uniform(-1, 1) * max(0.0, 0.48 * w * pixel_mm - half_w * 1.02)
+    cy = rng.uniform(-1, 1) * max(0.0, 0.48 * h * pixel_mm - half_h * 1.02)
     outer = _blob(x, y, rng, cx, cy, half_w, half_h, wobble=0.12)
     skin_t = rng.uniform(1.0, 2.5)
     fat_t = rng.uniform(0.02, 0.2) * half_w * (1 + 0.5 * smooth_field(rng, 4, (h, w)))
