@@ -21,7 +21,7 @@ from operators.coils import (
 from operators.errors import OperatorInputError
 from operators.fft import fft2c, ifft2c
 from operators.grid import crop_kspace, fourier_resample, image_to_grid, pad_mask, zero_pad_kspace
-from operators.linop import FFT2C, LinearOperator, check_adjoint, inner
+from operators.linop import FFT2C, AdjointOperator, ComposedOperator, Diagonal, LinearOperator, check_adjoint, inner
 from operators.masks import (
     MASK_TYPES,
     EquispacedMaskFractionFunc,
@@ -33,17 +33,16 @@ from operators.masks import (
     make_mask,
     seed_from_filename,
 )
-from operators.sense import Sense
+from operators.sense import CoilSensitivities, Sense
 
 __all__ = [
-    "crop_kspace",
-    "fourier_resample",
-    "image_to_grid",
-    "pad_mask",
-    "zero_pad_kspace",
     "FFT2C",
     "MASK_TYPES",
+    "AdjointOperator",
     "CGResult",
+    "CoilSensitivities",
+    "ComposedOperator",
+    "Diagonal",
     "EquiSpacedMaskFunc",
     "EquispacedMaskFractionFunc",
     "LinearOperator",
@@ -57,10 +56,13 @@ __all__ = [
     "check_adjoint",
     "conjugate_gradient",
     "create_mask_for_mask_type",
+    "crop_kspace",
     "estimate_maps",
     "expected_rss",
     "fft2c",
+    "fourier_resample",
     "ifft2c",
+    "image_to_grid",
     "inner",
     "lowres_coil_images",
     "lowres_sense1",
@@ -68,7 +70,9 @@ __all__ = [
     "maps_espirit",
     "maps_lowres",
     "normalize_maps",
+    "pad_mask",
     "rss",
-    "sense1_combine",
     "seed_from_filename",
+    "sense1_combine",
+    "zero_pad_kspace",
 ]

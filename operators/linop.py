@@ -31,9 +31,11 @@ class LinearOperator(nn.Module):
         return self.adjoint(self.forward(x))
 
     def __matmul__(self, other: LinearOperator) -> LinearOperator:
+        """``self ∘ other``."""
         return ComposedOperator(self, other)
 
     def __mul__(self, other: LinearOperator) -> LinearOperator:
+        """``self ∘ other`` (as ``@``)."""
         return ComposedOperator(self, other)
 
 
@@ -45,13 +47,16 @@ class AdjointOperator(LinearOperator):
         self.op = op
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``Aᴴ x``."""
         return self.op.adjoint(x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``A y``."""
         return self.op.forward(y)
 
     @property
     def H(self) -> LinearOperator:  # noqa: N802
+        """``A`` itself."""
         return self.op
 
 
@@ -64,9 +69,11 @@ class ComposedOperator(LinearOperator):
         self.inner = inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``outer(inner(x))``."""
         return self.outer(self.inner(x))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``innerᴴ(outerᴴ(y))``."""
         return self.inner.adjoint(self.outer.adjoint(y))
 
 
@@ -74,14 +81,36 @@ class FFT2C(LinearOperator):
     """The centred orthonormal 2-D FFT as an operator (unitary: ``Aᴴ = A⁻¹``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:func:`operators.fft.fft2c`."""
         from operators.fft import fft2c
 
         return fft2c(x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """:func:`operators.fft.ifft2c`."""
         from operators.fft import ifft2c
 
         return ifft2c(y)
+
+
+class Diagonal(LinearOperator):
+    """Element-wise multiplication ``x -> d · x`` by a tensor ``d`` broadcasting against ``x``; adjoint ``conj(d) · y``.
+
+    A 0/1 sampling mask is a real ``Diagonal`` (self-adjoint and idempotent).
+    """
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weights", weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``d · x``."""
+        return self.weights * x
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``conj(d) · y`` (``d · y`` for a real ``d``)."""
+        w = self.weights
+        return (torch.conj(w) if torch.is_complex(w) else w) * y
 
 
 def inner(a: torch.Tensor, b: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Tensor:
