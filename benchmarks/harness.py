@@ -24,6 +24,7 @@ from mri_score.calibration import Calibration, calibrate
 from mri_score.errors import InputError
 from mri_score.pipeline import reconstruct_volume
 from mri_score.posterior import SamplerSettings, output_magnitude
+from mri_score.samplers import sampler_config
 from mri_score.simulation import corpus_volume
 from mri_score.supervised import unet_reconstruct
 
@@ -91,6 +92,30 @@ class PeakMemory:
         self._thread.join()
         self._peak = max(self._peak, self._rss())
         self.gb = (self._peak - self._base) / 2**30
+
+
+def score_budgets(spec: dict, first_volume: bool = True) -> list[int]:
+    """NFE budgets of a score method's config entry: ``nfe`` (one or a list), plus ``nfe_first_volume`` on volume 0."""
+    budgets = spec["nfe"] if isinstance(spec["nfe"], list) else [spec["nfe"]]
+    budgets = budgets + (list(spec.get("nfe_first_volume", [])) if first_volume else [])
+    return [int(n) for n in budgets]
+
+
+def check_score_method(name: str, spec: dict, src: str) -> None:
+    """Refuse (one :class:`InputError` naming ``src`` and the key) a score method entry whose budgets or options
+    its sampler would refuse, before anything runs."""
+    spec = spec or {}
+    where = f"{src}: methods.{name}"
+    if "nfe" not in spec:
+        raise InputError(f"{where}: missing key 'nfe' (the budget of network evaluations)")
+    try:
+        config = sampler_config(name, spec.get("options"))
+        for nfe in score_budgets(spec):
+            config.nfe_used(nfe)
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{where}: nfe must be an integer or a list of them ({err})") from None
 
 
 def calibrate_volume(under: np.ndarray, mask: np.ndarray) -> tuple[list[Calibration], list[float]]:
@@ -165,10 +190,8 @@ def run_method(name: str, spec: dict, under: np.ndarray, mask: np.ndarray, cals:
         return [row(f"lam={lam}", *per_slice(lambda ks, cal, lam=lam: to_magnitude(solve(ks, cal, lam), cal)))
                 for lam in spec["lams"]]
     if name in SCORE_METHODS:
-        budgets = spec["nfe"] if isinstance(spec["nfe"], list) else [spec["nfe"]]
-        budgets = budgets + (list(spec.get("nfe_first_volume", [])) if first_volume else [])
         out = []
-        for nfe in budgets:
+        for nfe in score_budgets(spec, first_volume):
             settings = SamplerSettings(sampler=name, steps=int(nfe), samples=int(spec.get("samples", 2)), seed=seed,
                                        magnitude=magnitude, options=dict(spec.get("options", {})))
             res = reconstruct_volume(under, mask, models["prior"], settings, calibrations=cals)

@@ -31,6 +31,7 @@ from benchmarks.harness import (
     PeakMemory,
     build_volumes,
     calibrate_volume,
+    check_score_method,
     coverage,
     run_method,
 )
@@ -76,6 +77,9 @@ def validate_config(cfg: dict, src: str) -> tuple[str, list, dict, str]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(f"{src}: unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    for m in methods:
+        if m in SCORE_METHODS:
+            check_score_method(m, methods[m], src)
     return name, settings, methods, magnitude
 
 
@@ -194,6 +198,7 @@ def robustness_table(rows: list[dict]) -> list[str]:
 
 def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, header: str, seconds: float,
                   skipped: list[str] | None = None) -> None:
+    """Write ``<name>.csv``, the markdown tables and the figures into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = sorted({k for r in rows for k in r})
     with open(out_dir / f"{name}.csv", "w", newline="") as fh:
@@ -248,6 +253,7 @@ def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, head
 
 
 def make_figures(out_dir: Path, name: str, rows: list[dict], panels: dict) -> list[str]:
+    """PSNR-vs-cost plot, example panels and the calibration figure; returns the file names."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    """Write the loss curve and the denoising table."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -36,6 +36,7 @@ class NetworkConfig:
     label_classes: Sequence[int] = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
+        """The config as a plain dict (tuples as lists), for checkpoint metadata."""
         d = asdict(self)
         d["channel_mult"] = list(self.channel_mult)
         d["label_classes"] = list(self.label_classes)
@@ -43,6 +44,7 @@ class NetworkConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> NetworkConfig:
+        """Build from checkpoint metadata; keys this version does not know are ignored."""
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         cfg = cls(**known)
         cfg.channel_mult = tuple(int(c) for c in cfg.channel_mult)
@@ -60,6 +62,7 @@ class FourierEmbedding(nn.Module):
         self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
+        """Noise levels ``c (B,)`` -> Fourier features ``(B, dim)``."""
         arg = c[:, None].float() * 1000.0 * self.freqs[None, :] / 1000.0 * 100.0
         return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
 
@@ -79,6 +82,7 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Residual block on ``x (B, C, H, W)`` conditioned on the embedding ``emb (B, E)``."""
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
         h = F.silu(self.norm2(h) * (1 + scale) + shift)

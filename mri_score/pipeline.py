@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from mri_score.fastmri_io import (
 from mri_score.metrics import volume_metrics
 from mri_score.network import EDMDenoiser
 from mri_score.posterior import SamplerSettings, reconstruct_slice
+from mri_score.samplers import ComplexPrior
 from operators.masks import make_mask
 
 #: Working memory per slice is estimated as this many copies of one slice's multi-coil k-space.
@@ -145,13 +146,13 @@ def reconstruct_volume(
     if calibrations is not None and len(calibrations) != s:
         raise InputError(f"{len(calibrations)} calibrations for {s} slices")
     mask_t = torch.from_numpy(np.asarray(mask))
+    adapter = ComplexPrior(prior)  # one private channels_last copy of the network for the whole volume
     images, stds, zfs = [], [], []
     out = VolumeResult(image=np.empty(0), std=np.empty(0), zero_filled=np.empty(0))
     for i in range(s):
         ks = torch.from_numpy(kspace[i])
         cal = calibrations[i] if calibrations is not None else None
-        slice_settings = SamplerSettings(**{**settings.__dict__, "seed": settings.seed + i})
-        res = reconstruct_slice(ks, mask_t, prior, slice_settings, calibration=cal)
+        res = reconstruct_slice(ks, mask_t, adapter, replace(settings, seed=settings.seed + i), calibration=cal)
         image, std, zf = res.image, res.std, res.zero_filled.abs()
         if crop is not None:
             image, std, zf = (center_crop(t, crop) for t in (image, std, zf))
@@ -211,7 +212,7 @@ def reconstruct_file(
     attrs = {"sampler": settings.sampler, "steps": int(settings.steps), "samples": settings.samples,
              "seed": settings.seed, "magnitude": settings.magnitude, "acceleration": accel_used,
              "mask_source": mask_src, "nfe_per_slice": nfe // s,
-             "prior": prior_name, "options": json.dumps(settings.options),
+             "prior": prior_name, "options": json.dumps(settings.options.as_dict()),
              "acquisition": str(vol.attrs.get("acquisition", "")), "patient_id": str(vol.attrs.get("patient_id", ""))}
     out = save_reconstruction(out_dir, path.name, res.image, {"reconstruction_std": res.std, "mask": mask}, attrs)
     summary["output"] = str(out)

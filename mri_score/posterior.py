@@ -8,6 +8,7 @@ k-space and its mask are used (never a fully sampled answer).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +16,9 @@ import torch
 
 from mri_score.calibration import Calibration, calibrate, check_acs, estimate_sigma_y
 from mri_score.errors import InputError
+from mri_score.likelihood import GaussianKspaceLikelihood, Likelihood
 from mri_score.network import EDMDenoiser
-from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, ComplexPrior, Problem
+from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, ComplexPrior, SamplerConfig, sampler_config
 from operators import Sense, expected_rss, ifft2c, sense1_combine
 
 # re-exported: the σ_y estimator and the ACS check live in mri_score.calibration
@@ -30,7 +32,26 @@ MAGNITUDES = ("rss", "sense")
 
 @dataclass
 class SamplerSettings:
-    """How to sample: sampler name, NFE budget, posterior samples K, seed, output magnitude and sampler options."""
+    """How to sample one slice.
+
+    Attributes
+    ----------
+    sampler : str
+        One of :data:`mri_score.samplers.SAMPLERS`.
+    steps : int, optional
+        The budget of network evaluations (NFE) for every sampler; the sampler's default when None.
+    samples : int
+        Posterior samples K per slice (mean and std).
+    seed : int
+        Seed of the sampler's noise.
+    maps : str
+        Coil-map estimator when the slice is calibrated here (``auto``, ``espirit``, ``lowres``).
+    magnitude : str
+        Output convention, one of :data:`MAGNITUDES`.
+    options : mapping or SamplerConfig
+        The sampler's options; a mapping is validated into the sampler's
+        :class:`~mri_score.samplers.SamplerConfig` (unknown keys refused).
+    """
 
     sampler: str = "dds"
     steps: int | None = None
@@ -38,15 +59,13 @@ class SamplerSettings:
     seed: int = 0
     maps: str = "auto"
     magnitude: str = "rss"
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] | SamplerConfig = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise InputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        self.options = sampler_config(self.sampler, self.options)
         if self.steps is None:
             self.steps = DEFAULT_STEPS[self.sampler]
-        if self.steps < 1:
-            raise InputError(f"steps (the NFE budget) must be >= 1, got {self.steps}")
+        self.options.nfe_used(int(self.steps))
         if self.samples < 1:
             raise InputError(f"samples must be >= 1, got {self.samples}")
         if self.magnitude not in MAGNITUDES:
@@ -91,9 +110,10 @@ def output_magnitude(image: torch.Tensor, maps: torch.Tensor, sigma_y: float, ma
 def reconstruct_slice(
     kspace: torch.Tensor,
     mask: torch.Tensor,
-    prior: EDMDenoiser,
+    prior: EDMDenoiser | ComplexPrior,
     settings: SamplerSettings,
     calibration: Calibration | None = None,
+    extra_terms: Sequence[Likelihood] = (),
 ) -> SliceResult:
     """Sample the posterior for one slice.
 
@@ -103,32 +123,32 @@ def reconstruct_slice(
         Undersampled k-space, complex ``(coils, H, W)`` (zeros where not sampled).
     mask : torch.Tensor
         ``(W,)`` or ``(H, W)`` sampling mask.
-    prior : EDMDenoiser
-        The score network (on the device to use).
+    prior : EDMDenoiser or ComplexPrior
+        The score network (on the device to use), or an adapter of it made once for many slices.
     settings : SamplerSettings
     calibration : Calibration, optional
         The slice's calibration (:func:`mri_score.calibration.calibrate`); computed here when None.
+    extra_terms : sequence of Likelihood
+        Likelihood terms besides the k-space data (e.g. classifier guidance), in scaled units.
 
     Returns
     -------
     SliceResult
     """
     t0 = time.time()
-    device = next(prior.parameters()).device
+    cprior = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
+    device = cprior.device
     kspace = kspace.to(device)
     mask_t = torch.as_tensor(mask, dtype=torch.float32).to(device)
     kspace = kspace * mask_t
     cal = calibrate(kspace, mask_t, settings.maps) if calibration is None else calibration.to(device)
     maps, scale, sigma_y = cal.maps, cal.scale, cal.sigma_y
-    op = Sense(maps, mask_t)
-    y = kspace / scale
-    problem = Problem(op=op, y=y, sigma_y=cal.sigma_y_scaled)
+    data = GaussianKspaceLikelihood(Sense(maps, mask_t), kspace / scale, cal.sigma_y_scaled)
     zero_filled = sense1_combine(ifft2c(kspace), maps)
     gen = torch.Generator(device="cpu").manual_seed(int(settings.seed))
-    cprior = ComplexPrior(prior)
-    x_init = problem.zero_filled().expand(settings.samples, -1, -1).clone()
+    x_init = data.zero_filled().expand(settings.samples, -1, -1).clone()
     run = SAMPLERS[settings.sampler]
-    result = run(cprior, problem, x_init, gen, steps=int(settings.steps), **settings.options)
+    result = run(cprior, [data, *extra_terms], x_init, gen, int(settings.steps), settings.options)
     samples = result.samples.detach() * scale
     mean = samples.mean(dim=0)
     mags = output_magnitude(samples, maps, sigma_y, settings.magnitude)

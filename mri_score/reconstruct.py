@@ -8,7 +8,11 @@ intensity scale come from the ACS of the undersampled k-space.  Writes
 ``reconstruction_std``, ``mask`` and the settings as attrs, atomically.
 ``reconstruction`` is by default the expected root-sum-of-squares magnitude
 (noise floor included), i.e. the quantity fastMRI's targets are; ``--magnitude
-sense`` writes the coil-combined ``|x|`` instead.
+sense`` writes the coil-combined ``|x|`` instead.  ``--steps`` (alias ``--nfe``)
+is the budget of network evaluations for every sampler; ``--sampler-opt
+key=value`` sets any option of the chosen sampler (validated; see
+:mod:`mri_score.samplers`).  This module only parses flags: the work is
+:func:`mri_score.pipeline.reconstruct_file`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from mri_score.errors import InputError, exit_on_input_error
 from mri_score.pipeline import demo_volume, reconstruct_file
 from mri_score.posterior import MAGNITUDES, SamplerSettings
-from mri_score.samplers import SAMPLERS
+from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, sampler_config
 from operators.masks import MASK_TYPES, MAX_ACCELERATION
 
 
@@ -54,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kspace", help="fastMRI .h5 file or a directory of them")
     p.add_argument("--out", default="reconstructions", help="output directory")
     p.add_argument("--sampler", default="dds", help=f"one of {', '.join(SAMPLERS)}")
-    p.add_argument("--steps", type=int, default=None, help="network evaluations (sampler default when omitted)")
+    p.add_argument("--steps", "--nfe", dest="steps", type=int, default=None,
+                   help="budget of network evaluations (NFE), for every sampler; sampler default when omitted "
+                        f"({', '.join(f'{k} {v}' for k, v in DEFAULT_STEPS.items())})")
     p.add_argument("--samples", type=int, default=2, help="posterior samples K (mean and std)")
     p.add_argument("--prior", default=None, help="checkpoint path (default: the shipped prior)")
     p.add_argument("--accel", type=float, default=None, help="retrospective acceleration (fully sampled files)")
@@ -63,13 +69,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps", default="auto", choices=["auto", "espirit", "lowres"], help="coil-map estimator")
     p.add_argument("--magnitude", default="rss", choices=MAGNITUDES,
                    help="rss: expected RSS of the noisy coil images, as fastMRI targets (default); sense: |x|")
-    p.add_argument("--gamma", type=float, default=None, help="DDS data weight (default: from noise levels)")
+    p.add_argument("--sampler-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a sampler option (repeatable), e.g. cg_iters=5 for dds; unknown keys are refused with the "
+                        "sampler's list")
+    p.add_argument("--gamma", type=float, default=None,
+                   help="DDS data weight, the same as --sampler-opt gamma=G (default: from noise levels)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--png", action="store_true", help="write a PNG panel per file")
     p.add_argument("--demo", action="store_true", help="shipped prior on the sample volume (README default)")
     return p
+
+
+def sampler_options(pairs: list[str], gamma: float | None, sampler: str) -> dict[str, str | float]:
+    """``--sampler-opt KEY=VALUE`` pairs (and ``--gamma``) as a mapping for :func:`mri_score.samplers.sampler_config`."""
+    options: dict[str, str | float] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--sampler-opt {item!r} must look like key=value")
+        if key.strip() in options:
+            raise InputError(f"--sampler-opt {key.strip()} is given twice")
+        options[key.strip()] = value.strip()
+    if gamma is not None:
+        if sampler != "dds":
+            raise InputError(f"--gamma is the dds sampler's data weight; the {sampler} sampler has no gamma")
+        if "gamma" in options:
+            raise InputError("--gamma and --sampler-opt gamma=… both given")
+        options["gamma"] = gamma
+    return options
+
+
+def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
+    """Validated sampling settings from the flags; the error names the flag at fault."""
+    if args.sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    try:
+        config = sampler_config(args.sampler, sampler_options(args.sampler_opt, args.gamma, args.sampler))
+    except InputError as err:
+        raise InputError(str(err) if str(err).startswith("--") else f"--sampler-opt: {err}") from None
+    if args.steps is not None:
+        try:
+            config.nfe_used(args.steps)
+        except InputError as err:
+            raise InputError(f"--steps: {err}") from None
+    if args.samples < 1:
+        raise InputError(f"--samples must be >= 1, got {args.samples}")
+    return SamplerSettings(sampler=args.sampler, steps=args.steps, samples=args.samples, seed=args.seed,
+                           maps=args.maps, magnitude=args.magnitude, options=config)
 
 
 @exit_on_input_error
@@ -85,19 +133,15 @@ def main(argv: list[str] | None = None) -> int:
             args.out = "demo_output"
     if not args.kspace:
         raise InputError("--kspace PATH is required (or --demo)")
-    if args.sampler not in SAMPLERS:
-        raise InputError(f"unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if args.accel is not None and not 1.0 < args.accel <= MAX_ACCELERATION:
         raise InputError(f"--accel must be in (1, {MAX_ACCELERATION:g}], got {args.accel}")
     if not 0.0 < args.center_fraction < 0.5:
         raise InputError(f"--center-fraction must be in (0, 0.5), got {args.center_fraction}")
+    settings = settings_from_args(args)
     device = resolve_device(args.device)
     from mri_score.prior import load_prior
 
     prior = load_prior(args.prior, device=device)
-    options = {"gamma": args.gamma} if (args.gamma is not None and args.sampler == "dds") else {}
-    settings = SamplerSettings(sampler=args.sampler, steps=args.steps, samples=args.samples, seed=args.seed,
-                               maps=args.maps, magnitude=args.magnitude, options=options)
     src = Path(args.kspace)
     if src.is_dir():
         files = sorted(src.glob("*.h5"))

@@ -37,6 +37,7 @@ def heun_samples(model: EDMDenoiser, n: int, size: int, steps: int = 30, sigma_m
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    """Write a PNG grid of unconditional samples from a prior."""
     p = argparse.ArgumentParser(prog="python -m mri_score.sample_prior", description=__doc__.split("\n")[0])
     p.add_argument("--prior", default=None)
     p.add_argument("--out", default="prior_samples.png")

@@ -41,6 +41,7 @@ class MagnitudeUNet(nn.Module):
         self.net = UNet(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + F(x)`` for magnitudes ``(B, 1, H, W)``, padded to the U-Net stride and cropped back."""
         xin, crop = pad_to_multiple(x, self.net.stride)
         f = self.net(xin, torch.zeros(x.shape[0], device=x.device)).float()
         return x + crop(f)

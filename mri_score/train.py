@@ -374,6 +374,7 @@ def _setup_distributed(device: str) -> str:
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    """Train (or resume, or export) from a YAML config; exit 2 on bad input."""
     parser = argparse.ArgumentParser(prog="python -m mri_score.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="YAML config (configs/prior_*.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.safetensors")

@@ -16,9 +16,11 @@ class LinearOperator(nn.Module):
     """Base class: subclasses implement :meth:`forward` and :meth:`adjoint`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Apply the operator."""
         raise NotImplementedError
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Apply the adjoint operator."""
         raise NotImplementedError
 
     @property

@@ -139,6 +139,7 @@ class MaskFunc:
     def calculate_acceleration_mask(
         self, num_cols: int, acceleration: float, offset: int | None, num_low_frequencies: int
     ) -> np.ndarray:  # pragma: no cover - abstract
+        """The non-centre columns, float32 ``(W,)`` (subclasses)."""
         raise NotImplementedError
 
     def choose_acceleration(self) -> tuple[float, float]:
@@ -155,6 +156,7 @@ class RandomMaskFunc(MaskFunc):
     def calculate_acceleration_mask(
         self, num_cols: int, acceleration: float, offset: int | None, num_low_frequencies: int
     ) -> np.ndarray:
+        """Random columns outside the centre, float32 ``(W,)``."""
         prob = (num_cols / acceleration - num_low_frequencies) / (num_cols - num_low_frequencies)
         return (self.rng.uniform(size=num_cols) < prob).astype(np.float32)
 
@@ -165,6 +167,7 @@ class EquiSpacedMaskFunc(MaskFunc):
     def calculate_acceleration_mask(
         self, num_cols: int, acceleration: float, offset: int | None, num_low_frequencies: int
     ) -> np.ndarray:
+        """Every R-th column from ``offset``, float32 ``(W,)``."""
         if offset is None:
             offset = self.rng.randint(0, high=round(acceleration))
         mask = np.zeros(num_cols, dtype=np.float32)
@@ -181,6 +184,7 @@ class EquispacedMaskFractionFunc(MaskFunc):
     def calculate_acceleration_mask(
         self, num_cols: int, acceleration: float, offset: int | None, num_low_frequencies: int
     ) -> np.ndarray:
+        """Equispaced columns at the adjusted spacing, float32 ``(W,)``."""
         denom = num_low_frequencies * acceleration - num_cols
         if denom >= 0:
             raise OperatorInputError(
@@ -227,6 +231,7 @@ class PoissonMaskFunc:
         offset: int | None = None,
         seed: int | tuple[int, ...] | None = None,
     ) -> tuple[torch.Tensor, int]:
+        """Sample a mask for k-space of ``shape`` ``(..., H, W)``: float32 ``(1, ..., H, W)`` and the ACS width."""
         import sigpy.mri
 
         _check_shape(shape)

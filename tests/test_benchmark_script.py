@@ -89,3 +89,21 @@ def test_dds_tuning_script_writes_a_table_per_setting(tmp_path, tiny_prior_path)
     assert len(rows) == 3 and "cg_iters=2" in rows[-1]
     cells = [float(c) for c in rows[1].strip("|").split("|")[1:]]
     assert len(cells) == 4 and all(np.isfinite(cells))  # 2 slices + 2 means
+
+
+def test_benchmark_config_refuses_bad_sampler_options_and_budgets_up_front():
+    import pytest
+
+    from benchmarks.run_benchmark import validate_config
+    from mri_score.errors import InputError
+
+    base = {"name": "x", "data": {}, "settings": [{"accel": 4, "mask": "equispaced"}]}
+    cases = [({"dds": {"nfe": [10], "options": {"cg_iter": 5}}}, "cfg.yaml: methods.dds: unknown dds option cg_iter"),
+             ({"pc": {"nfe": 1}}, "cfg.yaml: methods.pc: the pc sampler needs a budget of at least 2"),
+             ({"dps": {"nfe": 10, "options": {"zeta": -1}}}, "methods.dps: dps option zeta must be >= 0"),
+             ({"langevin": {"samples": 2}}, "methods.langevin: missing key 'nfe'")]
+    for methods, phrase in cases:
+        with pytest.raises(InputError) as err:
+            validate_config({**base, "methods": methods}, "cfg.yaml")
+        assert phrase in str(err.value), str(err.value)
+    validate_config({**base, "methods": {"dds": {"nfe": [10, 30], "options": {"cg_iters": 5}}}}, "cfg.yaml")

@@ -46,6 +46,12 @@ def test_reconstruct_is_deterministic_by_seed(tmp_path, fully_sampled_file, tiny
     (["--center-fraction", "0.9"], "--center-fraction"),
     (["--device", "cuda"], "CUDA"),
     (["--center-fraction", "0.02"], "ACS too narrow"),
+    (["--sampler-opt", "cg_iter=5"], "--sampler-opt: unknown dds option cg_iter; the dds sampler takes"),
+    (["--sampler-opt", "cg_iters"], "must look like key=value"),
+    (["--sampler-opt", "eta=2"], "--sampler-opt: dds option eta must be in [0, 1]"),
+    (["--sampler", "langevin", "--gamma", "2"], "the langevin sampler has no gamma"),
+    (["--sampler", "pc", "--steps", "1"], "--steps: the pc sampler needs a budget of at least 2"),
+    (["--gamma", "2", "--sampler-opt", "gamma=3"], "both given"),
 ])
 def test_bad_arguments_one_line_exit_2(tmp_path, fully_sampled_file, tiny_prior_path, capsys, args, message):
     import torch
@@ -95,3 +101,22 @@ def test_magnitude_convention_rss_adds_the_noise_floor_of_the_target(tmp_path, f
     # one σ_y per slice: the squared floor is the same constant over the whole slice
     for s in range(floor2.shape[0]):
         assert np.allclose(floor2[s], np.median(floor2[s]), rtol=1e-2, atol=1e-3 * floor2[s].max())
+
+
+def test_sampler_options_reach_the_sampler_and_the_output(tmp_path, fully_sampled_file, tiny_prior_path):
+    import json
+
+    def run(name, *extra):
+        rc = main(["--kspace", str(fully_sampled_file), "--out", str(tmp_path / name), "--prior", str(tiny_prior_path),
+                   "--steps", "2", "--center-fraction", "0.25", *extra])
+        assert rc == 0
+        with h5py.File(tmp_path / name / fully_sampled_file.name) as hf:
+            return hf["reconstruction"][()], json.loads(hf.attrs["options"])
+
+    default, opts = run("default")
+    assert opts["cg_iters"] == 10 and opts["gamma"] is None  # every effective option is recorded
+    fewer, opts = run("cg1", "--sampler-opt", "cg_iters=1")
+    assert opts["cg_iters"] == 1 and not np.array_equal(fewer, default)
+    sugar, _ = run("gamma", "--gamma", "5")
+    spelled, opts = run("gamma_opt", "--sampler-opt", "gamma=5")
+    assert opts["gamma"] == 5.0 and np.array_equal(sugar, spelled) and not np.array_equal(sugar, default)

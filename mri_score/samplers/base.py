@@ -1,56 +1,147 @@
-"""What every posterior sampler shares: the complex-image prior wrapper, the physics problem and σ schedules."""
+"""What every posterior sampler shares: the prior adapter, typed options, σ schedules and the result.
+
+A sampler is a function ``sample(prior, likelihoods, x_init, gen, nfe, config) -> SamplerResult``:
+``prior`` a :class:`ComplexPrior`, ``likelihoods`` a sequence of
+:class:`~mri_score.likelihood.Likelihood` terms, ``x_init`` the complex start ``(K, H, W)``,
+``gen`` the CPU generator all its noise is drawn from, ``nfe`` its budget of network
+evaluations (never exceeded) and ``config`` its own :class:`SamplerConfig` subclass.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from mri_score.network import EDMDenoiser, channels_to_complex, complex_to_channels
-from operators import Sense
+from mri_score.errors import InputError
+from mri_score.likelihood import Likelihood
+from mri_score.network import channels_to_complex, complex_to_channels
 
 
 class ComplexPrior:
-    """Wrap an :class:`EDMDenoiser` to act on complex images ``(K, H, W)`` and count network evaluations (NFE)."""
+    """A denoiser ``D(x; σ)`` on complex images ``(K, H, W)`` that counts its network evaluations (NFE).
 
-    def __init__(self, model: EDMDenoiser) -> None:
-        # channels_last: the U-Net's convolutions run ~1.25x faster per NFE on CPU (256², batch 2)
-        self.model = model.to(memory_format=torch.channels_last)
+    The network runs on a private channels_last copy (the U-Net's convolutions run ~1.25x
+    faster per NFE on CPU with it, 256², batch 2), so the caller's module is never changed.
+    Every evaluation is counted, the autograd path of DPS included.  ``evaluations_per_call``
+    is the network evaluations one :meth:`denoise` costs (a guided prior that runs the
+    network twice per call sets it to 2).
+    """
+
+    evaluations_per_call: int = 1
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         self.nfe = 0
-        p = next(model.parameters())
-        self.device = p.device
+        self.device = next(model.parameters()).device
+
+    @property
+    def sigma_data(self) -> float:
+        """The data std σ_d the denoiser was trained with (EDM preconditioning)."""
+        return float(self.model.sigma_data)
+
+    def network(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """The network on real channels ``(K, 2, H, W)`` (uncounted; override for guidance)."""
+        return self.model(x.contiguous(memory_format=torch.channels_last), sigma)
 
     def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        """Tweedie estimate ``E[x₀ | x_σ] ≈ D(x; σ)``: complex ``(K, H, W)`` -> same."""
-        self.nfe += 1
-        out = self.model(complex_to_channels(x).contiguous(memory_format=torch.channels_last), sigma)
-        return channels_to_complex(out)
+        """Tweedie estimate ``E[x₀ | x_σ] ≈ D(x; σ)``: complex ``(K, H, W)`` -> same (differentiable)."""
+        self.nfe += self.evaluations_per_call
+        return channels_to_complex(self.network(complex_to_channels(x), sigma))
 
     def score(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """``∇ log p_σ(x) ≈ (D(x; σ) − x) / σ²`` for complex ``(K, H, W)``."""
         return (self.denoise(x, sigma) - x) / sigma**2
 
 
-@dataclass
-class Problem:
-    """The physics: ``y = A x + n`` with ``A`` a :class:`Sense` operator and complex Gaussian ``n``.
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Options of one sampler, validated on construction (an :class:`InputError` names the bad one).
 
-    ``y`` is masked multi-coil k-space ``(coils, H, W)``, already divided by the
-    reference scale; ``sigma_y`` is the noise standard deviation per complex
-    k-space sample in the same units (``E|n|² = σ_y²``).
+    Subclasses are frozen dataclasses whose fields are the options, with ``name`` (the
+    sampler) and ``default_nfe`` (its default budget) as class variables.  The budget is
+    always network evaluations; :meth:`nfe_used` says how many of a budget the sampler spends.
     """
 
-    op: Sense
-    y: torch.Tensor
-    sigma_y: float
+    name: ClassVar[str] = ""
+    default_nfe: ClassVar[int] = 1
 
-    def residual_grad(self, x: torch.Tensor) -> torch.Tensor:
-        """``Aᴴ(y − A x)`` for ``x`` of shape ``(K, H, W)``."""
-        return self.op.adjoint(self.y - self.op(x))
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(self.name, f.name, str(f.type), getattr(self, f.name)))
+        self.validate()
 
-    def zero_filled(self) -> torch.Tensor:
-        """``Aᴴ y``, ``(H, W)``."""
-        return self.op.adjoint(self.y)
+    def validate(self) -> None:
+        """Range checks of the options (subclasses); raise :class:`InputError`."""
+
+    def nfe_used(self, budget: int) -> int:
+        """Network evaluations spent for a budget (≤ ``budget``); an :class:`InputError` when it is too small."""
+        if budget < 1:
+            raise InputError(f"the {self.name} sampler needs a budget of at least 1 network evaluation, got {budget}")
+        return budget
+
+    def _require(self, ok: bool, option: str, rule: str) -> None:
+        if not ok:
+            raise InputError(f"{self.name} option {option} must be {rule}, got {getattr(self, option)!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as a plain dict (for output attributes and logs)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None) -> SamplerConfig:
+        """Build from a mapping (YAML or ``key=value`` pairs); unknown keys are refused with the valid ones listed."""
+        options = dict(options or {})
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(k for k in options if k not in known)
+        if unknown:
+            raise InputError(f"unknown {cls.name} option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                             f"the {cls.name} sampler takes {', '.join(known)}")
+        return cls(**options)
+
+
+def _coerce(sampler: str, option: str, kind: str, value: Any) -> Any:
+    """``value`` as the option's type (``float``, ``int``, ``bool``, ``float | None``); strings are parsed."""
+    kind = kind.replace(" ", "")
+    bad = InputError(f"{sampler} option {option} must be {kind.replace('|None', ' or none')}, got {value!r}")
+    if kind == "float|None" and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        return None
+    if kind.startswith("float"):
+        if isinstance(value, bool):
+            raise bad
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if out != out or out in (float("inf"), float("-inf")):
+            raise bad
+        return out
+    if kind == "int":
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if kind == "bool":
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    raise AssertionError(f"unsupported option type {kind}")  # pragma: no cover - a programming error
+
+
+def split_terms(likelihoods: Sequence[Likelihood], capability: str) -> tuple[list[Likelihood], list[Likelihood]]:
+    """``(terms with the capability, the others)`` for ``capability`` ``"has_prox"`` or ``"has_data_step"``."""
+    with_it = [t for t in likelihoods if getattr(t, capability)]
+    return with_it, [t for t in likelihoods if not getattr(t, capability)]
 
 
 def karras_sigmas(steps: int, sigma_max: float, sigma_min: float, rho: float = 7.0) -> list[float]:
@@ -74,8 +165,10 @@ def geometric_sigmas(levels: int, sigma_max: float, sigma_min: float) -> list[fl
 
 
 def randn_complex(shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Complex normal with unit variance in each of the real and imaginary parts (``E|z|² = 2``),
-    the network's 2-channel noise model: ``x_σ = x + σ z``."""
+    """Complex normal with unit variance in each of the real and imaginary parts (``E|z|² = 2``).
+
+    This is the network's 2-channel noise model: ``x_σ = x + σ z``.
+    """
     re = torch.randn(shape, generator=gen, device=gen.device).to(device)
     im = torch.randn(shape, generator=gen, device=gen.device).to(device)
     return torch.complex(re, im)

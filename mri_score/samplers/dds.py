@@ -13,6 +13,11 @@ per real component and the data ``σ_y²/2``, so the MAP of the two is
 ``γ_i = 2 r_i² / σ_y²`` (times ``gamma_scale``), clipped to ``[gamma_min, gamma_max]``.
 A fixed ``gamma`` overrides it.
 
+Likelihood terms with a proximal step (the Gaussian k-space term) enter through step 2, one
+after the other; every other term corrects the Tweedie estimate before it, by Tweedie's
+formula for the posterior: ``x̂₀ ← x̂₀ + σ_i² ∇ log p(obs | x_i)`` (its inflated gradient).
+NFE = budget.
+
 The schedule starts at ``σ_max = 3``: the data are scaled so that the ACS image's
 99th percentile is 1 and the start ``Aᴴy + σ_max z`` is already dominated by noise,
 so higher levels only spend the few steps where nothing forms.  ``σ_max`` and
@@ -22,10 +27,42 @@ does not report, synthetic and real (``benchmarks/results/dds_tuning.md``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
-from mri_score.samplers.base import ComplexPrior, Problem, SamplerResult, karras_sigmas, randn_complex
-from operators import conjugate_gradient
+from mri_score.likelihood import Likelihood
+from mri_score.samplers.base import ComplexPrior, SamplerConfig, SamplerResult, karras_sigmas, randn_complex, split_terms
+
+
+@dataclass(frozen=True)
+class DDSConfig(SamplerConfig):
+    """DDS options: σ range, CG steps per data-consistency step, DDIM η and the data weight γ (see module)."""
+
+    name: ClassVar[str] = "dds"
+    default_nfe: ClassVar[int] = 30
+
+    sigma_max: float = 3.0
+    sigma_min: float = 0.002
+    cg_iters: int = 10
+    eta: float = 1.0
+    gamma: float | None = None
+    gamma_scale: float = 1.0
+    gamma_min: float = 1.0
+    gamma_max: float = 1e4
+
+    def validate(self) -> None:
+        """σ_max > σ_min > 0, cg_iters ≥ 0, η in [0, 1], positive γ bounds with γ_min ≤ γ_max."""
+        self._require(self.sigma_min > 0, "sigma_min", "> 0")
+        self._require(self.sigma_max > self.sigma_min, "sigma_max", "> sigma_min")
+        self._require(self.cg_iters >= 0, "cg_iters", ">= 0")
+        self._require(0.0 <= self.eta <= 1.0, "eta", "in [0, 1]")
+        self._require(self.gamma is None or self.gamma > 0, "gamma", "> 0 or none")
+        self._require(self.gamma_scale > 0, "gamma_scale", "> 0")
+        self._require(self.gamma_min > 0, "gamma_min", "> 0")
+        self._require(self.gamma_max >= self.gamma_min, "gamma_max", ">= gamma_min")
 
 
 def dds_gamma(sigma: float, sigma_data: float, sigma_y: float, scale: float, lo: float, hi: float) -> float:
@@ -37,36 +74,34 @@ def dds_gamma(sigma: float, sigma_data: float, sigma_y: float, scale: float, lo:
 @torch.no_grad()
 def sample_dds(
     prior: ComplexPrior,
-    problem: Problem,
+    likelihoods: Sequence[Likelihood],
     x_init: torch.Tensor,
     gen: torch.Generator,
-    steps: int = 30,
-    sigma_max: float = 3.0,
-    sigma_min: float = 0.002,
-    cg_iters: int = 10,
-    eta: float = 1.0,
-    gamma: float | None = None,
-    gamma_scale: float = 1.0,
-    gamma_min: float = 1.0,
-    gamma_max: float = 1e4,
+    nfe: int,
+    config: DDSConfig | None = None,
 ) -> SamplerResult:
-    """Run DDS for ``K`` samples from ``x_init + σ_max z``; ``x_init`` is complex ``(K, H, W)``."""
-    sigmas = karras_sigmas(steps, sigma_max, sigma_min) + [0.0]
-    sd = prior.model.sigma_data
+    """Run DDS for ``K`` samples from ``x_init + σ_max z``; ``x_init`` is complex ``(K, H, W)``; ``nfe`` steps."""
+    cfg = config or DDSConfig()
+    steps = cfg.nfe_used(nfe)
+    proxed, guiding = split_terms(likelihoods, "has_prox")
+    sigmas = karras_sigmas(steps, cfg.sigma_max, cfg.sigma_min) + [0.0]
+    sd = prior.sigma_data
     x = x_init + sigmas[0] * randn_complex(tuple(x_init.shape), gen, x_init.device)
-    aty = problem.zero_filled()
     start = prior.nfe
     x0 = x
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         den = prior.denoise(x, s)
-        g = gamma if gamma is not None else dds_gamma(s, sd, problem.sigma_y, gamma_scale, gamma_min, gamma_max)
-        x0 = conjugate_gradient(
-            lambda v, g=g: v + g * problem.op.gram(v), den + g * aty, x0=den, max_iter=cg_iters, batch_dims=1
-        ).x
+        for term in guiding:
+            den = den + s**2 * term.inflated_grad(x, s)
+        x0 = den
+        for term in proxed:
+            g = cfg.gamma if cfg.gamma is not None else dds_gamma(s, sd, term.sigma_y, cfg.gamma_scale, cfg.gamma_min,
+                                                                  cfg.gamma_max)
+            x0 = term.prox(x0, g, cfg.cg_iters)
         if s_next == 0.0:
             break
         eps = (x - den) / s
-        c = eta * s_next
+        c = cfg.eta * s_next
         x = x0 + (s_next**2 - c**2) ** 0.5 * eps + c * randn_complex(tuple(x.shape), gen, x.device)
     return SamplerResult(samples=x0, nfe=prior.nfe - start)

@@ -9,61 +9,74 @@ estimate ``x̂₀' = x̂₀ + ζ σ_i² ∇ log p(y | x_i)``, and a DDIM step re
 ``x_{i+1} = x̂₀' + √(σ_{i+1}² − c²) (x_i − x̂₀')/σ_i + c z`` with ``c = η σ_{i+1}``.
 ``ζ = 1`` is the value the Gaussian approximation gives (no per-task tuning;
 Chung et al.'s fixed step on ``‖y − A x̂₀‖`` needs ~1000 steps and tuning, and
-gave 13 dB at 50 steps here).  NFE = steps, each with a backward pass.
+gave 13 dB at 50 steps here).  Every likelihood term contributes its own correction
+(:meth:`~mri_score.likelihood.Likelihood.tweedie_correction`) from the same network
+evaluation.  NFE = budget, each with a backward pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
-from mri_score.network import channels_to_complex, complex_to_channels
-from mri_score.samplers.base import ComplexPrior, Problem, SamplerResult, karras_sigmas, randn_complex
+from mri_score.likelihood import Likelihood
+from mri_score.samplers.base import ComplexPrior, SamplerConfig, SamplerResult, karras_sigmas, randn_complex
+
+
+@dataclass(frozen=True)
+class DPSConfig(SamplerConfig):
+    """DPS options: σ range, likelihood step scale ζ, DDIM η and the step bound."""
+
+    name: ClassVar[str] = "dps"
+    default_nfe: ClassVar[int] = 100
+
+    sigma_max: float = 10.0
+    sigma_min: float = 0.002
+    zeta: float = 1.0
+    eta: float = 1.0
+    clip: bool = True
+
+    def validate(self) -> None:
+        """σ_max > σ_min > 0, ζ ≥ 0, η in [0, 1]."""
+        self._require(self.sigma_min > 0, "sigma_min", "> 0")
+        self._require(self.sigma_max > self.sigma_min, "sigma_max", "> sigma_min")
+        self._require(self.zeta >= 0, "zeta", ">= 0")
+        self._require(0.0 <= self.eta <= 1.0, "eta", "in [0, 1]")
 
 
 def sample_dps(
     prior: ComplexPrior,
-    problem: Problem,
+    likelihoods: Sequence[Likelihood],
     x_init: torch.Tensor,
     gen: torch.Generator,
-    steps: int = 100,
-    sigma_max: float = 10.0,
-    sigma_min: float = 0.002,
-    zeta: float = 1.0,
-    eta: float = 1.0,
-    clip: bool = True,
+    nfe: int,
+    config: DPSConfig | None = None,
 ) -> SamplerResult:
-    """DPS for ``K`` samples ``(K, H, W)``; ``zeta`` scales the likelihood step (1: the Gaussian approximation's)."""
-    sigmas = karras_sigmas(steps, sigma_max, sigma_min) + [0.0]
-    sd = prior.model.sigma_data
+    """DPS for ``K`` samples ``(K, H, W)``, ``nfe`` steps."""
+    cfg = config or DPSConfig()
+    steps = cfg.nfe_used(nfe)
+    sigmas = karras_sigmas(steps, cfg.sigma_max, cfg.sigma_min) + [0.0]
+    sd = prior.sigma_data
     start = prior.nfe
     x = (x_init + sigmas[0] * randn_complex(tuple(x_init.shape), gen, x_init.device)).detach()
     x0 = x
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
-        xr = complex_to_channels(x).requires_grad_(True)
+        leaf = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            prior.nfe += 1
-            x0r = prior.model(xr, s)
-            x0 = channels_to_complex(x0r)
-            res = problem.op(x0) - problem.y
-            # ½‖A x̂₀ − y‖² summed over samples; its gradient w.r.t. the (real, imag) channels is J_{x̂₀}ᴴ Aᴴ(A x̂₀ − y)
-            loss = 0.5 * (res.real.square().sum() + res.imag.square().sum())
-            (grad_r,) = torch.autograd.grad(loss, xr)
-        grad = channels_to_complex(grad_r)
-        r2 = s**2 * sd**2 / (s**2 + sd**2)
-        # posterior Tweedie: E[x₀ | x_i, y] = x̂₀ + σ_i² ∇ log p(y | x_i)
-        step = zeta * s**2 / (problem.sigma_y**2 + r2) * grad
-        if clip:
-            # for a Gaussian prior J ≼ (r²/σ²) I, so the step is never longer than a full data-consistency
-            # step Aᴴ(A x̂₀ − y); a trained network's Jacobian is not bounded that way, so enforce it
-            dc = problem.op.adjoint(res.detach())
-            limit = torch.linalg.vector_norm(dc.reshape(dc.shape[0], -1), dim=1)
-            norm = torch.linalg.vector_norm(step.reshape(step.shape[0], -1), dim=1)
-            step = step * (limit / norm.clamp_min(1e-12)).clamp(max=1.0)[:, None, None]
-        x0 = (x0.detach() - step).detach()
+            x0 = prior.denoise(leaf, s)
+            corrections = [term.tweedie_correction(leaf, x0, s, sd, zeta=cfg.zeta, clip=cfg.clip,
+                                                   retain_graph=k + 1 < len(likelihoods))
+                           for k, term in enumerate(likelihoods)]
+        x0 = x0.detach()
+        for corr in corrections:
+            x0 = x0 + corr
         if s_next == 0.0:
             break
-        c = eta * s_next
+        c = cfg.eta * s_next
         eps = (x - x0) / s
         x = (x0 + (s_next**2 - c**2) ** 0.5 * eps + c * randn_complex(tuple(x.shape), gen, x.device)).detach()
     return SamplerResult(samples=x0, nfe=prior.nfe - start)
