@@ -1,4 +1,4 @@
-"""PNG panels for reconstructions (matplotlib, Agg backend)."""
+"""PNG panels for reconstructions and prior samples (matplotlib, Agg backend), written atomically."""
 
 from __future__ import annotations
 
@@ -26,6 +26,27 @@ def recon_panel(path: str | Path, zero_filled: np.ndarray, recon: np.ndarray, st
         ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax if gray else max(float(np.percentile(img, 99.5)), 1e-12))
         ax.set_title(name, fontsize=9)
         ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
+    plt.close(fig)
+
+
+def sample_grid(path: str | Path, magnitudes: np.ndarray, title: str = "") -> None:
+    """A grid (4 columns) of magnitude images ``(n, H, W)``, each windowed to its own 99.5th percentile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = magnitudes.shape[0]
+    cols = min(n, 4)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.5 * cols, 2.5 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(magnitudes[k], cmap="gray", vmin=0, vmax=np.percentile(magnitudes[k], 99.5))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_figure_atomic(fig, path)

@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from operators import Sense, conjugate_gradient
+from operators import LinearOperator, conjugate_gradient
 
 
 class Likelihood(ABC):
@@ -78,12 +78,12 @@ class Likelihood(ABC):
 
 
 class GaussianKspaceLikelihood(Likelihood):
-    """``y = A x + n`` with ``A`` a :class:`~operators.Sense` operator and complex Gaussian ``n``.
+    """``y = A x + n`` with ``A`` a linear forward model (a :class:`~operators.Sense` operator) and complex Gaussian ``n``.
 
     Parameters
     ----------
-    op : Sense
-        The forward model (coil maps and mask of the slice).
+    op : LinearOperator
+        The forward model, e.g. ``Sense(maps, mask)`` of the slice (its ``gram`` is the CG inner loop).
     y : torch.Tensor
         Masked multi-coil k-space ``(coils, H, W)``, divided by the calibration's scale.
     sigma_y : float
@@ -94,7 +94,7 @@ class GaussianKspaceLikelihood(Likelihood):
     has_prox = True
     has_data_step = True
 
-    def __init__(self, op: Sense, y: torch.Tensor, sigma_y: float) -> None:
+    def __init__(self, op: LinearOperator, y: torch.Tensor, sigma_y: float) -> None:
         self.op = op
         self.y = y
         self.sigma_y = float(sigma_y)
