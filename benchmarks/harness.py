@@ -101,11 +101,12 @@ def score_budgets(spec: dict, first_volume: bool = True) -> list[int]:
     return [int(n) for n in budgets]
 
 
-def check_score_method(name: str, spec: dict, src: str) -> None:
-    """Refuse (one :class:`InputError` naming ``src`` and the key) a score method entry whose budgets or options
-    its sampler would refuse, before anything runs."""
+def check_score_method(name: str, spec: dict, where: str) -> None:
+    """Refuse a score method entry whose budgets or options its sampler would refuse, before anything runs.
+
+    The :class:`InputError` is one line starting with ``where`` (the config file and the key).
+    """
     spec = spec or {}
-    where = f"{src}: methods.{name}"
     if "nfe" not in spec:
         raise InputError(f"{where}: missing key 'nfe' (the budget of network evaluations)")
     try:

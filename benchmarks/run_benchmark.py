@@ -79,7 +79,7 @@ def validate_config(cfg: dict, src: str) -> tuple[str, list, dict, str]:
         raise InputError(f"{src}: unknown methods {unknown}; choose from {', '.join(METHODS)}")
     for m in methods:
         if m in SCORE_METHODS:
-            check_score_method(m, methods[m], src)
+            check_score_method(m, methods[m], f"{src}: methods.{m}")
     return name, settings, methods, magnitude
 
 

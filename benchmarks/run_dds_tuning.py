@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import calibrate_volume, real_volume, run_method
+from benchmarks.harness import calibrate_volume, check_score_method, real_volume, run_method
 from benchmarks.provenance import provenance
 from mri_score.config import load_config, require
 from mri_score.errors import exit_on_input_error
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     src = str(args.config)
     seed, nfe, lam = int(cfg.get("seed", 0)), int(require(cfg, "nfe", src)), float(require(cfg, "l1_lam", src))
     variants = [dict(v) for v in require(cfg, "variants", src)]
+    for i, v in enumerate(variants):  # refuse a misspelled option before anything runs
+        check_score_method("dds", {"nfe": nfe, "options": v}, f"{src}: variants[{i}]")
     prior = load_prior(cfg.get("prior"))
     cases = build_cases(cfg, src)
     names = [c["name"] for c in cases]
