@@ -150,7 +150,8 @@ def infer_mask(kspace: np.ndarray) -> np.ndarray:
     return (np.abs(kspace).max(axis=axes) > 0).astype(np.float32)
 
 
-def _validate_kspace(ks: np.ndarray, path: Path) -> None:
+def validate_kspace(ks: np.ndarray, path: Path) -> None:
+    """:class:`InputError` unless ``ks`` is complex, ``(slices, coils, H, W)``, non-empty, finite and not all zero."""
     if not np.iscomplexobj(ks):
         raise InputError(f"{path}: kspace must be complex, got dtype {ks.dtype}")
     if ks.ndim != 4:
@@ -161,6 +162,30 @@ def _validate_kspace(ks: np.ndarray, path: Path) -> None:
         raise InputError(f"{path}: kspace contains NaN or Inf")
     if not np.abs(ks).max() > 0:
         raise InputError(f"{path}: kspace is all zeros")
+
+
+def read_header(hf: Any, path: Path, matrix: tuple[int, int], require_header: bool = True) -> dict[str, Any]:
+    """Sizes and padding from an open file's ``ismrmrd_header``, checked against the k-space ``matrix`` ``(H, W)``.
+
+    Without a header (and ``require_header=False``) the recon size is the matrix.
+    Padding outside ``[0, W]`` falls back to no padding.
+    """
+    h, w = matrix
+    if "ismrmrd_header" in hf:
+        meta = parse_ismrmrd_header(bytes(np.asarray(hf["ismrmrd_header"][()]).tobytes()), path)
+    elif require_header:
+        raise InputError(f"{path}: no 'ismrmrd_header' (fastMRI files carry one; it gives the recon size)")
+    else:
+        meta = {"encoded_size": (h, w, 1), "recon_size": (h, w, 1), "padding_left": 0, "padding_right": w}
+    rx, ry = meta["recon_size"][:2]
+    if rx < 1 or ry < 1:
+        raise InputError(f"{path}: recon size {meta['recon_size']} is not positive")
+    if rx > h and ry > w:
+        raise InputError(f"{path}: header recon size {(rx, ry)} is larger than the k-space matrix {(h, w)}")
+    pl, pr = meta["padding_left"], meta["padding_right"]
+    if not (0 <= pl < pr <= w):
+        meta["padding_left"], meta["padding_right"] = 0, w
+    return meta
 
 
 def read_fastmri(path: str | os.PathLike[str], load_target: bool = True, require_header: bool = True) -> FastMRIVolume:
@@ -199,7 +224,7 @@ def read_fastmri(path: str | os.PathLike[str], load_target: bool = True, require
         single_coil = ks.ndim == 3
         if single_coil:
             ks = ks[:, None]
-        _validate_kspace(ks, path)
+        validate_kspace(ks, path)
         ks = ks.astype(np.complex64, copy=False)
         h, w = ks.shape[-2:]
         mask = None
@@ -214,31 +239,13 @@ def read_fastmri(path: str | os.PathLike[str], load_target: bool = True, require
             if not mask.any():
                 raise InputError(f"{path}: mask is all zeros")
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in hf.attrs.items()}
-        if "ismrmrd_header" in hf:
-            meta = parse_ismrmrd_header(bytes(np.asarray(hf["ismrmrd_header"][()]).tobytes()), path)
-        elif require_header:
-            raise InputError(f"{path}: no 'ismrmrd_header' (fastMRI files carry one; it gives the recon size)")
-        else:
-            meta = {
-                "encoded_size": (h, w, 1),
-                "recon_size": (h, w, 1),
-                "padding_left": 0,
-                "padding_right": w,
-            }
+        meta = read_header(hf, path, (h, w), require_header)
         target = None
         if load_target:
             for key in ("reconstruction_rss", "reconstruction_esc"):
                 if key in hf:
                     target = np.asarray(hf[key][()], dtype=np.float32)
                     break
-    rx, ry = meta["recon_size"][:2]
-    if rx < 1 or ry < 1:
-        raise InputError(f"{path}: recon size {meta['recon_size']} is not positive")
-    if rx > h and ry > w:
-        raise InputError(f"{path}: header recon size {(rx, ry)} is larger than the k-space matrix {(h, w)}")
-    pl, pr = meta["padding_left"], meta["padding_right"]
-    if not (0 <= pl < pr <= w):
-        meta["padding_left"], meta["padding_right"] = 0, w
     return FastMRIVolume(
         path=path,
         kspace=ks,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -151,49 +150,21 @@ def fastmri_pool(
     center_fraction: float = TRAIN_CENTER_FRACTION,
     max_slices: int | None = None,
 ) -> SlicePool:
-    """Slices of a directory of fastMRI **train** files (fully sampled k-space).
+    """Slices of a directory of fastMRI **train** files (fully sampled k-space), all held in memory.
 
-    ``target="complex"``: coil-combined complex slices, SENSE-1 with coil maps
-    estimated from the ACS block only (``center_fraction`` of the columns,
-    low-resolution method); ``target="magnitude"``: the file's
-    ``reconstruction_rss``/``_esc`` (real).  Either way each slice is divided
-    by the reference scale of its ACS low-resolution image.  Every file is
-    checked; unusable ones are all named in one :class:`InputError`.
+    The slices are those of :class:`mri_score.data.fastmri_stream.FastMRISlices`
+    (same index, validation and :func:`~mri_score.data.fastmri_stream.training_image`:
+    ``target="complex"`` SENSE-1 with ACS coil maps, ``"magnitude"`` the file's
+    ``reconstruction_rss``/``_esc``, each divided by its ACS reference scale).
+    For data that does not fit in memory train through the streaming dataset.
     """
-    from mri_score.fastmri_io import read_fastmri
-    from operators import ifft2c, maps_lowres, sense1_combine
+    from mri_score.data.fastmri_stream import FastMRISlices
 
-    files = sorted(Path(root).glob("*.h5"))
-    if not files:
-        raise InputError(f"{root}: no .h5 files")
-    slices: list[np.ndarray] = []
-    bad = []
-    for f in files:
-        try:
-            vol = read_fastmri(f, load_target=target == "magnitude")
-        except InputError as err:
-            bad.append(str(err))
-            continue
-        ks = torch.from_numpy(vol.kspace)
-        w = ks.shape[-1]
-        width = max(4, round(w * center_fraction))
-        for s in range(ks.shape[0]):
-            if target == "magnitude":
-                if vol.target is None:
-                    raise InputError(f"{f}: no reconstruction_rss/esc target for magnitude training")
-                img = torch.from_numpy(vol.target[s]).to(torch.complex64)
-            else:
-                maps = maps_lowres(ks[s], width)
-                img = sense1_combine(ifft2c(ks[s]), maps)
-            scale = image_scale(img, center_fraction)
-            slices.append((img / scale).numpy().astype(np.complex64))
-            if max_slices and len(slices) >= max_slices:
-                break
-        if max_slices and len(slices) >= max_slices:
-            break
-    if bad:
-        raise InputError(f"{root}: {len(bad)} unusable training file(s) (fix or remove them): " + "; ".join(bad))
-    return SlicePool(slices, crop)
+    ds = FastMRISlices(root, crop, target=target, center_fraction=center_fraction, max_slices=max_slices)
+    try:
+        return SlicePool([ds.full_slice(i) for i in range(len(ds))], crop)
+    finally:
+        ds.close()
 
 
 def held_out_batch(count: int, size: int = 96, seed: int = 0) -> torch.Tensor:
