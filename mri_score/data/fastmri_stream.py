@@ -17,16 +17,16 @@ batches of an uninterrupted one.  :class:`StreamSampler` walks the epochs of
 start at any position of that walk.
 
 Three sources share the interface of :class:`CropDataset`:
-:class:`FastMRISlices` (HDF5 files), :class:`ShardSlices` (the caches written by
-``python -m mri_score.preprocess``) and :class:`InMemorySlices` (the generated
-synthetic corpus).
+:class:`FastMRISlices` (HDF5 files), :class:`mri_score.data.shards.ShardSlices`
+(the caches written by ``python -m mri_score.preprocess``) and
+:class:`InMemorySlices` (the generated synthetic corpus).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,35 @@ class CropDataset(torch.utils.data.Dataset):
     def __init__(self, crop: int, seed: int = 0) -> None:
         self.crop = int(crop)
         self.seed = int(seed)
+        self._handles: dict[Any, Any] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handles"] = {}  # never pickle (spawn) an open file
+        return state
+
+    def _handle(self, key: Any, opener: Callable[[], Any]) -> Any:
+        """This process's open handle ``key``, opened by ``opener()`` on first use.
+
+        After a fork (a DataLoader worker) the parent's handles are dropped, not
+        used: every process reads through handles it opened itself.
+        """
+        if self._pid != os.getpid():
+            self._handles = {}
+            self._pid = os.getpid()
+        h = self._handles.get(key)
+        if h is None:
+            h = self._handles[key] = opener()
+        return h
+
+    def close(self) -> None:
+        """Close the files this process opened."""
+        if self._pid == os.getpid():
+            for h in self._handles.values():
+                if hasattr(h, "close"):  # h5py files; safetensors readers close when released
+                    h.close()
+        self._handles = {}
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -328,39 +357,22 @@ class FastMRISlices(CropDataset):
         if not keep:
             raise InputError(f"no training slice is at least {crop}x{crop}")
         self._keep = np.asarray(keep[: max_slices or None], dtype=np.int64)
-        self._handles: dict[int, Any] = {}
-        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return len(self._keep)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_handles"] = {}  # never pickle (spawn) an open file
-        return state
-
     def _file(self, number: int) -> Any:
         import h5py
 
-        if self._pid != os.getpid():  # forked: the parent's handles are not ours
-            self._handles = {}
-            self._pid = os.getpid()
-        hf = self._handles.get(number)
-        if hf is None:
-            path = self.index.root / self.index.files[number].name
+        path = self.index.root / self.index.files[number].name
+
+        def opener() -> Any:
             try:
-                hf = h5py.File(path, "r")
+                return h5py.File(path, "r")
             except OSError as err:
                 raise InputError(f"{path}: not a readable HDF5 file ({str(err).splitlines()[0]})") from err
-            self._handles[number] = hf
-        return hf
 
-    def close(self) -> None:
-        """Close this process's open files."""
-        if self._pid == os.getpid():
-            for hf in self._handles.values():
-                hf.close()
-        self._handles = {}
+        return self._handle(number, opener)
 
     def locate(self, index: int) -> tuple[str, int]:
         """``(file name, slice number)`` of dataset item ``index``."""

@@ -1,0 +1,45 @@
+"""``python -m mri_score.preprocess --data DIR --out SHARDS``: one-time sharded slice cache for training.
+
+Computes every training image of a directory of fully sampled fastMRI files
+(ACS coil maps, SENSE-1, the project's scaling) once and writes them as
+safetensors shards (:mod:`mri_score.data.shards`).  Train from them with
+``data.path=SHARDS`` (any ``data.source: fastmri`` config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mri_score.data.fastmri_stream import TARGETS
+from mri_score.errors import InputError, exit_on_input_error
+from mri_score.scaling import TRAIN_CENTER_FRACTION
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mri_score.preprocess", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="directory of fully sampled fastMRI .h5 files")
+    p.add_argument("--out", required=True, help="new output directory for the shards")
+    p.add_argument("--shard-size", type=int, default=256, help="slices per shard file")
+    p.add_argument("--target", default="complex", choices=TARGETS)
+    p.add_argument("--center-fraction", type=float, default=TRAIN_CENTER_FRACTION)
+    p.add_argument("--workers", type=int, default=0, help="worker processes computing the images")
+    return p
+
+
+@exit_on_input_error
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0.0 < args.center_fraction < 0.5:
+        raise InputError(f"--center-fraction must be in (0, 0.5), got {args.center_fraction}")
+    if args.workers < 0:
+        raise InputError(f"--workers must be >= 0, got {args.workers}")
+    from mri_score.data.shards import write_shards
+
+    out = write_shards(args.data, args.out, args.shard_size, args.target, args.center_fraction, args.workers)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
