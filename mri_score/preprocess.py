@@ -17,6 +17,7 @@ from mri_score.scaling import TRAIN_CENTER_FRACTION
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m mri_score.preprocess``."""
     p = argparse.ArgumentParser(prog="python -m mri_score.preprocess", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="directory of fully sampled fastMRI .h5 files")
     p.add_argument("--out", required=True, help="new output directory for the shards")
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    """Write the shards; 0 on success, 2 (one line on stderr) for bad input."""
     args = build_parser().parse_args(argv)
     if not 0.0 < args.center_fraction < 0.5:
         raise InputError(f"--center-fraction must be in (0, 0.5), got {args.center_fraction}")

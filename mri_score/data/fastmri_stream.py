@@ -165,6 +165,7 @@ class InMemorySlices(CropDataset):
         return len(self.slices)
 
     def full_slice(self, index: int) -> np.ndarray:
+        """The stored complex64 ``(H, W)`` slice ``index``."""
         return self.slices[index]
 
 
@@ -380,6 +381,7 @@ class FastMRISlices(CropDataset):
         return self.index.files[f].name, s
 
     def full_slice(self, index: int) -> np.ndarray:
+        """Read slice ``index`` through this process's handle and return its scaled complex64 ``(H, W)`` image."""
         f, s = self.index.locate(int(self._keep[index]))
         hf = self._file(f)
         name = self.index.root / self.index.files[f].name

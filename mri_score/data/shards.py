@@ -163,6 +163,7 @@ class ShardSlices(CropDataset):
         return name, s
 
     def full_slice(self, index: int) -> np.ndarray:
+        """The stored complex64 ``(H, W)`` image of item ``index`` (memory-mapped read)."""
         from safetensors import safe_open
 
         k, j, _, _ = self._items[index]
