@@ -29,6 +29,7 @@ from mri_score.fastmri_io import (
     save_reconstruction,
     write_fastmri_file,
 )
+from mri_score.likelihood import Likelihood
 from mri_score.metrics import volume_metrics
 from mri_score.network import EDMDenoiser
 from mri_score.posterior import SamplerSettings, reconstruct_slice
@@ -120,6 +121,7 @@ def reconstruct_volume(
     settings: SamplerSettings,
     calibrations: Sequence[Calibration] | None = None,
     crop: tuple[int, int] | None = None,
+    extra_terms: Sequence[Likelihood] = (),
 ) -> VolumeResult:
     """Reconstruct every slice of a volume, one at a time; slice ``i`` is sampled with seed ``settings.seed + i``.
 
@@ -137,6 +139,8 @@ def reconstruct_volume(
         undersampled slice when None.
     crop : tuple of int, optional
         ``(h, w)`` centre crop of the outputs (fastMRI's recon size); no crop when None.
+    extra_terms : sequence of Likelihood
+        Likelihood terms besides each slice's k-space data (e.g. classifier guidance), in the scaled units.
 
     Returns
     -------
@@ -152,7 +156,8 @@ def reconstruct_volume(
     for i in range(s):
         ks = torch.from_numpy(kspace[i])
         cal = calibrations[i] if calibrations is not None else None
-        res = reconstruct_slice(ks, mask_t, adapter, replace(settings, seed=settings.seed + i), calibration=cal)
+        res = reconstruct_slice(ks, mask_t, adapter, replace(settings, seed=settings.seed + i), calibration=cal,
+                                extra_terms=extra_terms)
         image, std, zf = res.image, res.std, res.zero_filled.abs()
         if crop is not None:
             image, std, zf = (center_crop(t, crop) for t in (image, std, zf))
