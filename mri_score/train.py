@@ -12,6 +12,7 @@ channels_last memory format.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -29,7 +30,8 @@ from mri_score.checkpoint import load_checkpoint, load_state_strict, save_checkp
 from mri_score.config import load_config, require
 from mri_score.data.body import BODY_FAMILIES
 from mri_score.data.corpus import ANATOMIES, CONTRASTS, FAMILIES
-from mri_score.data.datasets import SlicePool, fastmri_pool, mixed_pool, synthetic_pool, synthetic_slices
+from mri_score.data.datasets import SlicePool, mixed_pool, synthetic_pool, synthetic_slices
+from mri_score.data.fastmri_stream import StreamFeed, stream_source
 from mri_score.errors import CheckpointError, InputError, exit_on_input_error
 from mri_score.network import EDMDenoiser, NetworkConfig, count_parameters
 from mri_score.prior import load_network
@@ -98,8 +100,14 @@ def _to(x: torch.Tensor, dev: torch.device, channels_last: bool) -> torch.Tensor
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def build_source(cfg: dict[str, Any]) -> SlicePool | KspacePairSource:
-    """The training data named by ``cfg['data']``: crops for ``task: score``, simulated pairs for ``supervised``."""
+def build_source(cfg: dict[str, Any]) -> SlicePool | KspacePairSource | StreamFeed:
+    """The training data named by ``cfg['data']``: crops for ``task: score``, simulated pairs for ``supervised``.
+
+    ``data.source: fastmri`` streams (:mod:`mri_score.data.fastmri_stream`): ``data.path`` is a directory
+    of fastMRI files or of shards from ``python -m mri_score.preprocess``; ``data.num_workers``,
+    ``data.pin_memory``, ``data.persistent_workers``, ``data.prefetch_factor`` and ``data.index``
+    (where the slice index is cached) configure the loader.
+    """
     data = require(cfg, "data")
     source = data.get("source", "synthetic")
     crop = int(data.get("crop", 64))
@@ -132,9 +140,13 @@ def build_source(cfg: dict[str, Any]) -> SlicePool | KspacePairSource:
             pixel_mm=tuple(data.get("pixel_mm", (0.8, 1.5))),
         )
     if source == "fastmri":
-        return fastmri_pool(
-            require(cfg, "data.path"), crop=crop, target=data.get("target", "complex"),
-            max_slices=data.get("max_slices"),
+        rank, world = _rank_world()
+        return stream_source(
+            require(cfg, "data.path"), crop=crop, seed=int(cfg.get("train", {}).get("seed", 0)),
+            target=data.get("target", "complex"), max_slices=data.get("max_slices"), index_path=data.get("index"),
+            rank=rank, world=world, num_workers=int(data.get("num_workers", 2)),
+            pin_memory=bool(data.get("pin_memory", False)), persistent_workers=bool(data.get("persistent_workers", True)),
+            prefetch_factor=data.get("prefetch_factor"),
         )
     raise InputError(f"data.source must be synthetic, mixed or fastmri, got {source!r}")
 
@@ -185,6 +197,43 @@ def _init_from(model: torch.nn.Module, ema: torch.nn.Module, path: Path, net_cfg
     load_state_strict(ema, state, path)
 
 
+def _micro_loss(model: torch.nn.Module, pool: Any, micro: int, gen: torch.Generator, task: str, net_cfg: NetworkConfig,
+                precision: dict[str, Any], dev: torch.device, channels_last: bool, p_mean: float, p_std: float,
+                drop_all: float, drop_field: float) -> torch.Tensor:
+    """The loss of one micro-batch of ``micro`` samples drawn from ``pool``."""
+    if task == "score" and net_cfg.label_classes:
+        xb, labels = pool.batch_labelled(micro, gen)
+        if labels is None:
+            raise InputError("a conditional network (network.label_classes) needs a labelled source (data.source: mixed)")
+        labels = drop_labels(labels, tuple(net_cfg.label_classes), drop_all, drop_field, gen)
+        return edm_loss(model, _to(xb, dev, channels_last), gen, p_mean, p_std, net_cfg.sigma_data, precision, labels)
+    if task == "score":
+        x = _to(pool.batch(micro, gen), dev, channels_last)
+        return edm_loss(model, x, gen, p_mean, p_std, net_cfg.sigma_data, precision)
+    pair = tuple(_to(t, dev, channels_last) for t in pool.batch(micro, gen))
+    return supervised_loss(model, pair, precision)
+
+
+def _gather(state: torch.Tensor, world: int) -> list[torch.Tensor]:
+    """Every rank's ``state`` (a CPU uint8 generator state), in rank order (collective under torchrun)."""
+    if world == 1:
+        return [state]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, state)
+    return out
+
+
+def _any_rank(flag: bool, world: int) -> bool:
+    """True on every rank when ``flag`` is true on any (collective under torchrun)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def _lr(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / max(1, warmup))
 
@@ -229,6 +278,10 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
     batch = int(tr.get("batch", 32))
     if batch % world:
         raise InputError(f"train.batch {batch} is not divisible by the world size {world}")
+    micro = int(tr.get("micro_batch") or batch // world)
+    accum, rest = divmod(batch, world * micro)
+    if rest or accum < 1:
+        raise InputError(f"train.batch {batch} is not a multiple of train.micro_batch {micro} x world size {world}")
     ema_decay = float(tr.get("ema_decay", 0.999))
     label_drop_all = float(tr.get("label_dropout", 0.2))
     label_drop_field = float(tr.get("label_field_dropout", 0.2))
@@ -263,6 +316,8 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
     if init_from and not resume:
         _init_from(model, ema, Path(init_from), net_cfg, task)
     pool = build_source(cfg)
+    if isinstance(pool, StreamFeed):
+        pool.seek(start * accum * micro)  # this rank's samples before step `start`
     ddp_model: torch.nn.Module = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -274,12 +329,13 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
     old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def save(step: int) -> None:
+        gen_states = _gather(gen.get_state(), world)  # every rank's generator: exact resume under torchrun
         if rank != 0:
             return
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
         tensors.update(_flatten_optimizer(opt))
-        tensors["rng.gen.0"] = gen.get_state()
+        tensors.update({f"rng.gen.{r}": g for r, g in enumerate(gen_states)})
         meta = {"step": step, "network": net_cfg.to_dict(), "config": cfg, "kind": "training", "task": task,
                 **({"labels": {"contrast": list(CONTRASTS), "anatomy": list(ANATOMIES)}} if net_cfg.label_classes else {}),
                 **({"parent": parent} if parent else {}),
@@ -299,21 +355,14 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
         while step < steps:
             for g in opt.param_groups:
                 g["lr"] = _lr(step, lr, warmup)
-            if task == "score" and net_cfg.label_classes:
-                xb, labels = pool.batch_labelled(batch // world, gen)
-                if labels is None:
-                    raise InputError("a conditional network (network.label_classes) needs a labelled source (data.source: mixed)")
-                labels = drop_labels(labels, tuple(net_cfg.label_classes), label_drop_all, label_drop_field, gen)
-                loss = edm_loss(ddp_model, _to(xb, dev, channels_last), gen, p_mean, p_std, net_cfg.sigma_data,
-                                precision, labels)
-            elif task == "score":
-                x = _to(pool.batch(batch // world, gen), dev, channels_last)
-                loss = edm_loss(ddp_model, x, gen, p_mean, p_std, net_cfg.sigma_data, precision)
-            else:
-                pair = tuple(_to(t, dev, channels_last) for t in pool.batch(batch // world, gen))
-                loss = supervised_loss(ddp_model, pair, precision)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = torch.zeros(())
+            for m in range(accum):  # gradient accumulation: `accum` micro-batches of `micro` per process
+                with ddp_model.no_sync() if (world > 1 and m < accum - 1) else contextlib.nullcontext():
+                    part = _micro_loss(ddp_model, pool, micro, gen, task, net_cfg, precision, dev, channels_last,
+                                       p_mean, p_std, label_drop_all, label_drop_field)
+                    (part / accum).backward()
+                loss = loss + part.detach() / accum
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(tr.get("grad_clip", 1.0)))
             opt.step()
             with torch.no_grad():
@@ -328,12 +377,15 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
                 progress.update(1)
                 progress.set_postfix(loss=f"{lv:.4f}")
             if rank == 0 and (step % log_every == 0 or step == steps):
+                elapsed = time.time() - t0
                 with open(log_path, "a") as fh:
                     fh.write(json.dumps({"step": step, "loss": sum(losses[-log_every:]) / len(losses[-log_every:]),
-                                         "seconds": round(time.time() - t0, 2)}) + "\n")
+                                         "seconds": round(elapsed, 2),
+                                         "slices_per_s": round((step - start) * accum * micro / max(elapsed, 1e-9), 2)})
+                             + "\n")
             if step % ckpt_every == 0 or step == steps:
                 save(step)
-            if stopper.requested:
+            if _any_rank(stopper.requested, world):  # all ranks stop after the same step
                 save(step)
                 raise KeyboardInterrupt
     finally:
@@ -341,8 +393,13 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
             signal.signal(s, h)
         if progress is not None:
             progress.close()
-    return {"steps": step, "start": start, "losses": losses, "seconds": time.time() - t0,
-            "parameters": count_parameters(model), "precision": "bf16" if precision["enabled"] else "fp32"}
+        if isinstance(pool, StreamFeed):
+            pool.close()
+    seconds = time.time() - t0
+    return {"steps": step, "start": start, "losses": losses, "seconds": seconds,
+            "parameters": count_parameters(model), "precision": "bf16" if precision["enabled"] else "fp32",
+            "accumulation": accum, "micro_batch": micro,
+            "slices_per_s": (step - start) * accum * micro / max(seconds, 1e-9)}
 
 
 def export_prior(ckpt: str | os.PathLike[str], out: str | os.PathLike[str], command: str) -> Path:

@@ -429,6 +429,19 @@ class StreamSampler(torch.utils.data.Sampler):
             epoch, offset = epoch + 1, 0
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker init: SIGTERM/SIGINT (a scheduler signals every process of a job) are the trainer's to handle.
+
+    The trainer finishes its step, checkpoints and then stops its workers; a
+    worker killed first would abort that (PyTorch's worker handler exits on a
+    SIGTERM not sent by its parent).  Workers still exit when the trainer dies.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(dataset: CropDataset, batch: int, rank: int = 0, world: int = 1, start: int = 0,
                 num_workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
                 prefetch_factor: int | None = None) -> torch.utils.data.DataLoader:
@@ -441,6 +454,94 @@ def make_loader(dataset: CropDataset, batch: int, rank: int = 0, world: int = 1,
     if num_workers > 0:
         kw["persistent_workers"] = persistent_workers
         kw["prefetch_factor"] = prefetch_factor or 2
+        kw["worker_init_fn"] = _ignore_stop_signals
     sampler = StreamSampler(len(dataset), rank, world, dataset.seed, start)
     return torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=num_workers,
                                        pin_memory=pin_memory, drop_last=True, **kw)
+
+
+class StreamFeed:
+    """A streaming dataset behind the trainer's pool interface (``batch(batch_size, gen)``).
+
+    Batches come from one endless :func:`make_loader` per process, created on
+    the first call; :meth:`seek` (before it) sets the sample this rank starts at,
+    so a resumed run continues the uninterrupted walk.  ``gen`` is ignored: the
+    batch content depends only on (seed, epoch, index).
+
+    Parameters
+    ----------
+    dataset : CropDataset
+    rank, world : int
+        This process's place under ``torchrun`` (disjoint slices per rank).
+    num_workers, pin_memory, persistent_workers, prefetch_factor
+        As :class:`torch.utils.data.DataLoader`.
+    """
+
+    def __init__(self, dataset: CropDataset, rank: int = 0, world: int = 1, num_workers: int = 0,
+                 pin_memory: bool = False, persistent_workers: bool = True, prefetch_factor: int | None = None) -> None:
+        self.dataset = dataset
+        self.rank, self.world = rank, world
+        self.loader_kw = {"num_workers": num_workers, "pin_memory": pin_memory,
+                          "persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor}
+        self.start = 0
+        self._iter: Iterator[torch.Tensor] | None = None
+        self._batch: int | None = None
+        #: Samples this process has drawn so far (from :attr:`start`).
+        self.drawn = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def seek(self, sample: int) -> None:
+        """Start this rank's walk at its ``sample``-th sample (call before the first batch)."""
+        if self._iter is not None:
+            raise RuntimeError("seek() after the first batch")
+        self.start = int(sample)
+
+    def batch(self, batch_size: int, gen: torch.Generator | None = None) -> torch.Tensor:
+        """The next ``(batch_size, 2, crop, crop)`` float32 batch of this rank's walk."""
+        if self._iter is None:
+            self._batch = batch_size
+            self._iter = iter(make_loader(self.dataset, batch_size, self.rank, self.world, self.start, **self.loader_kw))
+        if batch_size != self._batch:
+            raise ValueError(f"batch size changed from {self._batch} to {batch_size}")
+        self.drawn += batch_size
+        return next(self._iter)
+
+    def batch_labelled(self, batch_size: int, gen: torch.Generator | None = None) -> tuple[torch.Tensor, None]:
+        """:meth:`batch` and no labels (fastMRI files carry no contrast/anatomy labels here)."""
+        return self.batch(batch_size, gen), None
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        self._iter = None
+
+
+def stream_source(path: str | os.PathLike[str], crop: int, seed: int = 0, target: str = "complex",
+                  max_slices: int | None = None, index_path: str | os.PathLike[str] | None = None, rank: int = 0,
+                  world: int = 1, num_workers: int = 2, pin_memory: bool = False, persistent_workers: bool = True,
+                  prefetch_factor: int | None = None) -> StreamFeed:
+    """The training feed of ``path``: a directory of fastMRI files or of shards (it holds ``manifest.json``).
+
+    Under ``torch.distributed`` rank 0 builds (or refreshes) the slice index
+    first and the other ranks then read it, so the files are scanned once.
+    """
+    import torch.distributed as dist
+
+    from mri_score.data.shards import ShardSlices, is_shard_dir
+
+    if num_workers < 0:
+        raise InputError(f"data.num_workers must be >= 0, got {num_workers}")
+    ds: CropDataset
+    if is_shard_dir(path):
+        ds = ShardSlices(path, crop, seed, max_slices=max_slices)
+    else:
+        sync = world > 1 and dist.is_available() and dist.is_initialized()
+        if sync and rank != 0:
+            dist.barrier()  # rank 0 scans new or changed files first
+        try:
+            ds = FastMRISlices(path, crop, seed, target=target, index_path=index_path, max_slices=max_slices)
+        finally:
+            if sync and rank == 0:
+                dist.barrier()
+    return StreamFeed(ds, rank, world, num_workers, pin_memory, persistent_workers, prefetch_factor)
