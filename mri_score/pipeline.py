@@ -184,13 +184,16 @@ def reconstruct_file(
     center_fraction: float = 0.08,
     prior_name: str = "default",
     png: bool = False,
+    extra_attrs: dict | None = None,
 ) -> dict:
     """Reconstruct one fastMRI file and write ``out_dir/<name>.h5`` (and a PNG panel); return a summary.
 
     The output holds ``reconstruction`` and ``reconstruction_std`` (float32, recon-size crop),
     the ``mask`` used and the settings as attrs.  ``prior_name`` is recorded in the attrs and
     names the prior in error messages.  The summary has the timing, NFE, acceleration, mask
-    source, the output path and, for a fully sampled file with a target, PSNR/SSIM/NMSE.
+    source, the output path and, for a fully sampled file with a target, PSNR/SSIM/NMSE; it is
+    also stored in the output's ``summary`` attr (JSON).  ``extra_attrs`` are added to the
+    output's attrs (e.g. :func:`mri_score.runs.run_key` as ``run_settings``).
     """
     vol = read_fastmri(path)
     mask, accel_used, mask_src = undersampling_mask(vol, accel, mask_type, center_fraction)
@@ -218,7 +221,9 @@ def reconstruct_file(
              "seed": settings.seed, "magnitude": settings.magnitude, "acceleration": accel_used,
              "mask_source": mask_src, "nfe_per_slice": nfe // s,
              "prior": prior_name, "options": json.dumps(settings.options.as_dict()),
-             "acquisition": str(vol.attrs.get("acquisition", "")), "patient_id": str(vol.attrs.get("patient_id", ""))}
+             "acquisition": str(vol.attrs.get("acquisition", "")), "patient_id": str(vol.attrs.get("patient_id", "")),
+             "summary": json.dumps({k: v for k, v in summary.items() if k != "file"}, default=float),
+             **(extra_attrs or {})}
     out = save_reconstruction(out_dir, path.name, res.image, {"reconstruction_std": res.std, "mask": mask}, attrs)
     summary["output"] = str(out)
     if png:

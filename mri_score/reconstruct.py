@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
 
+from mri_score import runs
 from mri_score.errors import InputError, exit_on_input_error
 from mri_score.pipeline import demo_volume, reconstruct_file
 from mri_score.posterior import MAGNITUDES, SamplerSettings
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--png", action="store_true", help="write a PNG panel per file")
+    p.add_argument("--redo", action="store_true",
+                   help="directory runs: recompute outputs that already exist with the same settings (default: skip them)")
     p.add_argument("--demo", action="store_true", help="shipped prior on the sample volume (README default)")
     return p
 
@@ -157,22 +161,48 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"{args.out}: output directory must differ from the input directory (inputs are never overwritten)")
     bad: list[str] = []
     iterator = files
+    directory_run = src.is_dir()
     if len(files) > 1:
         from tqdm import tqdm
 
         iterator = tqdm(files, desc="files", unit="file", disable=not sys.stderr.isatty())
+    run_settings = {"sampler": settings.sampler, "steps": settings.steps, "samples": settings.samples,
+                    "seed": settings.seed, "maps": settings.maps, "magnitude": settings.magnitude,
+                    "options": settings.options.as_dict(), "accel": args.accel, "mask_type": args.mask_type,
+                    "center_fraction": args.center_fraction, "prior": str(args.prior or "default"),
+                    "prior_id": runs.prior_identity(getattr(prior, "meta", {})), "png": args.png}
+    rows: list[dict] = []
+    csv_path = runs.summary_path(args.out, rank, world)
+    t_run, slices_done = time.time(), 0
     for f in iterator:
+        key = runs.run_key(f, run_settings)
+        out_file = Path(args.out) / f.name
+        if directory_run and not args.redo and runs.is_done(out_file, key):
+            rows.append({**runs.stored_summary(out_file), "file": str(f), "status": "skipped", "output": str(out_file)})
+            print(f"{f.name}: done earlier with the same settings, skipped -> {out_file}", flush=True)
+            runs.write_summary(csv_path, rows)
+            continue
         try:
             summary = reconstruct_file(f, prior, settings, args.out, device, accel=args.accel, mask_type=args.mask_type,
                                        center_fraction=args.center_fraction, prior_name=str(args.prior or "default"),
-                                       png=args.png)
+                                       png=args.png, extra_attrs={"run_settings": key})
         except InputError as err:
             if len(files) == 1:
                 raise
             print(f"error: {err}", file=sys.stderr)
             bad.append(str(f))
-            continue
-        print(format_summary(summary), flush=True)
+            rows.append({"file": str(f), "status": "failed", "error": str(err)})
+        else:
+            print(format_summary(summary), flush=True)
+            slices_done += summary["slices"]
+            rows.append({**summary, "status": "done", "slices_per_s": summary["slices"] / max(summary["seconds"], 1e-9)})
+        if directory_run:
+            runs.write_summary(csv_path, rows)  # after every file: a killed job leaves a current summary
+    if directory_run:
+        seconds = time.time() - t_run
+        print(f"rank {rank} of {world}: {slices_done} slices reconstructed in {seconds:.1f} s "
+              f"({slices_done / max(seconds, 1e-9):.3f} slices/s), {sum(r['status'] == 'skipped' for r in rows)} files "
+              f"skipped, {len(bad)} failed; summary {csv_path}", flush=True)
     if bad:
         print(f"error: {len(bad)} of {len(files)} files failed: {', '.join(bad)}", file=sys.stderr)
         return 2

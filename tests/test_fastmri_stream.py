@@ -22,9 +22,10 @@ from mri_score.data.fastmri_stream import (
 )
 from mri_score.data.shards import ShardSlices, write_shards
 from mri_score.errors import InputError
+from mri_score.fastmri_io import write_fastmri_file
 from mri_score.preprocess import main as preprocess_main
 from mri_score.scaling import image_scale
-from mri_score.simulate import simulate_volume, write_fastmri_file
+from mri_score.simulation import simulate_volume
 from tests.conftest import phantom
 
 

@@ -184,7 +184,9 @@ def test_directory_run_processes_good_files_and_lists_all_bad(tmp_path, tiny_pri
                            "--steps", "2", "--center-fraction", "0.25"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.h5"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.h5", "summary.csv"]
+    summary = (tmp_path / "out" / "summary.csv").read_text()
+    assert summary.count(",failed,") == len(bad) and summary.count(",done,") == 1
     assert len(err) == len(bad) + 1  # one line per bad file, then the summary
     assert all(str(b) in err[-1] for b in bad)
 

@@ -1,0 +1,187 @@
+"""Streaming training data at scale: trainer memory vs dataset size, loader throughput vs workers.
+
+Run: ``python benchmarks/run_stream_memory.py --work /tmp/stream_bench`` (defaults: 10 and
+100 simulated fastMRI-like training files of 1 slice, 15 coils, 640×368; 100 trainer
+steps; workers 0, 1, 2).  The files are simulated from the synthetic corpus into
+``--work`` (never into the repository; the 10-file set is hard links to the first
+10 of the 100).  For each set the trainer (``python -m mri_score.train`` with
+``configs/prior_fastmri_knee.yaml`` and the overrides printed in the results) runs in
+a child process from a fresh slice index; the parent samples the proportional set
+size (PSS, ``/proc/PID/smaps_rollup``) of the trainer and its DataLoader workers
+every 0.2 s and reports the peak of the sum, and the trainer's own high-water mark
+(``VmHWM``).  The loader benchmark times the slices/s of the streaming DataLoader
+alone on the 100-file set.  Results: ``benchmarks/results/stream_memory.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.provenance import provenance  # noqa: E402
+from mri_score.errors import InputError, exit_on_input_error  # noqa: E402
+
+_CHILD = (
+    "import sys\n"
+    "from mri_score.train import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
+    "print('VmHWM_kB', hwm, flush=True)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def simulate_files(out: Path, count: int, coils: int, shape: tuple[int, int], seed: int) -> list[Path]:
+    """``count`` fully sampled 1-slice fastMRI files (corpus images, birdcage coils, noise), written once."""
+    from mri_score.fastmri_io import write_fastmri_file
+    from mri_score.simulation import corpus_volume, simulate_volume
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        p = out / f"sim_{i:04d}.h5"
+        if not p.is_file():
+            img = corpus_volume("train", i, 1, shape, ("t1", "t2", "pd")[i % 3], seed)
+            ksp, target, _ = simulate_volume(img, coils=coils, snr=60.0, seed=seed + i)
+            write_fastmri_file(p, ksp, target, "SYN", f"sim{i:04d}")
+        paths.append(p)
+    return paths
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_trainer(data: Path, run_dir: Path, overrides: list[str]) -> dict:
+    """Train in a child process; peak summed PSS of the process tree, the trainer's VmHWM, time."""
+    index = data / ".mri_score_index.json"
+    index.unlink(missing_ok=True)  # a fresh index: the first run on a new data set
+    cmd = [sys.executable, "-c", _CHILD, "--config", str(ROOT / "configs" / "prior_fastmri_knee.yaml"),
+           f"data.path={data}", f"out_dir={run_dir}", *overrides]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = peak_procs = 0
+    while proc.poll() is None:
+        pids = _tree(proc.pid)
+        total = sum(_pss_kb(p) for p in pids)
+        if total > peak:
+            peak, peak_procs = total, len(pids)
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"trainer failed ({proc.returncode}): {err[-2000:]}")
+    hwm = int(next(ln for ln in out.splitlines() if ln.startswith("VmHWM_kB")).split()[1])
+    log = [json.loads(x) for x in (run_dir / "loss.jsonl").read_text().splitlines()]
+    return {"files": len(list(data.glob("*.h5"))), "peak_pss_mb": peak / 1024, "processes": peak_procs,
+            "trainer_hwm_mb": hwm / 1024, "seconds": time.time() - t0, "slices_per_s": log[-1]["slices_per_s"],
+            "summary": out.strip().splitlines()[0]}
+
+
+def loader_throughput(data: Path, workers: int, batch: int, crop: int, batches: int) -> float:
+    """Slices/s of the streaming DataLoader alone (after one warm-up batch)."""
+    from mri_score.data.fastmri_stream import FastMRISlices, make_loader
+
+    ds = FastMRISlices(data, crop, seed=0)
+    it = iter(make_loader(ds, batch, num_workers=workers, persistent_workers=workers > 0))
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch / (time.perf_counter() - t0)
+
+
+@exit_on_input_error
+def main(argv: list[str] | None = None) -> int:
+    """Simulate the files, run the trainer on both sets and the loader at each worker count; write the results."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", required=True, help="scratch directory for the simulated files (outside the repository)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100])
+    ap.add_argument("--coils", type=int, default=15)
+    ap.add_argument("--shape", type=int, nargs=2, default=[640, 368])
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--crop", type=int, default=128)
+    ap.add_argument("--set", nargs="*", default=["train.precision=fp32", "network.base_channels=16"],
+                    help="further trainer overrides (default: fp32 and a narrower network, to keep the run short on CPU)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--loader-batches", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stream_memory.md"))
+    args = ap.parse_args(argv)
+    work = Path(args.work).resolve()
+    if ROOT in (work, *work.parents):
+        raise InputError(f"{work}: --work must lie outside the repository")
+    n_max = max(args.sizes)
+    files = simulate_files(work / f"all_{n_max}", n_max, args.coils, tuple(args.shape), args.seed)
+    overrides = [f"train.steps={args.steps}", f"train.batch={args.batch}", "train.log_every=10",
+                 f"train.ckpt_every={args.steps}", f"train.seed={args.seed}", "data.num_workers=2",
+                 f"data.crop={args.crop}", *args.set]
+    rows = []
+    for n in sorted(args.sizes):
+        d = work / f"set_{n}"
+        d.mkdir(exist_ok=True)
+        for f in files[:n]:
+            if not (d / f.name).exists():
+                os.link(f, d / f.name)
+        rows.append(run_trainer(d, work / f"run_{n}", overrides))
+        print(json.dumps(rows[-1]), flush=True)
+    speeds = []
+    for w in args.workers:
+        speeds.append((w, loader_throughput(work / f"set_{n_max}", w, args.batch, args.crop, args.loader_batches)))
+        print(f"workers {w}: {speeds[-1][1]:.2f} slices/s", flush=True)
+    lo, hi = rows[0], rows[-1]
+    diff = (hi["peak_pss_mb"] - lo["peak_pss_mb"]) / lo["peak_pss_mb"]
+    cmd = "python benchmarks/run_stream_memory.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    lines = [
+        "# Streaming training data: memory vs dataset size, loader throughput vs workers\n",
+        provenance(cmd) + f"- load average at the end: {os.getloadavg()[0]:.1f} (another training job shared the CPUs)\n",
+        f"Simulated fastMRI-like training files: {args.coils} coils, {args.shape[0]}×{args.shape[1]}, 1 slice each "
+        f"(~{files[0].stat().st_size / 2**20:.0f} MiB per file), seed {args.seed}. Trainer: "
+        f"`python -m mri_score.train --config configs/prior_fastmri_knee.yaml {' '.join(overrides)}`, "
+        "each run from a fresh slice index (the scan that validates every "
+        "slice once is included). Peak = max over 0.2 s samples of the summed PSS of the trainer and its "
+        "DataLoader workers.\n",
+        "| files | steps | peak PSS, trainer + workers (MiB) | trainer VmHWM (MiB) | processes | slices/s (trainer) | wall (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {r['files']} | {args.steps} | {r['peak_pss_mb']:.0f} | {r['trainer_hwm_mb']:.0f} | {r['processes']} | "
+              f"{r['slices_per_s']:.2f} | {r['seconds']:.0f} |" for r in rows]
+    lines += [f"\nPeak memory, {hi['files']} vs {lo['files']} files: {100 * diff:+.1f} % (target: |difference| < 10 %).\n",
+              f"Loader alone on the {n_max}-file set (batch {args.batch}, crop {args.crop}, {args.loader_batches} batches "
+              "after one warm-up batch, the SENSE-1 + scaling of each slice included):\n",
+              "| num_workers | slices/s |", "|---:|---:|"]
+    lines += [f"| {w} | {s:.2f} |" for w, s in speeds]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

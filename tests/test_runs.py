@@ -1,0 +1,76 @@
+"""Directory reconstruction runs: skip-if-done by the outputs' settings, per-run summary CSV with slices/s."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import h5py
+
+from mri_score.fastmri_io import write_fastmri_file
+from mri_score.reconstruct import main
+from mri_score.runs import is_done, run_key, summary_path
+from mri_score.simulation import simulate_volume
+from tests.conftest import phantom
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return {os.path.basename(r["file"]): r for r in csv.DictReader(fh)}
+
+
+def _stamp(out):
+    return {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
+
+
+def test_directory_run_skips_outputs_with_the_same_settings(fully_sampled_file, tiny_prior_path, tmp_path, capsys):
+    d = fully_sampled_file.parent
+    ksp, target, _ = simulate_volume(phantom(64, 1, seed=3), coils=4, snr=100.0, seed=3)
+    write_fastmri_file(d / "vol_b.h5", ksp, target, "SYN", "p1")
+    out = tmp_path / "out"
+    args = ["--kspace", str(d), "--out", str(out), "--prior", str(tiny_prior_path), "--steps", "2", "--samples", "1"]
+    assert main(args) == 0
+    first = _rows(out / "summary.csv")
+    assert {r["status"] for r in first.values()} == {"done"} and set(first) == {"vol_a.h5", "vol_b.h5"}
+    assert int(first["vol_a.h5"]["slices"]) == 2 and float(first["vol_a.h5"]["slices_per_s"]) > 0
+    assert "slices/s" in capsys.readouterr().out
+    stamp = _stamp(out)
+    # same settings: nothing recomputed, the summary still carries the metrics
+    assert main(args) == 0
+    again = _rows(out / "summary.csv")
+    assert {r["status"] for r in again.values()} == {"skipped"} and _stamp(out) == stamp
+    assert again["vol_a.h5"]["PSNR"] == first["vol_a.h5"]["PSNR"] != ""
+    # a killed job: the missing output is made, the finished one is not touched
+    (out / "vol_b.h5").unlink()
+    assert main(args) == 0
+    rows = _rows(out / "summary.csv")
+    assert rows["vol_a.h5"]["status"] == "skipped" and rows["vol_b.h5"]["status"] == "done"
+    assert _stamp(out)["vol_a.h5"] == stamp["vol_a.h5"]
+    # an edited input (mtime) or other settings are recomputed; --redo recomputes everything
+    st = (d / "vol_b.h5").stat()
+    os.utime(d / "vol_b.h5", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert main(args) == 0
+    rows = _rows(out / "summary.csv")
+    assert rows["vol_a.h5"]["status"] == "skipped" and rows["vol_b.h5"]["status"] == "done"
+    assert main([*args, "--seed", "1"]) == 0
+    assert {r["status"] for r in _rows(out / "summary.csv").values()} == {"done"}
+    assert main([*args, "--seed", "1", "--redo"]) == 0
+    assert {r["status"] for r in _rows(out / "summary.csv").values()} == {"done"}
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_is_done_needs_the_same_key_and_a_complete_output(fully_sampled_file, tmp_path):
+    key = run_key(fully_sampled_file, {"sampler": "dds"})
+    assert run_key(fully_sampled_file, {"sampler": "dds"}) == key != run_key(fully_sampled_file, {"sampler": "pc"})
+    out = tmp_path / "o.h5"
+    assert not is_done(out, key)
+    with h5py.File(out, "w") as hf:
+        hf.attrs["run_settings"] = key
+    assert not is_done(out, key)  # no reconstruction dataset: incomplete
+    with h5py.File(out, "a") as hf:
+        hf["reconstruction"] = [[[0.0]]]
+    assert is_done(out, key) and not is_done(out, key.replace("dds", "pc"))
+    out.write_bytes(b"garbage")
+    assert not is_done(out, key)
+    assert summary_path(tmp_path).name == "summary.csv"
+    assert summary_path(tmp_path, 1, 4).name == "summary-rank1-of-4.csv"
