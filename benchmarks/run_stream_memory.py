@@ -88,12 +88,16 @@ def run_trainer(data: Path, run_dir: Path, overrides: list[str]) -> dict:
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = peak_procs = 0
-    while proc.poll() is None:
-        pids = _tree(proc.pid)
-        total = sum(_pss_kb(p) for p in pids)
-        if total > peak:
-            peak, peak_procs = total, len(pids)
-        time.sleep(0.2)
+    try:
+        while proc.poll() is None:
+            pids = _tree(proc.pid)
+            total = sum(_pss_kb(p) for p in pids)
+            if total > peak:
+                peak, peak_procs = total, len(pids)
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:  # interrupted: do not leave the trainer running
+            proc.kill()
     out, err = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"trainer failed ({proc.returncode}): {err[-2000:]}")
@@ -105,16 +109,21 @@ def run_trainer(data: Path, run_dir: Path, overrides: list[str]) -> dict:
 
 
 def loader_throughput(data: Path, workers: int, batch: int, crop: int, batches: int) -> float:
-    """Slices/s of the streaming DataLoader alone (after one warm-up batch)."""
+    """Slices/s of the streaming DataLoader alone (after one warm-up batch) on HDF5 files or shards."""
     from mri_score.data.fastmri_stream import FastMRISlices, make_loader
+    from mri_score.data.shards import ShardSlices, is_shard_dir
 
-    ds = FastMRISlices(data, crop, seed=0)
+    ds = ShardSlices(data, crop, seed=0) if is_shard_dir(data) else FastMRISlices(data, crop, seed=0)
     it = iter(make_loader(ds, batch, num_workers=workers, persistent_workers=workers > 0))
     next(it)
     t0 = time.perf_counter()
     for _ in range(batches):
         next(it)
     return batches * batch / (time.perf_counter() - t0)
+
+
+def _mb(d: Path) -> float:
+    return sum(p.stat().st_size for p in d.iterdir() if p.is_file()) / 2**20
 
 
 @exit_on_input_error
@@ -126,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--coils", type=int, default=15)
     ap.add_argument("--shape", type=int, nargs=2, default=[640, 368])
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--set", nargs="*", default=["train.precision=fp32", "network.base_channels=16"],
                     help="further trainer overrides (default: fp32 and a narrower network, to keep the run short on CPU)")
@@ -152,10 +161,19 @@ def main(argv: list[str] | None = None) -> int:
                 os.link(f, d / f.name)
         rows.append(run_trainer(d, work / f"run_{n}", overrides))
         print(json.dumps(rows[-1]), flush=True)
+    from mri_score.data.shards import write_shards
+
+    shards = work / f"shards_{n_max}"
+    t0 = time.time()
+    if not shards.exists():
+        write_shards(work / f"set_{n_max}", shards, workers=max(args.workers))
+    shard_seconds = time.time() - t0
     speeds = []
     for w in args.workers:
-        speeds.append((w, loader_throughput(work / f"set_{n_max}", w, args.batch, args.crop, args.loader_batches)))
-        print(f"workers {w}: {speeds[-1][1]:.2f} slices/s", flush=True)
+        h5 = loader_throughput(work / f"set_{n_max}", w, args.batch, args.crop, args.loader_batches)
+        sh = loader_throughput(shards, w, args.batch, args.crop, args.loader_batches)
+        speeds.append((w, h5, sh))
+        print(f"workers {w}: {h5:.2f} slices/s (HDF5), {sh:.2f} slices/s (shards)", flush=True)
     lo, hi = rows[0], rows[-1]
     diff = (hi["peak_pss_mb"] - lo["peak_pss_mb"]) / lo["peak_pss_mb"]
     cmd = "python benchmarks/run_stream_memory.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -175,9 +193,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['slices_per_s']:.2f} | {r['seconds']:.0f} |" for r in rows]
     lines += [f"\nPeak memory, {hi['files']} vs {lo['files']} files: {100 * diff:+.1f} % (target: |difference| < 10 %).\n",
               f"Loader alone on the {n_max}-file set (batch {args.batch}, crop {args.crop}, {args.loader_batches} batches "
-              "after one warm-up batch, the SENSE-1 + scaling of each slice included):\n",
-              "| num_workers | slices/s |", "|---:|---:|"]
-    lines += [f"| {w} | {s:.2f} |" for w, s in speeds]
+              "after one warm-up batch). HDF5: each slice is read and its ACS maps, SENSE-1 and scale computed in "
+              f"the loader; shards: the images precomputed by `python -m mri_score.preprocess` ({shard_seconds:.0f} s "
+              f"for the {n_max} files with {max(args.workers)} workers, {_mb(shards):.0f} MiB vs "
+              f"{_mb(work / f'set_{n_max}'):.0f} MiB of HDF5).\n",
+              "| num_workers | slices/s, HDF5 | slices/s, shards |", "|---:|---:|---:|"]
+    lines += [f"| {w} | {h:.2f} | {s:.2f} |" for w, h, s in speeds]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0

@@ -3,7 +3,10 @@
 Computes every training image of a directory of fully sampled fastMRI files
 (ACS coil maps, SENSE-1, the project's scaling) once and writes them as
 safetensors shards (:mod:`mri_score.data.shards`).  Train from them with
-``data.path=SHARDS`` (any ``data.source: fastmri`` config).
+``data.path=SHARDS`` (any ``data.source: fastmri`` config).  ``--index-only``
+just builds (or refreshes) the validated slice index next to the data, which
+training otherwise does on its first start (before a multi-node job, so that no
+rank waits at a barrier while rank 0 reads the whole data set once).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m mri_score.preprocess``."""
     p = argparse.ArgumentParser(prog="python -m mri_score.preprocess", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="directory of fully sampled fastMRI .h5 files")
-    p.add_argument("--out", required=True, help="new output directory for the shards")
+    p.add_argument("--out", default=None, help="new output directory for the shards")
+    p.add_argument("--index-only", action="store_true", help="only build the slice index (no shards)")
     p.add_argument("--shard-size", type=int, default=256, help="slices per shard file")
     p.add_argument("--target", default="complex", choices=TARGETS)
     p.add_argument("--center-fraction", type=float, default=TRAIN_CENTER_FRACTION)
@@ -36,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"--center-fraction must be in (0, 0.5), got {args.center_fraction}")
     if args.workers < 0:
         raise InputError(f"--workers must be >= 0, got {args.workers}")
+    if args.index_only:
+        from mri_score.data.fastmri_stream import build_index
+
+        index = build_index(args.data)
+        print(f"indexed {len(index)} slices of {len(index.files)} files ({len(index.scanned)} scanned now) -> {index.path}")
+        return 0
+    if not args.out:
+        raise InputError("--out DIR is required (or --index-only)")
     from mri_score.data.shards import write_shards
 
     out = write_shards(args.data, args.out, args.shard_size, args.target, args.center_fraction, args.workers)

@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 < args.center_fraction < 0.5:
         raise InputError(f"--center-fraction must be in (0, 0.5), got {args.center_fraction}")
     settings = settings_from_args(args)
+    if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+        args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     device = resolve_device(args.device)
     from mri_score.prior import load_prior
 

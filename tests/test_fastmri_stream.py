@@ -191,6 +191,9 @@ def test_shards_hold_the_same_images_and_batches(train_dir, tmp_path):
 
 
 def test_preprocess_cli(train_dir, tmp_path, capsys):
+    assert preprocess_main(["--data", str(train_dir), "--index-only"]) == 0
+    assert "indexed 6 slices of 3 files (3 scanned now)" in capsys.readouterr().out
+    assert build_index(train_dir).scanned == []  # training starts from the cached index
     assert preprocess_main(["--data", str(train_dir), "--out", str(tmp_path / "s"), "--shard-size", "5"]) == 0
     assert len(ShardSlices(tmp_path / "s", crop=32)) == 6
     capsys.readouterr()

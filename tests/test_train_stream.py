@@ -52,12 +52,17 @@ def test_gradient_accumulation_equals_the_full_batch(data_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(train_mod, "edm_loss", plain_loss)
     full = train_mod.train(stream_cfg(data_dir, tmp_path / "full", steps=3, batch=4))
-    acc = train_mod.train(stream_cfg(data_dir, tmp_path / "acc", steps=3, batch=4, micro=2))
-    assert acc["accumulation"] == 2 and full["accumulation"] == 1
-    assert np.allclose(full["losses"], acc["losses"], rtol=1e-5)
+    assert full["accumulation"] == 1
+    # through the command line, as the README's 1-GPU command (train.micro_batch=...)
+    (tmp_path / "acc.yaml").write_text(yaml.safe_dump(stream_cfg(data_dir, tmp_path / "acc", steps=3, batch=4)))
+    assert train_mod.main(["--config", str(tmp_path / "acc.yaml"), "train.micro_batch=2"]) == 0
+    acc = [json.loads(x)["loss"] for x in (tmp_path / "acc" / "loss.jsonl").read_text().splitlines()]
+    assert np.allclose(full["losses"], acc, rtol=1e-5)
     a, _ = load_checkpoint(tmp_path / "full" / "checkpoint.safetensors")
     b, _ = load_checkpoint(tmp_path / "acc" / "checkpoint.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if k.startswith("model."))
+    _, meta = load_checkpoint(tmp_path / "acc" / "checkpoint.safetensors")
+    assert meta["config"]["train"]["micro_batch"] == 2
     with pytest.raises(ValueError, match="micro_batch"):
         train_mod.train(stream_cfg(data_dir, tmp_path / "bad", steps=1, batch=4, micro=3))
 
@@ -86,18 +91,33 @@ sys.exit(rc)
 """
 
 
-def _torchrun(args: list[str], port: int, **kw) -> subprocess.Popen:
+def _torchrun(launcher: list[str], args: list[str]) -> subprocess.Popen:
+    """``torchrun LAUNCHER ARGS`` (as ``python -m torch.distributed.run``), gloo on CPU."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *args]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+#: The README's one-node form (``torchrun --standalone --nproc_per_node=N``), with N = 2.
+ONE_NODE = ["--standalone", "--nproc_per_node=2"]
+
+
+def _two_nodes(port: int) -> list[str]:
+    """The README's several-node form (c10d rendezvous), as 2 nodes of 1 process on this machine."""
+    return ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+            "--rdzv_id=test"]
 
 
 def test_two_rank_ddp_disjoint_slices_and_identical_resume_after_sigterm(data_dir, tmp_path):
-    """torchrun, 2 gloo ranks: each epoch's slices split disjointly; SIGTERM + --resume equals an uninterrupted run."""
+    """torchrun, 2 gloo ranks: each epoch's slices split disjointly; SIGTERM + --resume equals an uninterrupted run.
+
+    The interrupted and resumed runs use the README's one-node command, the uninterrupted one its several-node
+    (rendezvous) command with two single-process nodes on this machine.
+    """
     # interrupted run: SIGTERM to the launcher once 3 steps are logged
     cfg = stream_cfg(data_dir, tmp_path / "cut", steps=100000, workers=1)
     (tmp_path / "cut.yaml").write_text(yaml.safe_dump(cfg))
-    proc = _torchrun(["-m", "mri_score.train", "--config", str(tmp_path / "cut.yaml")], _free_port())
+    proc = _torchrun(ONE_NODE, ["-m", "mri_score.train", "--config", str(tmp_path / "cut.yaml")])
     log = tmp_path / "cut" / "loss.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 3):
@@ -110,17 +130,19 @@ def test_two_rank_ddp_disjoint_slices_and_identical_resume_after_sigterm(data_di
     assert not [p for p in (tmp_path / "cut").iterdir() if p.name.endswith(".tmp")]
     total = k + 3
     # resume to k + 3 (the README's command plus --resume)
-    res = _torchrun(["-m", "mri_score.train", "--config", str(tmp_path / "cut.yaml"), "--resume", f"train.steps={total}"],
-                    _free_port())
+    res = _torchrun(ONE_NODE, ["-m", "mri_score.train", "--config", str(tmp_path / "cut.yaml"), "--resume",
+                               f"train.steps={total}"])
     _, err = res.communicate(timeout=120)
     assert res.returncode == 0, err[-2000:]
-    # uninterrupted run to k + 3, recording which slices each rank reads
+    # uninterrupted run to k + 3 as two "nodes" meeting at a rendezvous, recording which slices each rank reads
     (tmp_path / "full.yaml").write_text(yaml.safe_dump(stream_cfg(data_dir, tmp_path / "full", steps=total, workers=0)))
     (tmp_path / "spy.py").write_text(_SPY)
-    run = _torchrun([str(tmp_path / "spy.py"), str(tmp_path / "keys"), "--config", str(tmp_path / "full.yaml")],
-                    _free_port())
-    _, err = run.communicate(timeout=120)
-    assert run.returncode == 0, err[-2000:]
+    port = _free_port()
+    nodes = [_torchrun(_two_nodes(port), [str(tmp_path / "spy.py"), str(tmp_path / "keys"), "--config",
+                                          str(tmp_path / "full.yaml")]) for _ in range(2)]
+    for node in nodes:
+        _, err = node.communicate(timeout=120)
+        assert node.returncode == 0, err[-2000:]
     a, ma = load_checkpoint(tmp_path / "full" / "checkpoint.safetensors")
     b, mb = load_checkpoint(tmp_path / "cut" / "checkpoint.safetensors")
     assert ma["step"] == mb["step"] == total
