@@ -117,7 +117,7 @@ class VolumeResult:
 def reconstruct_volume(
     kspace: np.ndarray,
     mask: np.ndarray,
-    prior: EDMDenoiser,
+    prior: EDMDenoiser | ComplexPrior,
     settings: SamplerSettings,
     calibrations: Sequence[Calibration] | None = None,
     crop: tuple[int, int] | None = None,
@@ -131,8 +131,9 @@ def reconstruct_volume(
         complex64 ``(slices, coils, H, W)``; multiplied by ``mask`` before use (never modified).
     mask : np.ndarray
         float32 ``(W,)`` or ``(H, W)``, shared by all slices.
-    prior : EDMDenoiser
-        The score network, on the device to use.
+    prior : EDMDenoiser or ComplexPrior
+        The score network, on the device to use, or an adapter of it (e.g. a guided prior,
+        :class:`mri_score.guidance.GuidedPrior`).
     settings : SamplerSettings
     calibrations : sequence of Calibration, optional
         One per slice (e.g. computed once and shared with baselines); computed from each
@@ -150,7 +151,8 @@ def reconstruct_volume(
     if calibrations is not None and len(calibrations) != s:
         raise InputError(f"{len(calibrations)} calibrations for {s} slices")
     mask_t = torch.from_numpy(np.asarray(mask))
-    adapter = ComplexPrior(prior)  # one private channels_last copy of the network for the whole volume
+    # one private channels_last copy of the network for the whole volume
+    adapter = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
     images, stds, zfs = [], [], []
     out = VolumeResult(image=np.empty(0), std=np.empty(0), zero_filled=np.empty(0))
     for i in range(s):
@@ -175,7 +177,7 @@ def reconstruct_volume(
 
 def reconstruct_file(
     path: Path,
-    prior: EDMDenoiser,
+    prior: EDMDenoiser | ComplexPrior,
     settings: SamplerSettings,
     out_dir: str | os.PathLike[str],
     device: torch.device,
@@ -184,6 +186,7 @@ def reconstruct_file(
     center_fraction: float = 0.08,
     prior_name: str = "default",
     png: bool = False,
+    extra_terms: Sequence[Likelihood] = (),
     extra_attrs: dict | None = None,
 ) -> dict:
     """Reconstruct one fastMRI file and write ``out_dir/<name>.h5`` (and a PNG panel); return a summary.
@@ -194,18 +197,20 @@ def reconstruct_file(
     source, the output path and, for a fully sampled file with a target, PSNR/SSIM/NMSE; it is
     also stored in the output's ``summary`` attr (JSON).  ``extra_attrs`` are added to the
     output's attrs (e.g. :func:`mri_score.runs.run_key` as ``run_settings``).
+    ``prior`` may be an adapter (a guided prior); ``extra_terms`` are passed to every slice
+    (:func:`reconstruct_volume`).
     """
     vol = read_fastmri(path)
     mask, accel_used, mask_src = undersampling_mask(vol, accel, mask_type, center_fraction)
     check_acs(mask, str(path))
     check_memory(vol, settings.samples, device)
-    channels = prior.cfg.in_channels
+    channels = (prior.model if isinstance(prior, ComplexPrior) else prior).cfg.in_channels
     if channels != 2:
         raise InputError(f"{prior_name}: prior has {channels} image channels; complex MR images need 2")
     s, _, h, w = vol.kspace.shape
     crop = recon_crop_size((h, w), vol.recon_size)
     t0 = time.time()
-    res = reconstruct_volume(vol.kspace, mask, prior, settings, crop=crop)
+    res = reconstruct_volume(vol.kspace, mask, prior, settings, crop=crop, extra_terms=extra_terms)
     seconds = time.time() - t0
     nfe = sum(res.nfe)
     summary = {"file": str(path), "seconds": seconds, "seconds_per_slice": seconds / s, "nfe_per_slice": nfe // s,

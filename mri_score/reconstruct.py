@@ -27,6 +27,7 @@ import torch
 
 from mri_score import runs
 from mri_score.errors import InputError, exit_on_input_error
+from mri_score.guidance import GuidanceOptions
 from mri_score.pipeline import demo_volume, reconstruct_file
 from mri_score.posterior import MAGNITUDES, SamplerSettings
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, sampler_config
@@ -76,6 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "sampler's list")
     p.add_argument("--gamma", type=float, default=None,
                    help="DDS data weight, the same as --sampler-opt gamma=G (default: from noise levels)")
+    p.add_argument("--condition", default="none", metavar="LABEL|auto|none",
+                   help="label condition: none (default), auto (from each file's acquisition attribute, e.g. AXT2 -> "
+                        "contrast=t2,anatomy=brain; none when unknown), a label (t2, knee) or field=label pairs "
+                        "(contrast=t2,anatomy=brain); needs a conditional --prior or a --classifier")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="classifier-free guidance weight w >= 0 (conditional prior; default 1 = conditional, "
+                        "0 = unconditional; w not 0 or 1 costs 2 NFE per step)")
+    p.add_argument("--classifier", default=None, metavar="CKPT", help="noise-conditional classifier for classifier "
+                   "guidance toward --condition")
+    p.add_argument("--classifier-scale", type=float, default=None, metavar="S", help="classifier-guidance scale s > 0 "
+                   "(default 1)")
+    p.add_argument("--classifier-input", default="noisy", choices=["noisy", "denoised"],
+                   help="classify the noisy image (default) or the denoised estimate (autograd through the prior; "
+                        "one extra NFE per step outside dps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -124,6 +139,31 @@ def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
                            maps=args.maps, magnitude=args.magnitude, options=config)
 
 
+def guidance_from_args(args: argparse.Namespace, prior: torch.nn.Module, device: torch.device,
+                       allow_auto: bool = True) -> GuidanceOptions:
+    """``--condition``/``--guidance``/``--classifier``/``--classifier-scale``/``--classifier-input``, validated."""
+    if args.guidance is not None and not 0 <= args.guidance < float("inf"):
+        raise InputError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    if args.classifier is None and (args.classifier_scale is not None or args.classifier_input != "noisy"):
+        raise InputError("--classifier-scale/--classifier-input given without --classifier")
+    scale = 1.0 if args.classifier_scale is None else args.classifier_scale
+    if not 0 < scale < float("inf"):
+        raise InputError(f"--classifier-scale must be a finite number > 0, got {args.classifier_scale}")
+    classifier = None
+    if args.classifier is not None:
+        from mri_score.classifier import load_classifier
+
+        try:
+            classifier = load_classifier(args.classifier, device)
+        except InputError as err:
+            raise InputError(f"--classifier: {err}") from None
+    try:
+        return GuidanceOptions.create(prior, args.condition, args.guidance, classifier, scale, args.classifier_input,
+                                      allow_auto=allow_auto)
+    except InputError as err:
+        raise InputError(f"--condition/--guidance: {err}") from None
+
+
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Reconstruct ``--kspace`` (a file or a directory of them) into ``--out``; exit 2 on bad input."""
@@ -148,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     from mri_score.prior import load_prior
 
     prior = load_prior(args.prior, device=device)
+    guidance = guidance_from_args(args, prior, device)
     src = Path(args.kspace)
     if src.is_dir():
         files = sorted(src.glob("*.h5"))
@@ -172,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                     "seed": settings.seed, "maps": settings.maps, "magnitude": settings.magnitude,
                     "options": settings.options.as_dict(), "accel": args.accel, "mask_type": args.mask_type,
                     "center_fraction": args.center_fraction, "prior": str(args.prior or "default"),
-                    "prior_id": runs.prior_identity(getattr(prior, "meta", {})), "png": args.png}
+                    "prior_id": runs.prior_identity(getattr(prior, "meta", {})), "png": args.png,
+                    "condition": args.condition, "guidance": args.guidance, "classifier": args.classifier,
+                    "classifier_scale": args.classifier_scale, "classifier_input": args.classifier_input}
     rows: list[dict] = []
     csv_path = runs.summary_path(args.out, rank, world)
     t_run, slices_done = time.time(), 0
@@ -185,9 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             runs.write_summary(csv_path, rows)
             continue
         try:
-            summary = reconstruct_file(f, prior, settings, args.out, device, accel=args.accel, mask_type=args.mask_type,
+            adapter, terms, attrs = guidance.setup(prior, f)
+            summary = reconstruct_file(f, adapter, settings, args.out, device, accel=args.accel, mask_type=args.mask_type,
                                        center_fraction=args.center_fraction, prior_name=str(args.prior or "default"),
-                                       png=args.png, extra_attrs={"run_settings": key})
+                                       png=args.png, extra_terms=terms,
+                                       extra_attrs={"run_settings": key, **attrs})
         except InputError as err:
             if len(files) == 1:
                 raise

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from mri_score.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from mri_score.classifier import NoiseClassifier, classifier_loss
 from mri_score.config import load_config, require
 from mri_score.data.body import BODY_FAMILIES
 from mri_score.data.corpus import ANATOMIES, CONTRASTS, FAMILIES
@@ -37,8 +38,9 @@ from mri_score.network import EDMDenoiser, NetworkConfig, count_parameters
 from mri_score.prior import load_network
 from mri_score.supervised import KspacePairSource, MagnitudeUNet, supervised_loss
 
-#: What a config can train: a score prior (EDM denoiser) or the supervised U-Net baseline.
-TASKS = ("score", "supervised")
+#: What a config can train: a score prior (EDM denoiser), the supervised U-Net baseline, or a
+#: noise-conditional label classifier (:mod:`mri_score.classifier`, for classifier guidance).
+TASKS = ("score", "supervised", "classifier")
 
 
 def edm_loss(model: torch.nn.Module, x: torch.Tensor, gen: torch.Generator, p_mean: float, p_std: float,
@@ -207,6 +209,11 @@ def _micro_loss(model: torch.nn.Module, pool: Any, micro: int, gen: torch.Genera
             raise InputError("a conditional network (network.label_classes) needs a labelled source (data.source: mixed)")
         labels = drop_labels(labels, tuple(net_cfg.label_classes), drop_all, drop_field, gen)
         return edm_loss(model, _to(xb, dev, channels_last), gen, p_mean, p_std, net_cfg.sigma_data, precision, labels)
+    if task == "classifier":
+        xb, labels = pool.batch_labelled(micro, gen)
+        if labels is None:
+            raise InputError("task: classifier needs a labelled source (data.source: mixed)")
+        return classifier_loss(model, _to(xb, dev, channels_last), labels, gen, p_mean, p_std, precision)
     if task == "score":
         x = _to(pool.batch(micro, gen), dev, channels_last)
         return edm_loss(model, x, gen, p_mean, p_std, net_cfg.sigma_data, precision)
@@ -264,7 +271,11 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
     task = str(cfg.get("task", "score"))
     if task not in TASKS:
         raise InputError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    model = (EDMDenoiser(net_cfg) if task == "score" else MagnitudeUNet(net_cfg)).to(dev)
+    builders = {"score": EDMDenoiser, "supervised": MagnitudeUNet, "classifier": NoiseClassifier}
+    try:
+        model = builders[task](net_cfg).to(dev)
+    except ValueError as err:
+        raise InputError(f"network: {err}") from None
     channels_last = bool(tr.get("channels_last", True))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -410,7 +421,7 @@ def export_prior(ckpt: str | os.PathLike[str], out: str | os.PathLike[str], comm
         raise CheckpointError(f"{ckpt}: no EMA weights to export")
     task = meta.get("task", "score")
     new_meta = {"step": meta["step"], "network": meta["network"], "config": meta["config"], "task": task,
-                "kind": "prior" if task == "score" else "supervised",
+                "kind": {"score": "prior"}.get(task, task),
                 "command": command, "scaling": meta.get("scaling")}
     for key in ("labels", "parent", "pixel_mm"):
         if key in meta:
