@@ -2,7 +2,8 @@
 
 The network is the encoder half of the score U-Net (:class:`mri_score.network.UNet`'s
 blocks, after a stride-2 stem that halves the resolution: labels are global, and it makes the
-classifier 4x cheaper), residual blocks with FiLM from the noise embedding, strided downsampling), a
+classifier 4x cheaper; the stem also sees the magnitude ``|x|``, as labels do not depend on the
+phase), residual blocks with FiLM from the noise embedding, strided downsampling), a
 global average pool (of the un-normalised residual stream) and one linear head per label field (``NetworkConfig.label_classes``,
 e.g. ``(6, 3)`` for contrast and anatomy, the vocabularies in the checkpoint's
 ``labels`` metadata).  Inputs are preconditioned like the denoiser's: the image is
@@ -49,7 +50,9 @@ class NoiseClassifier(nn.Module):
         self.emb_mlp = nn.Sequential(
             nn.Linear(cfg.emb_dim, cfg.emb_dim), nn.SiLU(), nn.Linear(cfg.emb_dim, cfg.emb_dim), nn.SiLU()
         )
-        self.stem = nn.Conv2d(cfg.in_channels, ch[0], 4, stride=2, padding=1)  # patchify: half resolution
+        # input: the real channels and the magnitude (labels are phase-invariant, and a CNN on real and
+        # imaginary parts of randomly phased images learns |x| only slowly); stride 2: half resolution
+        self.stem = nn.Conv2d(cfg.in_channels + 1, ch[0], 4, stride=2, padding=1)
         self.blocks = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         cin = ch[0]
@@ -71,7 +74,9 @@ class NoiseClassifier(nn.Module):
             sigma = sigma.expand(b)
         c_in = 1.0 / torch.sqrt(sigma**2 + self.sigma_data**2)
         emb = self.emb_mlp(self.embed(torch.log(sigma) / 4.0))
-        h = self.stem(c_in[:, None, None, None] * x)
+        xin = c_in[:, None, None, None] * x
+        mag = torch.sqrt(xin.square().sum(dim=1, keepdim=True) + 1e-8)
+        h = self.stem(torch.cat([xin, mag], dim=1))
         for i, blocks in enumerate(self.blocks):
             for blk in blocks:
                 h = blk(h, emb)

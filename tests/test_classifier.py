@@ -207,3 +207,28 @@ def test_guidance_leaves_the_classifier_alone(tiny_cfg):
     term.inflated_grad(torch.randn(1, 16, 16, dtype=torch.complex64), 0.5)
     assert all(p.requires_grad for p in clf.parameters())
     assert all(torch.equal(before[k], v) for k, v in clf.state_dict().items())
+
+
+def test_conditional_benchmark_script_runs_end_to_end_tiny(tmp_path, tiny_cfg):
+    import yaml
+
+    from benchmarks.run_conditional import main
+
+    prior = _save_conditional_prior(tmp_path / "cond.safetensors", tiny_cfg)
+    clf = _save_classifier(tmp_path / "clf.safetensors", tiny_cfg)
+    cfg = {"prior": str(prior), "clean_classifier": str(clf), "classifier": str(clf), "seed": 0,
+           "generation": {"labels": ["t2", "contrast=pd,anatomy=limb"], "weights": [0, 2], "classifier_scales": [1],
+                          "n": 1, "size": 16, "steps": 2, "classifier_check": 2},
+           "reconstruction": {"slices": 1, "real": [], "size": 64, "coils": 2, "snr": 50, "nfe": 2,
+                              "accelerations": [4], "weights": [1, 2], "classifier_scales": [2]}}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["--config", str(path), "--out", str(tmp_path / "res")]) == 0
+    text = (tmp_path / "res" / "conditional.md").read_text()
+    assert "| contrast=t2 | CFG w=2 | 6 |" in text  # 2 Heun steps = 3 calls x 2 evaluations
+    assert "| contrast=pd,anatomy=limb | classifier s=1 | 3 |" in text
+    for method, nfe in (("unconditional", 2), ("conditional (w=1)", 2), ("CFG w=2", 4), ("wrong label (w=1)", 2),
+                        ("classifier s=2", 2)):
+        assert f"| synthetic test split | 4 | {method} |" in text and f"| {nfe} |" in text
+    assert "held-out clean test slices (n=2)" in text and "- command: `python benchmarks/run_conditional.py" in text
+    assert len(list((tmp_path / "res" / "conditional_grids").glob("*.png"))) == 2
