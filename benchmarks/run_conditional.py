@@ -1,4 +1,4 @@
-"""``python benchmarks/run_conditional.py --config configs/bench_conditional.yaml``: conditional diffusion, measured.
+"""``python benchmarks/run_conditional.py --config configs/conditional_bench.yaml``: conditional diffusion, measured.
 
 Two parts (issue 16):
 
