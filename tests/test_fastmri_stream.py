@@ -201,3 +201,19 @@ def test_preprocess_cli(train_dir, tmp_path, capsys):
     assert preprocess_main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("error: ") for e in err) and "already exists" in err[0]
+
+
+def test_a_file_changed_behind_the_index_fails_with_one_line(train_dir):
+    from mri_score.data.fastmri_stream import StreamFeed
+
+    ds = FastMRISlices(train_dir, crop=32)
+    path = train_dir / "vol_0.h5"
+    st = path.stat()
+    with h5py.File(path, "a") as hf:  # same size, mtime put back: the index cannot notice
+        hf["kspace"][:, 0, 3, 3] = np.nan
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    feed = StreamFeed(ds, num_workers=1)
+    with pytest.raises(InputError) as err:
+        for _ in range(4):
+            feed.batch(3)
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"{path}: kspace slice")

@@ -429,12 +429,21 @@ class StreamSampler(torch.utils.data.Sampler):
             epoch, offset = epoch + 1, 0
 
 
+def _stop_workers(iterator: Iterator[Any]) -> None:
+    """Shut a DataLoader iterator's workers down the orderly way (they are sent a stop message and joined)."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 def _ignore_stop_signals(worker_id: int) -> None:
     """DataLoader worker init: SIGTERM/SIGINT (a scheduler signals every process of a job) are the trainer's to handle.
 
-    The trainer finishes its step, checkpoints and then stops its workers; a
-    worker killed first would abort that (PyTorch's worker handler exits on a
-    SIGTERM not sent by its parent).  Workers still exit when the trainer dies.
+    The trainer finishes its step, checkpoints and then stops its workers
+    (:meth:`StreamFeed.close`, at the latest at interpreter exit); a worker
+    killed first would abort that (PyTorch's worker handler dies on a SIGTERM
+    not sent by its parent, and torchrun signals the whole process group).
+    Workers still exit by themselves when the trainer dies.
     """
     import signal
 
@@ -501,19 +510,30 @@ class StreamFeed:
     def batch(self, batch_size: int, gen: torch.Generator | None = None) -> torch.Tensor:
         """The next ``(batch_size, 2, crop, crop)`` float32 batch of this rank's walk."""
         if self._iter is None:
+            import weakref
+
             self._batch = batch_size
             self._iter = iter(make_loader(self.dataset, batch_size, self.rank, self.world, self.start, **self.loader_kw))
+            # workers ignore SIGTERM (see _ignore_stop_signals): stop them explicitly, at the latest at exit
+            self._finalizer = weakref.finalize(self, _stop_workers, self._iter)
         if batch_size != self._batch:
             raise ValueError(f"batch size changed from {self._batch} to {batch_size}")
         self.drawn += batch_size
-        return next(self._iter)
+        try:
+            return next(self._iter)
+        except InputError as err:  # raised in a worker: torch wraps it in a traceback; keep the one line
+            self.close()
+            last = str(err).strip().splitlines()[-1]
+            raise InputError(last.split("InputError: ", 1)[-1]) from None
 
     def batch_labelled(self, batch_size: int, gen: torch.Generator | None = None) -> tuple[torch.Tensor, None]:
         """:meth:`batch` and no labels (fastMRI files carry no contrast/anatomy labels here)."""
         return self.batch(batch_size, gen), None
 
     def close(self) -> None:
-        """Stop the worker processes."""
+        """Stop the worker processes (the feed can start again from :meth:`seek`)."""
+        if self._iter is not None:
+            self._finalizer()
         self._iter = None
 
 
