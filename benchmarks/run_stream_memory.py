@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--loader-batches", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parallel", action="store_true", help="run the trainers of all sizes at the same time")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stream_memory.md"))
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
@@ -152,15 +153,23 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"train.steps={args.steps}", f"train.batch={args.batch}", "train.log_every=10",
                  f"train.ckpt_every={args.steps}", f"train.seed={args.seed}", "data.num_workers=2",
                  f"data.crop={args.crop}", *args.set]
-    rows = []
+    dirs = []
     for n in sorted(args.sizes):
         d = work / f"set_{n}"
         d.mkdir(exist_ok=True)
         for f in files[:n]:
             if not (d / f.name).exists():
                 os.link(f, d / f.name)
-        rows.append(run_trainer(d, work / f"run_{n}", overrides))
-        print(json.dumps(rows[-1]), flush=True)
+        dirs.append((n, d))
+    if args.parallel:  # the runs at the same time (each tree's PSS is its own; wall times are then shared)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(dirs)) as ex:
+            rows = list(ex.map(lambda nd: run_trainer(nd[1], work / f"run_{nd[0]}", overrides), dirs))
+    else:
+        rows = [run_trainer(d, work / f"run_{n}", overrides) for n, d in dirs]
+    for r in rows:
+        print(json.dumps(r), flush=True)
     from mri_score.data.shards import write_shards
 
     shards = work / f"shards_{n_max}"

@@ -6,7 +6,10 @@ writes safetensors checkpoints (model, EMA, Adam state, RNG state) and a loss
 log; ``--resume`` continues at the exact step.  Under ``torchrun`` it runs
 DistributedDataParallel (NCCL on GPUs, gloo on CPU); rank 0 logs and saves.
 Mixed precision: bf16 autocast on CPUs with native bf16 (``auto``), AMP on CUDA;
-channels_last memory format.
+channels_last memory format.  ``train.batch`` is the global batch, reached with
+``train.micro_batch`` per process and gradient accumulation; fastMRI data
+streams from disk (:mod:`mri_score.data.fastmri_stream`), each rank reading its
+own slices, and ``--resume`` continues every rank's data walk and generator.
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def choose_precision(device: torch.device, mode: str) -> dict[str, Any]:
 
 
 def _to(x: torch.Tensor, dev: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(dev)
+    x = x.to(dev, non_blocking=True)  # asynchronous from pinned loader memory (data.pin_memory)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -290,6 +293,8 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
     if batch % world:
         raise InputError(f"train.batch {batch} is not divisible by the world size {world}")
     micro = int(tr.get("micro_batch") or batch // world)
+    if micro < 1:
+        raise InputError(f"train.micro_batch must be >= 1, got {micro}")
     accum, rest = divmod(batch, world * micro)
     if rest or accum < 1:
         raise InputError(f"train.batch {batch} is not a multiple of train.micro_batch {micro} x world size {world}")
