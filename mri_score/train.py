@@ -286,7 +286,17 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
     for p in ema.parameters():
         p.requires_grad_(False)
     lr = float(tr.get("lr", 2e-4))
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-8)
+    # the label tables of a conditional prior start at zero (step 0 = the unconditional parent) and get
+    # sparse, noisy gradients: train.label_lr_mult speeds them up without touching the rest of the network
+    label_lr_mult = float(tr.get("label_lr_mult", 1.0))
+    if not (label_lr_mult > 0 and math.isfinite(label_lr_mult)):
+        raise InputError(f"train.label_lr_mult must be a positive number, got {label_lr_mult!r}")
+    label_params = [p for n, p in model.named_parameters() if ".label_embeds." in f".{n}"]
+    label_ids = {id(p) for p in label_params}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in label_ids], "lr_mult": 1.0}]
+    if label_params:
+        groups.append({"params": label_params, "lr_mult": label_lr_mult})
+    opt = torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.99), eps=1e-8)
     gen = torch.Generator().manual_seed(seed * 1000 + rank)
     steps = int(tr.get("steps", 1000)) if max_steps is None else int(max_steps)
     batch = int(tr.get("batch", 32))
@@ -370,7 +380,7 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
     try:
         while step < steps:
             for g in opt.param_groups:
-                g["lr"] = _lr(step, lr, warmup)
+                g["lr"] = _lr(step, lr, warmup) * g["lr_mult"]
             opt.zero_grad(set_to_none=True)
             loss = torch.zeros(())
             for m in range(accum):  # gradient accumulation: `accum` micro-batches of `micro` per process
