@@ -23,11 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.provenance import provenance
+from mri_score.errors import InputError, exit_on_input_error
 
-from benchmarks.provenance import provenance  # noqa: E402
-from mri_score.errors import InputError, exit_on_input_error  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = (
     "import sys\n"

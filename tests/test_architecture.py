@@ -57,3 +57,14 @@ def test_no_module_imports_a_command_line_module():
     offenders = {(name, imp) for name, tree in MODULES.items() for imp in _imports(tree)
                  if imp in CLI_MODULES and imp != name}
     assert not offenders, offenders
+
+
+def test_no_import_path_hacks():
+    """Scripts import the installed packages; none edits ``sys.path`` to find its siblings."""
+    hacks = set()
+    for name, tree in MODULES.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) \
+                    and node.value.id == "sys":
+                hacks.add(name)
+    assert not hacks, hacks

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mri_score.checkpoint import load_checkpoint, save_checkpoint
-from mri_score.errors import CheckpointError
+from mri_score.errors import CheckpointError, InputError
 from mri_score.network import EDMDenoiser, channels_to_complex, complex_to_channels
 from mri_score.prior import default_prior_path, load_prior
 from mri_score.train import train
@@ -233,3 +233,36 @@ def test_shipped_configs_parse_and_build(name):
 def test_saved_checkpoints_are_world_readable(tmp_path):
     p = save_checkpoint(tmp_path / "c.safetensors", {"a": torch.ones(2)}, {"step": 0})
     assert p.stat().st_mode & 0o777 == 0o644
+
+
+def test_label_lr_mult_scales_only_the_label_tables(tmp_path):
+    """label_lr_mult = m moves the label tables m times as far and leaves every other parameter's update alone.
+
+    The output convolution and each block's second convolution start at zero, so the tables get their first
+    gradient at step 3; there both runs see the same gradients (tables still zero), and Adam's step is
+    proportional to the group's learning rate.
+    """
+    from mri_score.checkpoint import load_checkpoint
+    from mri_score.train import train
+
+    def run(name, mult):
+        cfg = tiny_train_cfg(tmp_path / name, steps=3)
+        cfg["data"] = {"source": "mixed", "pool_size": 4, "sizes": [48], "crop": 32, "seed": 1, "subjects": 2}
+        cfg["network"]["label_classes"] = [6, 3]
+        cfg["train"].update(label_lr_mult=mult, label_dropout=0.0, label_field_dropout=0.0, lr=1e-4)
+        train(cfg)
+        tensors, _ = load_checkpoint(tmp_path / name / "checkpoint.safetensors")
+        return tensors
+
+    one, ten = run("m1", 1.0), run("m10", 10.0)
+    label = [k for k in one if k.startswith("model.") and "label_embeds" in k]
+    other = [k for k in one if k.startswith("model.") and "label_embeds" not in k and one[k].is_floating_point()]
+    assert label and other
+    step1 = max(float(one[k].abs().max()) for k in label)
+    step10 = max(float(ten[k].abs().max()) for k in label)
+    assert 0 < step1 <= 1e-4 and step10 == pytest.approx(10 * step1, rel=1e-3)
+    assert all(torch.equal(one[k], ten[k]) for k in other)  # the rest of the network sees the same update
+    with pytest.raises(InputError, match="label_lr_mult"):
+        bad = tiny_train_cfg(tmp_path / "bad", steps=1)
+        bad["train"]["label_lr_mult"] = 0
+        train(bad)
