@@ -195,3 +195,25 @@ def test_readme_results_block_is_the_committed_csv_rendering():
         pytest.skip("bench_protocol.csv not committed yet (the lead runs the frozen benchmark once)")
     block = readme[readme.index(BEGIN): readme.index(END) + len(END)]
     assert block == results_block(csv_path), "README results block is stale: run python benchmarks/make_tables.py"
+
+
+def test_reconstruct_writes_the_calibrated_std_only_for_matching_settings(tmp_path, fully_sampled_file,
+                                                                          tiny_prior_path):
+    import h5py
+
+    from mri_score.reconstruct import main
+
+    def run(name, steps):
+        assert main(["--kspace", str(fully_sampled_file), "--out", str(tmp_path / name), "--prior",
+                     str(tiny_prior_path), "--steps", str(steps), "--samples", "2", "--center-fraction", "0.25",
+                     "--magnitude", "sense"]) == 0
+        with h5py.File(tmp_path / name / fully_sampled_file.name) as hf:
+            return hf["reconstruction_std"][()], str(hf.attrs["std_calibration"])
+
+    raw, attr = run("raw", 2)
+    assert attr.startswith("none")
+    uncertainty.store_factor(tiny_prior_path, uncertainty.settings_key("dds", 2, 2, "sense"), 3.0, 0.9)
+    cal, attr = run("cal", 2)
+    assert np.allclose(cal, 3.0 * raw, rtol=1e-6) and json.loads(attr)["factor"] == 3.0
+    _, attr = run("other", 3)  # no entry for NFE 3: the raw std, said so
+    assert attr.startswith("none")
