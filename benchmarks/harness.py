@@ -14,13 +14,13 @@ import os
 import resource
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from mri_score import baselines
 from mri_score.calibration import Calibration, calibrate
+from mri_score.data.realset import load_real_volume
 from mri_score.errors import InputError
 from mri_score.pipeline import reconstruct_volume
 from mri_score.posterior import SamplerSettings, output_magnitude
@@ -36,18 +36,10 @@ SWEPT_METHODS = ("l1_wavelet", "tv", "bart_pics")
 METHODS = ("zero_filled", "cg_sense", "unet", "l1_wavelet", "tv", "bart_pics", *SCORE_METHODS)
 
 
-def real_volume(name: str, slices: int) -> np.ndarray:
-    """Real MR images from installed packages: ``nibabel_example4d`` (a 128×96 brain EPI, nibabel's test data)."""
-    if name != "nibabel_example4d":
-        raise InputError(f"unknown real volume {name!r}")
-    import nibabel as nib
-
-    path = Path(nib.__file__).parent / "tests" / "data" / "example4d.nii.gz"
-    vol = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))[..., 0]
-    imgs = np.moveaxis(vol, -1, 0)  # (24, 128, 96)
-    mid = imgs.shape[0] // 2
-    lo = mid - slices // 2
-    return imgs[lo : lo + slices].astype(np.complex64)
+def middle_slices(images: np.ndarray, slices: int) -> np.ndarray:
+    """The ``slices`` central slices of ``images (S, H, W)`` (all of them when there are fewer)."""
+    lo = max(0, images.shape[0] // 2 - slices // 2)
+    return images[lo : lo + slices]
 
 
 def build_volumes(cfg: dict) -> list[dict]:
@@ -61,7 +53,8 @@ def build_volumes(cfg: dict) -> list[dict]:
         group = "held-out contrast (FLAIR)" if spec["family"] == "flair" else "synthetic test split"
         vols.append({"name": f"synth_{spec['family']}_{i:02d}.h5", "images": imgs, "group": group})
     for name in data.get("real", []):
-        vols.append({"name": f"{name}.h5", "images": real_volume(name, int(data["slices"])), "group": "real MR (unseen)"})
+        vols.append({"name": f"{name}.h5", "images": middle_slices(load_real_volume(name).images, int(data["slices"])),
+                     "group": "real MR (unseen)"})
     return vols
 
 

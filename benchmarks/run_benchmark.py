@@ -35,13 +35,16 @@ from benchmarks.harness import (
     coverage,
     run_method,
 )
+from benchmarks.protocol import read_csv, run_protocol, validate_protocol, write_csv
 from benchmarks.provenance import provenance
-from mri_score import baselines
+from benchmarks.tables import render
+from mri_score import baselines, uncertainty
+from mri_score.atomic import atomic_output
 from mri_score.config import load_config, require
 from mri_score.errors import InputError, exit_on_input_error
 from mri_score.metrics import aggregate, volume_metrics
 from mri_score.posterior import MAGNITUDES
-from mri_score.prior import load_prior
+from mri_score.prior import default_prior_path, load_prior
 from mri_score.simulation import simulate_volume
 from mri_score.supervised import load_unet
 from operators import make_mask
@@ -69,8 +72,15 @@ def label(row: dict) -> str:
 
 
 def validate_config(cfg: dict, src: str) -> tuple[str, list, dict, str]:
-    """``(name, settings, methods, magnitude)`` of a benchmark config, or an :class:`InputError` naming ``src``."""
+    """``(name, settings, methods, magnitude)`` of a benchmark config, or an :class:`InputError` naming ``src``.
+
+    A config with a ``protocol`` section is a frozen-protocol config (:mod:`benchmarks.protocol`;
+    primary output ``sense``).
+    """
     name, _, settings, methods = (require(cfg, key, src) for key in ("name", "data", "settings", "methods"))
+    if "protocol" in cfg:
+        validate_protocol(cfg, src)
+        return name, settings, methods, "sense"
     magnitude = str(cfg.get("magnitude", "rss"))
     if magnitude not in MAGNITUDES:
         raise InputError(f"{src}: unknown magnitude {magnitude!r}; choose from {', '.join(MAGNITUDES)}")
@@ -91,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--prior", default=None, help="checkpoint to use instead of the config's / the shipped prior")
+    ap.add_argument("--store-calibration", action="store_true",
+                    help="protocol configs: write the DDS std factor fitted on the tuning slices into the prior's "
+                         "sidecar <prior>.calibration.json (read by the reconstruct command)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg["prior"] = args.prior
     src = str(args.config)
     name, settings, methods, magnitude = validate_config(cfg, src)
+    if "protocol" in cfg:
+        return run_protocol_benchmark(args, cfg, name)
     seed = int(cfg.get("seed", 0))
     models = {"prior": load_prior(cfg.get("prior"))}
     if "unet" in methods:
@@ -150,6 +165,69 @@ def main(argv: list[str] | None = None) -> int:
         # results so far are written after every setting, so an interrupted run still leaves its tables
         write_results(Path(args.out_dir), name, rows, panels, stamp(args, cfg), time.time() - t_start, skipped)
     return 0
+
+
+def run_protocol_benchmark(args: argparse.Namespace, cfg: dict, name: str) -> int:
+    """Run a frozen-protocol config; write ``<name>.csv``, ``<name>.md`` (tables from the CSV) and the reliability PNG."""
+    prior_path = Path(cfg["prior"]) if cfg.get("prior") else default_prior_path()
+    prior = load_prior(prior_path) if "dds" in cfg["methods"] else None
+    t0 = time.time()
+    rows, cal = run_protocol(cfg, prior)
+    seconds = time.time() - t0
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / f"{name}.csv"
+    write_csv(csv_path, rows)
+    figs = [reliability_figure(out_dir, name, read_csv(csv_path))] if cal["factors"] else []
+    command = f"python benchmarks/run_benchmark.py --config {args.config}" + (
+        f" --prior {args.prior}" if args.prior else "") + (" --store-calibration" if args.store_calibration else "")
+    if args.threads:
+        command = f"{command} --threads {args.threads}"
+    header = [f"# Benchmark `{name}` (frozen protocol)", "", provenance(command).rstrip("\n"),
+              f"- prior: {prior_path.name} (sha256 {uncertainty.file_sha256(prior_path)[:16]}…)",
+              f"- total wall time: {seconds:.0f} s", ""]
+    if cal["factors"] and args.store_calibration:
+        dds = cfg["methods"]["dds"]
+        key = uncertainty.settings_key("dds", int(dds["nfe"]), int(dds.get("samples", 2)), "sense")
+        side = uncertainty.store_factor(prior_path, key, cal["factors"][0.9], 0.9, fitted_on=f"{name} tuning slices",
+                                        pixels=cal["tuning_pixels"])
+        header.insert(-1, f"- std calibration stored: {side.name} [{key}] = {cal['factors'][0.9]:.4f}")
+    body = render(read_csv(csv_path))
+    text = "\n".join(header) + "\n" + body + "".join(f"\n![{f}]({f})\n" for f in figs)
+    with atomic_output(out_dir / f"{name}.md") as tmp:
+        tmp.write_text(text)
+    print(f"wrote {csv_path} and {out_dir / (name + '.md')} in {seconds:.0f} s", flush=True)
+    return 0
+
+
+def reliability_figure(out_dir: Path, name: str, rows: list[dict]) -> str:
+    """Reliability diagram: nominal vs observed coverage of DDS's raw and calibrated std, per setting and group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = uncertainty.RELIABILITY_LEVELS
+    cov = [r for r in rows if r["unit"] == "slice" and r["phase"] == "test" and r.get("std_factor", "") != ""]
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot([0.45, 1.0], [0.45, 1.0], "k--", lw=1, label="calibrated (observed = nominal)")
+    groups = sorted({(r["setting"], r["group"], r["label"]) for r in cov})
+    for setting, group, lab in groups:
+        rs = [r for r in cov if (r["setting"], r["group"], r["label"]) == (setting, group, lab)]
+        n = np.array([float(r["n_object"]) for r in rs])
+        for kind, style in (("raw", ":"), ("cal", "-")):
+            obs = [float(np.sum(n * np.array([float(r[f"cov_{kind}_{round(100 * p)}"]) for r in rs])) / n.sum())
+                   for p in levels]
+            ax.plot(levels, obs, "o" + style, ms=3, label=f"{setting}, {group.split(' (')[0]}, {lab} ({kind})")
+    ax.set_xlabel("nominal coverage of ±z·σ")
+    ax.set_ylabel("observed coverage (object pixels, test slices)")
+    ax.legend(fontsize=5)
+    fig.tight_layout()
+    f = f"{name}_reliability.png"
+    with atomic_output(out_dir / f) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return f
 
 
 def best_params(rows: list[dict]) -> dict[tuple[str, str], str]:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import calibrate_volume, check_score_method, real_volume, run_method
+from benchmarks.harness import calibrate_volume, check_score_method, run_method
 from benchmarks.provenance import provenance
 from mri_score.config import load_config, require
+from mri_score.data.realset import load_real_volume
 from mri_score.errors import exit_on_input_error
 from mri_score.metrics import volume_metrics
 from mri_score.prior import load_prior
@@ -35,7 +36,7 @@ def build_cases(cfg: dict, src: str) -> list[dict]:
     for spec in require(cfg, "synthetic", src):
         imgs = corpus_volume("test", int(spec["index"]), 1, tuple(require(cfg, "size", src)), spec["family"], seed)
         cases.append({"name": f"synth_{spec['family']}_{int(spec['index']):02d}", "group": "synthetic", "images": imgs})
-    real = real_volume("nibabel_example4d", 24)
+    real = load_real_volume("nibabel_example4d").images
     for k in cfg.get("real_slices", []):
         cases.append({"name": f"epi_slice{int(k):02d}", "group": "real", "images": real[int(k) : int(k) + 1]})
     return cases

@@ -94,12 +94,16 @@ def _read_cfl(base: Path) -> np.ndarray:
 
 
 def bart_pics(kspace: np.ndarray, mask: np.ndarray, cal: Calibration, lam: float, iters: int = 100,
-              calib: int | None = None) -> np.ndarray:
-    """The fastMRI CS baseline: ``bart ecalib -m1 -c0`` maps then ``bart pics -R T:7:0:λ``, complex ``(H, W)``.
+              calib: int | None = None, maps: str = "shared") -> np.ndarray:
+    """The fastMRI CS baseline ``bart pics -R T:7:0:λ`` (wavelet ℓ1), complex ``(H, W)``.
 
-    BART estimates its own maps; only the calibration's scale is used.  k-space goes to
+    ``maps="shared"`` (default) solves with the calibration's coil maps, the same every
+    SENSE-type method uses; ``maps="ecalib"`` lets BART estimate its own (``bart ecalib -m1
+    -c0``, ``calib`` ACS lines when given), as the fastMRI baseline does.  k-space goes to
     BART as ``(H, W, 1, coils)`` ``.cfl`` files (readout, phase, slice, coil).
     """
+    if maps not in ("shared", "ecalib"):
+        raise ValueError(f"maps must be 'shared' or 'ecalib', got {maps!r}")
     scale = cal.scale
     if not bart_available():
         raise RuntimeError("bart is not installed (apt-get install bart)")
@@ -107,9 +111,12 @@ def bart_pics(kspace: np.ndarray, mask: np.ndarray, cal: Calibration, lam: float
         t = Path(tmp)
         k = (kspace * mask / scale).transpose(1, 2, 0)[:, :, None, :]
         _write_cfl(t / "ksp", k)
-        cal = ["-r", str(calib)] if calib else []
-        subprocess.run(["bart", "ecalib", "-m1", "-c0", *cal, str(t / "ksp"), str(t / "maps")], check=True,
-                       capture_output=True)
+        if maps == "ecalib":
+            width = ["-r", str(calib)] if calib else []
+            subprocess.run(["bart", "ecalib", "-m1", "-c0", *width, str(t / "ksp"), str(t / "maps")], check=True,
+                           capture_output=True)
+        else:
+            _write_cfl(t / "maps", cal.maps.cpu().numpy().transpose(1, 2, 0)[:, :, None, :])
         subprocess.run(["bart", "pics", "-S", "-i", str(iters), "-R", f"T:7:0:{lam}", str(t / "ksp"),
                         str(t / "maps"), str(t / "rec")], check=True, capture_output=True)
         rec = _read_cfl(t / "rec")

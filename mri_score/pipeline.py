@@ -188,6 +188,7 @@ def reconstruct_file(
     png: bool = False,
     extra_terms: Sequence[Likelihood] = (),
     extra_attrs: dict | None = None,
+    std_calibration: dict | None = None,
 ) -> dict:
     """Reconstruct one fastMRI file and write ``out_dir/<name>.h5`` (and a PNG panel); return a summary.
 
@@ -198,7 +199,9 @@ def reconstruct_file(
     also stored in the output's ``summary`` attr (JSON).  ``extra_attrs`` are added to the
     output's attrs (e.g. :func:`mri_score.runs.run_key` as ``run_settings``).
     ``prior`` may be an adapter (a guided prior); ``extra_terms`` are passed to every slice
-    (:func:`reconstruct_volume`).
+    (:func:`reconstruct_volume`).  ``std_calibration`` (an entry of the prior's calibration
+    sidecar, :func:`mri_score.uncertainty.lookup_factor`) scales ``reconstruction_std`` by its
+    ``factor``; the ``std_calibration`` attr records the factor used, or ``none`` (raw K-sample std).
     """
     vol = read_fastmri(path)
     mask, accel_used, mask_src = undersampling_mask(vol, accel, mask_type, center_fraction)
@@ -229,7 +232,12 @@ def reconstruct_file(
              "acquisition": str(vol.attrs.get("acquisition", "")), "patient_id": str(vol.attrs.get("patient_id", "")),
              "summary": json.dumps({k: v for k, v in summary.items() if k != "file"}, default=float),
              **(extra_attrs or {})}
-    out = save_reconstruction(out_dir, path.name, res.image, {"reconstruction_std": res.std, "mask": mask}, attrs)
+    std = res.std
+    attrs["std_calibration"] = "none (raw std of the K samples)"
+    if std_calibration is not None:
+        std = (res.std * float(std_calibration["factor"])).astype(np.float32)
+        attrs["std_calibration"] = json.dumps(std_calibration, sort_keys=True)
+    out = save_reconstruction(out_dir, path.name, res.image, {"reconstruction_std": std, "mask": mask}, attrs)
     summary["output"] = str(out)
     if png:
         from mri_score.figures import recon_panel

@@ -164,6 +164,20 @@ def guidance_from_args(args: argparse.Namespace, prior: torch.nn.Module, device:
         raise InputError(f"--condition/--guidance: {err}") from None
 
 
+def std_calibration_for(prior: str | None, settings: SamplerSettings) -> dict | None:
+    """The prior's std calibration entry for these settings (sidecar ``<prior>.calibration.json``), or None.
+
+    Only an entry fitted for the same prior file (SHA-256), sampler, budget, K and magnitude applies.
+    """
+    from mri_score import uncertainty
+    from mri_score.prior import default_prior_path
+
+    path = Path(prior) if prior else default_prior_path()
+    key = uncertainty.settings_key(settings.sampler, int(settings.steps), settings.samples, settings.magnitude)
+    entry = uncertainty.lookup_factor(path, key)
+    return None if entry is None else {**entry, "key": key, "sidecar": uncertainty.sidecar_path(path).name}
+
+
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Reconstruct ``--kspace`` (a file or a directory of them) into ``--out``; exit 2 on bad input."""
@@ -188,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     from mri_score.prior import load_prior
 
     prior = load_prior(args.prior, device=device)
+    std_cal = std_calibration_for(args.prior, settings)
     guidance = guidance_from_args(args, prior, device)
     src = Path(args.kspace)
     if src.is_dir():
@@ -215,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                     "center_fraction": args.center_fraction, "prior": str(args.prior or "default"),
                     "prior_id": runs.prior_identity(getattr(prior, "meta", {})), "png": args.png,
                     "condition": args.condition, "guidance": args.guidance, "classifier": args.classifier,
-                    "classifier_scale": args.classifier_scale, "classifier_input": args.classifier_input}
+                    "classifier_scale": args.classifier_scale, "classifier_input": args.classifier_input,
+                    "std_calibration": std_cal}
     rows: list[dict] = []
     csv_path = runs.summary_path(args.out, rank, world)
     t_run, slices_done = time.time(), 0
@@ -232,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = reconstruct_file(f, adapter, settings, args.out, device, accel=args.accel, mask_type=args.mask_type,
                                        center_fraction=args.center_fraction, prior_name=str(args.prior or "default"),
                                        png=args.png, extra_terms=terms,
-                                       extra_attrs={"run_settings": key, **attrs})
+                                       extra_attrs={"run_settings": key, **attrs}, std_calibration=std_cal)
         except InputError as err:
             if len(files) == 1:
                 raise

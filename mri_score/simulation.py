@@ -101,3 +101,32 @@ def corpus_volume(split: str, index: int, slices: int, size: tuple[int, int], fa
 
     corpus = SyntheticBrainCorpus(split=split, families=FAMILIES, seed=seed)
     return np.stack([corpus.generate(index * 1000 + k, shape=size, family=family)[0] for k in range(slices)])
+
+
+def subject_volume(split: str, subject: int, slices: int, size: tuple[int, int], family: str, seed: int,
+                   first: int = 0, subjects: int = 40) -> np.ndarray:
+    """``slices`` slices of one subject of the subject-level corpus split: ``(S, H, W)`` complex64.
+
+    Subject ``subject`` of ``split`` (of ``subjects``; the test split reads only the template's
+    left hemisphere, the train split only the right one, so no voxel is shared); slice ``k``
+    is corpus index ``subject · 1000 + first + k`` through that subject's anatomy, in ``family``.
+    """
+    from mri_score.data.corpus import FAMILIES, SyntheticBrainCorpus
+
+    corpus = SyntheticBrainCorpus(split=split, families=FAMILIES, seed=seed, split_by="subject", subjects=subjects)
+    return np.stack([corpus.generate(subject * 1000 + first + k, shape=size, family=family, subject=subject)[0]
+                     for k in range(slices)])
+
+
+def noise_free_target(images: np.ndarray, coils: int = 8) -> np.ndarray:
+    """The simulator's noise-free truth: RSS of the noise-free coil images ``S_c x``, float32 ``(S, H, W)``.
+
+    The maps are RSS-normalised, so this equals ``|x|`` (to float32 rounding); it is what a
+    reconstruction of the anatomy (the ``sense`` magnitude) is scored against.
+    """
+    x = torch.from_numpy(np.asarray(images, dtype=np.complex64))
+    if coils > 1:
+        maps = torch.from_numpy(birdcage_maps(coils, images.shape[-2:]))
+    else:
+        maps = torch.ones(1, *images.shape[-2:], dtype=torch.complex64)
+    return rss(maps[None] * x[:, None], dim=1).numpy().astype(np.float32)

@@ -1,0 +1,323 @@
+"""The frozen evaluation protocol: tuning and test slices of held-out subjects, the real set, every method.
+
+A protocol config (``configs/bench_protocol.yaml``) has a ``protocol`` section and names
+
+* ``data.tuning`` and ``data.test``: disjoint sets of held-out (test-split) subjects of the
+  subject-level corpus (:func:`mri_score.simulation.subject_volume`), slices per subject and a
+  seed each (noise and sampler seeds; the two must differ); ``data.real``: volumes of the
+  real set (:mod:`mri_score.data.realset`), every slice, evaluation only;
+* ``settings`` (acceleration, mask, centre fraction) and ``methods``.
+
+Procedure, per setting: simulate each volume (``data.coils`` birdcage coils, ``data.snr``),
+undersample with the fastMRI mask of its file name, calibrate each slice from its ACS
+(maps, scale, σ_y shared by every SENSE-type method; BART's own ``ecalib`` maps only in the
+labelled ``bart_ecalib`` row), then
+
+1. **tuning**: every swept method at every λ on the tuning slices; a sweep whose best λ is at an
+   edge is widened by one geometric step (up to ``protocol.widen`` times); the λ with the best
+   mean clean-truth PSNR is chosen (:func:`benchmarks.stats.select_parameter`); the DDS std
+   calibration factor is fitted on the tuning slices' DDS outputs (:mod:`mri_score.uncertainty`);
+2. **test**: every method once, at its chosen λ, on the test slices and the real set, plus the
+   ``protocol.oracle_maps`` methods on the real set with the simulator's true coil maps.
+
+Every slice is scored twice: the ``sense`` magnitude ``|x|`` against the noise-free truth
+(primary; plus PSNR on object pixels) and the expected-RSS output against the noisy RSS
+target (secondary).  Each volume is also scored as one fastMRI volume.  Rows go to a CSV;
+:mod:`benchmarks.tables` turns it into the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.harness import calibrate_volume, check_score_method
+from benchmarks.stats import select_parameter
+from mri_score import baselines, uncertainty
+from mri_score.atomic import atomic_output
+from mri_score.config import require
+from mri_score.data.realset import REAL_VOLUMES, load_real_volume
+from mri_score.errors import InputError
+from mri_score.metrics import volume_metrics
+from mri_score.posterior import SamplerSettings, output_magnitude, reconstruct_slice
+from mri_score.samplers import ComplexPrior
+from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
+from operators import birdcage_maps, ifft2c, make_mask, sense1_combine
+from operators.errors import OperatorInputError
+
+GROUP_SYNTH = "synthetic held-out subjects"
+GROUP_REAL = "real MR (nibabel, unseen)"
+#: Methods a protocol config may list.
+PROTOCOL_METHODS = ("zero_filled", "cg_sense", "l1_wavelet", "tv", "bart_pics", "bart_ecalib", "dds")
+#: Methods swept over ``lams`` and tuned on the tuning slices.
+SWEPT = ("cg_sense", "l1_wavelet", "tv", "bart_pics", "bart_ecalib")
+BART = ("bart_pics", "bart_ecalib")
+#: Methods that may have an oracle-maps row on the real set.
+ORACLE_OK = ("cg_sense", "l1_wavelet", "tv", "bart_pics", "dds")
+#: CSV columns, in order.
+FIELDS = ("setting", "phase", "group", "volume", "subject", "slice", "unit", "method", "label", "maps", "lam",
+          "PSNR", "SSIM", "NMSE", "PSNR_object", "PSNR_rss", "SSIM_rss", "NMSE_rss", "seconds", "nfe", "n_object",
+          "std_factor", *(f"cov_raw_{round(100 * p)}" for p in uncertainty.RELIABILITY_LEVELS),
+          *(f"cov_cal_{round(100 * p)}" for p in uncertainty.RELIABILITY_LEVELS))
+
+
+def setting_tag(setting: dict) -> str:
+    """``"4x equispaced"``: how a setting is named in rows and tables."""
+    return f"{float(setting['accel']):g}x {setting['mask']}"
+
+
+def method_label(method: str, spec: dict, maps: str = "acs") -> str:
+    """The table label of a method row (DDS with its budget and K; oracle-maps and BART-maps rows marked)."""
+    base = {"bart_ecalib": "bart_pics (BART ecalib maps)"}.get(method, method)
+    if method == "dds":
+        base = f"dds (NFE={int(spec['nfe'])}, K={int(spec.get('samples', 2))})"
+    return base + (", oracle maps" if maps == "oracle" else "")
+
+
+def validate_protocol(cfg: dict, src: str) -> None:
+    """Refuse a protocol config that breaks the protocol's rules, with one line naming ``src`` and the key."""
+    data = require(cfg, "data", src)
+    for key in ("size", "test", "tuning"):
+        require(cfg, f"data.{key}", src)
+    for part in ("tuning", "test"):
+        spec = data[part]
+        if not spec.get("subjects") or int(spec.get("slices_per_subject", 0)) < 1:
+            raise InputError(f"{src}: data.{part} needs 'subjects' (a list) and 'slices_per_subject' >= 1")
+    if set(map(int, data["tuning"]["subjects"])) & set(map(int, data["test"]["subjects"])):
+        raise InputError(f"{src}: data.tuning.subjects and data.test.subjects must be disjoint")
+    if int(data["tuning"].get("seed", 1)) == int(data["test"].get("seed", 0)):
+        raise InputError(f"{src}: data.tuning.seed must differ from data.test.seed")
+    bad = [n for n in data.get("real", []) if n not in REAL_VOLUMES]
+    if bad:
+        raise InputError(f"{src}: data.real: unknown real volumes {bad}; choose from {', '.join(REAL_VOLUMES)}")
+    methods = require(cfg, "methods", src)
+    unknown = [m for m in methods if m not in PROTOCOL_METHODS]
+    if unknown:
+        raise InputError(f"{src}: unknown methods {unknown}; a protocol config may list {', '.join(PROTOCOL_METHODS)}")
+    for m in methods:
+        spec = methods[m] or {}
+        if m in SWEPT and not spec.get("lams"):
+            raise InputError(f"{src}: methods.{m}: a swept method needs 'lams' (the λ sweep)")
+        if m == "dds":
+            check_score_method(m, spec, f"{src}: methods.{m}")
+            if isinstance(spec["nfe"], list):
+                raise InputError(f"{src}: methods.dds.nfe: the protocol reports one budget (an integer)")
+    for m in cfg.get("protocol", {}).get("oracle_maps", []):
+        if m not in methods or m not in ORACLE_OK:
+            raise InputError(f"{src}: protocol.oracle_maps: {m!r} must be a listed method among {', '.join(ORACLE_OK)}")
+
+
+def protocol_volumes(cfg: dict) -> list[dict]:
+    """Tuning and test volumes (one per held-out subject) and the real set: ``[{name, phase, group, images, ...}]``.
+
+    Subject ``k`` gets contrast family ``data.families[k % len]``; tuning slices start at corpus
+    index offset ``data.tuning.first`` (default 500) so they never repeat a test slice's geometry.
+    """
+    data = cfg["data"]
+    families = list(data.get("families", ["t1", "t2", "pd"]))
+    size = tuple(int(v) for v in data["size"])
+    corpus_seed = int(data.get("corpus_seed", 0))
+    vols = []
+    for phase, first_default in (("tuning", 500), ("test", 0)):
+        spec = data[phase]
+        for subj in spec["subjects"]:
+            subj = int(subj)
+            fam = families[subj % len(families)]
+            imgs = subject_volume("test", subj, int(spec["slices_per_subject"]), size, fam, corpus_seed,
+                                  first=int(spec.get("first", first_default)))
+            vols.append({"name": f"{phase}_subject{subj:02d}_{fam}.h5", "phase": phase, "group": GROUP_SYNTH,
+                         "subject": subj, "images": imgs, "seed": int(spec.get("seed", 1 if phase == "tuning" else 0))})
+    for name in data.get("real", []):
+        vols.append({"name": f"{name}.h5", "phase": "test", "group": GROUP_REAL, "subject": "",
+                     "images": load_real_volume(name).images, "seed": int(data["test"].get("seed", 0))})
+    return vols
+
+
+def acquire(vol: dict, setting: dict, coils: int, snr: float) -> dict | None:
+    """Simulated, undersampled and calibrated acquisition of one volume in one setting (None: mask not realisable)."""
+    tag = setting_tag(setting)
+    noise_seed = zlib.crc32(f"{vol['seed']}/{tag}/{vol['name']}".encode())
+    ksp, target_rss, _ = simulate_volume(vol["images"], coils, snr, seed=noise_seed)
+    try:
+        mask, _ = make_mask(setting["mask"], float(setting["accel"]), float(setting.get("center_fraction", 0.08)),
+                            ksp.shape[-2:], vol["name"])
+    except OperatorInputError as err:
+        print(f"skipped {tag} {vol['name']}: {err}", flush=True)
+        return None
+    under = (ksp * mask).astype(np.complex64)
+    cals, _ = calibrate_volume(under, mask)
+    true_maps = torch.from_numpy(birdcage_maps(coils, ksp.shape[-2:])) if coils > 1 else torch.ones(
+        1, *ksp.shape[-2:], dtype=torch.complex64)
+    return {"under": under, "mask": mask, "cals": cals, "oracle": [replace(c, maps=true_maps) for c in cals],
+            "truth": noise_free_target(vol["images"], coils), "target_rss": target_rss}
+
+
+def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: str, prior: ComplexPrior | None,
+          seed: int) -> dict:
+    """One method on slice ``s``: ``primary`` (``|x|``), ``rss`` (expected RSS), ``std`` (DDS), ``seconds``, ``nfe``."""
+    ks, mask = acq["under"][s], acq["mask"]
+    cal = (acq["oracle"] if maps == "oracle" else acq["cals"])[s]
+    t0 = time.perf_counter()
+    std, nfe = None, 0
+    if method == "zero_filled":
+        x = sense1_combine(ifft2c(torch.from_numpy(ks)), cal.maps).numpy()
+        rss_img = baselines.zero_filled_rss(ks, mask)
+    elif method == "dds":
+        settings = SamplerSettings(sampler="dds", steps=int(spec["nfe"]), samples=int(spec.get("samples", 2)),
+                                   seed=seed + s, magnitude="sense", options=dict(spec.get("options", {})))
+        res = reconstruct_slice(torch.from_numpy(ks), torch.from_numpy(mask), prior, settings, calibration=cal)
+        x, std, nfe = res.mean.numpy(), res.std.numpy(), res.nfe
+        rss_img = None
+    else:
+        iters = int(spec.get("iters", 30 if method == "cg_sense" else 100))
+        if method == "cg_sense":
+            x = baselines.cg_sense(ks, mask, cal, lam, iters)
+        elif method == "l1_wavelet":
+            x = baselines.l1_wavelet(ks, mask, cal, lam, iters)
+        elif method == "tv":
+            x = baselines.total_variation(ks, mask, cal, lam, iters)
+        else:
+            x = baselines.bart_pics(ks, mask, cal, lam, iters, maps="ecalib" if method == "bart_ecalib" else "shared")
+        rss_img = None
+    seconds = time.perf_counter() - t0
+    xt = torch.from_numpy(np.asarray(x, dtype=np.complex64))
+    primary = output_magnitude(xt, cal.maps, cal.sigma_y, "sense").numpy()
+    if rss_img is None:
+        rss_img = output_magnitude(xt, cal.maps, cal.sigma_y, "rss").numpy()
+    return {"primary": primary, "rss": np.asarray(rss_img), "std": std, "seconds": seconds, "nfe": nfe}
+
+
+def object_psnr(truth: np.ndarray, pred: np.ndarray) -> float:
+    """PSNR (dB, peak = truth max) over object pixels only (truth > 5 % of its max)."""
+    sel = uncertainty.object_mask(truth)
+    err = float(np.mean((np.asarray(pred, np.float64)[sel] - np.asarray(truth, np.float64)[sel]) ** 2))
+    return float(10 * np.log10(float(truth.max()) ** 2 / err)) if err > 0 else float("inf")
+
+
+def score(truth: np.ndarray, target_rss: np.ndarray, out: dict) -> dict:
+    """Metrics of one slice (or volume, ``(S, H, W)``): primary vs the clean truth, secondary vs the noisy RSS target."""
+    t3, p3 = (a if a.ndim == 3 else a[None] for a in (truth, out["primary"]))
+    r3, q3 = (a if a.ndim == 3 else a[None] for a in (target_rss, out["rss"]))
+    m, mr = volume_metrics(t3, p3), volume_metrics(r3, q3)
+    return {**m, "PSNR_object": object_psnr(t3, p3), "PSNR_rss": mr["PSNR"], "SSIM_rss": mr["SSIM"],
+            "NMSE_rss": mr["NMSE"]}
+
+
+def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> tuple[list[dict], dict]:
+    """Run the protocol a (validated) config describes.
+
+    Returns
+    -------
+    (list of dict, dict)
+        CSV rows (:data:`FIELDS`) and the DDS std calibration ``{"factors": {level: c}, "ratios": …}``
+        (``factors`` empty without DDS).
+    """
+    data, methods = cfg["data"], {m: (s or {}) for m, s in cfg["methods"].items()}
+    proto = cfg.get("protocol", {})
+    coils, snr = int(data.get("coils", 8)), float(data.get("snr", 100))
+    if any(m in BART for m in methods) and not baselines.bart_available():
+        log("bart is not installed: the BART rows are skipped")
+        methods = {m: s for m, s in methods.items() if m not in BART}
+    prior = ComplexPrior(prior_module) if "dds" in methods else None
+    vols = protocol_volumes(cfg)
+    rows: list[dict] = []
+    t_start = time.time()
+    acqs = {}
+    for setting in cfg["settings"]:
+        for vi, vol in enumerate(vols):
+            acqs[(setting_tag(setting), vi)] = acquire(vol, setting, coils, snr)
+
+    def run(tag: str, vi: int, method: str, lam: float | None, maps: str, phase: str) -> list[dict]:
+        vol, acq = vols[vi], acqs[(tag, vi)]
+        spec = methods[method]
+        out_rows, outs = [], []
+        for s in range(acq["under"].shape[0]):
+            out = solve(method, spec, lam, acq, s, maps, prior, vol["seed"])
+            outs.append(out)
+            row = {"setting": tag, "phase": phase, "group": vol["group"], "volume": vol["name"],
+                   "subject": vol["subject"], "slice": s, "unit": "slice", "method": method,
+                   "label": method_label(method, spec, maps), "maps": "ecalib" if method == "bart_ecalib" else maps,
+                   "lam": "" if lam is None else lam, "seconds": out["seconds"], "nfe": out["nfe"],
+                   **score(acq["truth"][s], acq["target_rss"][s], out)}
+            if out["std"] is not None:
+                row["_ratios"] = uncertainty.error_ratios(acq["truth"][s], out["primary"], out["std"])
+                row["n_object"] = int(row["_ratios"].size)
+            out_rows.append(row)
+        if phase == "test":  # the volume as one fastMRI volume
+            stacked = {k: np.stack([o[k] for o in outs]) for k in ("primary", "rss")}
+            out_rows.append({**{k: out_rows[0][k] for k in ("setting", "phase", "group", "volume", "subject", "method",
+                                                             "label", "maps", "lam")},
+                             "slice": "", "unit": "volume", "seconds": float(np.mean([o["seconds"] for o in outs])),
+                             "nfe": outs[0]["nfe"], **score(acq["truth"], acq["target_rss"], stacked)})
+        return out_rows
+
+    tuning = [vi for vi, v in enumerate(vols) if v["phase"] == "tuning"]
+    chosen: dict[tuple[str, str], float] = {}
+    for setting in cfg["settings"]:
+        tag = setting_tag(setting)
+        for method, spec in methods.items():
+            if method not in SWEPT and method != "dds":
+                continue
+            lams = sorted(float(v) for v in spec["lams"]) if method in SWEPT else [None]
+            scores: dict = {}
+            for _ in range(int(proto.get("widen", 2)) + 1):
+                for lam in [v for v in lams if v not in scores]:
+                    new = [r for vi in tuning if acqs[(tag, vi)] is not None for r in run(tag, vi, method, lam, "acs",
+                                                                                          "tuning")]
+                    rows += new
+                    scores[lam] = [r["PSNR"] for r in new]
+                if method not in SWEPT:
+                    break
+                best, where = select_parameter(scores)
+                if not where.startswith("edge") or len(lams) < 2:
+                    break
+                step = lams[1] / lams[0]
+                lams = [lams[0] / step, *lams] if where == "edge (lowest)" else [*lams, lams[-1] * step]
+                log(f"{tag} {method}: best λ {best:g} at the sweep's {where}; widening to {lams[0]:g}…{lams[-1]:g}")
+            if method in SWEPT:
+                chosen[(tag, method)] = select_parameter(scores)[0]
+            log(f"[{time.time() - t_start:.0f}s] {tag} {method}: tuned")
+    levels = uncertainty.RELIABILITY_LEVELS
+    cal_ratios = [r["_ratios"] for r in rows if r["method"] == "dds" and "_ratios" in r]
+    factors = {p: uncertainty.conformal_factor(np.concatenate(cal_ratios), p) for p in levels} if cal_ratios else {}
+    tests = [vi for vi, v in enumerate(vols) if v["phase"] == "test"]
+    oracle = [m for m in proto.get("oracle_maps", []) if m in methods]
+    for setting in cfg["settings"]:
+        tag = setting_tag(setting)
+        for vi in tests:
+            if acqs[(tag, vi)] is None:
+                continue
+            for method in methods:
+                rows += run(tag, vi, method, chosen.get((tag, method)), "acs", "test")
+                if method in oracle and vols[vi]["group"] == GROUP_REAL:
+                    rows += run(tag, vi, method, chosen.get((tag, method)), "oracle", "test")
+            log(f"[{time.time() - t_start:.0f}s] {tag} {vols[vi]['name']} done")
+    for r in rows:
+        ratios = r.pop("_ratios", None)
+        if ratios is not None and factors:
+            r["std_factor"] = factors[0.9] if 0.9 in factors else ""
+            for p in levels:
+                r[f"cov_raw_{round(100 * p)}"] = uncertainty.coverage(ratios, 1.0, p)
+                r[f"cov_cal_{round(100 * p)}"] = uncertainty.coverage(ratios, factors[p], p)
+    return rows, {"factors": factors, "tuning_pixels": int(sum(r.size for r in cal_ratios))}
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Write the protocol rows to ``path`` atomically (columns :data:`FIELDS`, floats at full precision)."""
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (repr(float(v)) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()})
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a protocol CSV, as strings (what :mod:`benchmarks.tables` reads)."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))

@@ -1,0 +1,72 @@
+"""Statistics of the frozen benchmark protocol: bootstrap intervals, paired differences, λ selection.
+
+All resampling is seeded, so the same inputs give the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+#: Bootstrap resamples and confidence level of every reported interval.
+RESAMPLES = 2000
+LEVEL = 0.95
+
+
+def bootstrap_mean_ci(values: Sequence[float], resamples: int = RESAMPLES, seed: int = 0,
+                      level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean of ``values`` and its percentile-bootstrap ``level`` interval: ``(mean, low, high)``.
+
+    Resamples the values (slices) with replacement ``resamples`` times from
+    ``numpy.random.default_rng(seed)``; NaN for an empty input, a zero-width interval for one value.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v.size, size=(int(resamples), v.size))
+    means = v[idx].mean(axis=1)
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(v.mean()), float(lo), float(hi)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], resamples: int = RESAMPLES, seed: int = 0,
+                      level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean of ``a − b`` over paired units (the same slices, in the same order) and its bootstrap interval."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired difference needs equal-length inputs, got {a.shape} and {b.shape}")
+    return bootstrap_mean_ci(a - b, resamples, seed, level)
+
+
+def select_parameter(scores: Mapping[float, Sequence[float]]) -> tuple[float, str]:
+    """The swept value with the highest mean score, and where it lies in the sweep.
+
+    Parameters
+    ----------
+    scores : mapping
+        Swept value (e.g. λ) -> scores on the tuning slices (higher is better).
+
+    Returns
+    -------
+    (float, str)
+        The chosen value and ``"interior"``, ``"edge (lowest)"``, ``"edge (highest)"`` or
+        ``"single value"``: an edge means the sweep should be widened (the optimum may lie outside).
+        Ties go to the smaller value.
+    """
+    if not scores:
+        raise ValueError("no swept values to select from")
+    values = sorted(scores)
+    means = [float(np.mean(scores[v])) for v in values]
+    best = int(np.argmax(means))
+    if len(values) == 1:
+        where = "single value"
+    elif best == 0:
+        where = "edge (lowest)"
+    elif best == len(values) - 1:
+        where = "edge (highest)"
+    else:
+        where = "interior"
+    return values[best], where

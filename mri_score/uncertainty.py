@@ -1,0 +1,156 @@
+"""Calibrating the posterior std: a split-conformal factor, its sidecar file next to the prior, coverage.
+
+The raw std of K posterior samples is overconfident (too few samples, a prior that is
+not the data's).  Split-conformal calibration fixes the scale on *calibration slices*
+(synthetic tuning slices, never real images): on their object pixels (truth > 5 % of
+its max) the ratio ``r = |error| / std`` is pooled and its ``level`` quantile ``q``
+taken; the stored factor is ``c = q / z`` with ``z`` the two-sided standard-normal
+quantile of ``level`` (1.645 at 90 %), so that ``c · std`` reads as a Gaussian std:
+``|error| ≤ z · c · std`` on a fraction ``level`` of the calibration pixels.
+
+The factor is stored in a JSON sidecar ``<prior>.calibration.json`` (the weights
+file is never rewritten: its digest covers its contents), keyed by the prior file's
+SHA-256 and the sampler, budget, number of samples and output magnitude it was
+fitted for; :func:`lookup_factor` returns it only for a matching prior and settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import norm
+
+from mri_score.atomic import atomic_output
+from mri_score.errors import InputError
+
+#: Object pixels: truth above this fraction of its (per-slice) maximum.
+OBJECT_FRACTION = 0.05
+#: Nominal levels of the reliability diagram.
+RELIABILITY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def object_mask(truth: np.ndarray, fraction: float = OBJECT_FRACTION) -> np.ndarray:
+    """Boolean mask of object pixels of ``truth (..., H, W)``: above ``fraction`` of each slice's max."""
+    t = np.asarray(truth, dtype=np.float64)
+    peak = t.reshape(*t.shape[:-2], -1).max(axis=-1)[..., None, None] if t.ndim > 2 else t.max()
+    return t > fraction * peak
+
+
+def error_ratios(truth: np.ndarray, recon: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``|recon − truth| / std`` on the object pixels of ``truth`` (1-D float64; std 0 gives inf unless error 0)."""
+    sel = object_mask(truth)
+    err = np.abs(np.asarray(recon, np.float64) - np.asarray(truth, np.float64))[sel]
+    s = np.asarray(std, np.float64)[sel]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = err / s
+    r[(err == 0) & (s == 0)] = 0.0
+    return r
+
+
+def gaussian_z(level: float) -> float:
+    """Two-sided standard-normal quantile: ``P(|N(0,1)| ≤ z) = level``."""
+    if not 0.0 < level < 1.0:
+        raise InputError(f"coverage level must lie in (0, 1), got {level}")
+    return float(norm.ppf(0.5 + level / 2))
+
+
+def conformal_factor(ratios: np.ndarray, level: float = 0.9) -> float:
+    """Factor ``c`` such that ``|err| ≤ z(level) · c · std`` on a fraction ``level`` of the pooled ``ratios``.
+
+    ``ratios`` are :func:`error_ratios` of the calibration slices; the split-conformal
+    quantile ``⌈(n+1)·level⌉ / n`` (finite-sample valid) is used.
+    """
+    r = np.asarray(ratios, dtype=np.float64).ravel()
+    if r.size == 0:
+        raise InputError("no calibration pixels to fit the std factor on")
+    q_level = min(1.0, np.ceil((r.size + 1) * level) / r.size)
+    q = float(np.quantile(r, q_level, method="higher"))
+    return q / gaussian_z(level)
+
+
+def coverage(ratios: np.ndarray, factor: float, level: float) -> float:
+    """Fraction of ``ratios`` with ``|err| ≤ z(level) · factor · std``."""
+    r = np.asarray(ratios, dtype=np.float64).ravel()
+    return float(np.mean(r <= gaussian_z(level) * factor)) if r.size else float("nan")
+
+
+def reliability(cal_ratios: np.ndarray, test_ratios: np.ndarray,
+                levels: tuple[float, ...] = RELIABILITY_LEVELS) -> list[dict[str, float]]:
+    """Per nominal level: the factor fitted on ``cal_ratios``, observed coverage on ``test_ratios`` (raw std and calibrated)."""
+    out = []
+    for p in levels:
+        c = conformal_factor(cal_ratios, p)
+        out.append({"level": p, "factor": c, "raw": coverage(test_ratios, 1.0, p), "calibrated": coverage(test_ratios, c, p)})
+    return out
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar_path(prior_path: str | os.PathLike[str]) -> Path:
+    """The calibration sidecar of a prior: ``<prior>.calibration.json`` beside it."""
+    p = Path(prior_path)
+    return p.with_name(p.name + ".calibration.json")
+
+
+def settings_key(sampler: str, nfe: int, samples: int, magnitude: str) -> str:
+    """The key a calibration entry is stored under: ``sampler/nfe/samples/magnitude``."""
+    return f"{sampler}/nfe={int(nfe)}/K={int(samples)}/{magnitude}"
+
+
+def read_sidecar(prior_path: str | os.PathLike[str]) -> dict:
+    """The sidecar's content (``{"prior_sha256", "entries": {key: entry}}``), empty when there is none."""
+    path = sidecar_path(prior_path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable calibration file ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("entries", {}), dict):
+        raise InputError(f"{path}: calibration file must be a JSON object with an 'entries' object")
+    return data
+
+
+def store_factor(prior_path: str | os.PathLike[str], key: str, factor: float, level: float, **info: object) -> Path:
+    """Add (or replace) the entry ``key`` of the prior's sidecar, written atomically; returns the sidecar path.
+
+    An existing sidecar made for a different prior file (other SHA-256) is replaced.
+    """
+    if not np.isfinite(factor) or factor <= 0:
+        raise InputError(f"std calibration factor must be finite and > 0, got {factor}")
+    digest = file_sha256(prior_path)
+    data = read_sidecar(prior_path)
+    if data.get("prior_sha256") != digest:
+        data = {}
+    entries = dict(data.get("entries", {}))
+    entries[key] = {"factor": float(factor), "level": float(level), **info}
+    data = {"prior": Path(prior_path).name, "prior_sha256": digest, "entries": entries}
+    path = sidecar_path(prior_path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def lookup_factor(prior_path: str | os.PathLike[str], key: str) -> dict | None:
+    """The sidecar entry for ``key`` when the sidecar matches the prior file's SHA-256, else None."""
+    data = read_sidecar(prior_path)
+    if not data or data.get("prior_sha256") != file_sha256(prior_path):
+        return None
+    entry = data["entries"].get(key)
+    if entry is None:
+        return None
+    factor = entry.get("factor") if isinstance(entry, dict) else None
+    if not isinstance(factor, (int, float)) or not np.isfinite(factor) or factor <= 0:
+        raise InputError(f"{sidecar_path(prior_path)}: entry {key!r} has no valid 'factor'")
+    return entry

@@ -1,0 +1,219 @@
+"""The frozen evaluation protocol: statistics, λ selection, std calibration, tables from the CSV, end to end."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from benchmarks.stats import bootstrap_mean_ci, paired_difference, select_parameter
+from mri_score import uncertainty
+from mri_score.errors import InputError
+
+
+def test_bootstrap_interval_covers_a_known_mean_at_its_level():
+    # normal samples of n = 40: the 95 % percentile-bootstrap interval of the mean must contain the true mean
+    # in about 95 % of repetitions (binomial tolerance over 300 repetitions), and be seeded
+    rng = np.random.default_rng(1)
+    hits = 0
+    for i in range(300):
+        x = rng.normal(2.0, 1.0, 40)
+        m, lo, hi = bootstrap_mean_ci(x, resamples=1000, seed=i)
+        assert lo <= m <= hi and m == pytest.approx(x.mean())
+        hits += lo <= 2.0 <= hi
+    assert 0.90 <= hits / 300 <= 0.98
+    x = rng.normal(size=30)
+    assert bootstrap_mean_ci(x, seed=3) == bootstrap_mean_ci(x, seed=3)
+    # the width matches the normal theory 2·1.96·σ/√n
+    m, lo, hi = bootstrap_mean_ci(rng.normal(0, 1, 400), resamples=4000, seed=0)
+    assert hi - lo == pytest.approx(2 * 1.96 / 20, rel=0.12)
+    assert bootstrap_mean_ci([5.0]) == (5.0, 5.0, 5.0)
+
+
+def test_paired_difference_removes_the_shared_slice_effect():
+    rng = np.random.default_rng(0)
+    slice_effect = rng.normal(30, 5, 50)  # slices differ a lot; the methods differ by a constant 0.3 dB
+    a, b = slice_effect + 0.3 + rng.normal(0, 0.05, 50), slice_effect
+    m, lo, hi = paired_difference(a, b)
+    assert 0.25 < lo < m < hi < 0.35  # an unpaired interval would be ~±1.4 dB wide
+    with pytest.raises(ValueError):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def test_lambda_selection_flags_a_sweep_edge():
+    assert select_parameter({0.01: [20.0, 21.0], 0.1: [22.0, 23.0], 1.0: [19.0, 18.0]}) == (0.1, "interior")
+    assert select_parameter({0.01: [25.0], 0.1: [22.0], 1.0: [19.0]}) == (0.01, "edge (lowest)")
+    assert select_parameter({0.01: [15.0], 0.1: [22.0], 1.0: [23.0]}) == (1.0, "edge (highest)")
+    assert select_parameter({0.3: [10.0]}) == (0.3, "single value")
+
+
+def test_conformal_factor_gives_nominal_coverage_on_gaussian_errors():
+    # errors ~ N(0, (3σ)²) with σ the reported std: raw coverage of ±1.645σ is far below 90 %; the factor fitted
+    # on calibration pixels restores ~90 % on fresh test pixels, and c ≈ 3 (the true under-dispersion)
+    rng = np.random.default_rng(0)
+    sigma_cal, sigma_test = rng.uniform(0.5, 2, 20000), rng.uniform(0.5, 2, 20000)
+    r_cal = np.abs(rng.normal(0, 3 * sigma_cal)) / sigma_cal
+    r_test = np.abs(rng.normal(0, 3 * sigma_test)) / sigma_test
+    c = uncertainty.conformal_factor(r_cal, 0.9)
+    assert c == pytest.approx(3.0, rel=0.03)
+    assert uncertainty.coverage(r_test, 1.0, 0.9) < 0.45
+    assert uncertainty.coverage(r_test, c, 0.9) == pytest.approx(0.9, abs=0.01)
+    for row in uncertainty.reliability(r_cal, r_test):
+        assert row["calibrated"] == pytest.approx(row["level"], abs=0.015)
+    # error ratios use object pixels only
+    truth = np.zeros((4, 4))
+    truth[1:3, 1:3] = 1.0
+    r = uncertainty.error_ratios(truth, truth + 0.5, np.full((4, 4), 0.25))
+    assert r.shape == (4,) and np.allclose(r, 2.0)
+
+
+def test_calibration_sidecar_is_keyed_by_the_prior_digest(tmp_path, tiny_prior_path):
+    key = uncertainty.settings_key("dds", 30, 2, "sense")
+    assert uncertainty.lookup_factor(tiny_prior_path, key) is None
+    side = uncertainty.store_factor(tiny_prior_path, key, 2.5, 0.9, fitted_on="test")
+    assert side == tiny_prior_path.with_name(tiny_prior_path.name + ".calibration.json")
+    assert uncertainty.lookup_factor(tiny_prior_path, key)["factor"] == 2.5
+    assert uncertainty.lookup_factor(tiny_prior_path, uncertainty.settings_key("dds", 10, 2, "sense")) is None
+    # another prior file (other bytes) does not match the sidecar
+    other = tmp_path / "other.safetensors"
+    shutil.copy(tiny_prior_path, other)
+    with open(other, "ab") as fh:
+        fh.write(b" ")
+    shutil.copy(side, uncertainty.sidecar_path(other))
+    assert uncertainty.lookup_factor(other, key) is None
+    side.write_text("{not json")
+    with pytest.raises(InputError, match="calibration.json"):
+        uncertainty.lookup_factor(tiny_prior_path, key)
+    with pytest.raises(InputError):
+        uncertainty.store_factor(other, key, float("nan"), 0.9)
+
+
+def test_noise_free_target_is_the_anatomy_magnitude():
+    from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
+
+    imgs = subject_volume("test", 3, 2, (48, 48), "t2", 0)
+    truth = noise_free_target(imgs, 8)
+    assert truth.shape == (2, 48, 48) and truth.dtype == np.float32
+    assert np.allclose(truth, np.abs(imgs), atol=1e-5)
+    _, noisy_rss, _ = simulate_volume(imgs, 8, 20.0, seed=0)
+    assert not np.allclose(noisy_rss, truth, atol=1e-3)  # the noisy target has a noise floor; the truth has none
+
+
+def test_protocol_config_rules_are_enforced():
+    from benchmarks.protocol import validate_protocol
+
+    base = {"name": "x", "settings": [{"accel": 4, "mask": "equispaced"}], "protocol": {},
+            "data": {"size": [64, 64], "tuning": {"subjects": [30], "slices_per_subject": 1, "seed": 1},
+                     "test": {"subjects": [0], "slices_per_subject": 1, "seed": 0}},
+            "methods": {"l1_wavelet": {"lams": [0.01]}}}
+    validate_protocol(base, "c.yaml")
+    bad = [({"tuning": {"subjects": [0], "slices_per_subject": 1, "seed": 1}}, "must be disjoint"),
+           ({"tuning": {"subjects": [30], "slices_per_subject": 1, "seed": 0}}, "seed must differ"),
+           ({"real": ["brainweb"]}, "unknown real volumes")]
+    for change, phrase in bad:
+        with pytest.raises(InputError, match=phrase):
+            validate_protocol({**base, "data": {**base["data"], **change}}, "c.yaml")
+    with pytest.raises(InputError, match="needs 'lams'"):
+        validate_protocol({**base, "methods": {"tv": {}}}, "c.yaml")
+    with pytest.raises(InputError, match="unknown methods"):
+        validate_protocol({**base, "methods": {"unet": {}}}, "c.yaml")
+
+
+def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_path):
+    from benchmarks import make_tables
+    from benchmarks.protocol import read_csv
+    from benchmarks.run_benchmark import main
+    from benchmarks.tables import render
+
+    cfg = {"name": "proto_tiny", "seed": 0, "prior": str(tiny_prior_path),
+           "data": {"size": [48, 48], "coils": 4, "snr": 100, "families": ["t1", "t2"],
+                    "tuning": {"subjects": [30], "slices_per_subject": 2, "seed": 1},
+                    "test": {"subjects": [0, 1], "slices_per_subject": 1, "seed": 0},
+                    "real": ["nibabel_phantom_epi"]},
+           "settings": [{"accel": 4, "mask": "equispaced", "center_fraction": 0.25}],
+           "protocol": {"widen": 1, "oracle_maps": ["dds"]},
+           "methods": {"zero_filled": {}, "cg_sense": {"lams": [0.01, 0.1], "iters": 5},
+                       "l1_wavelet": {"lams": [1e-6, 1e-5], "iters": 5},  # far too small: best at the high edge
+                       "bart_pics": {"lams": [0.01, 0.1], "iters": 5},
+                       "dds": {"nfe": 2, "samples": 2}}}
+    path = tmp_path / "bench_proto_tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "res"
+    assert main(["--config", str(path), "--out-dir", str(out), "--store-calibration"]) == 0
+    rows = read_csv(out / "proto_tiny.csv")
+    tuning = [r for r in rows if r["phase"] == "tuning"]
+    test = [r for r in rows if r["phase"] == "test" and r["unit"] == "slice"]
+    # tuning never touches the test subjects or the real set; test subjects are the configured ones
+    assert {r["volume"] for r in tuning} == {"tuning_subject30_t1.h5"}
+    assert {r["subject"] for r in test if r["group"].startswith("synthetic")} == {"0", "1"}
+    assert {r["method"] for r in tuning} <= {"cg_sense", "l1_wavelet", "bart_pics", "dds"}
+    # L1's sweep was widened once beyond its high edge
+    assert sorted({float(r["lam"]) for r in tuning if r["method"] == "l1_wavelet"}) == pytest.approx([1e-6, 1e-5, 1e-4])
+    # one λ per swept method at test time, the same on synthetic and real slices
+    for m in ("cg_sense", "l1_wavelet"):
+        assert len({r["lam"] for r in test if r["method"] == m}) == 1
+    real = [r for r in test if r["group"].startswith("real")]
+    assert real and {r["maps"] for r in real if r["method"] == "dds"} == {"acs", "oracle"}
+    assert all(np.isfinite(float(r["PSNR"])) and np.isfinite(float(r["PSNR_rss"])) for r in test)
+    assert all(r["cov_cal_90"] != "" for r in test if r["method"] == "dds")
+    # both conventions differ (|x| vs clean truth, expected RSS vs noisy RSS)
+    assert any(r["PSNR"] != r["PSNR_rss"] for r in test)
+    md = (out / "proto_tiny.md").read_text()
+    assert "- command:" in md and "--store-calibration" in md and "| dds (NFE=2, K=2) |" in md
+    assert "dds (NFE=2, K=2), oracle maps" in md and "ΔPSNR vs" in md and "### λ selection" in md
+    assert "### Uncertainty" in md and "### Secondary" in md and (out / "proto_tiny_reliability.png").is_file()
+    # the report's tables are exactly the CSV's rendering, deterministically
+    body = render(rows)
+    assert body == render(read_csv(out / "proto_tiny.csv")) and body in md
+    # the sidecar was written for the prior and the DDS settings
+    side = json.loads(uncertainty.sidecar_path(tiny_prior_path).read_text())
+    assert side["prior_sha256"] == uncertainty.file_sha256(tiny_prior_path)
+    assert "dds/nfe=2/K=2/sense" in side["entries"]
+    # the README block writer replaces only its block
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:begin -->\nold\n<!-- results:end -->\noutro\n")
+    assert make_tables.main(["--csv", str(out / "proto_tiny.csv"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- results:begin -->") and text.endswith("<!-- results:end -->\noutro\n")
+    assert body in text and "old" not in text
+    once = text
+    make_tables.main(["--csv", str(out / "proto_tiny.csv"), "--readme", str(readme)])
+    assert readme.read_text() == once
+
+
+def test_readme_results_block_is_the_committed_csv_rendering():
+    from pathlib import Path
+
+    from benchmarks.make_tables import BEGIN, END, results_block
+
+    root = Path(__file__).resolve().parents[1]
+    csv_path = root / "benchmarks" / "results" / "bench_protocol.csv"
+    readme = (root / "README.md").read_text()
+    if not csv_path.is_file():
+        assert BEGIN not in readme, "README has a results block but bench_protocol.csv is not committed"
+        pytest.skip("bench_protocol.csv not committed yet (the lead runs the frozen benchmark once)")
+    block = readme[readme.index(BEGIN): readme.index(END) + len(END)]
+    assert block == results_block(csv_path), "README results block is stale: run python benchmarks/make_tables.py"
+
+
+def test_reconstruct_writes_the_calibrated_std_only_for_matching_settings(tmp_path, fully_sampled_file,
+                                                                          tiny_prior_path):
+    import h5py
+
+    from mri_score.reconstruct import main
+
+    def run(name, steps):
+        assert main(["--kspace", str(fully_sampled_file), "--out", str(tmp_path / name), "--prior",
+                     str(tiny_prior_path), "--steps", str(steps), "--samples", "2", "--center-fraction", "0.25",
+                     "--magnitude", "sense"]) == 0
+        with h5py.File(tmp_path / name / fully_sampled_file.name) as hf:
+            return hf["reconstruction_std"][()], str(hf.attrs["std_calibration"])
+
+    raw, attr = run("raw", 2)
+    assert attr.startswith("none")
+    uncertainty.store_factor(tiny_prior_path, uncertainty.settings_key("dds", 2, 2, "sense"), 3.0, 0.9)
+    cal, attr = run("cal", 2)
+    assert np.allclose(cal, 3.0 * raw, rtol=1e-6) and json.loads(attr)["factor"] == 3.0
+    _, attr = run("other", 3)  # no entry for NFE 3: the raw std, said so
+    assert attr.startswith("none")
