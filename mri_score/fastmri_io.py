@@ -46,6 +46,8 @@ class FastMRIVolume:
     attrs : dict
         The file's HDF5 attributes.
     single_coil : bool
+    encoded_fov_mm : tuple of float or None
+        ``(x, y, z)`` field of view of the encoded space in mm (header ``fieldOfView_mm``; None if absent).
     """
 
     path: Path
@@ -58,6 +60,15 @@ class FastMRIVolume:
     padding_right: int
     attrs: dict[str, Any] = field(default_factory=dict)
     single_coil: bool = False
+    encoded_fov_mm: tuple[float, float, float] | None = None
+
+    @property
+    def pixel_mm(self) -> tuple[float, float] | None:
+        """In-plane pixel size ``(x, y)`` in mm of the k-space grid: encoded field of view / encoded matrix."""
+        fov, size = self.encoded_fov_mm, self.encoded_size
+        if fov is None or min(fov[:2]) <= 0 or min(size[:2]) < 1:
+            return None
+        return fov[0] / size[0], fov[1] / size[1]
 
     @property
     def sampling_mask(self) -> np.ndarray:
@@ -113,7 +124,8 @@ def build_ismrmrd_header(
 def parse_ismrmrd_header(xml: bytes | str, path: Path | str = "") -> dict[str, Any]:
     """Encoded/recon sizes and padding from an ISMRMRD header, as fastMRI's ``_retrieve_metadata``.
 
-    ``padding_left = enc_y // 2 - center``; ``padding_right = padding_left + maximum + 1``.
+    ``padding_left = enc_y // 2 - center``; ``padding_right = padding_left + maximum + 1``;
+    ``encoded_fov_mm``: the encoded space's ``fieldOfView_mm`` ``(x, y, z)``, None when absent or garbled.
     """
     try:
         root = ET.fromstring(xml)
@@ -132,6 +144,11 @@ def parse_ismrmrd_header(xml: bytes | str, path: Path | str = "") -> dict[str, A
         lims = ("encoding", "encodingLimits", "kspace_encoding_step_1")
         center = q(*lims, "center")
         maximum = q(*lims, "maximum") + 1
+        fov_nodes = [root.find(f"ism:encoding/ism:encodedSpace/ism:fieldOfView_mm/ism:{a}", ns) for a in "xyz"]
+        try:
+            fov = tuple(float(n.text) for n in fov_nodes)  # type: ignore[union-attr, arg-type]
+        except (AttributeError, TypeError, ValueError):
+            fov = None
     except ET.ParseError as err:
         raise InputError(f"{path}: ismrmrd_header is not valid XML ({err})") from err
     padding_left = enc_size[1] // 2 - center
@@ -141,6 +158,7 @@ def parse_ismrmrd_header(xml: bytes | str, path: Path | str = "") -> dict[str, A
         "recon_size": recon_size,
         "padding_left": padding_left,
         "padding_right": padding_right,
+        "encoded_fov_mm": fov if fov is not None and all(np.isfinite(fov)) else None,
     }
 
 

@@ -100,6 +100,7 @@ class GaussianKspaceLikelihood(Likelihood):
         self.sigma_y = float(sigma_y)
         self.v_y = self.sigma_y**2 / 2.0
         self._aty: torch.Tensor | None = None
+        self._trace: tuple[float, int] | None = None
 
     def zero_filled(self) -> torch.Tensor:
         """``Aᴴ y``, ``(H, W)`` (computed once)."""
@@ -110,6 +111,25 @@ class GaussianKspaceLikelihood(Likelihood):
     def residual_grad(self, x: torch.Tensor) -> torch.Tensor:
         """``Aᴴ(y − A x)`` for ``x`` ``(K, H, W)``: minus the gradient of ``½‖A x − y‖²``."""
         return self.op.adjoint(self.y - self.op(x))
+
+    def error_variance(self, x: torch.Tensor) -> float:
+        """Complex error variance ``2 r̂²`` per pixel of an estimate ``x`` ``(K, H, W)``, from its discrepancy.
+
+        ``E‖A x − y‖² = 2 r² tr(AᴴA) + N σ_y²`` for ``x = x_true + e`` with white ``e`` of variance
+        ``r²`` per real component and ``N`` measured samples, so ``2 r̂² = max(0, ‖A x − y‖² − N σ_y²)
+        / tr(AᴴA)`` (mean over the ``K`` estimates).  Needs an operator with ``gram_trace`` and
+        ``sample_count`` (:class:`~operators.Sense`).
+        """
+        if self._trace is None:
+            if not (hasattr(self.op, "gram_trace") and hasattr(self.op, "sample_count")):
+                raise TypeError(f"{type(self.op).__name__} has no gram_trace/sample_count for the discrepancy rule")
+            self._trace = (max(self.op.gram_trace(), 1e-12), self.op.sample_count())
+        trace, count = self._trace
+        res = self.op(x) - self.y
+        power = res.real.square() + res.imag.square()
+        estimates = x.shape[0] if x.ndim > 2 else 1
+        discrepancy = float(power.sum()) / estimates
+        return max(0.0, discrepancy - count * self.sigma_y**2) / trace
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
         """``Aᴴ(y − A x) / v_y``."""

@@ -33,6 +33,7 @@ from mri_score.likelihood import Likelihood
 from mri_score.metrics import volume_metrics
 from mri_score.network import EDMDenoiser
 from mri_score.posterior import SamplerSettings, reconstruct_slice
+from mri_score.resolution import auto_grid_factor, prior_pixel_range
 from mri_score.samplers import ComplexPrior
 from operators.masks import make_mask
 
@@ -189,6 +190,7 @@ def reconstruct_file(
     extra_terms: Sequence[Likelihood] = (),
     extra_attrs: dict | None = None,
     std_calibration: dict | None = None,
+    auto_grid: bool = False,
 ) -> dict:
     """Reconstruct one fastMRI file and write ``out_dir/<name>.h5`` (and a PNG panel); return a summary.
 
@@ -202,6 +204,9 @@ def reconstruct_file(
     (:func:`reconstruct_volume`).  ``std_calibration`` (an entry of the prior's calibration
     sidecar, :func:`mri_score.uncertainty.lookup_factor`) scales ``reconstruction_std`` by its
     ``factor``; the ``std_calibration`` attr records the factor used, or ``none`` (raw K-sample std).
+    With ``auto_grid`` the sampling grid is chosen per file
+    (:func:`mri_score.resolution.auto_grid_factor` of the header's pixel size and the prior's
+    ``pixel_mm``), replacing ``settings.grid_factor``; the factor used is the ``grid_factor`` attr.
     """
     vol = read_fastmri(path)
     mask, accel_used, mask_src = undersampling_mask(vol, accel, mask_type, center_fraction)
@@ -210,6 +215,13 @@ def reconstruct_file(
     channels = (prior.model if isinstance(prior, ComplexPrior) else prior).cfg.in_channels
     if channels != 2:
         raise InputError(f"{prior_name}: prior has {channels} image channels; complex MR images need 2")
+    model = prior.model if isinstance(prior, ComplexPrior) else prior
+    if auto_grid:
+        try:
+            trained = prior_pixel_range(getattr(model, "meta", None))
+        except InputError as err:
+            raise InputError(f"{prior_name}: {err}") from None
+        settings = replace(settings, grid_factor=auto_grid_factor(vol.pixel_mm, trained))
     s, _, h, w = vol.kspace.shape
     crop = recon_crop_size((h, w), vol.recon_size)
     t0 = time.time()
@@ -227,7 +239,7 @@ def reconstruct_file(
             target = None
     attrs = {"sampler": settings.sampler, "steps": int(settings.steps), "samples": settings.samples,
              "seed": settings.seed, "magnitude": settings.magnitude, "acceleration": accel_used,
-             "mask_source": mask_src, "nfe_per_slice": nfe // s,
+             "mask_source": mask_src, "nfe_per_slice": nfe // s, "grid_factor": float(settings.grid_factor),
              "prior": prior_name, "options": json.dumps(settings.options.as_dict()),
              "acquisition": str(vol.attrs.get("acquisition", "")), "patient_id": str(vol.attrs.get("patient_id", "")),
              "summary": json.dumps({k: v for k, v in summary.items() if k != "file"}, default=float),

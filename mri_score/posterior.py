@@ -18,8 +18,9 @@ from mri_score.calibration import Calibration, calibrate, check_acs, estimate_si
 from mri_score.errors import InputError
 from mri_score.likelihood import GaussianKspaceLikelihood, Likelihood
 from mri_score.network import EDMDenoiser
+from mri_score.resolution import check_grid_factor, fine_shape
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, ComplexPrior, SamplerConfig, sampler_config
-from operators import Sense, expected_rss, ifft2c, sense1_combine
+from operators import Sense, expected_rss, fourier_resample, ifft2c, image_to_grid, sense1_combine
 
 # re-exported: the σ_y estimator and the ACS check live in mri_score.calibration
 __all__ = ["MAGNITUDES", "Calibration", "SamplerSettings", "SliceResult", "check_acs", "estimate_sigma_y",
@@ -51,6 +52,9 @@ class SamplerSettings:
     options : mapping or SamplerConfig
         The sampler's options; a mapping is validated into the sampler's
         :class:`~mri_score.samplers.SamplerConfig` (unknown keys refused).
+    grid_factor : float
+        Sample on a grid this many times finer per axis than the measured matrix (1: the measured
+        grid); data consistency stays on the measured matrix (see :func:`reconstruct_slice`).
     """
 
     sampler: str = "dds"
@@ -60,9 +64,11 @@ class SamplerSettings:
     maps: str = "auto"
     magnitude: str = "rss"
     options: Mapping[str, Any] | SamplerConfig = field(default_factory=dict)
+    grid_factor: float = 1.0
 
     def __post_init__(self) -> None:
         self.options = sampler_config(self.sampler, self.options)
+        self.grid_factor = check_grid_factor(self.grid_factor)
         if self.steps is None:
             self.steps = DEFAULT_STEPS[self.sampler]
         self.options.nfe_used(int(self.steps))
@@ -134,6 +140,17 @@ def reconstruct_slice(
     Returns
     -------
     SliceResult
+
+    Notes
+    -----
+    With ``settings.grid_factor`` ``f > 1`` the sampler works on the ``(fH, fW)`` grid
+    (:func:`mri_score.resolution.fine_shape`): the forward model is
+    ``Sense(maps_fine, mask, kspace_shape=(H, W))`` (fine-grid k-space cropped to the measured
+    matrix, then masked), so ``y`` and σ_y are the measured ones; the maps are Fourier-interpolated
+    (:func:`operators.fourier_resample`).  The fine grid's image of the same object has amplitude
+    ``1/a``, ``a = √(fH·fW / (H·W))`` (orthonormal FFT), so the data are divided by ``scale / a``
+    and the prior sees the intensities it was trained at.  The samples come back to the measured
+    grid through k-space (:func:`operators.image_to_grid`).
     """
     t0 = time.time()
     cprior = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
@@ -143,13 +160,23 @@ def reconstruct_slice(
     kspace = kspace * mask_t
     cal = calibrate(kspace, mask_t, settings.maps) if calibration is None else calibration.to(device)
     maps, scale, sigma_y = cal.maps, cal.scale, cal.sigma_y
-    data = GaussianKspaceLikelihood(Sense(maps, mask_t), kspace / scale, cal.sigma_y_scaled)
+    measured = tuple(kspace.shape[-2:])
+    grid = fine_shape(measured, settings.grid_factor)
+    if grid == measured:
+        data = GaussianKspaceLikelihood(Sense(maps, mask_t), kspace / scale, cal.sigma_y_scaled)
+        grid_scale = scale
+    else:
+        grid_scale = scale / ((grid[0] * grid[1]) / (measured[0] * measured[1])) ** 0.5
+        op = Sense(fourier_resample(maps, grid), mask_t, kspace_shape=measured)
+        data = GaussianKspaceLikelihood(op, kspace / grid_scale, max(sigma_y / grid_scale, 1e-4))
     zero_filled = sense1_combine(ifft2c(kspace), maps)
     gen = torch.Generator(device="cpu").manual_seed(int(settings.seed))
     x_init = data.zero_filled().expand(settings.samples, -1, -1).clone()
     run = SAMPLERS[settings.sampler]
     result = run(cprior, [data, *extra_terms], x_init, gen, int(settings.steps), settings.options)
-    samples = result.samples.detach() * scale
+    samples = result.samples.detach() * grid_scale
+    if grid != measured:
+        samples = image_to_grid(samples, measured)
     mean = samples.mean(dim=0)
     mags = output_magnitude(samples, maps, sigma_y, settings.magnitude)
     std = mags.std(dim=0) if settings.samples > 1 else torch.zeros_like(mags[0])

@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ from mri_score.errors import InputError, exit_on_input_error
 from mri_score.guidance import GuidanceOptions
 from mri_score.pipeline import demo_volume, reconstruct_file
 from mri_score.posterior import MAGNITUDES, SamplerSettings
+from mri_score.resolution import MAX_GRID_FACTOR
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, sampler_config
 from operators.masks import MASK_TYPES, MAX_ACCELERATION
 
@@ -91,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-input", default="noisy", choices=["noisy", "denoised"],
                    help="classify the noisy image (default) or the denoised estimate (autograd through the prior; "
                         "one extra NFE per step outside dps)")
+    p.add_argument("--grid", default="native", metavar="native|auto|F",
+                   help="sampling grid: native (the measured matrix, default), auto (finer by the half-integer factor "
+                        "that brings the header's pixel size into the prior's trained range; native when inside or "
+                        f"unknown) or a factor F in [1, {MAX_GRID_FACTOR:g}]; data consistency stays on the measured matrix")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -118,6 +124,22 @@ def sampler_options(pairs: list[str], gamma: float | None, sampler: str) -> dict
             raise InputError("--gamma and --sampler-opt gamma=… both given")
         options["gamma"] = gamma
     return options
+
+
+def grid_from_arg(value: str) -> tuple[bool, float]:
+    """``--grid native|auto|F`` as (choose per file, factor); an :class:`InputError` naming the flag otherwise."""
+    text = str(value).strip().lower()
+    if text == "native":
+        return False, 1.0
+    if text == "auto":
+        return True, 1.0
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = float("nan")
+    if not 1.0 <= factor <= MAX_GRID_FACTOR:
+        raise InputError(f"--grid must be native, auto or a factor in [1, {MAX_GRID_FACTOR:g}], got {value!r}")
+    return False, factor
 
 
 def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
@@ -196,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 < args.center_fraction < 0.5:
         raise InputError(f"--center-fraction must be in (0, 0.5), got {args.center_fraction}")
     settings = settings_from_args(args)
+    auto_grid, grid_factor = grid_from_arg(args.grid)
+    settings = replace(settings, grid_factor=grid_factor)
     if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
         args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     device = resolve_device(args.device)
@@ -231,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                     "prior_id": runs.prior_identity(getattr(prior, "meta", {})), "png": args.png,
                     "condition": args.condition, "guidance": args.guidance, "classifier": args.classifier,
                     "classifier_scale": args.classifier_scale, "classifier_input": args.classifier_input,
-                    "std_calibration": std_cal}
+                    "std_calibration": std_cal,
+                    "grid": args.grid}
     rows: list[dict] = []
     csv_path = runs.summary_path(args.out, rank, world)
     t_run, slices_done = time.time(), 0
@@ -248,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = reconstruct_file(f, adapter, settings, args.out, device, accel=args.accel, mask_type=args.mask_type,
                                        center_fraction=args.center_fraction, prior_name=str(args.prior or "default"),
                                        png=args.png, extra_terms=terms,
-                                       extra_attrs={"run_settings": key, **attrs}, std_calibration=std_cal)
+                                       extra_attrs={"run_settings": key, **attrs}, std_calibration=std_cal,
+                                       auto_grid=auto_grid)
         except InputError as err:
             if len(files) == 1:
                 raise

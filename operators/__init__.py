@@ -20,7 +20,7 @@ from operators.coils import (
 )
 from operators.errors import OperatorInputError
 from operators.fft import fft2c, ifft2c
-from operators.grid import crop_kspace, fourier_resample, image_to_grid, pad_mask, zero_pad_kspace
+from operators.grid import KspaceCrop, crop_kspace, fourier_resample, image_to_grid, pad_mask, zero_pad_kspace
 from operators.linop import FFT2C, AdjointOperator, ComposedOperator, Diagonal, LinearOperator, check_adjoint, inner
 from operators.masks import (
     MASK_TYPES,
@@ -37,6 +37,7 @@ from operators.sense import CoilSensitivities, Sense
 
 __all__ = [
     "FFT2C",
+    "KspaceCrop",
     "MASK_TYPES",
     "AdjointOperator",
     "CGResult",

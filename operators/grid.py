@@ -5,7 +5,8 @@ All functions act on the last two dims ``(..., H, W)`` with the centred orthonor
 from ``N`` to ``M`` puts the old samples at offset ``M // 2 − N // 2``.  Zero-padding k-space
 by a factor ``f`` per axis gives the same object on a grid with ``f``-times smaller pixels (the
 orthonormal FFT divides its amplitude by ``f`` in 2-D); :func:`crop_kspace` is its exact inverse
-and its adjoint.
+and its adjoint.  :class:`KspaceCrop` is that crop as a linear operator (for a forward model
+on a finer grid than the measured one, :class:`operators.sense.Sense` with ``kspace_shape``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from operators.errors import OperatorInputError
 from operators.fft import fft2c, ifft2c
+from operators.linop import LinearOperator
 
 
 def _offsets(small: tuple[int, int], large: tuple[int, int]) -> tuple[int, int]:
@@ -73,3 +75,38 @@ def image_to_grid(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     original grid's units (the orthonormal FFTs' amplitude factors cancel).
     """
     return ifft2c(crop_kspace(fft2c(image), shape))
+
+
+class KspaceCrop(LinearOperator):
+    """Centre crop of k-space ``(..., *fine_shape)`` -> ``(..., *shape)``; adjoint: centred zero-padding back.
+
+    ``Crop · Cropᴴ = I`` (padding then cropping changes nothing) and ``Cropᴴ · Crop`` is the
+    0/1 diagonal that keeps the central ``shape`` block.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)`` kept (the measured matrix).
+    fine_shape : tuple of int
+        ``(fH, fW)`` of the input, at least ``shape`` along both axes.
+    """
+
+    def __init__(self, shape: tuple[int, int], fine_shape: tuple[int, int]) -> None:
+        super().__init__()
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.fine_shape = (int(fine_shape[0]), int(fine_shape[1]))
+        _offsets(self.shape, self.fine_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., fH, fW)`` -> ``(..., H, W)``."""
+        if tuple(x.shape[-2:]) != self.fine_shape:
+            raise OperatorInputError(f"k-space crop expects (..., {self.fine_shape[0]}, {self.fine_shape[1]}), "
+                                     f"got {tuple(x.shape)}")
+        return crop_kspace(x, self.shape)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``(..., H, W)`` -> ``(..., fH, fW)`` (zeros outside the centre block)."""
+        if tuple(y.shape[-2:]) != self.shape:
+            raise OperatorInputError(f"k-space crop adjoint expects (..., {self.shape[0]}, {self.shape[1]}), "
+                                     f"got {tuple(y.shape)}")
+        return zero_pad_kspace(y, self.fine_shape)

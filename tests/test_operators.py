@@ -7,6 +7,7 @@ from operators import (
     FFT2C,
     CoilSensitivities,
     Diagonal,
+    KspaceCrop,
     LinearOperator,
     Sense,
     check_adjoint,
@@ -98,6 +99,45 @@ def test_gram_fast_path_equals_adjoint_of_forward(size, kind):
     assert torch.allclose(A.gram(x), ref, atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("fine,measured", [((48, 40), (24, 20)), ((36, 31), (24, 20)), ((25, 17), (17, 15))])
+@pytest.mark.parametrize("kind", ["column", "2d", "none", "batched_2d"])
+def test_fine_grid_sense_is_crop_of_fine_kspace_and_its_gram_is_exact(fine, measured, kind):
+    """Sense(maps_fine, mask, kspace_shape) = M · Crop · F · S_fine; its fast Gram equals AᴴA."""
+    h, w = measured
+    g = torch.Generator().manual_seed(5)
+    lead = (3,) if kind == "batched_2d" else ()
+    masks = {"column": (torch.rand(w, generator=g) < 0.4), "2d": (torch.rand(h, w, generator=g) < 0.4), "none": None,
+             "batched_2d": (torch.rand(3, 1, h, w, generator=g) < 0.4)}
+    mask = None if masks[kind] is None else masks[kind].double()
+    maps = crandn(*lead, 4, *fine, dtype=torch.complex128, seed=23)
+    A = Sense(maps, mask, kspace_shape=measured)
+    assert A.kspace_shape == measured and A.image_shape == fine
+    x = crandn(*(lead or (2,)), *fine, dtype=torch.complex128, seed=24)
+    ref = operators.crop_kspace(fft2c(maps * x.unsqueeze(-3)), measured) * (1.0 if mask is None else mask)
+    assert torch.allclose(A(x), ref, atol=1e-12)
+    assert torch.allclose(A.gram(x), A.adjoint(A(x)), atol=1e-12, rtol=1e-10)
+    A.update(mask=torch.ones(w, dtype=torch.float64))
+    assert torch.allclose(A.gram(x), A.adjoint(A(x)), atol=1e-12, rtol=1e-10)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        A.update(mask=torch.ones(fine[1], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("fine", [None, (30, 26)])
+@pytest.mark.parametrize("kind", ["column", "2d"])
+def test_gram_trace_and_sample_count_match_the_dense_operator(fine, kind):
+    """tr(AᴴA) in closed form equals Σ_j <e_j, AᴴA e_j>; sample_count counts the masked range entries."""
+    h, w = 12, 10
+    g = torch.Generator().manual_seed(6)
+    mask = (torch.rand(w, generator=g) < 0.5).double() if kind == "column" else (torch.rand(h, w, generator=g) < 0.5).double()
+    maps = crandn(3, *(fine or (h, w)), dtype=torch.complex128, seed=25)
+    A = Sense(maps, mask, kspace_shape=(h, w) if fine else None)
+    n = A.image_shape[0] * A.image_shape[1]
+    basis = torch.eye(n, dtype=torch.complex128).reshape(n, *A.image_shape)
+    dense = float(torch.einsum("jhw,jhw->", basis.conj(), A.gram(basis)).real)
+    assert A.gram_trace() == pytest.approx(dense, rel=1e-9)
+    assert A.sample_count() == int(mask.expand(h, w).sum()) * 3
+
+
 def test_sense_moves_with_module_to():
     maps, mask = _maps_mask()
     A = Sense(maps, mask).to(torch.device("cpu"))
@@ -155,6 +195,11 @@ def _operator_cases():
         "sense.H": (Sense(maps, mask).H, (4, 24, 20), (24, 20)),
         "composed": (FFT2C() @ CoilSensitivities(maps), (24, 20), (4, 24, 20)),
         "composed_mul": (Diagonal(mask) * FFT2C(), (4, 24, 20), (4, 24, 20)),
+        "kspace_crop": (KspaceCrop((11, 10), (24, 20)), (2, 24, 20), (2, 11, 10)),
+        "sense_fine_grid_column": (Sense(crandn(4, 48, 40, seed=14), mask, kspace_shape=(24, 20)),
+                                   (2, 48, 40), (2, 4, 24, 20)),
+        "sense_fine_grid_2d": (Sense(crandn(4, 36, 30, seed=15), mask2d, kspace_shape=(24, 20)), (36, 30),
+                               (4, 24, 20)),
     }
 
 
@@ -165,9 +210,9 @@ def test_every_operator_passes_the_adjoint_test(name):
 
 
 def test_every_linear_operator_class_is_in_the_adjoint_list():
-    from operators import linop, sense
+    from operators import grid, linop, sense
 
-    classes = {c for m in (linop, sense) for c in vars(m).values()
+    classes = {c for m in (linop, sense, grid) for c in vars(m).values()
                if isinstance(c, type) and issubclass(c, LinearOperator) and c is not LinearOperator}
     tested = set()
     for op, _, _ in _operator_cases().values():

@@ -105,7 +105,7 @@ class SamplerConfig:
 
 
 def _coerce(sampler: str, option: str, kind: str, value: Any) -> Any:
-    """``value`` as the option's type (``float``, ``int``, ``bool``, ``float | None``); strings are parsed."""
+    """``value`` as the option's type (``float``, ``int``, ``bool``, ``float | None``, ``str``); strings are parsed."""
     kind = kind.replace(" ", "")
     bad = InputError(f"{sampler} option {option} must be {kind.replace('|None', ' or none')}, got {value!r}")
     if kind == "float|None" and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
@@ -135,6 +135,10 @@ def _coerce(sampler: str, option: str, kind: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise bad
         return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad
+        return value.strip()
     raise AssertionError(f"unsupported option type {kind}")  # pragma: no cover - a programming error
 
 

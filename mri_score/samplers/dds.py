@@ -13,6 +13,15 @@ per real component and the data ``σ_y²/2``, so the MAP of the two is
 ``γ_i = 2 r_i² / σ_y²`` (times ``gamma_scale``), clipped to ``[gamma_min, gamma_max]``.
 A fixed ``gamma`` overrides it.
 
+``gamma_rule=discrepancy`` replaces the formula's ``r_i²`` (right only when the prior is) by the
+error the data show: the estimate's discrepancy ``‖A x̂₀ − y‖²`` has expectation
+``2 r² tr(AᴴA) + N σ_y²`` (``N`` measured samples, white error of variance ``r²`` per real
+component), so ``2 r̂² = max(0, ‖A x̂₀ − y‖² − N σ_y²) / tr(AᴴA)``
+(:meth:`mri_score.likelihood.GaussianKspaceLikelihood.error_variance`) and
+``γ_i = 2 r̂_i² / σ_y²`` (times ``gamma_scale``, clipped).  An estimate the data agree with to the
+noise level gets ``gamma_min``; one the data contradict (a prior off its training distribution)
+gets the weight its actual error calls for.  One forward model per step, per slice and step, no tuning.
+
 Likelihood terms with a proximal step (the Gaussian k-space term) enter through step 2, one
 after the other; every other term corrects the Tweedie estimate before it, by Tweedie's
 formula for the posterior: ``x̂₀ ← x̂₀ + σ_i² ∇ log p(obs | x_i)`` (its inflated gradient).
@@ -36,6 +45,9 @@ import torch
 from mri_score.likelihood import Likelihood
 from mri_score.samplers.base import ComplexPrior, SamplerConfig, SamplerResult, karras_sigmas, randn_complex, split_terms
 
+#: Rules for the data weight γ_i when no fixed ``gamma`` is given (see module docstring).
+GAMMA_RULES = ("noise", "discrepancy")
+
 
 @dataclass(frozen=True)
 class DDSConfig(SamplerConfig):
@@ -52,9 +64,10 @@ class DDSConfig(SamplerConfig):
     gamma_scale: float = 1.0
     gamma_min: float = 1.0
     gamma_max: float = 1e4
+    gamma_rule: str = "noise"
 
     def validate(self) -> None:
-        """σ_max > σ_min > 0, cg_iters ≥ 0, η in [0, 1], positive γ bounds with γ_min ≤ γ_max."""
+        """σ_max > σ_min > 0, cg_iters ≥ 0, η in [0, 1], positive γ bounds with γ_min ≤ γ_max, a known γ rule."""
         self._require(self.sigma_min > 0, "sigma_min", "> 0")
         self._require(self.sigma_max > self.sigma_min, "sigma_max", "> sigma_min")
         self._require(self.cg_iters >= 0, "cg_iters", ">= 0")
@@ -63,12 +76,19 @@ class DDSConfig(SamplerConfig):
         self._require(self.gamma_scale > 0, "gamma_scale", "> 0")
         self._require(self.gamma_min > 0, "gamma_min", "> 0")
         self._require(self.gamma_max >= self.gamma_min, "gamma_max", ">= gamma_min")
+        self._require(self.gamma_rule in GAMMA_RULES, "gamma_rule", f"one of {', '.join(GAMMA_RULES)}")
 
 
 def dds_gamma(sigma: float, sigma_data: float, sigma_y: float, scale: float, lo: float, hi: float) -> float:
     """Data weight γ for noise level σ (see module docstring)."""
     r2 = sigma**2 * sigma_data**2 / (sigma**2 + sigma_data**2)
     return float(min(hi, max(lo, scale * 2.0 * r2 / max(sigma_y, 1e-8) ** 2)))
+
+
+def discrepancy_gamma(term: Likelihood, x0: torch.Tensor, scale: float, lo: float, hi: float) -> float:
+    """Data weight γ from the discrepancy of the estimate ``x0`` ``(K, H, W)``: ``2 r̂² / σ_y²`` (see module)."""
+    err = term.error_variance(x0)  # type: ignore[attr-defined]
+    return float(min(hi, max(lo, scale * err / max(term.sigma_y, 1e-8) ** 2)))  # type: ignore[attr-defined]
 
 
 @torch.no_grad()
@@ -96,8 +116,12 @@ def sample_dds(
             den = den + s**2 * term.inflated_grad(x, s)
         x0 = den
         for term in proxed:
-            g = cfg.gamma if cfg.gamma is not None else dds_gamma(s, sd, term.sigma_y, cfg.gamma_scale, cfg.gamma_min,
-                                                                  cfg.gamma_max)
+            if cfg.gamma is not None:
+                g = cfg.gamma
+            elif cfg.gamma_rule == "discrepancy":
+                g = discrepancy_gamma(term, x0, cfg.gamma_scale, cfg.gamma_min, cfg.gamma_max)
+            else:
+                g = dds_gamma(s, sd, term.sigma_y, cfg.gamma_scale, cfg.gamma_min, cfg.gamma_max)
             x0 = term.prox(x0, g, cfg.cg_iters)
         if s_next == 0.0:
             break
