@@ -38,7 +38,8 @@ class FastMRIVolume:
     mask : np.ndarray or None
         float32 ``(W,)`` or ``(H, W)`` from the ``mask`` dataset (None if absent).
     target : np.ndarray or None
-        float32 ``(slices, h, w)`` (``reconstruction_rss`` or ``_esc``).
+        float32 ``(slices, h, w)``: ``reconstruction_rss`` (multi-coil) or ``reconstruction_esc``
+        (single-coil), the key ``fastmri.evaluate`` scores against; the other key when that one is absent.
     encoded_size, recon_size : tuple of int
         ``(x, y, z)`` matrix sizes from the header (x = readout = H).
     padding_left, padding_right : int
@@ -260,7 +261,10 @@ def read_fastmri(path: str | os.PathLike[str], load_target: bool = True, require
         meta = read_header(hf, path, (h, w), require_header)
         target = None
         if load_target:
-            for key in ("reconstruction_rss", "reconstruction_esc"):
+            # fastmri.evaluate scores multi-coil files against reconstruction_rss, single-coil ones against
+            # reconstruction_esc; the other key is the fallback when the preferred one is absent
+            keys = ("reconstruction_esc", "reconstruction_rss") if single_coil else ("reconstruction_rss", "reconstruction_esc")
+            for key in keys:
                 if key in hf:
                     target = np.asarray(hf[key][()], dtype=np.float32)
                     break
@@ -276,12 +280,16 @@ def read_fastmri(path: str | os.PathLike[str], load_target: bool = True, require
 
 
 def recon_crop_size(image_shape: tuple[int, int], recon_size: tuple[int, ...]) -> tuple[int, int]:
-    """fastMRI's crop: the header's ``(x, y)`` recon size, falling back to a square of the image height
-    when the image is narrower (``image.shape[-2] < crop[1]``), never larger than the image."""
+    """fastMRI's crop ``(h, w)`` of an image ``(H, W)``: the header's ``(x, y)`` recon size, or a
+    ``W × W`` square when the image is narrower than the recon width (``W < y``), as fastMRI's
+    ``UnetDataTransform``/``VarNetDataTransform`` do (their ``image.shape[-2]`` is the width of a
+    ``(H, W, 2)`` complex image).  An image lower than the crop (``H < h``, where fastMRI's
+    ``center_crop`` raises) keeps its full height: the crop never exceeds the image."""
+    h, w = int(image_shape[-2]), int(image_shape[-1])
     crop = (int(recon_size[0]), int(recon_size[1]))
-    if image_shape[-2] < crop[1]:
-        crop = (image_shape[-2], image_shape[-2])
-    return min(crop[0], image_shape[-2]), min(crop[1], image_shape[-1])
+    if w < crop[1]:
+        crop = (w, w)
+    return min(crop[0], h), min(crop[1], w)
 
 
 def center_crop(x: Any, shape: tuple[int, int]) -> Any:
@@ -335,16 +343,18 @@ def write_fastmri_file(
     acceleration: float | None = None,
     num_low: int | None = None,
 ) -> Path:
-    """Write one fastMRI-layout multi-coil file atomically.
+    """Write one fastMRI-layout file atomically: multi-coil, or single-coil for 3-D ``kspace``.
 
     Parameters
     ----------
     path : Path
         Output file (its directory is created).
     kspace : np.ndarray
-        Fully sampled k-space, complex64 ``(slices, coils, H, W)``.
+        Fully sampled k-space, complex64 ``(slices, coils, H, W)``, or ``(slices, H, W)`` for
+        fastMRI's single-coil layout.
     target : np.ndarray or None
-        ``reconstruction_rss`` float32 ``(slices, H, W)`` (with ``max`` and ``norm`` attrs), or None.
+        float32 ``(slices, H, W)`` (with ``max`` and ``norm`` attrs), or None; stored as
+        ``reconstruction_rss`` (multi-coil) or ``reconstruction_esc`` (single-coil).
     acquisition, patient_id : str
         The file's ``acquisition`` and ``patient_id`` attrs.
     mask : np.ndarray, optional
@@ -360,7 +370,7 @@ def write_fastmri_file(
     Path
         ``path``.
     """
-    s, c, h, w = kspace.shape
+    h, w = kspace.shape[-2:]
     datasets: dict[str, np.ndarray | bytes] = {
         "ismrmrd_header": np.bytes_(build_ismrmrd_header((h, w, 1), (h, w, 1))),
     }
@@ -373,7 +383,7 @@ def write_fastmri_file(
     else:
         datasets["kspace"] = kspace
     if target is not None:
-        datasets["reconstruction_rss"] = target
+        datasets["reconstruction_esc" if kspace.ndim == 3 else "reconstruction_rss"] = target
         attrs["max"] = float(target.max())
         attrs["norm"] = float(np.linalg.norm(target))
     return atomic_h5_write(path, datasets, attrs)

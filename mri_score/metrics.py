@@ -3,6 +3,9 @@
 All functions take real volumes ``(slices, H, W)``; the data range is the
 *target volume's* maximum; SSIM is skimage's ``structural_similarity`` (7×7
 uniform window, K1 = 0.01, K2 = 0.03) per slice, averaged over slices.
+:func:`volume_metrics` first centre-crops target and reconstruction to a
+``target_width × target_width`` square, as ``fastmri.evaluate`` does, and
+:func:`aggregate` reports the sample std (``ddof = 1``, runstats' ``stddev``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from collections.abc import Iterable
 
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from mri_score.fastmri_io import center_crop
 
 
 def _check(gt: np.ndarray, pred: np.ndarray) -> None:
@@ -47,22 +52,68 @@ def ssim(gt: np.ndarray, pred: np.ndarray, maxval: float | None = None) -> float
     return float(np.mean(vals))
 
 
+def evaluation_crop(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both volumes centre-cropped to ``(W, W)``, ``W`` the target's width, as ``fastmri.evaluate`` does.
+
+    Parameters
+    ----------
+    gt, pred : np.ndarray
+        Real ``(slices, H, W)`` target and ``(slices, H', W')`` reconstruction.
+
+    Returns
+    -------
+    tuple of np.ndarray
+        ``(gt, pred)``, each ``(slices, W, W)``.
+
+    Raises
+    ------
+    ValueError
+        When either volume is smaller than ``W × W`` (fastMRI's ``center_crop`` refuses it too).
+    """
+    side = int(gt.shape[-1])
+    out = []
+    for name, x in (("target", gt), ("reconstruction", pred)):
+        if x.ndim != 3 or x.shape[-2] < side or x.shape[-1] < side:
+            raise ValueError(f"{name} of shape {x.shape} cannot be centre-cropped to the target-width square "
+                             f"{(side, side)} (fastmri.evaluate's crop)")
+        out.append(center_crop(x, (side, side)))
+    return out[0], out[1]
+
+
 def volume_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """``{"NMSE", "PSNR", "SSIM"}`` of one volume."""
-    gt = np.asarray(gt, dtype=np.float64)
-    pred = np.asarray(pred, dtype=np.float64)
+    """``{"NMSE", "PSNR", "SSIM"}`` of one volume, exactly as ``fastmri.evaluate`` scores it.
+
+    Parameters
+    ----------
+    gt : np.ndarray
+        Real target ``(slices, H, W)`` (``reconstruction_rss``, or ``reconstruction_esc`` for single-coil).
+    pred : np.ndarray
+        Real reconstruction ``(slices, H', W')``.
+
+    Returns
+    -------
+    dict
+        NMSE, PSNR (dB) and SSIM after :func:`evaluation_crop`; the data range of PSNR and
+        SSIM is the cropped target volume's maximum.
+    """
+    gt, pred = evaluation_crop(np.asarray(gt, dtype=np.float64), np.asarray(pred, dtype=np.float64))
     return {"NMSE": nmse(gt, pred), "PSNR": psnr(gt, pred), "SSIM": ssim(gt, pred)}
 
 
 def aggregate(per_volume: Iterable[dict[str, float]]) -> dict[str, tuple[float, float]]:
-    """Mean and 2·std over volumes for each metric: ``{name: (mean, 2*std)}`` (fastMRI's report)."""
+    """Mean and 2·std over volumes for each metric: ``{name: (mean, 2*std)}`` (fastMRI's report).
+
+    The std is the sample std (``ddof = 1``), as fastMRI's ``Metrics`` (runstats) computes it;
+    it is NaN for a single volume (undefined; fastMRI's runstats divides by zero there).
+    """
     rows = list(per_volume)
     if not rows:
         return {}
     out = {}
     for key in rows[0]:
         vals = np.array([r[key] for r in rows], dtype=np.float64)
-        out[key] = (float(vals.mean()), float(2 * vals.std()))
+        std = float(vals.std(ddof=1)) if vals.size > 1 else float("nan")
+        out[key] = (float(vals.mean()), 2 * std)
     return out
 
 

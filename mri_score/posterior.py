@@ -3,6 +3,12 @@
 This module is the shared core of :func:`mri_score.pipeline.reconstruct_volume`
 (the ``reconstruct`` command line and the benchmarks).  Only the undersampled
 k-space and its mask are used (never a fully sampled answer).
+
+Output convention (:data:`MAGNITUDES`, ``SamplerSettings.magnitude``): the default
+``sense`` is the coil-combined posterior-mean magnitude ``|x|``, the estimate of the
+anatomy; ``rss`` is the expected root-sum-of-squares of the *noisy* coil images
+(:func:`operators.expected_rss`, noise floor included), the option for scoring against
+fastMRI's noisy RSS targets.  The std follows the same convention.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from operators import Sense, expected_rss, fourier_resample, ifft2c, image_to_gr
 __all__ = ["MAGNITUDES", "Calibration", "SamplerSettings", "SliceResult", "check_acs", "estimate_sigma_y",
            "output_magnitude", "reconstruct_slice"]
 
-#: Output magnitude conventions: ``rss`` estimates the fastMRI target (RSS of the noisy fully
-#: sampled coil images, noise floor included); ``sense`` is the coil-combined ``|x|``.
-MAGNITUDES = ("rss", "sense")
+#: Output magnitude conventions: ``sense`` (the default) is the coil-combined ``|x|``, the anatomy
+#: estimate; ``rss`` estimates the fastMRI target (RSS of the noisy fully sampled coil images,
+#: noise floor included), for scoring against fastMRI's noisy RSS targets.
+MAGNITUDES = ("sense", "rss")
 
 
 @dataclass
@@ -48,7 +55,8 @@ class SamplerSettings:
     maps : str
         Coil-map estimator when the slice is calibrated here (``auto``, ``espirit``, ``lowres``).
     magnitude : str
-        Output convention, one of :data:`MAGNITUDES`.
+        Output convention, one of :data:`MAGNITUDES`: ``sense`` (default, the anatomy ``|x|``) or
+        ``rss`` (expected noisy RSS, for scoring against fastMRI's RSS targets).
     options : mapping or SamplerConfig
         The sampler's options; a mapping is validated into the sampler's
         :class:`~mri_score.samplers.SamplerConfig` (unknown keys refused).
@@ -62,7 +70,7 @@ class SamplerSettings:
     samples: int = 2
     seed: int = 0
     maps: str = "auto"
-    magnitude: str = "rss"
+    magnitude: str = "sense"
     options: Mapping[str, Any] | SamplerConfig = field(default_factory=dict)
     grid_factor: float = 1.0
 
@@ -99,12 +107,13 @@ class SliceResult:
     calibration: Calibration
 
 
-def output_magnitude(image: torch.Tensor, maps: torch.Tensor, sigma_y: float, magnitude: str = "rss") -> torch.Tensor:
+def output_magnitude(image: torch.Tensor, maps: torch.Tensor, sigma_y: float, magnitude: str = "sense") -> torch.Tensor:
     """Real magnitude of a complex image ``(..., H, W)``: ``|x|`` (``sense``) or the expected noisy RSS (``rss``).
 
-    ``rss`` is what fastMRI's targets are (:func:`operators.expected_rss` with the
-    data's own σ_y, estimated from the undersampled k-space); every SENSE-type
-    method in the benchmarks is reported with the same convention.
+    ``sense`` (the default) is the anatomy estimate.  ``rss`` is what fastMRI's targets are
+    (:func:`operators.expected_rss` with the data's own σ_y, estimated from the undersampled
+    k-space), for scoring against them; every SENSE-type method in the benchmarks is
+    reported with the benchmark's convention.
     """
     if magnitude == "sense":
         return image.abs()

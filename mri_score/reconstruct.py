@@ -6,9 +6,11 @@ name (default 4x equispaced, centre fraction 0.08).  Coil maps and the
 intensity scale come from the ACS of the undersampled k-space.  Writes
 ``OUT/<name>.h5`` with ``reconstruction`` (float32, recon-size crop),
 ``reconstruction_std``, ``mask`` and the settings as attrs, atomically.
-``reconstruction`` is by default the expected root-sum-of-squares magnitude
-(noise floor included), i.e. the quantity fastMRI's targets are; ``--magnitude
-sense`` writes the coil-combined ``|x|`` instead.  ``--steps`` (alias ``--nfe``)
+``reconstruction`` (and ``reconstruction_std``) is by default the coil-combined
+posterior-mean magnitude ``|x|``, the anatomy estimate (``--magnitude sense``);
+``--magnitude rss`` writes the expected root-sum-of-squares of the noisy coil
+images instead (noise floor included), the option for scoring against fastMRI's
+noisy RSS targets.  ``--steps`` (alias ``--nfe``)
 is the budget of network evaluations for every sampler; ``--sampler-opt
 key=value`` sets any option of the chosen sampler (validated; see
 :mod:`mri_score.samplers`).  This module only parses flags: the work is
@@ -33,7 +35,8 @@ from mri_score.pipeline import demo_volume, reconstruct_file
 from mri_score.posterior import MAGNITUDES, SamplerSettings
 from mri_score.resolution import MAX_GRID_FACTOR
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, sampler_config
-from operators.masks import MASK_TYPES, MAX_ACCELERATION
+from operators.errors import OperatorInputError
+from operators.masks import MASK_TYPES, MAX_ACCELERATION, create_mask_for_mask_type
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-type", default="equispaced", choices=MASK_TYPES)
     p.add_argument("--center-fraction", type=float, default=0.08)
     p.add_argument("--maps", default="auto", choices=["auto", "espirit", "lowres"], help="coil-map estimator")
-    p.add_argument("--magnitude", default="rss", choices=MAGNITUDES,
-                   help="rss: expected RSS of the noisy coil images, as fastMRI targets (default); sense: |x|")
+    p.add_argument("--magnitude", default="sense", choices=MAGNITUDES,
+                   help="sense (default): the coil-combined posterior-mean magnitude |x|, the anatomy estimate; "
+                        "rss: the expected RSS of the noisy coil images, for scoring against fastMRI's noisy RSS "
+                        "targets (noise floor included)")
     p.add_argument("--sampler-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampler option (repeatable), e.g. cg_iters=5 for dds; unknown keys are refused with the "
                         "sampler's list")
@@ -217,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"--accel must be in (1, {MAX_ACCELERATION:g}], got {args.accel}")
     if not 0.0 < args.center_fraction < 0.5:
         raise InputError(f"--center-fraction must be in (0, 0.5), got {args.center_fraction}")
+    if args.accel is not None:  # e.g. a fractional R for the equispaced mask: refused once, before any file
+        try:
+            create_mask_for_mask_type(args.mask_type, [args.center_fraction], [args.accel])
+        except OperatorInputError as err:
+            raise InputError(f"--accel/--mask-type: {err}") from None
     settings = settings_from_args(args)
     auto_grid, grid_factor = grid_from_arg(args.grid)
     settings = replace(settings, grid_factor=grid_factor)

@@ -1,4 +1,4 @@
-"""``python -m mri_score.simulate``: images -> fastMRI-format multi-coil k-space files.
+"""``python -m mri_score.simulate``: images -> fastMRI-format multi-coil (or single-coil) k-space files.
 
 Sources: the synthetic corpus (``--source corpus``), or a file: NIfTI
 (``.nii``/``.nii.gz``), NumPy (``.npy``, ``(slices, H, W)`` real or complex),
@@ -10,6 +10,8 @@ ratio of the image's 99th-percentile magnitude to the noise std per complex
 sample (the orthonormal FFT makes image- and k-space noise equal).  Output:
 fully sampled ``kspace`` + ``reconstruction_rss``, a valid ``ismrmrd_header``
 and attrs (``max``, ``norm``, ``acquisition``, ``patient_id``).  With
+``--coils 1`` the files have fastMRI's single-coil layout: ``kspace`` ``(slices, H, W)``
+and the target named ``reconstruction_esc`` (no ``reconstruction_rss``).  With
 ``--accel`` the files look like fastMRI's test split: masked ``kspace``,
 ``mask``, ``acceleration`` and ``num_low_frequency`` and no target
 (``--keep-target`` keeps it, for benchmarks).
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accel", type=float, default=None)
     p.add_argument("--mask-type", default="equispaced", choices=MASK_TYPES)
     p.add_argument("--center-fraction", type=float, default=0.08)
-    p.add_argument("--keep-target", action="store_true", help="keep reconstruction_rss in undersampled files")
+    p.add_argument("--keep-target", action="store_true", help="keep the target (reconstruction_rss/_esc) in undersampled files")
     p.add_argument("--prefix", default="synth")
     return p
 
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         mask = num_low = None
         if a.accel is not None:
             mask, num_low = make_mask(a.mask_type, a.accel, a.center_fraction, ksp.shape[-2:], name)
+        if a.coils == 1:  # fastMRI's single-coil layout: kspace (slices, H, W), target reconstruction_esc
+            ksp = ksp[:, 0]
         keep = target if (a.accel is None or a.keep_target) else None
         written.append(write_fastmri_file(out / name, ksp, keep, acq, f"{a.prefix}{v:03d}", mask, a.accel, num_low))
     for w in written:

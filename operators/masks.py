@@ -162,7 +162,27 @@ class RandomMaskFunc(MaskFunc):
 
 
 class EquiSpacedMaskFunc(MaskFunc):
-    """Every R-th column from a random ``offset`` in ``[0, R)``, plus the centre block."""
+    """Every R-th column from a random ``offset`` in ``[0, R)``, plus the centre block.
+
+    R must be an integer (fastMRI's ``EquiSpacedMaskFunc`` takes every R-th column with an integer
+    step); a fractional R is refused rather than silently rounded to another acceleration
+    (:class:`EquispacedMaskFractionFunc` reaches a fractional R).
+    """
+
+    def __init__(
+        self,
+        center_fractions: Sequence[float],
+        accelerations: Sequence[float],
+        allow_any_combination: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(center_fractions, accelerations, allow_any_combination, seed)
+        for acc in self.accelerations:
+            if not float(acc).is_integer():
+                raise OperatorInputError(
+                    f"equispaced mask needs an integer acceleration, got {acc:g} "
+                    "(use the equispaced_fraction mask type for a fractional one)"
+                )
 
     def calculate_acceleration_mask(
         self, num_cols: int, acceleration: float, offset: int | None, num_low_frequencies: int

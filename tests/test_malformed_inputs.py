@@ -226,7 +226,10 @@ def test_killed_reconstruction_leaves_no_partial_output(tmp_path, tiny_prior_pat
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "mri_score.reconstruct", "--kspace", str(src), "--out", str(out),
                              "--prior", str(tiny_prior_path), "--steps", "400", "--center-fraction", "0.25",
-                             "--threads", "1"], stderr=subprocess.PIPE, text=True, env=env)
+                             "--threads", "1"], stderr=subprocess.PIPE, text=True, env=env,
+                            # a suite run in a background job inherits SIGINT as ignored; the child is a
+                            # foreground program here, so it gets the default disposition back
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(6.0)  # imports, prior, maps: well inside the 8 slices x 400 steps
     assert proc.poll() is None, proc.stderr.read()
     proc.send_signal(sig)

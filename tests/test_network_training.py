@@ -155,11 +155,17 @@ def test_ddp_gloo_two_ranks_identical_parameters(tmp_path):
         "open(sys.argv[2] + f'.{dist.get_rank()}', 'w').write(h)\n"
         "dist.destroy_process_group()\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    import socket
+
+    with socket.socket() as sock:  # a free port, not a fixed one
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}",
            str(script), str(cfg_path), str(tmp_path / "hash")]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, res.stderr[:3000] + "\n...\n" + res.stderr[-2000:]
     h0 = (tmp_path / "hash.0").read_text()
     h1 = (tmp_path / "hash.1").read_text()
     assert h0 == h1

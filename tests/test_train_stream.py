@@ -93,7 +93,7 @@ sys.exit(rc)
 
 def _torchrun(launcher: list[str], args: list[str]) -> subprocess.Popen:
     """``torchrun LAUNCHER ARGS`` (as ``python -m torch.distributed.run``), gloo on CPU."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
