@@ -84,10 +84,14 @@ class MaskFunc:
         for acc in accelerations:
             if not acc >= 1.0:
                 raise OperatorInputError(f"acceleration must be >= 1, got {acc}")
+            self.check_acceleration(acc)
         self.center_fractions = center_fractions
         self.accelerations = accelerations
         self.allow_any_combination = allow_any_combination
         self.rng = np.random.RandomState(seed)
+
+    def check_acceleration(self, acceleration: float) -> None:
+        """Refuse an acceleration this mask type cannot realise (any R >= 1 here; subclasses narrow it)."""
 
     def __call__(
         self,
@@ -169,20 +173,13 @@ class EquiSpacedMaskFunc(MaskFunc):
     (:class:`EquispacedMaskFractionFunc` reaches a fractional R).
     """
 
-    def __init__(
-        self,
-        center_fractions: Sequence[float],
-        accelerations: Sequence[float],
-        allow_any_combination: bool = False,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(center_fractions, accelerations, allow_any_combination, seed)
-        for acc in self.accelerations:
-            if not float(acc).is_integer():
-                raise OperatorInputError(
-                    f"equispaced mask needs an integer acceleration, got {acc:g} "
-                    "(use the equispaced_fraction mask type for a fractional one)"
-                )
+    def check_acceleration(self, acceleration: float) -> None:
+        """Refuse a fractional R (every R-th column needs an integer step)."""
+        if not float(acceleration).is_integer():
+            raise OperatorInputError(
+                f"equispaced mask needs an integer acceleration, got {acceleration:g} "
+                "(use the equispaced_fraction mask type for a fractional one)"
+            )
 
     def calculate_acceleration_mask(
         self, num_cols: int, acceleration: float, offset: int | None, num_low_frequencies: int

@@ -111,3 +111,13 @@ def test_mask_argument_errors():
 def test_poisson_unreachable_acceleration_is_a_clear_error():
     with pytest.raises(ValueError, match="no Poisson-disc mask reaches"):
         PoissonMaskFunc([8], calib_size=26, seed=0)((96, 40))
+
+
+def test_equispaced_refuses_a_fractional_acceleration():
+    from operators.errors import OperatorInputError
+    from operators.masks import EquispacedMaskFractionFunc, EquiSpacedMaskFunc
+
+    with pytest.raises(OperatorInputError, match="integer acceleration, got 2.5"):
+        EquiSpacedMaskFunc([0.08], [4, 2.5], allow_any_combination=True)
+    EquiSpacedMaskFunc([0.08], [4.0])  # an integer-valued float is fine
+    EquispacedMaskFractionFunc([0.08], [2.5])  # the fraction variant reaches fractional R
