@@ -8,7 +8,8 @@ default the shipped one; K = 1, ``--nfe`` NFE) against the noise-free image, sco
 (:class:`mri_score.adapt.AdaptSettings` at its defaults unless flags say otherwise), the difference, and
 seconds per slice (calibration excluded; the adapted row includes its pilot and its training steps).
 Real images (:mod:`mri_score.data.realset`) are evaluation only: the adaptation defaults were fixed
-before this ran, nothing is chosen on it.  Synthetic slices: held-out test-split subjects 0 and 1 of the subject-level corpus (as the protocol's test set).
+before this ran, nothing is chosen on it.  Synthetic slices: held-out test-split subjects 0 and 1 of the
+subject-level corpus (as the protocol's test set).
 k-space as the benchmarks simulate it (8 birdcage coils, SNR 100, fastMRI masks seeded by the volume name,
 centre fraction 0.08), one shared calibration per slice.
 """
