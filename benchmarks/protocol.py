@@ -118,11 +118,13 @@ def protocol_volumes(cfg: dict) -> list[dict]:
 
     Subject ``k`` gets contrast family ``data.families[k % len]``; tuning slices start at corpus
     index offset ``data.tuning.first`` (default 500) so they never repeat a test slice's geometry.
+    ``data.pixel_mm`` (default 0.8–1.5) is the pixel-size range (mm) of the synthetic slices.
     """
     data = cfg["data"]
     families = list(data.get("families", ["t1", "t2", "pd"]))
     size = tuple(int(v) for v in data["size"])
     corpus_seed = int(data.get("corpus_seed", 0))
+    pixel_mm = tuple(float(v) for v in data.get("pixel_mm", (0.8, 1.5)))
     vols = []
     for phase, first_default in (("tuning", 500), ("test", 0)):
         spec = data[phase]
@@ -130,7 +132,7 @@ def protocol_volumes(cfg: dict) -> list[dict]:
             subj = int(subj)
             fam = families[subj % len(families)]
             imgs = subject_volume("test", subj, int(spec["slices_per_subject"]), size, fam, corpus_seed,
-                                  first=int(spec.get("first", first_default)))
+                                  first=int(spec.get("first", first_default)), pixel_mm=pixel_mm)
             vols.append({"name": f"{phase}_subject{subj:02d}_{fam}.h5", "phase": phase, "group": GROUP_SYNTH,
                          "subject": subj, "images": imgs, "seed": int(spec.get("seed", 1 if phase == "tuning" else 0))})
     for name in data.get("real", []):

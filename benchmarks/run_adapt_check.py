@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = (("equispaced", 4.0), ("random", 8.0))
 CENTER_FRACTION, COILS, SNR = 0.08, 8, 100.0
 REAL = ("nibabel_example4d", "nibabel_phantom_epi")
+#: synthetic pixel sizes (mm): the protocol's (configs/bench_protocol.yaml), the head inside a 128² field of view
+PIXEL_MM = (2.0, 2.5)
 
 
 def volumes(slices: int, synth_size: int, seed: int) -> list[dict]:
@@ -47,7 +49,8 @@ def volumes(slices: int, synth_size: int, seed: int) -> list[dict]:
     out = [{"name": n, "group": "real", "images": middle_slices(load_real_volume(n).images, slices)} for n in REAL]
     for i, family in enumerate(("t1", "t2")):
         out.append({"name": f"subject{i:02d}_{family}", "group": "synthetic",
-                    "images": subject_volume("test", i, slices, (synth_size, synth_size), family, seed)})
+                    "images": subject_volume("test", i, slices, (synth_size, synth_size), family, seed,
+                                                 pixel_mm=PIXEL_MM)})
     return out
 
 
