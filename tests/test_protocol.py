@@ -241,3 +241,14 @@ def test_frozen_protocol_slices_keep_the_head_inside_the_field_of_view():
     cfg["data"]["pixel_mm"] = [0.8, 1.5]
     cut = protocol_volumes(cfg)
     assert any(np.abs(v["images"])[:, :2].max() > 0.5 * np.abs(v["images"]).max() for v in cut)
+
+
+def test_training_split_note_names_the_overlap_of_the_shipped_priors():
+    from benchmarks.protocol import training_split_note
+    from mri_score.prior import load_prior
+
+    assert "NOT excluded by voxel" in training_split_note(load_prior().meta)
+    mixed = load_prior(__import__("pathlib").Path(__file__).resolve().parents[1] / "mri_score" / "weights"
+                       / "prior_mixed_cond.safetensors")
+    assert "voxel-disjoint" in training_split_note(mixed.meta)
+    assert "unknown" in training_split_note({})
