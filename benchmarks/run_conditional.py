@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{cfg.get('generation', {}).get('size')}², n={cfg.get('generation', {}).get('n')} per row; accuracy of "
             "the clean-image classifier; chance 1/6 contrast, 1/3 anatomy)\n\n" + "\n".join(gen_rows) +
             f"\n\n## Reconstruction (DDS, budget {cfg.get('reconstruction', {}).get('nfe')} NFE; CFG w≠1 spends 2 "
-            "per step; equispaced masks; |x| against the noise-free truth; synthetic slices at 2-3 mm pixels)\n\n" + "\n".join(rec_rows)
+            "per step; equispaced masks; |x| against the noise-free truth; synthetic slices at 2-3 mm pixels)\n\n"
+            + "\n".join(rec_rows)
             + "\n")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / "conditional.md") as tmp:
