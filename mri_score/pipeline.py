@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mri_score import limits
 from mri_score.calibration import Calibration, check_acs
 from mri_score.errors import InputError
 from mri_score.fastmri_io import (
@@ -47,13 +48,7 @@ def check_memory(vol: FastMRIVolume, samples: int, device: torch.device) -> None
     """Refuse (:class:`InputError` naming the file) before allocating when one slice's working set would not fit."""
     _, c, h, w = vol.kspace.shape
     need = MEM_COPIES * max(samples, 1) * c * h * w * 8
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):  # pragma: no cover - non-POSIX
-            return
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else limits.available_memory()
     if need > free:
         raise InputError(
             f"{vol.path}: one slice needs about {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free"
