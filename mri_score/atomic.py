@@ -102,6 +102,26 @@ def check_output_dir(out_dir: str | os.PathLike[str], inputs: Iterable[str | os.
         if real_out in dirs or real_out == os.path.realpath(f):
             raise InputError(f"{flag} {out_dir}: resolves to {real_out}, where the input {f} lies; the output "
                              "directory must differ from the inputs' (inputs are never overwritten)")
+    check_writable(out_dir, flag)
+
+
+def check_writable(directory: str | os.PathLike[str], flag: str = "--out") -> None:
+    """Probe, before any work, that files can be created in ``directory`` (or its nearest existing parent).
+
+    A temporary file is created and removed at once; ``EACCES``, ``EROFS``, a parent that is a
+    file and the like become one :class:`InputError` naming ``flag``.  Nothing is left behind.
+    """
+    probe = Path(os.path.abspath(directory))
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{flag} {directory}: cannot be created ({probe} is not a directory)")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=probe)
+    except OSError as err:
+        raise InputError(f"{flag} {directory}: cannot write there ({err.strerror or err}: {probe})") from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def check_output(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = ()) -> None:
@@ -131,16 +151,16 @@ def write_error(path: str | os.PathLike[str], err: OSError) -> InputError:
 
 def _oserror_in(err: BaseException) -> OSError | None:
     """The ``OSError`` with a user-fixable errno in ``err``'s chain (libraries such as h5py wrap them,
-    or only name the errno in the message: ``errno = 28``)."""
+    or only name the errno in the message: ``errno = 28``, ``(os error 28)``)."""
     node: BaseException | None = err
     for _ in range(10):
         if node is None:
             break
         if isinstance(node, OSError) and node.errno in WRITE_ERRNOS:
             return node
-        found = re.search(r"errno = (\d+)", str(node))
-        if found and int(found.group(1)) in WRITE_ERRNOS:
-            code = int(found.group(1))
+        found = re.search(r"errno = (\d+)|os error (\d+)", str(node))
+        if found and int(found.group(1) or found.group(2)) in WRITE_ERRNOS:
+            code = int(found.group(1) or found.group(2))
             return OSError(code, os.strerror(code))
         node = node.__cause__ or node.__context__
     return None

@@ -37,10 +37,11 @@ class CheckpointError(InputError):
     """A checkpoint is missing, corrupted, tampered with or of another architecture."""
 
 
-def one_line(message: object) -> str:
-    """``message`` as one printable line: newlines folded, characters the locale cannot encode escaped."""
+def one_line(message: object, stream: object = None) -> str:
+    """``message`` as one printable line for ``stream`` (default stderr): newlines folded, characters its
+    encoding cannot write (file names that are not valid in the locale) escaped."""
     text = " ".join(str(message).split("\n"))
-    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    encoding = getattr(stream if stream is not None else sys.stderr, "encoding", None) or "utf-8"
     return text.encode(encoding, "backslashreplace").decode(encoding, "replace")
 
 

@@ -21,7 +21,7 @@ import torch
 
 from mri_score import limits
 from mri_score.calibration import Calibration, check_acs
-from mri_score.errors import InputError
+from mri_score.errors import InputError, one_line
 from mri_score.fastmri_io import (
     FastMRIVolume,
     center_crop,
@@ -36,6 +36,7 @@ from mri_score.network import EDMDenoiser
 from mri_score.posterior import SamplerSettings, reconstruct_slice
 from mri_score.resolution import auto_grid_factor, prior_pixel_range
 from mri_score.samplers import ComplexPrior
+from operators.errors import OperatorInputError
 from operators.masks import make_mask
 
 #: Working memory per slice is estimated as this many copies of one slice's multi-coil k-space.
@@ -220,7 +221,10 @@ def reconstruct_file(
     s, _, h, w = vol.kspace.shape
     crop = recon_crop_size((h, w), vol.recon_size)
     t0 = time.time()
-    res = reconstruct_volume(vol.kspace, mask, prior, settings, crop=crop, extra_terms=extra_terms)
+    try:
+        res = reconstruct_volume(vol.kspace, mask, prior, settings, crop=crop, extra_terms=extra_terms)
+    except (OperatorInputError, np.linalg.LinAlgError) as err:  # coil maps or a solver failed on this file's data
+        raise InputError(f"{path}: {one_line(err)}") from None
     seconds = time.time() - t0
     nfe = sum(res.nfe)
     summary = {"file": str(path), "seconds": seconds, "seconds_per_slice": seconds / s, "nfe_per_slice": nfe // s,

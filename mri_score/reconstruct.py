@@ -30,7 +30,7 @@ import torch
 
 from mri_score import limits, runs
 from mri_score.atomic import check_output, check_output_dir, protected_inputs
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score.errors import InputError, exit_on_input_error, one_line
 from mri_score.guidance import GuidanceOptions
 from mri_score.pipeline import demo_volume, reconstruct_file
 from mri_score.posterior import MAGNITUDES, SamplerSettings
@@ -314,7 +314,8 @@ def _run(args: argparse.Namespace, files: list[Path], settings: SamplerSettings,
         out_file = Path(args.out) / f.name
         if directory_run and not args.redo and runs.is_done(out_file, key):
             rows.append({**runs.stored_summary(out_file), "file": str(f), "status": "skipped", "output": str(out_file)})
-            print(f"{f.name}: done earlier with the same settings, skipped -> {out_file}", flush=True)
+            print(one_line(f"{f.name}: done earlier with the same settings, skipped -> {out_file}", sys.stdout),
+                  flush=True)
             runs.write_summary(csv_path, rows)
             continue
         try:
@@ -327,22 +328,22 @@ def _run(args: argparse.Namespace, files: list[Path], settings: SamplerSettings,
         except InputError as err:
             if len(files) == 1:
                 raise
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
             bad.append(str(f))
             rows.append({"file": str(f), "status": "failed", "error": str(err)})
         else:
-            print(format_summary(summary), flush=True)
+            print(one_line(format_summary(summary), sys.stdout), flush=True)
             slices_done += summary["slices"]
             rows.append({**summary, "status": "done", "slices_per_s": summary["slices"] / max(summary["seconds"], 1e-9)})
         if directory_run:
             runs.write_summary(csv_path, rows)  # after every file: a killed job leaves a current summary
     if directory_run:
         seconds = time.time() - t_run
-        print(f"rank {rank} of {world}: {slices_done} slices reconstructed in {seconds:.1f} s "
-              f"({slices_done / max(seconds, 1e-9):.3f} slices/s), {sum(r['status'] == 'skipped' for r in rows)} files "
-              f"skipped, {len(bad)} failed; summary {csv_path}", flush=True)
+        print(one_line(f"rank {rank} of {world}: {slices_done} slices reconstructed in {seconds:.1f} s "
+                       f"({slices_done / max(seconds, 1e-9):.3f} slices/s), {sum(r['status'] == 'skipped' for r in rows)} "
+                       f"files skipped, {len(bad)} failed; summary {csv_path}", sys.stdout), flush=True)
     if bad:
-        print(f"error: {len(bad)} of {len(files)} files failed: {', '.join(bad)}", file=sys.stderr)
+        print(f"error: {one_line(f'{len(bad)} of {len(files)} files failed: ' + ', '.join(bad))}", file=sys.stderr)
         return 2
     return 0
 

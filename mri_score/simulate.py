@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mri_score import limits
 from mri_score.atomic import check_output, check_output_dir, protected_inputs
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score.errors import InputError, exit_on_input_error, one_line
 from mri_score.fastmri_io import write_fastmri_file
 from mri_score.simulation import corpus_volume, load_images, simulate_volume
 from operators.masks import MASK_TYPES, MAX_ACCELERATION, make_mask
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     with protected_inputs(inputs):
         written = [simulate_one(a, v, out / name) for v, name in enumerate(names)]
     for w in written:
-        print(w)
+        print(one_line(w, sys.stdout))
     return 0
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from mri_score import limits
-from mri_score.atomic import check_output, protected_inputs
+from mri_score.atomic import check_output, check_writable, protected_inputs
 from mri_score.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from mri_score.classifier import NoiseClassifier, classifier_loss
 from mri_score.config import load_config, require
@@ -38,7 +38,7 @@ from mri_score.data.body import BODY_FAMILIES
 from mri_score.data.corpus import ANATOMIES, CONTRASTS, FAMILIES
 from mri_score.data.datasets import SlicePool, mixed_pool, synthetic_pool, synthetic_slices
 from mri_score.data.fastmri_stream import StreamFeed, stream_source
-from mri_score.errors import CheckpointError, InputError, exit_on_input_error
+from mri_score.errors import CheckpointError, InputError, exit_on_input_error, one_line
 from mri_score.network import EDMDenoiser, NetworkConfig, count_parameters
 from mri_score.prior import load_network
 from mri_score.supervised import KspacePairSource, MagnitudeUNet, supervised_loss
@@ -309,6 +309,7 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
     out_dir = Path(cfg["out_dir"])
     for path in (out_dir / "checkpoint.safetensors", out_dir / "loss.jsonl", *([Path(export)] if export else [])):
         check_output(path, inputs)
+    check_writable(out_dir, "out_dir")
     with protected_inputs(inputs):
         return _train(cfg, resume, device, max_steps)
 
@@ -543,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.export:
             cmd = "python -m mri_score.train " + " ".join(sys.argv[1:] if argv is None else argv)
             export_prior(Path(require(cfg, "out_dir")) / "checkpoint.safetensors", args.export, cmd)
-            print(f"exported weights to {args.export}")
+            print(one_line(f"exported weights to {args.export}", sys.stdout))
     return 0
 
 
