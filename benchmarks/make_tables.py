@@ -8,6 +8,9 @@ Run: ``python benchmarks/make_tables.py`` (defaults: ``benchmarks/results/bench_
 
 from __future__ import annotations
 
+import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+
+# isort: split
 import argparse
 import sys
 from pathlib import Path

@@ -13,6 +13,9 @@ ACS only and are shared by all methods.  Writes ``benchmarks/results/<name>.md``
 
 from __future__ import annotations
 
+import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+
+# isort: split
 import argparse
 import csv
 import resource

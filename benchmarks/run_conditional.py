@@ -16,6 +16,9 @@ Writes ``OUT/conditional.md`` (tables and provenance) and ``OUT/conditional_grid
 
 from __future__ import annotations
 
+import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+
+# isort: split
 import argparse
 import sys
 import time

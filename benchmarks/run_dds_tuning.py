@@ -9,6 +9,9 @@ reported numbers.  A setting is only worth making the default when it helps on t
 
 from __future__ import annotations
 
+import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+
+# isort: split
 import argparse
 import sys
 import time

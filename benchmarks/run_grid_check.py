@@ -23,6 +23,9 @@ and every configuration shares one calibration per slice.
 
 from __future__ import annotations
 
+import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+
+# isort: split
 import argparse
 import sys
 import time

@@ -11,6 +11,9 @@ errors from prior and sampler errors.
 
 from __future__ import annotations
 
+import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+
+# isort: split
 import argparse
 import sys
 from pathlib import Path

@@ -10,6 +10,9 @@ peak should be the volume itself plus one slice's working set.
 
 from __future__ import annotations
 
+import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+
+# isort: split
 import argparse
 import os
 import subprocess

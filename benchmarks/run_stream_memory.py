@@ -15,6 +15,9 @@ alone on the 100-file set.  Results: ``benchmarks/results/stream_memory.md``.
 
 from __future__ import annotations
 
+import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+
+# isort: split
 import argparse
 import json
 import os

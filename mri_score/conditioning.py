@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -155,17 +156,18 @@ def acquisition_condition(acquisition: str | None, vocab: Vocabulary | None) -> 
 
 
 def read_acquisition(path: str | os.PathLike[str]) -> str | None:
-    """The ``acquisition`` attribute of a fastMRI file (read-only), or None when absent or unreadable."""
-    import h5py
+    """The ``acquisition`` attribute of a fastMRI file (read-only), or None when absent or unusable.
+
+    An unusable file or attribute is reported by :func:`mri_score.fastmri_io.read_fastmri` when the
+    file itself is read.
+    """
+    from mri_score.fastmri_io import open_input, read_attrs
 
     try:
-        with h5py.File(path, "r") as hf:
-            value = hf.attrs.get("acquisition")
-    except OSError:
+        with open_input(path) as hf:
+            return read_attrs(hf, Path(path)).get("acquisition")
+    except InputError:
         return None
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def format_condition(condition: Mapping[str, str]) -> str:

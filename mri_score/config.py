@@ -9,21 +9,83 @@ from typing import Any
 
 import yaml
 
-from mri_score.errors import InputError
+from mri_score.errors import InputError, one_line
+
+#: Configs are small text files: larger ones, or ones whose aliases would expand to more nodes
+#: than this (a YAML "billion laughs"), are refused before anything is built from them.
+MAX_CONFIG_BYTES = 1024**2
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int], active: set[int], source: str) -> int:
+    """Nodes ``node`` stands for once every alias is expanded (memoised: linear in the composed graph)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise InputError(f"{source}: YAML alias refers to itself (a recursive structure); refused")
+    active.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_nodes(n, memo, active, source) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_nodes(k, memo, active, source) + _expanded_nodes(v, memo, active, source)
+                        for k, v in node.value)
+    else:
+        total = 1
+    active.discard(key)
+    memo[key] = min(total, 2**62)
+    return memo[key]
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` of ``text`` after refusing alias bombs and recursive aliases (one line naming ``source``)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None:
+            nodes = _expanded_nodes(root, {}, set(), source)
+            if nodes > MAX_YAML_NODES:
+                raise InputError(f"{source}: YAML expands to {nodes} nodes through its aliases (at most "
+                                 f"{MAX_YAML_NODES}); refused before expanding")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise InputError(f"{source}: not valid YAML ({one_line(str(err).splitlines()[0])})") from None
+    except RecursionError:
+        raise InputError(f"{source}: YAML nested too deeply; refused") from None
+
+
+def read_text_file(path: str | os.PathLike[str], what: str, max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """The UTF-8 text of a small input file, or an :class:`InputError` (missing, too large, binary, not UTF-8)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found" if not path.exists() else f"{path}: {what} is not a file")
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise InputError(f"{path}: {what} of {size} bytes is too large (at most {max_bytes})")
+        raw = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
+    if b"\x00" in raw:
+        raise InputError(f"{path}: {what} is a binary file, not YAML text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: {what} is not UTF-8 text (byte {err.start})") from None
 
 
 def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a YAML mapping and apply ``a.b=value`` overrides (values parsed as YAML)."""
+    """Read a YAML mapping and apply ``a.b=value`` overrides (values parsed as YAML).
+
+    The file must be small UTF-8 text (:func:`read_text_file`) without alias bombs (:func:`parse_yaml`).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    cfg = parse_yaml(read_text_file(path, "config file"), str(path))
     if not isinstance(cfg, dict):
-        raise InputError(f"{path}: config must be a YAML mapping")
-    return apply_overrides(cfg, overrides or [])
+        raise InputError(f"{path}: config must be a YAML mapping, got {type(cfg).__name__}")
+    try:
+        return apply_overrides(cfg, overrides or [])
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -33,12 +95,11 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise InputError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
-            raise InputError(f"override {item!r}: value is not valid YAML") from err
+        value = parse_yaml(raw, f"override {item!r}")
         node = cfg
         parts = key.split(".")
+        if not all(parts):
+            raise InputError(f"override {item!r}: empty key")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):

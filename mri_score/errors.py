@@ -1,16 +1,19 @@
-"""Errors raised for bad user input, and the one-line command-line reporting of them."""
+"""Errors raised for bad user input, and the one-line command-line reporting of them.
+
+Imports nothing heavy (no torch): :func:`guard_startup` runs when the package is imported,
+so that a signal while the command lines import their libraries exits quietly.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import TypeVar
-
-from operators.errors import OperatorInputError
 
 T = TypeVar("T")
 
@@ -34,28 +37,56 @@ class CheckpointError(InputError):
     """A checkpoint is missing, corrupted, tampered with or of another architecture."""
 
 
-def one_line(message: object) -> str:
-    """``message`` as one printable line: newlines folded, characters the locale cannot encode escaped."""
+def one_line(message: object, stream: object = None) -> str:
+    """``message`` as one printable line for ``stream`` (default stderr): newlines folded, characters its
+    encoding cannot write (file names that are not valid in the locale) escaped."""
     text = " ".join(str(message).split("\n"))
-    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    encoding = getattr(stream if stream is not None else sys.stderr, "encoding", None) or "utf-8"
     return text.encode(encoding, "backslashreplace").decode(encoding, "replace")
 
 
-@contextlib.contextmanager
-def quiet_interrupt(module_name: str) -> Iterator[None]:
-    """Wrap a command-line module's (slow) imports: Ctrl-C while importing exits 130 without a traceback.
-
-    Only when the module runs as ``__main__`` (``python -m …``); for a library import the
-    ``KeyboardInterrupt`` propagates unchanged.  Signal handlers are not touched, so an
-    inherited ignored SIGINT (background jobs) stays ignored.
-    """
+def _cli_start() -> bool:
+    """True while a command line of this project starts: ``python -m mri_score.…`` (``sys.argv[0]`` is
+    ``-m`` while the module is located), a script of ``benchmarks/`` run by path, or a console script
+    (a wrapper that imports a ``main`` of this project)."""
+    if sys.argv[:1] == ["-m"]:
+        return True
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not main_file:
+        return False
+    path = Path(main_file).resolve()
+    if path.parent == Path(__file__).resolve().parents[1] / "benchmarks":
+        return True
     try:
-        yield
-    except KeyboardInterrupt:
-        if module_name != "__main__":
-            raise
-        print("interrupted while starting; nothing was written", file=sys.stderr)
-        raise SystemExit(130) from None
+        head = path.read_bytes()[:4096] if path.stat().st_size < 65536 else b""
+    except OSError:
+        return False
+    return b"import main" in head and (b"from mri_score." in head or b"from benchmarks." in head)
+
+
+def _exit_while_starting(signum: int, frame: object) -> None:
+    terminated = signum == signal.SIGTERM
+    os.write(2, f"{'terminated (SIGTERM)' if terminated else 'interrupted'} while starting; nothing was "
+                "written\n".encode())
+    os._exit(143 if terminated else 130)
+
+
+def guard_startup() -> None:
+    """At a command line's start, make SIGINT/SIGTERM while importing exit at once: one line, 130/143.
+
+    Called when the package is imported, before torch is (an interrupted import can leave
+    half-initialised modules that fail in other ways than ``KeyboardInterrupt``, so the
+    process leaves immediately; nothing has been written yet).  Library imports
+    (``import mri_score`` from another program, the tests) are left alone, and so are
+    signals that are ignored (background jobs) or already handled.
+    :func:`exit_on_input_error` takes over once ``main`` runs.
+    """
+    if not _cli_start() or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_while_starting)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _exit_while_starting)
 
 
 def exit_on_input_error(main: Callable[..., int | None]) -> Callable[..., int]:
@@ -71,9 +102,13 @@ def exit_on_input_error(main: Callable[..., int | None]) -> Callable[..., int]:
 
     @wraps(main)
     def wrapper(*args: object, **kwargs: object) -> int:
+        from operators.errors import OperatorInputError  # here, not at import: this module loads before torch
+
         previous: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():
             previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_terminated)
+            if signal.getsignal(signal.SIGINT) is _exit_while_starting:  # start-up is over: Ctrl-C unwinds
+                previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
             if hasattr(signal, "SIGXFSZ"):
                 previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         try:

@@ -18,12 +18,196 @@ from typing import Any
 
 import numpy as np
 
+from mri_score import limits
 from mri_score.atomic import atomic_output
 from mri_score.errors import InputError
 
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 #: Refuse volumes whose k-space would need more than this many bytes in memory.
 MAX_KSPACE_BYTES = 8 * 1024**3
+#: Other datasets: a mask or target is refused beyond this many bytes, a header beyond 16 MiB.
+MAX_ARRAY_BYTES = 2 * 1024**3
+MAX_HEADER_BYTES = 16 * 1024**2
+#: Working copies of a dataset while it is read and checked (the read, a converted copy, |x| and isfinite).
+READ_COPIES = 3
+#: The accepted k-space layouts (multi-coil, single-coil).
+KSPACE_SHAPES = "(slices, coils, H, W) or (slices, H, W)"
+#: Soft links followed at most this many times (a loop is refused).
+MAX_LINK_HOPS = 16
+#: Header numbers beyond this magnitude are refused (matrix sizes, limits, fields of view).
+MAX_HEADER_VALUE = 1e6
+#: Attributes read from an input file and the types they must have (others are not read).
+NUMERIC_ATTRS = ("acceleration", "num_low_frequency", "max", "norm")
+TEXT_ATTRS = ("acquisition", "patient_id")
+
+
+def resolve(hf: Any, key: str, path: Path) -> Any:
+    """The object ``key`` names in an open HDF5 file, following soft links one component at a time.
+
+    Returns None when ``key`` is absent.  External links (anywhere on the way) are refused: an
+    input file must not make the tool open other files.  Dangling and looping soft links are
+    one :class:`InputError` naming the file and the key.
+    """
+    import h5py
+
+    parts = [p for p in key.split("/") if p and p != "."]
+    node, hops, followed = hf, 0, False
+    while parts:
+        comp = parts.pop(0)
+        if not isinstance(node, h5py.Group):
+            raise InputError(f"{path}: '{key}' passes through {node.name}, which is not a group")
+        try:
+            link = node.get(comp, getlink=True)
+        except (KeyError, ValueError, RuntimeError, OSError) as err:
+            raise InputError(f"{path}: '{key}' cannot be resolved ({str(err).splitlines()[0]})") from None
+        if link is None:
+            if followed:
+                raise InputError(f"{path}: '{key}' is a dangling soft link (its target does not exist)")
+            return None
+        if isinstance(link, h5py.ExternalLink):
+            raise InputError(f"{path}: '{key}' is an external link to {link.filename}:{link.path}; external links "
+                             "are refused (an input file must not make the tool open other files)")
+        if isinstance(link, h5py.SoftLink):
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                raise InputError(f"{path}: '{key}' is a soft link that loops (more than {MAX_LINK_HOPS} hops)")
+            target = link.path
+            if target.startswith("/"):
+                node = hf
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            followed = True
+            continue
+        try:
+            node = node[comp]
+        except (KeyError, ValueError, RuntimeError, OSError) as err:
+            raise InputError(f"{path}: '{key}' cannot be opened ({str(err).splitlines()[0]})") from None
+    return node
+
+
+def dataset(hf: Any, key: str, path: Path, kinds: str, ndims: tuple[int, ...], max_bytes: int,
+            what: str | None = None, shape_rule: str | None = None) -> Any:
+    """The dataset ``key`` of an open file, checked before any element is read; None when absent.
+
+    Refused in one :class:`InputError` naming the file and the key: a group, a link that is
+    external, dangling or looping (:func:`resolve`), a virtual dataset or one stored in
+    external files, a dtype whose kind is not in ``kinds`` (NumPy kind letters; compound and
+    other structured types always refused), a rank not in ``ndims``, and a size beyond
+    ``max_bytes`` or beyond the memory available for reading it (:func:`mri_score.limits.check_fits`).
+    ``what`` names the dataset in messages and ``shape_rule`` describes the accepted shapes.
+    """
+    import h5py
+
+    what = what or key
+    obj = resolve(hf, key, path)
+    if obj is None:
+        return None
+    if not isinstance(obj, h5py.Dataset):
+        raise InputError(f"{path}: '{key}' is a {type(obj).__name__.lower()}, not a dataset")
+    if obj.is_virtual:
+        raise InputError(f"{path}: '{key}' is a virtual dataset; refused (it would make the tool read other files)")
+    if obj.external:
+        raise InputError(f"{path}: '{key}' is stored in external files; refused")
+    dt = obj.dtype
+    if dt.names is not None or dt.subdtype is not None or dt.kind not in kinds:
+        raise InputError(f"{path}: {what} must be {_KIND_NAMES[kinds]}, got dtype {dt}")
+    shape = obj.shape
+    if shape is None or len(shape) not in ndims:
+        rule = shape_rule or f"{' or '.join(str(n) for n in ndims)} dimensions"
+        raise InputError(f"{path}: {what} must have shape {rule}, got {shape}")
+    nbytes = float(np.prod(shape, dtype=np.float64)) * max(dt.itemsize, 1)
+    if nbytes > max_bytes:
+        raise InputError(f"{path}: {what} of shape {shape} ({dt}) is too large to load ({max_bytes} bytes max)")
+    limits.check_fits(nbytes * READ_COPIES, f"{path}: {what} of shape {shape}")
+    return obj
+
+
+_KIND_NAMES = {"c": "complex", "fiu": "real", "fiub": "real or boolean", "SOU": "text"}
+
+
+def read_array(dset: Any, path: Path, what: str) -> np.ndarray:
+    """``dset[()]`` with read failures (corrupt chunks, missing filters) as one :class:`InputError`."""
+    try:
+        return np.asarray(dset[()])
+    except (OSError, TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"{path}: {what} cannot be read ({str(err).splitlines()[0]})") from None
+
+
+def read_attrs(hf: Any, path: Path) -> dict[str, Any]:
+    """The file attributes this project uses, type-checked: numbers finite real scalars, text scalars.
+
+    Only :data:`NUMERIC_ATTRS` and :data:`TEXT_ATTRS` are read (after their size is checked);
+    a wrong type (``acceleration`` as text or as an array, NaN) is one :class:`InputError`.
+    """
+    out: dict[str, Any] = {}
+    for name in (*NUMERIC_ATTRS, *TEXT_ATTRS):
+        if name not in hf.attrs:
+            continue
+        try:
+            aid = hf.attrs.get_id(name)
+            if aid.get_storage_size() > 65536:
+                raise InputError(f"{path}: attribute {name!r} is too large ({aid.get_storage_size()} bytes)")
+            value = hf.attrs[name]
+        except (OSError, TypeError, ValueError, RuntimeError, KeyError) as err:
+            if isinstance(err, InputError):
+                raise
+            raise InputError(f"{path}: attribute {name!r} cannot be read ({str(err).splitlines()[0]})") from None
+        arr = np.asarray(value)
+        if name in TEXT_ATTRS:
+            if arr.shape != () or not isinstance(value, str | bytes):
+                raise InputError(f"{path}: attribute {name!r} must be text, got {type(value).__name__} {arr.shape}")
+            try:
+                out[name] = value.decode() if isinstance(value, bytes) else value
+            except UnicodeDecodeError:
+                raise InputError(f"{path}: attribute {name!r} is not UTF-8 text") from None
+            continue
+        if arr.size != 1 or arr.dtype.kind not in "fiu":
+            raise InputError(f"{path}: attribute {name!r} must be a number, got {_short(value)}")
+        number = float(arr.reshape(()))
+        if not np.isfinite(number):
+            raise InputError(f"{path}: attribute {name!r} must be finite, got {number}")
+        if name == "acceleration" and not 1.0 <= number <= 1e3:
+            raise InputError(f"{path}: attribute 'acceleration' must be in [1, 1000], got {number:g}")
+        out[name] = number
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def refuse_external_links(hf: Any, path: Path) -> None:
+    """:class:`InputError` when a top-level link of the file is external (never followed here)."""
+    import h5py
+
+    try:
+        names = list(hf.keys())
+    except (OSError, RuntimeError, ValueError) as err:
+        raise InputError(f"{path}: cannot list the file's contents ({str(err).splitlines()[0]})") from None
+    for name in names[:10_000]:
+        link = hf.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise InputError(f"{path}: '{name}' is an external link to {link.filename}:{link.path}; external "
+                             "links are refused (an input file must not make the tool open other files)")
+
+
+def open_input(path: str | os.PathLike[str]) -> Any:
+    """An input HDF5 file opened read-only, with top-level external links refused; one line on failure."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
+    try:
+        hf = h5py.File(path, "r")
+    except (OSError, ValueError, RuntimeError) as err:
+        raise InputError(f"{path}: not a readable HDF5 file ({str(err).splitlines()[0]})") from None
+    try:
+        refuse_external_links(hf, path)
+    except InputError:
+        hf.close()
+        raise
+    return hf
 
 
 @dataclass
@@ -128,15 +312,26 @@ def parse_ismrmrd_header(xml: bytes | str, path: Path | str = "") -> dict[str, A
     ``padding_left = enc_y // 2 - center``; ``padding_right = padding_left + maximum + 1``;
     ``encoded_fov_mm``: the encoded space's ``fieldOfView_mm`` ``(x, y, z)``, None when absent or garbled.
     """
+    raw = xml.encode() if isinstance(xml, str) else bytes(xml)
+    if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
+        raise InputError(f"{path}: ismrmrd_header declares a DTD or entities; refused (ISMRMRD headers have none)")
     try:
-        root = ET.fromstring(xml)
+        root = ET.fromstring(raw)
         ns = {"ism": ISMRMRD_NS}
 
         def q(*names: str) -> int:
             node = root.find("/".join(f"ism:{n}" for n in names), ns)
             if node is None or node.text is None:
                 raise InputError(f"{path}: ismrmrd_header lacks {'/'.join(names)}")
-            return int(float(node.text))
+            try:
+                value = float(node.text)
+            except ValueError:
+                raise InputError(f"{path}: ismrmrd_header {'/'.join(names)} is not a number: "
+                                 f"{_short(node.text.strip())}") from None
+            if not abs(value) <= MAX_HEADER_VALUE:  # NaN, Inf (1e400) and absurd sizes
+                raise InputError(f"{path}: ismrmrd_header {'/'.join(names)} must be a finite number of magnitude "
+                                 f"<= {MAX_HEADER_VALUE:g}, got {_short(node.text.strip())}")
+            return int(value)
 
         enc = ("encoding", "encodedSpace", "matrixSize")
         rec = ("encoding", "reconSpace", "matrixSize")
@@ -179,8 +374,16 @@ def validate_kspace(ks: np.ndarray, path: Path) -> None:
         raise InputError(f"{path}: kspace has an empty dimension, shape {ks.shape}")
     if not np.isfinite(ks).all():
         raise InputError(f"{path}: kspace contains NaN or Inf")
-    if not np.abs(ks).max() > 0:
+    peak = float(np.abs(ks).max())
+    if not peak > 0:
         raise InputError(f"{path}: kspace is all zeros")
+    # the energy of one slice must stay finite in float32 (FFTs, coil maps and norms are computed in it)
+    limit = float(np.sqrt(np.finfo(np.float32).max / max(int(np.prod(ks.shape[1:])), 1)))
+    if not peak < limit:
+        raise InputError(f"{path}: kspace values up to {peak:.3g} are too large (at most {limit:.3g} for this "
+                         "matrix: its energy would overflow float32)")
+    if peak < 1e-30:
+        raise InputError(f"{path}: kspace values are at most {peak:.3g}, too small to scale (denormal)")
 
 
 def read_header(hf: Any, path: Path, matrix: tuple[int, int], require_header: bool = True) -> dict[str, Any]:
@@ -190,8 +393,18 @@ def read_header(hf: Any, path: Path, matrix: tuple[int, int], require_header: bo
     Padding outside ``[0, W]`` falls back to no padding.
     """
     h, w = matrix
-    if "ismrmrd_header" in hf:
-        meta = parse_ismrmrd_header(bytes(np.asarray(hf["ismrmrd_header"][()]).tobytes()), path)
+    header = dataset(hf, "ismrmrd_header", path, "SOU", (0, 1), MAX_HEADER_BYTES, "ismrmrd_header")
+    if header is not None:
+        if header.shape not in ((), (1,)):
+            raise InputError(f"{path}: ismrmrd_header must be one string, got shape {header.shape}")
+        if header.dtype.kind == "O":  # variable-length: its bytes are only known once read
+            limits.check_fits(path.stat().st_size, f"{path}: ismrmrd_header")
+        value = read_array(header, path, "ismrmrd_header").reshape(())[()]
+        if isinstance(value, str):
+            value = value.encode("utf-8", "replace")
+        if not isinstance(value, bytes | np.bytes_):
+            raise InputError(f"{path}: ismrmrd_header must be text, got {type(value).__name__}")
+        meta = parse_ismrmrd_header(bytes(value), path)
     elif require_header:
         raise InputError(f"{path}: no 'ismrmrd_header' (fastMRI files carry one; it gives the recon size)")
     else:
@@ -216,48 +429,31 @@ def read_fastmri(path: str | os.PathLike[str], load_target: bool = True, require
     image).  ``require_header=False`` accepts header-less files (the recon size
     is then the k-space matrix), as fastMRI's own reader does not.
     """
-    import h5py
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        hf = h5py.File(path, "r")
-    except OSError as err:
-        raise InputError(f"{path}: not a readable HDF5 file ({str(err).splitlines()[0]})") from err
-    with hf:
-        if "kspace" not in hf:
+    with open_input(path) as hf:
+        dset = dataset(hf, "kspace", path, "c", (3, 4), MAX_KSPACE_BYTES, "kspace", KSPACE_SHAPES)
+        if dset is None:
             raise InputError(f"{path}: no 'kspace' dataset")
-        dset = hf["kspace"]
-        if not isinstance(dset, h5py.Dataset):
-            raise InputError(f"{path}: 'kspace' is not a dataset")
-        shape = dset.shape
-        if len(shape) not in (3, 4):
-            raise InputError(f"{path}: kspace must have shape (slices, coils, H, W) or (slices, H, W), got {shape}")
-        if int(np.prod(shape, dtype=np.float64)) * 8 > MAX_KSPACE_BYTES:
-            raise InputError(f"{path}: kspace of shape {shape} is too large to load ({MAX_KSPACE_BYTES} bytes max)")
-        try:
-            ks = dset[()]
-        except (OSError, TypeError, ValueError) as err:
-            raise InputError(f"{path}: kspace cannot be read ({str(err).splitlines()[0]})") from err
+        ks = read_array(dset, path, "kspace")
         single_coil = ks.ndim == 3
         if single_coil:
             ks = ks[:, None]
         validate_kspace(ks, path)
         ks = ks.astype(np.complex64, copy=False)
-        h, w = ks.shape[-2:]
+        s, h, w = ks.shape[0], ks.shape[-2], ks.shape[-1]
         mask = None
-        if "mask" in hf:
-            mask = np.asarray(hf["mask"][()], dtype=np.float32)
-            if mask.ndim == 1 and mask.shape[0] != w:
-                raise InputError(f"{path}: mask length {mask.shape[0]} does not match k-space width {w}")
-            if mask.ndim == 2 and mask.shape != (h, w):
-                raise InputError(f"{path}: mask shape {mask.shape} does not match k-space {(h, w)}")
-            if mask.ndim not in (1, 2):
-                raise InputError(f"{path}: mask must be (W,) or (H, W), got shape {mask.shape}")
+        mset = dataset(hf, "mask", path, "fiub", (1, 2), MAX_ARRAY_BYTES, "mask", "(W,) or (H, W)")
+        if mset is not None:
+            if mset.ndim == 1 and mset.shape[0] != w:
+                raise InputError(f"{path}: mask length {mset.shape[0]} does not match k-space width {w}")
+            if mset.ndim == 2 and mset.shape != (h, w):
+                raise InputError(f"{path}: mask shape {mset.shape} does not match k-space {(h, w)}")
+            mask = read_array(mset, path, "mask").astype(np.float32)
+            if not np.isfinite(mask).all():
+                raise InputError(f"{path}: mask contains NaN or Inf")
             if not mask.any():
                 raise InputError(f"{path}: mask is all zeros")
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in hf.attrs.items()}
+        attrs = read_attrs(hf, path)
         meta = read_header(hf, path, (h, w), require_header)
         target = None
         if load_target:
@@ -265,9 +461,16 @@ def read_fastmri(path: str | os.PathLike[str], load_target: bool = True, require
             # reconstruction_esc; the other key is the fallback when the preferred one is absent
             keys = ("reconstruction_esc", "reconstruction_rss") if single_coil else ("reconstruction_rss", "reconstruction_esc")
             for key in keys:
-                if key in hf:
-                    target = np.asarray(hf[key][()], dtype=np.float32)
-                    break
+                tset = dataset(hf, key, path, "fiu", (3,), MAX_ARRAY_BYTES, key, "(slices, h, w)")
+                if tset is None:
+                    continue
+                if tset.shape[0] != s or min(tset.shape) < 1 or max(tset.shape[1:]) > 4 * max(h, w):
+                    raise InputError(f"{path}: {key} of shape {tset.shape} does not fit k-space of {s} slices "
+                                     f"of {h}x{w}")
+                target = read_array(tset, path, key).astype(np.float32)
+                if not np.isfinite(target).all():
+                    raise InputError(f"{path}: {key} contains NaN or Inf")
+                break
     return FastMRIVolume(
         path=path,
         kspace=ks,
@@ -304,15 +507,25 @@ def center_crop(x: Any, shape: tuple[int, int]) -> Any:
 
 
 def atomic_h5_write(out_path: str | os.PathLike[str], datasets: dict[str, Any], attrs: dict[str, Any]) -> Path:
-    """Write an HDF5 file atomically (:func:`mri_score.atomic.atomic_output`)."""
+    """Write an HDF5 file atomically (:func:`mri_score.atomic.atomic_output`).
+
+    The file is built in memory and then written with plain file I/O: a failing write (full
+    disk, file-size limit) is then one ``OSError`` that the write guard reports, never an
+    HDF5 library left holding a half-written file (which crashed the process at exit).
+    """
+    import io
+
     import h5py
 
     out_path = Path(out_path)
-    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as hf:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as hf:
         for key, value in datasets.items():
             hf.create_dataset(key, data=value)
         for key, value in attrs.items():
             hf.attrs[key] = value
+    with atomic_output(out_path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buffer.getbuffer())
     return out_path
 
 

@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from mri_score.errors import InputError
+from mri_score.schema import Field, check_section
+
 
 @dataclass
 class NetworkConfig:
@@ -43,13 +46,41 @@ class NetworkConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> NetworkConfig:
-        """Build from checkpoint metadata; keys this version does not know are ignored."""
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+    def from_dict(cls, d: dict, where: str = "network", strict: bool = False) -> NetworkConfig:
+        """Build from a config section or checkpoint metadata, validated by :data:`NETWORK_FIELDS`.
+
+        Keys this version does not know are ignored (checkpoint metadata), or refused with
+        ``strict`` (a training config).  Raises :class:`~mri_score.errors.InputError` naming the
+        key (``where.key``) for a wrong type or a value out of range (``groups: 0``, an empty
+        ``channel_mult``, an odd ``emb_dim``) and when ``groups`` does not divide every channel count.
+        """
+        if not isinstance(d, dict):
+            raise InputError(f"{where} must be a mapping, got {type(d).__name__}")
+        known = check_section(d if strict else {k: d[k] for k in NETWORK_FIELDS if k in d}, NETWORK_FIELDS, where)
         cfg = cls(**known)
         cfg.channel_mult = tuple(int(c) for c in cfg.channel_mult)
         cfg.label_classes = tuple(int(c) for c in cfg.label_classes)
+        if cfg.emb_dim % 2:
+            raise InputError(f"{where}.emb_dim must be even, got {cfg.emb_dim}")
+        for c in sorted({cfg.base_channels * m for m in cfg.channel_mult}):
+            if c % min(cfg.groups, c):
+                raise InputError(f"{where}.groups {cfg.groups} does not divide the {c} channels of a level "
+                                 f"(base_channels x channel_mult)")
         return cfg
+
+    def parameter_count(self) -> int:
+        """Parameters of the score network of this architecture, counted on the meta device (nothing allocated)."""
+        with torch.device("meta"):
+            return sum(p.numel() for p in UNet(self).parameters())
+
+
+#: The schema of a network section (config or checkpoint metadata), :func:`mri_score.schema.check_section`.
+NETWORK_FIELDS = {
+    "in_channels": Field("int", 1, 16), "base_channels": Field("int", 1, 1024),
+    "channel_mult": Field("ints", 1, 64, length=(1, 8)), "num_res_blocks": Field("int", 1, 16),
+    "emb_dim": Field("int", 2, 4096), "groups": Field("int", 1, 1024),
+    "sigma_data": Field("float", 0.0, 1e6, open_low=True), "label_classes": Field("ints", 1, 10_000, length=(0, 8)),
+}
 
 
 class FourierEmbedding(nn.Module):

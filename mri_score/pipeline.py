@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mri_score import limits
 from mri_score.adapt import AdaptSettings, adapt_denoiser
 from mri_score.calibration import Calibration, check_acs
-from mri_score.errors import InputError
+from mri_score.errors import InputError, one_line
 from mri_score.fastmri_io import (
     FastMRIVolume,
     center_crop,
@@ -36,6 +37,7 @@ from mri_score.network import EDMDenoiser
 from mri_score.posterior import SamplerSettings, reconstruct_slice
 from mri_score.resolution import auto_grid_factor, prior_pixel_range
 from mri_score.samplers import ComplexPrior
+from operators.errors import OperatorInputError
 from operators.masks import make_mask
 
 #: Working memory per slice is estimated as this many copies of one slice's multi-coil k-space.
@@ -48,13 +50,7 @@ def check_memory(vol: FastMRIVolume, samples: int, device: torch.device) -> None
     """Refuse (:class:`InputError` naming the file) before allocating when one slice's working set would not fit."""
     _, c, h, w = vol.kspace.shape
     need = MEM_COPIES * max(samples, 1) * c * h * w * 8
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):  # pragma: no cover - non-POSIX
-            return
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else limits.available_memory()
     if need > free:
         raise InputError(
             f"{vol.path}: one slice needs about {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free"
@@ -272,7 +268,11 @@ def reconstruct_file(
     s, _, h, w = vol.kspace.shape
     crop = recon_crop_size((h, w), vol.recon_size)
     t0 = time.time()
-    res = reconstruct_volume(vol.kspace, mask, prior, settings, crop=crop, extra_terms=extra_terms, adapt=adapt)
+    try:
+        res = reconstruct_volume(vol.kspace, mask, prior, settings, crop=crop, extra_terms=extra_terms,
+                                 adapt=adapt)
+    except (OperatorInputError, np.linalg.LinAlgError) as err:  # coil maps or a solver failed on this file's data
+        raise InputError(f"{path}: {one_line(err)}") from None
     seconds = time.time() - t0
     nfe = sum(res.nfe)
     summary = {"file": str(path), "seconds": seconds, "seconds_per_slice": seconds / s, "nfe_per_slice": nfe // s,

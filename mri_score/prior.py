@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from mri_score.checkpoint import load_checkpoint, load_state_strict
-from mri_score.errors import CheckpointError
+from mri_score.errors import CheckpointError, InputError
+from mri_score.limits import check_fits
 from mri_score.network import EDMDenoiser, NetworkConfig
 
 DEFAULT_PRIOR = "prior_brain_synth.safetensors"
@@ -55,10 +56,13 @@ def load_network(
     tensors, meta = load_checkpoint(path)
     if meta.get("task", "score") != task:
         raise CheckpointError(f"{path}: a {meta.get('task', 'score')!r} checkpoint, not a {what}")
+    if not isinstance(meta.get("network"), dict):
+        raise CheckpointError(f"{path}: checkpoint metadata has no valid 'network' architecture")
     try:
-        cfg = NetworkConfig.from_dict(meta["network"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: checkpoint metadata has no valid 'network' architecture") from err
+        cfg = NetworkConfig.from_dict(meta["network"], where="metadata network")
+    except InputError as err:
+        raise CheckpointError(f"{path}: checkpoint {err}") from None
+    check_fits(cfg.parameter_count() * 4 * 2, f"{path}: the network its metadata declares")
     prefix = "ema." if use_ema and any(k.startswith("ema.") for k in tensors) else "model."
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:

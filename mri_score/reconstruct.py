@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
-from mri_score import runs
+from mri_score import limits, runs
 from mri_score.adapt import ADAPT_PARAMS, AdaptSettings
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score.atomic import check_output, check_output_dir, protected_inputs
+from mri_score.errors import InputError, exit_on_input_error, one_line
 from mri_score.guidance import GuidanceOptions
 from mri_score.pipeline import demo_volume, reconstruct_file
 from mri_score.posterior import MAGNITUDES, SamplerSettings
@@ -234,6 +235,10 @@ def std_calibration_for(prior: str | None, settings: SamplerSettings) -> dict | 
 def main(argv: list[str] | None = None) -> int:
     """Reconstruct ``--kspace`` (a file or a directory of them) into ``--out``; exit 2 on bad input."""
     args = build_parser().parse_args(argv)
+    limits.check_threads(args.threads)
+    limits.check_seed(args.seed)
+    limits.check_steps(args.steps)
+    limits.check_int(args.samples, "--samples", 1, limits.MAX_SAMPLES)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.demo:
@@ -259,27 +264,62 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
         args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     device = resolve_device(args.device)
+    src = Path(args.kspace)
+    directory_run = src.is_dir()
+    files = input_files(src)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    files = files[rank::world]
+    csv_path = runs.summary_path(args.out, rank, world)
+    others = [Path(p) for p in (args.prior, args.classifier) if p]
+    check_outputs(args.out, files, others, png=args.png, summary=csv_path if directory_run else None)
+    with protected_inputs([*files, *others]):
+        return _run(args, files, settings, adapt, auto_grid, device, directory_run, csv_path, rank, world)
+
+
+def input_files(src: Path) -> list[Path]:
+    """The ``.h5`` files of ``--kspace``: the file itself, or a directory's ``*.h5`` in name order."""
+    if src.is_dir():
+        files = sorted(src.glob("*.h5"))
+        if not files:
+            raise InputError(f"{src}: directory holds no .h5 files")
+        return files
+    if src.is_file():
+        return [src]
+    if src.exists():
+        raise InputError(f"{src}: not a file or directory")
+    raise InputError(f"{src}: no such file or directory")
+
+
+def check_outputs(out: str | os.PathLike[str], files: list[Path], others: list[Path], png: bool,
+                  summary: Path | None) -> None:
+    """Refuse, before any work, outputs that would land on an input (real paths) or cannot be written.
+
+    ``--out`` must be a directory (or absent) that does not resolve to the directory of an
+    input or of the file a symlinked input names; no output (``<name>.h5``, ``<stem>.png``, the
+    summary) may resolve to an input (``files`` and ``others``: the prior, the classifier), be a
+    directory or lie under a file (:func:`mri_score.atomic.check_output`).
+    """
+    check_output_dir(out, files)
+    inputs = [*files, *others]
+    planned = [Path(out) / f.name for f in files]
+    if png:
+        planned += [Path(out) / (f.stem + ".png") for f in files]
+    if summary is not None:
+        planned.append(summary)
+    for path in planned:
+        check_output(path, inputs)
+
+
+def _run(args: argparse.Namespace, files: list[Path], settings: SamplerSettings, adapt: AdaptSettings | None,
+         auto_grid: bool, device: torch.device, directory_run: bool, csv_path: Path, rank: int, world: int) -> int:
+    """Load the prior and reconstruct ``files`` (inputs registered, outputs checked by :func:`main`)."""
     from mri_score.prior import load_prior
 
     prior = load_prior(args.prior, device=device)
     std_cal = std_calibration_for(args.prior, settings)
     guidance = guidance_from_args(args, prior, device)
-    src = Path(args.kspace)
-    if src.is_dir():
-        files = sorted(src.glob("*.h5"))
-        if not files:
-            raise InputError(f"{src}: directory holds no .h5 files")
-    elif src.exists():
-        files = [src]
-    else:
-        raise InputError(f"{src}: no such file or directory")
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    files = files[rank::world]
-    if Path(args.out).resolve() in {f.parent.resolve() for f in files}:
-        raise InputError(f"{args.out}: output directory must differ from the input directory (inputs are never overwritten)")
     bad: list[str] = []
     iterator = files
-    directory_run = src.is_dir()
     if len(files) > 1:
         from tqdm import tqdm
 
@@ -294,14 +334,14 @@ def main(argv: list[str] | None = None) -> int:
                     "std_calibration": std_cal,
                     "grid": args.grid, "adapt": None if adapt is None else asdict(adapt)}
     rows: list[dict] = []
-    csv_path = runs.summary_path(args.out, rank, world)
     t_run, slices_done = time.time(), 0
     for f in iterator:
         key = runs.run_key(f, run_settings)
         out_file = Path(args.out) / f.name
         if directory_run and not args.redo and runs.is_done(out_file, key):
             rows.append({**runs.stored_summary(out_file), "file": str(f), "status": "skipped", "output": str(out_file)})
-            print(f"{f.name}: done earlier with the same settings, skipped -> {out_file}", flush=True)
+            print(one_line(f"{f.name}: done earlier with the same settings, skipped -> {out_file}", sys.stdout),
+                  flush=True)
             runs.write_summary(csv_path, rows)
             continue
         try:
@@ -314,22 +354,22 @@ def main(argv: list[str] | None = None) -> int:
         except InputError as err:
             if len(files) == 1:
                 raise
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
             bad.append(str(f))
             rows.append({"file": str(f), "status": "failed", "error": str(err)})
         else:
-            print(format_summary(summary), flush=True)
+            print(one_line(format_summary(summary), sys.stdout), flush=True)
             slices_done += summary["slices"]
             rows.append({**summary, "status": "done", "slices_per_s": summary["slices"] / max(summary["seconds"], 1e-9)})
         if directory_run:
             runs.write_summary(csv_path, rows)  # after every file: a killed job leaves a current summary
     if directory_run:
         seconds = time.time() - t_run
-        print(f"rank {rank} of {world}: {slices_done} slices reconstructed in {seconds:.1f} s "
-              f"({slices_done / max(seconds, 1e-9):.3f} slices/s), {sum(r['status'] == 'skipped' for r in rows)} files "
-              f"skipped, {len(bad)} failed; summary {csv_path}", flush=True)
+        print(one_line(f"rank {rank} of {world}: {slices_done} slices reconstructed in {seconds:.1f} s "
+                       f"({slices_done / max(seconds, 1e-9):.3f} slices/s), {sum(r['status'] == 'skipped' for r in rows)} "
+                       f"files skipped, {len(bad)} failed; summary {csv_path}", sys.stdout), flush=True)
     if bad:
-        print(f"error: {len(bad)} of {len(files)} files failed: {', '.join(bad)}", file=sys.stderr)
+        print(f"error: {one_line(f'{len(bad)} of {len(files)} files failed: ' + ', '.join(bad))}", file=sys.stderr)
         return 2
     return 0
 

@@ -73,7 +73,8 @@ def summary_path(out_dir: str | os.PathLike[str], rank: int = 0, world: int = 1)
 
 def write_summary(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:
     """Write the summary rows (keys of :data:`SUMMARY_FIELDS`; missing ones blank) atomically as CSV."""
-    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
+    # file names that are not valid UTF-8 (surrogate-escaped by Python) are written backslash-escaped
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
         w = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in rows:

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score.errors import InputError, exit_on_input_error, one_line
 from mri_score.figures import sample_grid
 from mri_score.generation import heun_samples
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if attrs["condition"] != "none":
         title += ", " + ", ".join(f"{k} {v}" for k, v in attrs.items())
     sample_grid(a.out, mag, title)
-    print(a.out)
+    print(one_line(a.out, sys.stdout))
     return 0
 
 

@@ -23,10 +23,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score import limits
+from mri_score.atomic import check_output, check_output_dir, protected_inputs
+from mri_score.errors import InputError, exit_on_input_error, one_line
 from mri_score.fastmri_io import write_fastmri_file
 from mri_score.simulation import corpus_volume, load_images, simulate_volume
 from operators.masks import MASK_TYPES, MAX_ACCELERATION, make_mask
+
+#: Upper bounds of the simulation flags (``--size`` lies in [32, 1024]).
+MAX_COILS, MAX_VOLUMES, MAX_SLICES = 64, 10_000, 1024
+#: Working memory of a simulation, in copies of the multi-coil k-space.
+MEM_COPIES = 6
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,14 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(a: argparse.Namespace) -> None:
     """Refuse out-of-range arguments with an :class:`InputError` naming the flag."""
-    if a.volumes < 1 or a.slices < 1:
-        raise InputError("--volumes and --slices must be >= 1")
     if min(a.size) < 32 or max(a.size) > 1024:
         raise InputError(f"--size must lie in [32, 1024], got {a.size}")
-    if a.coils < 1:
-        raise InputError(f"--coils must be >= 1, got {a.coils}")
-    if not a.snr > 0:
-        raise InputError(f"--snr must be > 0, got {a.snr}")
+    if a.coils < 1 or a.coils > MAX_COILS:
+        raise InputError(f"--coils must be in [1, {MAX_COILS}], got {a.coils}")
+    limits.check_int(a.volumes, "--volumes", 1, MAX_VOLUMES)
+    limits.check_int(a.slices, "--slices", 1, MAX_SLICES)
+    limits.check_seed(a.seed)
+    need = a.slices * a.coils * a.size[0] * a.size[1] * 8 * MEM_COPIES
+    limits.check_fits(need, f"--slices {a.slices} x --coils {a.coils} x --size {a.size[0]} {a.size[1]}")
+    if not a.prefix or not a.prefix.isprintable() or any(c in a.prefix for c in "/\\") or a.prefix in (".", ".."):
+        raise InputError(f"--prefix must be a plain file-name prefix (no path separators), got {a.prefix!r}")
+    if not 0 < a.snr < float("inf"):
+        raise InputError(f"--snr must be a finite number > 0, got {a.snr}")
     if a.accel is not None:
         if not 1.0 < a.accel <= MAX_ACCELERATION:
             raise InputError(f"--accel must be in (1, {MAX_ACCELERATION:g}], got {a.accel}")
@@ -73,25 +85,41 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     check_args(a)
     out = Path(a.out)
-    written = []
-    for v in range(a.volumes):
-        if a.source == "corpus":
-            imgs = corpus_volume(a.split, v, a.slices, tuple(a.size), a.family, a.seed)
-            acq, name = f"SYN_{a.family.upper()}", f"{a.prefix}_{a.family}_{a.split}_{v:03d}.h5"
-        else:
-            imgs = load_images(a.source, a.slices)
-            acq, name = "FROM_FILE", f"{a.prefix}_{Path(a.source).name.split('.')[0]}_{v:03d}.h5"
-        ksp, target, _ = simulate_volume(imgs, a.coils, a.snr, seed=a.seed * 1000 + v)
-        mask = num_low = None
-        if a.accel is not None:
-            mask, num_low = make_mask(a.mask_type, a.accel, a.center_fraction, ksp.shape[-2:], name)
-        if a.coils == 1:  # fastMRI's single-coil layout: kspace (slices, H, W), target reconstruction_esc
-            ksp = ksp[:, 0]
-        keep = target if (a.accel is None or a.keep_target) else None
-        written.append(write_fastmri_file(out / name, ksp, keep, acq, f"{a.prefix}{v:03d}", mask, a.accel, num_low))
+    inputs = [] if a.source == "corpus" else [Path(a.source)]
+    check_output_dir(out, [])
+    names = [output_name(a, v) for v in range(a.volumes)]
+    for name in names:
+        check_output(out / name, inputs)
+    with protected_inputs(inputs):
+        written = [simulate_one(a, v, out / name) for v, name in enumerate(names)]
     for w in written:
-        print(w)
+        print(one_line(w, sys.stdout))
     return 0
+
+
+def output_name(a: argparse.Namespace, v: int) -> str:
+    """The file name of volume ``v``."""
+    if a.source == "corpus":
+        return f"{a.prefix}_{a.family}_{a.split}_{v:03d}.h5"
+    return f"{a.prefix}_{Path(a.source).name.split('.')[0]}_{v:03d}.h5"
+
+
+def simulate_one(a: argparse.Namespace, v: int, path: Path) -> Path:
+    """Simulate volume ``v`` of the arguments ``a`` and write it to ``path``."""
+    if a.source == "corpus":
+        imgs, acq = corpus_volume(a.split, v, a.slices, tuple(a.size), a.family, a.seed), f"SYN_{a.family.upper()}"
+    else:
+        imgs, acq = load_images(a.source, a.slices), "FROM_FILE"
+        s, h, w = imgs.shape
+        limits.check_fits(s * a.coils * h * w * 8 * MEM_COPIES, f"{a.source}: simulating {a.coils} coils of {imgs.shape}")
+    ksp, target, _ = simulate_volume(imgs, a.coils, a.snr, seed=a.seed * 1000 + v)
+    mask = num_low = None
+    if a.accel is not None:
+        mask, num_low = make_mask(a.mask_type, a.accel, a.center_fraction, ksp.shape[-2:], path.name)
+    if a.coils == 1:  # fastMRI's single-coil layout: kspace (slices, H, W), target reconstruction_esc
+        ksp = ksp[:, 0]
+    keep = target if (a.accel is None or a.keep_target) else None
+    return write_fastmri_file(path, ksp, keep, acq, f"{a.prefix}{v:03d}", mask, a.accel, num_low)
 
 
 if __name__ == "__main__":

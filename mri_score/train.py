@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mri_score import limits
+from mri_score.atomic import check_output, check_writable, protected_inputs
 from mri_score.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from mri_score.classifier import NoiseClassifier, classifier_loss
 from mri_score.config import load_config, require
@@ -36,15 +38,14 @@ from mri_score.data.body import BODY_FAMILIES
 from mri_score.data.corpus import ANATOMIES, CONTRASTS, FAMILIES
 from mri_score.data.datasets import SlicePool, mixed_pool, synthetic_pool, synthetic_slices
 from mri_score.data.fastmri_stream import StreamFeed, stream_source
-from mri_score.errors import CheckpointError, InputError, exit_on_input_error
+from mri_score.errors import CheckpointError, InputError, exit_on_input_error, one_line
 from mri_score.losses import edm_loss
 from mri_score.network import EDMDenoiser, NetworkConfig, count_parameters
 from mri_score.prior import load_network
 from mri_score.supervised import KspacePairSource, MagnitudeUNet, supervised_loss
+from mri_score.train_config import TASKS, diverged, input_files, validate_config
 
-#: What a config can train: a score prior (EDM denoiser), the supervised U-Net baseline, or a
-#: noise-conditional label classifier (:mod:`mri_score.classifier`, for classifier guidance).
-TASKS = ("score", "supervised", "classifier")
+__all__ = ["TASKS", "edm_loss", "export_prior", "main", "train"]
 
 
 def drop_labels(labels: torch.Tensor, classes: tuple[int, ...], p_all: float, p_field: float,
@@ -151,15 +152,51 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     return out
 
 
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+_ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Load the Adam state of a checkpoint after checking it against the parameters (index, names, shapes)."""
     sd = opt.state_dict()
+    params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
+        if not key.startswith("opt."):
+            continue
+        _, i, name = (key.split(".", 2) + ["", ""])[:3]
+        if not i.isdigit() or int(i) >= len(params) or name not in _ADAM_STATE:
+            raise CheckpointError(f"{path}: optimizer state {key} does not belong to this network's Adam state")
+        want = () if name == "step" else tuple(params[int(i)].shape)
+        if tuple(v.shape) != want or not v.is_floating_point():
+            raise CheckpointError(f"{path}: optimizer state {key} has shape {tuple(v.shape)} and dtype {v.dtype}, "
+                                  f"the parameter needs float {want}")
+        state.setdefault(int(i), {})[name] = v
+    for i, entry in state.items():
+        if set(entry) != set(_ADAM_STATE):
+            raise CheckpointError(f"{path}: optimizer state of parameter {i} lacks "
+                                  f"{', '.join(sorted(set(_ADAM_STATE) - set(entry)))}")
     sd["state"] = state
     opt.load_state_dict(sd)
+
+
+def _resume_step(meta: dict[str, Any], path: Path) -> int:
+    """The checkpoint's ``step``: a non-negative integer, else a :class:`CheckpointError`."""
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path}: checkpoint metadata 'step' must be a non-negative integer, got {step!r}")
+    return step
+
+
+def _restore_generator(gen: torch.Generator, state: torch.Tensor, path: Path, key: str) -> None:
+    """Set ``gen`` from a checkpoint's RNG state after checking its dtype and size."""
+    own = gen.get_state()
+    if state.dtype != torch.uint8 or state.shape != own.shape:
+        raise CheckpointError(f"{path}: RNG state {key} is {state.dtype} {tuple(state.shape)}, a generator state is "
+                              f"uint8 {tuple(own.shape)}")
+    try:
+        gen.set_state(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: RNG state {key} is invalid ({str(err).splitlines()[0]})") from None
 
 
 def _init_from(model: torch.nn.Module, ema: torch.nn.Module, path: Path, net_cfg: NetworkConfig, task: str) -> None:
@@ -239,8 +276,27 @@ class _Stop:
         self.requested = True
 
 
-def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_steps: int | None = None) -> dict[str, Any]:
-    """Run training per ``cfg``; returns a summary dict (steps, final loss, seconds)."""
+def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_steps: int | None = None,
+          source: str = "config", config_path: str | os.PathLike[str] | None = None,
+          export: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Run training per ``cfg``; returns a summary dict (steps, final loss, seconds).
+
+    ``cfg`` is validated first (:func:`mri_score.train_config.validate_config`; errors start with
+    ``source``); the files the run reads (``config_path``, ``train.init_from``, the data) are
+    registered as inputs that no output (checkpoint, loss log, ``export``) may replace.
+    """
+    cfg = validate_config(cfg, source)
+    inputs = input_files(cfg, config_path)
+    out_dir = Path(cfg["out_dir"])
+    for path in (out_dir / "checkpoint.safetensors", out_dir / "loss.jsonl", *([Path(export)] if export else [])):
+        check_output(path, inputs)
+    check_writable(out_dir, "out_dir")
+    with protected_inputs(inputs):
+        return _train(cfg, resume, device, max_steps)
+
+
+def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None) -> dict[str, Any]:
+    """The training loop of :func:`train` (``cfg`` validated)."""
     rank, world = _rank_world()
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -256,6 +312,8 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
     if task not in TASKS:
         raise InputError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     builders = {"score": EDMDenoiser, "supervised": MagnitudeUNet, "classifier": NoiseClassifier}
+    # weights, EMA copy, gradients and two Adam moments, before anything is allocated
+    limits.check_fits(net_cfg.parameter_count() * 4 * 5, "network: the configured architecture")
     try:
         model = builders[task](net_cfg).to(dev)
     except ValueError as err:
@@ -308,11 +366,11 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
             raise CheckpointError(f"{ckpt_path}: checkpoint architecture differs from the config's network")
         load_state_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, ckpt_path)
         load_state_strict(ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, ckpt_path)
-        _restore_optimizer(opt, tensors)
+        start = _resume_step(meta, ckpt_path)
+        _restore_optimizer(opt, tensors, ckpt_path)
         gen_key = f"rng.gen.{rank}"
         if gen_key in tensors:
-            gen.set_state(tensors[gen_key])
-        start = int(meta["step"])
+            _restore_generator(gen, tensors[gen_key], ckpt_path, gen_key)
     init_from = tr.get("init_from")
     parent = None
     if init_from:
@@ -370,15 +428,15 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
                                        p_mean, p_std, label_drop_all, label_drop_field)
                     (part / accum).backward()
                 loss = loss + part.detach() / accum
+            lv = float(loss.detach())
+            if not math.isfinite(lv):  # before the update: no diverged weights are ever saved
+                raise diverged(lv, step + 1, cfg)
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(tr.get("grad_clip", 1.0)))
             opt.step()
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.lerp_(pm, 1.0 - ema_decay)
             step += 1
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise RuntimeError(f"loss became {lv} at step {step}")
             losses.append(lv)
             if progress is not None:
                 progress.update(1)
@@ -447,12 +505,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", default=None, help="after training, write the EMA prior here")
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
+    limits.check_threads(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
     device = _setup_distributed(args.device)
     try:
-        summary = train(cfg, resume=args.resume, device=device)
+        summary = train(cfg, resume=args.resume, device=device, source=str(args.config), config_path=args.config,
+                        export=args.export)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
@@ -465,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.export:
             cmd = "python -m mri_score.train " + " ".join(sys.argv[1:] if argv is None else argv)
             export_prior(Path(require(cfg, "out_dir")) / "checkpoint.safetensors", args.export, cmd)
-            print(f"exported weights to {args.export}")
+            print(one_line(f"exported weights to {args.export}", sys.stdout))
     return 0
 
 

@@ -167,9 +167,13 @@ def maps_espirit(
         raise OperatorInputError(f"ESPIRiT expects k-space (coils, H, W), got {tuple(kspace.shape)}")
     cw = int(min(calib_width, width))
     ksp = kspace.detach().cpu().numpy().astype(np.complex64)
-    maps = sigpy.mri.app.EspiritCalib(
-        ksp, calib_width=cw, kernel_width=min(kernel_width, cw - 1), thresh=thresh, crop=0.0, show_pbar=False
-    ).run()
+    try:
+        maps = sigpy.mri.app.EspiritCalib(
+            ksp, calib_width=cw, kernel_width=min(kernel_width, cw - 1), thresh=thresh, crop=0.0, show_pbar=False
+        ).run()
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:
+        raise OperatorInputError(f"ESPIRiT coil maps failed ({str(err).splitlines()[0]}); the k-space values may be "
+                                 "extreme (try --maps lowres)") from None
     maps_t = torch.from_numpy(np.asarray(maps)).to(device=kspace.device, dtype=kspace.dtype)
     return normalize_maps(maps_t)
 

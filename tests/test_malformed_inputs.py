@@ -242,11 +242,10 @@ def test_killed_reconstruction_leaves_no_partial_output(tmp_path, tiny_prior_pat
 
 def test_volume_that_would_not_fit_is_refused_before_allocating(tmp_path, fully_sampled_file, tiny_prior_path,
                                                                  capsys, monkeypatch):
-    import mri_score.reconstruct as rec
+    from mri_score import limits
 
-    real_sysconf = os.sysconf
     # pretend only 1 MiB is free: the 4-coil 64x64 slice needs ~ 24 copies x 2 samples x 128 KiB = 6 MiB
-    monkeypatch.setattr(rec.os, "sysconf", lambda name: 256 if name == "SC_AVPHYS_PAGES" else real_sysconf(name))
+    monkeypatch.setattr(limits, "available_memory", lambda: 2**20)
     rc = reconstruct_main(["--kspace", str(fully_sampled_file), "--out", str(tmp_path / "out"),
                            "--prior", str(tiny_prior_path), "--steps", "2", "--center-fraction", "0.25"])
     assert rc == 2

@@ -203,39 +203,35 @@ def _scan_file(path: Path) -> FileEntry:
     file is named when the index is built, not hours into a run.  Runs once per
     file: the index remembers the result until the file's size or mtime changes.
     """
-    import h5py
-
-    from mri_score.fastmri_io import MAX_KSPACE_BYTES, read_header, validate_kspace
+    from mri_score.fastmri_io import (
+        KSPACE_SHAPES,
+        MAX_ARRAY_BYTES,
+        MAX_KSPACE_BYTES,
+        dataset,
+        open_input,
+        read_header,
+        validate_kspace,
+    )
 
     st = path.stat()
-    try:
-        hf = h5py.File(path, "r")
-    except OSError as err:
-        raise InputError(f"{path}: not a readable HDF5 file ({str(err).splitlines()[0]})") from err
-    with hf:
-        dset = hf.get("kspace")
-        if not isinstance(dset, h5py.Dataset):
+    with open_input(path) as hf:
+        dset = dataset(hf, "kspace", path, "c", (3, 4), MAX_KSPACE_BYTES, "kspace", KSPACE_SHAPES)
+        if dset is None:
             raise InputError(f"{path}: no 'kspace' dataset")
-        if dset.ndim not in (3, 4):
-            raise InputError(f"{path}: kspace must have shape (slices, coils, H, W) or (slices, H, W), got {dset.shape}")
         shape = dset.shape if dset.ndim == 4 else (dset.shape[0], 1, *dset.shape[1:])
-        if int(np.prod(shape, dtype=np.float64)) * 8 > MAX_KSPACE_BYTES:
-            raise InputError(f"{path}: kspace of shape {dset.shape} is too large to load ({MAX_KSPACE_BYTES} bytes max)")
-        if dset.dtype.kind != "c":
-            raise InputError(f"{path}: kspace must be complex, got dtype {dset.dtype}")
         if min(shape) < 1:
             raise InputError(f"{path}: kspace has an empty dimension, shape {dset.shape}")
         read_header(hf, path, (int(shape[2]), int(shape[3])))
         for s in range(shape[0]):
             try:
                 ks = np.asarray(dset[s])
-            except (OSError, TypeError, ValueError) as err:
+            except (OSError, TypeError, ValueError, RuntimeError) as err:
                 raise InputError(f"{path}: kspace cannot be read ({str(err).splitlines()[0]})") from err
             validate_kspace(ks.reshape(1, *shape[1:]), path)
         target_shape = None
         for key in _TARGET_KEYS:
-            t = hf.get(key)
-            if isinstance(t, h5py.Dataset) and t.ndim == 3 and t.shape[0] == shape[0]:
+            t = dataset(hf, key, path, "fiu", (3,), MAX_ARRAY_BYTES, key, "(slices, h, w)")
+            if t is not None and t.shape[0] == shape[0]:
                 target_shape = (int(t.shape[1]), int(t.shape[2]))
                 break
     return FileEntry(path.name, st.st_size, st.st_mtime_ns, int(shape[0]), int(shape[1]), int(shape[2]),
