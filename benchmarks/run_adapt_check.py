@@ -16,19 +16,16 @@ centre fraction 0.08), one shared calibration per slice.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
-from benchmarks.harness import calibrate_volume, middle_slices
+from benchmarks.harness import calibrate_volume, check_args, check_parser, middle_slices, write_report
 from benchmarks.provenance import provenance
 from mri_score.adapt import ADAPT_PARAMS, AdaptSettings
 from mri_score.data.realset import load_real_volume
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score.errors import exit_on_input_error
 from mri_score.metrics import volume_metrics
 from mri_score.pipeline import reconstruct_volume
 from mri_score.posterior import SamplerSettings
@@ -36,7 +33,6 @@ from mri_score.prior import load_prior
 from mri_score.simulation import simulate_volume, subject_volume
 from operators import make_mask
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = (("equispaced", 4.0), ("random", 8.0))
 CENTER_FRACTION, COILS, SNR = 0.08, 8, 100.0
 REAL = ("nibabel_example4d", "nibabel_phantom_epi")
@@ -57,22 +53,13 @@ def volumes(slices: int, synth_size: int, seed: int) -> list[dict]:
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Run plain and adapted DDS on every volume and setting; write the table."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--slices", type=int, default=3, help="slices per volume")
-    ap.add_argument("--nfe", type=int, default=30)
-    ap.add_argument("--synth-size", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = check_parser(__doc__.split("\n")[0], "adapt_check.md", 128)
     ap.add_argument("--prior", default=None)
     ap.add_argument("--adapt-steps", type=int, default=None)
     ap.add_argument("--adapt-params", default=None, choices=ADAPT_PARAMS)
     ap.add_argument("--adapt-sigma-min", type=float, default=None)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "adapt_check.md"))
     args = ap.parse_args(argv)
-    if args.slices < 1 or args.nfe < 2 or args.synth_size < 32:
-        raise InputError("--slices must be >= 1, --nfe >= 2, --synth-size >= 32")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_args(args, min_nfe=2)
     adapt = AdaptSettings(**{k: v for k, v in (("steps", args.adapt_steps), ("params", args.adapt_params),
                                                ("sigma_min", args.adapt_sigma_min)) if v is not None})
     prior = load_prior(args.prior)
@@ -109,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             print(lines[-1], flush=True)
     lines += [""] + [f"- {g}: Δ PSNR (adapted − plain) from {min(v):+.2f} to {max(v):+.2f} dB, mean {np.mean(v):+.2f} "
                      f"(n = {len(v)} volume × setting pairs)" for g, v in deltas.items() if v] + [""]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print(f"-> {out}")
+    write_report(args.out, lines)
     return 0
 
 

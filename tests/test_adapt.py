@@ -136,3 +136,12 @@ def test_cli_adapt_bad_flags_one_line_exit_2(tmp_path, fully_sampled_file, tiny_
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("module", ["benchmarks.run_adapt_check", "benchmarks.run_grid_check"])
+def test_check_scripts_refuse_bad_flags_in_one_line(module, capsys):
+    import importlib
+
+    rc = importlib.import_module(module).main(["--slices", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--slices must be >= 1" in err[0]
