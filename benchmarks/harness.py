@@ -10,12 +10,12 @@ per undersampled slice, shared by every method -> baselines
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,13 +40,13 @@ SWEPT_METHODS = ("l1_wavelet", "tv", "bart_pics")
 METHODS = ("zero_filled", "cg_sense", "unet", "l1_wavelet", "tv", "bart_pics", *SCORE_METHODS)
 
 
-def check_parser(description: str, out: str, synth_size: int) -> argparse.ArgumentParser:
-    """The flags the small per-volume checks share (``--slices --nfe --synth-size --seed --threads --out``).
+def add_check_flags(ap: Any, out: str, synth_size: int) -> Any:
+    """Add the flags the small per-volume checks share (``--slices --nfe --synth-size --seed --threads --out``).
 
-    ``out`` is the default results file under ``benchmarks/results``; ``synth_size`` the default
-    synthetic matrix.  :func:`check_args` validates the parsed values.
+    ``ap`` is the script's own parser (argument parsing stays in the command-line module); ``out`` is
+    the default results file under ``benchmarks/results``; ``synth_size`` the default synthetic matrix.
+    :func:`check_args` validates the parsed values.
     """
-    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--slices", type=int, default=3, help="slices per volume")
     ap.add_argument("--nfe", type=int, default=30)
     ap.add_argument("--synth-size", type=int, default=synth_size)
@@ -56,7 +56,7 @@ def check_parser(description: str, out: str, synth_size: int) -> argparse.Argume
     return ap
 
 
-def check_args(args: argparse.Namespace, min_nfe: int = 1) -> None:
+def check_args(args: Any, min_nfe: int = 1) -> None:
     """Refuse bad shared flags of :func:`check_parser` (one line) and apply ``--threads``."""
     if args.slices < 1 or args.nfe < min_nfe or args.synth_size < 32:
         raise InputError(f"--slices must be >= 1, --nfe >= {min_nfe}, --synth-size >= 32")

@@ -16,12 +16,13 @@ centre fraction 0.08), one shared calibration per slice.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
 import numpy as np
 
-from benchmarks.harness import calibrate_volume, check_args, check_parser, middle_slices, write_report
+from benchmarks.harness import add_check_flags, calibrate_volume, check_args, middle_slices, write_report
 from benchmarks.provenance import provenance
 from mri_score.adapt import ADAPT_PARAMS, AdaptSettings
 from mri_score.data.realset import load_real_volume
@@ -53,7 +54,7 @@ def volumes(slices: int, synth_size: int, seed: int) -> list[dict]:
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Run plain and adapted DDS on every volume and setting; write the table."""
-    ap = check_parser(__doc__.split("\n")[0], "adapt_check.md", 128)
+    ap = add_check_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "adapt_check.md", 128)
     ap.add_argument("--prior", default=None)
     ap.add_argument("--adapt-steps", type=int, default=None)
     ap.add_argument("--adapt-params", default=None, choices=ADAPT_PARAMS)

@@ -23,6 +23,8 @@ and every configuration shares one calibration per slice.
 
 from __future__ import annotations
 
+import argparse
+
 import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
 
 # isort: split
@@ -31,7 +33,7 @@ import time
 
 import numpy as np
 
-from benchmarks.harness import calibrate_volume, check_args, check_parser, write_report
+from benchmarks.harness import add_check_flags, calibrate_volume, check_args, write_report
 from benchmarks.provenance import provenance
 from mri_score.data.realset import load_real_volume
 from mri_score.errors import exit_on_input_error
@@ -72,7 +74,8 @@ def volumes(slices: int, synth_size: int, seed: int, groups: tuple[str, ...] = (
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Run every configuration on every volume and setting; write the table."""
-    ap = check_parser(__doc__.split("\n")[0], "grid_check.md", 224)  # at 0.8-1.5 mm a 128 matrix crops the head
+    # at 0.8-1.5 mm a 128 matrix crops the head: 224 by default
+    ap = add_check_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]), "grid_check.md", 224)
     ap.add_argument("--groups", nargs="+", default=["real", "synthetic"], choices=["real", "synthetic"])
     ap.add_argument("--fixed", type=float, nargs="*", default=[2.0], help="fixed grid factors run with gamma_rule=noise")
     args = ap.parse_args(argv)

@@ -204,3 +204,36 @@ def timing_lines(test: list[dict], settings: list[str]) -> list[str]:
         for lab, v in sorted(by.items()):
             out.append(f"| {setting} | {lab} | {np.median(v):.2f} | {np.median(v) / l1:.1f} |")
     return out
+
+
+def render_prior_ablation(runs: list[tuple[str, list[dict]]]) -> str:
+    """DDS per test volume under each prior (same protocol, slices and noise): PSNR/SSIM and Δ PSNR to the first.
+
+    ``runs`` is ``[(prior name, CSV rows)]``; the first is the reference.  Volume rows (``unit: volume``)
+    carry fastMRI's per-volume metrics.  Pure function of the CSVs, like :func:`render`.
+    """
+    def table(rows: list[dict]) -> dict[tuple[str, str, str], tuple[float, float]]:
+        return {(r["setting"], r["volume"], r["maps"]): (_f(r, "PSNR"), _f(r, "SSIM")) for r in rows
+                if r["unit"] == "volume" and r["method"] == "dds" and r["phase"] == "test"}
+
+    tabs = [(name, table(rows)) for name, rows in runs]
+    ref_name, ref = tabs[0]
+    head = "| setting | volume | maps | " + " | ".join(f"{n} PSNR / SSIM" for n, _ in tabs) + " | " + \
+        " | ".join(f"Δ PSNR {n}" for n, _ in tabs[1:]) + " |"
+    lines = [head, "|" + "---|" * (3 + len(tabs) + len(tabs) - 1)]
+    wins = {n: [0, 0] for n, _ in tabs[1:]}
+    for key in sorted(ref, key=lambda k: (_order([k[0]])[0], k[1].startswith("nibabel"), k[1], k[2])):
+        cells = [f"{t[key][0]:.2f} / {t[key][1]:.3f}" if key in t else "–" for _, t in tabs]
+        deltas = []
+        for n, t in tabs[1:]:
+            if key in t:
+                d = t[key][0] - ref[key][0]
+                wins[n][0] += d > 0
+                wins[n][1] += 1
+                deltas.append(f"{d:+.2f}")
+            else:
+                deltas.append("–")
+        lines.append(f"| {key[0]} | {key[1].removesuffix('.h5')} | {key[2]} | " + " | ".join(cells + deltas) + " |")
+    lines.append("")
+    lines += [f"{n}: higher PSNR than {ref_name} on {w} of {k} volume × setting × maps rows." for n, (w, k) in wins.items()]
+    return "\n".join(lines) + "\n"

@@ -195,6 +195,25 @@ def test_readme_results_block_is_the_committed_csv_rendering():
         pytest.skip("bench_protocol.csv not committed yet (the lead runs the frozen benchmark once)")
     block = readme[readme.index(BEGIN): readme.index(END) + len(END)]
     assert block == results_block(csv_path), "README results block is stale: run python benchmarks/make_tables.py"
+    from benchmarks.make_tables import ABL_BEGIN, ABL_END, ablation_block
+
+    ablation = readme[readme.index(ABL_BEGIN): readme.index(ABL_END) + len(ABL_END)]
+    assert ablation == ablation_block(csv_path.parent), "README prior-ablation block is stale: run make_tables.py"
+
+
+def test_prior_ablation_pairs_volumes_and_counts_wins():
+    from benchmarks.tables import render_prior_ablation
+
+    def rows(psnrs):
+        return [{"unit": "volume", "method": "dds", "phase": "test", "setting": "4x equispaced", "volume": f"v{i}.h5",
+                 "maps": "acs", "PSNR": str(p), "SSIM": "0.5"} for i, p in enumerate(psnrs)] + [
+                {"unit": "slice", "method": "dds", "phase": "test", "setting": "4x equispaced", "volume": "v0.h5",
+                 "maps": "acs", "PSNR": "99", "SSIM": "0.9"}]
+
+    text = render_prior_ablation([("a", rows([30.0, 31.0])), ("b", rows([30.5, 30.0]))])
+    assert "| 4x equispaced | v0 | acs | 30.00 / 0.500 | 30.50 / 0.500 | +0.50 |" in text
+    assert "| 4x equispaced | v1 | acs | 31.00 / 0.500 | 30.00 / 0.500 | -1.00 |" in text
+    assert "b: higher PSNR than a on 1 of 2" in text
 
 
 def test_reconstruct_writes_the_calibrated_std_only_for_matching_settings(tmp_path, fully_sampled_file,
