@@ -36,8 +36,10 @@ import torch
 
 from benchmarks.harness import calibrate_volume
 from benchmarks.provenance import provenance
+from mri_score import limits
+from mri_score.atomic import check_output, check_writable
 from mri_score.data.realset import load_real_volume
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score.errors import exit_on_input_error
 from mri_score.metrics import volume_metrics
 from mri_score.pipeline import reconstruct_volume
 from mri_score.posterior import SamplerSettings
@@ -87,8 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grid_check.md"))
     args = ap.parse_args(argv)
-    if args.slices < 1 or args.nfe < 1 or args.synth_size < 32:
-        raise InputError("--slices and --nfe must be >= 1, --synth-size >= 32")
+    limits.check_int(args.slices, "--slices", 1, 1000)
+    limits.check_steps(args.nfe, "--nfe")
+    limits.check_int(args.synth_size, "--synth-size", 32, 1024)
+    limits.check_seed(args.seed)
+    limits.check_threads(args.threads)
+    check_output(args.out)
+    check_writable(Path(args.out).parent)
     if args.threads:
         torch.set_num_threads(args.threads)
     prior = load_prior()
