@@ -10,10 +10,12 @@ per undersampled slice, shared by every method -> baselines
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,12 +30,62 @@ from mri_score.samplers import sampler_config
 from mri_score.simulation import corpus_volume
 from mri_score.supervised import unet_reconstruct
 
+#: Where the benchmarks write their results.
+RESULTS = Path(__file__).resolve().parent / "results"
 #: Score-based samplers a benchmark config may list (each with ``nfe`` budgets).
 SCORE_METHODS = ("dds", "langevin", "pc", "dps")
 #: Baselines swept over ``lams``.
 SWEPT_METHODS = ("l1_wavelet", "tv", "bart_pics")
 #: Every method a benchmark config may list.
 METHODS = ("zero_filled", "cg_sense", "unet", "l1_wavelet", "tv", "bart_pics", *SCORE_METHODS)
+
+
+def check_parser(description: str, out: str, synth_size: int) -> argparse.ArgumentParser:
+    """The flags the small per-volume checks share (``--slices --nfe --synth-size --seed --threads --out``).
+
+    ``out`` is the default results file under ``benchmarks/results``; ``synth_size`` the default
+    synthetic matrix.  :func:`check_args` validates the parsed values.
+    """
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--slices", type=int, default=3, help="slices per volume")
+    ap.add_argument("--nfe", type=int, default=30)
+    ap.add_argument("--synth-size", type=int, default=synth_size)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=str(RESULTS / out))
+    return ap
+
+
+def check_args(args: argparse.Namespace, min_nfe: int = 1) -> None:
+    """Refuse bad shared flags of :func:`check_parser` (one line naming the flag) and apply ``--threads``.
+
+    Bounds: :mod:`mri_score.limits` (``--nfe`` at most ``MAX_STEPS``, seeds, threads); ``--out`` must be
+    writable and not a directory, checked before any work.
+    """
+    from mri_score import limits
+    from mri_score.atomic import check_output, check_writable
+
+    limits.check_int(args.slices, "--slices", 1, 1000)
+    limits.check_int(args.nfe, "--nfe", min_nfe, limits.MAX_STEPS)
+    limits.check_int(args.synth_size, "--synth-size", 32, 1024)
+    limits.check_seed(args.seed)
+    limits.check_threads(args.threads)
+    check_output(args.out)
+    check_writable(Path(args.out).parent)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def write_report(out: str | os.PathLike[str], lines: list[str]) -> Path:
+    """Write a markdown report (``lines`` joined) atomically to ``out``, creating its directory; print and return it."""
+    from mri_score.atomic import atomic_output
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    print(f"-> {path}")
+    return path
 
 
 def middle_slices(images: np.ndarray, slices: int) -> np.ndarray:

@@ -64,7 +64,7 @@ ORACLE_OK = ("cg_sense", "l1_wavelet", "tv", "bart_pics", "dds")
 FIELDS = ("setting", "phase", "group", "volume", "subject", "slice", "unit", "method", "label", "maps", "lam",
           "PSNR", "SSIM", "NMSE", "PSNR_object", "PSNR_rss", "SSIM_rss", "NMSE_rss", "seconds", "nfe", "n_object",
           "std_factor", *(f"cov_raw_{round(100 * p)}" for p in uncertainty.RELIABILITY_LEVELS),
-          *(f"cov_cal_{round(100 * p)}" for p in uncertainty.RELIABILITY_LEVELS))
+          *(f"cov_cal_{round(100 * p)}" for p in uncertainty.RELIABILITY_LEVELS), "sigma_ratio")
 
 
 def setting_tag(setting: dict) -> str:
@@ -118,11 +118,13 @@ def protocol_volumes(cfg: dict) -> list[dict]:
 
     Subject ``k`` gets contrast family ``data.families[k % len]``; tuning slices start at corpus
     index offset ``data.tuning.first`` (default 500) so they never repeat a test slice's geometry.
+    ``data.pixel_mm`` (default 0.8–1.5) is the pixel-size range (mm) of the synthetic slices.
     """
     data = cfg["data"]
     families = list(data.get("families", ["t1", "t2", "pd"]))
     size = tuple(int(v) for v in data["size"])
     corpus_seed = int(data.get("corpus_seed", 0))
+    pixel_mm = tuple(float(v) for v in data.get("pixel_mm", (0.8, 1.5)))
     vols = []
     for phase, first_default in (("tuning", 500), ("test", 0)):
         spec = data[phase]
@@ -130,7 +132,7 @@ def protocol_volumes(cfg: dict) -> list[dict]:
             subj = int(subj)
             fam = families[subj % len(families)]
             imgs = subject_volume("test", subj, int(spec["slices_per_subject"]), size, fam, corpus_seed,
-                                  first=int(spec.get("first", first_default)))
+                                  first=int(spec.get("first", first_default)), pixel_mm=pixel_mm)
             vols.append({"name": f"{phase}_subject{subj:02d}_{fam}.h5", "phase": phase, "group": GROUP_SYNTH,
                          "subject": subj, "images": imgs, "seed": int(spec.get("seed", 1 if phase == "tuning" else 0))})
     for name in data.get("real", []):
@@ -143,7 +145,7 @@ def acquire(vol: dict, setting: dict, coils: int, snr: float) -> dict | None:
     """Simulated, undersampled and calibrated acquisition of one volume in one setting (None: mask not realisable)."""
     tag = setting_tag(setting)
     noise_seed = zlib.crc32(f"{vol['seed']}/{tag}/{vol['name']}".encode())
-    ksp, target_rss, _ = simulate_volume(vol["images"], coils, snr, seed=noise_seed)
+    ksp, target_rss, sigma = simulate_volume(vol["images"], coils, snr, seed=noise_seed)
     try:
         mask, _ = make_mask(setting["mask"], float(setting["accel"]), float(setting.get("center_fraction", 0.08)),
                             ksp.shape[-2:], vol["name"])
@@ -155,7 +157,7 @@ def acquire(vol: dict, setting: dict, coils: int, snr: float) -> dict | None:
     true_maps = torch.from_numpy(birdcage_maps(coils, ksp.shape[-2:])) if coils > 1 else torch.ones(
         1, *ksp.shape[-2:], dtype=torch.complex64)
     return {"under": under, "mask": mask, "cals": cals, "oracle": [replace(c, maps=true_maps) for c in cals],
-            "truth": noise_free_target(vol["images"], coils), "target_rss": target_rss}
+            "truth": noise_free_target(vol["images"], coils), "target_rss": target_rss, "sigma": float(sigma)}
 
 
 def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: str, prior: ComplexPrior | None,
@@ -191,6 +193,25 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
     if rss_img is None:
         rss_img = output_magnitude(xt, cal.maps, cal.sigma_y, "rss").numpy()
     return {"primary": primary, "rss": np.asarray(rss_img), "std": std, "seconds": seconds, "nfe": nfe}
+
+
+def training_split_note(meta: dict | None) -> str:
+    """What the prior's training data share with the synthetic test subjects, from its metadata (one sentence).
+
+    The protocol's test subjects read only the template's left hemisphere (:func:`subject_volume`);
+    ``data.source: mixed`` trains on the right one (voxel-disjoint), the legacy ``synthetic`` source
+    splits the template by slabs and reads both hemispheres, so its synthetic test rows are optimistic.
+    """
+    data = ((meta or {}).get("config") or {}).get("data") or {}
+    source = data.get("source", "unknown")
+    if source == "mixed":
+        return ("training data `source: mixed` (train-split subjects, right hemisphere): voxel-disjoint from the "
+                "test subjects")
+    if source == "synthetic":
+        return ("training data `source: synthetic` (slab split over the whole template): the synthetic test "
+                "subjects' anatomy was NOT excluded by voxel, so the synthetic rows are optimistic for this prior; "
+                "the real rows are not affected")
+    return f"training data source `{source}`: overlap with the synthetic test subjects unknown"
 
 
 def object_psnr(truth: np.ndarray, pred: np.ndarray) -> float:
@@ -244,6 +265,7 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> 
                    "subject": vol["subject"], "slice": s, "unit": "slice", "method": method,
                    "label": method_label(method, spec, maps), "maps": "ecalib" if method == "bart_ecalib" else maps,
                    "lam": "" if lam is None else lam, "seconds": out["seconds"], "nfe": out["nfe"],
+                   "sigma_ratio": acq["cals"][s].sigma_y / acq["sigma"],  # σ̂_y / σ (estimator vs the simulator)
                    **score(acq["truth"][s], acq["target_rss"][s], out)}
             if out["std"] is not None:
                 row["_ratios"] = uncertainty.error_ratios(acq["truth"][s], out["primary"], out["std"])

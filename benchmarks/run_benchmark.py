@@ -38,7 +38,7 @@ from benchmarks.harness import (
     coverage,
     run_method,
 )
-from benchmarks.protocol import read_csv, run_protocol, validate_protocol, write_csv
+from benchmarks.protocol import read_csv, run_protocol, training_split_note, validate_protocol, write_csv
 from benchmarks.provenance import provenance
 from benchmarks.tables import render
 from mri_score import baselines, limits, uncertainty
@@ -189,7 +189,8 @@ def run_protocol_benchmark(args: argparse.Namespace, cfg: dict, name: str) -> in
     if args.threads:
         command = f"{command} --threads {args.threads}"
     header = [f"# Benchmark `{name}` (frozen protocol)", "", provenance(command).rstrip("\n"),
-              f"- prior: {prior_path.name} (sha256 {uncertainty.file_sha256(prior_path)[:16]}…)",
+              f"- prior: {prior_path.name} (sha256 {uncertainty.file_sha256(prior_path)[:16]}…); "
+              f"{training_split_note(getattr(prior, 'meta', None))}",
               f"- total wall time: {seconds:.0f} s", ""]
     if cal["factors"] and args.store_calibration:
         dds = cfg["methods"]["dds"]

@@ -8,8 +8,8 @@ Two parts (issue 16):
   one PNG grid per label;
 * **reconstruction**: DDS on held-out slices (``MixedCorpus`` test split, each with its own labels,
   and the real EPI set, anatomy=brain) at each acceleration: unconditional, conditional (right
-  label), CFG ``w``, a wrong label, classifier guidance; PSNR/SSIM against the clean truth (RSS of
-  the fully sampled noisy coil images), NFE and seconds per slice.
+  label), CFG ``w``, a wrong label, classifier guidance; PSNR/SSIM of ``|x|`` against the noise-free
+  truth (:func:`mri_score.simulation.noise_free_target`), NFE and seconds per slice.
 
 Writes ``OUT/conditional.md`` (tables and provenance) and ``OUT/conditional_grids/*.png``.
 """
@@ -100,13 +100,18 @@ def generation(cfg: dict, model: torch.nn.Module, vocab: Vocabulary, clean: torc
     return rows
 
 
-def held_out_slices(count: int, size: int, seed: int) -> list[tuple[np.ndarray, dict[str, str]]]:
-    """``count`` scaled ``MixedCorpus`` test-split slices ``(size, size)`` complex64 and their labels."""
+def held_out_slices(count: int, size: int, seed: int, pixel_mm: tuple[float, float] = (0.5, 3.0)
+                    ) -> list[tuple[np.ndarray, dict[str, str]]]:
+    """``count`` scaled ``MixedCorpus`` test-split slices ``(size, size)`` complex64 and their labels.
+
+    ``pixel_mm``: the pixel-size range (mm); the reconstruction rows use 2-3 mm so that the object lies
+    inside a 96-pixel field of view (at 0.5-3 mm two slices in three are cut by it).
+    """
     from mri_score.data.corpus import ANATOMIES, CONTRASTS
     from mri_score.data.mixed import MixedCorpus
     from mri_score.scaling import TRAIN_CENTER_FRACTION, image_scale
 
-    corpus = MixedCorpus("test", seed=seed)
+    corpus = MixedCorpus("test", seed=seed, pixel_mm=pixel_mm)
     out = []
     for i in range(count):
         img, info = corpus.generate(i, shape=(size, size))
@@ -128,12 +133,13 @@ def reconstruction(cfg: dict, model: torch.nn.Module, noisy: torch.nn.Module | N
     """Reconstruction rows (markdown lines): mean PSNR/SSIM/NFE/seconds per group, acceleration and method."""
     from mri_score.data.realset import load_real_volume
     from mri_score.pipeline import reconstruct_volume
-    from mri_score.simulation import simulate_volume
+    from mri_score.simulation import noise_free_target, simulate_volume
 
     r = cfg["reconstruction"]
     size = int(r["size"])
     slices: list[tuple[str, np.ndarray, dict[str, str]]] = [
-        ("synthetic test split", im, lab) for im, lab in held_out_slices(int(r["slices"]), size, seed)]
+        ("synthetic test split", im, lab) for im, lab in held_out_slices(int(r["slices"]), size, seed,
+                                                                          tuple(r.get("pixel_mm", (2.0, 3.0))))]
     for name in r.get("real", []):
         vol = load_real_volume(name)
         mid = vol.images.shape[0] // 2
@@ -147,7 +153,8 @@ def reconstruction(cfg: dict, model: torch.nn.Module, noisy: torch.nn.Module | N
         methods += [(f"classifier s={s:g}", {"classifier": float(s)}) for s in r.get("classifier_scales", [])]
     results: dict[tuple[str, float, str], list[dict]] = {}
     for i, (group, img, truth_label) in enumerate(slices):
-        ksp, target, _ = simulate_volume(img[None], coils=int(r["coils"]), snr=float(r["snr"]), seed=seed + i)
+        ksp, _, _ = simulate_volume(img[None], coils=int(r["coils"]), snr=float(r["snr"]), seed=seed + i)
+        target = noise_free_target(img[None], int(r["coils"]))  # the clean truth (the output is |x|)
         for accel in r["accelerations"]:
             mask, _ = make_mask("equispaced", float(accel), 0.08 if accel <= 4 else 0.04, ksp.shape[-2:], f"slice{i}")
             mask = np.asarray(mask, dtype=np.float32)
@@ -212,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{cfg.get('generation', {}).get('size')}², n={cfg.get('generation', {}).get('n')} per row; accuracy of "
             "the clean-image classifier; chance 1/6 contrast, 1/3 anatomy)\n\n" + "\n".join(gen_rows) +
             f"\n\n## Reconstruction (DDS, budget {cfg.get('reconstruction', {}).get('nfe')} NFE; CFG w≠1 spends 2 "
-            "per step; equispaced masks; truth = RSS of the fully sampled noisy coil images)\n\n" + "\n".join(rec_rows)
+            "per step; equispaced masks; |x| against the noise-free truth; synthetic slices at 2-3 mm pixels)\n\n"
+            + "\n".join(rec_rows)
             + "\n")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / "conditional.md") as tmp:

@@ -26,18 +26,13 @@ from __future__ import annotations
 import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
 
 # isort: split
-import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
-from benchmarks.harness import calibrate_volume
+from benchmarks.harness import calibrate_volume, check_args, check_parser, write_report
 from benchmarks.provenance import provenance
-from mri_score import limits
-from mri_score.atomic import check_output, check_writable
 from mri_score.data.realset import load_real_volume
 from mri_score.errors import exit_on_input_error
 from mri_score.metrics import volume_metrics
@@ -48,7 +43,6 @@ from mri_score.resolution import auto_grid_factor, prior_pixel_range
 from mri_score.simulation import corpus_volume, simulate_volume
 from operators import make_mask
 
-ROOT = Path(__file__).resolve().parents[1]
 #: (mask type, acceleration) of every volume
 SETTINGS = (("equispaced", 4.0), ("random", 8.0))
 CENTER_FRACTION = 0.1
@@ -78,26 +72,11 @@ def volumes(slices: int, synth_size: int, seed: int, groups: tuple[str, ...] = (
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Run every configuration on every volume and setting; write the table."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--slices", type=int, default=3, help="slices per volume")
-    ap.add_argument("--nfe", type=int, default=30)
-    ap.add_argument("--synth-size", type=int, default=224,
-                    help="synthetic matrix (at 0.8-1.5 mm pixels 128 crops the head: the object fills the FOV)")
+    ap = check_parser(__doc__.split("\n")[0], "grid_check.md", 224)  # at 0.8-1.5 mm a 128 matrix crops the head
     ap.add_argument("--groups", nargs="+", default=["real", "synthetic"], choices=["real", "synthetic"])
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fixed", type=float, nargs="*", default=[2.0], help="fixed grid factors run with gamma_rule=noise")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grid_check.md"))
     args = ap.parse_args(argv)
-    limits.check_int(args.slices, "--slices", 1, 1000)
-    limits.check_steps(args.nfe, "--nfe")
-    limits.check_int(args.synth_size, "--synth-size", 32, 1024)
-    limits.check_seed(args.seed)
-    limits.check_threads(args.threads)
-    check_output(args.out)
-    check_writable(Path(args.out).parent)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_args(args)
     prior = load_prior()
     trained = prior_pixel_range(getattr(prior, "meta", None))
     vols = volumes(args.slices, args.synth_size, args.seed, tuple(args.groups))
@@ -140,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{met['PSNR']:.2f} | {met['SSIM']:.4f} | {sec:.1f} |")
                     print(lines[-1], flush=True)
     lines += ["", "Synthetic volumes: pixels inside the prior's range, so `auto` = native (factor 1, no extra cost).", ""]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print(f"-> {out}")
+    write_report(args.out, lines)
     return 0
 
 

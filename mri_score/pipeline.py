@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mri_score import limits
+from mri_score.adapt import AdaptSettings, adapt_denoiser
 from mri_score.calibration import Calibration, check_acs
 from mri_score.errors import InputError, one_line
 from mri_score.fastmri_io import (
@@ -101,6 +102,11 @@ class VolumeResult:
         Wall time per slice (sampling and, when not given, calibration).
     calibrations : list of Calibration
         The per-slice calibrations used.
+    means : list of torch.Tensor
+        complex64 ``(H, W)`` per slice: the posterior mean in the data's units, uncropped.
+    adapted : dict, optional
+        With test-time adaptation: the pilot's NFE and seconds and the adaptation's record
+        (:func:`mri_score.adapt.adapt_denoiser`); both are included in ``nfe`` and ``seconds``.
     """
 
     image: np.ndarray
@@ -109,6 +115,8 @@ class VolumeResult:
     nfe: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     calibrations: list[Calibration] = field(default_factory=list)
+    means: list[torch.Tensor] = field(default_factory=list)
+    adapted: dict | None = None
 
 
 def reconstruct_volume(
@@ -119,6 +127,7 @@ def reconstruct_volume(
     calibrations: Sequence[Calibration] | None = None,
     crop: tuple[int, int] | None = None,
     extra_terms: Sequence[Likelihood] = (),
+    adapt: AdaptSettings | None = None,
 ) -> VolumeResult:
     """Reconstruct every slice of a volume, one at a time; slice ``i`` is sampled with seed ``settings.seed + i``.
 
@@ -139,6 +148,9 @@ def reconstruct_volume(
         ``(h, w)`` centre crop of the outputs (fastMRI's recon size); no crop when None.
     extra_terms : sequence of Likelihood
         Likelihood terms besides each slice's k-space data (e.g. classifier guidance), in the scaled units.
+    adapt : AdaptSettings, optional
+        Test-time adaptation (:mod:`mri_score.adapt`): a pilot reconstruction of the volume, the prior
+        fine-tuned on it, then the reconstruction with the adapted copy; None: the prior as it is.
 
     Returns
     -------
@@ -147,6 +159,8 @@ def reconstruct_volume(
     s = kspace.shape[0]
     if calibrations is not None and len(calibrations) != s:
         raise InputError(f"{len(calibrations)} calibrations for {s} slices")
+    if adapt is not None:
+        return _reconstruct_adapted(kspace, mask, prior, settings, calibrations, crop, extra_terms, adapt)
     mask_t = torch.from_numpy(np.asarray(mask))
     # one private channels_last copy of the network for the whole volume
     adapter = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
@@ -166,9 +180,40 @@ def reconstruct_volume(
         out.nfe.append(res.nfe)
         out.seconds.append(res.seconds)
         out.calibrations.append(res.calibration)
+        out.means.append(res.mean)
     out.image = np.stack(images).astype(np.float32)
     out.std = np.stack(stds).astype(np.float32)
     out.zero_filled = np.stack(zfs).astype(np.float32)
+    return out
+
+
+def _reconstruct_adapted(
+    kspace: np.ndarray,
+    mask: np.ndarray,
+    prior: EDMDenoiser | ComplexPrior,
+    settings: SamplerSettings,
+    calibrations: Sequence[Calibration] | None,
+    crop: tuple[int, int] | None,
+    extra_terms: Sequence[Likelihood],
+    adapt: AdaptSettings,
+) -> VolumeResult:
+    """:func:`reconstruct_volume` with test-time adaptation (pilot, adapt, final pass; see :mod:`mri_score.adapt`)."""
+    if isinstance(prior, ComplexPrior) and type(prior) is not ComplexPrior:
+        raise InputError("test-time adaptation works on the plain prior; it cannot be combined with guidance")
+    model = prior.model if isinstance(prior, ComplexPrior) else prior
+    t0 = time.perf_counter()
+    pilot_nfe = adapt.pilot_nfe if adapt.pilot_nfe is not None else max(1, int(settings.steps) // 2)
+    pilot = reconstruct_volume(kspace, mask, prior, replace(settings, steps=pilot_nfe, samples=1),
+                               calibrations=calibrations, extra_terms=extra_terms)
+    images = torch.stack([m / cal.scale for m, cal in zip(pilot.means, pilot.calibrations)])
+    adapted = adapt_denoiser(model, images, adapt, seed=settings.seed)
+    overhead = time.perf_counter() - t0
+    out = reconstruct_volume(kspace, mask, adapted, settings, calibrations=pilot.calibrations, crop=crop,
+                             extra_terms=extra_terms)
+    s = kspace.shape[0]
+    out.nfe = [a + b for a, b in zip(out.nfe, pilot.nfe)]
+    out.seconds = [sec + overhead / s for sec in out.seconds]
+    out.adapted = {**adapted.adapted, "pilot_nfe_per_slice": pilot_nfe, "pilot_and_adapt_seconds": overhead}
     return out
 
 
@@ -187,6 +232,7 @@ def reconstruct_file(
     extra_attrs: dict | None = None,
     std_calibration: dict | None = None,
     auto_grid: bool = False,
+    adapt: AdaptSettings | None = None,
 ) -> dict:
     """Reconstruct one fastMRI file and write ``out_dir/<name>.h5`` (and a PNG panel); return a summary.
 
@@ -203,6 +249,7 @@ def reconstruct_file(
     With ``auto_grid`` the sampling grid is chosen per file
     (:func:`mri_score.resolution.auto_grid_factor` of the header's pixel size and the prior's
     ``pixel_mm``), replacing ``settings.grid_factor``; the factor used is the ``grid_factor`` attr.
+    ``adapt`` turns on test-time adaptation (:mod:`mri_score.adapt`); its record is the ``adapt`` attr.
     """
     vol = read_fastmri(path)
     mask, accel_used, mask_src = undersampling_mask(vol, accel, mask_type, center_fraction)
@@ -222,7 +269,8 @@ def reconstruct_file(
     crop = recon_crop_size((h, w), vol.recon_size)
     t0 = time.time()
     try:
-        res = reconstruct_volume(vol.kspace, mask, prior, settings, crop=crop, extra_terms=extra_terms)
+        res = reconstruct_volume(vol.kspace, mask, prior, settings, crop=crop, extra_terms=extra_terms,
+                                 adapt=adapt)
     except (OperatorInputError, np.linalg.LinAlgError) as err:  # coil maps or a solver failed on this file's data
         raise InputError(f"{path}: {one_line(err)}") from None
     seconds = time.time() - t0
@@ -242,6 +290,7 @@ def reconstruct_file(
              "prior": prior_name, "options": json.dumps(settings.options.as_dict()),
              "acquisition": str(vol.attrs.get("acquisition", "")), "patient_id": str(vol.attrs.get("patient_id", "")),
              "summary": json.dumps({k: v for k, v in summary.items() if k != "file"}, default=float),
+             "adapt": "none" if res.adapted is None else json.dumps(res.adapted, sort_keys=True),
              **(extra_attrs or {})}
     std = res.std
     attrs["std_calibration"] = "none (raw std of the K samples)"

@@ -111,16 +111,20 @@ def corpus_volume(split: str, index: int, slices: int, size: tuple[int, int], fa
 
 
 def subject_volume(split: str, subject: int, slices: int, size: tuple[int, int], family: str, seed: int,
-                   first: int = 0, subjects: int = 40) -> np.ndarray:
+                   first: int = 0, subjects: int = 40, pixel_mm: tuple[float, float] = (0.8, 1.5)) -> np.ndarray:
     """``slices`` slices of one subject of the subject-level corpus split: ``(S, H, W)`` complex64.
 
     Subject ``subject`` of ``split`` (of ``subjects``; the test split reads only the template's
     left hemisphere, the train split only the right one, so no voxel is shared); slice ``k``
     is corpus index ``subject · 1000 + first + k`` through that subject's anatomy, in ``family``.
+    ``pixel_mm`` is the range the pixel size (mm) is drawn from: with a 128 matrix the default
+    0.8–1.5 mm gives a 102–192 mm field of view that cuts through the head; 1.5–2.0 mm keeps the
+    head inside it, as in a clinical scan.
     """
     from mri_score.data.corpus import FAMILIES, SyntheticBrainCorpus
 
-    corpus = SyntheticBrainCorpus(split=split, families=FAMILIES, seed=seed, split_by="subject", subjects=subjects)
+    corpus = SyntheticBrainCorpus(split=split, families=FAMILIES, seed=seed, split_by="subject", subjects=subjects,
+                                  pixel_mm=pixel_mm)
     return np.stack([corpus.generate(subject * 1000 + first + k, shape=size, family=family, subject=subject)[0]
                      for k in range(slices)])
 

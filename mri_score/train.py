@@ -39,32 +39,13 @@ from mri_score.data.corpus import ANATOMIES, CONTRASTS, FAMILIES
 from mri_score.data.datasets import SlicePool, mixed_pool, synthetic_pool, synthetic_slices
 from mri_score.data.fastmri_stream import StreamFeed, stream_source
 from mri_score.errors import CheckpointError, InputError, exit_on_input_error, one_line
+from mri_score.losses import edm_loss
 from mri_score.network import EDMDenoiser, NetworkConfig, count_parameters
 from mri_score.prior import load_network
 from mri_score.supervised import KspacePairSource, MagnitudeUNet, supervised_loss
 from mri_score.train_config import TASKS, diverged, input_files, validate_config
 
 __all__ = ["TASKS", "edm_loss", "export_prior", "main", "train"]
-
-
-def edm_loss(model: torch.nn.Module, x: torch.Tensor, gen: torch.Generator, p_mean: float, p_std: float,
-             sigma_data: float, autocast: dict[str, Any], labels: torch.Tensor | None = None) -> torch.Tensor:
-    """EDM denoising score-matching loss on a batch ``(B, 2, H, W)``; σ ~ LogNormal(p_mean, p_std).
-
-    ``labels`` (long ``(B, F)``, null index = classes) condition a conditional network; None: unconditional.
-    """
-    b = x.shape[0]
-    log_sigma = torch.randn(b, generator=gen) * p_std + p_mean
-    sigma = log_sigma.exp().to(x.device)
-    noise = torch.randn(x.shape, generator=gen).to(x.device)
-    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-    noisy = x + sigma[:, None, None, None] * noise
-    if x.is_contiguous(memory_format=torch.channels_last) is False and autocast.get("channels_last"):
-        noisy = noisy.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device_type=autocast["device_type"], dtype=autocast["dtype"], enabled=autocast["enabled"]):
-        denoised = model(noisy, sigma) if labels is None else model(noisy, sigma, labels.to(x.device))
-    per = ((denoised.float() - x) ** 2).mean(dim=(1, 2, 3))
-    return (weight * per).mean()
 
 
 def drop_labels(labels: torch.Tensor, classes: tuple[int, ...], p_all: float, p_field: float,

@@ -217,3 +217,38 @@ def test_reconstruct_writes_the_calibrated_std_only_for_matching_settings(tmp_pa
     assert np.allclose(cal, 3.0 * raw, rtol=1e-6) and json.loads(attr)["factor"] == 3.0
     _, attr = run("other", 3)  # no entry for NFE 3: the raw std, said so
     assert attr.startswith("none")
+
+
+def test_frozen_protocol_slices_keep_the_head_inside_the_field_of_view():
+    """A 128 matrix at 0.8-1.5 mm cuts through the head (even CG-SENSE scored 15 dB there); the frozen
+    protocol's pixel size must keep every tuning and test slice's border dark, as in a clinical scan."""
+    from pathlib import Path
+
+    from benchmarks.protocol import protocol_volumes
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "configs" / "bench_protocol.yaml").read_text())
+    cfg["data"]["real"] = []
+    for phase in ("tuning", "test"):  # two slices of every subject keep the test short
+        cfg["data"][phase]["slices_per_subject"] = 2
+    vols = protocol_volumes(cfg)
+    assert {v["phase"] for v in vols} == {"tuning", "test"}
+    for v in vols:
+        a = np.abs(v["images"])
+        edge = np.concatenate([a[:, :2].ravel(), a[:, -2:].ravel(), a[:, :, :2].ravel(), a[:, :, -2:].ravel()])
+        assert edge.max() < 0.05 * a.max(), v["name"]
+    # and the old setting did cut it: the test can fail
+    cfg["data"]["pixel_mm"] = [0.8, 1.5]
+    cut = protocol_volumes(cfg)
+    assert any(np.abs(v["images"])[:, :2].max() > 0.5 * np.abs(v["images"]).max() for v in cut)
+
+
+def test_training_split_note_names_the_overlap_of_the_shipped_priors():
+    from benchmarks.protocol import training_split_note
+    from mri_score.prior import load_prior
+
+    assert "NOT excluded by voxel" in training_split_note(load_prior().meta)
+    mixed = load_prior(__import__("pathlib").Path(__file__).resolve().parents[1] / "mri_score" / "weights"
+                       / "prior_mixed_cond.safetensors")
+    assert "voxel-disjoint" in training_split_note(mixed.meta)
+    assert "unknown" in training_split_note({})
