@@ -57,9 +57,21 @@ def add_check_flags(ap: Any, out: str, synth_size: int) -> Any:
 
 
 def check_args(args: Any, min_nfe: int = 1) -> None:
-    """Refuse bad shared flags of :func:`check_parser` (one line) and apply ``--threads``."""
-    if args.slices < 1 or args.nfe < min_nfe or args.synth_size < 32:
-        raise InputError(f"--slices must be >= 1, --nfe >= {min_nfe}, --synth-size >= 32")
+    """Refuse bad shared flags of :func:`add_check_flags` (one line naming the flag) and apply ``--threads``.
+
+    Bounds: :mod:`mri_score.limits` (``--nfe`` at most ``MAX_STEPS``, seeds, threads); ``--out`` must be
+    writable and not a directory, checked before any work.
+    """
+    from mri_score import limits
+    from mri_score.atomic import check_output, check_writable
+
+    limits.check_int(args.slices, "--slices", 1, 1000)
+    limits.check_int(args.nfe, "--nfe", min_nfe, limits.MAX_STEPS)
+    limits.check_int(args.synth_size, "--synth-size", 32, 1024)
+    limits.check_seed(args.seed)
+    limits.check_threads(args.threads)
+    check_output(args.out)
+    check_writable(Path(args.out).parent)
     if args.threads:
         torch.set_num_threads(args.threads)
 

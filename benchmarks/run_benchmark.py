@@ -41,8 +41,8 @@ from benchmarks.harness import (
 from benchmarks.protocol import read_csv, run_protocol, training_split_note, validate_protocol, write_csv
 from benchmarks.provenance import provenance
 from benchmarks.tables import render
-from mri_score import baselines, uncertainty
-from mri_score.atomic import atomic_output
+from mri_score import baselines, limits, uncertainty
+from mri_score.atomic import atomic_output, check_output_dir
 from mri_score.config import load_config, require
 from mri_score.errors import InputError, exit_on_input_error
 from mri_score.metrics import aggregate, volume_metrics
@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="protocol configs: write the DDS std factor fitted on the tuning slices into the prior's "
                          "sidecar <prior>.calibration.json (read by the reconstruct command)")
     args = ap.parse_args(argv)
+    limits.check_threads(args.threads)
+    check_output_dir(args.out_dir, [], "--out-dir")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config)

@@ -29,7 +29,8 @@ import torch
 
 from benchmarks.harness import calibrate_volume
 from benchmarks.provenance import provenance
-from mri_score.atomic import atomic_output
+from mri_score import limits
+from mri_score.atomic import atomic_output, check_output_dir
 from mri_score.conditioning import Vocabulary, format_condition, parse_condition
 from mri_score.config import load_config
 from mri_score.errors import InputError, exit_on_input_error
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     a = p.parse_args(argv)
+    limits.check_threads(a.threads)
+    check_output_dir(a.out, [])
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = load_config(a.config, a.overrides)

@@ -21,6 +21,7 @@ import numpy as np
 
 from benchmarks.harness import calibrate_volume, check_score_method, run_method
 from benchmarks.provenance import provenance
+from mri_score.atomic import check_output_dir
 from mri_score.config import load_config, require
 from mri_score.data.realset import load_real_volume
 from mri_score.errors import exit_on_input_error
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prior", default=None, help="checkpoint to use instead of the config's / the shipped prior")
     ap.add_argument("--name", default=None, help="results file name (default: the config's name)")
     args = ap.parse_args(argv)
+    check_output_dir(args.out_dir, [], "--out-dir")
     cfg = load_config(args.config)
     if args.prior:
         cfg["prior"] = args.prior

@@ -23,6 +23,8 @@ import torch
 
 from benchmarks.harness import build_volumes
 from benchmarks.provenance import provenance
+from mri_score import limits
+from mri_score.atomic import atomic_output, check_output, check_writable
 from mri_score.calibration import calibrate
 from mri_score.config import load_config
 from mri_score.errors import exit_on_input_error
@@ -46,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nfe", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "maps_check.md"))
     args = ap.parse_args(argv)
+    for nfe in args.nfe:
+        limits.check_steps(nfe, "--nfe")
+    check_output(args.out)
+    check_writable(Path(args.out).parent)
     prior = load_prior()
     lines = ["# Coil-map estimate vs the true maps (DDS, K = 2, 4x equispaced)", "",
              provenance("python benchmarks/run_maps_check.py") + "- seed: as each config (data as the benchmarks), "
@@ -76,9 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {label} {vol['name']} | {size} | {coils} | {snr:g} | {acs_width(m)} | {mname} | "
                          + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    with atomic_output(args.out) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     return 0
 
 

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import provenance
+from mri_score import limits
+from mri_score.atomic import check_output, check_writable
 from mri_score.errors import InputError, exit_on_input_error
 from mri_score.fastmri_io import write_fastmri_file
 from mri_score.simulation import corpus_volume, simulate_volume
@@ -54,8 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit-gb", type=float, default=4.0, help="the target the result is compared with")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memory.md"))
     args = ap.parse_args(argv)
-    if min(args.coils, args.size, args.slices) < 1:
-        raise InputError("--coils, --size and --slices must be >= 1")
+    limits.check_int(args.coils, "--coils", 1, 64)
+    limits.check_int(args.size, "--size", 8, 2048)
+    limits.check_int(args.slices, "--slices", 1, 1000)
+    limits.check_int(args.samples, "--samples", 1, limits.MAX_SAMPLES)
+    limits.check_steps(args.steps)
+    limits.check_seed(args.seed)
+    check_output(args.out)
+    check_writable(Path(args.out).parent)
     with tempfile.TemporaryDirectory() as tmp:
         imgs = corpus_volume("test", 0, args.slices, (args.size, args.size), "t1", args.seed)
         ksp, target, _ = simulate_volume(imgs, coils=args.coils, snr=100.0, seed=args.seed)

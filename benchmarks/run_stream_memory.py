@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 
 from benchmarks.provenance import provenance
+from mri_score import limits
+from mri_score.atomic import check_output, check_writable
 from mri_score.errors import InputError, exit_on_input_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", action="store_true", help="run the trainers of all sizes at the same time")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stream_memory.md"))
     args = ap.parse_args(argv)
+    limits.check_seed(args.seed)
+    limits.check_steps(args.steps)
+    check_output(args.out)
+    check_writable(Path(args.out).parent)
     work = Path(args.work).resolve()
     if ROOT in (work, *work.parents):
         raise InputError(f"{work}: --work must lie outside the repository")

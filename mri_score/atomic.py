@@ -149,7 +149,7 @@ def write_error(path: str | os.PathLike[str], err: OSError) -> InputError:
     return InputError(f"{path}: cannot write output ({reason}); nothing was written")
 
 
-def _oserror_in(err: BaseException) -> OSError | None:
+def oserror_in(err: BaseException) -> OSError | None:
     """The ``OSError`` with a user-fixable errno in ``err``'s chain (libraries such as h5py wrap them,
     or only name the errno in the message: ``errno = 28``, ``(os error 28)``)."""
     node: BaseException | None = err
@@ -193,7 +193,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        cause = _oserror_in(err) if isinstance(err, Exception) and not isinstance(err, InputError) else None
+        cause = oserror_in(err) if isinstance(err, Exception) and not isinstance(err, InputError) else None
         if cause is not None:
             raise write_error(path, cause) from None
         raise

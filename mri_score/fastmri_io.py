@@ -85,7 +85,7 @@ def resolve(hf: Any, key: str, path: Path) -> Any:
 
 
 def dataset(hf: Any, key: str, path: Path, kinds: str, ndims: tuple[int, ...], max_bytes: int,
-            what: str | None = None, shape_rule: str | None = None) -> Any:
+            what: str | None = None, shape_rule: str | None = None, read_fraction: float = 1.0) -> Any:
     """The dataset ``key`` of an open file, checked before any element is read; None when absent.
 
     Refused in one :class:`InputError` naming the file and the key: a group, a link that is
@@ -93,7 +93,8 @@ def dataset(hf: Any, key: str, path: Path, kinds: str, ndims: tuple[int, ...], m
     external files, a dtype whose kind is not in ``kinds`` (NumPy kind letters; compound and
     other structured types always refused), a rank not in ``ndims``, and a size beyond
     ``max_bytes`` or beyond the memory available for reading it (:func:`mri_score.limits.check_fits`).
-    ``what`` names the dataset in messages and ``shape_rule`` describes the accepted shapes.
+    ``what`` names the dataset in messages and ``shape_rule`` describes the accepted shapes;
+    ``read_fraction`` is the part of it held in memory at once (a reader that streams slices).
     """
     import h5py
 
@@ -117,7 +118,7 @@ def dataset(hf: Any, key: str, path: Path, kinds: str, ndims: tuple[int, ...], m
     nbytes = float(np.prod(shape, dtype=np.float64)) * max(dt.itemsize, 1)
     if nbytes > max_bytes:
         raise InputError(f"{path}: {what} of shape {shape} ({dt}) is too large to load ({max_bytes} bytes max)")
-    limits.check_fits(nbytes * READ_COPIES, f"{path}: {what} of shape {shape}")
+    limits.check_fits(nbytes * read_fraction * READ_COPIES, f"{path}: {what} of shape {shape}")
     return obj
 
 

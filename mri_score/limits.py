@@ -40,12 +40,12 @@ def available_memory() -> int:
         return 2**63
 
 
-def check_fits(nbytes: float, what: str) -> None:
+def check_fits(nbytes: float, what: str, before: str = "reading") -> None:
     """:class:`InputError` (``what`` names the file and the item) when ``nbytes`` exceed the available memory."""
     free = available_memory()
     if nbytes > free:
         raise InputError(f"{what} needs about {nbytes / 2**30:.2f} GiB in memory but only {free / 2**30:.2f} GiB "
-                         "is available; refused before reading")
+                         f"is available; refused before {before}")
 
 
 def check_int(value: int | None, flag: str, low: int, high: int) -> None:

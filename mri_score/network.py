@@ -60,12 +60,15 @@ class NetworkConfig:
         cfg = cls(**known)
         cfg.channel_mult = tuple(int(c) for c in cfg.channel_mult)
         cfg.label_classes = tuple(int(c) for c in cfg.label_classes)
+        if cfg.base_channels * max(cfg.channel_mult) > MAX_CHANNELS:
+            raise InputError(f"{where}.base_channels x channel_mult reaches {cfg.base_channels * max(cfg.channel_mult)} "
+                             f"channels (at most {MAX_CHANNELS})")
         if cfg.emb_dim % 2:
             raise InputError(f"{where}.emb_dim must be even, got {cfg.emb_dim}")
         for c in sorted({cfg.base_channels * m for m in cfg.channel_mult}):
             if c % min(cfg.groups, c):
                 raise InputError(f"{where}.groups {cfg.groups} does not divide the {c} channels of a level "
-                                 f"(base_channels x channel_mult)")
+                                 f"({where}.base_channels x channel_mult)")
         return cfg
 
     def parameter_count(self) -> int:
@@ -74,6 +77,8 @@ class NetworkConfig:
             return sum(p.numel() for p in UNet(self).parameters())
 
 
+#: The widest level (``base_channels x max(channel_mult)``) a network may have.
+MAX_CHANNELS = 8192
 #: The schema of a network section (config or checkpoint metadata), :func:`mri_score.schema.check_section`.
 NETWORK_FIELDS = {
     "in_channels": Field("int", 1, 16), "base_channels": Field("int", 1, 1024),

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mri_score import limits
+from mri_score.atomic import check_output_dir
 from mri_score.data.fastmri_stream import TARGETS
 from mri_score.errors import InputError, exit_on_input_error
 from mri_score.scaling import TRAIN_CENTER_FRACTION
@@ -38,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not 0.0 < args.center_fraction < 0.5:
         raise InputError(f"--center-fraction must be in (0, 0.5), got {args.center_fraction}")
-    if args.workers < 0:
-        raise InputError(f"--workers must be >= 0, got {args.workers}")
+    limits.check_int(args.workers, "--workers", 0, limits.max_threads())
+    limits.check_int(args.shard_size, "--shard-size", 1, 1_000_000)
+    if args.out:
+        check_output_dir(args.out, [])
     if args.index_only:
         from mri_score.data.fastmri_stream import build_index
 

@@ -62,7 +62,7 @@ def load_network(
         cfg = NetworkConfig.from_dict(meta["network"], where="metadata network")
     except InputError as err:
         raise CheckpointError(f"{path}: checkpoint {err}") from None
-    check_fits(cfg.parameter_count() * 4 * 2, f"{path}: the network its metadata declares")
+    check_fits(cfg.parameter_count() * 4 * 2, f"{path}: the network its metadata declares", "building it")
     prefix = "ema." if use_ema and any(k.startswith("ema.") for k in tensors) else "model."
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
+from mri_score import limits
+from mri_score.atomic import check_output, check_writable
 from mri_score.errors import InputError, exit_on_input_error, one_line
 from mri_score.figures import sample_grid
 from mri_score.generation import heun_samples
+
+#: Bounds of ``--n`` and ``--size``; the samples' working memory is checked as this many copies of them.
+MAX_N, MAX_SIZE, MEM_COPIES = 1024, 2048, 256
 
 
 @exit_on_input_error
@@ -38,9 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classifier-scale", type=float, default=None, metavar="S", help="classifier-guidance scale (default 1)")
     p.add_argument("--classifier-input", default="noisy", choices=["noisy", "denoised"])
     a = p.parse_args(argv)
-    for flag, value, low in (("--n", a.n, 1), ("--size", a.size, 8), ("--steps", a.steps, 1)):
-        if value < low:
-            raise InputError(f"{flag} must be >= {low}, got {value}")
+    limits.check_int(a.n, "--n", 1, MAX_N)
+    limits.check_int(a.size, "--size", 8, MAX_SIZE)
+    limits.check_steps(a.steps)
+    limits.check_seed(a.seed)
+    limits.check_fits(a.n * a.size**2 * 2 * 4 * MEM_COPIES, f"--n {a.n} samples of --size {a.size}")
+    check_output(a.out, [p for p in (a.prior, a.classifier) if p])
+    check_writable(Path(a.out).parent, "--out")
     if a.guidance is not None and not 0 <= a.guidance < float("inf"):
         raise InputError(f"--guidance must be a finite number >= 0, got {a.guidance}")
     if a.classifier is None and (a.classifier_scale is not None or a.classifier_input != "noisy"):

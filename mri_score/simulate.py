@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(a: argparse.Namespace) -> None:
     """Refuse out-of-range arguments with an :class:`InputError` naming the flag."""
+    from mri_score.data.corpus import FAMILIES
+
+    if a.source == "corpus" and a.family not in FAMILIES:
+        raise InputError(f"--family must be one of {', '.join(FAMILIES)}, got {a.family!r}")
     if min(a.size) < 32 or max(a.size) > 1024:
         raise InputError(f"--size must lie in [32, 1024], got {a.size}")
     if a.coils < 1 or a.coils > MAX_COILS:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mri_score import limits
 from mri_score.errors import InputError
 from mri_score.fastmri_io import read_fastmri
 from operators import birdcage_maps, fft2c, ifft2c, rss
@@ -58,14 +59,20 @@ def load_images(source: str, slices: int | None) -> np.ndarray:
         if name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
-            vol = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
+            image = nib.load(str(path))
+            limits.check_fits(float(np.prod(image.shape, dtype=np.float64)) * 4 * 3, f"{path}: a NIfTI volume of "
+                              f"shape {image.shape}")
+            vol = np.asarray(image.get_fdata(dtype=np.float32))
             while vol.ndim > 3:
                 vol = vol[..., 0]
             if vol.ndim != 3:
                 raise InputError(f"{path}: NIfTI must be 3-D, got shape {vol.shape}")
             imgs = np.moveaxis(vol, -1, 0)
         elif name.endswith(".npy"):
-            imgs = np.load(path, allow_pickle=False)
+            # the header first (memory-mapped): a declared shape that does not fit is refused before reading
+            mapped = np.load(path, allow_pickle=False, mmap_mode="r") if path.stat().st_size else np.load(path)
+            limits.check_fits(float(mapped.nbytes) * 3, f"{path}: images of shape {mapped.shape}")
+            imgs = np.array(mapped)
             if imgs.ndim == 2:
                 imgs = imgs[None]
         elif name.endswith(".dcm"):

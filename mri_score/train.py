@@ -312,8 +312,6 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
     if task not in TASKS:
         raise InputError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     builders = {"score": EDMDenoiser, "supervised": MagnitudeUNet, "classifier": NoiseClassifier}
-    # weights, EMA copy, gradients and two Adam moments, before anything is allocated
-    limits.check_fits(net_cfg.parameter_count() * 4 * 5, "network: the configured architecture")
     try:
         model = builders[task](net_cfg).to(dev)
     except ValueError as err:

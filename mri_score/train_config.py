@@ -70,22 +70,27 @@ def _validate(cfg: Any) -> dict[str, Any]:
     data = out["data"] = check_section(out["data"], DATA_FIELDS, "data")
     if "mask" in data:
         data["mask"] = check_section(data["mask"], MASK_FIELDS, "data.mask")
+    # types, ranges, groups dividing the channels; then weights, EMA, gradients and two Adam moments must fit
+    net = NetworkConfig.from_dict(out.get("network", {}), strict=True)
+    params = net.parameter_count()
+    limits.check_fits(params * 4 * 5, f"network: {params:,} parameters (network.base_channels x channel_mult, "
+                      "num_res_blocks)", "building it")
     if "network" in out:
-        NetworkConfig.from_dict(out["network"], strict=True)  # types, ranges, groups dividing the channels
         out["network"] = check_section(out["network"], NETWORK_FIELDS, "network")
     tr = out["train"]
     micro = tr.get("micro_batch")
     if micro is not None and micro > tr.get("batch", 32):
         raise InputError(f"train.micro_batch {micro} is larger than train.batch {tr.get('batch', 32)}")
     if data.get("source") == "fastmri" and "path" not in data:
-        raise InputError("missing key data.path (the fastMRI directory)")
+        raise InputError("data.source fastmri needs data.path (the fastMRI directory)")
     out_dir = Path(out["out_dir"])
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"out_dir {out_dir} exists and is not a directory")
     if data.get("source", "synthetic") != "fastmri":
         size = max(data.get("sizes") or [320])
         count = data.get("pool_size", 4000)
-        limits.check_fits(count * size * size * 8 * 2, f"data.pool_size {count} slices of up to {size}x{size}")
+        limits.check_fits(count * size * size * 8 * 2, f"data.pool_size {count} slices of up to {size}x{size}",
+                          "generating them")
     return out
 
 

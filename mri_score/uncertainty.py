@@ -147,7 +147,7 @@ def lookup_factor(prior_path: str | os.PathLike[str], key: str) -> dict | None:
     data = read_sidecar(prior_path)
     if not data or data.get("prior_sha256") != file_sha256(prior_path):
         return None
-    entry = data["entries"].get(key)
+    entry = data.get("entries", {}).get(key)
     if entry is None:
         return None
     factor = entry.get("factor") if isinstance(entry, dict) else None

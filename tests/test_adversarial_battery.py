@@ -576,3 +576,563 @@ def test_signal_while_starting_exits_quietly(signame, code, tmp_path):
     assert proc.returncode == code, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "while starting" in err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+# (argv with {valid} {prior} {out} {tmp} placeholders, the phrase and the flag the one line must contain)
+
+R = ["--kspace", "{valid}", "--out", "{out}", "--prior", "{prior}", "--center-fraction", "0.25", "--samples", "1"]
+RECONSTRUCT_ARGS = {
+    "seed_negative": (R + ["--seed", "-1"], "must be in", "--seed"),
+    "seed_2_40": (R + ["--seed", str(2**40)], "must be in", "--seed"),
+    "threads_zero": (R + ["--threads", "0"], "must be in", "--threads"),
+    "threads_negative": (R + ["--threads", "-4"], "must be in", "--threads"),
+    "threads_huge": (R + ["--threads", "1000000"], "must be in", "--threads"),
+    "steps_zero": (R + ["--steps", "0"], "must be in", "--steps"),
+    "steps_negative": (R + ["--steps", "-5"], "must be in", "--steps"),
+    "steps_huge": (R + ["--steps", "1000000000"], "must be in", "--steps"),
+    "nfe_alias_huge": (R + ["--nfe", str(10**12)], "must be in", "--steps"),
+    "samples_zero": (R[:-2] + ["--samples", "0"], "must be in", "--samples"),
+    "samples_huge": (R[:-2] + ["--samples", "100000000"], "must be in", "--samples"),
+    "accel_below_one": (R + ["--accel", "0.5"], "must be in", "--accel"),
+    "accel_huge": (R + ["--accel", "1000"], "must be in", "--accel"),
+    "accel_nan": (R + ["--accel", "nan"], "must be in", "--accel"),
+    "accel_fractional_equispaced": (R + ["--accel", "4.5"], "", "--accel"),
+    "center_fraction_zero": (R[:-4] + ["--center-fraction", "0"], "must be in", "--center-fraction"),
+    "center_fraction_half": (R[:-4] + ["--center-fraction", "0.6"], "must be in", "--center-fraction"),
+    "center_fraction_nan": (R[:-4] + ["--center-fraction", "nan"], "must be in", "--center-fraction"),
+    "sampler_unknown": (R + ["--sampler", "magic"], "unknown sampler", "magic"),
+    "sampler_opt_unknown": (R + ["--sampler-opt", "warp=9"], "unknown dds option", "--sampler-opt"),
+    "sampler_opt_malformed": (R + ["--sampler-opt", "cg_iters"], "key=value", "--sampler-opt"),
+    "sampler_opt_twice": (R + ["--sampler-opt", "cg_iters=2", "--sampler-opt", "cg_iters=3"], "twice",
+                          "--sampler-opt"),
+    "sampler_opt_text_number": (R + ["--sampler-opt", "cg_iters=many"], "must be", "--sampler-opt"),
+    "gamma_for_pc": (R + ["--sampler", "pc", "--gamma", "1"], "no gamma", "--gamma"),
+    "grid_text": (R + ["--grid", "huge"], "must be native, auto", "--grid"),
+    "grid_too_fine": (R + ["--grid", "9"], "must be native, auto", "--grid"),
+    "device_bogus": (R + ["--device", "tpu"], "must be cpu", "--device"),
+    "guidance_negative": (R + ["--guidance", "-1"], "finite number >= 0", "--guidance"),
+    "guidance_inf": (R + ["--guidance", "inf"], "finite number >= 0", "--guidance"),
+    "classifier_scale_alone": (R + ["--classifier-scale", "2"], "without --classifier", "--classifier"),
+    "condition_unknown_label": (R + ["--condition", "t2"], "conditional prior", "--condition"),
+    "classifier_missing": (R + ["--classifier", "{tmp}/nope.safetensors"], "not found", "--classifier"),
+    "kspace_missing": (["--kspace", "{tmp}/nope.h5", "--out", "{out}", "--prior", "{prior}"], "no such file", "nope.h5"),
+    "kspace_empty_dir": (["--kspace", "{tmp}/empty", "--out", "{out}", "--prior", "{prior}"], "no .h5 files", "empty"),
+    "kspace_fifo": (["--kspace", "{tmp}/fifo.h5", "--out", "{out}", "--prior", "{prior}"], "not a file", "fifo.h5"),
+    "kspace_required": (["--out", "{out}", "--prior", "{prior}"], "--kspace PATH is required", "--kspace"),
+    "prior_missing": (R[:4] + ["--prior", "{tmp}/nope.safetensors"], "not found", "nope.safetensors"),
+    "prior_text_file": (R[:4] + ["--prior", "{tmp}/text.safetensors"], "not a readable", "text.safetensors"),
+    "prior_is_directory": (R[:4] + ["--prior", "{tmp}/empty"], "not found", "empty"),
+    "prior_zero_bytes": (R[:4] + ["--prior", "{tmp}/zero.safetensors"], "not a readable", "zero.safetensors"),
+}
+
+
+def _fill(argv: list[str], paths: dict[str, Path]) -> list[str]:
+    return [a.format(**{k: str(v) for k, v in paths.items()}) for a in argv]
+
+
+@pytest.fixture
+def scratch(tmp_path, assets) -> dict[str, Path]:
+    """Per-test paths: a copy of the valid file in ``in/``, an empty directory, a FIFO and junk checkpoints."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "empty").mkdir()
+    os.mkfifo(tmp_path / "fifo.h5")
+    (tmp_path / "text.safetensors").write_text("a text file, not a checkpoint\n" * 20)
+    (tmp_path / "zero.safetensors").write_bytes(b"")
+    valid = Path(shutil.copy(assets["valid"], tmp_path / "in" / "x.h5"))
+    return {"valid": valid, "prior": assets["prior"], "out": tmp_path / "out", "tmp": tmp_path}
+
+
+def _run_case(main, argv, phrase, name, scratch, capfd, out: Path | None = None) -> None:
+    before = digests(scratch["tmp"] / "in")
+    prior_before = digests(scratch["prior"].parent)
+    rc = main(_fill(argv, scratch))
+    err = capfd.readouterr().err
+    assert rc == 2, err
+    one_line(err, phrase, name)
+    out = out or scratch["out"]
+    assert not out.exists() or (out.is_dir() and not list(out.iterdir()))
+    assert digests(scratch["tmp"] / "in") == before and digests(scratch["prior"].parent) == prior_before
+    assert not leftovers(scratch["tmp"])
+
+
+@pytest.mark.parametrize("case", list(RECONSTRUCT_ARGS))
+def test_reconstruct_arguments(case, scratch, capfd):
+    argv, phrase, name = RECONSTRUCT_ARGS[case]
+    _run_case(reconstruct_main, argv + ["--steps", "2"] * ("--steps" not in argv and "--nfe" not in argv), phrase, name,
+              scratch, capfd)
+
+
+S = ["--out", "{out}", "--size", "64", "64", "--coils", "2", "--slices", "1"]
+SIMULATE_ARGS = {
+    "size_small": (S[:2] + ["--size", "8", "64"], "--size must lie", "--size"),
+    "size_huge": (S[:2] + ["--size", "100000", "64"], "--size must lie", "--size"),
+    "coils_zero": (S[:-4] + ["--coils", "0"], "must be in", "--coils"),
+    "coils_huge": (S[:-4] + ["--coils", "5000"], "must be in", "--coils"),
+    "slices_zero": (S[:-2] + ["--slices", "0"], "must be in", "--slices"),
+    "slices_huge": (S[:-2] + ["--slices", "100000000"], "must be in", "--slices"),
+    "volumes_zero": (S + ["--volumes", "0"], "must be in", "--volumes"),
+    "volumes_huge": (S + ["--volumes", "100000000"], "must be in", "--volumes"),
+    "seed_negative": (S + ["--seed", "-3"], "must be in", "--seed"),
+    "snr_zero": (S + ["--snr", "0"], "finite number > 0", "--snr"),
+    "snr_nan": (S + ["--snr", "nan"], "finite number > 0", "--snr"),
+    "snr_inf": (S + ["--snr", "inf"], "finite number > 0", "--snr"),
+    "accel_one": (S + ["--accel", "1"], "must be in", "--accel"),
+    "center_fraction_too_big": (S + ["--accel", "4", "--center-fraction", "0.5"], "must be in", "--center-fraction"),
+    "prefix_with_path": (S + ["--prefix", "../escape"], "plain file-name prefix", "--prefix"),
+    "prefix_empty": (S + ["--prefix", ""], "plain file-name prefix", "--prefix"),
+    "out_is_file": (["--out", "{valid}", "--size", "64", "64"], "exists and is not a directory", "--out"),
+    "source_missing": (S + ["--source", "{tmp}/nope.npy"], "no such file", "nope.npy"),
+    "source_unknown_format": (S + ["--source", "{tmp}/text.safetensors"], "unknown image format", "text.safetensors"),
+    "source_npy_text": (S + ["--source", "{tmp}/text.npy"], "cannot read images", "text.npy"),
+    "source_npy_object": (S + ["--source", "{tmp}/object.npy"], "cannot read images", "object.npy"),
+    "source_npy_1d": (S + ["--source", "{tmp}/line.npy"], "must be (slices, H, W)", "line.npy"),
+    "source_npy_nan": (S + ["--source", "{tmp}/nan.npy"], "NaN or Inf", "nan.npy"),
+    "source_npy_declared_huge": (S + ["--source", "{tmp}/huge.npy"], "cannot read images", "huge.npy"),
+    "source_npy_empty": (S + ["--source", "{tmp}/empty.npy"], "must be (slices, H, W)", "empty.npy"),
+    "family_unknown": (S + ["--family", "t9"], "must be one of", "--family"),
+}
+
+
+@pytest.mark.parametrize("case", list(SIMULATE_ARGS))
+def test_simulate_arguments(case, scratch, capfd):
+    from mri_score.simulate import main as simulate_main
+
+    t = scratch["tmp"]
+    (t / "text.npy").write_text("not numpy")
+    np.save(t / "object.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(t / "line.npy", np.ones(64, np.float32))
+    np.save(t / "nan.npy", np.full((1, 64, 64), np.nan, np.float32))
+    np.save(t / "empty.npy", np.zeros((0, 64, 64), np.float32))
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), np.float32))
+    with open(t / "huge.npy", "wb") as fh:  # a header that declares 10^6 slices of 10^4 x 10^4 and no data
+        np.lib.format.write_array_header_1_0(fh, {**header, "shape": (10**6, 10**4, 10**4)})
+    argv, phrase, name = SIMULATE_ARGS[case]
+    _run_case(simulate_main, argv, phrase, name, scratch, capfd)
+
+
+P = ["--prior", "{prior}", "--out", "{out}/grid.png", "--n", "2", "--size", "32", "--steps", "2"]
+SAMPLE_PRIOR_ARGS = {
+    "n_zero": (P + ["--n", "0"], "must be in", "--n"),
+    "n_huge": (P + ["--n", "100000000"], "must be in", "--n"),
+    "size_tiny": (P + ["--size", "2"], "must be in", "--size"),
+    "size_huge": (P + ["--size", "1000000"], "must be in", "--size"),
+    "n_times_size_too_big": (P + ["--n", "1024", "--size", "2048"], "available", "--n"),
+    "steps_zero": (P + ["--steps", "0"], "must be in", "--steps"),
+    "steps_huge": (P + ["--steps", "10000000000"], "must be in", "--steps"),
+    "seed_negative": (P + ["--seed", "-1"], "must be in", "--seed"),
+    "guidance_negative": (P + ["--guidance", "-2"], "finite number >= 0", "--guidance"),
+    "classifier_scale_alone": (P + ["--classifier-scale", "3"], "without --classifier", "--classifier"),
+    "condition_on_unconditional": (P + ["--condition", "t2"], "conditional prior", "--condition"),
+    "out_is_directory": (P + ["--out", "{tmp}/empty"], "a directory of that name exists", "empty"),
+    "out_under_file": (P + ["--out", "{valid}/grid.png"], "not a directory", "grid.png"),
+    "out_unwritable": (P + ["--out", "/sys/kernel/grid.png"], "cannot write there", "--out"),
+    "out_is_the_prior": (P + ["--out", "{prior}"], "overwrite an input", "prior.safetensors"),
+    "prior_missing": (P + ["--prior", "{tmp}/nope.safetensors"], "not found", "nope.safetensors"),
+    "prior_text": (P + ["--prior", "{tmp}/text.safetensors"], "not a readable", "text.safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", list(SAMPLE_PRIOR_ARGS))
+def test_sample_prior_arguments(case, scratch, capfd):
+    from mri_score.sample_prior import main as sample_main
+
+    argv, phrase, name = SAMPLE_PRIOR_ARGS[case]
+    _run_case(sample_main, argv, phrase, name, scratch, capfd)
+
+
+PREPROCESS_ARGS = {
+    "workers_negative": (["--data", "{tmp}/in", "--out", "{out}", "--workers", "-1"], "must be in", "--workers"),
+    "workers_huge": (["--data", "{tmp}/in", "--out", "{out}", "--workers", "100000"], "must be in", "--workers"),
+    "shard_size_zero": (["--data", "{tmp}/in", "--out", "{out}", "--shard-size", "0"], "must be in", "--shard-size"),
+    "center_fraction_bad": (["--data", "{tmp}/in", "--out", "{out}", "--center-fraction", "0.9"], "must be in",
+                            "--center-fraction"),
+    "data_missing": (["--data", "{tmp}/nope", "--out", "{out}"], "not a directory", "nope"),
+    "out_is_file": (["--data", "{tmp}/in", "--out", "{valid}"], "exists and is not a directory", "--out"),
+    "no_out": (["--data", "{tmp}/in"], "--out DIR is required", "--out"),
+}
+
+
+@pytest.mark.parametrize("case", list(PREPROCESS_ARGS))
+def test_preprocess_arguments(case, scratch, capfd):
+    from mri_score.preprocess import main as preprocess_main
+
+    argv, phrase, name = PREPROCESS_ARGS[case]
+    _run_case(preprocess_main, argv, phrase, name, scratch, capfd)
+
+
+# ------------------------------------------------------------------------------------------------ training configs
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+TRAIN_TEXT = {  # raw config files: (text or bytes, phrase)
+    "binary": (b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 4, "binary file"),
+    "not_utf8": ("out_dir: r\u00e9sum\u00e9\n".encode("latin-1"), "not UTF-8"),
+    "too_large": (("# " + "x" * 100 + "\n") * 11000, "too large"),
+    "anchor_bomb": (BOMB, "expands to"),
+    "recursive_alias": ("a: &a [*a]\n", "refers to itself"),
+    "list": ("- 1\n- 2\n", "must be a YAML mapping"),
+    "scalar": ("42\n", "must be a YAML mapping"),
+    "empty": ("", "must be a YAML mapping"),
+    "invalid_yaml": ("train: [unclosed\n", "not valid YAML"),
+    "two_documents": ("a: 1\n---\nb: 2\n", "not valid YAML"),
+    "deep_nesting": ("x: " + "[" * 1000 + "]" * 1000 + "\n", "nested too deeply"),
+}
+TRAIN_KEYS = {  # (dotted key, value, phrase); the line must name the key
+    "lr_negative": ("train.lr", -1, "must be in"), "lr_huge": ("train.lr", 10.0, "must be in"),
+    "lr_text": ("train.lr", "fast", "must be a number"), "lr_nan": ("train.lr", float("nan"), "finite"),
+    "lr_bool": ("train.lr", True, "must be a number"), "lr_list": ("train.lr", [0.1], "must be a number"),
+    "batch_zero": ("train.batch", 0, "must be in"), "batch_negative": ("train.batch", -2, "must be in"),
+    "batch_huge": ("train.batch", 10**9, "must be in"), "batch_text": ("train.batch", "x", "must be an integer"),
+    "batch_fraction": ("train.batch", 2.5, "must be an integer"), "steps_zero": ("train.steps", 0, "must be in"),
+    "steps_text": ("train.steps", "many", "must be an integer"),
+    "micro_batch_above_batch": ("train.micro_batch", 3, "larger than"),
+    "micro_batch_zero": ("train.micro_batch", 0, "must be in"), "ema_decay_above_one": ("train.ema_decay", 1.5, "must be in"),
+    "warmup_negative": ("train.warmup", -1, "must be in"), "grad_clip_zero": ("train.grad_clip", 0, "must be in"),
+    "precision_unknown": ("train.precision", "fp8", "must be one of"),
+    "channels_last_text": ("train.channels_last", "yes", "true or false"),
+    "seed_negative": ("train.seed", -1, "must be in"), "label_lr_mult_zero": ("train.label_lr_mult", 0, "must be in"),
+    "label_dropout_two": ("train.label_dropout", 2, "must be in"), "train_unknown_key": ("train.lr_rate", 0.1, "unknown key"),
+    "train_scalar": ("train", 5, "must be a mapping"), "data_list": ("data", [1, 2], "must be a mapping"),
+    "data_source_unknown": ("data.source", "imagenet", "must be one of"), "crop_zero": ("data.crop", 0, "must be in"),
+    "sizes_scalar": ("data.sizes", 64, "must be a list"), "pixel_mm_three": ("data.pixel_mm", [1, 2, 3], "entries"),
+    "families_string": ("data.families", "t1", "must be a list"),
+    "pool_does_not_fit": ("data.pool_size", 10**7, "available"),
+    "fastmri_without_path": ("data.source", "fastmri", "needs data.path"),
+    "data_unknown_key": ("data.shuffle", True, "unknown key"), "network_scalar": ("network", 5, "must be a mapping"),
+    "groups_zero": ("network.groups", 0, "must be in"), "channel_mult_empty": ("network.channel_mult", [], "entries"),
+    "emb_dim_odd": ("network.emb_dim", 7, "must be even"), "base_channels_text": ("network.base_channels", "wide",
+                                                                                "must be an integer"),
+    "groups_not_dividing": ("network.base_channels", 6, "network.groups 4 does not divide"),
+    "network_does_not_fit": ("network.base_channels", 1024, "available"),
+    "network_unknown_key": ("network.depth", 3, "unknown key"), "p_std_negative": ("sigma.p_std", -1, "must be in"),
+    "sigma_text": ("sigma", "x", "must be a mapping"), "task_unknown": ("task", "gan", "must be one of"),
+    "top_unknown_key": ("optimizer", "adam", "unknown key"), "out_dir_null": ("out_dir", None, "must not be null"),
+}
+
+
+def _set(cfg: dict, dotted: str, value) -> dict:
+    node = cfg
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+    if dotted == "network.base_channels" and value == 1024:
+        node["channel_mult"] = [1, 8, 8]
+    return cfg
+
+
+@pytest.mark.parametrize("case", list(TRAIN_TEXT))
+def test_train_config_files(case, tmp_path, capfd):
+    from mri_score.train import main as train_main
+
+    text, phrase = TRAIN_TEXT[case]
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    before = digests(tmp_path)
+    rc = train_main(["--config", str(path)])
+    check_refused(rc, capfd.readouterr().err, phrase, (str(path),), tmp_path, before, tmp_path / "run", tmp_path)
+
+
+@pytest.mark.parametrize("case", list(TRAIN_KEYS))
+def test_train_config_keys(case, tmp_path, capfd):
+    import yaml
+
+    from mri_score.train import main as train_main
+
+    key, value, phrase = TRAIN_KEYS[case]
+    path = _train_config(tmp_path)
+    cfg = _set(yaml.safe_load(path.read_text()), key, value)
+    path.write_text(yaml.safe_dump(cfg))
+    before = digests(tmp_path)
+    rc = train_main(["--config", str(path)])
+    check_refused(rc, capfd.readouterr().err, phrase, (str(path), key), tmp_path, before, tmp_path / "run", tmp_path)
+
+
+@pytest.mark.parametrize("overrides,phrase,name", [
+    (["train.lr"], "must look like", "train.lr"), (["train.lr=abc"], "must be a number", "train.lr"),
+    (["=5"], "empty key", "=5"), (["train.steps.x=1"], "not a mapping", "steps"),
+    (["out_dir={cfgfile}"], "exists and is not a directory", "out_dir"),
+    (["train.init_from={tmp}/nope.safetensors"], "not found", "nope.safetensors"),
+], ids=["no_equals", "text_number", "empty_key", "through_a_value", "out_dir_is_a_file", "init_from_missing"])
+def test_train_overrides(overrides, phrase, name, tmp_path, capfd):
+    from mri_score.train import main as train_main
+
+    path = _train_config(tmp_path)
+    overrides = [o.format(cfgfile=path, tmp=tmp_path) for o in overrides]
+    before = digests(tmp_path)
+    rc = train_main(["--config", str(path), *overrides])
+    check_refused(rc, capfd.readouterr().err, phrase, (name,), tmp_path, before, tmp_path / "run", tmp_path)
+
+
+@pytest.mark.parametrize("edit", [{"train": {"label_lr_mult": 20}}, {"train": {"lr": "1e-3", "steps": "1e3"}},
+                                  {"train": {"lr": 0}}, {"task": "classifier"}],
+                         ids=["label_lr_mult", "numbers_as_text", "lr_zero", "classifier_task"])
+def test_valid_training_configs_pass_validation(edit, tmp_path):
+    import yaml
+
+    from mri_score.train_config import validate_config
+
+    cfg = yaml.safe_load(_train_config(tmp_path).read_text())
+    for section, values in edit.items():
+        cfg[section] = {**cfg[section], **values} if isinstance(values, dict) else values
+    out = validate_config(cfg)
+    assert isinstance(out["train"].get("lr", 0.0), float) and isinstance(out["train"]["steps"], int)
+
+
+def test_every_shipped_training_config_is_valid():
+    from mri_score.config import load_config
+    from mri_score.train_config import validate_config
+
+    configs = [p for p in sorted((ROOT / "configs").glob("*.yaml")) if "out_dir" in load_config(p)]
+    assert len(configs) >= 8
+    for path in configs:
+        validate_config(load_config(path), str(path))
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+TINY_NET = {"base_channels": 8, "channel_mult": [1, 2], "emb_dim": 16, "groups": 4}
+
+
+def _training_checkpoint(path: Path, edit: str) -> Path:
+    """A training checkpoint of the battery's config network, crafted per ``edit`` and validly signed."""
+    import torch
+
+    from mri_score.checkpoint import save_checkpoint
+    from mri_score.network import EDMDenoiser, NetworkConfig
+
+    cfg = NetworkConfig.from_dict(TINY_NET)
+    model = EDMDenoiser(cfg)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in model.state_dict().items()})
+    for i, p in enumerate(model.parameters()):
+        tensors.update({f"opt.{i}.step": torch.tensor(1.0), f"opt.{i}.exp_avg": torch.zeros_like(p),
+                        f"opt.{i}.exp_avg_sq": torch.zeros_like(p)})
+    tensors["rng.gen.0"] = torch.Generator().get_state()
+    meta = {"step": 1, "network": cfg.to_dict(), "config": {}, "kind": "training", "task": "score"}
+    if edit == "step_missing":
+        del meta["step"]
+    elif edit in ("step_text", "step_negative", "step_fraction"):
+        meta["step"] = {"step_text": "5", "step_negative": -3, "step_fraction": 1.5}[edit]
+    elif edit == "optimizer_wrong_shape":
+        tensors["opt.0.exp_avg"] = torch.zeros(3)
+    elif edit == "optimizer_unknown_parameter":
+        tensors["opt.9999.exp_avg"] = torch.zeros(3)
+    elif edit == "optimizer_missing_moment":
+        del tensors["opt.1.exp_avg_sq"]
+    elif edit == "optimizer_integer_state":
+        tensors["opt.0.exp_avg"] = torch.zeros_like(tensors["opt.0.exp_avg"], dtype=torch.int32)
+    elif edit == "rng_wrong_size":
+        tensors["rng.gen.0"] = torch.zeros(10, dtype=torch.uint8)
+    elif edit == "rng_wrong_dtype":
+        tensors["rng.gen.0"] = tensors["rng.gen.0"].float()
+    elif edit == "network_groups_zero":
+        meta["network"] = {**meta["network"], "groups": 0}
+    elif edit == "weights_missing":
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("model.net.stem")}
+    return save_checkpoint(path, tensors, meta)
+
+
+RESUME_CASES = {
+    "step_missing": "'step' must be", "step_text": "'step' must be", "step_negative": "'step' must be",
+    "step_fraction": "'step' must be", "optimizer_wrong_shape": "opt.0.exp_avg has shape",
+    "optimizer_unknown_parameter": "opt.9999.exp_avg does not belong", "optimizer_missing_moment": "lacks exp_avg_sq",
+    "optimizer_integer_state": "opt.0.exp_avg has shape", "rng_wrong_size": "RNG state rng.gen.0",
+    "rng_wrong_dtype": "RNG state rng.gen.0", "network_groups_zero": "architecture differs",
+    "weights_missing": "do not match the architecture", "not_a_checkpoint": "not a readable",
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_from_crafted_checkpoint(case, tmp_path, capfd):
+    from mri_score.train import main as train_main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = run / "checkpoint.safetensors"
+    if case == "not_a_checkpoint":
+        ckpt.write_text("step: 5\n")
+    else:
+        _training_checkpoint(ckpt, case)
+    path = _train_config(tmp_path, train={"steps": 3, "batch": 2, "precision": "fp32"}, network=TINY_NET)
+    before = digests(tmp_path)
+    rc = train_main(["--config", str(path), "--resume"])
+    assert rc == 2
+    one_line(capfd.readouterr().err, RESUME_CASES[case], str(ckpt))
+    assert digests(tmp_path) == before and not leftovers(tmp_path)  # the checkpoint untouched, nothing written
+
+
+PRIOR_META = {  # crafted, validly signed prior metadata: (edit of meta["network"] or meta, phrase)
+    "groups_zero": ({"groups": 0}, "network.groups must be in"),
+    "channel_mult_empty": ({"channel_mult": []}, "channel_mult must have"),
+    "channel_mult_text": ({"channel_mult": "1,2"}, "channel_mult must be a list"),
+    "emb_dim_odd": ({"emb_dim": 15}, "emb_dim must be even"),
+    "base_channels_huge": ({"base_channels": 10**9}, "base_channels must be in"),
+    "in_channels_zero": ({"in_channels": 0}, "in_channels must be in"),
+    "label_classes_negative": ({"label_classes": [-1]}, "label_classes[0] must be in"),
+    "sigma_data_nan": ({"sigma_data": float("nan")}, "sigma_data must be a finite"),
+    "too_wide": ({"base_channels": 1024, "channel_mult": [1, 16]}, "channels (at most"),
+    "does_not_fit": ({"base_channels": 1024, "channel_mult": [1, 8, 8], "num_res_blocks": 16}, "available"),
+    "network_not_mapping": ("text", "no valid 'network'"),
+    "task_classifier": ({"task": "classifier"}, "not a score prior"),
+}
+
+
+def _crafted_prior(path: Path, case: str) -> Path:
+    import torch
+
+    from mri_score.checkpoint import save_checkpoint
+
+    edit, _ = PRIOR_META[case]
+    meta = {"step": 0, "network": {**TINY_NET, "in_channels": 2}, "config": {}, "kind": "prior"}
+    if edit == "text":
+        meta["network"] = "a string"
+    elif "task" in edit:
+        meta.update(edit)
+    else:
+        meta["network"] = {**meta["network"], **edit}
+    return save_checkpoint(path, {"ema.w": torch.zeros(2)}, meta)
+
+
+@pytest.mark.parametrize("case", list(PRIOR_META))
+@pytest.mark.parametrize("cli", ["reconstruct", "sample_prior"])
+def test_crafted_prior_metadata_is_refused_before_building(cli, case, scratch, capfd):
+    from mri_score.sample_prior import main as sample_main
+
+    prior = _crafted_prior(scratch["tmp"] / "crafted.safetensors", case)
+    argv = {"reconstruct": R[:4] + ["--prior", str(prior), "--steps", "2"],
+            "sample_prior": ["--prior", str(prior), "--out", "{out}/g.png", "--n", "1", "--size", "16", "--steps", "1"]}
+    main = {"reconstruct": reconstruct_main, "sample_prior": sample_main}[cli]
+    _run_case(main, argv[cli], PRIOR_META[case][1], str(prior), scratch, capfd)
+
+
+def test_diverging_loss_names_the_likely_setting(tmp_path, assets, capfd, monkeypatch):
+    """A loss that becomes NaN stops training with one line naming train.lr; no diverged checkpoint is written."""
+    import torch
+
+    import mri_score.train as train_module
+
+    monkeypatch.setattr(train_module, "edm_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    (tmp_path / "data").mkdir()
+    shutil.copy(assets["valid"], tmp_path / "data" / "x.h5")
+    path = _train_config(tmp_path, {"source": "fastmri", "path": str(tmp_path / "data"), "crop": 32, "num_workers": 0},
+                         train={"steps": 2, "batch": 2, "precision": "fp32", "lr": 0.05, "warmup": 1})
+    rc = train_module.main(["--config", str(path)])
+    assert rc == 2
+    one_line(capfd.readouterr().err, "became NaN at step 1", "train.lr=0.05")
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists() and not leftovers(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ benchmarks
+
+BENCHMARKS = {  # (script module, argv, phrase, name)
+    "benchmark_binary_config": ("run_benchmark", ["--config", "{tmp}/binary.yaml", "--out-dir", "{out}"], "binary",
+                                "binary.yaml"),
+    "benchmark_bomb_config": ("run_benchmark", ["--config", "{tmp}/bomb.yaml", "--out-dir", "{out}"], "expands to",
+                              "bomb.yaml"),
+    "benchmark_missing_config": ("run_benchmark", ["--config", "{tmp}/nope.yaml", "--out-dir", "{out}"], "not found",
+                                 "nope.yaml"),
+    "benchmark_threads_negative": ("run_benchmark", ["--config", "{tmp}/bomb.yaml", "--threads", "-2", "--out-dir",
+                                                     "{out}"], "must be in", "--threads"),
+    "benchmark_out_dir_is_file": ("run_benchmark", ["--config", "{tmp}/bomb.yaml", "--out-dir", "{valid}"],
+                                  "exists and is not a directory", "--out-dir"),
+    "conditional_threads_huge": ("run_conditional", ["--config", "{tmp}/bomb.yaml", "--threads", "999999", "--out",
+                                                     "{out}"], "must be in", "--threads"),
+    "conditional_list_config": ("run_conditional", ["--config", "{tmp}/list.yaml", "--out", "{out}"],
+                                "must be a YAML mapping", "list.yaml"),
+    "dds_tuning_out_dir_is_file": ("run_dds_tuning", ["--config", "{tmp}/list.yaml", "--out-dir", "{valid}"],
+                                   "exists and is not a directory", "--out-dir"),
+    "grid_check_nfe_zero": ("run_grid_check", ["--nfe", "0", "--out", "{out}/g.md"], "must be in", "--nfe"),
+    "grid_check_seed_negative": ("run_grid_check", ["--seed", "-1", "--out", "{out}/g.md"], "must be in", "--seed"),
+    "grid_check_out_is_directory": ("run_grid_check", ["--out", "{tmp}/empty"], "a directory of that name", "empty"),
+    "maps_check_nfe_huge": ("run_maps_check", ["--nfe", "10", "10000000", "--out", "{out}/m.md"], "must be in", "--nfe"),
+    "memory_coils_zero": ("run_memory", ["--coils", "0", "--out", "{out}/m.md"], "must be in", "--coils"),
+    "memory_steps_huge": ("run_memory", ["--steps", "100000000", "--out", "{out}/m.md"], "must be in", "--steps"),
+    "stream_memory_seed_negative": ("run_stream_memory", ["--work", "{tmp}/w", "--seed", "-9", "--out", "{out}/s.md"],
+                                    "must be in", "--seed"),
+    "tables_csv_missing": ("make_tables", ["--csv", "{tmp}/nope.csv", "--readme", "{tmp}/README.md"], "no such",
+                           "nope.csv"),
+    "tables_csv_garbage": ("make_tables", ["--csv", "{tmp}/binary.yaml", "--readme", "{tmp}/README.md"],
+                           "not a protocol results CSV", "binary.yaml"),
+    "tables_readme_missing": ("make_tables", ["--csv", "{tmp}/rows.csv", "--readme", "{tmp}/nope.md"], "not found",
+                              "nope.md"),
+}
+
+
+@pytest.mark.parametrize("case", list(BENCHMARKS))
+def test_benchmark_scripts(case, scratch, capfd):
+    import importlib
+
+    module, argv, phrase, name = BENCHMARKS[case]
+    t = scratch["tmp"]
+    (t / "binary.yaml").write_bytes(bytes(range(256)))
+    (t / "bomb.yaml").write_text(BOMB)
+    (t / "list.yaml").write_text("- a\n- b\n")
+    (t / "rows.csv").write_text("unit,phase\nslice,test\n")
+    (t / "README.md").write_text("# a README without a results block\n")
+    main = importlib.import_module(f"benchmarks.{module}").main
+    _run_case(main, argv, phrase, name, scratch, capfd)
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+MEMORY_CASES = {  # datasets under the size caps that would not fit in 256 MiB of available memory
+    "kspace_3GiB": ("kspace", (1, 1, 20000, 20000), np.complex64, "kspace of shape"),
+    "mask_1_6GiB": ("mask", (20000, 20000), np.float32, "mask of shape"),
+    "target_1_6GiB": ("reconstruction_rss", (2, 20000, 10000), np.float32, "reconstruction_rss of shape"),
+}
+
+
+@pytest.mark.parametrize("case", list(MEMORY_CASES))
+def test_reads_are_refused_before_allocating_beyond_available_memory(case, assets, tmp_path, capfd, monkeypatch):
+    from mri_score import limits
+
+    name, shape, dtype, phrase = MEMORY_CASES[case]
+    (tmp_path / "in").mkdir()
+    path = Path(shutil.copy(assets["valid"], tmp_path / "in" / "x.h5"))
+    with h5py.File(path, "a") as hf:
+        if name in hf:
+            del hf[name]
+        hf.create_dataset(name, shape=shape, dtype=dtype, chunks=(1,) * (len(shape) - 2) + (100, 100))
+    monkeypatch.setattr(limits, "available_memory", lambda: 256 * 2**20)
+    before = digests(tmp_path / "in")
+    rc = reconstruct_main(["--kspace", str(path), "--out", str(tmp_path / "out"), "--prior", str(assets["prior"]),
+                           "--steps", "2"])
+    check_refused(rc, capfd.readouterr().err, "is available; refused before reading", (str(path), phrase),
+                  tmp_path / "in", before, tmp_path / "out", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ property
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_byte_corruptions_exit_0_or_2_and_write_only_under_out(seed, assets, tmp_path, capfd):
+    """Seeded byte-level corruptions of the valid file: exit 0 or 2 only, no traceback, nothing outside --out."""
+    rng = np.random.default_rng(seed)
+    data = bytearray(assets["valid"].read_bytes())
+    kind = seed % 3
+    if kind == 0:  # flip a few bytes anywhere (superblock, object headers, B-trees, data)
+        for pos in rng.integers(0, len(data), size=int(rng.integers(1, 9))):
+            data[pos] ^= int(rng.integers(1, 256))
+    elif kind == 1:  # overwrite a run of bytes with noise
+        start = int(rng.integers(0, len(data) - 64))
+        data[start:start + int(rng.integers(8, 64))] = rng.integers(0, 256, size=64, dtype=np.uint8).tobytes()[
+            : int(rng.integers(8, 64))]
+    else:  # truncate or append garbage
+        data = data[: int(rng.integers(0, len(data)))] if rng.random() < 0.5 else data + rng.bytes(512)
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "x.h5"
+    path.write_bytes(bytes(data))
+    before = digests(tmp_path)
+    rc = reconstruct_main(["--kspace", str(path), "--out", str(tmp_path / "out"), "--prior", str(assets["prior"]),
+                           "--steps", "2", "--samples", "1", "--center-fraction", "0.25", "--maps", "lowres"])
+    err = capfd.readouterr().err
+    assert rc in (0, 2), err
+    assert "Traceback" not in err
+    if rc == 2:
+        one_line(err, str(path))
+    after = digests(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("out/")} == before  # nothing written outside --out
+    assert sorted(k for k in after if k.startswith("out/")) == (["out/x.h5"] if rc == 0 else [])
+    assert not leftovers(tmp_path)

@@ -190,7 +190,7 @@ def test_sample_prior_cli_conditional_and_refusals(tmp_path, tiny_cfg, tiny_prio
                  "--steps", "2", "--condition", "t1", "--classifier", str(clf), "--classifier-input", "denoised"]) == 0
     capsys.readouterr()
     for args, message in ((["--condition", "auto"], "condition auto"), (["--condition", "xx"], "'xx' is not a label"),
-                          (["--n", "0"], "--n must be >= 1")):
+                          (["--n", "0"], "--n must be in [1, ")):
         assert main(["--prior", str(prior), "--out", str(tmp_path / "bad.png"), *args]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1

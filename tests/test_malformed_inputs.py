@@ -197,22 +197,26 @@ def test_directory_run_processes_good_files_and_lists_all_bad(tmp_path, tiny_pri
     ("name: x\nseed: 0\ndata: {slices: 1, size: [32, 32]}\nsettings: [{accel: 4, mask: equispaced}]\n"
      "methods: {magic: {}}\n", "unknown methods"),
 ])
-def test_benchmark_rejects_malformed_config(tmp_path, text, phrase):
+def test_benchmark_rejects_malformed_config(tmp_path, capfd, text, phrase):
+    from benchmarks.run_benchmark import main as benchmark_main
+
     cfg = tmp_path / "bench_bad.yaml"
     cfg.write_text(text)
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_benchmark.py"), "--config", str(cfg),
-                          "--out-dir", str(tmp_path / "res")], capture_output=True, text=True, timeout=300)
-    err = res.stderr.strip().splitlines()
-    assert res.returncode == 2 and len(err) == 1 and phrase in err[0] and "Traceback" not in res.stderr
-    assert str(cfg) in err[0]
+    rc = benchmark_main(["--config", str(cfg), "--out-dir", str(tmp_path / "res")])
+    err = capfd.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and phrase in lines[0] and "Traceback" not in err
+    assert str(cfg) in lines[0]
     assert not (tmp_path / "res").exists()
 
 
-def test_benchmark_rejects_missing_prior(tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_benchmark.py"), "--config",
-                          str(ROOT / "configs" / "bench_quick.yaml"), "--prior", str(tmp_path / "nope.safetensors"),
-                          "--out-dir", str(tmp_path / "res")], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2 and "nope.safetensors" in res.stderr and "Traceback" not in res.stderr
+def test_benchmark_rejects_missing_prior(tmp_path, capfd):
+    from benchmarks.run_benchmark import main as benchmark_main
+
+    rc = benchmark_main(["--config", str(ROOT / "configs" / "bench_quick.yaml"), "--prior",
+                         str(tmp_path / "nope.safetensors"), "--out-dir", str(tmp_path / "res")])
+    err = capfd.readouterr().err
+    assert rc == 2 and "nope.safetensors" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

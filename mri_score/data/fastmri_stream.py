@@ -210,12 +210,16 @@ def _scan_file(path: Path) -> FileEntry:
         dataset,
         open_input,
         read_header,
+        resolve,
         validate_kspace,
     )
 
     st = path.stat()
     with open_input(path) as hf:
-        dset = dataset(hf, "kspace", path, "c", (3, 4), MAX_KSPACE_BYTES, "kspace", KSPACE_SHAPES)
+        node = resolve(hf, "kspace", path)  # streamed one slice at a time: only a slice must fit in memory
+        shape0 = getattr(node, "shape", None) or (1,)
+        slices = shape0[0] if len(shape0) in (3, 4) and shape0[0] else 1
+        dset = dataset(hf, "kspace", path, "c", (3, 4), MAX_KSPACE_BYTES, "kspace", KSPACE_SHAPES, 1 / slices)
         if dset is None:
             raise InputError(f"{path}: no 'kspace' dataset")
         shape = dset.shape if dset.ndim == 4 else (dset.shape[0], 1, *dset.shape[1:])

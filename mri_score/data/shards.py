@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mri_score.atomic import oserror_in, write_error
 from mri_score.data.fastmri_stream import CropDataset, FastMRISlices
 from mri_score.errors import InputError
 from mri_score.scaling import TRAIN_CENTER_FRACTION
@@ -117,8 +118,11 @@ def write_shards(root: str | os.PathLike[str], out: str | os.PathLike[str], shar
             os.chmod(p, 0o644)
         os.chmod(tmp, 0o755)
         os.rename(tmp, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        cause = oserror_in(err) if isinstance(err, Exception) and not isinstance(err, InputError) else None
+        if cause is not None:  # full disk, file-size limit, permissions: one line, nothing left
+            raise write_error(out, cause) from None
         raise
     finally:
         ds.close()
