@@ -10,18 +10,23 @@ import numpy as np
 def recon_panel(path: str | Path, zero_filled: np.ndarray, recon: np.ndarray, std: np.ndarray,
                 target: np.ndarray | None, title: str = "", slice_index: int | None = None) -> None:
     """Zero-filled, reconstruction, std and (with a target) target and |error| of one slice of ``(S, H, W)`` volumes."""
+    i = recon.shape[0] // 2 if slice_index is None else slice_index
+    panels = [("zero-filled", zero_filled[i], "gray"), ("reconstruction", recon[i], "gray"), ("posterior std", std[i], "magma")]
+    if target is not None:
+        panels += [("target", target[i], "gray"), ("|error|", np.abs(target[i] - recon[i]), "magma")]
+    image_row(path, panels, float(np.percentile(recon[i], 99.5)), title)
+
+
+def image_row(path: str | Path, panels: list[tuple[str, np.ndarray, str]], vmax: float, title: str = "") -> None:
+    """One row of 2-D images ``[(name, image, cmap)]``: ``gray`` ones share the window ``[0, vmax]``, others
+    (error and std maps) are windowed to their own 99.5th percentile."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    i = recon.shape[0] // 2 if slice_index is None else slice_index
-    panels = [("zero-filled", zero_filled[i], "gray"), ("reconstruction", recon[i], "gray"), ("posterior std", std[i], "magma")]
-    if target is not None:
-        panels += [("target", target[i], "gray"), ("|error|", np.abs(target[i] - recon[i]), "magma")]
-    vmax = float(np.percentile(recon[i], 99.5))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3))
-    for ax, (name, img, cmap) in zip(axes, panels):
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3), squeeze=False)
+    for ax, (name, img, cmap) in zip(axes[0], panels):
         gray = cmap == "gray"
         ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax if gray else max(float(np.percentile(img, 99.5)), 1e-12))
         ax.set_title(name, fontsize=9)
