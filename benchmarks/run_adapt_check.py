@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapt-sigma-min", type=float, default=None)
     args = ap.parse_args(argv)
     check_args(args, min_nfe=2)
-    adapt = AdaptSettings(**{k: v for k, v in (("steps", args.adapt_steps), ("params", args.adapt_params),
-                                               ("sigma_min", args.adapt_sigma_min)) if v is not None})
+    adapt = AdaptSettings.from_options(steps=args.adapt_steps, params=args.adapt_params, sigma_min=args.adapt_sigma_min)
     prior = load_prior(args.prior)
     vols = volumes(args.slices, args.synth_size, args.seed)
     lines = ["# Test-time adaptation vs the plain prior (issue #14, item 3)", "",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from mri_score.errors import InputError
-from mri_score.losses import edm_loss
+from mri_score.losses import edm_loss, sigma_distribution
 from mri_score.network import EDMDenoiser, complex_to_channels
 
 #: Which parameters adaptation may change.
@@ -68,6 +68,11 @@ class AdaptSettings:
     params: str = "bias"
     pilot_nfe: int | None = None
 
+    @classmethod
+    def from_options(cls, **options: object) -> AdaptSettings:
+        """Settings from optional values (e.g. command-line flags): a None keeps the default."""
+        return cls(**{k: v for k, v in options.items() if v is not None})
+
     def __post_init__(self) -> None:
         if not 1 <= int(self.steps) <= MAX_ADAPT_STEPS:
             raise InputError(f"adaptation steps must be in [1, {MAX_ADAPT_STEPS}], got {self.steps}")
@@ -100,12 +105,12 @@ def adaptable_parameters(model: torch.nn.Module, params: str) -> list[torch.nn.P
 
 
 def _sigma_distribution(model: EDMDenoiser) -> tuple[float, float]:
-    """``(p_mean, p_std)`` of ln σ the prior was trained with (its metadata), EDM's (-1.2, 1.2) otherwise."""
-    sigma = ((getattr(model, "meta", None) or {}).get("config") or {}).get("sigma") or {}
+    """``(p_mean, p_std)`` of ln σ the prior was trained with (its metadata), EDM's otherwise."""
+    sigma = ((getattr(model, "meta", None) or {}).get("config") or {}).get("sigma")
     try:
-        return float(sigma.get("p_mean", -1.2)), float(sigma.get("p_std", 1.2))
-    except (TypeError, ValueError):
-        return -1.2, 1.2
+        return sigma_distribution(sigma)
+    except (AttributeError, TypeError, ValueError):
+        return sigma_distribution(None)
 
 
 def adapt_denoiser(model: EDMDenoiser, images: torch.Tensor, settings: AdaptSettings, seed: int = 0) -> EDMDenoiser:

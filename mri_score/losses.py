@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+#: EDM's training distribution of ln σ (Karras et al. 2022), used when a config's ``sigma`` leaves it out.
+P_MEAN, P_STD = -1.2, 1.2
+
+
+def sigma_distribution(sigma_cfg: Mapping[str, Any] | None) -> tuple[float, float]:
+    """``(p_mean, p_std)`` of ln σ from a config's ``sigma`` section (EDM's :data:`P_MEAN`, :data:`P_STD` for missing keys)."""
+    sigma_cfg = sigma_cfg or {}
+    return float(sigma_cfg.get("p_mean", P_MEAN)), float(sigma_cfg.get("p_std", P_STD))
 
 
 def edm_loss(model: torch.nn.Module, x: torch.Tensor, gen: torch.Generator, p_mean: float, p_std: float,

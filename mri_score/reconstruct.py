@@ -159,16 +159,16 @@ def grid_from_arg(value: str) -> tuple[bool, float]:
 
 def adapt_from_args(args: argparse.Namespace) -> AdaptSettings | None:
     """``--adapt`` and its ``--adapt-*`` options as :class:`AdaptSettings` (None without ``--adapt``), validated."""
-    given = {k: v for k, v in (("steps", args.adapt_steps), ("params", args.adapt_params),
-                               ("sigma_min", args.adapt_sigma_min)) if v is not None}
+    options = {"steps": args.adapt_steps, "params": args.adapt_params, "sigma_min": args.adapt_sigma_min}
     if not args.adapt:
+        given = [k for k, v in options.items() if v is not None]
         if given:
-            raise InputError(f"--adapt-{next(iter(given)).replace('_', '-')} given without --adapt")
+            raise InputError(f"--adapt-{given[0].replace('_', '-')} given without --adapt")
         return None
     if args.condition not in (None, "none") or args.guidance is not None or args.classifier is not None:
         raise InputError("--adapt cannot be combined with --condition/--guidance/--classifier")
     try:
-        return AdaptSettings(**given)
+        return AdaptSettings.from_options(**options)
     except InputError as err:
         raise InputError(f"--adapt: {err}") from None
 

@@ -39,7 +39,7 @@ from mri_score.data.corpus import ANATOMIES, CONTRASTS, FAMILIES
 from mri_score.data.datasets import SlicePool, mixed_pool, synthetic_pool, synthetic_slices
 from mri_score.data.fastmri_stream import StreamFeed, stream_source
 from mri_score.errors import CheckpointError, InputError, exit_on_input_error, one_line
-from mri_score.losses import edm_loss
+from mri_score.losses import edm_loss, sigma_distribution
 from mri_score.network import EDMDenoiser, NetworkConfig, count_parameters
 from mri_score.prior import load_network
 from mri_score.supervised import KspacePairSource, MagnitudeUNet, supervised_loss
@@ -306,8 +306,7 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
     seed = int(tr.get("seed", 0))
     torch.manual_seed(seed)
     net_cfg = NetworkConfig.from_dict(cfg.get("network", {}))
-    sigma_cfg = cfg.get("sigma", {})
-    p_mean, p_std = float(sigma_cfg.get("p_mean", -1.2)), float(sigma_cfg.get("p_std", 1.2))
+    p_mean, p_std = sigma_distribution(cfg.get("sigma", {}))
     task = str(cfg.get("task", "score"))
     if task not in TASKS:
         raise InputError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
