@@ -280,6 +280,13 @@ def robustness_table(rows: list[dict]) -> list[str]:
     return out + [""]
 
 
+def _mean_spread(mean: float, spread: float, digits: int) -> str:
+    """``"mean ± spread"``, or ``"mean (n = 1)"`` where one volume leaves the spread undefined (NaN)."""
+    if np.isnan(spread):
+        return f"{mean:.{digits}f} (n = 1)"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
 def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, header: str, seconds: float,
                   skipped: list[str] | None = None) -> None:
     """Write ``<name>.csv``, the markdown tables and the figures into ``out_dir``."""
@@ -308,8 +315,8 @@ def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, head
                 table[(r["setting"], label(r) + (f" ({r['param']})" if swept else ""))].append(r)
         for (setting, meth), rs in table.items():
             agg = aggregate([{k: r[k] for k in ("PSNR", "SSIM", "NMSE")} for r in rs])
-            lines.append(f"| {setting} | {meth} | {agg['PSNR'][0]:.2f} ± {agg['PSNR'][1]:.2f} | "
-                         f"{agg['SSIM'][0]:.4f} ± {agg['SSIM'][1]:.4f} | {agg['NMSE'][0]:.4f} | "
+            lines.append(f"| {setting} | {meth} | {_mean_spread(*agg['PSNR'], 2)} | "
+                         f"{_mean_spread(*agg['SSIM'], 4)} | {agg['NMSE'][0]:.4f} | "
                          f"{np.mean([r['sec_per_slice'] for r in rs]):.2f} | {rs[0]['nfe']} | "
                          f"{max(r.get('peak_gb', float('nan')) for r in rs):.2f} |")
         lines.append("")
@@ -326,7 +333,8 @@ def write_results(out_dir: Path, name: str, rows: list[dict], panels: dict, head
                 f"{np.nanmean([r[k] for r in rs]):.3f}"
                 for k in ("within_1std", "within_2std", "within_3std", "corr_err_std")) + " |")
         lines.append("")
-    lines += [f"ACS coil maps (ESPIRiT, or low-resolution maps for ACS < 16 lines): "
+    lines += [f"ACS coil maps (ESPIRiT on the ACS region, rectangular for column masks; low-resolution maps for 2-D "
+              f"masks with ACS < 16 lines): "
               f"{np.mean([r['maps_sec_per_slice'] for r in rows]):.2f} s/slice, shared by all methods and not "
               "included in their times.", ""]
     if skipped:

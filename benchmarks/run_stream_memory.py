@@ -82,8 +82,26 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
+def _hwm_kb(pid: int) -> int:
+    """The process's resident high-water mark (``VmHWM``, kB; kept by the kernel, not sampled); 0 once gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def run_trainer(data: Path, run_dir: Path, overrides: list[str]) -> dict:
-    """Train in a child process; peak summed PSS of the process tree, the trainer's VmHWM, time."""
+    """Train in a child process; peak summed PSS of the process tree, high-water marks, time.
+
+    ``peak_pss_mb`` is the largest sum of PSS over 0.2 s samples (what the tree held at one
+    moment, so it depends on whether the workers' transient peaks coincide with a sample);
+    ``hwm_sum_mb`` is the trainer's ``VmHWM`` plus each worker's last ``VmHWM`` seen, the sum
+    of per-process peaks: an upper bound on any moment's RSS that no sampling can miss
+    (shared pages count once per process).
+    """
     index = data / ".mri_score_index.json"
     index.unlink(missing_ok=True)  # a fresh index: the first run on a new data set
     cmd = [sys.executable, "-c", _CHILD, "--config", str(ROOT / "configs" / "prior_fastmri_knee.yaml"),
@@ -92,12 +110,15 @@ def run_trainer(data: Path, run_dir: Path, overrides: list[str]) -> dict:
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = peak_procs = 0
+    worker_hwm: dict[int, int] = {}
     try:
         while proc.poll() is None:
             pids = _tree(proc.pid)
             total = sum(_pss_kb(p) for p in pids)
             if total > peak:
                 peak, peak_procs = total, len(pids)
+            for p in pids[1:]:
+                worker_hwm[p] = max(worker_hwm.get(p, 0), _hwm_kb(p))
             time.sleep(0.2)
     finally:
         if proc.poll() is None:  # interrupted: do not leave the trainer running
@@ -108,7 +129,9 @@ def run_trainer(data: Path, run_dir: Path, overrides: list[str]) -> dict:
     hwm = int(next(ln for ln in out.splitlines() if ln.startswith("VmHWM_kB")).split()[1])
     log = [json.loads(x) for x in (run_dir / "loss.jsonl").read_text().splitlines()]
     return {"files": len(list(data.glob("*.h5"))), "peak_pss_mb": peak / 1024, "processes": peak_procs,
-            "trainer_hwm_mb": hwm / 1024, "seconds": time.time() - t0, "slices_per_s": log[-1]["slices_per_s"],
+            "trainer_hwm_mb": hwm / 1024, "hwm_sum_mb": (hwm + sum(worker_hwm.values())) / 1024,
+            "worker_hwm_mb": [v / 1024 for v in worker_hwm.values()], "seconds": time.time() - t0,
+            "slices_per_s": log[-1]["slices_per_s"],
             "summary": out.strip().splitlines()[0]}
 
 
@@ -147,10 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loader-batches", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--parallel", action="store_true", help="run the trainers of all sizes at the same time")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs per size, one after another in alternating order (medians are compared)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stream_memory.md"))
     args = ap.parse_args(argv)
     limits.check_seed(args.seed)
     limits.check_steps(args.steps)
+    if not 1 <= args.repeats <= 20:
+        raise InputError(f"--repeats must be 1..20, got {args.repeats}")
     check_output(args.out)
     check_writable(Path(args.out).parent)
     work = Path(args.work).resolve()
@@ -174,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
 
         with ThreadPoolExecutor(len(dirs)) as ex:
             rows = list(ex.map(lambda nd: run_trainer(nd[1], work / f"run_{nd[0]}", overrides), dirs))
-    else:
-        rows = [run_trainer(d, work / f"run_{n}", overrides) for n, d in dirs]
+    else:  # alternate the order (10, 100, 100, 10, ...) so a drift in the machine's load favours neither size
+        rows = []
+        for rep in range(args.repeats):
+            for n, d in (dirs if rep % 2 == 0 else dirs[::-1]):
+                rows.append({**run_trainer(d, work / f"run_{n}_{rep}", overrides), "repeat": rep})
     for r in rows:
         print(json.dumps(r), flush=True)
     from mri_score.data.shards import write_shards
@@ -191,24 +221,39 @@ def main(argv: list[str] | None = None) -> int:
         sh = loader_throughput(shards, w, args.batch, args.crop, args.loader_batches)
         speeds.append((w, h5, sh))
         print(f"workers {w}: {h5:.2f} slices/s (HDF5), {sh:.2f} slices/s (shards)", flush=True)
-    lo, hi = rows[0], rows[-1]
-    diff = (hi["peak_pss_mb"] - lo["peak_pss_mb"]) / lo["peak_pss_mb"]
+    import statistics
+
+    sizes = sorted({r["files"] for r in rows})
+
+    def median(key: str, files: int) -> float:
+        return statistics.median(r[key] for r in rows if r["files"] == files)
+
+    lo_n, hi_n = sizes[0], sizes[-1]
+    diff = {key: (median(key, hi_n) - median(key, lo_n)) / median(key, lo_n)
+            for key in ("peak_pss_mb", "hwm_sum_mb", "trainer_hwm_mb")}
     cmd = "python benchmarks/run_stream_memory.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         "# Streaming training data: memory vs dataset size, loader throughput vs workers\n",
-        provenance(cmd) + f"- load average at the end: {os.getloadavg()[0]:.1f} (another training job shared the CPUs)\n",
+        provenance(cmd) + f"- load average at the end: {os.getloadavg()[0]:.1f}\n",
         f"Simulated fastMRI-like training files: {args.coils} coils, {args.shape[0]}×{args.shape[1]}, 1 slice each "
         f"(~{files[0].stat().st_size / 2**20:.0f} MiB per file), seed {args.seed}. Trainer: "
         f"`python -m mri_score.train --config configs/prior_fastmri_knee.yaml {' '.join(overrides)}`, "
         "each run from a fresh slice index (the scan that validates every "
-        "slice once is included). Peak = max over 0.2 s samples of the summed PSS of the trainer and its "
-        "DataLoader workers.\n",
-        "| files | steps | peak PSS, trainer + workers (MiB) | trainer VmHWM (MiB) | processes | slices/s (trainer) | wall (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "slice once is included). Peak PSS = max over 0.2 s samples of the summed PSS of the trainer and its "
+        "DataLoader workers (what the tree held at a sampled moment). Sum of high-water marks = the trainer's "
+        "VmHWM plus each worker's (per-process peaks kept by the kernel: an upper bound on any moment that "
+        f"sampling cannot miss). {args.repeats} run(s) per size"
+        + (", one after another in alternating order" if not args.parallel else ", all sizes at once") + ".\n",
+        "| files | run | peak PSS, trainer + workers (MiB) | sum of high-water marks (MiB) | trainer VmHWM (MiB) | "
+        "worker VmHWM (MiB) | slices/s (trainer) | wall (s) |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
-    lines += [f"| {r['files']} | {args.steps} | {r['peak_pss_mb']:.0f} | {r['trainer_hwm_mb']:.0f} | {r['processes']} | "
+    lines += [f"| {r['files']} | {r.get('repeat', 0)} | {r['peak_pss_mb']:.0f} | {r['hwm_sum_mb']:.0f} | "
+              f"{r['trainer_hwm_mb']:.0f} | {', '.join(f'{v:.0f}' for v in r['worker_hwm_mb'])} | "
               f"{r['slices_per_s']:.2f} | {r['seconds']:.0f} |" for r in rows]
-    lines += [f"\nPeak memory, {hi['files']} vs {lo['files']} files: {100 * diff:+.1f} % (target: |difference| < 10 %).\n",
+    lines += [f"\n{hi_n} vs {lo_n} files, median over runs (target: |difference| < 10 %): sum of high-water marks "
+              f"{100 * diff['hwm_sum_mb']:+.1f} %, trainer VmHWM {100 * diff['trainer_hwm_mb']:+.1f} %, "
+              f"sampled peak PSS {100 * diff['peak_pss_mb']:+.1f} %.\n",
               f"Loader alone on the {n_max}-file set (batch {args.batch}, crop {args.crop}, {args.loader_batches} batches "
               "after one warm-up batch). HDF5: each slice is read and its ACS maps, SENSE-1 and scale computed in "
               f"the loader; shards: the images precomputed by `python -m mri_score.preprocess` ({shard_seconds:.0f} s "

@@ -1,7 +1,16 @@
 import numpy as np
+import pytest
 import torch
 
 from operators import acs_width, birdcage_maps, estimate_maps, expected_rss, fft2c, ifft2c, maps_lowres, rss, sense1_combine
+from operators.coils import (
+    MIN_ESPIRIT_ACS,
+    espirit_calibration_shape,
+    espirit_kernel_shape,
+    maps_espirit,
+    normalize_maps,
+)
+from operators.errors import OperatorInputError
 from tests.conftest import phantom
 
 
@@ -44,14 +53,68 @@ def test_espirit_recovers_birdcage_maps_from_acs():
     assert (rss(est, 0) > 0.99).all()
 
 
-def test_lowres_fallback_for_narrow_acs():
-    x, maps, ksp, mask = _simulate(acs=10)
-    est = estimate_maps(ksp, mask)  # auto: ACS of 10 lines -> low-resolution maps
+def _model_error(est, maps, x):
+    """Relative energy of the coil images ``maps · x`` that the maps ``est`` cannot represent."""
+    c = maps * x
+    proj = est * (est.conj() * c).sum(0, keepdim=True)
+    return float(((c - proj).abs() ** 2).sum() / (c.abs() ** 2).sum())
+
+
+def test_espirit_matches_sigpy_on_a_square_region():
+    # the torch implementation is sigpy's EspiritCalib (crop=0) on a square region, up to the eigen-solver
+    import sigpy.mri
+
+    x, maps, ksp, mask = _simulate(acs=24)
+    ref = sigpy.mri.app.EspiritCalib(ksp.numpy(), calib_width=24, kernel_width=6, thresh=0.02, crop=0.0,
+                                     show_pbar=False).run()
+    ref = normalize_maps(torch.from_numpy(np.asarray(ref)).to(torch.complex64))
+    est = maps_espirit(ksp, 24, two_d=True)
     support = x.abs() > 0.1 * x.abs().max()
-    mean_agree, _ = _agreement(est, maps, support)
-    assert mean_agree > 0.95
-    assert acs_width(mask) < 16
-    assert torch.allclose(est, maps_lowres(ksp, acs_width(mask)))
+    assert (est - ref).abs()[:, support].max() < 1e-4  # same maps, same phase convention (coil 0 real)
+
+
+def test_narrow_acs_column_mask_uses_a_rectangular_espirit_region():
+    assert espirit_calibration_shape((96, 96), 8, two_d=False) == (48, 8)
+    assert espirit_calibration_shape((96, 96), 8, two_d=True) == (8, 8)
+    assert espirit_kernel_shape((48, 8), two_d=False) == (6, 2)
+    assert espirit_kernel_shape((24, 24), two_d=True) == (6, 6)
+    for acs in (5, 8, 10):
+        x, maps, ksp, mask = _simulate(acs=acs)
+        est = estimate_maps(ksp, mask)  # auto: column mask -> rectangular ESPIRiT at any ACS width
+        width = acs_width(mask)  # the equispaced lines may touch the block
+        assert acs <= width <= acs + 2
+        assert torch.allclose(est, maps_espirit(ksp, width))
+        support = x.abs() > 0.1 * x.abs().max()
+        mean_agree, _ = _agreement(est, maps, support)
+        assert mean_agree > 0.99
+        # the rectangular region represents the coil images better than the low-resolution maps
+        err_espirit = _model_error(est, maps, x)
+        err_lowres = _model_error(maps_lowres(ksp, width), maps, x)
+        assert err_espirit < 0.5 * err_lowres, (acs, err_espirit, err_lowres)
+        assert (rss(est, 0) > 0.99).all()  # defined everywhere
+
+
+def test_lowres_fallback_for_narrow_acs_of_2d_masks():
+    x, maps, ksp, _ = _simulate(acs=10)
+    n = x.shape[-1]
+    mask2 = torch.zeros(n, n)
+    mask2[::3, ::3] = 1
+    mask2[n // 2 - 5:n // 2 + 5, n // 2 - 5:n // 2 + 5] = 1  # a 10 x 10 calibration block
+    k2 = fft2c(maps * x) * mask2
+    est = estimate_maps(k2, mask2)  # auto: 2-D mask with a 10-line cross -> low-resolution maps
+    width = acs_width(mask2)
+    assert 10 <= width < MIN_ESPIRIT_ACS
+    assert torch.allclose(est, maps_lowres(k2, width, two_d=True))
+    support = x.abs() > 0.1 * x.abs().max()
+    assert _agreement(est, maps, support)[0] > 0.95
+
+
+def test_espirit_refuses_non_finite_kspace_in_one_line():
+    _, _, ksp, mask = _simulate(acs=16)
+    bad = ksp.clone()
+    bad[0, 48, 48] = complex(float("nan"), 0.0)
+    with pytest.raises(OperatorInputError, match="non-finite"):
+        maps_espirit(bad, 16)
 
 
 def test_narrow_acs_raises():
