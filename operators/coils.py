@@ -92,17 +92,34 @@ def birdcage_maps(coils: int, shape: tuple[int, int], r: float = 1.5) -> np.ndar
     return normalize_maps(torch.from_numpy(maps)).numpy()
 
 
-def _centre_run(line: np.ndarray) -> int:
-    """Length of the run of True around index ``len // 2`` (0 when the centre is not sampled)."""
+def _centre_run_bounds(line: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last index of the run of True through ``len // 2`` (``(c, c)`` when the centre is not sampled)."""
     c = line.shape[0] // 2
     if not line[c]:
-        return 0
+        return c, c
     lo, hi = c, c
     while lo > 0 and line[lo - 1]:
         lo -= 1
     while hi < line.shape[0] - 1 and line[hi + 1]:
         hi += 1
-    return hi - lo + 1
+    return lo, hi + 1
+
+
+def _centre_run(line: np.ndarray) -> int:
+    """Length of the run of True around index ``len // 2`` (0 when the centre is not sampled)."""
+    lo, hi = _centre_run_bounds(line)
+    return hi - lo
+
+
+def acs_columns(mask: torch.Tensor) -> tuple[int, int]:
+    """``(first, stop)`` of the fully sampled centre columns of a column mask broadcasting to ``(..., W)``.
+
+    The run need not be centred on ``W // 2`` (an equispaced line next to the block lengthens it on
+    one side), so calibration regions are placed inside these bounds, not around the centre.
+    """
+    m = (torch.as_tensor(mask) != 0).cpu().numpy()
+    line = m.reshape(-1, m.shape[-1])[0] if m.ndim >= 2 else m.reshape(-1)
+    return _centre_run_bounds(line)
 
 
 def acs_width(mask: torch.Tensor) -> int:
@@ -201,7 +218,8 @@ def maps_espirit(
     kernel_width: int = 6,
     thresh: float = 0.02,
     kernel: tuple[int, int] | None = None,
-    max_chunk_elems: int = 2**23,
+    col_start: int | None = None,
+    max_chunk_elems: int = 2**24,
 ) -> torch.Tensor:
     """ESPIRiT maps (Uecker et al. 2014) from the ACS of ``(coils, H, W)`` k-space, with no support crop.
 
@@ -230,6 +248,9 @@ def maps_espirit(
         Relative singular-value threshold of the signal subspace.
     kernel : tuple of int, optional
         Kernel ``(rows, cols)`` instead of :func:`espirit_kernel_shape`'s rule.
+    col_start : int, optional
+        First column of the calibration region (:func:`acs_columns` of the mask, for an ACS run that
+        is not centred on ``W // 2``); default centred as sigpy places it.
     max_chunk_elems : int
         Bound on the complex elements of image-domain kernels held at once (memory).
 
@@ -248,7 +269,10 @@ def maps_espirit(
     ksp = kspace.detach().to(torch.complex128)
     if not torch.isfinite(torch.view_as_real(ksp)).all():
         raise OperatorInputError("ESPIRiT coil maps failed: the k-space has non-finite values")
-    calib = ksp[:, _centre_slice(h, rows), _centre_slice(w, cols)]
+    col_slice = _centre_slice(w, cols) if col_start is None else slice(int(col_start), int(col_start) + cols)
+    if col_slice.start < 0 or col_slice.stop > w:
+        raise OperatorInputError(f"ESPIRiT calibration columns {col_slice.start}..{col_slice.stop} lie outside {w}")
+    calib = ksp[:, _centre_slice(h, rows), col_slice]
     # calibration matrix: one row per kernel position, columns (coil, kernel row, kernel col)
     blocks = calib.unfold(1, kr, 1).unfold(2, kc, 1)  # (coils, nbr, nbc, kr, kc)
     mat = blocks.permute(1, 2, 0, 3, 4).reshape(-1, coils * kr * kc)
@@ -307,7 +331,12 @@ def estimate_maps(
     if method == "auto":
         method = "espirit" if (not two_d or width >= MIN_ESPIRIT_ACS) else "lowres"
     if method == "espirit":
-        return maps_espirit(kspace, width, two_d=two_d)
+        start = None
+        if not two_d:  # place the region inside the sampled run, centred in it as far as the run allows
+            lo, hi = acs_columns(mask_t)
+            cols = espirit_calibration_shape(tuple(kspace.shape[-2:]), width, False)[1]
+            start = min(max(lo, kspace.shape[-1] // 2 - cols // 2), hi - cols)
+        return maps_espirit(kspace, width, two_d=two_d, col_start=start)
     if method == "lowres":
         return maps_lowres(kspace, width, two_d=two_d)
     raise OperatorInputError(f"unknown coil-map method {method!r}; choose espirit, lowres or auto")

@@ -5,6 +5,7 @@ import torch
 from operators import acs_width, birdcage_maps, estimate_maps, expected_rss, fft2c, ifft2c, maps_lowres, rss, sense1_combine
 from operators.coils import (
     MIN_ESPIRIT_ACS,
+    acs_columns,
     espirit_calibration_shape,
     espirit_kernel_shape,
     maps_espirit,
@@ -83,7 +84,10 @@ def test_narrow_acs_column_mask_uses_a_rectangular_espirit_region():
         est = estimate_maps(ksp, mask)  # auto: column mask -> rectangular ESPIRiT at any ACS width
         width = acs_width(mask)  # the equispaced lines may touch the block
         assert acs <= width <= acs + 2
-        assert torch.allclose(est, maps_espirit(ksp, width))
+        lo, hi = acs_columns(mask)
+        start = min(max(lo, mask.shape[-1] // 2 - width // 2), hi - width)
+        assert start == lo
+        assert torch.allclose(est, maps_espirit(ksp, width, col_start=start))
         support = x.abs() > 0.1 * x.abs().max()
         mean_agree, _ = _agreement(est, maps, support)
         assert mean_agree > 0.99
@@ -156,3 +160,26 @@ def test_expected_rss_matches_the_noisy_rss_of_simulated_coil_images():
     # no-signal pixels: the floor is the root of C σ², not 0 (as |x| would say)
     assert torch.allclose(expected_rss(torch.zeros(4, 4, dtype=torch.complex64), maps[:, :4, :4], sigma),
                           torch.full((4, 4), (8 * sigma**2) ** 0.5))
+
+
+def test_espirit_region_lies_inside_an_off_centre_acs_run():
+    # an equispaced line next to the block on the left lengthens the run on that side only: a region centred on
+    # W // 2 would then take one unsampled (all-zero) column; estimate_maps places it inside the run
+    x, maps, ksp, _ = _simulate(acs=10)
+    n = x.shape[-1]
+    mask = torch.zeros(n)
+    mask[::4] = 1
+    mask[n // 2 - 5:n // 2 + 5] = 1  # block 43..52
+    mask[n // 2 - 6] = 1  # the line just left of it: run 42..52, 11 lines
+    mask[n // 2 + 5] = 0
+    lo, hi = acs_columns(mask)
+    assert (lo, hi) == (n // 2 - 6, n // 2 + 5) and acs_width(mask) == 11
+    full = fft2c(maps * x)
+    est = estimate_maps(full * mask, mask)
+    assert torch.allclose(est, maps_espirit(full * mask, 11, col_start=lo))
+    # the same maps as from data whose every column is sampled in that region, and not the centred region's
+    assert torch.allclose(est, maps_espirit(full, 11, col_start=lo), atol=1e-5)
+    centred = maps_espirit(full * mask, 11)
+    assert not torch.allclose(est, centred, atol=1e-3)
+    support = x.abs() > 0.1 * x.abs().max()
+    assert _agreement(est, maps, support)[0] > 0.99
