@@ -1,6 +1,7 @@
 """Regenerate the README's results block from a protocol results CSV (no hand-copied number).
 
-Run: ``python benchmarks/make_tables.py`` (defaults: ``benchmarks/results/bench_protocol.csv`` into
+Run: ``python benchmarks/make_tables.py`` (defaults: the default prior's protocol run,
+``benchmarks/results/bench_protocol_mixed.csv``, into
 ``README.md``), or ``--print`` to write the tables to stdout.  The block between
 ``<!-- results:begin -->`` and ``<!-- results:end -->`` is replaced by
 :func:`benchmarks.tables.render` of the CSV; the rest of the README is kept byte for byte.
@@ -26,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 ABL_BEGIN, ABL_END = "<!-- prior-ablation:begin -->", "<!-- prior-ablation:end -->"
 #: The prior ablation's runs (name, CSV under benchmarks/results): the same protocol with each prior.
-ABLATION = (("shipped", "bench_protocol.csv"), ("mixed_cond", "bench_protocol_mixed.csv"))
+ABLATION = (("brain_synth", "bench_protocol.csv"), ("mixed_cond", "bench_protocol_mixed.csv"))
+#: The results block's CSV: the protocol run of the default prior (:data:`mri_score.prior.DEFAULT_PRIOR`).
+DEFAULT_CSV = "bench_protocol_mixed.csv"
 
 
 def results_block(csv_path: Path) -> str:
@@ -65,7 +68,7 @@ def replace_block(text: str, block: str, where: str, begin: str = BEGIN, end: st
 def main(argv: list[str] | None = None) -> int:
     """Rewrite the README's results block from the CSV (or print the tables)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--csv", default=str(ROOT / "benchmarks" / "results" / "bench_protocol.csv"))
+    ap.add_argument("--csv", default=str(ROOT / "benchmarks" / "results" / DEFAULT_CSV))
     ap.add_argument("--readme", default=str(ROOT / "README.md"))
     ap.add_argument("--print", action="store_true", help="print the tables instead of rewriting the README")
     args = ap.parse_args(argv)

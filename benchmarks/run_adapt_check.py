@@ -33,7 +33,7 @@ from mri_score.errors import exit_on_input_error
 from mri_score.metrics import volume_metrics
 from mri_score.pipeline import reconstruct_volume
 from mri_score.posterior import SamplerSettings
-from mri_score.prior import load_prior
+from mri_score.prior import DEFAULT_PRIOR, load_prior
 from mri_score.simulation import simulate_volume, subject_volume
 from operators import make_mask
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     vols = volumes(args.slices, args.synth_size, args.seed)
     lines = ["# Test-time adaptation vs the plain prior (issue #14, item 3)", "",
              provenance("python benchmarks/run_adapt_check.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-             + f"- prior: `{args.prior or 'shipped (mri_score/weights/prior_brain_synth.safetensors)'}`; DDS, "
+             + f"- prior: `{args.prior or f'shipped default (mri_score/weights/{DEFAULT_PRIOR})'}`; DDS, "
              f"{args.nfe} NFE, K = 1, sampler seed {args.seed} (+ slice index); adaptation: {adapt}\n"
              f"- {COILS} birdcage coils, SNR {SNR:g}, centre fraction {CENTER_FRACTION}; n = {args.slices} middle "
              f"slices per volume, {len(vols)} volumes; scored on |x| against the noise-free image, per volume "

@@ -47,7 +47,7 @@ from mri_score.config import load_config, require
 from mri_score.errors import InputError, exit_on_input_error
 from mri_score.metrics import aggregate, volume_metrics
 from mri_score.posterior import MAGNITUDES
-from mri_score.prior import default_prior_path, load_prior
+from mri_score.prior import DEFAULT_PRIOR, default_prior_path, load_prior
 from mri_score.simulation import simulate_volume
 from mri_score.supervised import load_unet
 from operators import make_mask
@@ -63,7 +63,7 @@ def stamp(args: argparse.Namespace, cfg: dict) -> str:
         f"- seed: {cfg.get('seed', 0)} (data, masks by file name as fastMRI, sampler seed per slice = seed + slice)\n"
         f"- magnitude: {cfg.get('magnitude', 'rss')} (every SENSE-type method; rss = expected RSS of the noisy coil "
         "images, as the fastMRI-style target)\n"
-        f"- prior: {cfg.get('prior') or 'shipped default (mri_score/weights/prior_brain_synth.safetensors)'}\n"
+        f"- prior: {cfg.get('prior') or f'shipped default (mri_score/weights/{DEFAULT_PRIOR})'}\n"
     )
 
 

@@ -40,7 +40,7 @@ from mri_score.errors import exit_on_input_error
 from mri_score.metrics import volume_metrics
 from mri_score.pipeline import reconstruct_volume
 from mri_score.posterior import SamplerSettings
-from mri_score.prior import load_prior
+from mri_score.prior import DEFAULT_PRIOR, load_prior
 from mri_score.resolution import auto_grid_factor, prior_pixel_range
 from mri_score.simulation import corpus_volume, simulate_volume
 from operators import make_mask
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     vols = volumes(args.slices, args.synth_size, args.seed, tuple(args.groups))
     lines = ["# Resolution matching and the DDS data-weight rule (issue #14, items 4–5)", "",
              provenance("python benchmarks/run_grid_check.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-             + f"- prior: shipped (`mri_score/weights/prior_brain_synth.safetensors`), trained pixel range "
+             + f"- prior: shipped default (`mri_score/weights/{DEFAULT_PRIOR}`), trained pixel range "
              f"{trained[0]:g}–{trained[1]:g} mm (its metadata has no `pixel_mm`; its config's `data.pixel_mm`, "
              "the same as the documented default)\n"
              f"- DDS, {args.nfe} NFE, K = 1, sampler seed {args.seed} (+ slice index); {COILS} birdcage coils, "

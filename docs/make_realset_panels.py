@@ -4,8 +4,9 @@ Run: ``python docs/make_realset_panels.py`` → ``docs/realset_<volume>_<setting
 
 The middle slice of each real volume of ``configs/bench_protocol.yaml``, simulated, undersampled and
 calibrated exactly as the protocol does (:func:`benchmarks.protocol.acquire`); L1-wavelet at the λ the
-protocol chose on its tuning slices (read from ``benchmarks/results/bench_protocol.csv``), DDS with the
-protocol's settings and the shipped prior, its std scaled by the prior's stored calibration factor.
+protocol chose on its tuning slices (read from the default prior's protocol run,
+``benchmarks/results/bench_protocol_mixed.csv``), DDS with the protocol's settings and the default prior, its std
+scaled by the prior's stored calibration factor.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from benchmarks.make_tables import DEFAULT_CSV
 from benchmarks.protocol import acquire, protocol_volumes, read_csv, setting_tag, solve
 from benchmarks.tables import selection
 from mri_score import uncertainty
@@ -31,7 +33,7 @@ def main() -> int:
     """Write one panel per real volume and setting."""
     cfg = yaml.safe_load((ROOT / "configs" / "bench_protocol.yaml").read_text())
     cfg["data"]["tuning"]["slices_per_subject"] = cfg["data"]["test"]["slices_per_subject"] = 1
-    chosen = selection(read_csv(ROOT / "benchmarks" / "results" / "bench_protocol.csv"))
+    chosen = selection(read_csv(ROOT / "benchmarks" / "results" / DEFAULT_CSV))
     dds = cfg["methods"]["dds"]
     key = uncertainty.settings_key("dds", int(dds["nfe"]), int(dds.get("samples", 2)), "sense")
     factor = (uncertainty.lookup_factor(default_prior_path(), key) or {"factor": 1.0})["factor"]

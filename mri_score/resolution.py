@@ -10,7 +10,7 @@ the prior images at a pixel size inside its range.
   (:attr:`mri_score.fastmri_io.FastMRIVolume.pixel_mm`).
 * The prior's range is its metadata's ``pixel_mm: [lo, hi]`` (written by
   :mod:`mri_score.train` from ``data.pixel_mm``).  The shipped round-one prior
-  (``weights/prior_brain_synth.safetensors``) carries none: it was trained on the
+  (``weights/prior_brain_synth.safetensors``, the default before the mixed prior) carries none: it was trained on the
   synthetic corpus at 0.8–1.5 mm, so a missing value means :data:`DEFAULT_PRIOR_PIXEL_MM`.
 * :func:`auto_grid_factor`: 1 when the pixel is inside the range or finer (a grid coarser
   than the measured one would drop measured samples), else the smallest half-integer

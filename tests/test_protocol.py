@@ -185,14 +185,14 @@ def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_
 def test_readme_results_block_is_the_committed_csv_rendering():
     from pathlib import Path
 
-    from benchmarks.make_tables import BEGIN, END, results_block
+    from benchmarks.make_tables import BEGIN, DEFAULT_CSV, END, results_block
 
     root = Path(__file__).resolve().parents[1]
-    csv_path = root / "benchmarks" / "results" / "bench_protocol.csv"
+    csv_path = root / "benchmarks" / "results" / DEFAULT_CSV
     readme = (root / "README.md").read_text()
     if not csv_path.is_file():
-        assert BEGIN not in readme, "README has a results block but bench_protocol.csv is not committed"
-        pytest.skip("bench_protocol.csv not committed yet (the lead runs the frozen benchmark once)")
+        assert BEGIN not in readme, f"README has a results block but {DEFAULT_CSV} is not committed"
+        pytest.skip(f"{DEFAULT_CSV} not committed yet (the lead runs the frozen benchmark once)")
     block = readme[readme.index(BEGIN): readme.index(END) + len(END)]
     assert block == results_block(csv_path), "README results block is stale: run python benchmarks/make_tables.py"
     from benchmarks.make_tables import ABL_BEGIN, ABL_END, ablation_block
