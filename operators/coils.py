@@ -209,6 +209,39 @@ def espirit_kernel_shape(calib_shape: tuple[int, int], two_d: bool, kernel_width
     return int(max(2, min(kernel_width, rows - 2))), int(max(2, min(kernel_width, cols // 3)))
 
 
+def _kernel_gram(kernels: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``G(x) = Σ_k v_k(x) v_k(x)ᴴ`` with ``v_k = ifft2c`` of kernel ``k`` zero-padded (centred) to ``(h, w)``.
+
+    Computed in k-space, exactly: each entry ``G_cd`` is band-limited to the kernels' lags, so it is the
+    ``ifft2c`` of ``Σ_k`` the cross-correlation of kernel ``k``'s coils ``c`` and ``d`` (a small FFT),
+    placed at the centre and divided by ``√(h w)``.  That takes ``coils²`` image FFTs instead of
+    ``kernels × coils`` and the per-pixel outer products (about 100× faster at 15 coils, 320²).
+
+    Parameters
+    ----------
+    kernels : torch.Tensor
+        Complex ``(k, coils, kr, kc)`` k-space kernels, ``kr <= h``, ``kc <= w``.
+
+    Returns
+    -------
+    torch.Tensor
+        Complex ``(h, w, coils, coils)`` Hermitian matrices.
+    """
+    _, coils, kr, kc = kernels.shape
+    spec = torch.fft.fft2(kernels, s=(2 * kr, 2 * kc))
+    corr = torch.fft.ifft2(torch.einsum("kcuv,kduv->cduv", spec, spec.conj()))  # lag m at index m mod 2k
+    lag_r = torch.arange(-(kr - 1), kr, device=kernels.device)
+    lag_c = torch.arange(-(kc - 1), kc, device=kernels.device)
+    values = corr[:, :, lag_r % (2 * kr)][:, :, :, lag_c % (2 * kc)].reshape(coils, coils, -1)
+    # lag m sits at the centre + m, wrapped (and summed) as the image-domain product wraps on a small grid
+    where = (((h // 2 + lag_r) % h)[:, None] * w + ((w // 2 + lag_c) % w)[None, :]).reshape(-1)
+    gram = torch.empty(h, w, coils, coils, dtype=kernels.dtype, device=kernels.device)
+    for c in range(coils):  # one row of matrices at a time: the peak is the result plus one coil's images
+        placed = torch.zeros(coils, h * w, dtype=kernels.dtype, device=kernels.device)
+        placed.index_add_(1, where, values[c])
+        gram[:, :, c, :] = (ifft2c(placed.reshape(coils, h, w)) / (h * w) ** 0.5).permute(1, 2, 0)
+    return gram
+
 def maps_espirit(
     kspace: torch.Tensor,
     width: int,
@@ -219,7 +252,6 @@ def maps_espirit(
     thresh: float = 0.02,
     kernel: tuple[int, int] | None = None,
     col_start: int | None = None,
-    max_chunk_elems: int = 2**24,
 ) -> torch.Tensor:
     """ESPIRiT maps (Uecker et al. 2014) from the ACS of ``(coils, H, W)`` k-space, with no support crop.
 
@@ -251,8 +283,6 @@ def maps_espirit(
     col_start : int, optional
         First column of the calibration region (:func:`acs_columns` of the mask, for an ACS run that
         is not centred on ``W // 2``); default centred as sigpy places it.
-    max_chunk_elems : int
-        Bound on the complex elements of image-domain kernels held at once (memory).
 
     Returns
     -------
@@ -284,15 +314,7 @@ def maps_espirit(
     if not bool(s.max() > 0):
         raise OperatorInputError("ESPIRiT coil maps failed: the ACS region is all zeros (try --maps lowres)")
     kernels = vh[s > thresh * s.max()].reshape(-1, coils, kr, kc).to(torch.complex64)
-    gram = torch.zeros(h, w, coils, coils, dtype=torch.complex64, device=ksp.device)
-    chunk = max(1, max_chunk_elems // (coils * h * w))
-    sr, sc = _centre_slice(h, kr), _centre_slice(w, kc)
-    for start in range(0, kernels.shape[0], chunk):
-        part = kernels[start:start + chunk]
-        padded = torch.zeros(part.shape[0], coils, h, w, dtype=part.dtype, device=part.device)
-        padded[:, :, sr, sc] = part
-        img = ifft2c(padded)  # (k, coils, H, W)
-        gram += torch.einsum("kchw,kdhw->hwcd", img, img.conj())
+    gram = _kernel_gram(kernels, h, w)  # (H, W, coils, coils)
     gram *= (h * w) / (kr * kc)
     try:
         _, vecs = torch.linalg.eigh(gram)

@@ -183,3 +183,20 @@ def test_espirit_region_lies_inside_an_off_centre_acs_run():
     assert not torch.allclose(est, centred, atol=1e-3)
     support = x.abs() > 0.1 * x.abs().max()
     assert _agreement(est, maps, support)[0] > 0.99
+
+
+@pytest.mark.parametrize("h, w, kr, kc", [(32, 24, 6, 2), (33, 25, 5, 3), (8, 7, 6, 5)])
+def test_espirit_gram_in_kspace_equals_the_sum_of_image_domain_outer_products(h, w, kr, kc):
+    # G(x) = Σ_k v_k(x) v_k(x)ᴴ, v_k the centred inverse FFT of kernel k zero-padded to the image (sigpy's loop);
+    # the k-space formula must match it exactly, also on a grid small enough for the lags to wrap (8 x 7)
+    from operators.coils import _kernel_gram
+
+    gen = torch.Generator().manual_seed(h)
+    kernels = torch.complex(torch.randn(5, 3, kr, kc, generator=gen), torch.randn(5, 3, kr, kc, generator=gen))
+    padded = torch.zeros(5, 3, h, w, dtype=kernels.dtype)
+    padded[:, :, h // 2 - kr // 2:h // 2 - kr // 2 + kr, w // 2 - kc // 2:w // 2 - kc // 2 + kc] = kernels
+    img = ifft2c(padded)
+    direct = torch.einsum("kchw,kdhw->hwcd", img, img.conj())
+    gram = _kernel_gram(kernels, h, w)
+    assert gram.shape == (h, w, 3, 3)
+    assert (gram - direct).abs().max() < 1e-5 * direct.abs().max()
