@@ -266,8 +266,11 @@ def test_training_split_note_names_the_overlap_of_the_shipped_priors():
     from benchmarks.protocol import training_split_note
     from mri_score.prior import load_prior
 
-    assert "NOT excluded by voxel" in training_split_note(load_prior().meta)
-    mixed = load_prior(__import__("pathlib").Path(__file__).resolve().parents[1] / "mri_score" / "weights"
-                       / "prior_mixed_cond.safetensors")
+    weights = __import__("pathlib").Path(__file__).resolve().parents[1] / "mri_score" / "weights"
+    brain = load_prior(weights / "prior_brain_synth.safetensors")
+    assert "NOT excluded by voxel" in training_split_note(brain.meta)
+    mixed = load_prior(weights / "prior_mixed_cond.safetensors")
     assert "voxel-disjoint" in training_split_note(mixed.meta)
+    # the default prior is the voxel-disjoint one, so the README's synthetic rows are held-out anatomy
+    assert "voxel-disjoint" in training_split_note(load_prior().meta)
     assert "unknown" in training_split_note({})
