@@ -72,25 +72,25 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _pss_kb(pid: int) -> int:
+def _proc_kb(pid: int, file: str, key: str) -> int:
+    """The kB value of line ``key:`` in ``/proc/<pid>/<file>``; 0 once the process is gone."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def _pss_kb(pid: int) -> int:
+    """The process's proportional set size now (``Pss``, kB)."""
+    return _proc_kb(pid, "smaps_rollup", "Pss")
 
 
 def _hwm_kb(pid: int) -> int:
-    """The process's resident high-water mark (``VmHWM``, kB; kept by the kernel, not sampled); 0 once gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    """The process's resident high-water mark (``VmHWM``, kB; kept by the kernel, not sampled)."""
+    return _proc_kb(pid, "status", "VmHWM")
 
 
 def run_trainer(data: Path, run_dir: Path, overrides: list[str]) -> dict:
