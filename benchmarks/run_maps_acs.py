@@ -25,6 +25,7 @@ import mri_score  # noqa: F401  first, before torch: signals while starting exit
 # isort: split
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -61,22 +62,17 @@ def model_error_db(image: torch.Tensor, maps: torch.Tensor, est: torch.Tensor) -
     return float(10 * np.log10(((coil - proj).abs() ** 2).sum() / (coil.abs() ** 2).sum()))
 
 
-def estimators(width: int) -> dict[str, object]:
+def estimators(width: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """Name -> function of the undersampled k-space giving maps."""
     shipped = espirit_kernel_shape((48, width), two_d=False)[1]
-    out: dict[str, object] = {"low-resolution": lambda k: maps_lowres(k, width)}
+    out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"low-resolution": lambda k: maps_lowres(k, width)}
     if width >= 8:
         out["ESPIRiT square w×w, kernel 6"] = lambda k: maps_espirit(k, width, two_d=True)
     for kc in KERNELS:
         if kc <= width - 2 or kc == 2:
             tag = " (shipped)" if kc == shipped else ""
-            out[f"ESPIRiT 48×w, kernel 6×{kc}{tag}"] = lambda k, kc=kc: _rect(k, width, kc)
+            out[f"ESPIRiT 48×w, kernel 6×{kc}{tag}"] = lambda k, kc=kc: maps_espirit(k, width, kernel=(6, kc))
     return out
-
-
-def _rect(kspace: torch.Tensor, width: int, kc: int) -> torch.Tensor:
-    """Rectangular-region ESPIRiT with a ``6 × kc`` kernel."""
-    return maps_espirit(kspace, width, kernel=(6, kc))
 
 
 @exit_on_input_error

@@ -21,6 +21,7 @@ import mri_score  # noqa: F401  first, before torch: signals while starting exit
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -221,8 +222,6 @@ def main(argv: list[str] | None = None) -> int:
         sh = loader_throughput(shards, w, args.batch, args.crop, args.loader_batches)
         speeds.append((w, h5, sh))
         print(f"workers {w}: {h5:.2f} slices/s (HDF5), {sh:.2f} slices/s (shards)", flush=True)
-    import statistics
-
     sizes = sorted({r["files"] for r in rows})
 
     def median(key: str, files: int) -> float:

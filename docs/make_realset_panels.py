@@ -2,11 +2,11 @@
 
 Run: ``python docs/make_realset_panels.py`` → ``docs/realset_<volume>_<setting>.png``.
 
-The middle slice of each real volume of ``configs/bench_protocol.yaml``, simulated, undersampled and
-calibrated exactly as the protocol does (:func:`benchmarks.protocol.acquire`); L1-wavelet at the λ the
-protocol chose on its tuning slices (read from the default prior's protocol run,
-``benchmarks/results/bench_protocol_mixed.csv``), DDS with the protocol's settings and the default prior, its std
-scaled by the prior's stored calibration factor.
+The middle slice of each real volume of ``configs/bench_protocol_mixed.yaml`` (the default prior's
+protocol), simulated, undersampled and calibrated exactly as the protocol does
+(:func:`benchmarks.protocol.acquire`); L1-wavelet at the λ the protocol chose on its tuning slices (read
+from ``benchmarks/results/bench_protocol_mixed.csv``), DDS with the protocol's settings and the default
+prior, its std scaled by the prior's stored calibration factor.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     """Write one panel per real volume and setting."""
-    cfg = yaml.safe_load((ROOT / "configs" / "bench_protocol.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "configs" / "bench_protocol_mixed.yaml").read_text())
     cfg["data"]["tuning"]["slices_per_subject"] = cfg["data"]["test"]["slices_per_subject"] = 1
     chosen = selection(read_csv(ROOT / "benchmarks" / "results" / DEFAULT_CSV))
     dds = cfg["methods"]["dds"]

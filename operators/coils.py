@@ -297,13 +297,12 @@ def maps_espirit(
     kr, kc = kernel if kernel is not None else espirit_kernel_shape((rows, cols), two_d, kernel_width)
     if not (1 <= kr <= rows and 1 <= kc <= cols):
         raise OperatorInputError(f"ESPIRiT kernel {kr}x{kc} does not fit the {rows}x{cols} calibration region")
-    ksp = kspace.detach().to(torch.complex128)
-    if not torch.isfinite(torch.view_as_real(ksp)).all():
+    if not torch.isfinite(torch.view_as_real(kspace.detach())).all():
         raise OperatorInputError("ESPIRiT coil maps failed: the k-space has non-finite values")
     col_slice = _centre_slice(w, cols) if col_start is None else slice(int(col_start), int(col_start) + cols)
     if col_slice.start < 0 or col_slice.stop > w:
         raise OperatorInputError(f"ESPIRiT calibration columns {col_slice.start}..{col_slice.stop} lie outside {w}")
-    calib = ksp[:, _centre_slice(h, rows), col_slice]
+    calib = kspace.detach()[:, _centre_slice(h, rows), col_slice].to(torch.complex128)  # only the region, in double
     # calibration matrix: one row per kernel position, columns (coil, kernel row, kernel col)
     blocks = calib.unfold(1, kr, 1).unfold(2, kc, 1)  # (coils, nbr, nbc, kr, kc)
     mat = blocks.permute(1, 2, 0, 3, 4).reshape(-1, coils * kr * kc)
