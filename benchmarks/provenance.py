@@ -11,17 +11,19 @@ import torch
 
 
 def provenance(command: str) -> str:
-    """Markdown bullet lines: ``command``, UTC date, machine and CPU count, torch threads, versions."""
+    """Markdown bullet lines: ``command``, UTC date, machine, CPU count, torch threads, native bf16, versions."""
     import scipy
     import sigpy
 
     from mri_score import baselines
+    from mri_score.precision import native_bf16
 
     return (
         f"- command: `{command}`\n"
         f"- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}\n"
         f"- machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, {platform.system()}; "
-        f"torch threads {torch.get_num_threads()}\n"
+        f"torch threads {torch.get_num_threads()}; native bf16 {'yes' if native_bf16(torch.device('cpu')) else 'no'} "
+        f"(network precision auto: {'bf16' if native_bf16(torch.device('cpu')) else 'fp32'} on CPU)\n"
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
         f"scipy {scipy.__version__}, sigpy {sigpy.__version__}, "
         f"bart {'yes' if baselines.bart_available() else 'not installed'}\n"

@@ -6,6 +6,7 @@ so that a signal while the command lines import their libraries exits quietly.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -13,7 +14,7 @@ import threading
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -35,6 +36,16 @@ class InputError(ValueError):
 
 class CheckpointError(InputError):
     """A checkpoint is missing, corrupted, tampered with or of another architecture."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors (an unknown flag, a value outside ``choices``, a
+    non-number) raise :class:`InputError`, so :func:`exit_on_input_error` reports them like every other
+    bad input: one line, exit 2 (argparse itself prints the whole usage text)."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        """Raise the usage error as an :class:`InputError` (``message`` names the flag)."""
+        raise InputError(message)
 
 
 def one_line(message: object, stream: object = None) -> str:

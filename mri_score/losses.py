@@ -36,7 +36,7 @@ def edm_loss(model: torch.nn.Module, x: torch.Tensor, gen: torch.Generator, p_me
         σ_d of the EDM preconditioning (loss weight ``(σ² + σ_d²) / (σ σ_d)²``).
     autocast : dict
         ``device_type``, ``dtype``, ``enabled`` and optionally ``channels_last``
-        (:func:`mri_score.train.choose_precision`).
+        (:func:`mri_score.precision.choose_precision`).
     labels : torch.Tensor, optional
         long ``(B, F)`` (null index = classes) for a conditional network; None: unconditional.
     sigma_min : float

@@ -35,6 +35,7 @@ from mri_score.likelihood import Likelihood
 from mri_score.metrics import volume_metrics
 from mri_score.network import EDMDenoiser
 from mri_score.posterior import SamplerSettings, reconstruct_slice
+from mri_score.precision import choose_precision, precision_name
 from mri_score.resolution import auto_grid_factor, prior_pixel_range
 from mri_score.samplers import ComplexPrior
 from operators.errors import OperatorInputError
@@ -237,7 +238,8 @@ def reconstruct_file(
     """Reconstruct one fastMRI file and write ``out_dir/<name>.h5`` (and a PNG panel); return a summary.
 
     The output holds ``reconstruction`` and ``reconstruction_std`` (float32, recon-size crop),
-    the ``mask`` used and the settings as attrs.  ``prior_name`` is recorded in the attrs and
+    the ``mask`` used and the settings as attrs (``precision``: the network's arithmetic, bf16 or
+    fp32).  ``prior_name`` is recorded in the attrs and
     names the prior in error messages.  The summary has the timing, NFE, acceleration, mask
     source, the output path and, for a fully sampled file with a target, PSNR/SSIM/NMSE; it is
     also stored in the output's ``summary`` attr (JSON).  ``extra_attrs`` are added to the
@@ -287,6 +289,7 @@ def reconstruct_file(
     attrs = {"sampler": settings.sampler, "steps": int(settings.steps), "samples": settings.samples,
              "seed": settings.seed, "magnitude": settings.magnitude, "acceleration": accel_used,
              "mask_source": mask_src, "nfe_per_slice": nfe // s, "grid_factor": float(settings.grid_factor),
+             "precision": precision_name(choose_precision(device, settings.precision)),
              "prior": prior_name, "options": json.dumps(settings.options.as_dict()),
              "acquisition": str(vol.attrs.get("acquisition", "")), "patient_id": str(vol.attrs.get("patient_id", "")),
              "summary": json.dumps({k: v for k, v in summary.items() if k != "file"}, default=float),

@@ -24,6 +24,7 @@ from mri_score.calibration import Calibration, calibrate, check_acs, estimate_si
 from mri_score.errors import InputError
 from mri_score.likelihood import GaussianKspaceLikelihood, Likelihood
 from mri_score.network import EDMDenoiser
+from mri_score.precision import PRECISIONS
 from mri_score.resolution import check_grid_factor, fine_shape
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, ComplexPrior, SamplerConfig, sampler_config
 from operators import Sense, expected_rss, fourier_resample, ifft2c, image_to_grid, sense1_combine
@@ -63,6 +64,10 @@ class SamplerSettings:
     grid_factor : float
         Sample on a grid this many times finer per axis than the measured matrix (1: the measured
         grid); data consistency stays on the measured matrix (see :func:`reconstruct_slice`).
+    precision : str
+        How the network runs, one of :data:`mri_score.precision.PRECISIONS`: ``auto`` (default:
+        bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere), ``bf16`` or ``fp32``.
+        Data consistency and every complex operation stay fp32.
     """
 
     sampler: str = "dds"
@@ -73,8 +78,11 @@ class SamplerSettings:
     magnitude: str = "sense"
     options: Mapping[str, Any] | SamplerConfig = field(default_factory=dict)
     grid_factor: float = 1.0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.options = sampler_config(self.sampler, self.options)
         self.grid_factor = check_grid_factor(self.grid_factor)
         if self.steps is None:
@@ -163,6 +171,7 @@ def reconstruct_slice(
     """
     t0 = time.time()
     cprior = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
+    cprior.set_precision(settings.precision)
     device = cprior.device
     kspace = kspace.to(device)
     mask_t = torch.as_tensor(mask, dtype=torch.float32).to(device)

@@ -31,10 +31,11 @@ import torch
 from mri_score import limits, runs
 from mri_score.adapt import ADAPT_PARAMS, AdaptSettings
 from mri_score.atomic import check_output, check_output_dir, protected_inputs
-from mri_score.errors import InputError, exit_on_input_error, one_line
+from mri_score.errors import ArgumentParser, InputError, exit_on_input_error, one_line
 from mri_score.guidance import GuidanceOptions
 from mri_score.pipeline import demo_volume, reconstruct_file
 from mri_score.posterior import MAGNITUDES, SamplerSettings
+from mri_score.precision import PRECISIONS
 from mri_score.resolution import MAX_GRID_FACTOR
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, sampler_config
 from operators.errors import OperatorInputError
@@ -64,7 +65,7 @@ def format_summary(s: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``reconstruct`` command line."""
-    p = argparse.ArgumentParser(prog="python -m mri_score.reconstruct", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m mri_score.reconstruct", description=__doc__.split("\n")[0])
     p.add_argument("--kspace", help="fastMRI .h5 file or a directory of them")
     p.add_argument("--out", default="reconstructions", help="output directory")
     p.add_argument("--sampler", default="dds", help=f"one of {', '.join(SAMPLERS)}")
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt-params", default=None, choices=ADAPT_PARAMS, help="adaptation: parameters trained (default bias)")
     p.add_argument("--adapt-sigma-min", type=float, default=None,
                    help="adaptation: lowest noise level trained on, scaled units (default 0.1)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="network arithmetic: auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), "
+                        "bf16 or fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -189,7 +193,7 @@ def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
     if args.samples < 1:
         raise InputError(f"--samples must be >= 1, got {args.samples}")
     return SamplerSettings(sampler=args.sampler, steps=args.steps, samples=args.samples, seed=args.seed,
-                           maps=args.maps, magnitude=args.magnitude, options=config)
+                           maps=args.maps, magnitude=args.magnitude, options=config, precision=args.precision)
 
 
 def guidance_from_args(args: argparse.Namespace, prior: torch.nn.Module, device: torch.device,
@@ -326,6 +330,7 @@ def _run(args: argparse.Namespace, files: list[Path], settings: SamplerSettings,
         iterator = tqdm(files, desc="files", unit="file", disable=not sys.stderr.isatty())
     run_settings = {"sampler": settings.sampler, "steps": settings.steps, "samples": settings.samples,
                     "seed": settings.seed, "maps": settings.maps, "magnitude": settings.magnitude,
+                    "precision": settings.precision,
                     "options": settings.options.as_dict(), "accel": args.accel, "mask_type": args.mask_type,
                     "center_fraction": args.center_fraction, "prior": str(args.prior or "default"),
                     "prior_id": runs.prior_identity(getattr(prior, "meta", {})), "png": args.png,

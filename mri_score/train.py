@@ -14,7 +14,6 @@ own slices, and ``--resume`` continues every rank's data walk and generator.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -38,9 +37,10 @@ from mri_score.data.body import BODY_FAMILIES
 from mri_score.data.corpus import ANATOMIES, CONTRASTS, FAMILIES
 from mri_score.data.datasets import SlicePool, mixed_pool, synthetic_pool, synthetic_slices
 from mri_score.data.fastmri_stream import StreamFeed, stream_source
-from mri_score.errors import CheckpointError, InputError, exit_on_input_error, one_line
+from mri_score.errors import ArgumentParser, CheckpointError, InputError, exit_on_input_error, one_line
 from mri_score.losses import edm_loss, sigma_distribution
 from mri_score.network import EDMDenoiser, NetworkConfig, count_parameters
+from mri_score.precision import choose_precision
 from mri_score.prior import load_network
 from mri_score.supervised import KspacePairSource, MagnitudeUNet, supervised_loss
 from mri_score.train_config import TASKS, diverged, input_files, validate_config
@@ -61,25 +61,6 @@ def drop_labels(labels: torch.Tensor, classes: tuple[int, ...], p_all: float, p_
     drop = (torch.rand(b, f, generator=gen) < p_field) | drop_all[:, None]
     null = torch.tensor(list(classes), dtype=labels.dtype).expand(b, f)
     return torch.where(drop, null, labels)
-
-
-def choose_precision(device: torch.device, mode: str) -> dict[str, Any]:
-    """Autocast settings: ``mode`` is ``auto``, ``bf16`` or ``fp32``.
-
-    ``auto`` uses bf16 on CUDA and on CPUs with native bf16 (oneDNN reports
-    support); elsewhere bf16 convolutions fall back to a slow path (measured
-    10x slower than fp32 on this project's AVX2-only CI CPU), so fp32 is used.
-    """
-    if mode not in ("auto", "bf16", "fp32"):
-        raise InputError(f"train.precision must be auto, bf16 or fp32, got {mode!r}")
-    if mode == "auto":
-        if device.type == "cuda":
-            enabled = True
-        else:
-            enabled = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    else:
-        enabled = mode == "bf16"
-    return {"device_type": device.type, "dtype": torch.bfloat16, "enabled": enabled}
 
 
 def _to(x: torch.Tensor, dev: torch.device, channels_last: bool) -> torch.Tensor:
@@ -350,7 +331,7 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
     warmup = int(tr.get("warmup", 200))
     ckpt_every = int(tr.get("ckpt_every", 500))
     log_every = int(tr.get("log_every", 25))
-    precision = choose_precision(dev, str(tr.get("precision", "auto")))
+    precision = choose_precision(dev, str(tr.get("precision", "auto")), "train.precision")
     precision["channels_last"] = channels_last
     ckpt_path = out_dir / "checkpoint.safetensors"
     log_path = out_dir / "loss.jsonl"
@@ -494,7 +475,7 @@ def _setup_distributed(device: str) -> str:
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Train (or resume, or export) from a YAML config; exit 2 on bad input."""
-    parser = argparse.ArgumentParser(prog="python -m mri_score.train", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m mri_score.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="YAML config (configs/prior_*.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.safetensors")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

@@ -17,6 +17,7 @@ from typing import Any
 from mri_score import limits
 from mri_score.errors import InputError
 from mri_score.network import NETWORK_FIELDS, NetworkConfig
+from mri_score.precision import PRECISIONS
 from mri_score.schema import Field, check_section
 from operators.masks import MASK_TYPES, MAX_ACCELERATION
 
@@ -34,7 +35,7 @@ TRAIN_FIELDS = {
     "steps": Field("int", 1, BIG), "batch": Field("int", 1, 65536), "micro_batch": Field("int", 1, 65536, none=True),
     "lr": Field("float", 0.0, 1.0), "label_lr_mult": Field("float", 0.0, 1e4, open_low=True),
     "warmup": Field("int", 0, BIG), "ema_decay": Field("float", 0.0, 1.0), "grad_clip": Field("float", 0.0, 1e6, open_low=True),
-    "precision": Field("str", choices=("auto", "bf16", "fp32")), "channels_last": Field("bool"),
+    "precision": Field("str", choices=PRECISIONS), "channels_last": Field("bool"),
     "ckpt_every": Field("int", 1, BIG), "log_every": Field("int", 1, BIG), "seed": Field("int", 0, limits.MAX_SEED),
     "init_from": Field("str", none=True), "label_dropout": Field("float", 0.0, 1.0),
     "label_field_dropout": Field("float", 0.0, 1.0),

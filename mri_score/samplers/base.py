@@ -20,6 +20,7 @@ import torch
 from mri_score.errors import InputError
 from mri_score.likelihood import Likelihood
 from mri_score.network import channels_to_complex, complex_to_channels
+from mri_score.precision import autocast, choose_precision, precision_name
 
 
 class ComplexPrior:
@@ -30,14 +31,29 @@ class ComplexPrior:
     Every evaluation is counted, the autograd path of DPS included.  ``evaluations_per_call``
     is the network evaluations one :meth:`denoise` costs (a guided prior that runs the
     network twice per call sets it to 2).
+
+    ``precision`` (:data:`mri_score.precision.PRECISIONS`) is how the network runs: ``auto``
+    (bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere), ``bf16`` or ``fp32``;
+    the denoiser's output is always fp32.  :func:`mri_score.posterior.reconstruct_slice` sets it
+    from its settings (:meth:`set_precision`).
     """
 
     evaluations_per_call: int = 1
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, precision: str = "auto") -> None:
         self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         self.nfe = 0
         self.device = next(model.parameters()).device
+        self.set_precision(precision)
+
+    def set_precision(self, precision: str) -> None:
+        """Run the network in ``precision`` (``auto``, ``bf16`` or ``fp32``) from now on."""
+        self.autocast = choose_precision(self.device, precision)
+
+    @property
+    def precision(self) -> str:
+        """``"bf16"`` or ``"fp32"``: how the network runs now."""
+        return precision_name(self.autocast)
 
     @property
     def sigma_data(self) -> float:
@@ -46,7 +62,9 @@ class ComplexPrior:
 
     def network(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """The network on real channels ``(K, 2, H, W)`` (uncounted; override for guidance)."""
-        return self.model(x.contiguous(memory_format=torch.channels_last), sigma)
+        with autocast(self.autocast):
+            out = self.model(x.contiguous(memory_format=torch.channels_last), sigma)
+        return out.float()
 
     def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """Tweedie estimate ``E[x₀ | x_σ] ≈ D(x; σ)``: complex ``(K, H, W)`` -> same (differentiable)."""
