@@ -381,7 +381,7 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
         tensors.update({f"rng.gen.{r}": g for r, g in enumerate(gen_states)})
         meta = {"step": step, "network": net_cfg.to_dict(), "config": cfg, "kind": "training", "task": task,
                 **({"labels": {"contrast": list(CONTRASTS), "anatomy": list(ANATOMIES)}} if net_cfg.label_classes else {}),
-                **({"parent": parent} if parent else {}),
+                "parent": parent or NO_PARENT,
                 **({"pixel_mm": list(cfg["data"]["pixel_mm"])} if "pixel_mm" in cfg.get("data", {}) else {}),
                 "scaling": "mri_score.scaling.image_scale (ACS 99th percentile)"}
         save_checkpoint(ckpt_path, tensors, meta)
@@ -445,6 +445,10 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
             "slices_per_s": (step - start) * accum * micro / max(seconds, 1e-9)}
 
 
+#: The ``parent`` of a network trained from random initialisation (no ``train.init_from``).
+NO_PARENT = {"path": None, "sha256": None, "note": "trained from random initialisation"}
+
+
 def export_prior(ckpt: str | os.PathLike[str], out: str | os.PathLike[str], command: str) -> Path:
     """Write the EMA weights of a training checkpoint as shippable weights (safetensors): a prior or a U-Net."""
     tensors, meta = load_checkpoint(ckpt)
@@ -458,6 +462,7 @@ def export_prior(ckpt: str | os.PathLike[str], out: str | os.PathLike[str], comm
     for key in ("labels", "parent", "pixel_mm"):
         if key in meta:
             new_meta[key] = meta[key]
+    new_meta.setdefault("parent", NO_PARENT)
     return save_checkpoint(out, ema, new_meta)
 
 

@@ -13,7 +13,7 @@ from mri_score.classifier import NoiseClassifier, load_classifier
 from mri_score.errors import CheckpointError, InputError
 from mri_score.network import NetworkConfig
 from mri_score.prior import load_prior
-from mri_score.train import export_prior, train
+from mri_score.train import NO_PARENT, export_prior, train
 
 LABELS_META = {"contrast": ["t1", "t2", "pd", "flair", "fatsat", "other"], "anatomy": ["brain", "body", "limb"]}
 
@@ -71,6 +71,7 @@ def test_classifier_checkpoints_load_only_as_classifiers(tmp_path):
     out = export_prior(ckpt, tmp_path / "clf.safetensors", "test")
     _, meta = load_checkpoint(out)
     assert meta["kind"] == "classifier" and meta["labels"] == LABELS_META
+    assert meta["parent"] == NO_PARENT and meta["command"] == "test" and meta["config"]["task"] == "classifier"
     exported = load_classifier(out)
     x = torch.randn(1, 2, 32, 32)
     torch.testing.assert_close(exported(x, 0.3)[0], model(x, 0.3)[0])
