@@ -6,7 +6,6 @@ so that a signal while the command lines import their libraries exits quietly.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -38,14 +37,20 @@ class CheckpointError(InputError):
     """A checkpoint is missing, corrupted, tampered with or of another architecture."""
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` whose usage errors (an unknown flag, a value outside ``choices``, a
-    non-number) raise :class:`InputError`, so :func:`exit_on_input_error` reports them like every other
-    bad input: one line, exit 2 (argparse itself prints the whole usage text)."""
+P = TypeVar("P")
 
-    def error(self, message: str) -> NoReturn:  # type: ignore[override]
-        """Raise the usage error as an :class:`InputError` (``message`` names the flag)."""
+
+def one_line_usage_errors(parser: P) -> P:
+    """Make an ``argparse`` parser's usage errors (an unknown flag, a value outside ``choices``, a
+    missing required flag) raise :class:`InputError`, so that :func:`exit_on_input_error` reports them
+    like every other bad input: one line, exit 2 (argparse itself prints the whole usage text).
+    Returns ``parser``; its ``error`` method is replaced (duck-typed: argparse stays in the command lines)."""
+
+    def error(message: str) -> NoReturn:
         raise InputError(message)
+
+    parser.error = error  # type: ignore[attr-defined]
+    return parser
 
 
 def one_line(message: object, stream: object = None) -> str:

@@ -17,13 +17,13 @@ import sys
 from mri_score import limits
 from mri_score.atomic import check_output_dir
 from mri_score.data.fastmri_stream import TARGETS
-from mri_score.errors import ArgumentParser, InputError, exit_on_input_error
+from mri_score.errors import InputError, exit_on_input_error, one_line_usage_errors
 from mri_score.scaling import TRAIN_CENTER_FRACTION
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m mri_score.preprocess``."""
-    p = ArgumentParser(prog="python -m mri_score.preprocess", description=__doc__.split("\n")[0])
+    p = one_line_usage_errors(argparse.ArgumentParser(prog="python -m mri_score.preprocess", description=__doc__.split("\n")[0]))
     p.add_argument("--data", required=True, help="directory of fully sampled fastMRI .h5 files")
     p.add_argument("--out", default=None, help="new output directory for the shards")
     p.add_argument("--index-only", action="store_true", help="only build the slice index (no shards)")

@@ -31,7 +31,7 @@ import torch
 from mri_score import limits, runs
 from mri_score.adapt import ADAPT_PARAMS, AdaptSettings
 from mri_score.atomic import check_output, check_output_dir, protected_inputs
-from mri_score.errors import ArgumentParser, InputError, exit_on_input_error, one_line
+from mri_score.errors import InputError, exit_on_input_error, one_line, one_line_usage_errors
 from mri_score.guidance import GuidanceOptions
 from mri_score.pipeline import demo_volume, reconstruct_file
 from mri_score.posterior import MAGNITUDES, SamplerSettings
@@ -65,7 +65,7 @@ def format_summary(s: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``reconstruct`` command line."""
-    p = ArgumentParser(prog="python -m mri_score.reconstruct", description=__doc__.split("\n")[0])
+    p = one_line_usage_errors(argparse.ArgumentParser(prog="python -m mri_score.reconstruct", description=__doc__.split("\n")[0]))
     p.add_argument("--kspace", help="fastMRI .h5 file or a directory of them")
     p.add_argument("--out", default="reconstructions", help="output directory")
     p.add_argument("--sampler", default="dds", help=f"one of {', '.join(SAMPLERS)}")

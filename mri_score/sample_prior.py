@@ -10,6 +10,7 @@ Magnitudes are shown as a PNG grid (:func:`mri_score.figures.sample_grid`).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 
 from mri_score import limits
 from mri_score.atomic import check_output, check_writable
-from mri_score.errors import ArgumentParser, InputError, exit_on_input_error, one_line
+from mri_score.errors import InputError, exit_on_input_error, one_line, one_line_usage_errors
 from mri_score.figures import sample_grid
 from mri_score.generation import heun_samples
 
@@ -28,7 +29,8 @@ MAX_N, MAX_SIZE, MEM_COPIES = 1024, 2048, 256
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Write a PNG grid of samples from a prior."""
-    p = ArgumentParser(prog="python -m mri_score.sample_prior", description=__doc__.split("\n")[0])
+    p = one_line_usage_errors(argparse.ArgumentParser(prog="python -m mri_score.sample_prior",
+                                                      description=__doc__.split("\n")[0]))
     p.add_argument("--prior", default=None)
     p.add_argument("--out", default="prior_samples.png")
     p.add_argument("--n", type=int, default=8)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mri_score import limits
 from mri_score.atomic import check_output, check_output_dir, protected_inputs
-from mri_score.errors import ArgumentParser, InputError, exit_on_input_error, one_line
+from mri_score.errors import InputError, exit_on_input_error, one_line, one_line_usage_errors
 from mri_score.fastmri_io import write_fastmri_file
 from mri_score.simulation import corpus_volume, load_images, simulate_volume
 from operators.masks import MASK_TYPES, MAX_ACCELERATION, make_mask
@@ -38,7 +38,7 @@ MEM_COPIES = 6
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``simulate`` command line."""
-    p = ArgumentParser(prog="python -m mri_score.simulate", description=__doc__.split("\n")[0])
+    p = one_line_usage_errors(argparse.ArgumentParser(prog="python -m mri_score.simulate", description=__doc__.split("\n")[0]))
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--source", default="corpus", help="'corpus' or an image file")
     p.add_argument("--split", default="test", choices=["train", "test"])

@@ -14,6 +14,7 @@ own slices, and ``--resume`` continues every rank's data walk and generator.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import json
@@ -37,7 +38,7 @@ from mri_score.data.body import BODY_FAMILIES
 from mri_score.data.corpus import ANATOMIES, CONTRASTS, FAMILIES
 from mri_score.data.datasets import SlicePool, mixed_pool, synthetic_pool, synthetic_slices
 from mri_score.data.fastmri_stream import StreamFeed, stream_source
-from mri_score.errors import ArgumentParser, CheckpointError, InputError, exit_on_input_error, one_line
+from mri_score.errors import CheckpointError, InputError, exit_on_input_error, one_line, one_line_usage_errors
 from mri_score.losses import edm_loss, sigma_distribution
 from mri_score.network import EDMDenoiser, NetworkConfig, count_parameters
 from mri_score.precision import choose_precision
@@ -480,7 +481,7 @@ def _setup_distributed(device: str) -> str:
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Train (or resume, or export) from a YAML config; exit 2 on bad input."""
-    parser = ArgumentParser(prog="python -m mri_score.train", description=__doc__.split("\n")[0])
+    parser = one_line_usage_errors(argparse.ArgumentParser(prog="python -m mri_score.train", description=__doc__.split("\n")[0]))
     parser.add_argument("--config", required=True, help="YAML config (configs/prior_*.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.safetensors")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
