@@ -46,6 +46,7 @@ from mri_score.data.realset import REAL_VOLUMES, load_real_volume
 from mri_score.errors import InputError
 from mri_score.metrics import volume_metrics
 from mri_score.posterior import SamplerSettings, output_magnitude, reconstruct_slice
+from mri_score.resolution import auto_grid_factor, prior_pixel_range
 from mri_score.samplers import ComplexPrior
 from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
 from operators import birdcage_maps, ifft2c, make_mask, sense1_combine
@@ -108,6 +109,8 @@ def validate_protocol(cfg: dict, src: str) -> None:
             check_score_method(m, spec, f"{src}: methods.{m}")
             if isinstance(spec["nfe"], list):
                 raise InputError(f"{src}: methods.dds.nfe: the protocol reports one budget (an integer)")
+            if spec.get("grid", "native") not in ("native", "auto"):
+                raise InputError(f"{src}: methods.dds.grid must be native or auto, got {spec['grid']!r}")
     for m in cfg.get("protocol", {}).get("oracle_maps", []):
         if m not in methods or m not in ORACLE_OK:
             raise InputError(f"{src}: protocol.oracle_maps: {m!r} must be a listed method among {', '.join(ORACLE_OK)}")
@@ -134,10 +137,12 @@ def protocol_volumes(cfg: dict) -> list[dict]:
             imgs = subject_volume("test", subj, int(spec["slices_per_subject"]), size, fam, corpus_seed,
                                   first=int(spec.get("first", first_default)), pixel_mm=pixel_mm)
             vols.append({"name": f"{phase}_subject{subj:02d}_{fam}.h5", "phase": phase, "group": GROUP_SYNTH,
-                         "subject": subj, "images": imgs, "seed": int(spec.get("seed", 1 if phase == "tuning" else 0))})
+                         "subject": subj, "images": imgs, "seed": int(spec.get("seed", 1 if phase == "tuning" else 0)),
+                         "pixel_mm": (pixel_mm[1], pixel_mm[1])})  # the coarsest pixel of the range (grid: auto)
     for name in data.get("real", []):
+        real = load_real_volume(name)
         vols.append({"name": f"{name}.h5", "phase": "test", "group": GROUP_REAL, "subject": "",
-                     "images": load_real_volume(name).images, "seed": int(data["test"].get("seed", 0))})
+                     "images": real.images, "seed": int(data["test"].get("seed", 0)), "pixel_mm": real.pixel_mm})
     return vols
 
 
@@ -157,6 +162,7 @@ def acquire(vol: dict, setting: dict, coils: int, snr: float) -> dict | None:
     true_maps = torch.from_numpy(birdcage_maps(coils, ksp.shape[-2:])) if coils > 1 else torch.ones(
         1, *ksp.shape[-2:], dtype=torch.complex64)
     return {"under": under, "mask": mask, "cals": cals, "oracle": [replace(c, maps=true_maps) for c in cals],
+            "pixel_mm": vol.get("pixel_mm"),
             "truth": noise_free_target(vol["images"], coils), "target_rss": target_rss, "sigma": float(sigma)}
 
 
@@ -171,8 +177,12 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
         x = sense1_combine(ifft2c(torch.from_numpy(ks)), cal.maps).numpy()
         rss_img = baselines.zero_filled_rss(ks, mask)
     elif method == "dds":
+        factor = 1.0
+        if spec.get("grid", "native") == "auto":  # reconstruct's --grid auto (its default)
+            factor = auto_grid_factor(acq.get("pixel_mm"), prior_pixel_range(getattr(prior.model, "meta", None)))
         settings = SamplerSettings(sampler="dds", steps=int(spec["nfe"]), samples=int(spec.get("samples", 2)),
-                                   seed=seed + s, magnitude="sense", options=dict(spec.get("options", {})))
+                                   seed=seed + s, magnitude="sense", options=dict(spec.get("options", {})),
+                                   grid_factor=factor)
         res = reconstruct_slice(torch.from_numpy(ks), torch.from_numpy(mask), prior, settings, calibration=cal)
         x, std, nfe = res.mean.numpy(), res.std.numpy(), res.nfe
         rss_img = None

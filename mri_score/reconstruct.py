@@ -103,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-input", default="noisy", choices=["noisy", "denoised"],
                    help="classify the noisy image (default) or the denoised estimate (autograd through the prior; "
                         "one extra NFE per step outside dps)")
-    p.add_argument("--grid", default="native", metavar="native|auto|F",
-                   help="sampling grid: native (the measured matrix, default), auto (finer by the half-integer factor "
-                        "that brings the header's pixel size into the prior's trained range; native when inside or "
-                        f"unknown) or a factor F in [1, {MAX_GRID_FACTOR:g}]; data consistency stays on the measured matrix")
+    p.add_argument("--grid", default="auto", metavar="native|auto|F",
+                   help="sampling grid: auto (default: finer by the half-integer factor that brings the header's pixel "
+                        "size into the prior's trained range; native when inside or unknown), native (the measured "
+                        f"matrix) or a factor F in [1, {MAX_GRID_FACTOR:g}]; data consistency stays on the measured matrix")
     p.add_argument("--adapt", action="store_true",
                    help="test-time adaptation: a pilot reconstruction at half the NFE, the prior's norm and bias "
                         "parameters fine-tuned on it (denoising score matching), then the reconstruction "

@@ -10,6 +10,7 @@ from mri_score.pipeline import reconstruct_volume, undersampling_mask
 from mri_score.posterior import SamplerSettings, reconstruct_slice
 from mri_score.prior import load_prior
 from mri_score.reconstruct import main as reconstruct_main
+from mri_score.resolution import auto_grid_factor, prior_pixel_range
 from mri_score.simulation import simulate_volume
 from operators import make_mask
 from tests.conftest import phantom
@@ -54,9 +55,13 @@ def test_cli_writes_what_reconstruct_volume_returns(tmp_path, fully_sampled_file
     assert rc == 0
     vol = read_fastmri(fully_sampled_file)
     mask, _, _ = undersampling_mask(vol, None, "equispaced", 0.25)
-    res = reconstruct_volume(vol.kspace, mask, load_prior(tiny_prior_path),
-                             SamplerSettings(sampler="dds", steps=2, seed=4))
+    prior = load_prior(tiny_prior_path)
+    # the default grid is auto: this file's header says 4 mm pixels, outside the prior's trained range
+    factor = auto_grid_factor(vol.pixel_mm, prior_pixel_range(prior.meta))
+    assert factor > 1
+    res = reconstruct_volume(vol.kspace, mask, prior, SamplerSettings(sampler="dds", steps=2, seed=4, grid_factor=factor))
     with h5py.File(tmp_path / "o" / fully_sampled_file.name) as hf:
+        assert hf.attrs["grid_factor"] == factor
         assert np.array_equal(hf["reconstruction"][()], res.image)
         assert np.array_equal(hf["reconstruction_std"][()], res.std)
         assert np.array_equal(hf["mask"][()], mask)

@@ -118,6 +118,31 @@ def test_protocol_config_rules_are_enforced():
         validate_protocol({**base, "methods": {"tv": {}}}, "c.yaml")
     with pytest.raises(InputError, match="unknown methods"):
         validate_protocol({**base, "methods": {"unet": {}}}, "c.yaml")
+    validate_protocol({**base, "methods": {"dds": {"nfe": 2, "grid": "auto"}}}, "c.yaml")
+    with pytest.raises(InputError, match="methods.dds.grid must be native or auto"):
+        validate_protocol({**base, "methods": {"dds": {"nfe": 2, "grid": "2"}}}, "c.yaml")
+
+
+def test_protocol_dds_grid_auto_follows_each_volumes_pixels(monkeypatch, tiny_prior_path):
+    """``grid: auto`` gives the phantom (3.75 mm) a finer grid and leaves in-range pixels native."""
+    from benchmarks import protocol
+    from mri_score.prior import load_prior
+    from mri_score.samplers import ComplexPrior
+
+    factors = []
+
+    def fake(ks, mask, prior, settings, calibration=None):
+        factors.append(settings.grid_factor)
+        raise StopIteration
+
+    monkeypatch.setattr(protocol, "reconstruct_slice", fake)
+    prior = ComplexPrior(load_prior(tiny_prior_path))
+    for pixel in ((3.75, 3.75), (1.0, 1.0), None):
+        acq = {"under": np.zeros((1, 1, 8, 8), np.complex64), "mask": np.ones(8, np.float32), "cals": [None],
+               "pixel_mm": pixel}
+        with pytest.raises(StopIteration):
+            protocol.solve("dds", {"nfe": 2, "grid": "auto"}, None, acq, 0, "acs", prior, 0)
+    assert factors == [2.5, 1.0, 1.0]  # the tiny prior's range is the default 0.8–1.5 mm: 3.75 / 2.5 = 1.5
 
 
 def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_path):
