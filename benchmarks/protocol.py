@@ -63,7 +63,8 @@ BART = ("bart_pics", "bart_ecalib")
 ORACLE_OK = ("cg_sense", "l1_wavelet", "tv", "bart_pics", "dds")
 #: CSV columns, in order.
 FIELDS = ("setting", "phase", "group", "volume", "subject", "slice", "unit", "method", "label", "maps", "lam",
-          "PSNR", "SSIM", "NMSE", "PSNR_object", "PSNR_rss", "SSIM_rss", "NMSE_rss", "seconds", "nfe", "n_object",
+          "PSNR", "SSIM", "NMSE", "PSNR_object", "PSNR_rss", "SSIM_rss", "NMSE_rss", "seconds", "nfe", "grid_factor",
+          "n_object",
           "std_factor", *(f"cov_raw_{round(100 * p)}" for p in uncertainty.RELIABILITY_LEVELS),
           *(f"cov_cal_{round(100 * p)}" for p in uncertainty.RELIABILITY_LEVELS), "sigma_ratio")
 
@@ -168,11 +169,12 @@ def acquire(vol: dict, setting: dict, coils: int, snr: float) -> dict | None:
 
 def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: str, prior: ComplexPrior | None,
           seed: int) -> dict:
-    """One method on slice ``s``: ``primary`` (``|x|``), ``rss`` (expected RSS), ``std`` (DDS), ``seconds``, ``nfe``."""
+    """One method on slice ``s``: ``primary`` (``|x|``), ``rss`` (expected RSS), ``std`` (DDS), ``seconds``, ``nfe``,
+    ``grid_factor`` (DDS's sampling grid over the measured matrix; None for the other methods)."""
     ks, mask = acq["under"][s], acq["mask"]
     cal = (acq["oracle"] if maps == "oracle" else acq["cals"])[s]
     t0 = time.perf_counter()
-    std, nfe = None, 0
+    std, nfe, factor = None, 0, None
     if method == "zero_filled":
         x = sense1_combine(ifft2c(torch.from_numpy(ks)), cal.maps).numpy()
         rss_img = baselines.zero_filled_rss(ks, mask)
@@ -202,7 +204,8 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
     primary = output_magnitude(xt, cal.maps, cal.sigma_y, "sense").numpy()
     if rss_img is None:
         rss_img = output_magnitude(xt, cal.maps, cal.sigma_y, "rss").numpy()
-    return {"primary": primary, "rss": np.asarray(rss_img), "std": std, "seconds": seconds, "nfe": nfe}
+    return {"primary": primary, "rss": np.asarray(rss_img), "std": std, "seconds": seconds, "nfe": nfe,
+            "grid_factor": factor}
 
 
 def training_split_note(meta: dict | None) -> str:
@@ -275,6 +278,7 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> 
                    "subject": vol["subject"], "slice": s, "unit": "slice", "method": method,
                    "label": method_label(method, spec, maps), "maps": "ecalib" if method == "bart_ecalib" else maps,
                    "lam": "" if lam is None else lam, "seconds": out["seconds"], "nfe": out["nfe"],
+                   "grid_factor": "" if out["grid_factor"] is None else out["grid_factor"],
                    "sigma_ratio": acq["cals"][s].sigma_y / acq["sigma"],  # σ̂_y / σ (estimator vs the simulator)
                    **score(acq["truth"][s], acq["target_rss"][s], out)}
             if out["std"] is not None:
@@ -286,7 +290,8 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> 
             out_rows.append({**{k: out_rows[0][k] for k in ("setting", "phase", "group", "volume", "subject", "method",
                                                              "label", "maps", "lam")},
                              "slice": "", "unit": "volume", "seconds": float(np.mean([o["seconds"] for o in outs])),
-                             "nfe": outs[0]["nfe"], **score(acq["truth"], acq["target_rss"], stacked)})
+                             "nfe": outs[0]["nfe"], "grid_factor": out_rows[0]["grid_factor"],
+                             **score(acq["truth"], acq["target_rss"], stacked)})
         return out_rows
 
     tuning = [vi for vi, v in enumerate(vols) if v["phase"] == "tuning"]

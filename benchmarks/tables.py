@@ -210,30 +210,44 @@ def render_prior_ablation(runs: list[tuple[str, list[dict]]]) -> str:
     """DDS per test volume under each prior (same protocol, slices and noise): PSNR/SSIM and Δ PSNR to the first.
 
     ``runs`` is ``[(prior name, CSV rows)]``; the first is the reference.  Volume rows (``unit: volume``)
-    carry fastMRI's per-volume metrics.  Pure function of the CSVs, like :func:`render`.
+    carry fastMRI's per-volume metrics.  A cell sampled on a finer grid than the measured matrix
+    (``grid_factor`` > 1, ``--grid auto``) is marked ``(×F)``; a row whose priors ran on different grids
+    mixes two levers, so it is left out of the win count.  Pure function of the CSVs, like :func:`render`.
     """
-    def table(rows: list[dict]) -> dict[tuple[str, str, str], tuple[float, float]]:
-        return {(r["setting"], r["volume"], r["maps"]): (_f(r, "PSNR"), _f(r, "SSIM")) for r in rows
+    def grid(r: dict) -> float:
+        return float(r.get("grid_factor") or 1.0)  # CSVs written before the column: the native grid
+
+    def table(rows: list[dict]) -> dict[tuple[str, str, str], tuple[float, float, float]]:
+        return {(r["setting"], r["volume"], r["maps"]): (_f(r, "PSNR"), _f(r, "SSIM"), grid(r)) for r in rows
                 if r["unit"] == "volume" and r["method"] == "dds" and r["phase"] == "test"}
+
+    def cell(v: tuple[float, float, float]) -> str:
+        return f"{v[0]:.2f} / {v[1]:.3f}" + (f" (×{v[2]:g})" if v[2] != 1.0 else "")
 
     tabs = [(name, table(rows)) for name, rows in runs]
     ref_name, ref = tabs[0]
     head = "| setting | volume | maps | " + " | ".join(f"{n} PSNR / SSIM" for n, _ in tabs) + " | " + \
         " | ".join(f"Δ PSNR {n}" for n, _ in tabs[1:]) + " |"
     lines = [head, "|" + "---|" * (3 + len(tabs) + len(tabs) - 1)]
-    wins = {n: [0, 0] for n, _ in tabs[1:]}
+    wins = {n: [0, 0, 0] for n, _ in tabs[1:]}
     for key in sorted(ref, key=lambda k: (_order([k[0]])[0], k[1].startswith("nibabel"), k[1], k[2])):
-        cells = [f"{t[key][0]:.2f} / {t[key][1]:.3f}" if key in t else "–" for _, t in tabs]
+        cells = [cell(t[key]) if key in t else "–" for _, t in tabs]
         deltas = []
         for n, t in tabs[1:]:
             if key in t:
                 d = t[key][0] - ref[key][0]
-                wins[n][0] += d > 0
-                wins[n][1] += 1
+                if t[key][2] == ref[key][2]:
+                    wins[n][0] += d > 0
+                    wins[n][1] += 1
+                else:
+                    wins[n][2] += 1
                 deltas.append(f"{d:+.2f}")
             else:
                 deltas.append("–")
         lines.append(f"| {key[0]} | {key[1].removesuffix('.h5')} | {key[2]} | " + " | ".join(cells + deltas) + " |")
     lines.append("")
-    lines += [f"{n}: higher PSNR than {ref_name} on {w} of {k} volume × setting × maps rows." for n, (w, k) in wins.items()]
+    for n, (w, k, mixed) in wins.items():
+        lines.append(f"{n}: higher PSNR than {ref_name} on {w} of {k} volume × setting × maps rows" + (
+            f" sampled on the same grid; {mixed} rows ran on different grids (×F: `--grid auto`) and are not counted."
+            if mixed else "."))
     return "\n".join(lines) + "\n"

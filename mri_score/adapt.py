@@ -9,7 +9,8 @@ reconstruction:
 2. the GroupNorm affine parameters and the biases (``params="bias"``, ~0.5 % of the weights; or only
    the GroupNorm parameters, ``params="norm"``) are trained for ``steps`` Adam steps with the
    prior's own denoising score-matching loss (:func:`mri_score.losses.edm_loss`) on the pilot images
-   (random slices, random left-right flips), with σ drawn from the prior's training distribution but
+   (random slices, random left-right flips; on the sampling grid, resampled by the pipeline when
+   ``grid_factor`` > 1, so the pixel size is the final pass's), with σ drawn from the prior's training distribution but
    kept above ``sigma_min`` (in the scaled units where the ACS image's 99th percentile is 1), so the
    network learns the volume's large-scale anatomy and contrast, not the pilot's fine-scale errors;
 3. the volume is reconstructed again with the adapted network and the full settings; every

@@ -36,9 +36,10 @@ from mri_score.metrics import volume_metrics
 from mri_score.network import EDMDenoiser
 from mri_score.posterior import SamplerSettings, reconstruct_slice
 from mri_score.precision import choose_precision, precision_name
-from mri_score.resolution import auto_grid_factor, prior_pixel_range
+from mri_score.resolution import auto_grid_factor, fine_shape, prior_pixel_range
 from mri_score.samplers import ComplexPrior
 from operators.errors import OperatorInputError
+from operators.grid import fourier_resample
 from operators.masks import make_mask
 
 #: Working memory per slice is estimated as this many copies of one slice's multi-coil k-space.
@@ -151,7 +152,8 @@ def reconstruct_volume(
         Likelihood terms besides each slice's k-space data (e.g. classifier guidance), in the scaled units.
     adapt : AdaptSettings, optional
         Test-time adaptation (:mod:`mri_score.adapt`): a pilot reconstruction of the volume, the prior
-        fine-tuned on it, then the reconstruction with the adapted copy; None: the prior as it is.
+        fine-tuned on its means (Fourier-resampled to the ``settings.grid_factor`` grid the final pass
+        samples at), then the reconstruction with the adapted copy; None: the prior as it is.
 
     Returns
     -------
@@ -207,6 +209,9 @@ def _reconstruct_adapted(
     pilot = reconstruct_volume(kspace, mask, prior, replace(settings, steps=pilot_nfe, samples=1),
                                calibrations=calibrations, extra_terms=extra_terms)
     images = torch.stack([m / cal.scale for m, cal in zip(pilot.means, pilot.calibrations)])
+    grid = fine_shape(kspace.shape[-2:], settings.grid_factor)
+    if grid != tuple(images.shape[-2:]):  # adapt at the pixel size the final pass samples at (its values kept)
+        images = fourier_resample(images, grid)
     adapted = adapt_denoiser(model, images, adapt, seed=settings.seed)
     overhead = time.perf_counter() - t0
     out = reconstruct_volume(kspace, mask, adapted, settings, calibrations=pilot.calibrations, crop=crop,

@@ -114,6 +114,33 @@ def test_reconstruct_volume_with_adaptation_counts_the_pilot(tiny_model):
     assert not np.array_equal(r1.image, plain.image)
 
 
+def test_adaptation_trains_on_the_grid_the_final_pass_samples_at(tiny_model, monkeypatch):
+    """With ``grid_factor`` F the pilot means are Fourier-resampled (values kept) to the fine grid before adapting."""
+    from mri_score import pipeline
+    from operators import fourier_resample
+
+    seen = []
+
+    def spy(model, images, settings, seed=0):
+        seen.append(images.clone())
+        return adapt_denoiser(model, images, settings, seed=seed)
+
+    monkeypatch.setattr(pipeline, "adapt_denoiser", spy)
+    imgs = phantom(32, 2)
+    ksp, _, _ = simulate_volume(imgs, coils=4, snr=100.0, seed=0)
+    mask, _ = make_mask("equispaced", 4.0, 0.25, ksp.shape[-2:], "v.h5")
+    under = (ksp * mask).astype(np.complex64)
+    ad = AdaptSettings(steps=1, crop=32, batch=2)
+    native = reconstruct_volume(under, mask, tiny_model, SamplerSettings(steps=2, samples=1), adapt=ad)
+    fine = reconstruct_volume(under, mask, tiny_model, SamplerSettings(steps=2, samples=1, grid_factor=1.5), adapt=ad)
+    assert tuple(seen[0].shape[-2:]) == (32, 32) and tuple(seen[1].shape[-2:]) == (48, 48)
+    assert fine.image.shape == native.image.shape
+    # exactly the pilot's means in prior units, resampled (the pilot: half the NFE, K = 1, same seed and grid)
+    pilot = reconstruct_volume(under, mask, tiny_model, SamplerSettings(steps=1, samples=1, grid_factor=1.5))
+    expected = fourier_resample(torch.stack([m / c.scale for m, c in zip(pilot.means, pilot.calibrations)]), (48, 48))
+    assert torch.allclose(seen[1], expected, atol=1e-5)
+
+
 def test_cli_adapt_writes_its_record(tmp_path, fully_sampled_file, tiny_prior_path):
     out = tmp_path / "out"
     rc = main(["--kspace", str(fully_sampled_file), "--out", str(out), "--prior", str(tiny_prior_path), "--steps", "2",
@@ -145,3 +172,11 @@ def test_check_scripts_refuse_bad_flags_in_one_line(module, capsys):
     rc = importlib.import_module(module).main(["--slices", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--slices must be in [1, " in err[0]
+
+
+def test_adapt_check_refuses_a_bad_sample_count_in_one_line(capsys):
+    from benchmarks.run_adapt_check import main as check_main
+
+    rc = check_main(["--samples", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--samples must be in [1, " in err[0]

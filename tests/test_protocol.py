@@ -182,6 +182,9 @@ def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_
     assert real and {r["maps"] for r in real if r["method"] == "dds"} == {"acs", "oracle"}
     assert all(np.isfinite(float(r["PSNR"])) and np.isfinite(float(r["PSNR_rss"])) for r in test)
     assert all(r["cov_cal_90"] != "" for r in test if r["method"] == "dds")
+    # every DDS row records its sampling grid (native here: no grid: auto); the baselines have none
+    assert {r["grid_factor"] for r in rows if r["method"] == "dds"} == {"1.0"}
+    assert {r["grid_factor"] for r in rows if r["method"] != "dds"} == {""}
     # both conventions differ (|x| vs clean truth, expected RSS vs noisy RSS)
     assert any(r["PSNR"] != r["PSNR_rss"] for r in test)
     md = (out / "proto_tiny.md").read_text()
@@ -239,6 +242,22 @@ def test_prior_ablation_pairs_volumes_and_counts_wins():
     assert "| 4x equispaced | v0 | acs | 30.00 / 0.500 | 30.50 / 0.500 | +0.50 |" in text
     assert "| 4x equispaced | v1 | acs | 31.00 / 0.500 | 30.00 / 0.500 | -1.00 |" in text
     assert "b: higher PSNR than a on 1 of 2" in text
+    assert "not counted" not in text
+
+
+def test_prior_ablation_marks_finer_grids_and_leaves_mixed_rows_out_of_the_count():
+    from benchmarks.tables import render_prior_ablation
+
+    def rows(psnrs, grids):
+        return [{"unit": "volume", "method": "dds", "phase": "test", "setting": "8x random", "volume": f"v{i}.h5",
+                 "maps": "acs", "PSNR": str(p), "SSIM": "0.5", **({"grid_factor": g} if g is not None else {})}
+                for i, (p, g) in enumerate(zip(psnrs, grids))]
+
+    # the reference CSV predates the column (native grid); the second ran v1 at x1.5
+    text = render_prior_ablation([("a", rows([30.0, 31.0], [None, None])), ("b", rows([30.5, 32.0], ["1.0", "1.5"]))])
+    assert "| 8x random | v0 | acs | 30.00 / 0.500 | 30.50 / 0.500 | +0.50 |" in text
+    assert "| 8x random | v1 | acs | 31.00 / 0.500 | 32.00 / 0.500 (×1.5) | +1.00 |" in text
+    assert "b: higher PSNR than a on 1 of 1 volume × setting × maps rows sampled on the same grid; 1 rows" in text
 
 
 def test_reconstruct_writes_the_calibrated_std_only_for_matching_settings(tmp_path, fully_sampled_file,
