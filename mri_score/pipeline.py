@@ -48,14 +48,21 @@ MEM_COPIES = 24
 DEFAULT_ACCELERATION = 4.0
 
 
-def check_memory(vol: FastMRIVolume, samples: int, device: torch.device) -> None:
-    """Refuse (:class:`InputError` naming the file) before allocating when one slice's working set would not fit."""
+def check_memory(vol: FastMRIVolume, samples: int, device: torch.device, grid_factor: float = 1.0) -> None:
+    """Refuse (:class:`InputError` naming the file) before allocating when one slice's working set would not fit.
+
+    The working set is that of the sampling grid (:func:`mri_score.resolution.fine_shape` of the
+    matrix and ``grid_factor``), so a header whose field of view asks ``--grid auto`` for a much finer
+    grid is refused here, not by the operating system.
+    """
     _, c, h, w = vol.kspace.shape
-    need = MEM_COPIES * max(samples, 1) * c * h * w * 8
+    fh, fw = fine_shape((h, w), grid_factor)
+    need = MEM_COPIES * max(samples, 1) * c * fh * fw * 8
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else limits.available_memory()
     if need > free:
+        grid = "" if (fh, fw) == (h, w) else f" on its {fh}x{fw} sampling grid (--grid; native is {h}x{w})"
         raise InputError(
-            f"{vol.path}: one slice needs about {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free"
+            f"{vol.path}: one slice needs about {need / 2**30:.1f} GiB{grid} but only {free / 2**30:.1f} GiB is free"
         )
 
 
@@ -261,7 +268,6 @@ def reconstruct_file(
     vol = read_fastmri(path)
     mask, accel_used, mask_src = undersampling_mask(vol, accel, mask_type, center_fraction)
     check_acs(mask, str(path))
-    check_memory(vol, settings.samples, device)
     channels = (prior.model if isinstance(prior, ComplexPrior) else prior).cfg.in_channels
     if channels != 2:
         raise InputError(f"{prior_name}: prior has {channels} image channels; complex MR images need 2")
@@ -272,6 +278,7 @@ def reconstruct_file(
         except InputError as err:
             raise InputError(f"{prior_name}: {err}") from None
         settings = replace(settings, grid_factor=auto_grid_factor(vol.pixel_mm, trained))
+    check_memory(vol, settings.samples, device, settings.grid_factor)
     s, _, h, w = vol.kspace.shape
     crop = recon_crop_size((h, w), vol.recon_size)
     t0 = time.time()

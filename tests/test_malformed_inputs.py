@@ -248,13 +248,43 @@ def test_volume_that_would_not_fit_is_refused_before_allocating(tmp_path, fully_
                                                                  capsys, monkeypatch):
     from mri_score import limits
 
-    # pretend only 1 MiB is free: the 4-coil 64x64 slice needs ~ 24 copies x 2 samples x 128 KiB = 6 MiB
+    # pretend only 1 MiB is free: the 4-coil 64x64 slice needs ~ 24 copies x 2 samples x 128 KiB = 6 MiB natively,
+    # 9x that on the 192² grid that --grid auto picks for its 4 mm pixels
     monkeypatch.setattr(limits, "available_memory", lambda: 2**20)
     rc = reconstruct_main(["--kspace", str(fully_sampled_file), "--out", str(tmp_path / "out"),
                            "--prior", str(tiny_prior_path), "--steps", "2", "--center-fraction", "0.25"])
     assert rc == 2
-    one_error_line(capsys, fully_sampled_file, "GiB but only")
+    one_error_line(capsys, fully_sampled_file, "but only")
     assert not (tmp_path / "out").exists()
+
+
+def test_memory_check_counts_the_sampling_grid_that_the_header_asks_for(tmp_path, tiny_prior_path, capsys,
+                                                                        monkeypatch):
+    """A header whose field of view makes ``--grid auto`` refine 4x is refused on the fine grid's working set."""
+    import h5py
+
+    from mri_score import limits
+
+    imgs = phantom(64, 1)
+    ksp, target, _ = simulate_volume(imgs, coils=4, snr=100.0, seed=1)
+    path = tmp_path / "in" / "huge_fov.h5"
+    write_fastmri_file(path, ksp, target, "SYN", "p0")
+    with h5py.File(path, "r+") as hf:  # 64 pixels over 64 m: 1000 mm pixels, beyond any prior's range
+        hdr = hf["ismrmrd_header"][()].decode()
+        del hf["ismrmrd_header"]
+        hf["ismrmrd_header"] = hdr.replace("<x>256", "<x>64000").replace("<y>256", "<y>64000").encode()
+    # the native working set (24 copies x 2 samples x 4 coils x 64² x 8 B = 6 MiB) fits; the 256² grid's does not
+    monkeypatch.setattr(limits, "available_memory", lambda: 16 * 2**20)
+    out = tmp_path / "out"
+    assert reconstruct_main(["--kspace", str(path), "--out", str(out), "--prior", str(tiny_prior_path), "--steps", "2",
+                             "--center-fraction", "0.25", "--grid", "native"]) == 0
+    capsys.readouterr()
+    out2 = tmp_path / "out2"
+    rc = reconstruct_main(["--kspace", str(path), "--out", str(out2), "--prior", str(tiny_prior_path), "--steps", "2",
+                           "--center-fraction", "0.25"])
+    assert rc == 2
+    one_error_line(capsys, path, "256x256 sampling grid")
+    assert not out2.exists()
 
 
 def test_untrusted_checkpoints_give_one_line_errors(tmp_path, fully_sampled_file, tiny_prior_path, tiny_cfg,
