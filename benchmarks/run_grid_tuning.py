@@ -21,8 +21,9 @@ import torch
 
 from benchmarks.harness import RESULTS, calibrate_volume
 from benchmarks.provenance import provenance
-from mri_score.atomic import atomic_output
-from mri_score.errors import exit_on_input_error
+from mri_score import limits
+from mri_score.atomic import atomic_output, check_output, check_writable
+from mri_score.errors import InputError, exit_on_input_error
 from mri_score.posterior import SamplerSettings, reconstruct_slice
 from mri_score.prior import DEFAULT_PRIOR, load_prior
 from mri_score.resolution import auto_grid_factor, prior_pixel_range
@@ -39,6 +40,18 @@ def psnr(truth: np.ndarray, image: np.ndarray) -> float:
     return float(10 * np.log10(truth.max() ** 2 / np.mean((image - truth) ** 2)))
 
 
+def parse_case(text: str) -> tuple[float, int]:
+    """``"PIXEL_MM:MATRIX"`` as ``(pixel mm > 0, matrix in [32, 512])``, else a one-line :class:`InputError`."""
+    try:
+        pix, size = text.split(":")
+        case = (float(pix), int(size))
+    except ValueError:
+        raise InputError(f"--case must be PIXEL_MM:MATRIX (e.g. 3.75:64), got {text!r}") from None
+    if not (0 < case[0] < 100 and 32 <= case[1] <= 512):
+        raise InputError(f"--case needs 0 < PIXEL_MM < 100 and MATRIX in [32, 512], got {text!r}")
+    return case
+
+
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Run the check for each ``--case PIXEL_MM:MATRIX`` and write the table."""
@@ -48,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "grid_tuning.md"))
     args = ap.parse_args(argv)
+    limits.check_int(args.slices, "--slices", 1, 1000)
+    limits.check_threads(args.threads)
+    check_output(args.out)
+    check_writable(Path(args.out).parent)
     torch.set_num_threads(args.threads)
-    cases = [(float(c.split(":")[0]), int(c.split(":")[1])) for c in (args.case or ["3.75:64", "3.5:96"])]
+    cases = [parse_case(c) for c in (args.case or ["3.75:64", "3.5:96"])]
     model = load_prior()
     prior = ComplexPrior(model)
     trained = prior_pixel_range(model.meta)

@@ -165,7 +165,8 @@ def test_cli_adapt_bad_flags_one_line_exit_2(tmp_path, fully_sampled_file, tiny_
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-@pytest.mark.parametrize("module", ["benchmarks.run_adapt_check", "benchmarks.run_grid_check"])
+@pytest.mark.parametrize("module", ["benchmarks.run_adapt_check", "benchmarks.run_grid_check",
+                                    "benchmarks.run_grid_tuning", "benchmarks.run_calibration_probe"])
 def test_check_scripts_refuse_bad_flags_in_one_line(module, capsys):
     import importlib
 
@@ -180,3 +181,27 @@ def test_adapt_check_refuses_a_bad_sample_count_in_one_line(capsys):
     rc = check_main(["--samples", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--samples must be in [1, " in err[0]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--case", "3.75"], "--case must be PIXEL_MM:MATRIX"), (["--case", "a:b"], "--case must be PIXEL_MM:MATRIX"),
+    (["--case", "0:64"], "--case needs 0 < PIXEL_MM"), (["--case", "3:8"], "MATRIX in [32, 512]"),
+    (["--threads", "0"], "--threads"),
+])
+def test_grid_tuning_refuses_bad_flags_in_one_line(argv, message, capsys):
+    from benchmarks.run_grid_tuning import main as tuning_main
+
+    rc = tuning_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and message in err[0]
+
+
+@pytest.mark.parametrize("argv,message", [(["--windows", "2"], "--windows must be odd"),
+                                          (["--windows", "x"], "--windows must be comma-separated"),
+                                          (["--volumes", "0"], "--volumes must be in")])
+def test_calibration_probe_refuses_bad_flags_in_one_line(argv, message, capsys):
+    from benchmarks.run_calibration_probe import main as probe_main
+
+    rc = probe_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and message in err[0]

@@ -285,6 +285,12 @@ def test_memory_check_counts_the_sampling_grid_that_the_header_asks_for(tmp_path
     assert rc == 2
     one_error_line(capsys, path, "256x256 sampling grid")
     assert not out2.exists()
+    # an explicit factor is checked the same way
+    rc = reconstruct_main(["--kspace", str(path), "--out", str(out2), "--prior", str(tiny_prior_path), "--steps", "2",
+                           "--center-fraction", "0.25", "--grid", "3"])
+    assert rc == 2
+    one_error_line(capsys, path, "192x192 sampling grid")
+    assert not out2.exists()
 
 
 def test_untrusted_checkpoints_give_one_line_errors(tmp_path, fully_sampled_file, tiny_prior_path, tiny_cfg,

@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from benchmarks.stats import bootstrap_mean_ci, paired_difference, select_parameter
@@ -143,6 +144,36 @@ def test_protocol_dds_grid_auto_follows_each_volumes_pixels(monkeypatch, tiny_pr
         with pytest.raises(StopIteration):
             protocol.solve("dds", {"nfe": 2, "grid": "auto"}, None, acq, 0, "acs", prior, 0)
     assert factors == [2.5, 1.0, 1.0]  # the tiny prior's range is the default 0.8–1.5 mm: 3.75 / 2.5 = 1.5
+
+
+def test_protocol_volumes_carry_their_pixel_size_into_the_acquisition():
+    """``grid: auto`` needs each volume's pixels: real ones from the header, synthetic ones the range's coarsest."""
+    from benchmarks.protocol import acquire, protocol_volumes
+    from mri_score.data.realset import load_real_volume
+
+    cfg = {"data": {"size": [48, 48], "pixel_mm": [2.0, 2.5], "families": ["t1"],
+                    "tuning": {"subjects": [30], "slices_per_subject": 1, "seed": 1},
+                    "test": {"subjects": [0], "slices_per_subject": 1, "seed": 0},
+                    "real": ["nibabel_phantom_epi"]}}
+    vols = protocol_volumes(cfg)
+    real = [v for v in vols if v["name"] == "nibabel_phantom_epi.h5"][0]
+    assert real["pixel_mm"] == load_real_volume("nibabel_phantom_epi").pixel_mm and max(real["pixel_mm"]) > 3
+    assert all(v["pixel_mm"] == (2.5, 2.5) for v in vols if v is not real)
+    one = {**real, "images": real["images"][:1]}
+    acq = acquire(one, {"accel": 4, "mask": "equispaced", "center_fraction": 0.25}, 4, 100.0)
+    assert acq["pixel_mm"] == real["pixel_mm"]
+
+
+def test_calibration_probe_pooled_std_is_the_local_rms_of_the_std():
+    from benchmarks.run_calibration_probe import pooled_std
+
+    std = torch.zeros(5, 5, dtype=torch.float32)
+    std[2, 2] = 3.0
+    assert torch.equal(pooled_std(std, 1), std)
+    pooled = pooled_std(std, 3)
+    assert pooled[2, 2].item() == pytest.approx(1.0)  # sqrt(9 / 9)
+    assert pooled[0, 0].item() == 0.0 and pooled[1, 1].item() == pytest.approx(1.0)
+    assert pooled_std(torch.full((4, 4), 2.0), 5).allclose(torch.full((4, 4), 2.0, dtype=torch.float64))
 
 
 def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_path):
