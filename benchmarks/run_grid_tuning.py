@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import RESULTS, calibrate_volume
+from benchmarks.harness import RESULTS, calibrate_volume, write_report
 from benchmarks.provenance import provenance
 from mri_score import limits
-from mri_score.atomic import atomic_output, check_output, check_writable
+from mri_score.atomic import check_output, check_writable
 from mri_score.errors import InputError, exit_on_input_error
+from mri_score.metrics import psnr
 from mri_score.posterior import SamplerSettings, reconstruct_slice
 from mri_score.prior import DEFAULT_PRIOR, load_prior
 from mri_score.resolution import auto_grid_factor, prior_pixel_range
@@ -33,11 +34,6 @@ from operators.masks import make_mask
 
 SUBJECTS = ((30, "pd"), (31, "flair"), (32, "t1"))
 SETTINGS = ((4.0, "equispaced"), (8.0, "random"))
-
-
-def psnr(truth: np.ndarray, image: np.ndarray) -> float:
-    """PSNR (dB) with the truth's maximum as the data range."""
-    return float(10 * np.log10(truth.max() ** 2 / np.mean((image - truth) ** 2)))
 
 
 def parse_case(text: str) -> tuple[float, int]:
@@ -90,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                         st = SamplerSettings(steps=30, samples=1, seed=s, grid_factor=g)
                         r = reconstruct_slice(torch.from_numpy(under[s]), torch.from_numpy(mask), prior, st,
                                               calibration=cals[s])
-                        vals.append(psnr(truth[s], r.image.numpy()))
+                        vals.append(psnr(truth[s : s + 1], r.image.numpy()[None]))  # data range: the slice's max
                     score[g] = float(np.mean(vals))
                 deltas.append(score[factor] - score[1.0])
                 lines.append(f"| {pix:g} mm / {size}² | {accel:g}x {kind} | {subj} ({fam}) | ×{factor:g} | "
@@ -98,16 +94,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(lines[-1], flush=True)
             lines.append(f"| {pix:g} mm / {size}² | {accel:g}x {kind} | mean | ×{factor:g} | | | {np.mean(deltas):+.2f} |")
     command = " ".join(["python benchmarks/run_grid_tuning.py", *(sys.argv[1:] if argv is None else argv)])
-    text = (f"# `--grid auto` vs native on coarse-pixel synthetic tuning subjects (issue #14, item 4)\n\n"
-            f"{provenance(command)}- prior: `mri_score/weights/{DEFAULT_PRIOR}`, trained pixels "
-            f"{trained[0]:g}–{trained[1]:g} mm; DDS-30, K = 1, sampler seed = slice index; 8 coils, SNR 100; "
-            f"n = {args.slices} slices per subject, subjects {', '.join(str(s) for s, _ in SUBJECTS)} (the protocol's "
-            "tuning subjects, never reported)\n\n" + "\n".join(lines) + "\n")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out) as tmp:
-        tmp.write_text(text)
-    print(out)
+    header = (f"# `--grid auto` vs native on coarse-pixel synthetic tuning subjects (issue #14, item 4)\n\n"
+              f"{provenance(command)}- prior: `mri_score/weights/{DEFAULT_PRIOR}`, trained pixels "
+              f"{trained[0]:g}–{trained[1]:g} mm; DDS-30, K = 1, sampler seed = slice index; 8 coils, SNR 100; "
+              f"n = {args.slices} slices per subject, subjects {', '.join(str(s) for s, _ in SUBJECTS)} (the "
+              "protocol's tuning subjects, never reported)\n")
+    write_report(args.out, [header, *lines])
     return 0
 
 
