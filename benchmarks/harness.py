@@ -26,7 +26,7 @@ from mri_score.data.realset import load_real_volume
 from mri_score.errors import InputError
 from mri_score.pipeline import reconstruct_volume
 from mri_score.posterior import SamplerSettings, output_magnitude
-from mri_score.samplers import sampler_config
+from mri_score.samplers import DEFAULT_STEPS, sampler_config
 from mri_score.simulation import corpus_volume
 from mri_score.supervised import unet_reconstruct
 
@@ -48,7 +48,7 @@ def add_check_flags(ap: Any, out: str, synth_size: int) -> Any:
     :func:`check_args` validates the parsed values.
     """
     ap.add_argument("--slices", type=int, default=3, help="slices per volume")
-    ap.add_argument("--nfe", type=int, default=30)
+    ap.add_argument("--nfe", type=int, default=DEFAULT_STEPS["dds"], help="DDS budget (default: the sampler's)")
     ap.add_argument("--synth-size", type=int, default=synth_size)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)

@@ -194,7 +194,7 @@ def run_protocol_benchmark(args: argparse.Namespace, cfg: dict, name: str) -> in
               f"- total wall time: {seconds:.0f} s", ""]
     if cal["factors"] and args.store_calibration:
         dds = cfg["methods"]["dds"]
-        key = uncertainty.settings_key("dds", int(dds["nfe"]), int(dds.get("samples", 2)), "sense")
+        key = uncertainty.settings_key("dds", int(dds["nfe"]), int(dds.get("samples", 2)), "sense", dds.get("options"))
         side = uncertainty.store_factor(prior_path, key, cal["factors"][0.9], 0.9, fitted_on=f"{name} tuning slices",
                                         pixels=cal["tuning_pixels"])
         header.insert(-1, f"- std calibration stored: {side.name} [{key}] = {cal['factors'][0.9]:.4f}")

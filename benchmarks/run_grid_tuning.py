@@ -3,8 +3,8 @@
 The check behind making ``--grid auto`` the default (issue #14, item 4), on data the frozen protocol never
 reports: the protocol's synthetic *tuning* subjects (30–32, slice positions from corpus index 500) simulated at a
 pixel size coarser than the default prior's trained range, 8 birdcage coils, SNR 100, fastMRI masks (4x
-equispaced, 8x random, centre fraction 0.08), ACS maps, DDS-30 with K = 1; PSNR of ``|x|`` against the noise-free
-image, mean over the slices of each subject.  Writes a markdown table (``--out``).
+equispaced, 8x random, centre fraction 0.08), ACS maps, DDS with its default schedule and K = 1; PSNR of ``|x|``
+against the noise-free image, mean over the slices of each subject.  Writes a markdown table (``--out``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from mri_score.metrics import psnr
 from mri_score.posterior import SamplerSettings, reconstruct_slice
 from mri_score.prior import DEFAULT_PRIOR, load_prior
 from mri_score.resolution import auto_grid_factor, prior_pixel_range
-from mri_score.samplers import ComplexPrior
+from mri_score.samplers import DEFAULT_STEPS, ComplexPrior
 from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
 from operators.masks import make_mask
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 for g in (1.0, factor):
                     vals = []
                     for s in range(args.slices):
-                        st = SamplerSettings(steps=30, samples=1, seed=s, grid_factor=g)
+                        st = SamplerSettings(samples=1, seed=s, grid_factor=g)  # the default DDS schedule
                         r = reconstruct_slice(torch.from_numpy(under[s]), torch.from_numpy(mask), prior, st,
                                               calibration=cals[s])
                         vals.append(psnr(truth[s : s + 1], r.image.numpy()[None]))  # data range: the slice's max
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python benchmarks/run_grid_tuning.py", *(sys.argv[1:] if argv is None else argv)])
     header = (f"# `--grid auto` vs native on coarse-pixel synthetic tuning subjects (issue #14, item 4)\n\n"
               f"{provenance(command)}- prior: `mri_score/weights/{DEFAULT_PRIOR}`, trained pixels "
-              f"{trained[0]:g}–{trained[1]:g} mm; DDS-30, K = 1, sampler seed = slice index; 8 coils, SNR 100; "
+              f"{trained[0]:g}–{trained[1]:g} mm; DDS-{DEFAULT_STEPS['dds']} (the default schedule), K = 1, "
+              "sampler seed = slice index; 8 coils, SNR 100; "
               f"n = {args.slices} slices per subject, subjects {', '.join(str(s) for s, _ in SUBJECTS)} (the "
               "protocol's tuning subjects, never reported)\n")
     write_report(args.out, [header, *lines])

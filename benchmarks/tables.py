@@ -192,18 +192,43 @@ def _pooled(rows: list[dict], key: str) -> float:
 
 
 def timing_lines(test: list[dict], settings: list[str]) -> list[str]:
-    """Median seconds per slice of every method in this run, and DDS's time as a multiple of L1-wavelet's."""
+    """Seconds per slice of every method in this run and their multiple of L1-wavelet's, overall and per volume.
+
+    Three multiples of L1, because the slices differ in size and a ratio of medians over a mix of sizes is not
+    the ratio on any slice: of the medians, of the totals (the wall time of the whole run's reconstructions),
+    and the median over slices of the per-slice ratio (the same slice, paired).  The per-volume table gives the
+    DDS rows' total-time multiple for each test volume, which shows where the fixed cost per network
+    evaluation dominates (small matrices).
+    """
     out = ["### Time per slice (this run, same machine; coil-map estimation excluded)", "",
-           "| setting | method | median s/slice | × L1-wavelet |", "|---|---|---|---|"]
+           "| setting | method | median s/slice | total s | × L1 (medians) | × L1 (totals) | × L1 (per slice, median) |",
+           "|---|---|---|---|---|---|---|"]
+    per_volume = ["", "DDS's time per test volume (K samples, its grid), as a multiple of L1-wavelet's on the same "
+                  "slices:", "",
+                  "| setting | method | volume | slices | DDS s/slice | L1 s/slice | × L1 (totals) |",
+                  "|---|---|---|---|---|---|---|"]
     for setting in settings:
-        by: dict[str, list[float]] = defaultdict(list)
+        by: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
         for r in test:
             if r["setting"] == setting and r["maps"] != "oracle":
-                by[r["label"]].append(_f(r, "seconds"))
-        l1 = float(np.median(by["l1_wavelet"])) if by.get("l1_wavelet") else float("nan")
-        for lab, v in sorted(by.items()):
-            out.append(f"| {setting} | {lab} | {np.median(v):.2f} | {np.median(v) / l1:.1f} |")
-    return out
+                by[r["label"]][(r["volume"], str(r["slice"]))] = _f(r, "seconds")
+        l1 = by.get("l1_wavelet", {})
+        l1_med = float(np.median(list(l1.values()))) if l1 else float("nan")
+        for lab, secs in sorted(by.items()):
+            v = np.array(list(secs.values()))
+            both = [k for k in secs if k in l1]
+            total = sum(secs[k] for k in both) / sum(l1[k] for k in both) if both else float("nan")
+            paired = float(np.median([secs[k] / l1[k] for k in both])) if both else float("nan")
+            out.append(f"| {setting} | {lab} | {np.median(v):.2f} | {v.sum():.1f} | {np.median(v) / l1_med:.2f} | "
+                       f"{total:.2f} | {paired:.2f} |")
+            if not lab.startswith("dds"):
+                continue
+            for vol in sorted({k[0] for k in both}, key=lambda n: (n.startswith("nibabel"), n)):
+                keys = [k for k in both if k[0] == vol]
+                d, b = sum(secs[k] for k in keys), sum(l1[k] for k in keys)
+                per_volume.append(f"| {setting} | {lab} | {vol.removesuffix('.h5')} | {len(keys)} | {d / len(keys):.2f} | "
+                                  f"{b / len(keys):.2f} | {d / b:.2f} |")
+    return out + per_volume
 
 
 def render_prior_ablation(runs: list[tuple[str, list[dict]]]) -> str:

@@ -35,7 +35,7 @@ def main() -> int:
     cfg["data"]["tuning"]["slices_per_subject"] = cfg["data"]["test"]["slices_per_subject"] = 1
     chosen = selection(read_csv(ROOT / "benchmarks" / "results" / DEFAULT_CSV))
     dds = cfg["methods"]["dds"]
-    key = uncertainty.settings_key("dds", int(dds["nfe"]), int(dds.get("samples", 2)), "sense")
+    key = uncertainty.settings_key("dds", int(dds["nfe"]), int(dds.get("samples", 2)), "sense", dds.get("options"))
     factor = (uncertainty.lookup_factor(default_prior_path(), key) or {"factor": 1.0})["factor"]
     prior = ComplexPrior(load_prior())
     coils, snr = int(cfg["data"].get("coils", 8)), float(cfg["data"].get("snr", 100))

@@ -146,8 +146,9 @@ class GaussianKspaceLikelihood(Likelihood):
     def prox(self, x: torch.Tensor, gamma: float, iters: int) -> torch.Tensor:
         """``argmin_z ½‖z − x‖² + γ/2 ‖A z − y‖²`` by ``iters`` CG steps on ``(I + γ AᴴA) z = x + γ Aᴴy`` from ``x``."""
         aty = self.zero_filled()
-        return conjugate_gradient(
-            lambda v, g=gamma: v + g * self.op.gram(v), x + gamma * aty, x0=x, max_iter=iters, batch_dims=1
+        return conjugate_gradient(  # v + γ AᴴA v in one fused op
+            lambda v, g=gamma: torch.add(v, self.op.gram(v), alpha=g), x + gamma * aty, x0=x, max_iter=iters,
+            batch_dims=1,
         ).x
 
     def tweedie_correction(

@@ -226,13 +226,15 @@ def guidance_from_args(args: argparse.Namespace, prior: torch.nn.Module, device:
 def std_calibration_for(prior: str | None, settings: SamplerSettings) -> dict | None:
     """The prior's std calibration entry for these settings (sidecar ``<prior>.calibration.json``), or None.
 
-    Only an entry fitted for the same prior file (SHA-256), sampler, budget, K and magnitude applies.
+    Only an entry fitted for the same prior file (SHA-256), sampler, budget, K, magnitude and sampler options
+    (:func:`mri_score.uncertainty.settings_key`) applies.
     """
     from mri_score import uncertainty
     from mri_score.prior import default_prior_path
 
     path = Path(prior) if prior else default_prior_path()
-    key = uncertainty.settings_key(settings.sampler, int(settings.steps), settings.samples, settings.magnitude)
+    key = uncertainty.settings_key(settings.sampler, int(settings.steps), settings.samples, settings.magnitude,
+                                   settings.options)
     entry = uncertainty.lookup_factor(path, key)
     return None if entry is None else {**entry, "key": key, "sidecar": uncertainty.sidecar_path(path).name}
 

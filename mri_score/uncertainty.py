@@ -10,22 +10,28 @@ quantile of ``level`` (1.645 at 90 %), so that ``c · std`` reads as a Gaussian 
 
 The factor is stored in a JSON sidecar ``<prior>.calibration.json`` (the weights
 file is never rewritten: its digest covers its contents), keyed by the prior file's
-SHA-256 and the sampler, budget, number of samples and output magnitude it was
-fitted for; :func:`lookup_factor` returns it only for a matching prior and settings.
+SHA-256 and the sampler, budget, number of samples, output magnitude and non-default
+sampler options it was fitted for (:func:`settings_key`); :func:`lookup_factor` returns it only for a matching prior and settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.stats import norm
 
 from mri_score.atomic import atomic_output
 from mri_score.errors import InputError
+
+if TYPE_CHECKING:
+    from mri_score.samplers import SamplerConfig
 
 #: Object pixels: truth above this fraction of its (per-slice) maximum.
 OBJECT_FRACTION = 0.05
@@ -103,9 +109,21 @@ def sidecar_path(prior_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".calibration.json")
 
 
-def settings_key(sampler: str, nfe: int, samples: int, magnitude: str) -> str:
-    """The key a calibration entry is stored under: ``sampler/nfe/samples/magnitude``."""
-    return f"{sampler}/nfe={int(nfe)}/K={int(samples)}/{magnitude}"
+def settings_key(sampler: str, nfe: int, samples: int, magnitude: str,
+                 options: Mapping[str, Any] | SamplerConfig | None = None) -> str:
+    """The key a calibration entry is stored under: ``sampler/nfe/samples/magnitude[/option=value...]``.
+
+    ``options`` are the sampler's options (a mapping or its validated config); those that differ from
+    the sampler's defaults are appended in name order (e.g. ``dds/nfe=26/K=2/sense/cg_iters=5``), so a
+    factor fitted with one schedule never applies to another.  Default options add nothing.
+    """
+    from mri_score.samplers import sampler_config
+
+    key = f"{sampler}/nfe={int(nfe)}/K={int(samples)}/{magnitude}"
+    cfg = sampler_config(sampler, options)
+    default = type(cfg)()
+    changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)]
+    return "/".join([key, *(f"{name}={getattr(cfg, name)!r}" for name in sorted(changed))])
 
 
 def read_sidecar(prior_path: str | os.PathLike[str]) -> dict:

@@ -52,15 +52,16 @@ def conjugate_gradient(
         raise OperatorInputError(f"lam must be >= 0, got {lam}")
     if max_iter < 0:
         raise OperatorInputError(f"max_iter must be >= 0, got {max_iter}")
-    dims = tuple(range(batch_dims, b.ndim))
-    shape = b.shape[:batch_dims] + (1,) * (b.ndim - batch_dims)
+    batch = b.shape[:batch_dims]
+    shape = batch + (1,) * (b.ndim - batch_dims)
 
     def apply(v: torch.Tensor) -> torch.Tensor:
         out = normal_op(v)
         return out + lam * v if lam else out
 
     def dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return (torch.conj(u) * v).sum(dim=dims).reshape(shape)
+        # Σ conj(u)·v over the non-batch dims, fused (no product tensor)
+        return torch.linalg.vecdot(u.reshape(*batch, -1), v.reshape(*batch, -1)).reshape(shape)
 
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - apply(x) if x0 is not None else b.clone()
@@ -76,11 +77,12 @@ def conjugate_gradient(
         pap = dot(p, ap).real
         alpha = rr / pap.clamp_min(1e-30)
         alpha = torch.where(rr > 0, alpha, torch.zeros_like(alpha))
-        x = x + alpha * p
-        r = r - alpha * ap
+        # x, r and p are this function's own tensors: update them in place
+        x.addcmul_(p, alpha)
+        r.addcmul_(ap, alpha, value=-1)
         rr_new = dot(r, r).real
         beta = rr_new / rr.clamp_min(1e-30)
-        p = r + beta * p
+        p.mul_(beta).add_(r)
         rr = rr_new
     rel = (rr.sqrt() / bnorm).reshape(b.shape[:batch_dims])
     return CGResult(x=x, iterations=it, relative_residual=rel)

@@ -51,6 +51,48 @@ def test_fp32_adapter_is_the_network_and_bf16_is_close_in_fp32(tiny_cfg):
     assert 0 < rel < 2e-2  # bf16 really ran (not bit-identical) and stayed close
 
 
+def test_bf16_weight_copy_gives_autocasts_bits_without_touching_the_fp32_network(tiny_cfg):
+    from mri_score.precision import autocast
+    from mri_score.samplers.base import bf16_weight_copy
+
+    model = random_model(tiny_cfg)
+    x = complex_to_channels(torch.complex(torch.randn(2, 32, 32), torch.randn(2, 32, 32)))
+    prior = ComplexPrior(model, "bf16")
+    with torch.no_grad():
+        out = prior.network(x, 0.3)
+        with autocast(prior.autocast):  # what the adapter ran before: autocast casting fp32 weights per call
+            ref = prior.model(x.contiguous(memory_format=torch.channels_last), 0.3).float()
+    assert torch.equal(out, ref)
+    # the fp32 network (what --adapt trains) is unchanged; the copy holds bf16 conv/linear weights only
+    assert all(p.dtype == torch.float32 for p in prior.model.parameters())
+    copy16 = bf16_weight_copy(prior.model)
+    convs = [m for m in copy16.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    norms = [m for m in copy16.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+    assert not any(p.requires_grad for p in copy16.parameters())
+    # fp32 mode runs the fp32 network itself
+    prior.set_precision("fp32")
+    with torch.no_grad():
+        assert torch.allclose(prior.network(x, 0.3), model(x, 0.3), atol=1e-6)
+
+
+def test_dds_returns_ordinary_tensors_from_its_inference_mode_loop(tiny_cfg):
+    model = random_model(tiny_cfg)
+    g = torch.Generator().manual_seed(0)
+    img = torch.complex(torch.randn(32, 32, generator=g), torch.randn(32, 32, generator=g))
+    mask = torch.zeros(32)
+    mask[::2] = 1
+    mask[12:20] = 1
+    res = reconstruct_slice(fft2c(img.expand(2, -1, -1).clone()), mask, ComplexPrior(model, "bf16"),
+                            SamplerSettings(steps=3, samples=2, seed=1, maps="lowres"))
+    assert not res.mean.is_inference() and not res.image.is_inference()
+    # usable as data in a later autograd graph (test-time adaptation trains on the pilot means)
+    w = torch.ones((), requires_grad=True)
+    (res.mean.abs() * w).sum().backward()
+    assert w.grad is not None
+
+
 def test_reconstruct_slice_sets_the_adapters_precision(tiny_cfg):
     model = random_model(tiny_cfg)
     g = torch.Generator().manual_seed(0)

@@ -90,6 +90,24 @@ def test_calibration_sidecar_is_keyed_by_the_prior_digest(tmp_path, tiny_prior_p
         uncertainty.store_factor(other, key, float("nan"), 0.9)
 
 
+def test_calibration_key_carries_non_default_sampler_options(tiny_prior_path):
+    from mri_score.samplers import DDSConfig
+
+    plain = uncertainty.settings_key("dds", 26, 2, "sense")
+    # default options (given or not, as a mapping or a config) add nothing to the key
+    assert uncertainty.settings_key("dds", 26, 2, "sense", {}) == plain
+    assert uncertainty.settings_key("dds", 26, 2, "sense", {"cg_iters": DDSConfig().cg_iters}) == plain
+    assert uncertainty.settings_key("dds", 26, 2, "sense", DDSConfig()) == plain
+    changed = uncertainty.settings_key("dds", 26, 2, "sense", {"sigma_max": "4", "cg_iters": 5})
+    assert changed == f"{plain}/cg_iters=5/sigma_max=4.0"
+    # a factor fitted for the default schedule never applies to another one
+    uncertainty.store_factor(tiny_prior_path, plain, 2.5, 0.9)
+    assert uncertainty.lookup_factor(tiny_prior_path, changed) is None
+    assert uncertainty.lookup_factor(tiny_prior_path, plain)["factor"] == 2.5
+    with pytest.raises(InputError, match="unknown dds option"):
+        uncertainty.settings_key("dds", 26, 2, "sense", {"cg_iter": 5})
+
+
 def test_noise_free_target_is_the_anatomy_magnitude():
     from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
 
@@ -289,6 +307,26 @@ def test_prior_ablation_marks_finer_grids_and_leaves_mixed_rows_out_of_the_count
     assert "| 8x random | v0 | acs | 30.00 / 0.500 | 30.50 / 0.500 | +0.50 |" in text
     assert "| 8x random | v1 | acs | 31.00 / 0.500 | 32.00 / 0.500 (×1.5) | +1.00 |" in text
     assert "b: higher PSNR than a on 1 of 1 volume × setting × maps rows sampled on the same grid; 1 rows" in text
+
+
+def test_timing_table_gives_median_total_and_paired_multiples_of_l1_and_per_volume_ratios():
+    from benchmarks.tables import timing_lines
+
+    def row(label, vol, s, sec, maps="acs"):
+        return {"setting": "4x equispaced", "label": label, "volume": vol, "slice": str(s), "seconds": str(sec),
+                "maps": maps}
+
+    # a big volume (2 slices) where DDS takes 1.5x L1, a small one (1 slice) where it takes 3x
+    test = [row("l1_wavelet", "big.h5", 0, 2.0), row("l1_wavelet", "big.h5", 1, 2.0), row("l1_wavelet", "small.h5", 0, 0.5),
+            row("dds (NFE=24, K=2)", "big.h5", 0, 3.0), row("dds (NFE=24, K=2)", "big.h5", 1, 3.0),
+            row("dds (NFE=24, K=2)", "small.h5", 0, 1.5), row("dds (NFE=24, K=2)", "big.h5", 0, 99.0, maps="oracle")]
+    text = "\n".join(timing_lines(test, ["4x equispaced"]))
+    # medians 3.0 / 2.0; totals 7.5 / 4.5; per-slice ratios (1.5, 1.5, 3.0) -> median 1.5; oracle rows left out
+    assert "| 4x equispaced | dds (NFE=24, K=2) | 3.00 | 7.5 | 1.50 | 1.67 | 1.50 |" in text
+    assert "| 4x equispaced | l1_wavelet | 2.00 | 4.5 | 1.00 | 1.00 | 1.00 |" in text
+    assert "| 4x equispaced | dds (NFE=24, K=2) | big | 2 | 3.00 | 2.00 | 1.50 |" in text
+    assert "| 4x equispaced | dds (NFE=24, K=2) | small | 1 | 1.50 | 0.50 | 3.00 |" in text
+    assert "| l1_wavelet | big |" not in text  # the per-volume table is DDS's
 
 
 def test_reconstruct_writes_the_calibrated_std_only_for_matching_settings(tmp_path, fully_sampled_file,

@@ -23,6 +23,21 @@ from mri_score.network import channels_to_complex, complex_to_channels
 from mri_score.precision import autocast, choose_precision, precision_name
 
 
+def bf16_weight_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``model`` whose ``Conv2d`` and ``Linear`` weights and biases are bf16 (all else as it was).
+
+    For inference under bf16 autocast only: autocast casts exactly these parameters to bf16 on every call
+    (round to nearest even, as ``Tensor.to`` does), so the copy gives the same outputs without the casts.
+    """
+    out = copy.deepcopy(model)
+    for module in out.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            module.to(torch.bfloat16)
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
+
+
 class ComplexPrior:
     """A denoiser ``D(x; σ)`` on complex images ``(K, H, W)`` that counts its network evaluations (NFE).
 
@@ -35,13 +50,18 @@ class ComplexPrior:
     ``precision`` (:data:`mri_score.precision.PRECISIONS`) is how the network runs: ``auto``
     (bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere), ``bf16`` or ``fp32``;
     the denoiser's output is always fp32.  :func:`mri_score.posterior.reconstruct_slice` sets it
-    from its settings (:meth:`set_precision`).
+    from its settings (:meth:`set_precision`).  Under bf16 the network runs on a second private
+    copy whose convolution and linear weights are stored in bf16 (:func:`bf16_weight_copy`):
+    autocast would cast those same weights to bf16 on every call (about 180 casts per NFE for
+    the default U-Net), and rounding once gives the same bits.  Normalisations and embeddings
+    stay fp32.  ``model`` stays the fp32 network (what test-time adaptation trains).
     """
 
     evaluations_per_call: int = 1
 
     def __init__(self, model: torch.nn.Module, precision: str = "auto") -> None:
         self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        self._bf16_model: torch.nn.Module | None = None
         self.nfe = 0
         self.device = next(model.parameters()).device
         self.set_precision(precision)
@@ -49,6 +69,14 @@ class ComplexPrior:
     def set_precision(self, precision: str) -> None:
         """Run the network in ``precision`` (``auto``, ``bf16`` or ``fp32``) from now on."""
         self.autocast = choose_precision(self.device, precision)
+
+    def _network_module(self) -> torch.nn.Module:
+        """The module :meth:`network` runs: the fp32 copy, or under bf16 its bf16-weight copy (made once)."""
+        if not (self.autocast["enabled"] and self.autocast["dtype"] == torch.bfloat16):
+            return self.model
+        if self._bf16_model is None:
+            self._bf16_model = bf16_weight_copy(self.model)
+        return self._bf16_model
 
     @property
     def precision(self) -> str:
@@ -63,7 +91,7 @@ class ComplexPrior:
     def network(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """The network on real channels ``(K, 2, H, W)`` (uncounted; override for guidance)."""
         with autocast(self.autocast):
-            out = self.model(x.contiguous(memory_format=torch.channels_last), sigma)
+            out = self._network_module()(x.contiguous(memory_format=torch.channels_last), sigma)
         return out.float()
 
     def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
