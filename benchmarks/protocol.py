@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from benchmarks.stats import select_parameter
 from mri_score import baselines, uncertainty
 from mri_score.atomic import atomic_output
 from mri_score.config import require
+from mri_score.data.mixed import MixedCorpus
 from mri_score.data.realset import REAL_VOLUMES, load_real_volume
 from mri_score.errors import InputError
 from mri_score.metrics import volume_metrics
@@ -147,6 +149,21 @@ def protocol_volumes(cfg: dict) -> list[dict]:
     return vols
 
 
+#: First corpus index of the body/limb calibration slices (test split; the protocol reports none of them).
+BODY_FIRST = 900
+
+
+def body_limb_volumes(count: int, slices: int, size: int, seed: int) -> list[dict]:
+    """``count`` volumes of ``slices`` procedural body/limb slices each, in the protocol's volume layout."""
+    corpus = MixedCorpus("test", anatomy_weights={"body": 0.5, "limb": 0.5}, seed=seed, sizes=(size,), square=True)
+    vols = []
+    for k in range(count):
+        imgs = np.stack([corpus.generate(BODY_FIRST + slices * k + j)[0] for j in range(slices)])
+        vols.append({"name": f"calibration_bodylimb{k}.h5", "phase": "tuning", "group": "body/limb", "subject": "",
+                     "images": imgs, "seed": 1})
+    return vols
+
+
 def acquire(vol: dict, setting: dict, coils: int, snr: float) -> dict | None:
     """Simulated, undersampled and calibrated acquisition of one volume in one setting (None: mask not realisable)."""
     tag = setting_tag(setting)
@@ -165,6 +182,25 @@ def acquire(vol: dict, setting: dict, coils: int, snr: float) -> dict | None:
     return {"under": under, "mask": mask, "cals": cals, "oracle": [replace(c, maps=true_maps) for c in cals],
             "pixel_mm": vol.get("pixel_mm"),
             "truth": noise_free_target(vol["images"], coils), "target_rss": target_rss, "sigma": float(sigma)}
+
+
+def unreported_acquisitions(cfg: dict, volumes: int, slices: int, size: int,
+                            seed: int) -> Iterator[tuple[str, str, dict, dict]]:
+    """The protocol's brain tuning volumes and ``volumes`` procedural body/limb volumes, acquired per setting.
+
+    Yields ``(setting tag, group, volume, acquisition)`` (``group`` ``"brain"`` or ``"body/limb"``; the acquisition as
+    :func:`acquire` makes it, with the config's coils and SNR) for every setting and volume whose mask is
+    realisable: the data the check scripts tune on, none of which the protocol reports.
+    """
+    data = cfg["data"]
+    vols = [v for v in protocol_volumes(cfg) if v["phase"] == "tuning"]
+    vols += body_limb_volumes(volumes, slices, size, seed)
+    for setting in cfg["settings"]:
+        tag = setting_tag(setting)
+        for v in vols:
+            acq = acquire(v, setting, int(data.get("coils", 8)), float(data.get("snr", 100)))
+            if acq is not None:
+                yield tag, "body/limb" if v["group"] == "body/limb" else "brain", v, acq
 
 
 def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: str, prior: ComplexPrior | None,

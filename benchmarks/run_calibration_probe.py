@@ -28,18 +28,15 @@ import numpy as np
 import torch
 
 from benchmarks.harness import add_check_flags, check_args, write_report
-from benchmarks.protocol import acquire, protocol_volumes, setting_tag, validate_protocol
+from benchmarks.protocol import BODY_FIRST, setting_tag, unreported_acquisitions, validate_protocol
 from benchmarks.provenance import provenance
 from mri_score import limits, uncertainty
 from mri_score.config import load_config
-from mri_score.data.mixed import MixedCorpus
 from mri_score.errors import InputError, exit_on_input_error
 from mri_score.posterior import SamplerSettings, output_magnitude, reconstruct_slice
 from mri_score.prior import load_prior
 from mri_score.samplers import ComplexPrior
 
-#: First corpus index of the body/limb calibration slices (test split; the protocol reports none of them).
-BODY_FIRST = 900
 LEVEL = 0.9
 
 
@@ -49,17 +46,6 @@ def pooled_std(std: torch.Tensor, window: int) -> torch.Tensor:
         return std
     var = std.double().square()[None, None]
     return torch.nn.functional.avg_pool2d(var, window, stride=1, padding=window // 2, count_include_pad=False)[0, 0].sqrt()
-
-
-def body_limb_volumes(count: int, slices: int, size: int, seed: int) -> list[dict]:
-    """``count`` volumes of ``slices`` procedural body/limb slices each, in the protocol's volume layout."""
-    corpus = MixedCorpus("test", anatomy_weights={"body": 0.5, "limb": 0.5}, seed=seed, sizes=(size,), square=True)
-    vols = []
-    for k in range(count):
-        imgs = np.stack([corpus.generate(BODY_FIRST + slices * k + j)[0] for j in range(slices)])
-        vols.append({"name": f"calibration_bodylimb{k}.h5", "phase": "tuning", "group": "body/limb", "subject": "",
-                     "images": imgs, "seed": 1})
-    return vols
 
 
 @exit_on_input_error
@@ -83,26 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     prior = ComplexPrior(load_prior(cfg.get("prior")))
     dds = cfg["methods"]["dds"] or {}
     nfe, samples = int(dds["nfe"]), int(dds.get("samples", 2))
-    data = cfg["data"]
-    vols = [v for v in protocol_volumes(cfg) if v["phase"] == "tuning"]
-    vols += body_limb_volumes(args.volumes, args.slices, args.synth_size, 7 + args.seed)
     outs: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray, torch.Tensor]]] = {}
-    for setting in cfg["settings"]:
-        tag = setting_tag(setting)
-        for v in vols:
-            acq = acquire(v, setting, int(data.get("coils", 8)), float(data.get("snr", 100)))
-            if acq is None:
-                continue
-            for s in range(acq["under"].shape[0]):
-                cal = acq["cals"][s]
-                st = SamplerSettings(sampler="dds", steps=nfe, samples=samples, seed=v["seed"] + s, magnitude="sense",
-                                     options=dict(dds.get("options", {})))
-                res = reconstruct_slice(torch.from_numpy(acq["under"][s]), torch.from_numpy(acq["mask"]), prior, st,
-                                        calibration=cal)
-                primary = output_magnitude(res.mean[None], cal.maps, cal.sigma_y, "sense")[0].numpy()
-                group = "body/limb" if v["group"] == "body/limb" else "brain"
-                outs.setdefault((tag, group), []).append((acq["truth"][s], primary, res.std))
-        print(f"{tag} done", flush=True)
+    for tag, group, v, acq in unreported_acquisitions(cfg, args.volumes, args.slices, args.synth_size, 7 + args.seed):
+        for s in range(acq["under"].shape[0]):
+            cal = acq["cals"][s]
+            st = SamplerSettings(sampler="dds", steps=nfe, samples=samples, seed=v["seed"] + s, magnitude="sense",
+                                 options=dict(dds.get("options", {})))
+            res = reconstruct_slice(torch.from_numpy(acq["under"][s]), torch.from_numpy(acq["mask"]), prior, st,
+                                    calibration=cal)
+            primary = output_magnitude(res.mean[None], cal.maps, cal.sigma_y, "sense")[0].numpy()
+            outs.setdefault((tag, group), []).append((acq["truth"][s], primary, res.std))
+        print(f"{tag} {v['name']} done", flush=True)
     tags = [setting_tag(s) for s in cfg["settings"]]
     groups = [g for g in ("brain", "body/limb") if any(k[1] == g for k in outs)]
     head = " | ".join(f"{g} {t}" for g in groups for t in tags)

@@ -25,9 +25,8 @@ import torch
 
 from benchmarks import stats
 from benchmarks.harness import add_check_flags, check_args, write_report
-from benchmarks.protocol import acquire, protocol_volumes, setting_tag, validate_protocol
+from benchmarks.protocol import setting_tag, unreported_acquisitions, validate_protocol
 from benchmarks.provenance import provenance
-from benchmarks.run_calibration_probe import body_limb_volumes
 from mri_score import baselines, limits
 from mri_score.config import load_config
 from mri_score.errors import InputError, exit_on_input_error
@@ -102,35 +101,26 @@ def main(argv: list[str] | None = None) -> int:
     trained = prior_pixel_range(getattr(model, "meta", None))
     dds = cfg["methods"]["dds"] or {}
     samples, grid = int(dds.get("samples", 2)), dds.get("grid", "native")
-    data = cfg["data"]
-    vols = [v for v in protocol_volumes(cfg) if v["phase"] == "tuning"]
-    vols += body_limb_volumes(args.volumes, args.slices, args.synth_size, 7 + args.seed)
     # (tag, group) -> variant index -> per-slice PSNR / seconds; "l1" for the reference
     psnrs: dict[tuple[str, str], dict[int | str, list[float]]] = {}
     secs: dict[tuple[str, str], dict[int | str, list[float]]] = {}
-    for setting in cfg["settings"]:
-        tag = setting_tag(setting)
-        for v in vols:
-            acq = acquire(v, setting, int(data.get("coils", 8)), float(data.get("snr", 100)))
-            if acq is None:
-                continue
-            group = "body/limb" if v["group"] == "body/limb" else "brain"
-            factor = auto_grid_factor(acq.get("pixel_mm"), trained) if grid == "auto" else 1.0
-            p, t = psnrs.setdefault((tag, group), {}), secs.setdefault((tag, group), {})
-            for s in range(acq["under"].shape[0]):
-                ks, mask, cal, truth = acq["under"][s], acq["mask"], acq["cals"][s], acq["truth"][s : s + 1]
+    for tag, group, v, acq in unreported_acquisitions(cfg, args.volumes, args.slices, args.synth_size, 7 + args.seed):
+        factor = auto_grid_factor(acq.get("pixel_mm"), trained) if grid == "auto" else 1.0
+        p, t = psnrs.setdefault((tag, group), {}), secs.setdefault((tag, group), {})
+        for s in range(acq["under"].shape[0]):
+            ks, mask, cal, truth = acq["under"][s], acq["mask"], acq["cals"][s], acq["truth"][s : s + 1]
+            t0 = time.perf_counter()
+            x = baselines.l1_wavelet(ks, mask, cal, lams[tag], 100)
+            t.setdefault("l1", []).append(time.perf_counter() - t0)
+            p.setdefault("l1", []).append(psnr(truth, np.abs(x)[None]))
+            for i, (nfe, options) in enumerate(variants):
+                st = SamplerSettings(sampler="dds", steps=nfe, samples=samples, seed=v["seed"] + s,
+                                     magnitude="sense", options=options, grid_factor=factor)
                 t0 = time.perf_counter()
-                x = baselines.l1_wavelet(ks, mask, cal, lams[tag], 100)
-                t.setdefault("l1", []).append(time.perf_counter() - t0)
-                p.setdefault("l1", []).append(psnr(truth, np.abs(x)[None]))
-                for i, (nfe, options) in enumerate(variants):
-                    st = SamplerSettings(sampler="dds", steps=nfe, samples=samples, seed=v["seed"] + s,
-                                         magnitude="sense", options=options, grid_factor=factor)
-                    t0 = time.perf_counter()
-                    res = reconstruct_slice(torch.from_numpy(ks), torch.from_numpy(mask), prior, st, calibration=cal)
-                    t.setdefault(i, []).append(time.perf_counter() - t0)
-                    p.setdefault(i, []).append(psnr(truth, res.image.numpy()[None]))
-        print(f"{tag} done", flush=True)
+                res = reconstruct_slice(torch.from_numpy(ks), torch.from_numpy(mask), prior, st, calibration=cal)
+                t.setdefault(i, []).append(time.perf_counter() - t0)
+                p.setdefault(i, []).append(psnr(truth, res.image.numpy()[None]))
+        print(f"{tag} {v['name']} done", flush=True)
     lines = ["# Cheaper DDS schedules on slices the protocol never reports (issue #14, time target)", "",
              provenance(" ".join(["python benchmarks/run_speed_tuning.py", *(argv or sys.argv[1:])])).rstrip("\n"),
              f"- protocol `{args.config}`: K = {samples}, grid {grid}; brain = its tuning slices; body/limb = "

@@ -111,16 +111,19 @@ def sidecar_path(prior_path: str | os.PathLike[str]) -> Path:
 
 def settings_key(sampler: str, nfe: int, samples: int, magnitude: str,
                  options: Mapping[str, Any] | SamplerConfig | None = None) -> str:
-    """The key a calibration entry is stored under: ``sampler/nfe/samples/magnitude[/option=value...]``.
+    """The key a calibration entry is stored under: ``sampler[@vN]/nfe/samples/magnitude[/option=value...]``.
 
     ``options`` are the sampler's options (a mapping or its validated config); those that differ from
-    the sampler's defaults are appended in name order (e.g. ``dds/nfe=26/K=2/sense/cg_iters=5``), so a
-    factor fitted with one schedule never applies to another.  Default options add nothing.
+    the sampler's defaults are appended in name order (e.g. ``dds@v2/nfe=24/K=2/sense/cg_iters=5``), so a
+    factor fitted with one schedule never applies to another.  ``@vN`` is the sampler's
+    ``defaults_version`` when above 1: a key written under older defaults names no version (or an older
+    one) and never matches.
     """
     from mri_score.samplers import sampler_config
 
-    key = f"{sampler}/nfe={int(nfe)}/K={int(samples)}/{magnitude}"
     cfg = sampler_config(sampler, options)
+    version = type(cfg).defaults_version
+    key = f"{sampler}{f'@v{version}' if version > 1 else ''}/nfe={int(nfe)}/K={int(samples)}/{magnitude}"
     default = type(cfg)()
     changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)]
     return "/".join([key, *(f"{name}={getattr(cfg, name)!r}" for name in sorted(changed))])

@@ -166,7 +166,8 @@ def test_cli_adapt_bad_flags_one_line_exit_2(tmp_path, fully_sampled_file, tiny_
 
 
 @pytest.mark.parametrize("module", ["benchmarks.run_adapt_check", "benchmarks.run_grid_check",
-                                    "benchmarks.run_grid_tuning", "benchmarks.run_calibration_probe"])
+                                    "benchmarks.run_grid_tuning", "benchmarks.run_calibration_probe",
+                                    "benchmarks.run_speed_tuning"])
 def test_check_scripts_refuse_bad_flags_in_one_line(module, capsys):
     import importlib
 
@@ -205,3 +206,19 @@ def test_calibration_probe_refuses_bad_flags_in_one_line(argv, message, capsys):
     rc = probe_main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--variant", "sigma_max=1"], "names no nfe=N"), (["--variant", "nfe=x"], "nfe must be an integer"),
+    (["--variant", "nfe=24,sigma_max"], "must look like key=value"), (["--variant", "nfe=0"], "nfe must be in"),
+    (["--variant", "nfe=24,sigma_maks=1"], "unknown dds option sigma_maks"),
+    (["--variant", "nfe=24,sigma_max=0.001"], "sigma_max must be > sigma_min"),
+    (["--l1-lam", "4:0.003"], "gives no positive λ for the 8x random setting"),
+    (["--l1-lam", "4=1"], "--l1-lam must look like"), (["--volumes", "0"], "--volumes must be in"),
+])
+def test_speed_tuning_refuses_bad_flags_in_one_line(argv, message, capsys):
+    from benchmarks.run_speed_tuning import main as speed_main
+
+    rc = speed_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and message in err[0], err

@@ -241,6 +241,40 @@ def test_cg_solves_known_system_batched():
     assert (res.relative_residual <= 1e-10).all()
 
 
+def test_cg_matches_the_textbook_iteration_and_promotes_dtypes():
+    maps, mask = _maps_mask(coils=6, seed=8)
+    A = Sense(maps, mask)
+    b = crandn(2, 24, 20, seed=17)
+    x0 = crandn(2, 24, 20, seed=18)
+
+    def textbook(op, b, x, iters):  # out-of-place CG with separate inner products, as before the in-place rewrite
+        r = b - op(x)
+        p = r.clone()
+        rr = (r.conj() * r).sum(dim=(1, 2), keepdim=True).real
+        for _ in range(iters):
+            ap = op(p)
+            alpha = rr / (p.conj() * ap).sum(dim=(1, 2), keepdim=True).real
+            x, r = x + alpha * p, r - alpha * ap
+            rr_new = (r.conj() * r).sum(dim=(1, 2), keepdim=True).real
+            p, rr = r + (rr_new / rr) * p, rr_new
+        return x
+
+    op = lambda v: torch.add(v, A.gram(v), alpha=30.0)  # noqa: E731  DDS's data-consistency system
+    res = conjugate_gradient(op, b, x0=x0, max_iter=10, tol=0.0, batch_dims=1)
+    ref = textbook(op, b, x0.clone(), 10)
+    assert torch.allclose(res.x, ref, rtol=1e-5, atol=1e-6)
+    assert res.x.dtype == torch.complex64 and not torch.equal(x0, res.x)
+    assert torch.equal(x0, crandn(2, 24, 20, seed=18))  # the initial guess is not overwritten
+    # a normal operator that promotes (complex128 maps on a complex64 image) solves in complex128
+    A128 = Sense(maps.to(torch.complex128), mask)
+    wide = conjugate_gradient(A128.gram, b, lam=0.1, max_iter=50, tol=1e-12, batch_dims=1)
+    assert wide.x.dtype == torch.complex128
+    assert torch.allclose(A128.gram(wide.x) + 0.1 * wide.x, b.to(torch.complex128), atol=1e-8)
+    # a complex128 right-hand side with a complex64 guess is not downcast
+    both = conjugate_gradient(A128.gram, b.to(torch.complex128), x0=x0, lam=0.1, max_iter=50, tol=1e-12, batch_dims=1)
+    assert both.x.dtype == torch.complex128 and torch.allclose(both.x, wide.x, atol=1e-8)
+
+
 def test_cg_respects_iteration_cap():
     maps, mask = _maps_mask(seed=7)
     A = Sense(maps, mask)

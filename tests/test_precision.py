@@ -93,6 +93,45 @@ def test_dds_returns_ordinary_tensors_from_its_inference_mode_loop(tiny_cfg):
     assert w.grad is not None
 
 
+def test_bf16_copy_follows_changes_to_the_fp32_network_and_survives_inference_mode(tiny_cfg):
+    model = random_model(tiny_cfg)
+    prior = ComplexPrior(model, "bf16")
+    x = torch.complex(torch.randn(2, 32, 32), torch.randn(2, 32, 32))
+    with torch.inference_mode():  # the first bf16 call inside a sampler's inference mode (as DDS makes it)
+        first = prior.denoise(x, 0.3)
+    # the same adapter then differentiates through the network (DPS, classifier guidance)
+    xg = x.clone().requires_grad_(True)
+    prior.denoise(xg, 0.3).abs().sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    # an in-place change of the fp32 network reaches the bf16 copy
+    with torch.no_grad():
+        next(p for p in prior.model.parameters() if p.ndim == 4).mul_(3.0)
+        changed = prior.denoise(x, 0.3)
+        again = prior.denoise(x, 0.3)
+    assert not torch.equal(first, changed) and torch.equal(changed, again)
+
+
+def test_dds_inference_mode_loop_gives_the_no_grad_bits(tiny_cfg):
+    from mri_score.likelihood import GaussianKspaceLikelihood
+    from mri_score.samplers import DDSConfig, sample_dds
+    from mri_score.samplers.dds import _dds_loop
+    from operators import Sense
+
+    model = random_model(tiny_cfg)
+    g = torch.Generator().manual_seed(0)
+    maps = torch.ones(1, 32, 32, dtype=torch.complex64)
+    mask = torch.zeros(32)
+    mask[::2] = 1
+    img = torch.complex(torch.randn(32, 32, generator=g), torch.randn(32, 32, generator=g))
+    term = GaussianKspaceLikelihood(Sense(maps, mask), Sense(maps, mask)(img), 0.05)
+    x_init = term.zero_filled().expand(2, -1, -1).clone()
+    cfg = DDSConfig()
+    fast = sample_dds(ComplexPrior(model, "bf16"), [term], x_init, torch.Generator().manual_seed(3), 4, cfg).samples
+    with torch.no_grad():
+        ref = _dds_loop(ComplexPrior(model, "bf16"), [term], [], x_init, torch.Generator().manual_seed(3), 4, cfg)
+    assert torch.equal(fast, ref) and not fast.is_inference()
+
+
 def test_reconstruct_slice_sets_the_adapters_precision(tiny_cfg):
     model = random_model(tiny_cfg)
     g = torch.Generator().manual_seed(0)

@@ -100,6 +100,11 @@ def test_calibration_key_carries_non_default_sampler_options(tiny_prior_path):
     assert uncertainty.settings_key("dds", 26, 2, "sense", DDSConfig()) == plain
     changed = uncertainty.settings_key("dds", 26, 2, "sense", {"sigma_max": "4", "cg_iters": 5})
     assert changed == f"{plain}/cg_iters=5/sigma_max=4.0"
+    # DDS's defaults changed once (version 2): a key written before names no version and never matches
+    assert plain == f"dds@v{DDSConfig.defaults_version}/nfe=26/K=2/sense" and DDSConfig.defaults_version == 2
+    old_schedule = uncertainty.settings_key("dds", 30, 2, "sense", {"sigma_max": 3.0})
+    assert old_schedule == "dds@v2/nfe=30/K=2/sense/sigma_max=3.0" != "dds/nfe=30/K=2/sense"
+    assert uncertainty.settings_key("pc", 20, 2, "sense") == "pc/nfe=20/K=2/sense"  # version 1: no tag
     # a factor fitted for the default schedule never applies to another one
     uncertainty.store_factor(tiny_prior_path, plain, 2.5, 0.9)
     assert uncertainty.lookup_factor(tiny_prior_path, changed) is None
@@ -246,7 +251,7 @@ def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_
     # the sidecar was written for the prior and the DDS settings
     side = json.loads(uncertainty.sidecar_path(tiny_prior_path).read_text())
     assert side["prior_sha256"] == uncertainty.file_sha256(tiny_prior_path)
-    assert "dds/nfe=2/K=2/sense" in side["entries"]
+    assert uncertainty.settings_key("dds", 2, 2, "sense") == "dds@v2/nfe=2/K=2/sense" in side["entries"]
     # the README block writer replaces only its block
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:begin -->\nold\n<!-- results:end -->\noutro\n")

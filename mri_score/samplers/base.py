@@ -54,7 +54,10 @@ class ComplexPrior:
     copy whose convolution and linear weights are stored in bf16 (:func:`bf16_weight_copy`):
     autocast would cast those same weights to bf16 on every call (about 180 casts per NFE for
     the default U-Net), and rounding once gives the same bits.  Normalisations and embeddings
-    stay fp32.  ``model`` stays the fp32 network (what test-time adaptation trains).
+    stay fp32.  ``model`` stays the fp32 network; the copy is rebuilt whenever one of its
+    parameters has changed since (in place, or replaced), so changing ``model`` is safe.  Test-time
+    adaptation trains a copy of ``model`` and wraps it in a new adapter.  Forward hooks added to
+    ``model`` after the first bf16 call do not reach the copy.
     """
 
     evaluations_per_call: int = 1
@@ -62,6 +65,7 @@ class ComplexPrior:
     def __init__(self, model: torch.nn.Module, precision: str = "auto") -> None:
         self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         self._bf16_model: torch.nn.Module | None = None
+        self._bf16_source: tuple[tuple[int, int], ...] = ()
         self.nfe = 0
         self.device = next(model.parameters()).device
         self.set_precision(precision)
@@ -74,8 +78,14 @@ class ComplexPrior:
         """The module :meth:`network` runs: the fp32 copy, or under bf16 its bf16-weight copy (made once)."""
         if not (self.autocast["enabled"] and self.autocast["dtype"] == torch.bfloat16):
             return self.model
-        if self._bf16_model is None:
-            self._bf16_model = bf16_weight_copy(self.model)
+        # the fp32 parameters' identities and version counters: any change since the copy was made rebuilds it
+        source = tuple((id(p), p._version) for p in self.model.parameters())
+        if self._bf16_model is None or source != self._bf16_source:
+            # ordinary tensors even when first called inside a sampler's inference_mode (DPS and classifier
+            # guidance differentiate through the same adapter later)
+            with torch.inference_mode(False), torch.no_grad():
+                self._bf16_model = bf16_weight_copy(self.model)
+            self._bf16_source = source
         return self._bf16_model
 
     @property
@@ -115,6 +125,9 @@ class SamplerConfig:
 
     name: ClassVar[str] = ""
     default_nfe: ClassVar[int] = 1
+    #: Version of the defaults, raised when a default changes; it is part of the std-calibration key
+    #: (:func:`mri_score.uncertainty.settings_key`), so a factor fitted under older defaults never matches.
+    defaults_version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
