@@ -69,14 +69,8 @@ def conjugate_gradient(
         # Σ conj(u)·v over the non-batch dims, fused (no product tensor)
         return torch.linalg.vecdot(u.reshape(*batch, -1), v.reshape(*batch, -1)).reshape(shape)
 
-    if x0 is not None:
-        dtype = torch.promote_types(b.dtype, x0.dtype)
-        b, x = b.to(dtype), x0.to(dtype).clone()
-        r = b - apply(x)
-    else:
-        x, r = torch.zeros_like(b), b.clone()
-    if r.dtype != b.dtype:  # N promotes (e.g. complex128 maps): solve in that dtype
-        b, x, r = b.to(r.dtype), x.to(r.dtype), r
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - apply(x) if x0 is not None else b.clone()
     p = r.clone()
     rr = dot(r, r).real
     bnorm = dot(b, b).real.sqrt().clamp_min(1e-30)
@@ -86,10 +80,9 @@ def conjugate_gradient(
             it -= 1
             break
         ap = apply(p)
-        if ap.dtype != p.dtype:  # N promotes: move the iterates to its dtype once
-            dtype = torch.promote_types(ap.dtype, p.dtype)
-            b, x, r, p, ap = (t.to(dtype) for t in (b, x, r, p, ap))
-            bnorm = bnorm.to(ap.real.dtype)
+        if ap.dtype != x.dtype:  # b, x0 or N promotes (e.g. complex128 maps): move the iterates there once
+            dtype = torch.promote_types(ap.dtype, x.dtype)
+            x, r, p, ap = (t.to(dtype) for t in (x, r, p, ap))
         pap = dot(p, ap).real
         alpha = rr / pap.clamp_min(1e-30)
         alpha = torch.where(rr > 0, alpha, torch.zeros_like(alpha))
