@@ -203,6 +203,17 @@ def unreported_acquisitions(cfg: dict, volumes: int, slices: int, size: int,
                 yield tag, "body/limb" if v["group"] == "body/limb" else "brain", v, acq
 
 
+def dds_grid_factor(spec: dict, pixel_mm: tuple[float, float] | None, prior: ComplexPrior) -> float:
+    """The sampling-grid factor of the DDS spec (``grid: native|auto``) for pixels of ``pixel_mm``.
+
+    ``auto`` is reconstruct's ``--grid auto`` (its default): :func:`mri_score.resolution.auto_grid_factor`
+    of the pixel size and the prior's trained range; ``native`` (the spec's default) is 1.
+    """
+    if spec.get("grid", "native") != "auto":
+        return 1.0
+    return auto_grid_factor(pixel_mm, prior_pixel_range(getattr(prior.model, "meta", None)))
+
+
 def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: str, prior: ComplexPrior | None,
           seed: int) -> dict:
     """One method on slice ``s``: ``primary`` (``|x|``), ``rss`` (expected RSS), ``std`` (DDS), ``seconds``, ``nfe``,
@@ -215,9 +226,7 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
         x = sense1_combine(ifft2c(torch.from_numpy(ks)), cal.maps).numpy()
         rss_img = baselines.zero_filled_rss(ks, mask)
     elif method == "dds":
-        factor = 1.0
-        if spec.get("grid", "native") == "auto":  # reconstruct's --grid auto (its default)
-            factor = auto_grid_factor(acq.get("pixel_mm"), prior_pixel_range(getattr(prior.model, "meta", None)))
+        factor = dds_grid_factor(spec, acq.get("pixel_mm"), prior)
         settings = SamplerSettings(sampler="dds", steps=int(spec["nfe"]), samples=int(spec.get("samples", 2)),
                                    seed=seed + s, magnitude="sense", options=dict(spec.get("options", {})),
                                    grid_factor=factor)

@@ -25,7 +25,7 @@ import torch
 
 from benchmarks import stats
 from benchmarks.harness import add_check_flags, check_args, write_report
-from benchmarks.protocol import setting_tag, unreported_acquisitions, validate_protocol
+from benchmarks.protocol import dds_grid_factor, setting_tag, unreported_acquisitions, validate_protocol
 from benchmarks.provenance import provenance
 from mri_score import baselines, limits
 from mri_score.config import load_config
@@ -33,7 +33,6 @@ from mri_score.errors import InputError, exit_on_input_error
 from mri_score.metrics import psnr
 from mri_score.posterior import SamplerSettings, reconstruct_slice
 from mri_score.prior import load_prior
-from mri_score.resolution import auto_grid_factor, prior_pixel_range
 from mri_score.samplers import ComplexPrior, sampler_config
 
 #: The variants of the committed run: the previous default (σ_max = 3, 30 NFE) first, as the reference.
@@ -96,16 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     variants = [parse_variant(t) for t in texts]
     tags = [setting_tag(s) for s in cfg["settings"]]
     lams = parse_lams(args.l1_lam, tags)
-    model = load_prior(cfg.get("prior"))
-    prior = ComplexPrior(model)
-    trained = prior_pixel_range(getattr(model, "meta", None))
+    prior = ComplexPrior(load_prior(cfg.get("prior")))
     dds = cfg["methods"]["dds"] or {}
     samples, grid = int(dds.get("samples", 2)), dds.get("grid", "native")
     # (tag, group) -> variant index -> per-slice PSNR / seconds; "l1" for the reference
     psnrs: dict[tuple[str, str], dict[int | str, list[float]]] = {}
     secs: dict[tuple[str, str], dict[int | str, list[float]]] = {}
     for tag, group, v, acq in unreported_acquisitions(cfg, args.volumes, args.slices, args.synth_size, 7 + args.seed):
-        factor = auto_grid_factor(acq.get("pixel_mm"), trained) if grid == "auto" else 1.0
+        factor = dds_grid_factor(dds, acq.get("pixel_mm"), prior)
         p, t = psnrs.setdefault((tag, group), {}), secs.setdefault((tag, group), {})
         for s in range(acq["under"].shape[0]):
             ks, mask, cal, truth = acq["under"][s], acq["mask"], acq["cals"][s], acq["truth"][s : s + 1]
