@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt", action="store_true",
                    help="test-time adaptation: a pilot reconstruction at half the NFE, the prior's norm and bias "
                         "parameters fine-tuned on it (denoising score matching), then the reconstruction "
-                        "(mri_score.adapt; 1.3-2.3x the time, measured per volume in benchmarks/results/adapt_check.md)")
+                        "(mri_score.adapt; 1.8-2.5x the time, measured per volume in benchmarks/results/adapt_check.md)")
     p.add_argument("--adapt-steps", type=int, default=None, help="adaptation: Adam steps (default 40)")
     p.add_argument("--adapt-params", default=None, choices=ADAPT_PARAMS, help="adaptation: parameters trained (default bias)")
     p.add_argument("--adapt-sigma-min", type=float, default=None,
