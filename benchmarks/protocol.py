@@ -16,7 +16,8 @@ labelled ``bart_ecalib`` row), then
 1. **tuning**: every swept method at every λ on the tuning slices; a sweep whose best λ is at an
    edge is widened by one geometric step (up to ``protocol.widen`` times); the λ with the best
    mean clean-truth PSNR is chosen (:func:`benchmarks.stats.select_parameter`); the DDS std
-   calibration factor is fitted on the tuning slices' DDS outputs (:mod:`mri_score.uncertainty`);
+   calibration factor is fitted on the tuning slices' DDS outputs, as the largest of the per-setting
+   split-conformal factors so that every setting is covered (:func:`mri_score.uncertainty.every_group_factor`);
 2. **test**: every method once, at its chosen λ, on the test slices and the real set, plus the
    ``protocol.oracle_maps`` methods on the real set with the simulator's true coil maps.
 
@@ -288,6 +289,22 @@ def score(truth: np.ndarray, target_rss: np.ndarray, out: dict) -> dict:
             "NMSE_rss": mr["NMSE"]}
 
 
+def std_factors(tuning_rows: list[dict], levels: tuple[float, ...]) -> dict[float, float]:
+    """The DDS std factor per nominal level, fitted on the tuning rows' error ratios (``_ratios``).
+
+    Per level, the largest of the per-setting split-conformal factors
+    (:func:`mri_score.uncertainty.every_group_factor`): one factor that covers every setting of the
+    tuning slices at that level (pooling the settings would let the easier setting, 4x, hide the
+    harder one's shortfall).  Empty when no DDS row has ratios.
+    """
+    by_setting: dict[str, list[np.ndarray]] = {}
+    for r in tuning_rows:
+        if r["method"] == "dds" and "_ratios" in r:
+            by_setting.setdefault(r["setting"], []).append(r["_ratios"])
+    groups = {tag: np.concatenate(rs) for tag, rs in by_setting.items()}
+    return {p: uncertainty.every_group_factor(groups, p) for p in levels} if groups else {}
+
+
 def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> tuple[list[dict], dict]:
     """Run the protocol a (validated) config describes.
 
@@ -367,7 +384,7 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> 
             log(f"[{time.time() - t_start:.0f}s] {tag} {method}: tuned")
     levels = uncertainty.RELIABILITY_LEVELS
     cal_ratios = [r["_ratios"] for r in rows if r["method"] == "dds" and "_ratios" in r]
-    factors = {p: uncertainty.conformal_factor(np.concatenate(cal_ratios), p) for p in levels} if cal_ratios else {}
+    factors = std_factors(rows, levels)
     tests = [vi for vi, v in enumerate(vols) if v["phase"] == "test"]
     oracle = [m for m in proto.get("oracle_maps", []) if m in methods]
     for setting in cfg["settings"]:

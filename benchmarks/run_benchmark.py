@@ -196,7 +196,7 @@ def run_protocol_benchmark(args: argparse.Namespace, cfg: dict, name: str) -> in
         dds = cfg["methods"]["dds"]
         key = uncertainty.settings_key("dds", int(dds["nfe"]), int(dds.get("samples", 2)), "sense", dds.get("options"))
         side = uncertainty.store_factor(prior_path, key, cal["factors"][0.9], 0.9, fitted_on=f"{name} tuning slices",
-                                        pixels=cal["tuning_pixels"])
+                                        rule="largest per-setting split-conformal factor", pixels=cal["tuning_pixels"])
         header.insert(-1, f"- std calibration stored: {side.name} [{key}] = {cal['factors'][0.9]:.4f}")
     body = render(read_csv(csv_path))
     text = "\n".join(header) + "\n" + body + "".join(f"\n![{f}]({f})\n" for f in figs)

@@ -46,11 +46,23 @@ def object_mask(truth: np.ndarray, fraction: float = OBJECT_FRACTION) -> np.ndar
     return t > fraction * peak
 
 
-def error_ratios(truth: np.ndarray, recon: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """``|recon − truth| / std`` on the object pixels of ``truth`` (1-D float64; std 0 gives inf unless error 0)."""
+def error_ratios(truth: np.ndarray, recon: np.ndarray, std: np.ndarray, floor: float = 0.0,
+                 level: float = 0.9) -> np.ndarray:
+    """Per object pixel of ``truth``, the factor on ``std`` it needs to be covered (1-D float64), times ``z(level)``.
+
+    Without a floor this is ``|recon − truth| / std``; std 0 gives inf unless the error is 0.  With a
+    noise ``floor`` (:func:`noise_floor_std`) the calibrated std is ``sqrt((c · std)² + floor²)``, which
+    is not rescaled by ``c``: a pixel is covered at ``level`` when ``|err| ≤ z · sqrt((c · std)² + floor²)``,
+    i.e. when ``c ≥ sqrt(max(0, (err / z)² − floor²)) / std``; the ratio is ``z`` times that threshold, so
+    that :func:`conformal_factor` and :func:`coverage` read it as they read ``|err| / std`` (``level`` only
+    matters with a floor).
+    """
     sel = object_mask(truth)
     err = np.abs(np.asarray(recon, np.float64) - np.asarray(truth, np.float64))[sel]
     s = np.asarray(std, np.float64)[sel]
+    if floor:
+        z = gaussian_z(level)
+        err = z * np.sqrt(np.maximum(0.0, (err / z) ** 2 - float(floor) ** 2))
     with np.errstate(divide="ignore", invalid="ignore"):
         r = err / s
     r[(err == 0) & (s == 0)] = 0.0
@@ -76,6 +88,40 @@ def conformal_factor(ratios: np.ndarray, level: float = 0.9) -> float:
     q_level = min(1.0, np.ceil((r.size + 1) * level) / r.size)
     q = float(np.quantile(r, q_level, method="higher"))
     return q / gaussian_z(level)
+
+
+def every_group_factor(ratios_by_group: Mapping[str, np.ndarray], level: float = 0.9) -> float:
+    """One factor that covers every calibration group: the largest :func:`conformal_factor` of the groups.
+
+    Group-conditional (Mondrian) split-conformal calibration fits a factor per group (here: per
+    acceleration and mask) so that each group is covered at ``level``; taking the largest keeps that
+    guarantee for every group with one factor, at the price of over-covering the easier ones.
+    """
+    if not ratios_by_group:
+        raise InputError("no calibration groups to fit the std factor on")
+    return max(conformal_factor(r, level) for r in ratios_by_group.values())
+
+
+def noise_floor_std(sigma_y: float, sampled_fraction: float) -> float:
+    """Std of the magnitude error that the data noise causes and that all K samples share.
+
+    Every posterior sample fits the same noisy k-space, so the sampled frequencies' noise is in all
+    of them and not in their spread.  With an orthonormal FFT, ``E|n|² = σ_y²`` per sample and coil maps
+    ``Σ_c |S_c|² = 1``, the coil-combined image carries complex noise of variance ``σ_y² · f`` per pixel
+    (``f`` the sampled fraction of k-space); its component along the image phase, ``σ_y · √(f / 2)``,
+    is the magnitude's.
+
+    Parameters
+    ----------
+    sigma_y : float
+        Noise std per complex k-space sample, in the image's units.
+    sampled_fraction : float
+        Fraction of k-space sampled, in [0, 1].
+    """
+    if not (np.isfinite(sigma_y) and sigma_y >= 0 and 0.0 <= sampled_fraction <= 1.0):
+        raise InputError(f"noise floor needs σ_y ≥ 0 and a sampled fraction in [0, 1], got {sigma_y}, "
+                         f"{sampled_fraction}")
+    return float(sigma_y * np.sqrt(sampled_fraction / 2))
 
 
 def coverage(ratios: np.ndarray, factor: float, level: float) -> float:

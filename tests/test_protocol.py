@@ -392,3 +392,65 @@ def test_training_split_note_names_the_overlap_of_the_shipped_priors():
     # the default prior is the voxel-disjoint one, so the README's synthetic rows are held-out anatomy
     assert "voxel-disjoint" in training_split_note(load_prior().meta)
     assert "unknown" in training_split_note({})
+
+
+def test_every_group_factor_covers_each_group_where_pooling_does_not():
+    # two settings under-dispersed by 2 and by 4: the pooled factor under-covers the harder one, the largest
+    # per-group factor covers both at >= the level (and is exactly the harder group's conformal factor)
+    rng = np.random.default_rng(1)
+    groups = {name: np.abs(rng.normal(0, k, 20000)) for name, k in (("4x", 2.0), ("8x", 4.0))}
+    pooled = uncertainty.conformal_factor(np.concatenate(list(groups.values())), 0.9)
+    every = uncertainty.every_group_factor(groups, 0.9)
+    assert every == uncertainty.conformal_factor(groups["8x"], 0.9) == pytest.approx(4.0, rel=0.03)
+    assert uncertainty.coverage(groups["8x"], pooled, 0.9) < 0.87
+    assert all(uncertainty.coverage(r, every, 0.9) >= 0.9 for r in groups.values())
+    with pytest.raises(InputError):
+        uncertainty.every_group_factor({}, 0.9)
+
+
+def test_protocol_std_factors_take_the_largest_per_setting_factor():
+    from benchmarks.protocol import std_factors
+
+    rng = np.random.default_rng(2)
+    r4, r8 = np.abs(rng.normal(0, 1.0, 5000)), np.abs(rng.normal(0, 3.0, 5000))
+    rows = [{"setting": "4x equispaced", "method": "dds", "_ratios": r4[:2500]},
+            {"setting": "4x equispaced", "method": "dds", "_ratios": r4[2500:]},
+            {"setting": "8x random", "method": "dds", "_ratios": r8},
+            {"setting": "8x random", "method": "l1_wavelet"}]
+    factors = std_factors(rows, (0.5, 0.9))
+    for p in (0.5, 0.9):
+        assert factors[p] == uncertainty.conformal_factor(r8, p) > uncertainty.conformal_factor(r4, p)
+    assert std_factors([{"setting": "4x equispaced", "method": "cg_sense"}], (0.9,)) == {}
+
+
+def test_noise_floor_is_the_magnitude_error_of_the_sampled_noise():
+    # the coil-combined image of k-space noise on the sampled fraction f, projected on the image phase,
+    # has std σ_y·√(f/2) (orthonormal FFT, Σ|S|² = 1): simulate it
+    from operators import birdcage_maps, ifft2c, make_mask, sense1_combine
+
+    torch.manual_seed(0)
+    h = w = 64
+    maps = torch.from_numpy(birdcage_maps(8, (h, w)))
+    mask, _ = make_mask("random", 4, 0.08, (h, w), "noise_floor.h5")
+    sigma = 0.3
+    noise = sigma * torch.complex(torch.randn(200, 8, h, w), torch.randn(200, 8, h, w)) / 2 ** 0.5
+    img = sense1_combine(ifft2c(noise * torch.from_numpy(mask)), maps)
+    phase = torch.exp(1j * torch.rand(h, w) * 6.283)
+    along = (img * phase.conj()).real
+    f = float(np.mean(np.asarray(mask) != 0))
+    assert float(along.std()) == pytest.approx(uncertainty.noise_floor_std(sigma, f), rel=0.02)
+    with pytest.raises(InputError):
+        uncertainty.noise_floor_std(-1.0, 0.5)
+
+
+def test_error_ratios_with_a_floor_read_as_coverage_of_the_combined_std():
+    rng = np.random.default_rng(3)
+    truth = np.ones((32, 32))
+    recon = truth + rng.normal(0, 1.0, truth.shape)
+    std = rng.uniform(0.05, 0.5, truth.shape)
+    floor, z = 0.4, uncertainty.gaussian_z(0.9)
+    r = uncertainty.error_ratios(truth, recon, std, floor, 0.9)
+    for c in (0.5, 1.0, 2.0, 4.0):
+        direct = np.mean(np.abs(recon - truth) <= z * np.hypot(c * std, floor))
+        assert uncertainty.coverage(r, c, 0.9) == pytest.approx(direct, abs=1e-12)
+    assert np.array_equal(uncertainty.error_ratios(truth, recon, std), np.abs(recon - truth).ravel() / std.ravel())
