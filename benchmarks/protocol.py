@@ -289,18 +289,17 @@ def score(truth: np.ndarray, target_rss: np.ndarray, out: dict) -> dict:
             "NMSE_rss": mr["NMSE"]}
 
 
-def std_factors(tuning_rows: list[dict], levels: tuple[float, ...]) -> dict[float, float]:
-    """The DDS std factor per nominal level, fitted on the tuning rows' error ratios (``_ratios``).
+def std_factors(cal_rows: list[dict], levels: tuple[float, ...]) -> dict[float, float]:
+    """The DDS std factor per nominal level, fitted on the error ratios (``_ratios``) of the DDS tuning rows.
 
     Per level, the largest of the per-setting split-conformal factors
     (:func:`mri_score.uncertainty.every_group_factor`): one factor that covers every setting of the
     tuning slices at that level (pooling the settings would let the easier setting, 4x, hide the
-    harder one's shortfall).  Empty when no DDS row has ratios.
+    harder one's shortfall).  Empty when ``cal_rows`` is.
     """
     by_setting: dict[str, list[np.ndarray]] = {}
-    for r in tuning_rows:
-        if r["method"] == "dds" and "_ratios" in r:
-            by_setting.setdefault(r["setting"], []).append(r["_ratios"])
+    for r in cal_rows:
+        by_setting.setdefault(r["setting"], []).append(r["_ratios"])
     groups = {tag: np.concatenate(rs) for tag, rs in by_setting.items()}
     return {p: uncertainty.every_group_factor(groups, p) for p in levels} if groups else {}
 
@@ -383,8 +382,9 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> 
                 chosen[(tag, method)] = select_parameter(scores)[0]
             log(f"[{time.time() - t_start:.0f}s] {tag} {method}: tuned")
     levels = uncertainty.RELIABILITY_LEVELS
-    cal_ratios = [r["_ratios"] for r in rows if r["method"] == "dds" and "_ratios" in r]
-    factors = std_factors(rows, levels)
+    cal_rows = [r for r in rows if r["method"] == "dds" and "_ratios" in r]
+    factors = std_factors(cal_rows, levels)
+    tuning_pixels = int(sum(r["_ratios"].size for r in cal_rows))  # before the ratios are popped below
     tests = [vi for vi, v in enumerate(vols) if v["phase"] == "test"]
     oracle = [m for m in proto.get("oracle_maps", []) if m in methods]
     for setting in cfg["settings"]:
@@ -404,7 +404,7 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> 
             for p in levels:
                 r[f"cov_raw_{round(100 * p)}"] = uncertainty.coverage(ratios, 1.0, p)
                 r[f"cov_cal_{round(100 * p)}"] = uncertainty.coverage(ratios, factors[p], p)
-    return rows, {"factors": factors, "tuning_pixels": int(sum(r.size for r in cal_ratios))}
+    return rows, {"factors": factors, "tuning_pixels": tuning_pixels}
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

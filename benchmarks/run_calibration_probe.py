@@ -14,10 +14,11 @@ the protocol never reports, before anything is adopted:
   (:func:`mri_score.uncertainty.every_group_factor`, the protocol's rule since it was probed here), each
   with and without a **noise floor** (:func:`mri_score.uncertainty.noise_floor_std`) combined in quadrature.
 
-For each window it fits the 90 % factor on the brain tuning slices (both settings pooled, as the protocol
-does) and reports the coverage on the brain tuning slices and on the body/limb slices, per setting, and
-the factor fitted on brain plus body/limb.  DDS as the protocol runs it (``methods.dds`` of ``--config``:
-NFE, K), native grid (every slice here is inside the prior's pixel range).
+For each window it fits the 90 % factor on the brain tuning slices (both settings pooled, the protocol's
+rule before the factor-rule table led it to the largest per-setting factor) and reports the coverage on
+the brain tuning slices and on the body/limb slices, per setting, and the factor fitted on brain plus body/limb.
+DDS as the protocol runs it (``methods.dds`` of ``--config``: NFE, K), native grid
+(every slice here is inside the prior's pixel range).
 """
 
 from __future__ import annotations

@@ -415,12 +415,13 @@ def test_protocol_std_factors_take_the_largest_per_setting_factor():
     r4, r8 = np.abs(rng.normal(0, 1.0, 5000)), np.abs(rng.normal(0, 3.0, 5000))
     rows = [{"setting": "4x equispaced", "method": "dds", "_ratios": r4[:2500]},
             {"setting": "4x equispaced", "method": "dds", "_ratios": r4[2500:]},
-            {"setting": "8x random", "method": "dds", "_ratios": r8},
-            {"setting": "8x random", "method": "l1_wavelet"}]
+            {"setting": "8x random", "method": "dds", "_ratios": r8}]
     factors = std_factors(rows, (0.5, 0.9))
     for p in (0.5, 0.9):
         assert factors[p] == uncertainty.conformal_factor(r8, p) > uncertainty.conformal_factor(r4, p)
-    assert std_factors([{"setting": "4x equispaced", "method": "cg_sense"}], (0.9,)) == {}
+    # the two 4x rows are pooled within their setting: dropping the 8x setting leaves the 4x factor
+    assert std_factors(rows[:2], (0.9,)) == {0.9: uncertainty.conformal_factor(r4, 0.9)}
+    assert std_factors([], (0.9,)) == {}
 
 
 def test_noise_floor_is_the_magnitude_error_of_the_sampled_noise():
