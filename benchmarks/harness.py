@@ -25,7 +25,8 @@ from mri_score.calibration import Calibration, calibrate
 from mri_score.data.realset import load_real_volume
 from mri_score.errors import InputError
 from mri_score.pipeline import reconstruct_volume
-from mri_score.posterior import SamplerSettings, output_magnitude
+from mri_score.posterior import output_magnitude
+from mri_score.request import ReconRequest
 from mri_score.samplers import DEFAULT_STEPS, sampler_config
 from mri_score.simulation import corpus_volume
 from mri_score.supervised import unet_reconstruct
@@ -238,7 +239,7 @@ def run_method(name: str, spec: dict, under: np.ndarray, mask: np.ndarray, cals:
     if name in SCORE_METHODS:
         out = []
         for nfe in score_budgets(spec, first_volume):
-            settings = SamplerSettings(sampler=name, steps=int(nfe), samples=int(spec.get("samples", 2)), seed=seed,
+            settings = ReconRequest(sampler=name, steps=int(nfe), samples=int(spec.get("samples", 2)), seed=seed,
                                        magnitude=magnitude, options=dict(spec.get("options", {})))
             res = reconstruct_volume(under, mask, models["prior"], settings, calibrations=cals)
             out.append(row(f"NFE={res.nfe[0]}", res.image, res.seconds, res.nfe[0], res.std))

@@ -9,7 +9,9 @@ Run: ``python benchmarks/make_tables.py`` (defaults: the default prior's protoco
 
 from __future__ import annotations
 
-import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
 
 # isort: split
 import argparse
@@ -18,10 +20,11 @@ import sys
 from pathlib import Path
 
 from benchmarks.protocol import read_csv
-from benchmarks.tables import render, render_prior_ablation
+from benchmarks.tables import DEFAULT_CSV, render, render_prior_ablation
 from mri_score.atomic import atomic_output
+from mri_score.cli import exit_on_input_error
 from mri_score.config import read_text_file
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -29,7 +32,6 @@ ABL_BEGIN, ABL_END = "<!-- prior-ablation:begin -->", "<!-- prior-ablation:end -
 #: The prior ablation's runs (name, CSV under benchmarks/results): the same protocol with each prior.
 ABLATION = (("brain_synth", "bench_protocol.csv"), ("mixed_cond", "bench_protocol_mixed.csv"))
 #: The results block's CSV: the protocol run of the default prior (:data:`mri_score.prior.DEFAULT_PRIOR`).
-DEFAULT_CSV = "bench_protocol_mixed.csv"
 
 
 def results_block(csv_path: Path) -> str:

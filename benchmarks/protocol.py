@@ -48,9 +48,10 @@ from mri_score.data.mixed import MixedCorpus
 from mri_score.data.realset import REAL_VOLUMES, load_real_volume
 from mri_score.errors import InputError
 from mri_score.metrics import volume_metrics
-from mri_score.posterior import SamplerSettings, output_magnitude, reconstruct_slice
-from mri_score.resolution import auto_grid_factor, prior_pixel_range
-from mri_score.samplers import ComplexPrior
+from mri_score.pipeline import reconstruct_volume
+from mri_score.posterior import output_magnitude
+from mri_score.prior import ComplexPrior
+from mri_score.request import ReconRequest
 from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
 from operators import birdcage_maps, ifft2c, make_mask, sense1_combine
 from operators.errors import OperatorInputError
@@ -204,15 +205,11 @@ def unreported_acquisitions(cfg: dict, volumes: int, slices: int, size: int,
                 yield tag, "body/limb" if v["group"] == "body/limb" else "brain", v, acq
 
 
-def dds_grid_factor(spec: dict, pixel_mm: tuple[float, float] | None, prior: ComplexPrior) -> float:
-    """The sampling-grid factor of the DDS spec (``grid: native|auto``) for pixels of ``pixel_mm``.
-
-    ``auto`` is reconstruct's ``--grid auto`` (its default): :func:`mri_score.resolution.auto_grid_factor`
-    of the pixel size and the prior's trained range; ``native`` (the spec's default) is 1.
-    """
-    if spec.get("grid", "native") != "auto":
-        return 1.0
-    return auto_grid_factor(pixel_mm, prior_pixel_range(getattr(prior.model, "meta", None)))
+def dds_request(spec: dict, seed: int = 0) -> ReconRequest:
+    """The :class:`~mri_score.request.ReconRequest` of a DDS method entry (``nfe``, ``samples``, ``options``,
+    ``grid: native|auto``, default native), in the protocol's primary convention (``sense``)."""
+    return ReconRequest(sampler="dds", steps=int(spec["nfe"]), samples=int(spec.get("samples", 2)), seed=seed,
+                        magnitude="sense", options=dict(spec.get("options") or {}), grid=spec.get("grid", "native"))
 
 
 def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: str, prior: ComplexPrior | None,
@@ -227,12 +224,9 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
         x = sense1_combine(ifft2c(torch.from_numpy(ks)), cal.maps).numpy()
         rss_img = baselines.zero_filled_rss(ks, mask)
     elif method == "dds":
-        factor = dds_grid_factor(spec, acq.get("pixel_mm"), prior)
-        settings = SamplerSettings(sampler="dds", steps=int(spec["nfe"]), samples=int(spec.get("samples", 2)),
-                                   seed=seed + s, magnitude="sense", options=dict(spec.get("options", {})),
-                                   grid_factor=factor)
-        res = reconstruct_slice(torch.from_numpy(ks), torch.from_numpy(mask), prior, settings, calibration=cal)
-        x, std, nfe = res.mean.numpy(), res.std.numpy(), res.nfe
+        res = reconstruct_volume(ks[None], mask, prior, dds_request(spec, seed + s), calibrations=[cal],
+                                 pixel_mm=acq.get("pixel_mm"))
+        x, std, nfe, factor = res.means[0].numpy(), res.std[0], res.nfe[0], res.grid_factor
         rss_img = None
     else:
         iters = int(spec.get("iters", 30 if method == "cg_sense" else 100))

@@ -19,7 +19,9 @@ centre fraction 0.08), one shared calibration per slice.
 
 from __future__ import annotations
 
-import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
 
 # isort: split
 import argparse
@@ -32,12 +34,12 @@ from benchmarks.harness import add_check_flags, calibrate_volume, check_args, mi
 from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.adapt import ADAPT_PARAMS, AdaptSettings
+from mri_score.cli import exit_on_input_error
 from mri_score.data.realset import load_real_volume
-from mri_score.errors import exit_on_input_error
 from mri_score.metrics import volume_metrics
 from mri_score.pipeline import reconstruct_volume
-from mri_score.posterior import SamplerSettings
 from mri_score.prior import DEFAULT_PRIOR, load_prior
+from mri_score.request import ReconRequest
 from mri_score.resolution import auto_grid_factor, prior_pixel_range
 from mri_score.simulation import simulate_volume, subject_volume
 from operators import make_mask
@@ -101,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             under = (ksp * mask).astype(np.complex64)
             cals, _ = calibrate_volume(under, mask)
             factor = auto_grid_factor(vol["pixel_mm"], trained) if args.grid == "auto" else 1.0
-            settings = SamplerSettings(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed,
-                                       magnitude="sense", grid_factor=factor)
+            settings = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed,
+                                       magnitude="sense", grid=factor)
             row = {}
             for name, ad in (("plain", None), ("adapted", adapt)):
                 t0 = time.perf_counter()
-                res = reconstruct_volume(under, mask, prior, settings, calibrations=cals, adapt=ad)
+                res = reconstruct_volume(under, mask, prior, settings.replace(adapt=ad), calibrations=cals)
                 row[name] = {**volume_metrics(truth, res.image), "sec": (time.perf_counter() - t0) / imgs.shape[0]}
             d = row["adapted"]["PSNR"] - row["plain"]["PSNR"]
             deltas[vol["group"]].append(d)

@@ -13,7 +13,9 @@ ACS only and are shared by all methods.  Writes ``benchmarks/results/<name>.md``
 
 from __future__ import annotations
 
-import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
 
 # isort: split
 import argparse
@@ -38,16 +40,17 @@ from benchmarks.harness import (
     coverage,
     run_method,
 )
-from benchmarks.protocol import read_csv, run_protocol, training_split_note, validate_protocol, write_csv
+from benchmarks.protocol import dds_request, read_csv, run_protocol, training_split_note, validate_protocol, write_csv
 from benchmarks.provenance import provenance
 from benchmarks.tables import render
 from mri_score import baselines, limits, uncertainty
 from mri_score.atomic import atomic_output, check_output_dir
+from mri_score.cli import exit_on_input_error
 from mri_score.config import load_config, require
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score.errors import InputError
 from mri_score.metrics import aggregate, volume_metrics
-from mri_score.posterior import MAGNITUDES
 from mri_score.prior import DEFAULT_PRIOR, default_prior_path, load_prior
+from mri_score.request import MAGNITUDES
 from mri_score.simulation import simulate_volume
 from mri_score.supervised import load_unet
 from operators import make_mask
@@ -194,7 +197,7 @@ def run_protocol_benchmark(args: argparse.Namespace, cfg: dict, name: str) -> in
               f"- total wall time: {seconds:.0f} s", ""]
     if cal["factors"] and args.store_calibration:
         dds = cfg["methods"]["dds"]
-        key = uncertainty.settings_key("dds", int(dds["nfe"]), int(dds.get("samples", 2)), "sense", dds.get("options"))
+        key = uncertainty.settings_key(dds_request(dds))
         side = uncertainty.store_factor(prior_path, key, cal["factors"][0.9], 0.9, fitted_on=f"{name} tuning slices",
                                         rule="largest per-setting split-conformal factor", pixels=cal["tuning_pixels"])
         header.insert(-1, f"- std calibration stored: {side.name} [{key}] = {cal['factors'][0.9]:.4f}")

@@ -23,7 +23,9 @@ DDS as the protocol runs it (``methods.dds`` of ``--config``: NFE, K), native gr
 
 from __future__ import annotations
 
-import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
 
 # isort: split
 import argparse
@@ -36,11 +38,13 @@ from benchmarks.harness import add_check_flags, check_args, write_report
 from benchmarks.protocol import BODY_FIRST, setting_tag, unreported_acquisitions, validate_protocol
 from benchmarks.provenance import provenance
 from mri_score import limits, uncertainty
+from mri_score.cli import exit_on_input_error
 from mri_score.config import load_config
-from mri_score.errors import InputError, exit_on_input_error
-from mri_score.posterior import SamplerSettings, output_magnitude, reconstruct_slice
-from mri_score.prior import load_prior
-from mri_score.samplers import ComplexPrior
+from mri_score.errors import InputError
+from mri_score.pipeline import reconstruct_volume
+from mri_score.posterior import output_magnitude
+from mri_score.prior import ComplexPrior, load_prior
+from mri_score.request import ReconRequest
 
 LEVEL = 0.9
 
@@ -78,13 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     for tag, group, v, acq in unreported_acquisitions(cfg, args.volumes, args.slices, args.synth_size, 7 + args.seed):
         for s in range(acq["under"].shape[0]):
             cal = acq["cals"][s]
-            st = SamplerSettings(sampler="dds", steps=nfe, samples=samples, seed=v["seed"] + s, magnitude="sense",
+            st = ReconRequest(sampler="dds", steps=nfe, samples=samples, seed=v["seed"] + s, magnitude="sense",
                                  options=dict(dds.get("options", {})))
-            res = reconstruct_slice(torch.from_numpy(acq["under"][s]), torch.from_numpy(acq["mask"]), prior, st,
-                                    calibration=cal)
-            primary = output_magnitude(res.mean[None], cal.maps, cal.sigma_y, "sense")[0].numpy()
+            res = reconstruct_volume(acq["under"][s : s + 1], acq["mask"], prior, st, calibrations=[cal])
+            primary = output_magnitude(res.means[0][None], cal.maps, cal.sigma_y, "sense")[0].numpy()
             floor = uncertainty.noise_floor_std(cal.sigma_y, float(np.mean(acq["mask"] != 0)))
-            outs.setdefault((tag, group), []).append((acq["truth"][s], primary, res.std, floor))
+            outs.setdefault((tag, group), []).append((acq["truth"][s], primary, torch.from_numpy(res.std[0]), floor))
         print(f"{tag} {v['name']} done", flush=True)
     tags = [setting_tag(s) for s in cfg["settings"]]
     groups = [g for g in ("brain", "body/limb") if any(k[1] == g for k in outs)]

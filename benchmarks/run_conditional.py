@@ -16,7 +16,9 @@ Writes ``OUT/conditional.md`` (tables and provenance) and ``OUT/conditional_grid
 
 from __future__ import annotations
 
-import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
 
 # isort: split
 import argparse
@@ -31,12 +33,13 @@ from benchmarks.harness import calibrate_volume
 from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.atomic import atomic_output, check_output_dir
+from mri_score.cli import exit_on_input_error
 from mri_score.conditioning import Vocabulary, format_condition, parse_condition
 from mri_score.config import load_config
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score.errors import InputError
 from mri_score.guidance import CLEAN_SIGMA, ClassifierGuidance, GuidedDenoiser, TermGuidedDenoiser, build_guidance
 from mri_score.metrics import volume_metrics
-from mri_score.posterior import SamplerSettings
+from mri_score.request import ReconRequest
 from operators.masks import make_mask
 
 
@@ -145,7 +148,7 @@ def reconstruction(cfg: dict, model: torch.nn.Module, noisy: torch.nn.Module | N
         mid = vol.images.shape[0] // 2
         for k in range(int(r.get("real_slices", 2))):
             slices.append(("real EPI (nibabel)", vol.images[mid - 1 + k], {"anatomy": "brain"}))
-    settings = SamplerSettings(sampler="dds", steps=int(r["nfe"]), samples=1, seed=seed)
+    settings = ReconRequest(sampler="dds", steps=int(r["nfe"]), samples=1, seed=seed)
     methods: list[tuple[str, dict]] = [("unconditional", {"cond": "none"}), ("conditional (w=1)", {"w": 1.0})]
     methods += [(f"CFG w={w:g}", {"w": float(w)}) for w in r.get("weights", []) if float(w) != 1.0]
     methods.append(("wrong label (w=1)", {"cond": "wrong", "w": 1.0}))

@@ -9,7 +9,9 @@ reported numbers.  A setting is only worth making the default when it helps on t
 
 from __future__ import annotations
 
-import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
 
 # isort: split
 import argparse
@@ -22,9 +24,9 @@ import numpy as np
 from benchmarks.harness import calibrate_volume, check_score_method, run_method
 from benchmarks.provenance import provenance
 from mri_score.atomic import check_output_dir
+from mri_score.cli import exit_on_input_error
 from mri_score.config import load_config, require
 from mri_score.data.realset import load_real_volume
-from mri_score.errors import exit_on_input_error
 from mri_score.metrics import volume_metrics
 from mri_score.prior import load_prior
 from mri_score.simulation import corpus_volume, simulate_volume

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 
-import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
 
 # isort: split
 import sys
@@ -35,12 +37,12 @@ import numpy as np
 
 from benchmarks.harness import add_check_flags, calibrate_volume, check_args, write_report
 from benchmarks.provenance import provenance
+from mri_score.cli import exit_on_input_error
 from mri_score.data.realset import load_real_volume
-from mri_score.errors import exit_on_input_error
 from mri_score.metrics import volume_metrics
 from mri_score.pipeline import reconstruct_volume
-from mri_score.posterior import SamplerSettings
 from mri_score.prior import DEFAULT_PRIOR, load_prior
+from mri_score.request import ReconRequest
 from mri_score.resolution import auto_grid_factor, prior_pixel_range
 from mri_score.simulation import corpus_volume, simulate_volume
 from operators import make_mask
@@ -110,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             cals, _ = calibrate_volume(under, mask)
             for gname, f, rules in grids:
                 for rule in rules:
-                    settings = SamplerSettings(sampler="dds", steps=args.nfe, samples=1, seed=args.seed,
-                                               magnitude="sense", grid_factor=f, options={"gamma_rule": rule})
+                    settings = ReconRequest(sampler="dds", steps=args.nfe, samples=1, seed=args.seed,
+                                               magnitude="sense", grid=f, options={"gamma_rule": rule})
                     t0 = time.perf_counter()
                     res = reconstruct_volume(under, mask, prior, settings, calibrations=cals)
                     sec = (time.perf_counter() - t0) / imgs.shape[0]

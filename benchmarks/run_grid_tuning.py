@@ -9,7 +9,9 @@ against the noise-free image, mean over the slices of each subject.  Writes a ma
 
 from __future__ import annotations
 
-import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
 
 # isort: split
 import argparse
@@ -23,12 +25,14 @@ from benchmarks.harness import RESULTS, calibrate_volume, write_report
 from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.atomic import check_output, check_writable
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score.cli import exit_on_input_error
+from mri_score.errors import InputError
 from mri_score.metrics import psnr
-from mri_score.posterior import SamplerSettings, reconstruct_slice
-from mri_score.prior import DEFAULT_PRIOR, load_prior
+from mri_score.pipeline import reconstruct_volume
+from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, load_prior
+from mri_score.request import ReconRequest
 from mri_score.resolution import auto_grid_factor, prior_pixel_range
-from mri_score.samplers import DEFAULT_STEPS, ComplexPrior
+from mri_score.samplers import DEFAULT_STEPS
 from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
 from operators.masks import make_mask
 
@@ -83,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                 for g in (1.0, factor):
                     vals = []
                     for s in range(args.slices):
-                        st = SamplerSettings(samples=1, seed=s, grid_factor=g)  # the default DDS schedule
-                        r = reconstruct_slice(torch.from_numpy(under[s]), torch.from_numpy(mask), prior, st,
-                                              calibration=cals[s])
-                        vals.append(psnr(truth[s : s + 1], r.image.numpy()[None]))  # data range: the slice's max
+                        st = ReconRequest(samples=1, seed=s, grid=g)  # the default DDS schedule
+                        r = reconstruct_volume(under[s : s + 1], mask, prior, st, calibrations=[cals[s]])
+                        vals.append(psnr(truth[s : s + 1], r.image))  # data range: the slice's max
                     score[g] = float(np.mean(vals))
                 deltas.append(score[factor] - score[1.0])
                 lines.append(f"| {pix:g} mm / {size}² | {accel:g}x {kind} | {subj} ({fam}) | ×{factor:g} | "

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 
-import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
 
 # isort: split
 import sys
@@ -34,8 +36,8 @@ from benchmarks.harness import write_report
 from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.atomic import check_output
+from mri_score.cli import exit_on_input_error
 from mri_score.data.body import body_slice
-from mri_score.errors import exit_on_input_error
 from mri_score.simulation import simulate_volume, subject_volume
 from operators.coils import birdcage_maps, espirit_kernel_shape, maps_espirit, maps_lowres
 

@@ -11,7 +11,9 @@ errors from prior and sampler errors.
 
 from __future__ import annotations
 
-import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
 
 # isort: split
 import argparse
@@ -26,12 +28,12 @@ from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.atomic import atomic_output, check_output, check_writable
 from mri_score.calibration import calibrate
+from mri_score.cli import exit_on_input_error
 from mri_score.config import load_config
-from mri_score.errors import exit_on_input_error
 from mri_score.metrics import volume_metrics
 from mri_score.pipeline import reconstruct_volume
-from mri_score.posterior import SamplerSettings
 from mri_score.prior import load_prior
+from mri_score.request import ReconRequest
 from mri_score.simulation import simulate_volume
 from operators import acs_width, birdcage_maps, estimate_maps, make_mask
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         for mname, mp in maps.items():
             cells = []
             for nfe in args.nfe:
-                res = reconstruct_volume(under, mask, prior, SamplerSettings(sampler="dds", steps=nfe, samples=2, seed=seed),
+                res = reconstruct_volume(under, mask, prior, ReconRequest(sampler="dds", steps=nfe, samples=2, seed=seed),
                                          calibrations=[calibrate(ks, m, maps=mp)])
                 met = volume_metrics(target, res.image)
                 cells.append(f"{met['PSNR']:.2f} / {met['SSIM']:.3f}")

@@ -10,7 +10,9 @@ peak should be the volume itself plus one slice's working set.
 
 from __future__ import annotations
 
-import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
 
 # isort: split
 import argparse
@@ -24,7 +26,8 @@ from pathlib import Path
 from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.atomic import check_output, check_writable
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score.cli import exit_on_input_error
+from mri_score.errors import InputError
 from mri_score.fastmri_io import write_fastmri_file
 from mri_score.simulation import corpus_volume, simulate_volume
 

@@ -13,7 +13,9 @@ and the median seconds per slice as a multiple of L1's.  Nothing here touches th
 
 from __future__ import annotations
 
-import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
 
 # isort: split
 import argparse
@@ -21,19 +23,20 @@ import sys
 import time
 
 import numpy as np
-import torch
 
 from benchmarks import stats
 from benchmarks.harness import add_check_flags, check_args, write_report
-from benchmarks.protocol import dds_grid_factor, setting_tag, unreported_acquisitions, validate_protocol
+from benchmarks.protocol import setting_tag, unreported_acquisitions, validate_protocol
 from benchmarks.provenance import provenance
 from mri_score import baselines, limits
+from mri_score.cli import exit_on_input_error
 from mri_score.config import load_config
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score.errors import InputError
 from mri_score.metrics import psnr
-from mri_score.posterior import SamplerSettings, reconstruct_slice
-from mri_score.prior import load_prior
-from mri_score.samplers import ComplexPrior, sampler_config
+from mri_score.pipeline import reconstruct_volume
+from mri_score.prior import ComplexPrior, load_prior
+from mri_score.request import ReconRequest
+from mri_score.samplers import sampler_config
 
 #: The variants of the committed run: the previous default (σ_max = 3, 30 NFE) first, as the reference.
 DEFAULT_VARIANTS = ("nfe=30,sigma_max=3", "nfe=26,sigma_max=1.5", "nfe=26,sigma_max=1.5,cg_iters=8",
@@ -102,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     psnrs: dict[tuple[str, str], dict[int | str, list[float]]] = {}
     secs: dict[tuple[str, str], dict[int | str, list[float]]] = {}
     for tag, group, v, acq in unreported_acquisitions(cfg, args.volumes, args.slices, args.synth_size, 7 + args.seed):
-        factor = dds_grid_factor(dds, acq.get("pixel_mm"), prior)
         p, t = psnrs.setdefault((tag, group), {}), secs.setdefault((tag, group), {})
         for s in range(acq["under"].shape[0]):
             ks, mask, cal, truth = acq["under"][s], acq["mask"], acq["cals"][s], acq["truth"][s : s + 1]
@@ -111,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
             t.setdefault("l1", []).append(time.perf_counter() - t0)
             p.setdefault("l1", []).append(psnr(truth, np.abs(x)[None]))
             for i, (nfe, options) in enumerate(variants):
-                st = SamplerSettings(sampler="dds", steps=nfe, samples=samples, seed=v["seed"] + s,
-                                     magnitude="sense", options=options, grid_factor=factor)
+                st = ReconRequest(sampler="dds", steps=nfe, samples=samples, seed=v["seed"] + s,
+                                     magnitude="sense", options=options, grid=dds.get("grid", "native"))
                 t0 = time.perf_counter()
-                res = reconstruct_slice(torch.from_numpy(ks), torch.from_numpy(mask), prior, st, calibration=cal)
+                res = reconstruct_volume(ks[None], mask, prior, st, calibrations=[cal], pixel_mm=acq.get("pixel_mm"))
                 t.setdefault(i, []).append(time.perf_counter() - t0)
-                p.setdefault(i, []).append(psnr(truth, res.image.numpy()[None]))
+                p.setdefault(i, []).append(psnr(truth, res.image))
         print(f"{tag} {v['name']} done", flush=True)
     lines = ["# Cheaper DDS schedules on slices the protocol never reports (issue #14, time target)", "",
              provenance(" ".join(["python benchmarks/run_speed_tuning.py", *(argv or sys.argv[1:])])).rstrip("\n"),

@@ -15,7 +15,9 @@ alone on the 100-file set.  Results: ``benchmarks/results/stream_memory.md``.
 
 from __future__ import annotations
 
-import mri_score  # noqa: F401  first, before torch: signals while starting exit quietly (guard_startup)
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
 
 # isort: split
 import argparse
@@ -30,7 +32,8 @@ from pathlib import Path
 from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.atomic import check_output, check_writable
-from mri_score.errors import InputError, exit_on_input_error
+from mri_score.cli import exit_on_input_error
+from mri_score.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,6 +14,8 @@ from benchmarks.stats import LEVEL, RESAMPLES, bootstrap_mean_ci, paired_differe
 
 #: Seed of every bootstrap in the report.
 BOOTSTRAP_SEED = 0
+#: The results CSV of the default prior's protocol run (README results block, real-set panels).
+DEFAULT_CSV = "bench_protocol_mixed.csv"
 #: Nominal coverage the report checks the calibrated std against, and the tolerance (points).
 NOMINAL, TOLERANCE = 0.9, 0.05
 LEARNED = ("dds",)

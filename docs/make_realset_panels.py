@@ -17,14 +17,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks.make_tables import DEFAULT_CSV
-from benchmarks.protocol import acquire, protocol_volumes, read_csv, setting_tag, solve
-from benchmarks.tables import selection
+from benchmarks.protocol import acquire, dds_request, protocol_volumes, read_csv, setting_tag, solve
+from benchmarks.tables import DEFAULT_CSV, selection
 from mri_score import uncertainty
 from mri_score.figures import image_row
 from mri_score.metrics import volume_metrics
-from mri_score.prior import default_prior_path, load_prior
-from mri_score.samplers import ComplexPrior
+from mri_score.prior import ComplexPrior, default_prior_path, load_prior
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +33,7 @@ def main() -> int:
     cfg["data"]["tuning"]["slices_per_subject"] = cfg["data"]["test"]["slices_per_subject"] = 1
     chosen = selection(read_csv(ROOT / "benchmarks" / "results" / DEFAULT_CSV))
     dds = cfg["methods"]["dds"]
-    key = uncertainty.settings_key("dds", int(dds["nfe"]), int(dds.get("samples", 2)), "sense", dds.get("options"))
+    key = uncertainty.settings_key(dds_request(dds))
     factor = (uncertainty.lookup_factor(default_prior_path(), key) or {"factor": 1.0})["factor"]
     prior = ComplexPrior(load_prior())
     coils, snr = int(cfg["data"].get("coils", 8)), float(cfg["data"].get("snr", 100))

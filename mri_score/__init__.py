@@ -1,14 +1,10 @@
 """mri-score: accelerated MRI reconstruction with score-based priors.
 
-Importing the package is light (the prior loader is imported on first use), so that
-:func:`mri_score.errors.guard_startup` runs before torch is imported.
+Importing the package is light (the prior loader is imported on first use); it installs no
+signal handler (command lines do that themselves, :mod:`mri_score.cli`).
 """
 
 from typing import Any
-
-from mri_score.errors import guard_startup
-
-guard_startup()
 
 __all__ = ["default_prior_path", "load_prior"]
 __version__ = "0.1.0"

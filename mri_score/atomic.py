@@ -1,8 +1,8 @@
 """Atomic output files: complete or absent, never partial; inputs are never overwritten.
 
 :func:`atomic_output` is the one write guard of the project: every file the
-command lines write goes through it.  Readers of input files register them with
-:func:`protect_input`; an output whose real location is a registered input (a
+command lines write goes through it.  A run registers its input files with
+:func:`protected_inputs`; an output whose real location is a registered input (a
 symlinked input whose target lies in the output directory, the input's own
 directory entry) is refused before anything is written.
 """
@@ -45,14 +45,10 @@ def _real_names(path: str | os.PathLike[str]) -> set[str]:
     return {real_location(path), os.path.realpath(path)}
 
 
-def protect_input(path: str | os.PathLike[str]) -> None:
-    """Register an input file: :func:`atomic_output` refuses to write onto it or onto the file a symlink names."""
-    _PROTECTED.extend(sorted(_real_names(path)))
-
-
 @contextmanager
 def protected_inputs(paths: Iterable[str | os.PathLike[str]]) -> Iterator[None]:
-    """Register ``paths`` as input files (:func:`protect_input`) for the duration of a run, then forget them."""
+    """Register ``paths`` as input files for the duration of a run, then forget them: :func:`atomic_output` refuses
+    to write onto them or onto the files their symlinks name."""
     added = [name for p in paths for name in sorted(_real_names(p))]
     _PROTECTED.extend(added)
     try:

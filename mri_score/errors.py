@@ -1,32 +1,15 @@
-"""Errors raised for bad user input, and the one-line command-line reporting of them.
+"""Errors raised for bad user input (the library's exception types) and their one-line text.
 
-Imports nothing heavy (no torch): :func:`guard_startup` runs when the package is imported,
-so that a signal while the command lines import their libraries exits quietly.
+Imports nothing heavy (no torch).  How the command lines report these (one line, exit 2) and
+handle signals is :mod:`mri_score.cli`.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-import threading
-from collections.abc import Callable
-from functools import wraps
-from pathlib import Path
-from typing import NoReturn, TypeVar
-
-T = TypeVar("T")
 
 #: Exit code for bad input on every command line.
 EXIT_BAD_INPUT = 2
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised by the SIGTERM handler the command lines install, so clean-up code runs as for Ctrl-C."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
 
 
 class InputError(ValueError):
@@ -37,112 +20,9 @@ class CheckpointError(InputError):
     """A checkpoint is missing, corrupted, tampered with or of another architecture."""
 
 
-P = TypeVar("P")
-
-
-def one_line_usage_errors(parser: P) -> P:
-    """Make an ``argparse`` parser's usage errors (an unknown flag, a value outside ``choices``, a
-    missing required flag) raise :class:`InputError`, so that :func:`exit_on_input_error` reports them
-    like every other bad input: one line, exit 2 (argparse itself prints the whole usage text).
-    Returns ``parser``; its ``error`` method is replaced (duck-typed: argparse stays in the command lines)."""
-
-    def error(message: str) -> NoReturn:
-        raise InputError(message)
-
-    parser.error = error  # type: ignore[attr-defined]
-    return parser
-
-
 def one_line(message: object, stream: object = None) -> str:
     """``message`` as one printable line for ``stream`` (default stderr): newlines folded, characters its
     encoding cannot write (file names that are not valid in the locale) escaped."""
     text = " ".join(str(message).split("\n"))
     encoding = getattr(stream if stream is not None else sys.stderr, "encoding", None) or "utf-8"
     return text.encode(encoding, "backslashreplace").decode(encoding, "replace")
-
-
-def _cli_start() -> bool:
-    """True while a command line of this project starts: ``python -m mri_score.…`` (``sys.argv[0]`` is
-    ``-m`` while the module is located), a script of ``benchmarks/`` run by path, or a console script
-    (a wrapper that imports a ``main`` of this project)."""
-    if sys.argv[:1] == ["-m"]:
-        return True
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    if not main_file:
-        return False
-    path = Path(main_file).resolve()
-    if path.parent == Path(__file__).resolve().parents[1] / "benchmarks":
-        return True
-    try:
-        head = path.read_bytes()[:4096] if path.stat().st_size < 65536 else b""
-    except OSError:
-        return False
-    return b"import main" in head and (b"from mri_score." in head or b"from benchmarks." in head)
-
-
-def _exit_while_starting(signum: int, frame: object) -> None:
-    terminated = signum == signal.SIGTERM
-    os.write(2, f"{'terminated (SIGTERM)' if terminated else 'interrupted'} while starting; nothing was "
-                "written\n".encode())
-    os._exit(143 if terminated else 130)
-
-
-def guard_startup() -> None:
-    """At a command line's start, make SIGINT/SIGTERM while importing exit at once: one line, 130/143.
-
-    Called when the package is imported, before torch is (an interrupted import can leave
-    half-initialised modules that fail in other ways than ``KeyboardInterrupt``, so the
-    process leaves immediately; nothing has been written yet).  Library imports
-    (``import mri_score`` from another program, the tests) are left alone, and so are
-    signals that are ignored (background jobs) or already handled.
-    :func:`exit_on_input_error` takes over once ``main`` runs.
-    """
-    if not _cli_start() or threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _exit_while_starting)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _exit_while_starting)
-
-
-def exit_on_input_error(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Decorate a CLI ``main``: input errors print one line on stderr and exit with code 2.
-
-    SIGINT (``KeyboardInterrupt``) exits with 130 and SIGTERM with 143, both as
-    exceptions, so ``finally`` clean-ups run and atomic writers remove their
-    temporary files: nothing partial is left behind.  SIGXFSZ is ignored while
-    ``main`` runs, so a file-size limit (``ulimit -f``) makes writes fail with
-    ``EFBIG`` (one line, :func:`mri_score.atomic.atomic_output`) instead of killing
-    the process.  ``MemoryError`` is reported in one line, exit 2.
-    """
-
-    @wraps(main)
-    def wrapper(*args: object, **kwargs: object) -> int:
-        from operators.errors import OperatorInputError  # here, not at import: this module loads before torch
-
-        previous: dict[int, object] = {}
-        if threading.current_thread() is threading.main_thread():
-            previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_terminated)
-            if signal.getsignal(signal.SIGINT) is _exit_while_starting:  # start-up is over: Ctrl-C unwinds
-                previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
-            if hasattr(signal, "SIGXFSZ"):
-                previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        try:
-            return int(main(*args, **kwargs) or 0)
-        except (InputError, OperatorInputError) as err:
-            print(f"error: {one_line(err)}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        except MemoryError:
-            print("error: out of memory; use smaller inputs or settings (nothing was written)", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        except Terminated:
-            print("terminated (SIGTERM); no partial output was left", file=sys.stderr)
-            return 143
-        except KeyboardInterrupt:
-            print("interrupted; no partial output was left", file=sys.stderr)
-            return 130
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)  # type: ignore[arg-type]
-
-    return wrapper

@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 
 
-def recon_panel(path: str | Path, zero_filled: np.ndarray, recon: np.ndarray, std: np.ndarray,
+def recon_panel(path: str | Path, zero_filled: np.ndarray, recon: np.ndarray, std: np.ndarray | None,
                 target: np.ndarray | None, title: str = "", slice_index: int | None = None) -> None:
-    """Zero-filled, reconstruction, std and (with a target) target and |error| of one slice of ``(S, H, W)`` volumes."""
+    """Zero-filled, reconstruction, std (when given) and (with a target) target and |error| of one slice of
+    ``(S, H, W)`` volumes."""
     i = recon.shape[0] // 2 if slice_index is None else slice_index
-    panels = [("zero-filled", zero_filled[i], "gray"), ("reconstruction", recon[i], "gray"), ("posterior std", std[i], "magma")]
+    panels = [("zero-filled", zero_filled[i], "gray"), ("reconstruction", recon[i], "gray")]
+    if std is not None:
+        panels.append(("posterior std", std[i], "magma"))
     if target is not None:
         panels += [("target", target[i], "gray"), ("|error|", np.abs(target[i] - recon[i]), "magma")]
     image_row(path, panels, float(np.percentile(recon[i], 99.5)), title)

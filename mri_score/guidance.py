@@ -1,7 +1,7 @@
 """Conditional diffusion: a label-conditional prior, classifier-free guidance (CFG) and classifier guidance.
 
 **Classifier-free guidance** (Ho & Salimans 2022) with a network trained with label
-dropout (:func:`mri_score.train.drop_labels`):
+dropout (:func:`mri_score.training.drop_labels`):
 ``D_w(x; σ, c) = D(x; σ, ∅) + w · (D(x; σ, c) − D(x; σ, ∅))``; ``w = 0`` is the
 unconditional prior, ``w = 1`` the conditional one, ``w > 1`` guided.
 NFE convention: a call costs the network evaluations it runs on one image batch, so
@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ from mri_score.conditioning import (
 from mri_score.errors import InputError
 from mri_score.likelihood import Likelihood
 from mri_score.network import EDMDenoiser, channels_to_complex, complex_to_channels
-from mri_score.samplers.base import ComplexPrior
+from mri_score.prior import ComplexPrior
 
 #: σ at which the classifier is asked about a clean image (its training range starts far above it).
 CLEAN_SIGMA = 0.002
@@ -249,6 +249,7 @@ def build_guidance(
     classifier: nn.Module | None = None,
     scale: float = 1.0,
     classifier_input: str = "noisy",
+    base: ComplexPrior | None = None,
 ) -> tuple[ComplexPrior, list[Likelihood]]:
     """The prior adapter and extra likelihood terms for a condition; the one place the rules live.
 
@@ -267,11 +268,14 @@ def build_guidance(
         Classifier-guidance scale ``s``.
     classifier_input : {"noisy", "denoised"}
         :class:`ClassifierGuidance` or :class:`DenoisedClassifierGuidance`.
+    base : ComplexPrior, optional
+        The run's runtime of ``model`` (made once per run), returned wherever the plain prior serves;
+        a new ``ComplexPrior(model)`` when None.
 
     Returns
     -------
     prior : ComplexPrior
-        ``ComplexPrior(model)`` (unconditional, the null label of a conditional network) or a
+        ``base`` / ``ComplexPrior(model)`` (unconditional, the null label of a conditional network) or a
         :class:`GuidedPrior`.
     terms : list of Likelihood
         ``[]`` or the classifier-guidance term.
@@ -284,7 +288,7 @@ def build_guidance(
             raise InputError("a guidance weight needs a condition (a label)")
         if classifier is not None:
             raise InputError("classifier guidance needs a condition (the label to guide to)")
-        return ComplexPrior(model), []
+        return (base or ComplexPrior(model)), []
     if not conditional and weight not in (None, 0.0):
         raise InputError("classifier-free guidance needs a conditional prior; this prior has no labels")
     if not conditional and classifier is None:
@@ -294,7 +298,7 @@ def build_guidance(
         assert vocab is not None
         prior: ComplexPrior = GuidedPrior(model, torch.tensor(vocab.indices(condition)), 1.0 if weight is None else weight)
     else:
-        prior = ComplexPrior(model)
+        prior = base or ComplexPrior(model)
     terms: list[Likelihood] = []
     if classifier is not None:
         cvocab = classifier_vocabulary(classifier)
@@ -321,17 +325,25 @@ class GuidanceOptions:
     classifier: nn.Module | None = None
     scale: float = 1.0
     classifier_input: str = "noisy"
+    base: ComplexPrior | None = None
+    #: adapters built so far, by condition text: each is made once per run
+    built: dict[str, tuple[ComplexPrior, list[Likelihood]]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(cls, model: EDMDenoiser, text: str, weight: float | None = None, classifier: nn.Module | None = None,
-               scale: float = 1.0, classifier_input: str = "noisy", allow_auto: bool = True) -> GuidanceOptions:
-        """Parse ``text`` (:func:`~mri_score.conditioning.parse_condition`) and refuse bad combinations up front."""
+               scale: float = 1.0, classifier_input: str = "noisy", allow_auto: bool = True,
+               base: ComplexPrior | None = None) -> GuidanceOptions:
+        """Parse ``text`` (:func:`~mri_score.conditioning.parse_condition`) and refuse bad combinations up front.
+
+        ``base`` is the run's runtime of ``model``, used wherever the plain prior serves (no copy per file).
+        """
         condition = parse_condition(text, condition_vocabulary(model, classifier))
         if condition == "auto" and not allow_auto:
             raise InputError("condition auto reads a fastMRI file's acquisition attribute; give a label here")
-        out = cls(condition, weight, classifier, scale, classifier_input)
+        out = cls(condition, weight, classifier, scale, classifier_input, base)
         if condition != "auto":
-            build_guidance(model, condition, weight, classifier, scale, classifier_input)
+            out.built[format_condition(condition)] = build_guidance(model, condition, weight, classifier, scale,
+                                                                    classifier_input, base)
         elif weight not in (None, 0.0) and not model.cfg.label_classes:
             raise InputError("classifier-free guidance needs a conditional prior; this prior has no labels")
         return out
@@ -346,12 +358,16 @@ class GuidanceOptions:
 
     def setup(self, model: EDMDenoiser, path: str | os.PathLike[str] | None = None
               ) -> tuple[ComplexPrior, list[Likelihood], dict[str, str | float]]:
-        """The prior adapter, extra likelihood terms and output attrs for one file."""
+        """The prior adapter, extra likelihood terms and output attrs for one file (each adapter built once)."""
         condition = self.resolve(model, path)
         attrs: dict[str, str | float] = {"condition": format_condition(condition)}
         if not condition:
-            return ComplexPrior(model), [], attrs
-        prior, terms = build_guidance(model, condition, self.weight, self.classifier, self.scale, self.classifier_input)
+            return (self.base or ComplexPrior(model)), [], attrs
+        key = format_condition(condition)
+        if key not in self.built:
+            self.built[key] = build_guidance(model, condition, self.weight, self.classifier, self.scale,
+                                             self.classifier_input, self.base)
+        prior, terms = self.built[key]
         if model.cfg.label_classes:
             attrs["guidance"] = 1.0 if self.weight is None else float(self.weight)
         if terms:

@@ -1,10 +1,10 @@
 """Volume-level reconstruction: the mask to use, per-slice calibration and sampling, crop, output file.
 
 :func:`reconstruct_volume` is the one loop over slices that the ``reconstruct``
-command line, the benchmarks and the tests share; :func:`reconstruct_file` adds
+command line, every benchmark and the tests share; :func:`reconstruct_file` adds
 reading a fastMRI file, choosing its mask, the output file and the PNG panel.
-No argument parsing here: the command line (:mod:`mri_score.reconstruct`)
-turns flags into these arguments.
+Both take one :class:`~mri_score.request.ReconRequest`.  No argument parsing here:
+the command line (:mod:`mri_score.reconstruct`) turns flags into a request.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mri_score import limits
-from mri_score.adapt import AdaptSettings, adapt_denoiser
+from mri_score.adapt import adapt_denoiser
 from mri_score.calibration import Calibration, check_acs
 from mri_score.errors import InputError, one_line
 from mri_score.fastmri_io import (
@@ -34,10 +34,11 @@ from mri_score.fastmri_io import (
 from mri_score.likelihood import Likelihood
 from mri_score.metrics import volume_metrics
 from mri_score.network import EDMDenoiser
-from mri_score.posterior import SamplerSettings, reconstruct_slice
+from mri_score.posterior import reconstruct_slice
 from mri_score.precision import choose_precision, precision_name
-from mri_score.resolution import auto_grid_factor, fine_shape, prior_pixel_range
-from mri_score.samplers import ComplexPrior
+from mri_score.prior import ComplexPrior
+from mri_score.request import ReconRequest
+from mri_score.resolution import fine_shape
 from operators.errors import OperatorInputError
 from operators.grid import fourier_resample
 from operators.masks import make_mask
@@ -66,14 +67,13 @@ def check_memory(vol: FastMRIVolume, samples: int, device: torch.device, grid_fa
         )
 
 
-def undersampling_mask(
-    vol: FastMRIVolume, accel: float | None = None, mask_type: str = "equispaced", center_fraction: float = 0.08
-) -> tuple[np.ndarray, float, str]:
+def undersampling_mask(vol: FastMRIVolume, request: ReconRequest) -> tuple[np.ndarray, float, str]:
     """The mask to reconstruct ``vol`` with.
 
-    A test-split file (undersampled) uses its own mask unless ``accel`` is given; otherwise a
-    retrospective fastMRI mask of ``mask_type`` at ``accel`` (default 4) is drawn, seeded by the
-    file name, with the columns outside the header's encoded range removed.
+    A test-split file (undersampled) uses its own mask unless ``request.accel`` is given; otherwise a
+    retrospective fastMRI mask of ``request.mask_type`` at ``request.accel`` (default 4) with
+    ``request.center_fraction`` is drawn, seeded by the file name, with the columns outside the
+    header's encoded range removed.
 
     Returns
     -------
@@ -85,12 +85,13 @@ def undersampling_mask(
         ``"file"`` or the mask type.
     """
     h, w = vol.kspace.shape[-2:]
+    accel, mask_type = request.accel, request.mask_type
     if vol.is_undersampled and accel is None:
         mask = vol.sampling_mask
         acc = float(vol.attrs.get("acceleration", w / max(1.0, float(mask.sum()) / (h if mask.ndim == 2 else 1))))
         return mask, acc, "file"
     acc = accel if accel is not None else DEFAULT_ACCELERATION
-    mask, _ = make_mask(mask_type, acc, center_fraction, (h, w), vol.path.name)
+    mask, _ = make_mask(mask_type, acc, request.center_fraction, (h, w), vol.path.name)
     if mask.ndim == 1:
         mask[: vol.padding_left] = 0
         mask[vol.padding_right :] = 0
@@ -99,12 +100,16 @@ def undersampling_mask(
 
 @dataclass
 class VolumeResult:
-    """A reconstructed volume in the output convention (``settings.magnitude``), cropped.
+    """A reconstructed volume in the output convention (``request.magnitude``), cropped.
 
     Attributes
     ----------
-    image, std, zero_filled : np.ndarray
-        float32 ``(slices, h, w)``: reconstruction, per-pixel posterior std, ``|zero-filled SENSE-1|``.
+    image, zero_filled : np.ndarray
+        float32 ``(slices, h, w)``: reconstruction and ``|zero-filled SENSE-1|``.
+    std : np.ndarray or None
+        float32 ``(slices, h, w)``: per-pixel posterior std; None with one sample (``request.samples == 1``).
+    grid_factor : float
+        The sampling grid used, over the measured matrix (an ``auto`` grid resolved).
     nfe : list of int
         Network evaluations per slice.
     seconds : list of float
@@ -119,8 +124,9 @@ class VolumeResult:
     """
 
     image: np.ndarray
-    std: np.ndarray
+    std: np.ndarray | None
     zero_filled: np.ndarray
+    grid_factor: float = 1.0
     nfe: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     calibrations: list[Calibration] = field(default_factory=list)
@@ -132,13 +138,13 @@ def reconstruct_volume(
     kspace: np.ndarray,
     mask: np.ndarray,
     prior: EDMDenoiser | ComplexPrior,
-    settings: SamplerSettings,
+    request: ReconRequest,
     calibrations: Sequence[Calibration] | None = None,
     crop: tuple[int, int] | None = None,
     extra_terms: Sequence[Likelihood] = (),
-    adapt: AdaptSettings | None = None,
+    pixel_mm: tuple[float, float] | None = None,
 ) -> VolumeResult:
-    """Reconstruct every slice of a volume, one at a time; slice ``i`` is sampled with seed ``settings.seed + i``.
+    """Reconstruct every slice of a volume, one at a time; slice ``i`` is sampled with seed ``request.seed + i``.
 
     Parameters
     ----------
@@ -147,9 +153,13 @@ def reconstruct_volume(
     mask : np.ndarray
         float32 ``(W,)`` or ``(H, W)``, shared by all slices.
     prior : EDMDenoiser or ComplexPrior
-        The score network, on the device to use, or an adapter of it (e.g. a guided prior,
+        The score network, on the device to use, or its runtime made once per run (e.g. a guided prior,
         :class:`mri_score.guidance.GuidedPrior`).
-    settings : SamplerSettings
+    request : ReconRequest
+        The settings.  ``request.grid`` ``auto`` is resolved once for ``pixel_mm``
+        (:meth:`ReconRequest.for_pixels`); ``request.adapt`` turns on test-time adaptation
+        (:mod:`mri_score.adapt`: a pilot reconstruction, the prior fine-tuned on its means at the
+        sampling grid, then the reconstruction with the adapted copy).
     calibrations : sequence of Calibration, optional
         One per slice (e.g. computed once and shared with baselines); computed from each
         undersampled slice when None.
@@ -157,10 +167,8 @@ def reconstruct_volume(
         ``(h, w)`` centre crop of the outputs (fastMRI's recon size); no crop when None.
     extra_terms : sequence of Likelihood
         Likelihood terms besides each slice's k-space data (e.g. classifier guidance), in the scaled units.
-    adapt : AdaptSettings, optional
-        Test-time adaptation (:mod:`mri_score.adapt`): a pilot reconstruction of the volume, the prior
-        fine-tuned on its means (Fourier-resampled to the ``settings.grid_factor`` grid the final pass
-        samples at), then the reconstruction with the adapted copy; None: the prior as it is.
+    pixel_mm : tuple of float, optional
+        In-plane pixel size in mm (a file header's field of view over its matrix); unknown when None.
 
     Returns
     -------
@@ -169,30 +177,32 @@ def reconstruct_volume(
     s = kspace.shape[0]
     if calibrations is not None and len(calibrations) != s:
         raise InputError(f"{len(calibrations)} calibrations for {s} slices")
-    if adapt is not None:
-        return _reconstruct_adapted(kspace, mask, prior, settings, calibrations, crop, extra_terms, adapt)
+    runtime = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
+    request = request.for_pixels(pixel_mm, getattr(runtime.model, "meta", None))
+    if request.adapt is not None:
+        return _reconstruct_adapted(kspace, mask, runtime, request, calibrations, crop, extra_terms)
     mask_t = torch.from_numpy(np.asarray(mask))
-    # one private channels_last copy of the network for the whole volume
-    adapter = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
     images, stds, zfs = [], [], []
-    out = VolumeResult(image=np.empty(0), std=np.empty(0), zero_filled=np.empty(0))
+    out = VolumeResult(image=np.empty(0), std=None, zero_filled=np.empty(0), grid_factor=request.grid_factor)
     for i in range(s):
         ks = torch.from_numpy(kspace[i])
         cal = calibrations[i] if calibrations is not None else None
-        res = reconstruct_slice(ks, mask_t, adapter, replace(settings, seed=settings.seed + i), calibration=cal,
+        res = reconstruct_slice(ks, mask_t, runtime, request.replace(seed=request.seed + i), calibration=cal,
                                 extra_terms=extra_terms)
         image, std, zf = res.image, res.std, res.zero_filled.abs()
         if crop is not None:
-            image, std, zf = (center_crop(t, crop) for t in (image, std, zf))
+            image, zf = center_crop(image, crop), center_crop(zf, crop)
+            std = None if std is None else center_crop(std, crop)
         images.append(image.numpy())
-        stds.append(std.numpy())
         zfs.append(zf.numpy())
+        if std is not None:
+            stds.append(std.numpy())
         out.nfe.append(res.nfe)
         out.seconds.append(res.seconds)
         out.calibrations.append(res.calibration)
         out.means.append(res.mean)
     out.image = np.stack(images).astype(np.float32)
-    out.std = np.stack(stds).astype(np.float32)
+    out.std = np.stack(stds).astype(np.float32) if stds else None
     out.zero_filled = np.stack(zfs).astype(np.float32)
     return out
 
@@ -200,28 +210,29 @@ def reconstruct_volume(
 def _reconstruct_adapted(
     kspace: np.ndarray,
     mask: np.ndarray,
-    prior: EDMDenoiser | ComplexPrior,
-    settings: SamplerSettings,
+    runtime: ComplexPrior,
+    request: ReconRequest,
     calibrations: Sequence[Calibration] | None,
     crop: tuple[int, int] | None,
     extra_terms: Sequence[Likelihood],
-    adapt: AdaptSettings,
 ) -> VolumeResult:
     """:func:`reconstruct_volume` with test-time adaptation (pilot, adapt, final pass; see :mod:`mri_score.adapt`)."""
-    if isinstance(prior, ComplexPrior) and type(prior) is not ComplexPrior:
+    adapt = request.adapt
+    assert adapt is not None
+    if type(runtime) is not ComplexPrior:
         raise InputError("test-time adaptation works on the plain prior; it cannot be combined with guidance")
-    model = prior.model if isinstance(prior, ComplexPrior) else prior
     t0 = time.perf_counter()
-    pilot_nfe = adapt.pilot_nfe if adapt.pilot_nfe is not None else max(1, int(settings.steps) // 2)
-    pilot = reconstruct_volume(kspace, mask, prior, replace(settings, steps=pilot_nfe, samples=1),
+    pilot_nfe = adapt.pilot_nfe if adapt.pilot_nfe is not None else max(1, int(request.steps) // 2)
+    plain = request.replace(adapt=None)
+    pilot = reconstruct_volume(kspace, mask, runtime, plain.replace(steps=pilot_nfe, samples=1),
                                calibrations=calibrations, extra_terms=extra_terms)
     images = torch.stack([m / cal.scale for m, cal in zip(pilot.means, pilot.calibrations)])
-    grid = fine_shape(kspace.shape[-2:], settings.grid_factor)
+    grid = fine_shape(kspace.shape[-2:], request.grid_factor)
     if grid != tuple(images.shape[-2:]):  # adapt at the pixel size the final pass samples at (its values kept)
         images = fourier_resample(images, grid)
-    adapted = adapt_denoiser(model, images, adapt, seed=settings.seed)
+    adapted = adapt_denoiser(runtime.model, images, adapt, seed=request.seed)
     overhead = time.perf_counter() - t0
-    out = reconstruct_volume(kspace, mask, adapted, settings, calibrations=pilot.calibrations, crop=crop,
+    out = reconstruct_volume(kspace, mask, adapted, plain, calibrations=pilot.calibrations, crop=crop,
                              extra_terms=extra_terms)
     s = kspace.shape[0]
     out.nfe = [a + b for a, b in zip(out.nfe, pilot.nfe)]
@@ -232,59 +243,47 @@ def _reconstruct_adapted(
 
 def reconstruct_file(
     path: Path,
-    prior: EDMDenoiser | ComplexPrior,
-    settings: SamplerSettings,
+    prior: ComplexPrior,
+    request: ReconRequest,
     out_dir: str | os.PathLike[str],
-    device: torch.device,
-    accel: float | None = None,
-    mask_type: str = "equispaced",
-    center_fraction: float = 0.08,
     prior_name: str = "default",
     png: bool = False,
     extra_terms: Sequence[Likelihood] = (),
     extra_attrs: dict | None = None,
     std_calibration: dict | None = None,
-    auto_grid: bool = False,
-    adapt: AdaptSettings | None = None,
 ) -> dict:
     """Reconstruct one fastMRI file and write ``out_dir/<name>.h5`` (and a PNG panel); return a summary.
 
-    The output holds ``reconstruction`` and ``reconstruction_std`` (float32, recon-size crop),
-    the ``mask`` used and the settings as attrs (``precision``: the network's arithmetic, bf16 or
-    fp32).  ``prior_name`` is recorded in the attrs and
-    names the prior in error messages.  The summary has the timing, NFE, acceleration, mask
-    source, the output path and, for a fully sampled file with a target, PSNR/SSIM/NMSE; it is
-    also stored in the output's ``summary`` attr (JSON).  ``extra_attrs`` are added to the
-    output's attrs (e.g. :func:`mri_score.runs.run_key` as ``run_settings``).
-    ``prior`` may be an adapter (a guided prior); ``extra_terms`` are passed to every slice
-    (:func:`reconstruct_volume`).  ``std_calibration`` (an entry of the prior's calibration
-    sidecar, :func:`mri_score.uncertainty.lookup_factor`) scales ``reconstruction_std`` by its
-    ``factor``; the ``std_calibration`` attr records the factor used, or ``none`` (raw K-sample std).
-    With ``auto_grid`` the sampling grid is chosen per file
-    (:func:`mri_score.resolution.auto_grid_factor` of the header's pixel size and the prior's
-    ``pixel_mm``), replacing ``settings.grid_factor``; the factor used is the ``grid_factor`` attr.
-    ``adapt`` turns on test-time adaptation (:mod:`mri_score.adapt`); its record is the ``adapt`` attr.
+    The output holds ``reconstruction`` (float32, recon-size crop), ``reconstruction_std`` (with
+    ``request.samples > 1``), the ``mask`` used, the request's identity as the ``request`` attr
+    (:meth:`ReconRequest.identity`) and its main settings as attrs (``precision``: the network's
+    arithmetic, bf16 or fp32; ``grid_factor``: the sampling grid used, an ``auto`` grid resolved
+    for the header's pixel size).  ``prior`` is the run's prior runtime (made once per run; a
+    guided prior for a condition); ``prior_name`` is recorded in the attrs and names the prior in
+    error messages.  The summary has the timing, NFE, acceleration, mask source, the output path
+    and, for a fully sampled file with a target, PSNR/SSIM/NMSE against it (``target`` says which);
+    it is also stored in the output's ``summary`` attr (JSON).  ``extra_attrs`` are added to the
+    output's attrs (e.g. :func:`mri_score.runs.run_key` as ``run_settings``); ``extra_terms`` are
+    passed to every slice.  ``std_calibration`` (an entry of the prior's calibration sidecar,
+    :func:`mri_score.uncertainty.lookup_factor`) scales ``reconstruction_std`` by its ``factor``;
+    the ``std_calibration`` attr records the factor used, or ``none`` (raw K-sample std).
     """
     vol = read_fastmri(path)
-    mask, accel_used, mask_src = undersampling_mask(vol, accel, mask_type, center_fraction)
+    mask, accel_used, mask_src = undersampling_mask(vol, request)
     check_acs(mask, str(path))
-    channels = (prior.model if isinstance(prior, ComplexPrior) else prior).cfg.in_channels
+    channels = prior.model.cfg.in_channels
     if channels != 2:
         raise InputError(f"{prior_name}: prior has {channels} image channels; complex MR images need 2")
-    model = prior.model if isinstance(prior, ComplexPrior) else prior
-    if auto_grid:
-        try:
-            trained = prior_pixel_range(getattr(model, "meta", None))
-        except InputError as err:
-            raise InputError(f"{prior_name}: {err}") from None
-        settings = replace(settings, grid_factor=auto_grid_factor(vol.pixel_mm, trained))
-    check_memory(vol, settings.samples, device, settings.grid_factor)
+    try:
+        request = request.for_pixels(vol.pixel_mm, getattr(prior.model, "meta", None))
+    except InputError as err:
+        raise InputError(f"{prior_name}: {err}") from None
+    check_memory(vol, request.samples, prior.device, request.grid_factor)
     s, _, h, w = vol.kspace.shape
     crop = recon_crop_size((h, w), vol.recon_size)
     t0 = time.time()
     try:
-        res = reconstruct_volume(vol.kspace, mask, prior, settings, crop=crop, extra_terms=extra_terms,
-                                 adapt=adapt)
+        res = reconstruct_volume(vol.kspace, mask, prior, request, crop=crop, extra_terms=extra_terms)
     except (OperatorInputError, np.linalg.LinAlgError) as err:  # coil maps or a solver failed on this file's data
         raise InputError(f"{path}: {one_line(err)}") from None
     seconds = time.time() - t0
@@ -294,32 +293,42 @@ def reconstruct_file(
     target = None
     if vol.target is not None and not vol.is_undersampled:
         target = center_crop(vol.target, recon_crop_size(vol.target.shape[-2:], vol.recon_size))
-        if target.shape == res.image.shape:
+        try:
             summary.update(volume_metrics(target, res.image))
-        else:
-            target = None
-    attrs = {"sampler": settings.sampler, "steps": int(settings.steps), "samples": settings.samples,
-             "seed": settings.seed, "magnitude": settings.magnitude, "acceleration": accel_used,
-             "mask_source": mask_src, "nfe_per_slice": nfe // s, "grid_factor": float(settings.grid_factor),
-             "precision": precision_name(choose_precision(device, settings.precision)),
-             "prior": prior_name, "options": json.dumps(settings.options.as_dict()),
+            summary["target"] = "the file's noisy RSS target"
+        except ValueError as err:  # never dropped silently: the summary says why there is no score
+            summary["target"] = f"not scored: {one_line(err)}"
+        if target.shape != res.image.shape:
+            target = None  # the PNG's |error| panel needs the same grid
+    attrs = {"sampler": request.sampler, "steps": int(request.steps), "samples": request.samples,
+             "seed": request.seed, "magnitude": request.magnitude, "acceleration": accel_used,
+             "mask_source": mask_src, "nfe_per_slice": nfe // s, "grid_factor": float(res.grid_factor),
+             "precision": precision_name(choose_precision(prior.device, request.precision)),
+             "prior": prior_name, "options": json.dumps(request.options.as_dict()),
+             "request": json.dumps(request.identity(), sort_keys=True),
              "acquisition": str(vol.attrs.get("acquisition", "")), "patient_id": str(vol.attrs.get("patient_id", "")),
              "summary": json.dumps({k: v for k, v in summary.items() if k != "file"}, default=float),
              "adapt": "none" if res.adapted is None else json.dumps(res.adapted, sort_keys=True),
              **(extra_attrs or {})}
-    std = res.std
-    attrs["std_calibration"] = "none (raw std of the K samples)"
-    if std_calibration is not None:
-        std = (res.std * float(std_calibration["factor"])).astype(np.float32)
-        attrs["std_calibration"] = json.dumps(std_calibration, sort_keys=True)
-    out = save_reconstruction(out_dir, path.name, res.image, {"reconstruction_std": std, "mask": mask}, attrs)
+    extra: dict[str, np.ndarray] = {}
+    if res.std is not None:
+        std = res.std
+        attrs["std_calibration"] = "none (raw std of the K samples)"
+        if std_calibration is not None:
+            std = (res.std * float(std_calibration["factor"])).astype(np.float32)
+            attrs["std_calibration"] = json.dumps(std_calibration, sort_keys=True)
+        extra["reconstruction_std"] = std
+    else:
+        attrs["std_calibration"] = "none (one sample: no reconstruction_std)"
+    extra["mask"] = mask
+    out = save_reconstruction(out_dir, path.name, res.image, extra, attrs)
     summary["output"] = str(out)
     if png:
         from mri_score.figures import recon_panel
 
         png_path = Path(out_dir) / (path.stem + ".png")
         recon_panel(png_path, res.zero_filled, res.image, res.std, target,
-                    title=f"{path.name} {settings.sampler} R={accel_used:g}")
+                    title=f"{path.name} {request.sampler} R={accel_used:g}")
         summary["png"] = str(png_path)
     return summary
 

@@ -11,13 +11,20 @@ rank waits at a barrier while rank 0 reads the whole data set once).
 
 from __future__ import annotations
 
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
+
+# isort: split
+
 import argparse
 import sys
 
 from mri_score import limits
 from mri_score.atomic import check_output_dir
+from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.data.fastmri_stream import TARGETS
-from mri_score.errors import InputError, exit_on_input_error, one_line_usage_errors
+from mri_score.errors import InputError
 from mri_score.scaling import TRAIN_CENTER_FRACTION
 
 

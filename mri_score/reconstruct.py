@@ -19,11 +19,16 @@ key=value`` sets any option of the chosen sampler (validated; see
 
 from __future__ import annotations
 
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
+
+# isort: split
+
 import argparse
 import os
 import sys
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -31,15 +36,17 @@ import torch
 from mri_score import limits, runs
 from mri_score.adapt import ADAPT_PARAMS, AdaptSettings
 from mri_score.atomic import check_output, check_output_dir, protected_inputs
-from mri_score.errors import InputError, exit_on_input_error, one_line, one_line_usage_errors
+from mri_score.cli import exit_on_input_error, one_line_usage_errors
+from mri_score.errors import InputError, one_line
 from mri_score.guidance import GuidanceOptions
 from mri_score.pipeline import demo_volume, reconstruct_file
-from mri_score.posterior import MAGNITUDES, SamplerSettings
 from mri_score.precision import PRECISIONS
+from mri_score.prior import ComplexPrior
+from mri_score.request import FLAGS, MAGNITUDES, ReconRequest, RequestError
 from mri_score.resolution import MAX_GRID_FACTOR
-from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, sampler_config
+from mri_score.samplers import DEFAULT_STEPS, SAMPLERS
 from operators.errors import OperatorInputError
-from operators.masks import MASK_TYPES, MAX_ACCELERATION, create_mask_for_mask_type
+from operators.masks import MASK_TYPES, create_mask_for_mask_type
 
 
 def resolve_device(name: str) -> torch.device:
@@ -147,20 +154,18 @@ def sampler_options(pairs: list[str], gamma: float | None, sampler: str) -> dict
     return options
 
 
-def grid_from_arg(value: str) -> tuple[bool, float]:
-    """``--grid native|auto|F`` as (choose per file, factor); an :class:`InputError` naming the flag otherwise."""
-    text = str(value).strip().lower()
-    if text == "native":
-        return False, 1.0
-    if text == "auto":
-        return True, 1.0
+def request_from_args(args: argparse.Namespace) -> ReconRequest:
+    """The validated :class:`ReconRequest` of the flags; a bad value is one line naming its flag."""
     try:
-        factor = float(text)
-    except ValueError:
-        factor = float("nan")
-    if not 1.0 <= factor <= MAX_GRID_FACTOR:
-        raise InputError(f"--grid must be native, auto or a factor in [1, {MAX_GRID_FACTOR:g}], got {value!r}")
-    return False, factor
+        return ReconRequest(
+            sampler=args.sampler, steps=args.steps, samples=args.samples, seed=args.seed,
+            options=sampler_options(args.sampler_opt, args.gamma, args.sampler), maps=args.maps,
+            magnitude=args.magnitude, precision=args.precision, grid=args.grid, accel=args.accel,
+            mask_type=args.mask_type, center_fraction=args.center_fraction, adapt=adapt_from_args(args),
+            condition=args.condition, guidance=args.guidance, classifier=args.classifier,
+            classifier_scale=args.classifier_scale, classifier_input=args.classifier_input)
+    except RequestError as err:
+        raise InputError(err.render(FLAGS)) from None
 
 
 def adapt_from_args(args: argparse.Namespace) -> AdaptSettings | None:
@@ -171,70 +176,41 @@ def adapt_from_args(args: argparse.Namespace) -> AdaptSettings | None:
         if given:
             raise InputError(f"--adapt-{given[0].replace('_', '-')} given without --adapt")
         return None
-    if args.condition not in (None, "none") or args.guidance is not None or args.classifier is not None:
-        raise InputError("--adapt cannot be combined with --condition/--guidance/--classifier")
     try:
         return AdaptSettings.from_options(**options)
     except InputError as err:
         raise InputError(f"--adapt: {err}") from None
 
 
-def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
-    """Validated sampling settings from the flags; the error names the flag at fault."""
-    if args.sampler not in SAMPLERS:
-        raise InputError(f"unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    try:
-        config = sampler_config(args.sampler, sampler_options(args.sampler_opt, args.gamma, args.sampler))
-    except InputError as err:
-        raise InputError(str(err) if str(err).startswith("--") else f"--sampler-opt: {err}") from None
-    if args.steps is not None:
-        try:
-            config.nfe_used(args.steps)
-        except InputError as err:
-            raise InputError(f"--steps: {err}") from None
-    if args.samples < 1:
-        raise InputError(f"--samples must be >= 1, got {args.samples}")
-    return SamplerSettings(sampler=args.sampler, steps=args.steps, samples=args.samples, seed=args.seed,
-                           maps=args.maps, magnitude=args.magnitude, options=config, precision=args.precision)
-
-
-def guidance_from_args(args: argparse.Namespace, prior: torch.nn.Module, device: torch.device,
-                       allow_auto: bool = True) -> GuidanceOptions:
-    """``--condition``/``--guidance``/``--classifier``/``--classifier-scale``/``--classifier-input``, validated."""
-    if args.guidance is not None and not 0 <= args.guidance < float("inf"):
-        raise InputError(f"--guidance must be a finite number >= 0, got {args.guidance}")
-    if args.classifier is None and (args.classifier_scale is not None or args.classifier_input != "noisy"):
-        raise InputError("--classifier-scale/--classifier-input given without --classifier")
-    scale = 1.0 if args.classifier_scale is None else args.classifier_scale
-    if not 0 < scale < float("inf"):
-        raise InputError(f"--classifier-scale must be a finite number > 0, got {args.classifier_scale}")
+def guidance_for(request: ReconRequest, prior: torch.nn.Module, runtime: ComplexPrior) -> GuidanceOptions:
+    """The run's conditioning from the request (the classifier loaded once); errors name the flags."""
     classifier = None
-    if args.classifier is not None:
+    if request.classifier is not None:
         from mri_score.classifier import load_classifier
 
         try:
-            classifier = load_classifier(args.classifier, device)
+            classifier = load_classifier(request.classifier, runtime.device)
         except InputError as err:
             raise InputError(f"--classifier: {err}") from None
+    scale = 1.0 if request.classifier_scale is None else request.classifier_scale
     try:
-        return GuidanceOptions.create(prior, args.condition, args.guidance, classifier, scale, args.classifier_input,
-                                      allow_auto=allow_auto)
+        return GuidanceOptions.create(prior, request.condition, request.guidance, classifier, scale,
+                                      request.classifier_input, base=runtime)
     except InputError as err:
         raise InputError(f"--condition/--guidance: {err}") from None
 
 
-def std_calibration_for(prior: str | None, settings: SamplerSettings) -> dict | None:
-    """The prior's std calibration entry for these settings (sidecar ``<prior>.calibration.json``), or None.
+def std_calibration_for(prior: str | None, request: ReconRequest) -> dict | None:
+    """The prior's std calibration entry for this request (sidecar ``<prior>.calibration.json``), or None.
 
-    Only an entry fitted for the same prior file (SHA-256), sampler, budget, K, magnitude and sampler options
+    Only an entry fitted for the same prior file (SHA-256) and every setting that changes the std
     (:func:`mri_score.uncertainty.settings_key`) applies.
     """
     from mri_score import uncertainty
     from mri_score.prior import default_prior_path
 
     path = Path(prior) if prior else default_prior_path()
-    key = uncertainty.settings_key(settings.sampler, int(settings.steps), settings.samples, settings.magnitude,
-                                   settings.options)
+    key = uncertainty.settings_key(request)
     entry = uncertainty.lookup_factor(path, key)
     return None if entry is None else {**entry, "key": key, "sidecar": uncertainty.sidecar_path(path).name}
 
@@ -256,19 +232,12 @@ def main(argv: list[str] | None = None) -> int:
             args.out = "demo_output"
     if not args.kspace:
         raise InputError("--kspace PATH is required (or --demo)")
-    if args.accel is not None and not 1.0 < args.accel <= MAX_ACCELERATION:
-        raise InputError(f"--accel must be in (1, {MAX_ACCELERATION:g}], got {args.accel}")
-    if not 0.0 < args.center_fraction < 0.5:
-        raise InputError(f"--center-fraction must be in (0, 0.5), got {args.center_fraction}")
-    if args.accel is not None:  # e.g. a fractional R for the equispaced mask: refused once, before any file
+    request = request_from_args(args)
+    if request.accel is not None:  # e.g. a fractional R for the equispaced mask: refused once, before any file
         try:
-            create_mask_for_mask_type(args.mask_type, [args.center_fraction], [args.accel])
+            create_mask_for_mask_type(request.mask_type, [request.center_fraction], [request.accel])
         except OperatorInputError as err:
             raise InputError(f"--accel/--mask-type: {err}") from None
-    settings = settings_from_args(args)
-    adapt = adapt_from_args(args)
-    auto_grid, grid_factor = grid_from_arg(args.grid)
-    settings = replace(settings, grid_factor=grid_factor)
     if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
         args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     device = resolve_device(args.device)
@@ -281,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     others = [Path(p) for p in (args.prior, args.classifier) if p]
     check_outputs(args.out, files, others, png=args.png, summary=csv_path if directory_run else None)
     with protected_inputs([*files, *others]):
-        return _run(args, files, settings, adapt, auto_grid, device, directory_run, csv_path, rank, world)
+        return _run(args, files, request, device, directory_run, csv_path, rank, world)
 
 
 def input_files(src: Path) -> list[Path]:
@@ -318,30 +287,24 @@ def check_outputs(out: str | os.PathLike[str], files: list[Path], others: list[P
         check_output(path, inputs)
 
 
-def _run(args: argparse.Namespace, files: list[Path], settings: SamplerSettings, adapt: AdaptSettings | None,
-         auto_grid: bool, device: torch.device, directory_run: bool, csv_path: Path, rank: int, world: int) -> int:
-    """Load the prior and reconstruct ``files`` (inputs registered, outputs checked by :func:`main`)."""
+def _run(args: argparse.Namespace, files: list[Path], request: ReconRequest, device: torch.device,
+         directory_run: bool, csv_path: Path, rank: int, world: int) -> int:
+    """Load the prior once and reconstruct ``files`` (inputs registered, outputs checked by :func:`main`)."""
     from mri_score.prior import load_prior
 
     prior = load_prior(args.prior, device=device)
-    std_cal = std_calibration_for(args.prior, settings)
-    guidance = guidance_from_args(args, prior, device)
+    runtime = ComplexPrior(prior, request.precision)  # the one network runtime of the run
+    std_cal = std_calibration_for(args.prior, request)
+    guidance = guidance_for(request, prior, runtime)
     bad: list[str] = []
     iterator = files
     if len(files) > 1:
         from tqdm import tqdm
 
         iterator = tqdm(files, desc="files", unit="file", disable=not sys.stderr.isatty())
-    run_settings = {"sampler": settings.sampler, "steps": settings.steps, "samples": settings.samples,
-                    "seed": settings.seed, "maps": settings.maps, "magnitude": settings.magnitude,
-                    "precision": settings.precision,
-                    "options": settings.options.as_dict(), "accel": args.accel, "mask_type": args.mask_type,
-                    "center_fraction": args.center_fraction, "prior": str(args.prior or "default"),
+    run_settings = {"request": request.identity(), "prior": str(args.prior or "default"),
                     "prior_id": runs.prior_identity(getattr(prior, "meta", {})), "png": args.png,
-                    "condition": args.condition, "guidance": args.guidance, "classifier": args.classifier,
-                    "classifier_scale": args.classifier_scale, "classifier_input": args.classifier_input,
-                    "std_calibration": std_cal,
-                    "grid": args.grid, "adapt": None if adapt is None else asdict(adapt)}
+                    "std_calibration": std_cal}
     rows: list[dict] = []
     t_run, slices_done = time.time(), 0
     for f in iterator:
@@ -355,11 +318,9 @@ def _run(args: argparse.Namespace, files: list[Path], settings: SamplerSettings,
             continue
         try:
             adapter, terms, attrs = guidance.setup(prior, f)
-            summary = reconstruct_file(f, adapter, settings, args.out, device, accel=args.accel, mask_type=args.mask_type,
-                                       center_fraction=args.center_fraction, prior_name=str(args.prior or "default"),
-                                       png=args.png, extra_terms=terms,
-                                       extra_attrs={"run_settings": key, **attrs}, std_calibration=std_cal,
-                                       auto_grid=auto_grid, adapt=adapt)
+            summary = reconstruct_file(f, adapter, request, args.out, prior_name=str(args.prior or "default"),
+                                       png=args.png, extra_terms=terms, extra_attrs={"run_settings": key, **attrs},
+                                       std_calibration=std_cal)
         except InputError as err:
             if len(files) == 1:
                 raise

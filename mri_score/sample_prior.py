@@ -10,6 +10,12 @@ Magnitudes are shown as a PNG grid (:func:`mri_score.figures.sample_grid`).
 
 from __future__ import annotations
 
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
+
+# isort: split
+
 import argparse
 import sys
 from pathlib import Path
@@ -18,7 +24,8 @@ import torch
 
 from mri_score import limits
 from mri_score.atomic import check_output, check_writable
-from mri_score.errors import InputError, exit_on_input_error, one_line, one_line_usage_errors
+from mri_score.cli import exit_on_input_error, one_line_usage_errors
+from mri_score.errors import InputError, one_line
 from mri_score.figures import sample_grid
 from mri_score.generation import heun_samples
 

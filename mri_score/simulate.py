@@ -19,13 +19,20 @@ and the target named ``reconstruction_esc`` (no ``reconstruction_rss``).  With
 
 from __future__ import annotations
 
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
+
+# isort: split
+
 import argparse
 import sys
 from pathlib import Path
 
 from mri_score import limits
 from mri_score.atomic import check_output, check_output_dir, protected_inputs
-from mri_score.errors import InputError, exit_on_input_error, one_line, one_line_usage_errors
+from mri_score.cli import exit_on_input_error, one_line_usage_errors
+from mri_score.errors import InputError, one_line
 from mri_score.fastmri_io import write_fastmri_file
 from mri_score.simulation import corpus_volume, load_images, simulate_volume
 from operators.masks import MASK_TYPES, MAX_ACCELERATION, make_mask

@@ -10,8 +10,8 @@ quantile of ``level`` (1.645 at 90 %), so that ``c · std`` reads as a Gaussian 
 
 The factor is stored in a JSON sidecar ``<prior>.calibration.json`` (the weights
 file is never rewritten: its digest covers its contents), keyed by the prior file's
-SHA-256 and the sampler, budget, number of samples, output magnitude and non-default
-sampler options it was fitted for (:func:`settings_key`); :func:`lookup_factor` returns it only for a matching prior and settings.
+SHA-256 and every setting of the request it was fitted for that changes the std
+(:func:`settings_key`); :func:`lookup_factor` returns it only for a matching prior and settings.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import norm
@@ -31,7 +31,7 @@ from mri_score.atomic import atomic_output
 from mri_score.errors import InputError
 
 if TYPE_CHECKING:
-    from mri_score.samplers import SamplerConfig
+    from mri_score.request import ReconRequest
 
 #: Object pixels: truth above this fraction of its (per-slice) maximum.
 OBJECT_FRACTION = 0.05
@@ -155,24 +155,23 @@ def sidecar_path(prior_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".calibration.json")
 
 
-def settings_key(sampler: str, nfe: int, samples: int, magnitude: str,
-                 options: Mapping[str, Any] | SamplerConfig | None = None) -> str:
-    """The key a calibration entry is stored under: ``sampler[@vN]/nfe/samples/magnitude[/option=value...]``.
+def settings_key(request: ReconRequest) -> str:
+    """The key a calibration entry is stored under: ``sampler[@vN]/nfe/samples/magnitude[/name=value...]``.
 
-    ``options`` are the sampler's options (a mapping or its validated config); those that differ from
-    the sampler's defaults are appended in name order (e.g. ``dds@v2/nfe=24/K=2/sense/cg_iters=5``), so a
-    factor fitted with one schedule never applies to another.  ``@vN`` is the sampler's
+    The sampler's options that differ from its defaults are appended in name order (e.g.
+    ``dds@v2/nfe=24/K=2/sense/cg_iters=5``), then every other non-default setting that changes the
+    std (grid, precision, maps, conditioning, adaptation: :meth:`ReconRequest.calibration_suffix`), so a
+    factor fitted under one setting never applies to another.  ``@vN`` is the sampler's
     ``defaults_version`` when above 1: a key written under older defaults names no version (or an older
-    one) and never matches.
+    one) and never matches.  Seed, mask and output options are not part of it.
     """
-    from mri_score.samplers import sampler_config
-
-    cfg = sampler_config(sampler, options)
+    cfg = request.options
     version = type(cfg).defaults_version
-    key = f"{sampler}{f'@v{version}' if version > 1 else ''}/nfe={int(nfe)}/K={int(samples)}/{magnitude}"
+    key = f"{request.sampler}{f'@v{version}' if version > 1 else ''}/nfe={int(request.steps)}/K={int(request.samples)}"
     default = type(cfg)()
     changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)]
-    return "/".join([key, *(f"{name}={getattr(cfg, name)!r}" for name in sorted(changed))])
+    return "/".join([key, request.magnitude, *(f"{name}={getattr(cfg, name)!r}" for name in sorted(changed)),
+                     *request.calibration_suffix()])
 
 
 def read_sidecar(prior_path: str | os.PathLike[str]) -> dict:

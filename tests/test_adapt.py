@@ -10,8 +10,8 @@ from mri_score.errors import InputError
 from mri_score.losses import edm_loss
 from mri_score.network import EDMDenoiser, complex_to_channels
 from mri_score.pipeline import reconstruct_volume
-from mri_score.posterior import SamplerSettings
 from mri_score.reconstruct import main
+from mri_score.request import ReconRequest
 from mri_score.simulation import simulate_volume
 from operators import make_mask
 from tests.conftest import phantom
@@ -104,11 +104,11 @@ def test_reconstruct_volume_with_adaptation_counts_the_pilot(tiny_model):
     ksp, _, _ = simulate_volume(imgs, coils=4, snr=100.0, seed=0)
     mask, _ = make_mask("equispaced", 4.0, 0.25, ksp.shape[-2:], "v.h5")
     under = (ksp * mask).astype(np.complex64)
-    st = SamplerSettings(sampler="dds", steps=4, samples=1, seed=0)
+    st = ReconRequest(sampler="dds", steps=4, samples=1, seed=0)
     plain = reconstruct_volume(under, mask, tiny_model, st)
     ad = AdaptSettings(steps=2, crop=32, batch=2)
-    r1 = reconstruct_volume(under, mask, tiny_model, st, adapt=ad)
-    r2 = reconstruct_volume(under, mask, tiny_model, st, adapt=ad)
+    r1 = reconstruct_volume(under, mask, tiny_model, st.replace(adapt=ad))
+    r2 = reconstruct_volume(under, mask, tiny_model, st.replace(adapt=ad))
     assert r1.nfe == [4 + 2, 4 + 2] and plain.nfe == [4, 4]
     assert r1.adapted["pilot_nfe_per_slice"] == 2 and np.array_equal(r1.image, r2.image)
     assert not np.array_equal(r1.image, plain.image)
@@ -131,12 +131,12 @@ def test_adaptation_trains_on_the_grid_the_final_pass_samples_at(tiny_model, mon
     mask, _ = make_mask("equispaced", 4.0, 0.25, ksp.shape[-2:], "v.h5")
     under = (ksp * mask).astype(np.complex64)
     ad = AdaptSettings(steps=1, crop=32, batch=2)
-    native = reconstruct_volume(under, mask, tiny_model, SamplerSettings(steps=2, samples=1), adapt=ad)
-    fine = reconstruct_volume(under, mask, tiny_model, SamplerSettings(steps=2, samples=1, grid_factor=1.5), adapt=ad)
+    native = reconstruct_volume(under, mask, tiny_model, ReconRequest(steps=2, samples=1, adapt=ad))
+    fine = reconstruct_volume(under, mask, tiny_model, ReconRequest(steps=2, samples=1, grid=1.5, adapt=ad))
     assert tuple(seen[0].shape[-2:]) == (32, 32) and tuple(seen[1].shape[-2:]) == (48, 48)
     assert fine.image.shape == native.image.shape
     # exactly the pilot's means in prior units, resampled (the pilot: half the NFE, K = 1, same seed and grid)
-    pilot = reconstruct_volume(under, mask, tiny_model, SamplerSettings(steps=1, samples=1, grid_factor=1.5))
+    pilot = reconstruct_volume(under, mask, tiny_model, ReconRequest(steps=1, samples=1, grid=1.5))
     expected = fourier_resample(torch.stack([m / c.scale for m, c in zip(pilot.means, pilot.calibrations)]), (48, 48))
     assert torch.allclose(seen[1], expected, atol=1e-5)
 

@@ -1011,7 +1011,7 @@ def test_diverging_loss_names_the_likely_setting(tmp_path, assets, capfd, monkey
     """A loss that becomes NaN stops training with one line naming train.lr; no diverged checkpoint is written."""
     import torch
 
-    import mri_score.train as train_module
+    import mri_score.training as train_module
 
     monkeypatch.setattr(train_module, "edm_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     (tmp_path / "data").mkdir()

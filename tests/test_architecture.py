@@ -1,4 +1,4 @@
-"""Layering rules: argument parsing only in command-line modules, and nothing imports a command-line module.
+"""Layering rules: argument parsing only in command-line modules, nothing imports a command-line module, no cycles.
 
 A command-line module is one with an ``if __name__ == "__main__":`` entry (a console script or a
 ``python -m`` target); the project's console scripts must be such modules.
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _modules():
-    for pkg in ("mri_score", "operators", "benchmarks"):
+    for pkg in ("mri_score", "operators", "benchmarks", "docs"):
         for path in sorted((ROOT / pkg).rglob("*.py")):
             name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
             yield name, ast.parse(path.read_text())
@@ -68,3 +68,67 @@ def test_no_import_path_hacks():
                     and node.value.id == "sys":
                 hacks.add(name)
     assert not hacks, hacks
+
+
+def _cycles(modules: dict) -> list[list[str]]:
+    """Import cycles among ``modules`` (name -> parsed tree), imports inside functions included."""
+
+    def project(name: str) -> str | None:
+        parts = name.split(".")
+        for k in range(len(parts), 0, -1):
+            if ".".join(parts[:k]) in modules:
+                return ".".join(parts[:k])
+        return None
+
+    graph = {name: {m for imp in _imports(tree) if (m := project(imp)) and m != name
+                    and not name.startswith(m + ".") and not m.startswith(name + ".")}
+             for name, tree in modules.items()}
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    return cycles
+
+
+def test_no_import_cycle():
+    """No chain of imports (module level or inside functions) leads from a module back to itself."""
+    assert not _cycles(MODULES), _cycles(MODULES)
+
+
+def test_cycle_detector_sees_a_cycle():
+    """The cycle test would fail on a two-module cycle through a function-level import."""
+    fake = {"pkg.a": ast.parse("from pkg.b import x"), "pkg.b": ast.parse("def f():\n    from pkg.a import y")}
+    assert _cycles(fake) == [["pkg.a", "pkg.b", "pkg.a"]]
+    assert _cycles({"pkg.a": ast.parse("import pkg.b"), "pkg.b": ast.parse("import os")}) == []
+
+
+def test_operators_import_no_ml():
+    """``operators/`` is physics: it imports neither the library (``mri_score``) nor network code."""
+    bad = {(name, imp) for name, tree in MODULES.items() if name.startswith("operators")
+           for imp in _imports(tree) if imp.split(".")[0] in ("mri_score", "benchmarks", "safetensors")}
+    assert not bad, bad
+
+
+def test_importing_the_package_installs_no_signal_handler():
+    """``import mri_score`` is a library import: it leaves every signal disposition as it was."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import signal; before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)); "
+            "import mri_score, mri_score.reconstruct; "
+            "assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before, 'changed'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    del signal

@@ -13,7 +13,7 @@ from mri_score.classifier import NoiseClassifier, load_classifier
 from mri_score.errors import CheckpointError, InputError
 from mri_score.network import NetworkConfig
 from mri_score.prior import load_prior
-from mri_score.train import NO_PARENT, export_prior, train
+from mri_score.training import NO_PARENT, export_prior, train
 
 LABELS_META = {"contrast": ["t1", "t2", "pd", "flair", "fatsat", "other"], "anatomy": ["brain", "body", "limb"]}
 

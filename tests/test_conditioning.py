@@ -30,7 +30,8 @@ from mri_score.guidance import (
 )
 from mri_score.likelihood import GaussianKspaceLikelihood
 from mri_score.network import EDMDenoiser, NetworkConfig, channels_to_complex, complex_to_channels
-from mri_score.samplers import ComplexPrior, DDSConfig, DPSConfig, sample_dds, sample_dps
+from mri_score.prior import ComplexPrior
+from mri_score.samplers import DDSConfig, DPSConfig, sample_dds, sample_dps
 from operators import Sense
 
 VOCAB = Vocabulary(("contrast", "anatomy"), (CONTRASTS, ANATOMIES))

@@ -319,13 +319,13 @@ def test_pipeline_summary_of_a_single_coil_file_is_fastmris_score(tmp_path, tiny
     import json
 
     from mri_score.pipeline import reconstruct_file
-    from mri_score.posterior import SamplerSettings
-    from mri_score.prior import load_prior
+    from mri_score.prior import ComplexPrior, load_prior
+    from mri_score.request import ReconRequest
 
     (path,) = sorted(_single_coil_files(tmp_path).iterdir())
     out_dir = tmp_path / "recon"
-    summary = reconstruct_file(path, load_prior(tiny_prior_path), SamplerSettings(sampler="dds", steps=2, seed=0),
-                               out_dir, torch.device("cpu"), accel=2.0, center_fraction=0.25)
+    request = ReconRequest(sampler="dds", steps=2, seed=0, accel=2.0, center_fraction=0.25)
+    summary = reconstruct_file(path, ComplexPrior(load_prior(tiny_prior_path)), request, out_dir)
     ref = fm_evaluate_dir(path.parent, out_dir, "reconstruction_esc")[path.name]
     assert_matches(summary, ref)
     with h5py.File(out_dir / path.name) as hf:

@@ -6,7 +6,8 @@ import torch
 from mri_score.errors import InputError
 from mri_score.likelihood import GaussianKspaceLikelihood, Likelihood
 from mri_score.network import EDMDenoiser
-from mri_score.samplers import DEFAULT_STEPS, SAMPLER_CONFIGS, SAMPLERS, ComplexPrior, sampler_config
+from mri_score.prior import ComplexPrior
+from mri_score.samplers import DEFAULT_STEPS, SAMPLER_CONFIGS, SAMPLERS, sampler_config
 from operators import conjugate_gradient
 from tests.test_samplers import SD, GaussianDenoiser, make_problem
 

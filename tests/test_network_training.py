@@ -13,7 +13,7 @@ from mri_score.checkpoint import load_checkpoint, save_checkpoint
 from mri_score.errors import CheckpointError, InputError
 from mri_score.network import EDMDenoiser, channels_to_complex, complex_to_channels
 from mri_score.prior import default_prior_path, load_prior
-from mri_score.train import train
+from mri_score.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,7 +138,7 @@ def test_ddp_gloo_two_ranks_identical_parameters(tmp_path):
     script.write_text(
         "import sys, hashlib, torch, torch.distributed as dist\n"
         "from mri_score.config import load_config\n"
-        "import mri_score.train as T\n"
+        "import mri_score.training as T\n"
         "dist.init_process_group('gloo')\n"
         "torch.set_num_threads(1)\n"
         "orig = T.train\n"
@@ -249,7 +249,7 @@ def test_label_lr_mult_scales_only_the_label_tables(tmp_path):
     proportional to the group's learning rate.
     """
     from mri_score.checkpoint import load_checkpoint
-    from mri_score.train import train
+    from mri_score.training import train
 
     def run(name, mult):
         cfg = tiny_train_cfg(tmp_path / name, steps=3)

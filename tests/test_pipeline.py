@@ -7,9 +7,10 @@ import torch
 from mri_score.calibration import calibrate
 from mri_score.fastmri_io import read_fastmri
 from mri_score.pipeline import reconstruct_volume, undersampling_mask
-from mri_score.posterior import SamplerSettings, reconstruct_slice
+from mri_score.posterior import reconstruct_slice
 from mri_score.prior import load_prior
 from mri_score.reconstruct import main as reconstruct_main
+from mri_score.request import ReconRequest
 from mri_score.resolution import auto_grid_factor, prior_pixel_range
 from mri_score.simulation import simulate_volume
 from operators import make_mask
@@ -25,11 +26,11 @@ def _volume(slices=2, n=64):
 def test_volume_is_slices_with_seed_plus_index_and_shared_calibrations(tiny_prior_path):
     prior = load_prior(tiny_prior_path)
     ksp, mask = _volume()
-    settings = SamplerSettings(sampler="dds", steps=2, samples=2, seed=5)
+    settings = ReconRequest(sampler="dds", steps=2, samples=2, seed=5)
     vol = reconstruct_volume(ksp, mask, prior, settings)
     for i in range(2):
         one = reconstruct_slice(torch.from_numpy(ksp[i]), torch.from_numpy(mask), prior,
-                                SamplerSettings(sampler="dds", steps=2, samples=2, seed=5 + i))
+                                ReconRequest(sampler="dds", steps=2, samples=2, seed=5 + i))
         assert np.array_equal(vol.image[i], one.image.numpy()) and np.array_equal(vol.std[i], one.std.numpy())
     # handing in the calibrations (as the benchmark does, computed once per slice) changes nothing
     cals = [calibrate(torch.from_numpy(ksp[i] * mask), torch.from_numpy(mask)) for i in range(2)]
@@ -41,7 +42,7 @@ def test_volume_is_slices_with_seed_plus_index_and_shared_calibrations(tiny_prio
 def test_unsampled_kspace_never_reaches_the_reconstruction(tiny_prior_path):
     prior = load_prior(tiny_prior_path)
     ksp, mask = _volume(slices=1)
-    settings = SamplerSettings(sampler="dds", steps=2, samples=1, seed=0)
+    settings = ReconRequest(sampler="dds", steps=2, samples=1, seed=0)
     a = reconstruct_volume(ksp, mask, prior, settings)
     junk = ksp + (1 - mask) * 1e3  # garbage wherever the mask is 0
     b = reconstruct_volume(junk.astype(np.complex64), mask, prior, settings)
@@ -54,12 +55,12 @@ def test_cli_writes_what_reconstruct_volume_returns(tmp_path, fully_sampled_file
                            str(tiny_prior_path), "--steps", "2", "--center-fraction", "0.25", "--seed", "4"])
     assert rc == 0
     vol = read_fastmri(fully_sampled_file)
-    mask, _, _ = undersampling_mask(vol, None, "equispaced", 0.25)
+    mask, _, _ = undersampling_mask(vol, ReconRequest(center_fraction=0.25))
     prior = load_prior(tiny_prior_path)
     # the default grid is auto: this file's header says 4 mm pixels, outside the prior's trained range
     factor = auto_grid_factor(vol.pixel_mm, prior_pixel_range(prior.meta))
     assert factor > 1
-    res = reconstruct_volume(vol.kspace, mask, prior, SamplerSettings(sampler="dds", steps=2, seed=4, grid_factor=factor))
+    res = reconstruct_volume(vol.kspace, mask, prior, ReconRequest(sampler="dds", steps=2, seed=4, grid=factor))
     with h5py.File(tmp_path / "o" / fully_sampled_file.name) as hf:
         assert hf.attrs["grid_factor"] == factor
         assert np.array_equal(hf["reconstruction"][()], res.image)

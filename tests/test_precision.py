@@ -7,10 +7,11 @@ import torch
 
 from mri_score.errors import InputError
 from mri_score.network import EDMDenoiser, complex_to_channels
-from mri_score.posterior import SamplerSettings, reconstruct_slice
+from mri_score.posterior import reconstruct_slice
 from mri_score.precision import PRECISIONS, choose_precision, native_bf16, precision_name
+from mri_score.prior import ComplexPrior
 from mri_score.reconstruct import main
-from mri_score.samplers import ComplexPrior
+from mri_score.request import ReconRequest
 from operators import fft2c
 
 
@@ -53,7 +54,7 @@ def test_fp32_adapter_is_the_network_and_bf16_is_close_in_fp32(tiny_cfg):
 
 def test_bf16_weight_copy_gives_autocasts_bits_without_touching_the_fp32_network(tiny_cfg):
     from mri_score.precision import autocast
-    from mri_score.samplers.base import bf16_weight_copy
+    from mri_score.prior import bf16_weight_copy
 
     model = random_model(tiny_cfg)
     x = complex_to_channels(torch.complex(torch.randn(2, 32, 32), torch.randn(2, 32, 32)))
@@ -85,7 +86,7 @@ def test_dds_returns_ordinary_tensors_from_its_inference_mode_loop(tiny_cfg):
     mask[::2] = 1
     mask[12:20] = 1
     res = reconstruct_slice(fft2c(img.expand(2, -1, -1).clone()), mask, ComplexPrior(model, "bf16"),
-                            SamplerSettings(steps=3, samples=2, seed=1, maps="lowres"))
+                            ReconRequest(steps=3, samples=2, seed=1, maps="lowres"))
     assert not res.mean.is_inference() and not res.image.is_inference()
     # usable as data in a later autograd graph (test-time adaptation trains on the pilot means)
     w = torch.ones((), requires_grad=True)
@@ -143,10 +144,10 @@ def test_reconstruct_slice_sets_the_adapters_precision(tiny_cfg):
     adapter = ComplexPrior(model, "bf16")
     res = {}
     for mode in ("fp32", "bf16"):
-        settings = SamplerSettings(steps=3, samples=2, seed=1, maps="lowres", precision=mode)
+        settings = ReconRequest(steps=3, samples=2, seed=1, maps="lowres", precision=mode)
         res[mode] = reconstruct_slice(ks, mask, adapter, settings)
         assert adapter.precision == mode
-    again = reconstruct_slice(ks, mask, adapter, SamplerSettings(steps=3, samples=2, seed=1, maps="lowres",
+    again = reconstruct_slice(ks, mask, adapter, ReconRequest(steps=3, samples=2, seed=1, maps="lowres",
                                                                   precision="fp32"))
     assert torch.equal(again.mean, res["fp32"].mean)  # deterministic by seed in each precision
     assert not torch.equal(res["fp32"].mean, res["bf16"].mean)
@@ -154,7 +155,7 @@ def test_reconstruct_slice_sets_the_adapters_precision(tiny_cfg):
 
 def test_sampler_settings_refuse_an_unknown_precision():
     with pytest.raises(InputError, match="unknown precision 'fp16'; choose one of auto, bf16, fp32"):
-        SamplerSettings(precision="fp16")
+        ReconRequest(precision="fp16")
 
 
 def test_cli_precision_flag_reaches_the_output(tmp_path, fully_sampled_file, tiny_prior_path):

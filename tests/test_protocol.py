@@ -11,6 +11,11 @@ import yaml
 from benchmarks.stats import bootstrap_mean_ci, paired_difference, select_parameter
 from mri_score import uncertainty
 from mri_score.errors import InputError
+from mri_score.request import ReconRequest
+
+
+def _key(**fields):
+    return uncertainty.settings_key(ReconRequest(**fields))
 
 
 def test_bootstrap_interval_covers_a_known_mean_at_its_level():
@@ -70,12 +75,12 @@ def test_conformal_factor_gives_nominal_coverage_on_gaussian_errors():
 
 
 def test_calibration_sidecar_is_keyed_by_the_prior_digest(tmp_path, tiny_prior_path):
-    key = uncertainty.settings_key("dds", 30, 2, "sense")
+    key = _key(sampler="dds", steps=30, samples=2)
     assert uncertainty.lookup_factor(tiny_prior_path, key) is None
     side = uncertainty.store_factor(tiny_prior_path, key, 2.5, 0.9, fitted_on="test")
     assert side == tiny_prior_path.with_name(tiny_prior_path.name + ".calibration.json")
     assert uncertainty.lookup_factor(tiny_prior_path, key)["factor"] == 2.5
-    assert uncertainty.lookup_factor(tiny_prior_path, uncertainty.settings_key("dds", 10, 2, "sense")) is None
+    assert uncertainty.lookup_factor(tiny_prior_path, _key(sampler="dds", steps=10, samples=2)) is None
     # another prior file (other bytes) does not match the sidecar
     other = tmp_path / "other.safetensors"
     shutil.copy(tiny_prior_path, other)
@@ -90,27 +95,42 @@ def test_calibration_sidecar_is_keyed_by_the_prior_digest(tmp_path, tiny_prior_p
         uncertainty.store_factor(other, key, float("nan"), 0.9)
 
 
+def test_calibration_key_covers_every_setting_that_changes_the_std():
+    from mri_score.adapt import AdaptSettings
+
+    plain = _key(sampler="dds", steps=24, samples=2)
+    assert plain == "dds@v2/nfe=24/K=2/sense"  # the defaults (grid auto, precision auto, maps auto, no label) add nothing
+    changed = {"grid": "native", "precision": "fp32", "maps": "lowres", "condition": "t2", "guidance": 2.0,
+               "adapt": AdaptSettings()}
+    keys = {name: _key(sampler="dds", steps=24, samples=2, **{name: value}) for name, value in changed.items()}
+    for name, key in keys.items():
+        assert key != plain and f"/{name}=" in key
+    assert len(set(keys.values())) == len(keys)
+    # seed and the mask request do not change the std's calibration
+    assert _key(sampler="dds", steps=24, samples=2, seed=5, accel=8.0, mask_type="random") == plain
+
+
 def test_calibration_key_carries_non_default_sampler_options(tiny_prior_path):
     from mri_score.samplers import DDSConfig
 
-    plain = uncertainty.settings_key("dds", 26, 2, "sense")
+    plain = _key(sampler="dds", steps=26, samples=2)
     # default options (given or not, as a mapping or a config) add nothing to the key
-    assert uncertainty.settings_key("dds", 26, 2, "sense", {}) == plain
-    assert uncertainty.settings_key("dds", 26, 2, "sense", {"cg_iters": DDSConfig().cg_iters}) == plain
-    assert uncertainty.settings_key("dds", 26, 2, "sense", DDSConfig()) == plain
-    changed = uncertainty.settings_key("dds", 26, 2, "sense", {"sigma_max": "4", "cg_iters": 5})
+    assert _key(sampler="dds", steps=26, samples=2, options={}) == plain
+    assert _key(sampler="dds", steps=26, samples=2, options={"cg_iters": DDSConfig().cg_iters}) == plain
+    assert _key(sampler="dds", steps=26, samples=2, options=DDSConfig()) == plain
+    changed = _key(sampler="dds", steps=26, samples=2, options={"sigma_max": "4", "cg_iters": 5})
     assert changed == f"{plain}/cg_iters=5/sigma_max=4.0"
     # DDS's defaults changed once (version 2): a key written before names no version and never matches
     assert plain == f"dds@v{DDSConfig.defaults_version}/nfe=26/K=2/sense" and DDSConfig.defaults_version == 2
-    old_schedule = uncertainty.settings_key("dds", 30, 2, "sense", {"sigma_max": 3.0})
+    old_schedule = _key(sampler="dds", steps=30, samples=2, options={"sigma_max": 3.0})
     assert old_schedule == "dds@v2/nfe=30/K=2/sense/sigma_max=3.0" != "dds/nfe=30/K=2/sense"
-    assert uncertainty.settings_key("pc", 20, 2, "sense") == "pc/nfe=20/K=2/sense"  # version 1: no tag
+    assert _key(sampler="pc", steps=20, samples=2) == "pc/nfe=20/K=2/sense"  # version 1: no tag
     # a factor fitted for the default schedule never applies to another one
     uncertainty.store_factor(tiny_prior_path, plain, 2.5, 0.9)
     assert uncertainty.lookup_factor(tiny_prior_path, changed) is None
     assert uncertainty.lookup_factor(tiny_prior_path, plain)["factor"] == 2.5
     with pytest.raises(InputError, match="unknown dds option"):
-        uncertainty.settings_key("dds", 26, 2, "sense", {"cg_iter": 5})
+        _key(sampler="dds", steps=26, samples=2, options={"cg_iter": 5})
 
 
 def test_noise_free_target_is_the_anatomy_magnitude():
@@ -150,16 +170,16 @@ def test_protocol_config_rules_are_enforced():
 def test_protocol_dds_grid_auto_follows_each_volumes_pixels(monkeypatch, tiny_prior_path):
     """``grid: auto`` gives the phantom (3.75 mm) a finer grid and leaves in-range pixels native."""
     from benchmarks import protocol
-    from mri_score.prior import load_prior
-    from mri_score.samplers import ComplexPrior
+    from mri_score import pipeline
+    from mri_score.prior import ComplexPrior, load_prior
 
     factors = []
 
-    def fake(ks, mask, prior, settings, calibration=None):
-        factors.append(settings.grid_factor)
+    def fake(ks, mask, prior, request, calibration=None, extra_terms=()):
+        factors.append(request.grid_factor)  # the protocol goes through reconstruct_volume, which resolves the grid
         raise StopIteration
 
-    monkeypatch.setattr(protocol, "reconstruct_slice", fake)
+    monkeypatch.setattr(pipeline, "reconstruct_slice", fake)
     prior = ComplexPrior(load_prior(tiny_prior_path))
     for pixel in ((3.75, 3.75), (1.0, 1.0), None):
         acq = {"under": np.zeros((1, 1, 8, 8), np.complex64), "mask": np.ones(8, np.float32), "cals": [None],
@@ -251,7 +271,7 @@ def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_
     # the sidecar was written for the prior and the DDS settings
     side = json.loads(uncertainty.sidecar_path(tiny_prior_path).read_text())
     assert side["prior_sha256"] == uncertainty.file_sha256(tiny_prior_path)
-    assert uncertainty.settings_key("dds", 2, 2, "sense") == "dds@v2/nfe=2/K=2/sense" in side["entries"]
+    assert _key(sampler="dds", steps=2, samples=2, grid="native") == "dds@v2/nfe=2/K=2/sense/grid=native" in side["entries"]
     # the README block writer replaces only its block
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:begin -->\nold\n<!-- results:end -->\noutro\n")
@@ -267,7 +287,8 @@ def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_
 def test_readme_results_block_is_the_committed_csv_rendering():
     from pathlib import Path
 
-    from benchmarks.make_tables import BEGIN, DEFAULT_CSV, END, results_block
+    from benchmarks.make_tables import BEGIN, END, results_block
+    from benchmarks.tables import DEFAULT_CSV
 
     root = Path(__file__).resolve().parents[1]
     csv_path = root / "benchmarks" / "results" / DEFAULT_CSV
@@ -349,7 +370,7 @@ def test_reconstruct_writes_the_calibrated_std_only_for_matching_settings(tmp_pa
 
     raw, attr = run("raw", 2)
     assert attr.startswith("none")
-    uncertainty.store_factor(tiny_prior_path, uncertainty.settings_key("dds", 2, 2, "sense"), 3.0, 0.9)
+    uncertainty.store_factor(tiny_prior_path, _key(sampler="dds", steps=2, samples=2), 3.0, 0.9)
     cal, attr = run("cal", 2)
     assert np.allclose(cal, 3.0 * raw, rtol=1e-6) and json.loads(attr)["factor"] == 3.0
     _, attr = run("other", 3)  # no entry for NFE 3: the raw std, said so

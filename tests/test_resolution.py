@@ -12,8 +12,9 @@ from mri_score.calibration import calibrate
 from mri_score.errors import InputError
 from mri_score.fastmri_io import build_ismrmrd_header, parse_ismrmrd_header, read_fastmri, write_fastmri_file
 from mri_score.likelihood import GaussianKspaceLikelihood
-from mri_score.posterior import SamplerSettings, reconstruct_slice
+from mri_score.posterior import reconstruct_slice
 from mri_score.prior import load_prior
+from mri_score.request import ReconRequest
 from mri_score.resolution import (
     DEFAULT_PRIOR_PIXEL_MM,
     MAX_GRID_FACTOR,
@@ -96,8 +97,8 @@ def test_fine_grid_with_a_pass_through_sampler_returns_the_native_result(monkeyp
     monkeypatch.setitem(posterior.SAMPLERS, "dds", passthrough)
     ks, mask = _single_coil_slice()
     prior = load_prior(tiny_prior_path)
-    native = reconstruct_slice(ks, mask, prior, SamplerSettings(steps=2, samples=1, magnitude="sense"))
-    fine = reconstruct_slice(ks, mask, prior, SamplerSettings(steps=2, samples=1, magnitude="sense", grid_factor=2))
+    native = reconstruct_slice(ks, mask, prior, ReconRequest(steps=2, samples=1, magnitude="sense"))
+    fine = reconstruct_slice(ks, mask, prior, ReconRequest(steps=2, samples=1, magnitude="sense", grid=2))
     x_native, x_fine = seen["x"]
     assert x_native.shape[-2:] == (32, 32) and x_fine.shape[-2:] == (64, 64)
     q = [float(torch.quantile(x.abs().flatten(), 0.99)) for x in (x_native, x_fine)]
@@ -110,7 +111,7 @@ def test_fine_grid_with_a_pass_through_sampler_returns_the_native_result(monkeyp
 def test_grid_matched_reconstruction_is_data_consistent_on_the_measured_grid(tiny_prior_path, factor):
     ks, mask = _single_coil_slice()
     prior = load_prior(tiny_prior_path)
-    settings = SamplerSettings(steps=3, samples=2, magnitude="sense", grid_factor=factor,
+    settings = ReconRequest(steps=3, samples=2, magnitude="sense", grid=factor,
                                options={"gamma": 1e5, "cg_iters": 4})
     res = reconstruct_slice(ks, mask, prior, settings)
     assert res.image.shape == res.mean.shape == res.std.shape == (32, 32)
@@ -123,12 +124,12 @@ def test_grid_factor_multicoil_shapes_and_validation(tiny_prior_path):
     ksp, _, _ = simulate_volume(imgs, coils=4, snr=100.0, seed=2)
     mask, _ = make_mask("equispaced", 2.0, 0.25, (32, 32), "y.h5")
     res = reconstruct_slice(torch.from_numpy(ksp[0] * mask), torch.from_numpy(mask), load_prior(tiny_prior_path),
-                            SamplerSettings(steps=2, samples=1, grid_factor=1.5))
+                            ReconRequest(steps=2, samples=1, grid=1.5))
     assert res.image.shape == (32, 32) and torch.isfinite(res.image).all()
     assert fine_shape((32, 30), 1.5) == (48, 45)
     for bad in (0.5, float("nan"), 9.0, "x"):
-        with pytest.raises(InputError, match="grid factor"):
-            SamplerSettings(grid_factor=bad)
+        with pytest.raises(InputError, match="grid must be native, auto or a factor"):
+            ReconRequest(grid=bad)
 
 
 def test_discrepancy_rule_recovers_the_error_variance_of_a_gaussian_estimate():
@@ -165,7 +166,7 @@ def test_gamma_rule_option_is_typed_validated_and_runs(tiny_prior_path):
     mask, _ = make_mask("equispaced", 2.0, 0.25, (32, 32), "y.h5")
     ks, m = torch.from_numpy(ksp[0] * mask), torch.from_numpy(mask)
     cal = calibrate(ks, m)
-    outs = [reconstruct_slice(ks, m, load_prior(tiny_prior_path), SamplerSettings(
+    outs = [reconstruct_slice(ks, m, load_prior(tiny_prior_path), ReconRequest(
         steps=3, samples=1, options={"gamma_rule": rule}), calibration=cal).image for rule in ("noise", "discrepancy")]
     assert all(torch.isfinite(o).all() for o in outs) and not torch.equal(*outs)
 

@@ -4,7 +4,8 @@ from torch import nn
 
 from mri_score.likelihood import GaussianKspaceLikelihood
 from mri_score.network import NetworkConfig
-from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, ComplexPrior, karras_sigmas, sampler_config
+from mri_score.prior import ComplexPrior
+from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, karras_sigmas, sampler_config
 from operators import Sense, conjugate_gradient
 
 SD = 0.5
@@ -125,7 +126,8 @@ def test_dps_step_is_bounded_by_a_data_consistency_step():
 
 def test_output_magnitude_conventions_and_bad_name():
     from mri_score.errors import InputError
-    from mri_score.posterior import SamplerSettings, output_magnitude
+    from mri_score.posterior import output_magnitude
+    from mri_score.request import ReconRequest
 
     x = torch.complex(torch.randn(3, 8, 8), torch.randn(3, 8, 8))
     maps = torch.ones(4, 8, 8, dtype=torch.complex64) / 2  # Σ|S|² = 1
@@ -134,4 +136,4 @@ def test_output_magnitude_conventions_and_bad_name():
     with pytest.raises(InputError, match="unknown magnitude"):
         output_magnitude(x, maps, 0.1, "phase")
     with pytest.raises(InputError, match="unknown magnitude"):
-        SamplerSettings(magnitude="phase")
+        ReconRequest(magnitude="phase")

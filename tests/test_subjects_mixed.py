@@ -16,7 +16,7 @@ from mri_score.data.corpus import (
 from mri_score.data.datasets import mixed_pool
 from mri_score.data.mixed import MixedCorpus
 from mri_score.network import EDMDenoiser, NetworkConfig
-from mri_score.train import drop_labels
+from mri_score.training import drop_labels
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

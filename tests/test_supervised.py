@@ -8,7 +8,7 @@ from mri_score.calibration import calibrate
 from mri_score.errors import CheckpointError, InputError
 from mri_score.prior import load_prior
 from mri_score.supervised import KspacePairSource, load_unet, simulate_pair, unet_reconstruct
-from mri_score.train import export_prior, train
+from mri_score.training import export_prior, train
 from operators import birdcage_maps, create_mask_for_mask_type, fft2c, ifft2c, rss
 from tests.conftest import phantom
 

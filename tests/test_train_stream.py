@@ -17,6 +17,7 @@ import torch
 import yaml
 
 import mri_score.train as train_mod
+import mri_score.training as training
 from mri_score.checkpoint import load_checkpoint
 from tests.test_fastmri_stream import write_train_file
 
@@ -50,8 +51,8 @@ def test_gradient_accumulation_equals_the_full_batch(data_dir, tmp_path, monkeyp
     def plain_loss(model, x, gen, p_mean, p_std, sigma_data, autocast, labels=None):
         return ((model(x, torch.ones(x.shape[0])) - 0.5 * x) ** 2).mean()
 
-    monkeypatch.setattr(train_mod, "edm_loss", plain_loss)
-    full = train_mod.train(stream_cfg(data_dir, tmp_path / "full", steps=3, batch=4))
+    monkeypatch.setattr(training, "edm_loss", plain_loss)
+    full = training.train(stream_cfg(data_dir, tmp_path / "full", steps=3, batch=4))
     assert full["accumulation"] == 1
     # through the command line, as the README's 1-GPU command (train.micro_batch=...)
     (tmp_path / "acc.yaml").write_text(yaml.safe_dump(stream_cfg(data_dir, tmp_path / "acc", steps=3, batch=4)))
@@ -64,13 +65,13 @@ def test_gradient_accumulation_equals_the_full_batch(data_dir, tmp_path, monkeyp
     _, meta = load_checkpoint(tmp_path / "acc" / "checkpoint.safetensors")
     assert meta["config"]["train"]["micro_batch"] == 2
     with pytest.raises(ValueError, match="micro_batch"):
-        train_mod.train(stream_cfg(data_dir, tmp_path / "bad", steps=1, batch=4, micro=3))
+        training.train(stream_cfg(data_dir, tmp_path / "bad", steps=1, batch=4, micro=3))
 
 
 def test_stream_resume_reproduces_uninterrupted_run(data_dir, tmp_path):
-    full = train_mod.train(stream_cfg(data_dir, tmp_path / "full", steps=5, micro=1))
-    train_mod.train(stream_cfg(data_dir, tmp_path / "part", steps=5, micro=1), max_steps=2)
-    rest = train_mod.train(stream_cfg(data_dir, tmp_path / "part", steps=5, micro=1, workers=1), resume=True)
+    full = training.train(stream_cfg(data_dir, tmp_path / "full", steps=5, micro=1))
+    training.train(stream_cfg(data_dir, tmp_path / "part", steps=5, micro=1), max_steps=2)
+    rest = training.train(stream_cfg(data_dir, tmp_path / "part", steps=5, micro=1, workers=1), resume=True)
     assert rest["start"] == 2 and np.allclose(rest["losses"], full["losses"][2:], rtol=1e-5, atol=1e-7)
     assert rest["slices_per_s"] > 0
 

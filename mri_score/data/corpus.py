@@ -413,23 +413,3 @@ class SyntheticBrainCorpus:
         img = (mag * np.exp(1j * phase)).astype(np.complex64)
         info = SliceInfo(family, orientation, pos, pix, tuple(float(x) for x in vals), subj)
         return img, info
-
-
-def montage(corpus_train: SyntheticBrainCorpus, corpus_test: SyntheticBrainCorpus, path: str, n: int = 8) -> None:
-    """Save a PNG montage: ``n`` train slices (top row) and ``n`` test slices (bottom), magnitudes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, n, figsize=(2 * n, 4.4))
-    for row, corpus in enumerate((corpus_train, corpus_test)):
-        for j in range(n):
-            img, info = corpus.generate(j)
-            ax = axes[row, j]
-            ax.imshow(np.abs(img), cmap="gray", vmin=0, vmax=np.percentile(np.abs(img), 99.5))
-            ax.set_title(f"{corpus.split} {info.family}\n{info.orientation} {img.shape[0]}x{img.shape[1]}", fontsize=7)
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -544,33 +544,3 @@ class StreamFeed:
         if self._iter is not None:
             self._finalizer()
         self._iter = None
-
-
-def stream_source(path: str | os.PathLike[str], crop: int, seed: int = 0, target: str = "complex",
-                  max_slices: int | None = None, index_path: str | os.PathLike[str] | None = None, rank: int = 0,
-                  world: int = 1, num_workers: int = 2, pin_memory: bool = False, persistent_workers: bool = True,
-                  prefetch_factor: int | None = None) -> StreamFeed:
-    """The training feed of ``path``: a directory of fastMRI files or of shards (it holds ``manifest.json``).
-
-    Under ``torch.distributed`` rank 0 builds (or refreshes) the slice index
-    first and the other ranks then read it, so the files are scanned once.
-    """
-    import torch.distributed as dist
-
-    from mri_score.data.shards import ShardSlices, is_shard_dir
-
-    if num_workers < 0:
-        raise InputError(f"data.num_workers must be >= 0, got {num_workers}")
-    ds: CropDataset
-    if is_shard_dir(path):
-        ds = ShardSlices(path, crop, seed, max_slices=max_slices)
-    else:
-        sync = world > 1 and dist.is_available() and dist.is_initialized()
-        if sync and rank != 0:
-            dist.barrier()  # rank 0 scans new or changed files first
-        try:
-            ds = FastMRISlices(path, crop, seed, target=target, index_path=index_path, max_slices=max_slices)
-        finally:
-            if sync and rank == 0:
-                dist.barrier()
-    return StreamFeed(ds, rank, world, num_workers, pin_memory, persistent_workers, prefetch_factor)

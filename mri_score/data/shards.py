@@ -14,6 +14,8 @@ Layout::
 
     OUT/manifest.json              format, target, center_fraction, source files (name, size, mtime)
     OUT/shard-00000.safetensors    tensors "0", "1", ... (complex64 (H, W)), one per slice
+
+:func:`stream_source` opens a training feed from either kind of directory (shards or fastMRI files).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from mri_score.atomic import oserror_in, write_error
-from mri_score.data.fastmri_stream import CropDataset, FastMRISlices
+from mri_score.data.fastmri_stream import CropDataset, FastMRISlices, StreamFeed
 from mri_score.errors import InputError
 from mri_score.scaling import TRAIN_CENTER_FRACTION
 
@@ -174,3 +176,31 @@ class ShardSlices(CropDataset):
         path = self.root / self._files[k]
         reader = self._handle(k, lambda: safe_open(str(path), framework="pt"))
         return reader.get_tensor(str(j)).numpy()
+
+
+def stream_source(path: str | os.PathLike[str], crop: int, seed: int = 0, target: str = "complex",
+                  max_slices: int | None = None, index_path: str | os.PathLike[str] | None = None, rank: int = 0,
+                  world: int = 1, num_workers: int = 2, pin_memory: bool = False, persistent_workers: bool = True,
+                  prefetch_factor: int | None = None) -> StreamFeed:
+    """The training feed of ``path``: a directory of fastMRI files or of shards (it holds ``manifest.json``).
+
+    Under ``torch.distributed`` rank 0 builds (or refreshes) the slice index
+    first and the other ranks then read it, so the files are scanned once.
+    """
+    import torch.distributed as dist
+
+    if num_workers < 0:
+        raise InputError(f"data.num_workers must be >= 0, got {num_workers}")
+    ds: CropDataset
+    if is_shard_dir(path):
+        ds = ShardSlices(path, crop, seed, max_slices=max_slices)
+    else:
+        sync = world > 1 and dist.is_available() and dist.is_initialized()
+        if sync and rank != 0:
+            dist.barrier()  # rank 0 scans new or changed files first
+        try:
+            ds = FastMRISlices(path, crop, seed, target=target, index_path=index_path, max_slices=max_slices)
+        finally:
+            if sync and rank == 0:
+                dist.barrier()
+    return StreamFeed(ds, rank, world, num_workers, pin_memory, persistent_workers, prefetch_factor)

@@ -12,7 +12,6 @@ from typing import Any
 
 from mri_score.errors import InputError
 from mri_score.samplers.base import (
-    ComplexPrior,
     SamplerConfig,
     SamplerResult,
     geometric_sigmas,
@@ -48,7 +47,6 @@ __all__ = [
     "DEFAULT_STEPS",
     "SAMPLERS",
     "SAMPLER_CONFIGS",
-    "ComplexPrior",
     "DDSConfig",
     "DPSConfig",
     "LangevinConfig",

@@ -49,7 +49,8 @@ from typing import ClassVar
 import torch
 
 from mri_score.likelihood import Likelihood
-from mri_score.samplers.base import ComplexPrior, SamplerConfig, SamplerResult, karras_sigmas, randn_complex, split_terms
+from mri_score.prior import ComplexPrior
+from mri_score.samplers.base import SamplerConfig, SamplerResult, karras_sigmas, randn_complex, split_terms
 
 #: Rules for the data weight γ_i when no fixed ``gamma`` is given (see module docstring).
 GAMMA_RULES = ("noise", "discrepancy")

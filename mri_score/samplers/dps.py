@@ -23,7 +23,8 @@ from typing import ClassVar
 import torch
 
 from mri_score.likelihood import Likelihood
-from mri_score.samplers.base import ComplexPrior, SamplerConfig, SamplerResult, karras_sigmas, randn_complex
+from mri_score.prior import ComplexPrior
+from mri_score.samplers.base import SamplerConfig, SamplerResult, karras_sigmas, randn_complex
 
 
 @dataclass(frozen=True)

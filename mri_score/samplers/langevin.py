@@ -21,7 +21,8 @@ import torch
 
 from mri_score.errors import InputError
 from mri_score.likelihood import Likelihood
-from mri_score.samplers.base import ComplexPrior, SamplerConfig, SamplerResult, geometric_sigmas, randn_complex
+from mri_score.prior import ComplexPrior
+from mri_score.samplers.base import SamplerConfig, SamplerResult, geometric_sigmas, randn_complex
 
 
 @dataclass(frozen=True)

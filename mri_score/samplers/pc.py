@@ -23,7 +23,8 @@ import torch
 
 from mri_score.errors import InputError
 from mri_score.likelihood import Likelihood
-from mri_score.samplers.base import ComplexPrior, SamplerConfig, SamplerResult, karras_sigmas, randn_complex, split_terms
+from mri_score.prior import ComplexPrior
+from mri_score.samplers.base import SamplerConfig, SamplerResult, karras_sigmas, randn_complex, split_terms
 
 
 @dataclass(frozen=True)
