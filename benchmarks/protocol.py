@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import calibrate_volume, check_score_method
+from benchmarks.harness import check_score_method, undersample
 from benchmarks.stats import select_parameter
 from mri_score import baselines, uncertainty
 from mri_score.atomic import atomic_output
@@ -53,13 +53,14 @@ from mri_score.posterior import output_magnitude
 from mri_score.prior import ComplexPrior
 from mri_score.request import ReconRequest
 from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
-from operators import birdcage_maps, ifft2c, make_mask, sense1_combine
+from mri_score.supervised import load_unet, unet_reconstruct
+from operators import birdcage_maps, ifft2c, sense1_combine
 from operators.errors import OperatorInputError
 
 GROUP_SYNTH = "synthetic held-out subjects"
 GROUP_REAL = "real MR (nibabel, unseen)"
 #: Methods a protocol config may list.
-PROTOCOL_METHODS = ("zero_filled", "cg_sense", "l1_wavelet", "tv", "bart_pics", "bart_ecalib", "dds")
+PROTOCOL_METHODS = ("zero_filled", "cg_sense", "l1_wavelet", "tv", "bart_pics", "bart_ecalib", "unet", "dds")
 #: Methods swept over ``lams`` and tuned on the tuning slices.
 SWEPT = ("cg_sense", "l1_wavelet", "tv", "bart_pics", "bart_ecalib")
 BART = ("bart_pics", "bart_ecalib")
@@ -110,6 +111,8 @@ def validate_protocol(cfg: dict, src: str) -> None:
         spec = methods[m] or {}
         if m in SWEPT and not spec.get("lams"):
             raise InputError(f"{src}: methods.{m}: a swept method needs 'lams' (the λ sweep)")
+        if m == "unet" and not spec.get("weights"):
+            raise InputError(f"{src}: methods.unet needs 'weights' (a U-Net checkpoint)")
         if m == "dds":
             check_score_method(m, spec, f"{src}: methods.{m}")
             if isinstance(spec["nfe"], list):
@@ -172,13 +175,12 @@ def acquire(vol: dict, setting: dict, coils: int, snr: float) -> dict | None:
     noise_seed = zlib.crc32(f"{vol['seed']}/{tag}/{vol['name']}".encode())
     ksp, target_rss, sigma = simulate_volume(vol["images"], coils, snr, seed=noise_seed)
     try:
-        mask, _ = make_mask(setting["mask"], float(setting["accel"]), float(setting.get("center_fraction", 0.08)),
-                            ksp.shape[-2:], vol["name"])
+        acq = undersample(ksp, setting["mask"], float(setting["accel"]), float(setting.get("center_fraction", 0.08)),
+                          vol["name"])
     except OperatorInputError as err:
         print(f"skipped {tag} {vol['name']}: {err}", flush=True)
         return None
-    under = (ksp * mask).astype(np.complex64)
-    cals, _ = calibrate_volume(under, mask)
+    under, mask, cals = acq["under"], acq["mask"], acq["cals"]
     true_maps = torch.from_numpy(birdcage_maps(coils, ksp.shape[-2:])) if coils > 1 else torch.ones(
         1, *ksp.shape[-2:], dtype=torch.complex64)
     return {"under": under, "mask": mask, "cals": cals, "oracle": [replace(c, maps=true_maps) for c in cals],
@@ -213,9 +215,13 @@ def dds_request(spec: dict, seed: int = 0) -> ReconRequest:
 
 
 def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: str, prior: ComplexPrior | None,
-          seed: int) -> dict:
+          seed: int, unet: torch.nn.Module | None = None) -> dict:
     """One method on slice ``s``: ``primary`` (``|x|``), ``rss`` (expected RSS), ``std`` (DDS), ``seconds``, ``nfe``,
-    ``grid_factor`` (DDS's sampling grid over the measured matrix; None for the other methods)."""
+    ``grid_factor`` (DDS's sampling grid over the measured matrix; None for the other methods).
+
+    The one method table of the benchmarks: zero-filled SENSE-1, CG-SENSE, L1-wavelet, TV, BART ``pics`` (shared or
+    its own ``ecalib`` maps), the supervised U-Net (``unet``, a magnitude image used for both conventions) and DDS
+    (through :func:`mri_score.pipeline.reconstruct_volume`, the ``reconstruct`` command's path)."""
     ks, mask = acq["under"][s], acq["mask"]
     cal = (acq["oracle"] if maps == "oracle" else acq["cals"])[s]
     t0 = time.perf_counter()
@@ -223,6 +229,10 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
     if method == "zero_filled":
         x = sense1_combine(ifft2c(torch.from_numpy(ks)), cal.maps).numpy()
         rss_img = baselines.zero_filled_rss(ks, mask)
+    elif method == "unet":
+        image = unet_reconstruct(unet, torch.from_numpy(ks), torch.from_numpy(mask), cal).numpy()
+        return {"primary": image, "rss": image, "std": None, "seconds": time.perf_counter() - t0, "nfe": 0,
+                "grid_factor": None}
     elif method == "dds":
         res = reconstruct_volume(ks[None], mask, prior, dds_request(spec, seed + s), calibrations=[cal],
                                  pixel_mm=acq.get("pixel_mm"))
@@ -314,6 +324,7 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> 
         log("bart is not installed: the BART rows are skipped")
         methods = {m: s for m, s in methods.items() if m not in BART}
     prior = ComplexPrior(prior_module) if "dds" in methods else None
+    unet = load_unet(str(methods["unet"]["weights"])) if "unet" in methods else None
     vols = protocol_volumes(cfg)
     rows: list[dict] = []
     t_start = time.time()
@@ -327,7 +338,7 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> 
         spec = methods[method]
         out_rows, outs = [], []
         for s in range(acq["under"].shape[0]):
-            out = solve(method, spec, lam, acq, s, maps, prior, vol["seed"])
+            out = solve(method, spec, lam, acq, s, maps, prior, vol["seed"], unet)
             outs.append(out)
             row = {"setting": tag, "phase": phase, "group": vol["group"], "volume": vol["name"],
                    "subject": vol["subject"], "slice": s, "unit": "slice", "method": method,

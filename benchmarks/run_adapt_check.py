@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from benchmarks.harness import add_check_flags, calibrate_volume, check_args, middle_slices, write_report
+from benchmarks.harness import add_check_flags, check_args, middle_slices, undersample, write_report
 from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.adapt import ADAPT_PARAMS, AdaptSettings
@@ -40,9 +40,7 @@ from mri_score.metrics import volume_metrics
 from mri_score.pipeline import reconstruct_volume
 from mri_score.prior import DEFAULT_PRIOR, load_prior
 from mri_score.request import ReconRequest
-from mri_score.resolution import auto_grid_factor, prior_pixel_range
 from mri_score.simulation import simulate_volume, subject_volume
-from operators import make_mask
 
 SETTINGS = (("equispaced", 4.0), ("random", 8.0))
 CENTER_FRACTION, COILS, SNR = 0.08, 8, 100.0
@@ -91,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
              "| volume | group | slices | grid | setting | PSNR plain | PSNR adapted | Δ PSNR | SSIM plain | "
              "SSIM adapted | s/slice plain | s/slice adapted | time ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    trained = prior_pixel_range(getattr(prior, "meta", None))
     ratios: list[float] = []
     deltas: dict[str, list[float]] = {"real": [], "synthetic": []}
     for vi, vol in enumerate(vols):
@@ -99,21 +96,20 @@ def main(argv: list[str] | None = None) -> int:
         truth = np.abs(imgs).astype(np.float32)
         ksp, _, _ = simulate_volume(imgs, COILS, SNR, seed=args.seed * 1000 + vi)
         for mask_type, accel in SETTINGS:
-            mask, _ = make_mask(mask_type, accel, CENTER_FRACTION, ksp.shape[-2:], vol["name"] + ".h5")
-            under = (ksp * mask).astype(np.complex64)
-            cals, _ = calibrate_volume(under, mask)
-            factor = auto_grid_factor(vol["pixel_mm"], trained) if args.grid == "auto" else 1.0
+            acq = undersample(ksp, mask_type, accel, CENTER_FRACTION, vol["name"] + ".h5")
+            under, mask, cals = acq["under"], acq["mask"], acq["cals"]
             settings = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed,
-                                       magnitude="sense", grid=factor)
+                                    magnitude="sense", grid=args.grid)
             row = {}
             for name, ad in (("plain", None), ("adapted", adapt)):
                 t0 = time.perf_counter()
-                res = reconstruct_volume(under, mask, prior, settings.replace(adapt=ad), calibrations=cals)
+                res = reconstruct_volume(under, mask, prior, settings.replace(adapt=ad), calibrations=cals,
+                                         pixel_mm=vol["pixel_mm"])
                 row[name] = {**volume_metrics(truth, res.image), "sec": (time.perf_counter() - t0) / imgs.shape[0]}
             d = row["adapted"]["PSNR"] - row["plain"]["PSNR"]
             deltas[vol["group"]].append(d)
             ratios.append(row["adapted"]["sec"] / row["plain"]["sec"])
-            lines.append(f"| {vol['name']} | {vol['group']} | {imgs.shape[0]} | ×{factor:g} | {accel:g}× {mask_type} | "
+            lines.append(f"| {vol['name']} | {vol['group']} | {imgs.shape[0]} | ×{res.grid_factor:g} | {accel:g}× {mask_type} | "
                          f"{row['plain']['PSNR']:.2f} | {row['adapted']['PSNR']:.2f} | {d:+.2f} | "
                          f"{row['plain']['SSIM']:.4f} | {row['adapted']['SSIM']:.4f} | {row['plain']['sec']:.2f} | "
                          f"{row['adapted']['sec']:.2f} | {ratios[-1]:.2f}× |")

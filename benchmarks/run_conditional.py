@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import calibrate_volume
+from benchmarks.harness import undersample
 from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.atomic import atomic_output, check_output_dir
@@ -40,7 +40,6 @@ from mri_score.errors import InputError
 from mri_score.guidance import CLEAN_SIGMA, ClassifierGuidance, GuidedDenoiser, TermGuidedDenoiser, build_guidance
 from mri_score.metrics import volume_metrics
 from mri_score.request import ReconRequest
-from operators.masks import make_mask
 
 
 def classify(clf: torch.nn.Module, vocab: Vocabulary, x: torch.Tensor) -> list[dict[str, str]]:
@@ -159,10 +158,8 @@ def reconstruction(cfg: dict, model: torch.nn.Module, noisy: torch.nn.Module | N
         ksp, _, _ = simulate_volume(img[None], coils=int(r["coils"]), snr=float(r["snr"]), seed=seed + i)
         target = noise_free_target(img[None], int(r["coils"]))  # the clean truth (the output is |x|)
         for accel in r["accelerations"]:
-            mask, _ = make_mask("equispaced", float(accel), 0.08 if accel <= 4 else 0.04, ksp.shape[-2:], f"slice{i}")
-            mask = np.asarray(mask, dtype=np.float32)
-            under = (ksp * mask).astype(np.complex64)
-            cals, _ = calibrate_volume(under, mask)
+            acq = undersample(ksp, "equispaced", float(accel), 0.08 if accel <= 4 else 0.04, f"slice{i}")
+            under, mask, cals = acq["under"], acq["mask"], acq["cals"]
             for name, m in methods:
                 cond = {} if m.get("cond") == "none" else wrong_label(truth_label) if m.get("cond") == "wrong" \
                     else truth_label

@@ -6,7 +6,7 @@ Per volume (a few slices) and acceleration it reports PSNR / SSIM of DDS (shippe
 against the noise-free image, scored on the coil-combined magnitude ``|x|``
 (:func:`mri_score.posterior.output_magnitude` with ``sense``), and seconds per slice, for
 
-* the grid: ``native`` (the measured matrix) and ``auto`` (:func:`mri_score.resolution.auto_grid_factor`
+* the grid: ``native`` (the measured matrix) and ``auto`` (:meth:`mri_score.request.ReconRequest.for_pixels`
   of the volume's pixel size and the prior's trained range; the rule the ``reconstruct --grid auto``
   command line applies to a file's header);
 * the data weight: ``gamma_rule=noise`` (the default) and ``gamma_rule=discrepancy``;
@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from benchmarks.harness import add_check_flags, calibrate_volume, check_args, write_report
+from benchmarks.harness import add_check_flags, check_args, undersample, write_report
 from benchmarks.provenance import provenance
 from mri_score.cli import exit_on_input_error
 from mri_score.data.realset import load_real_volume
@@ -43,9 +43,8 @@ from mri_score.metrics import volume_metrics
 from mri_score.pipeline import reconstruct_volume
 from mri_score.prior import DEFAULT_PRIOR, load_prior
 from mri_score.request import ReconRequest
-from mri_score.resolution import auto_grid_factor, prior_pixel_range
+from mri_score.resolution import prior_pixel_range
 from mri_score.simulation import corpus_volume, simulate_volume
-from operators import make_mask
 
 #: (mask type, acceleration) of every volume
 SETTINGS = (("equispaced", 4.0), ("random", 8.0))
@@ -83,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     check_args(args)
     prior = load_prior()
-    trained = prior_pixel_range(getattr(prior, "meta", None))
     vols = volumes(args.slices, args.synth_size, args.seed, tuple(args.groups))
+    trained = prior_pixel_range(getattr(prior, "meta", None))  # reported in the header
     lines = ["# Resolution matching and the DDS data-weight rule (issue #14, items 4–5)", "",
              provenance("python benchmarks/run_grid_check.py " + " ".join(argv if argv is not None else sys.argv[1:]))
              + f"- prior: shipped default (`mri_score/weights/{DEFAULT_PRIOR}`), trained pixel range "
@@ -102,14 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         imgs = vol["images"]
         truth = np.abs(imgs).astype(np.float32)
         ksp, _, _ = simulate_volume(imgs, COILS, SNR, seed=args.seed * 1000 + vi)
-        factor = auto_grid_factor(vol["pixel_mm"], trained)
+        factor = ReconRequest(grid="auto").for_pixels(vol["pixel_mm"], getattr(prior, "meta", None)).grid_factor
         grids = [("native", 1.0, RULES)] + ([(f"auto ×{factor:g}", factor, RULES)] if factor != 1.0 else [])
         grids += [(f"fixed ×{f:g}", f, ("noise",)) for f in args.fixed if f != factor]
         pix = "×".join(f"{p:g}" for p in vol["pixel_mm"]) if vol["pixel_mm"] else "0.8–1.5"
         for mask_type, accel in SETTINGS:
-            mask, _ = make_mask(mask_type, accel, CENTER_FRACTION, ksp.shape[-2:], vol["name"] + ".h5")
-            under = (ksp * mask).astype(np.complex64)
-            cals, _ = calibrate_volume(under, mask)
+            acq = undersample(ksp, mask_type, accel, CENTER_FRACTION, vol["name"] + ".h5")
+            under, mask, cals = acq["under"], acq["mask"], acq["cals"]
             for gname, f, rules in grids:
                 for rule in rules:
                     settings = ReconRequest(sampler="dds", steps=args.nfe, samples=1, seed=args.seed,

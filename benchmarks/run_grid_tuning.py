@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import RESULTS, calibrate_volume, write_report
+from benchmarks.harness import RESULTS, undersample, write_report
 from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.atomic import check_output, check_writable
@@ -31,10 +31,9 @@ from mri_score.metrics import psnr
 from mri_score.pipeline import reconstruct_volume
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, load_prior
 from mri_score.request import ReconRequest
-from mri_score.resolution import auto_grid_factor, prior_pixel_range
+from mri_score.resolution import prior_pixel_range
 from mri_score.samplers import DEFAULT_STEPS
 from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
-from operators.masks import make_mask
 
 SUBJECTS = ((30, "pd"), (31, "flair"), (32, "t1"))
 SETTINGS = ((4.0, "equispaced"), (8.0, "random"))
@@ -69,20 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     cases = [parse_case(c) for c in (args.case or ["3.75:64", "3.5:96"])]
     model = load_prior()
     prior = ComplexPrior(model)
-    trained = prior_pixel_range(model.meta)
     lines = ["| pixels / matrix | setting | subject | auto factor | PSNR native | PSNR auto | Δ |",
              "|---|---|---|---|---|---|---|"]
     for pix, size in cases:
-        factor = auto_grid_factor((pix, pix), trained)
+        factor = ReconRequest(grid="auto").for_pixels((pix, pix), model.meta).grid_factor
         for accel, kind in SETTINGS:
             deltas = []
             for subj, fam in SUBJECTS:
                 imgs = subject_volume("test", subj, args.slices, (size, size), fam, 0, first=500, pixel_mm=(pix, pix))
                 ksp, _, _ = simulate_volume(imgs, 8, 100.0, seed=subj)
                 truth = noise_free_target(imgs, 8)
-                mask, _ = make_mask(kind, accel, 0.08, ksp.shape[-2:], f"s{subj}")
-                under = (ksp * mask).astype(np.complex64)
-                cals, _ = calibrate_volume(under, mask)
+                acq = undersample(ksp, kind, accel, 0.08, f"s{subj}")
+                under, mask, cals = acq["under"], acq["mask"], acq["cals"]
                 score = {}
                 for g in (1.0, factor):
                     vals = []
@@ -97,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(lines[-1], flush=True)
             lines.append(f"| {pix:g} mm / {size}² | {accel:g}x {kind} | mean | ×{factor:g} | | | {np.mean(deltas):+.2f} |")
     command = " ".join(["python benchmarks/run_grid_tuning.py", *(sys.argv[1:] if argv is None else argv)])
+    trained = prior_pixel_range(model.meta)  # reported in the header
     header = (f"# `--grid auto` vs native on coarse-pixel synthetic tuning subjects (issue #14, item 4)\n\n"
               f"{provenance(command)}- prior: `mri_score/weights/{DEFAULT_PRIOR}`, trained pixels "
               f"{trained[0]:g}–{trained[1]:g} mm; DDS-{DEFAULT_STEPS['dds']} (the default schedule), K = 1, "

@@ -23,24 +23,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import build_volumes
 from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.atomic import atomic_output, check_output, check_writable
 from mri_score.calibration import calibrate
 from mri_score.cli import exit_on_input_error
-from mri_score.config import load_config
 from mri_score.metrics import volume_metrics
 from mri_score.pipeline import reconstruct_volume
 from mri_score.prior import load_prior
 from mri_score.request import ReconRequest
-from mri_score.simulation import simulate_volume
+from mri_score.simulation import corpus_volume, simulate_volume
 from operators import acs_width, birdcage_maps, estimate_maps, make_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 
 #: benchmark configs whose first synthetic volume and 4x equispaced setting are checked
-CONFIGS = ("bench_quick", "bench_full")
+#: The two cases (the round-one quick and full benchmark volumes 0): label, family, corpus index, size, coils, SNR,
+#: centre fraction of the 4x equispaced mask, data seed.
+CASES = (("bench_quick", "t2", 0, (160, 160), 8, 100.0, 0.1, 0), ("bench_full", "t1", 0, (256, 256), 8, 100.0, 0.08, 0))
 
 
 @exit_on_input_error
@@ -60,15 +60,11 @@ def main(argv: list[str] | None = None) -> int:
              "sampler seed = config seed", "",
              "| case | size | coils | SNR | ACS lines | maps | " + " | ".join(f"DDS-{n} PSNR / SSIM" for n in args.nfe) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(args.nfe)]
-    for label in CONFIGS:
-        cfg = load_config(ROOT / "configs" / f"{label}.yaml")
-        data, seed = cfg["data"], int(cfg.get("seed", 0))
-        vol = build_volumes({**cfg, "data": {**data, "volumes": data["volumes"][:1], "real": [], "slices": 1}})[0]
-        setting = next(s for s in cfg["settings"] if s["mask"] == "equispaced" and float(s["accel"]) == 4.0)
-        coils, snr = int(data.get("coils", 8)), float(data.get("snr", 50))
+    for label, family, index, shape, coils, snr, center_fraction, seed in CASES:
+        vol = {"name": f"synth_{family}_00.h5", "images": corpus_volume("test", index, 1, shape, family, seed)}
         ksp, target, _ = simulate_volume(vol["images"], coils, snr, seed=seed * 1000)  # as the benchmark, volume 0
         size = "×".join(str(n) for n in ksp.shape[-2:])
-        mask, _ = make_mask("equispaced", 4.0, float(setting.get("center_fraction", 0.08)), ksp.shape[-2:], vol["name"])
+        mask, _ = make_mask("equispaced", 4.0, center_fraction, ksp.shape[-2:], vol["name"])
         under = (ksp[:1] * mask).astype(np.complex64)
         ks, m = torch.from_numpy(under[0]), torch.from_numpy(mask)
         maps = {"ESPIRiT (ACS)": estimate_maps(ks, m, method="espirit"),

@@ -1041,8 +1041,6 @@ BENCHMARKS = {  # (script module, argv, phrase, name)
                                                      "{out}"], "must be in", "--threads"),
     "conditional_list_config": ("run_conditional", ["--config", "{tmp}/list.yaml", "--out", "{out}"],
                                 "must be a YAML mapping", "list.yaml"),
-    "dds_tuning_out_dir_is_file": ("run_dds_tuning", ["--config", "{tmp}/list.yaml", "--out-dir", "{valid}"],
-                                   "exists and is not a directory", "--out-dir"),
     "grid_check_nfe_zero": ("run_grid_check", ["--nfe", "0", "--out", "{out}/g.md"], "must be in", "--nfe"),
     "grid_check_seed_negative": ("run_grid_check", ["--seed", "-1", "--out", "{out}/g.md"], "must be in", "--seed"),
     "grid_check_out_is_directory": ("run_grid_check", ["--out", "{tmp}/empty"], "a directory of that name", "empty"),

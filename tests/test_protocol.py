@@ -161,7 +161,7 @@ def test_protocol_config_rules_are_enforced():
     with pytest.raises(InputError, match="needs 'lams'"):
         validate_protocol({**base, "methods": {"tv": {}}}, "c.yaml")
     with pytest.raises(InputError, match="unknown methods"):
-        validate_protocol({**base, "methods": {"unet": {}}}, "c.yaml")
+        validate_protocol({**base, "methods": {"langevin": {}}}, "c.yaml")
     validate_protocol({**base, "methods": {"dds": {"nfe": 2, "grid": "auto"}}}, "c.yaml")
     with pytest.raises(InputError, match="methods.dds.grid must be native or auto"):
         validate_protocol({**base, "methods": {"dds": {"nfe": 2, "grid": "2"}}}, "c.yaml")

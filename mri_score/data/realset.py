@@ -216,7 +216,7 @@ def split_rule(groups: list[str] | tuple[str, ...]) -> dict[str, str]:
     """The rule the split was made with, once: seen groups are development, unseen groups final.
 
     A group is *seen* when a committed script had read any of its files before the split
-    (:data:`SEEN_BEFORE_SPLIT`: ``benchmarks/run_dds_tuning.py`` tuned on ``nibabel_example4d``;
+    (:data:`SEEN_BEFORE_SPLIT`: ``benchmarks/run_dds_tuning.py``, since retired, tuned on ``nibabel_example4d``;
     the protocol, adaptation and grid checks reported both legacy volumes).  Seen data cannot
     test anything honestly any more, so it goes to development; everything unseen is final.
 
@@ -324,10 +324,11 @@ def volumes_in(split: str) -> tuple[str, ...]:
 
 def header_info(name: str) -> tuple[tuple[int, int, int], tuple[float, float]]:
     """``(H, W, slices)`` of the first volume and in-plane ``pixel_mm`` from the file's header only (no pixels read)."""
+    entry = _entry(name)
+    path = nibabel_dir() / entry.files[0]  # first: a missing nibabel is an InputError
     import nibabel as nib
 
-    entry = _entry(name)
-    img = nib.load(str(nibabel_dir() / entry.files[0]))
+    img = nib.load(str(path))
     shape = tuple(int(s) for s in img.shape[:3])
     zooms = img.header.get_zooms()
     return (shape[0], shape[1], shape[2]), (abs(float(zooms[0])), abs(float(zooms[1])))
@@ -335,9 +336,9 @@ def header_info(name: str) -> tuple[tuple[int, int, int], tuple[float, float]]:
 
 def _read(entry: RealFile, min_object_fraction: float | None) -> tuple[np.ndarray, tuple[int, ...], tuple[float, float], str]:
     """Kept slices float32 ``(S, H, W)`` ``>= 0``, their indices, ``pixel_mm`` and the source string."""
+    path = nibabel_dir() / entry.files[0]  # first: a missing nibabel is an InputError
     import nibabel as nib
 
-    path = nibabel_dir() / entry.files[0]
     img = nib.load(str(path))
     vol = np.asarray(img.get_fdata(dtype=np.float32))
     while vol.ndim > 3:
