@@ -29,7 +29,7 @@ import numpy as np
 from mri_score.atomic import check_output, protected_inputs
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import InputError, one_line
-from mri_score.fastmri_io import atomic_h5_write
+from mri_score.fastmri_io import TRUTH_KEY, atomic_h5_write
 from mri_score.mrd import DEFAULT_GROUP, MRDScan, load_mrd
 
 
@@ -65,10 +65,8 @@ def fastmri_datasets(scan: MRDScan) -> tuple[dict[str, object], dict[str, object
     attrs: dict[str, object] = dict(vol.attrs)
     if vol.mask is not None:
         datasets["mask"] = vol.mask.astype(np.float32)
-    if vol.target is not None:
-        datasets["reconstruction_rss"] = vol.target.astype(np.float32)
-        attrs["max"] = float(vol.target.max())
-        attrs["norm"] = float(np.linalg.norm(vol.target))
+    if vol.truth is not None:  # the noise-free reference: the like-for-like truth of the anatomy output
+        datasets[TRUTH_KEY] = vol.truth.astype(np.float32)
     return datasets, attrs
 
 

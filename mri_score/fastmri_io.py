@@ -41,6 +41,9 @@ NUMERIC_ATTRS = ("acceleration", "num_low_frequency", "max", "norm")
 TEXT_ATTRS = ("acquisition", "patient_id")
 
 
+#: The project's dataset of the noise-free anatomy ``|x|`` in simulated files (fastMRI's tools ignore it).
+TRUTH_KEY = "truth"
+
 def resolve(hf: Any, key: str, path: Path) -> Any:
     """The object ``key`` names in an open HDF5 file, following soft links one component at a time.
 
@@ -234,6 +237,10 @@ class FastMRIVolume:
     single_coil : bool
     encoded_fov_mm : tuple of float or None
         ``(x, y, z)`` field of view of the encoded space in mm (header ``fieldOfView_mm``; None if absent).
+    truth : np.ndarray or None
+        float32 ``(slices, h, w)``: the noise-free anatomy ``|x|`` where the file carries it (simulated data, the
+        project's ``truth`` dataset; a scanner-like MRD file's noise-free reference), the like-for-like target of
+        the default ``sense`` output.  fastMRI's own files have none.
     """
 
     path: Path
@@ -247,6 +254,7 @@ class FastMRIVolume:
     attrs: dict[str, Any] = field(default_factory=dict)
     single_coil: bool = False
     encoded_fov_mm: tuple[float, float, float] | None = None
+    truth: np.ndarray | None = None
 
     @property
     def pixel_mm(self) -> tuple[float, float] | None:
@@ -472,6 +480,15 @@ def read_fastmri(path: str | os.PathLike[str], load_target: bool = True, require
                 if not np.isfinite(target).all():
                     raise InputError(f"{path}: {key} contains NaN or Inf")
                 break
+        truth = None
+        tset = dataset(hf, TRUTH_KEY, path, "fiu", (3,), MAX_ARRAY_BYTES, TRUTH_KEY, "(slices, h, w)") if load_target \
+            else None
+        if tset is not None:
+            if tset.shape[0] != s or min(tset.shape) < 1 or max(tset.shape[1:]) > 4 * max(h, w):
+                raise InputError(f"{path}: {TRUTH_KEY} of shape {tset.shape} does not fit k-space of {s} slices of {h}x{w}")
+            truth = read_array(tset, path, TRUTH_KEY).astype(np.float32)
+            if not np.isfinite(truth).all():
+                raise InputError(f"{path}: {TRUTH_KEY} contains NaN or Inf")
     return FastMRIVolume(
         path=path,
         kspace=ks,
@@ -479,6 +496,7 @@ def read_fastmri(path: str | os.PathLike[str], load_target: bool = True, require
         target=target,
         attrs=attrs,
         single_coil=single_coil,
+        truth=truth,
         **meta,
     )
 
@@ -556,6 +574,7 @@ def write_fastmri_file(
     mask: np.ndarray | None = None,
     acceleration: float | None = None,
     num_low: int | None = None,
+    truth: np.ndarray | None = None,
 ) -> Path:
     """Write one fastMRI-layout file atomically: multi-coil, or single-coil for 3-D ``kspace``.
 
@@ -578,6 +597,9 @@ def write_fastmri_file(
         The ``acceleration`` attr (with ``mask``).
     num_low : int, optional
         The ``num_low_frequency`` attr (with ``mask``).
+    truth : np.ndarray, optional
+        float32 ``(slices, H, W)``: the noise-free anatomy ``|x|`` of simulated data, stored as the ``truth``
+        dataset (:data:`TRUTH_KEY`; fastMRI's tools ignore it), so outputs are scored like for like.
 
     Returns
     -------
@@ -600,4 +622,6 @@ def write_fastmri_file(
         datasets["reconstruction_esc" if kspace.ndim == 3 else "reconstruction_rss"] = target
         attrs["max"] = float(target.max())
         attrs["norm"] = float(np.linalg.norm(target))
+    if truth is not None:
+        datasets[TRUTH_KEY] = np.asarray(truth, dtype=np.float32)
     return atomic_h5_write(path, datasets, attrs)

@@ -613,7 +613,9 @@ def load_mrd(path: str | os.PathLike[str], group: str | None = None, prewhiten: 
         mask = mask_cols.astype(np.float32)
         attrs["acceleration"] = float(min(max((pr - pl) / max(int(mask_cols.sum()), 1), 1.0), 1e3))
         attrs["num_low_frequency"] = int(acs.sum())
-    volume = FastMRIVolume(path=path, kspace=kspace, mask=mask, target=target, attrs=attrs, single_coil=False, **meta)
+    # the noise-free reference is the like-for-like truth of the anatomy output (fastMRI's targets are noisy RSS)
+    volume = FastMRIVolume(path=path, kspace=kspace, mask=mask, target=None, truth=target, attrs=attrs,
+                           single_coil=False, **meta)
     return MRDScan(volume=volume, header_xml=header_xml, acquired=mask_cols.copy(), acs=acs,
                    noise_covariance=covariance, whitening=whitening, noise_samples=n_noise, group=grp,
                    readout_oversampling=ex / rx)

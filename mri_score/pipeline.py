@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +26,11 @@ from mri_score.errors import InputError, one_line
 from mri_score.fastmri_io import (
     FastMRIVolume,
     center_crop,
-    read_fastmri,
     recon_crop_size,
     save_reconstruction,
     write_fastmri_file,
 )
+from mri_score.inputs import read_volume
 from mri_score.likelihood import Likelihood
 from mri_score.metrics import volume_metrics
 from mri_score.network import EDMDenoiser
@@ -143,6 +143,7 @@ def reconstruct_volume(
     crop: tuple[int, int] | None = None,
     extra_terms: Sequence[Likelihood] = (),
     pixel_mm: tuple[float, float] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VolumeResult:
     """Reconstruct every slice of a volume, one at a time; slice ``i`` is sampled with seed ``request.seed + i``.
 
@@ -169,6 +170,8 @@ def reconstruct_volume(
         Likelihood terms besides each slice's k-space data (e.g. classifier guidance), in the scaled units.
     pixel_mm : tuple of float, optional
         In-plane pixel size in mm (a file header's field of view over its matrix); unknown when None.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each slice (e.g. a progress bar).
 
     Returns
     -------
@@ -201,6 +204,8 @@ def reconstruct_volume(
         out.seconds.append(res.seconds)
         out.calibrations.append(res.calibration)
         out.means.append(res.mean)
+        if progress is not None:
+            progress(i + 1, s)
     out.image = np.stack(images).astype(np.float32)
     out.std = np.stack(stds).astype(np.float32) if stds else None
     out.zero_filled = np.stack(zfs).astype(np.float32)
@@ -247,12 +252,17 @@ def reconstruct_file(
     request: ReconRequest,
     out_dir: str | os.PathLike[str],
     prior_name: str = "default",
-    png: bool = False,
     extra_terms: Sequence[Likelihood] = (),
     extra_attrs: dict | None = None,
     std_calibration: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Reconstruct one fastMRI file and write ``out_dir/<name>.h5`` (and a PNG panel); return a summary.
+    """Reconstruct one input file (:func:`mri_score.inputs.read_volume`) into ``out_dir/<stem>.h5``; return a summary.
+
+    With ``request.png`` a PNG panel ``<stem>.png`` is written, and ``request.exports`` adds
+    ``<stem>.nii.gz``/``<stem>_std.nii.gz`` (NIfTI), ``<stem>_dicom/``/``<stem>_std_dicom/`` (DICOM series) and
+    ``<stem>_reconstruction.{cfl,hdr}`` (BART): :func:`output_paths`.  Every output is written atomically, and
+    when one fails the others of this file are removed (nothing partial is left).
 
     The output holds ``reconstruction`` (float32, recon-size crop), ``reconstruction_std`` (with
     ``request.samples > 1``), the ``mask`` used, the request's identity as the ``request`` attr
@@ -266,9 +276,14 @@ def reconstruct_file(
     output's attrs (e.g. :func:`mri_score.runs.run_key` as ``run_settings``); ``extra_terms`` are
     passed to every slice.  ``std_calibration`` (an entry of the prior's calibration sidecar,
     :func:`mri_score.uncertainty.lookup_factor`) scales ``reconstruction_std`` by its ``factor``;
-    the ``std_calibration`` attr records the factor used, or ``none`` (raw K-sample std).
+    the ``std_calibration`` attr records the factor used, or ``none`` (raw K-sample std).  ``progress`` is called
+    as ``progress(done, total)`` after each slice.
+
+    The summary's metrics are against the file's noise-free ``truth`` where it has one (simulated data: the
+    like-for-like target of the default ``sense`` output), else against its fastMRI target (the noisy RSS of
+    the fully sampled data, which ``--magnitude rss`` matches); ``target`` in the summary says which.
     """
-    vol = read_fastmri(path)
+    vol = read_volume(path)
     mask, accel_used, mask_src = undersampling_mask(vol, request)
     check_acs(mask, str(path))
     channels = prior.model.cfg.in_channels
@@ -283,21 +298,26 @@ def reconstruct_file(
     crop = recon_crop_size((h, w), vol.recon_size)
     t0 = time.time()
     try:
-        res = reconstruct_volume(vol.kspace, mask, prior, request, crop=crop, extra_terms=extra_terms)
+        res = reconstruct_volume(vol.kspace, mask, prior, request, crop=crop, extra_terms=extra_terms,
+                                 progress=progress)
     except (OperatorInputError, np.linalg.LinAlgError) as err:  # coil maps or a solver failed on this file's data
         raise InputError(f"{path}: {one_line(err)}") from None
     seconds = time.time() - t0
     nfe = sum(res.nfe)
     summary = {"file": str(path), "seconds": seconds, "seconds_per_slice": seconds / s, "nfe_per_slice": nfe // s,
                "slices": s, "acceleration": accel_used, "mask": mask_src}
-    target = None
-    if vol.target is not None and not vol.is_undersampled:
-        target = center_crop(vol.target, recon_crop_size(vol.target.shape[-2:], vol.recon_size))
+    target, what = None, ""
+    if vol.truth is not None:
+        target, what = vol.truth, "the file's noise-free truth"
+    elif vol.target is not None and not vol.is_undersampled:
+        target, what = vol.target, "the file's noisy RSS target"
+    if target is not None:
+        target = center_crop(target, recon_crop_size(target.shape[-2:], vol.recon_size))
         try:
             summary.update(volume_metrics(target, res.image))
-            summary["target"] = "the file's noisy RSS target"
+            summary["target"] = what
         except ValueError as err:  # never dropped silently: the summary says why there is no score
-            summary["target"] = f"not scored: {one_line(err)}"
+            summary["target"] = f"not scored against {what}: {one_line(err)}"
         if target.shape != res.image.shape:
             target = None  # the PNG's |error| panel needs the same grid
     attrs = {"sampler": request.sampler, "steps": int(request.steps), "samples": request.samples,
@@ -321,30 +341,124 @@ def reconstruct_file(
     else:
         attrs["std_calibration"] = "none (one sample: no reconstruction_std)"
     extra["mask"] = mask
-    out = save_reconstruction(out_dir, path.name, res.image, extra, attrs)
-    summary["output"] = str(out)
-    if png:
-        from mri_score.figures import recon_panel
+    outputs = output_paths(path, out_dir, request, res.std is not None)
+    written: list[Path] = []
+    try:
+        out = save_reconstruction(out_dir, outputs["h5"].name, res.image, extra, attrs)
+        written.append(out)
+        summary["output"] = str(out)
+        if request.png:
+            from mri_score.figures import recon_panel
 
-        png_path = Path(out_dir) / (path.stem + ".png")
-        recon_panel(png_path, res.zero_filled, res.image, res.std, target,
-                    title=f"{path.name} {request.sampler} R={accel_used:g}")
-        summary["png"] = str(png_path)
+            recon_panel(outputs["png"], res.zero_filled, res.image, extra.get("reconstruction_std"), target,
+                        title=f"{path.name} {request.sampler} R={accel_used:g}")
+            written.append(outputs["png"])
+            summary["png"] = str(outputs["png"])
+        written += export_volume(vol, res.image, extra.get("reconstruction_std"), outputs, request, prior_name)
+    except BaseException:
+        remove_outputs(written)
+        raise
+    if request.exports:
+        summary["exports"] = ", ".join(str(p) for p in written[1 + bool(request.png):])
     return summary
 
 
-def demo_volume(cache: Path | None = None) -> Path:
-    """The README's sample volume: simulated once from the held-out corpus split and cached.
+def output_paths(path: Path, out_dir: str | os.PathLike[str], request: ReconRequest, std: bool = True) -> dict[str, Path]:
+    """Every output of one input ``path``: ``h5`` (always), ``png``, and per export format its files or series.
 
-    ``cache`` defaults to ``$MRI_SCORE_CACHE`` or ``~/.cache/mri_score``.
+    Keys: ``h5``, ``png`` (with ``request.png``), ``nifti``/``nifti_std``, ``dicom``/``dicom_std`` (directories),
+    ``cfl``/``cfl_hdr``; the std outputs only when ``std`` (more than one sample).
     """
-    from mri_score.simulation import corpus_volume, simulate_volume
+    out = Path(out_dir)
+    stem = path.name[:-len(path.suffix)] if path.suffix else path.name
+    paths = {"h5": out / f"{stem}.h5"}
+    if request.png:
+        paths["png"] = out / f"{stem}.png"
+    if "nifti" in request.exports:
+        paths["nifti"] = out / f"{stem}.nii.gz"
+        if std:
+            paths["nifti_std"] = out / f"{stem}_std.nii.gz"
+    if "dicom" in request.exports:
+        paths["dicom"] = out / f"{stem}_dicom"
+        if std:
+            paths["dicom_std"] = out / f"{stem}_std_dicom"
+    if "cfl" in request.exports:
+        paths["cfl"] = out / f"{stem}_reconstruction.cfl"
+        paths["cfl_hdr"] = out / f"{stem}_reconstruction.hdr"
+    return paths
+
+
+def export_volume(vol: FastMRIVolume, image: np.ndarray, std: np.ndarray | None, paths: dict[str, Path],
+                  request: ReconRequest, prior_name: str) -> list[Path]:
+    """Write the request's exports of ``image`` (and ``std``) ``(slices, h, w)`` float32; returns what was written.
+
+    The voxel size comes from the header (:func:`mri_score.export.voxel_mm`); a header without a field of view
+    (a BART input) is exported at 1 mm, and the series description says so.
+    """
+    if not request.exports:
+        return []
+    from mri_score import export
+
+    try:
+        dy, dx, slice_mm = export.voxel_mm(vol)
+        note = ""
+    except InputError:
+        dy = dx = slice_mm = 1.0
+        note = "; pixel size unknown (1 mm written)"
+    description = export.series_description(f"mri-score {request.sampler}", {
+        "steps": request.steps, "K": request.samples, "magnitude": request.magnitude, "prior": prior_name}) + note
+    written: list[Path] = []
+    try:
+        for key, volume in (("nifti", image), ("nifti_std", std)):
+            if key in paths and volume is not None:
+                export.write_nifti(paths[key], volume, (dy, dx), slice_mm, description=description + (
+                    ", posterior std" if key.endswith("std") else ""))
+                written.append(paths[key])
+        study = None
+        for number, (key, volume) in enumerate((("dicom", image), ("dicom_std", std)), start=1):
+            if key in paths and volume is not None:
+                from pydicom.uid import generate_uid
+
+                study = study or generate_uid()
+                export.write_dicom_series(paths[key], volume, (dy, dx), slice_mm, description + (
+                    ", posterior std" if key.endswith("std") else ""), series_number=number, study_uid=study,
+                    patient_id=str(vol.attrs.get("patient_id", "") or "ANONYMOUS"), inputs=[vol.path])
+                written.append(paths[key])
+        if "cfl" in paths:
+            from mri_score.cfl import write_cfl
+
+            write_cfl(paths["cfl"].with_suffix(""), np.moveaxis(image, 0, -1).astype(np.complex64))
+            written += [paths["cfl"], paths["cfl_hdr"]]
+    except BaseException:
+        remove_outputs(written)
+        raise
+    return written
+
+
+def remove_outputs(paths: Sequence[Path]) -> None:
+    """Remove outputs written earlier in a run that failed (files or DICOM series directories)."""
+    import shutil
+
+    for p in paths:
+        try:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        except OSError:
+            pass
+
+
+def demo_volume(cache: Path | None = None) -> Path:
+    """The README's sample volume: simulated once from the corpus's test split and cached.
+
+    It keeps its noise-free truth (the ``truth`` dataset), so the demo scores the anatomy output like for
+    like.  ``cache`` defaults to ``$MRI_SCORE_CACHE`` or ``~/.cache/mri_score``.
+    """
+    from mri_score.simulation import corpus_volume, noise_free_target, simulate_volume
 
     if cache is None:
         cache = Path(os.environ.get("MRI_SCORE_CACHE", Path.home() / ".cache" / "mri_score"))
-    path = cache / "demo" / "demo_brain_t2.h5"
+    path = cache / "demo-v2" / "demo_brain_t2.h5"
     if not path.is_file():
         imgs = corpus_volume("test", 0, 2, (192, 192), "t2", seed=0)
         ksp, target, _ = simulate_volume(imgs, coils=8, snr=50.0, seed=0)
-        write_fastmri_file(path, ksp, target, "SYN_T2", "demo000")
+        write_fastmri_file(path, ksp, target, "SYN_T2", "demo000", truth=noise_free_target(imgs, 8))
     return path

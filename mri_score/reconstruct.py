@@ -1,20 +1,15 @@
-"""``python -m mri_score.reconstruct --kspace PATH``: posterior-sampling reconstruction of fastMRI files.
+"""``python -m mri_score.reconstruct --kspace PATH``: posterior-sampling reconstruction of MRI k-space files.
 
-A test-split file (with ``mask``) uses its own mask; a fully sampled file is
-undersampled retrospectively with fastMRI's mask functions seeded by the file
-name (default 4x equispaced, centre fraction 0.08).  Coil maps and the
-intensity scale come from the ACS of the undersampled k-space.  Writes
-``OUT/<name>.h5`` with ``reconstruction`` (float32, recon-size crop),
-``reconstruction_std``, ``mask`` and the settings as attrs, atomically.
-``reconstruction`` (and ``reconstruction_std``) is by default the coil-combined
-posterior-mean magnitude ``|x|``, the anatomy estimate (``--magnitude sense``);
-``--magnitude rss`` writes the expected root-sum-of-squares of the noisy coil
-images instead (noise floor included), the option for scoring against fastMRI's
-noisy RSS targets.  ``--steps`` (alias ``--nfe``)
-is the budget of network evaluations for every sampler; ``--sampler-opt
-key=value`` sets any option of the chosen sampler (validated; see
-:mod:`mri_score.samplers`).  This module only parses flags: the work is
-:func:`mri_score.pipeline.reconstruct_file`.
+Inputs (a file or a directory of them, recognised by content): fastMRI ``.h5``, ISMRMRD/MRD raw ``.h5``
+(Cartesian) and BART ``.cfl``/``.hdr``.  A test-split file (with ``mask``) uses its own mask; a fully sampled
+file is undersampled retrospectively with fastMRI's mask functions seeded by the file name (default 4x
+equispaced, centre fraction 0.08).  Coil maps, intensity scale and noise level come from the ACS of the
+undersampled k-space.  Writes ``OUT/<stem>.h5`` (``reconstruction`` float32 at the recon-size crop,
+``reconstruction_std`` with more than one sample, ``mask``, the settings as attrs), atomically, and on request
+a PNG panel and NIfTI, DICOM or BART exports.  ``reconstruction`` is by default the coil-combined
+posterior-mean magnitude ``|x|``, the anatomy estimate (``--magnitude sense``); ``--magnitude rss`` is the
+option that matches fastMRI's noisy RSS targets.  This module only parses flags: the work is
+:func:`mri_score.pipeline.reconstruct_file` with one :class:`mri_score.request.ReconRequest`.
 """
 
 from __future__ import annotations
@@ -39,10 +34,11 @@ from mri_score.atomic import check_output, check_output_dir, protected_inputs
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import InputError, one_line
 from mri_score.guidance import GuidanceOptions
-from mri_score.pipeline import demo_volume, reconstruct_file
+from mri_score.inputs import list_inputs, skipped_inputs
+from mri_score.pipeline import demo_volume, output_paths, reconstruct_file
 from mri_score.precision import PRECISIONS
 from mri_score.prior import ComplexPrior
-from mri_score.request import FLAGS, MAGNITUDES, ReconRequest, RequestError
+from mri_score.request import EXPORT_FORMATS, FLAGS, MAGNITUDES, ReconRequest, RequestError
 from mri_score.resolution import MAX_GRID_FACTOR
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS
 from operators.errors import OperatorInputError
@@ -61,77 +57,101 @@ def resolve_device(name: str) -> torch.device:
 
 
 def format_summary(s: dict) -> str:
-    """One line per reconstructed file: timing, NFE, mask, metrics against the file's target when known, output path."""
+    """One line per reconstructed file: timing, NFE, mask, metrics and what they are against, output path."""
     line = (f"{Path(s['file']).name}: {s['slices']} slices, {s['seconds']:.1f} s ({s['seconds_per_slice']:.2f} s/slice), "
             f"NFE {s['nfe_per_slice']}/slice, R={s['acceleration']:g} ({s['mask']})")
     if "PSNR" in s:
-        # the file's target is fastMRI's RSS of the noisy coil images: its noise floor lowers the anatomy
-        # output's (--magnitude sense) scores; --magnitude rss is the convention that matches it
-        line += f", PSNR {s['PSNR']:.2f} dB, SSIM {s['SSIM']:.4f}, NMSE {s['NMSE']:.4g} (against the file's noisy RSS target)"
+        line += f", PSNR {s['PSNR']:.2f} dB, SSIM {s['SSIM']:.4f}, NMSE {s['NMSE']:.4g} (against {s['target']})"
+    elif s.get("target"):
+        line += f" ({s['target']})"
     return line + f" -> {s['output']}"
 
+
+EXAMPLES = """examples:
+  python -m mri_score.reconstruct --demo
+  python -m mri_score.reconstruct --kspace file_brain_AXT2_200_2000019.h5 --out recon
+  python -m mri_score.reconstruct --kspace multicoil_val/ --out recon --accel 8 --mask-type random --quiet
+  python -m mri_score.reconstruct --kspace raw_mrd.h5 --export nifti,dicom --png
+  python -m mri_score.reconstruct --kspace scan.cfl --samples 8 --magnitude rss
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after every flag's help; the examples block kept as written."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``reconstruct`` command line."""
-    p = one_line_usage_errors(argparse.ArgumentParser(prog="python -m mri_score.reconstruct", description=__doc__.split("\n")[0]))
-    p.add_argument("--kspace", help="fastMRI .h5 file or a directory of them")
-    p.add_argument("--out", default="reconstructions", help="output directory")
-    p.add_argument("--sampler", default="dds", help=f"one of {', '.join(SAMPLERS)}")
+    from mri_score import __version__
+
+    p = one_line_usage_errors(argparse.ArgumentParser(prog="python -m mri_score.reconstruct",
+                                                      description=__doc__.split("\n")[0], epilog=EXAMPLES,
+                                                      formatter_class=_HelpFormatter))
+    p.add_argument("--version", action="version", version=f"mri-score {__version__}")
+    p.add_argument("--kspace", help="input: a fastMRI .h5, MRD raw .h5 or BART .cfl file, or a directory of them")
+    p.add_argument("--out", default="reconstructions", help="output directory (created)")
+    p.add_argument("--sampler", default="dds", help=f"posterior sampler, one of {', '.join(SAMPLERS)}")
     p.add_argument("--steps", "--nfe", dest="steps", type=int, default=None,
-                   help="budget of network evaluations (NFE), for every sampler; sampler default when omitted "
+                   help="budget of network evaluations (NFE), for every sampler; None = the sampler's default "
                         f"({', '.join(f'{k} {v}' for k, v in DEFAULT_STEPS.items())})")
-    p.add_argument("--samples", type=int, default=2, help="posterior samples K (mean and std)")
-    p.add_argument("--prior", default=None, help="checkpoint path (default: the shipped prior)")
-    p.add_argument("--accel", type=float, default=None, help="retrospective acceleration (fully sampled files)")
-    p.add_argument("--mask-type", default="equispaced", choices=MASK_TYPES)
-    p.add_argument("--center-fraction", type=float, default=0.08)
-    p.add_argument("--maps", default="auto", choices=["auto", "espirit", "lowres"], help="coil-map estimator")
+    p.add_argument("--samples", type=int, default=2, help="posterior samples K (mean and std; 1 writes no std)")
+    p.add_argument("--prior", default=None, help="prior checkpoint (.safetensors); None = the shipped prior")
+    p.add_argument("--accel", type=float, default=None,
+                   help="retrospective acceleration R for fully sampled files (None: a file's own mask, else 4)")
+    p.add_argument("--mask-type", default="equispaced", choices=MASK_TYPES, help="retrospective fastMRI mask")
+    p.add_argument("--center-fraction", type=float, default=0.08, help="fully sampled centre fraction of the mask")
+    p.add_argument("--maps", default="auto", choices=["auto", "espirit", "lowres"], help="coil-map estimator (ACS)")
     p.add_argument("--magnitude", default="sense", choices=MAGNITUDES,
-                   help="sense (default): the coil-combined posterior-mean magnitude |x|, the anatomy estimate; "
-                        "rss: the expected RSS of the noisy coil images, for scoring against fastMRI's noisy RSS "
+                   help="sense: the coil-combined posterior-mean magnitude |x|, the anatomy estimate; rss: the "
+                        "expected RSS of the noisy coil images, the option for scoring against fastMRI's noisy RSS "
                         "targets (noise floor included)")
     p.add_argument("--sampler-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampler option (repeatable), e.g. cg_iters=5 for dds; unknown keys are refused with the "
                         "sampler's list")
     p.add_argument("--gamma", type=float, default=None,
-                   help="DDS data weight, the same as --sampler-opt gamma=G (default: from noise levels)")
+                   help="DDS data weight, the same as --sampler-opt gamma=G (None: from the noise levels)")
     p.add_argument("--condition", default="none", metavar="LABEL|auto|none",
-                   help="label condition: none (default), auto (from each file's acquisition attribute, e.g. AXT2 -> "
+                   help="label condition: none, auto (from each file's acquisition attribute, e.g. AXT2 -> "
                         "contrast=t2,anatomy=brain; none when unknown), a label (t2, knee) or field=label pairs "
                         "(contrast=t2,anatomy=brain); needs a conditional --prior or a --classifier")
     p.add_argument("--guidance", type=float, default=None, metavar="W",
-                   help="classifier-free guidance weight w >= 0 (conditional prior; default 1 = conditional, "
-                        "0 = unconditional; w not 0 or 1 costs 2 NFE per step)")
+                   help="classifier-free guidance weight w >= 0 (conditional prior; None = 1, the conditional "
+                        "prior; 0 = unconditional; w not 0 or 1 costs 2 NFE per step)")
     p.add_argument("--classifier", default=None, metavar="CKPT", help="noise-conditional classifier for classifier "
                    "guidance toward --condition")
     p.add_argument("--classifier-scale", type=float, default=None, metavar="S", help="classifier-guidance scale s > 0 "
-                   "(default 1)")
+                   "(None = 1)")
     p.add_argument("--classifier-input", default="noisy", choices=["noisy", "denoised"],
-                   help="classify the noisy image (default) or the denoised estimate (autograd through the prior; "
-                        "one extra NFE per step outside dps)")
+                   help="classify the noisy image or the denoised estimate (autograd through the prior; one extra "
+                        "NFE per step outside dps)")
     p.add_argument("--grid", default="auto", metavar="native|auto|F",
-                   help="sampling grid: auto (default: finer by the half-integer factor that brings the header's pixel "
-                        "size into the prior's trained range; native when inside or unknown), native (the measured "
+                   help="sampling grid: auto (finer by the half-integer factor that brings the header's pixel size "
+                        "into the prior's trained range; native when inside or unknown), native (the measured "
                         f"matrix) or a factor F in [1, {MAX_GRID_FACTOR:g}]; data consistency stays on the measured matrix")
     p.add_argument("--adapt", action="store_true",
                    help="test-time adaptation: a pilot reconstruction at half the NFE, the prior's norm and bias "
                         "parameters fine-tuned on it (denoising score matching), then the reconstruction "
-                        "(mri_score.adapt; 1.8-2.5x the time, measured per volume in benchmarks/results/adapt_check.md)")
-    p.add_argument("--adapt-steps", type=int, default=None, help="adaptation: Adam steps (default 40)")
-    p.add_argument("--adapt-params", default=None, choices=ADAPT_PARAMS, help="adaptation: parameters trained (default bias)")
+                        "(mri_score.adapt; its time cost: benchmarks/results/adapt_check.md)")
+    p.add_argument("--adapt-steps", type=int, default=None, help="adaptation: Adam steps (None = 40)")
+    p.add_argument("--adapt-params", default=None, choices=ADAPT_PARAMS, help="adaptation: parameters trained "
+                   "(None = bias)")
     p.add_argument("--adapt-sigma-min", type=float, default=None,
-                   help="adaptation: lowest noise level trained on, scaled units (default 0.1)")
+                   help="adaptation: lowest noise level trained on, scaled units (None = 0.1)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="network arithmetic: auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), "
                         "bf16 or fp32")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--png", action="store_true", help="write a PNG panel per file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler noise; slice i uses seed + i")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torchrun: cuda means cuda:LOCAL_RANK)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's default)")
+    p.add_argument("--png", action="store_true", help="write a PNG panel per file (<stem>.png)")
+    p.add_argument("--export", default="", metavar="FORMATS",
+                   help=f"also write the result as any of {', '.join(EXPORT_FORMATS)} (comma-separated): "
+                        "<stem>.nii.gz and <stem>_std.nii.gz, DICOM series <stem>_dicom/ and <stem>_std_dicom/, "
+                        "BART <stem>_reconstruction.cfl/.hdr")
+    p.add_argument("--quiet", action="store_true", help="no progress display (result lines are still printed)")
     p.add_argument("--redo", action="store_true",
-                   help="directory runs: recompute outputs that already exist with the same settings (default: skip them)")
-    p.add_argument("--demo", action="store_true", help="shipped prior on the sample volume (README default)")
+                   help="directory runs: recompute outputs that already exist with the same settings (otherwise they are skipped)")
+    p.add_argument("--demo", action="store_true", help="the shipped prior on the sample volume (README default)")
     return p
 
 
@@ -163,7 +183,8 @@ def request_from_args(args: argparse.Namespace) -> ReconRequest:
             magnitude=args.magnitude, precision=args.precision, grid=args.grid, accel=args.accel,
             mask_type=args.mask_type, center_fraction=args.center_fraction, adapt=adapt_from_args(args),
             condition=args.condition, guidance=args.guidance, classifier=args.classifier,
-            classifier_scale=args.classifier_scale, classifier_input=args.classifier_input)
+            classifier_scale=args.classifier_scale, classifier_input=args.classifier_input, png=args.png,
+            exports=args.export)
     except RequestError as err:
         raise InputError(err.render(FLAGS)) from None
 
@@ -243,48 +264,76 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     src = Path(args.kspace)
     directory_run = src.is_dir()
-    files = input_files(src)
+    files = list_inputs(src)
+    unreadable = [str(p) for p in skipped_inputs(src)]
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     files = files[rank::world]
     csv_path = runs.summary_path(args.out, rank, world)
     others = [Path(p) for p in (args.prior, args.classifier) if p]
-    check_outputs(args.out, files, others, png=args.png, summary=csv_path if directory_run else None)
+    check_outputs(args.out, files, others, request, summary=csv_path if directory_run else None)
+    for path in unreadable if rank == 0 else []:  # a dangling link or a symlink loop: reported, the rest goes on
+        print(f"error: {one_line(f'{path}: not a readable file (a dangling link or a symlink loop?); skipped')}",
+              file=sys.stderr)
     with protected_inputs([*files, *others]):
-        return _run(args, files, request, device, directory_run, csv_path, rank, world)
+        rc = _run(args, files, request, device, directory_run, csv_path, rank, world)
+    return 2 if unreadable and rank == 0 else rc
 
 
-def input_files(src: Path) -> list[Path]:
-    """The ``.h5`` files of ``--kspace``: the file itself, or a directory's ``*.h5`` in name order."""
-    if src.is_dir():
-        files = sorted(src.glob("*.h5"))
-        if not files:
-            raise InputError(f"{src}: directory holds no .h5 files")
-        return files
-    if src.is_file():
-        return [src]
-    if src.exists():
-        raise InputError(f"{src}: not a file or directory")
-    raise InputError(f"{src}: no such file or directory")
-
-
-def check_outputs(out: str | os.PathLike[str], files: list[Path], others: list[Path], png: bool,
+def check_outputs(out: str | os.PathLike[str], files: list[Path], others: list[Path], request: ReconRequest,
                   summary: Path | None) -> None:
     """Refuse, before any work, outputs that would land on an input (real paths) or cannot be written.
 
     ``--out`` must be a directory (or absent) that does not resolve to the directory of an
-    input or of the file a symlinked input names; no output (``<name>.h5``, ``<stem>.png``, the
-    summary) may resolve to an input (``files`` and ``others``: the prior, the classifier), be a
-    directory or lie under a file (:func:`mri_score.atomic.check_output`).
+    input or of the file a symlinked input names; no output (:func:`mri_score.pipeline.output_paths`: the
+    ``.h5``, PNG and exports; the summary) may resolve to an input (``files`` and ``others``: the prior, the
+    classifier), be a directory or lie under a file (:func:`mri_score.atomic.check_output`), and two inputs
+    may not share an output (``a.h5`` and ``a.cfl``).
     """
     check_output_dir(out, files)
     inputs = [*files, *others]
-    planned = [Path(out) / f.name for f in files]
-    if png:
-        planned += [Path(out) / (f.stem + ".png") for f in files]
+    planned: list[Path] = []
+    seen: dict[Path, Path] = {}
+    for f in files:
+        h5 = output_paths(f, out, request)["h5"]
+        if h5 in seen:
+            raise InputError(f"{f} and {seen[h5]} would both be written to {h5}; reconstruct them separately")
+        seen[h5] = f
+        planned += [p for key, p in output_paths(f, out, request).items() if not key.startswith("dicom")]
     if summary is not None:
         planned.append(summary)
     for path in planned:
         check_output(path, inputs)
+
+
+class _Progress:
+    """Per-slice progress with ETA on stderr when it is a terminal (never mixed into stdout's result lines)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.label = ""
+        self.t0 = time.time()
+        self.shown = False
+
+    def start(self, label: str) -> None:
+        """A new file begins."""
+        self.label, self.t0 = label, time.time()
+
+    def __call__(self, done: int, total: int) -> None:
+        """``done`` of ``total`` slices are reconstructed."""
+        if not self.enabled:
+            return
+        elapsed = time.time() - self.t0
+        eta = elapsed / done * (total - done)
+        sys.stderr.write(f"\r\033[K{self.label}: slice {done}/{total}, {elapsed:.0f} s, ETA {eta:.0f} s")
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        """Erase the progress line before a result line is printed."""
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self.shown = False
 
 
 def _run(args: argparse.Namespace, files: list[Path], request: ReconRequest, device: torch.device,
@@ -296,38 +345,36 @@ def _run(args: argparse.Namespace, files: list[Path], request: ReconRequest, dev
     runtime = ComplexPrior(prior, request.precision)  # the one network runtime of the run
     std_cal = std_calibration_for(args.prior, request)
     guidance = guidance_for(request, prior, runtime)
+    progress = _Progress(not args.quiet)
     bad: list[str] = []
-    iterator = files
-    if len(files) > 1:
-        from tqdm import tqdm
-
-        iterator = tqdm(files, desc="files", unit="file", disable=not sys.stderr.isatty())
     run_settings = {"request": request.identity(), "prior": str(args.prior or "default"),
-                    "prior_id": runs.prior_identity(getattr(prior, "meta", {})), "png": args.png,
-                    "std_calibration": std_cal}
+                    "prior_id": runs.prior_identity(getattr(prior, "meta", {})), "std_calibration": std_cal}
     rows: list[dict] = []
     t_run, slices_done = time.time(), 0
-    for f in iterator:
+    for n, f in enumerate(files, start=1):
         key = runs.run_key(f, run_settings)
-        out_file = Path(args.out) / f.name
+        out_file = output_paths(f, args.out, request)["h5"]
         if directory_run and not args.redo and runs.is_done(out_file, key):
             rows.append({**runs.stored_summary(out_file), "file": str(f), "status": "skipped", "output": str(out_file)})
             print(one_line(f"{f.name}: done earlier with the same settings, skipped -> {out_file}", sys.stdout),
                   flush=True)
             runs.write_summary(csv_path, rows)
             continue
+        progress.start(f"[{n}/{len(files)}] {f.name}" if len(files) > 1 else f.name)
         try:
             adapter, terms, attrs = guidance.setup(prior, f)
             summary = reconstruct_file(f, adapter, request, args.out, prior_name=str(args.prior or "default"),
-                                       png=args.png, extra_terms=terms, extra_attrs={"run_settings": key, **attrs},
-                                       std_calibration=std_cal)
+                                       extra_terms=terms, extra_attrs={"run_settings": key, **attrs},
+                                       std_calibration=std_cal, progress=progress)
         except InputError as err:
+            progress.clear()
             if len(files) == 1:
                 raise
             print(f"error: {one_line(err)}", file=sys.stderr)
             bad.append(str(f))
             rows.append({"file": str(f), "status": "failed", "error": str(err)})
         else:
+            progress.clear()
             print(one_line(format_summary(summary), sys.stdout), flush=True)
             slices_done += summary["slices"]
             rows.append({**summary, "status": "done", "slices_per_s": summary["slices"] / max(summary["seconds"], 1e-9)})

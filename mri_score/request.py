@@ -39,7 +39,11 @@ FLAGS = {"sampler": "--sampler", "steps": "--steps", "samples": "--samples", "se
          "options": "--sampler-opt", "maps": "--maps", "magnitude": "--magnitude", "precision": "--precision",
          "grid": "--grid", "accel": "--accel", "mask_type": "--mask-type", "center_fraction": "--center-fraction",
          "adapt": "--adapt", "condition": "--condition", "guidance": "--guidance", "classifier": "--classifier",
-         "classifier_scale": "--classifier-scale", "classifier_input": "--classifier-input"}
+         "classifier_scale": "--classifier-scale", "classifier_input": "--classifier-input", "png": "--png",
+         "exports": "--export"}
+#: Image formats a reconstruction can be exported to besides its fastMRI ``.h5`` (:mod:`mri_score.export`,
+#: :mod:`mri_score.cfl`).
+EXPORT_FORMATS = ("nifti", "dicom", "cfl")
 
 
 class RequestError(InputError):
@@ -112,6 +116,11 @@ class ReconRequest:
         Classifier-guidance scale ``s > 0`` (1 when None).
     classifier_input : str
         ``noisy`` or ``denoised`` (:data:`mri_score.guidance.CLASSIFIER_INPUTS`).
+    png : bool
+        Output option: a PNG panel per file.
+    exports : tuple of str
+        Output option: formats of :data:`EXPORT_FORMATS` written besides the ``.h5`` (a comma-separated text is
+        accepted).
     """
 
     sampler: str = "dds"
@@ -132,6 +141,8 @@ class ReconRequest:
     classifier: str | None = None
     classifier_scale: float | None = None
     classifier_input: str = "noisy"
+    png: bool = False
+    exports: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -174,6 +185,12 @@ class ReconRequest:
         if self.adapt is not None and not isinstance(self.adapt, AdaptSettings):
             raise RequestError(["adapt"], f"{{0}} must be AdaptSettings or None, got {type(self.adapt).__name__}")
         self._check_guidance()
+        exports = self.exports.split(",") if isinstance(self.exports, str) else list(self.exports)
+        exports = [str(e).strip().lower() for e in exports if str(e).strip()]
+        bad = [e for e in exports if e not in EXPORT_FORMATS]
+        if bad:
+            raise RequestError(["exports"], f"{{0}}: unknown format {bad[0]!r}; choose from {', '.join(EXPORT_FORMATS)}")
+        set_(self, "exports", tuple(dict.fromkeys(exports)))
 
     def _check_guidance(self) -> None:
         """Guidance fields: ranges and combinations (what needs the prior is checked when a run starts)."""

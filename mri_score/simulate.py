@@ -34,7 +34,7 @@ from mri_score.atomic import check_output, check_output_dir, protected_inputs
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import InputError, one_line
 from mri_score.fastmri_io import write_fastmri_file
-from mri_score.simulation import corpus_volume, load_images, simulate_volume
+from mri_score.simulation import corpus_volume, load_images, noise_free_target, simulate_volume
 from operators.masks import MASK_TYPES, MAX_ACCELERATION, make_mask
 
 #: Upper bounds of the simulation flags (``--size`` lies in [32, 1024]).
@@ -130,7 +130,8 @@ def simulate_one(a: argparse.Namespace, v: int, path: Path) -> Path:
     if a.coils == 1:  # fastMRI's single-coil layout: kspace (slices, H, W), target reconstruction_esc
         ksp = ksp[:, 0]
     keep = target if (a.accel is None or a.keep_target) else None
-    return write_fastmri_file(path, ksp, keep, acq, f"{a.prefix}{v:03d}", mask, a.accel, num_low)
+    truth = noise_free_target(imgs, a.coils) if keep is not None else None  # scored like for like by reconstruct
+    return write_fastmri_file(path, ksp, keep, acq, f"{a.prefix}{v:03d}", mask, a.accel, num_low, truth=truth)
 
 
 if __name__ == "__main__":

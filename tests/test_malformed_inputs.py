@@ -193,9 +193,11 @@ def test_directory_run_processes_good_files_and_lists_all_bad(tmp_path, tiny_pri
 
 @pytest.mark.parametrize("text,phrase", [
     (":\n  - [unclosed", "YAML"),
-    ("name: x\n", "missing key"),
-    ("name: x\nseed: 0\ndata: {slices: 1, size: [32, 32]}\nsettings: [{accel: 4, mask: equispaced}]\n"
-     "methods: {magic: {}}\n", "unknown methods"),
+    ("name: x\n", "not a protocol config"),
+    ("name: x\nprotocol: {}\n", "missing key"),
+    ("name: x\nseed: 0\ndata: {size: [32, 32], tuning: {subjects: [30], slices_per_subject: 1}, test: {subjects: [0], "
+     "slices_per_subject: 1}}\nsettings: [{accel: 4, mask: equispaced}]\nprotocol: {}\nmethods: {magic: {}}\n",
+     "unknown methods"),
 ])
 def test_benchmark_rejects_malformed_config(tmp_path, capfd, text, phrase):
     from benchmarks.run_benchmark import main as benchmark_main

@@ -133,8 +133,9 @@ def test_read_mrd_equals_independent_expectation(raw_file):
     coil_images = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(np.einsum("ij,sjhw->sihw", scan.whitening, clean_kspace()),
                                                                 axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
     rss = np.sqrt((np.abs(coil_images) ** 2).sum(axis=1))
-    assert vol.target.shape == (S, H, W) and vol.target.dtype == np.float32
-    assert np.abs(vol.target - rss).max() <= 1e-5 * rss.max()
+    assert vol.target is None  # the noise-free reference is the truth, not a fastMRI (noisy RSS) target
+    assert vol.truth.shape == (S, H, W) and vol.truth.dtype == np.float32
+    assert np.abs(vol.truth - rss).max() <= 1e-5 * rss.max()
     assert np.array_equal(read_mrd(raw_file).kspace, vol.kspace)
     out_header = ismrmrd.xsd.CreateFromDocument(scan.header_xml)  # still a valid ISMRMRD header
     assert out_header.encoding[0].encodedSpace.matrixSize.x == H and len(out_header.encoding) == 1
@@ -230,7 +231,7 @@ def test_convert_writes_a_fastmri_file_with_identical_data(raw_file, tmp_path, c
     scan = load_mrd(raw_file)
     vol = read_fastmri(out)
     assert np.array_equal(vol.kspace, scan.volume.kspace) and np.array_equal(vol.mask, scan.volume.mask)
-    assert np.array_equal(vol.target, scan.volume.target)
+    assert np.array_equal(vol.truth, scan.volume.truth) and vol.truth is not None
     for name in ("encoded_size", "recon_size", "padding_left", "padding_right", "encoded_fov_mm"):
         assert getattr(vol, name) == getattr(scan.volume, name), name
     assert vol.attrs["acquisition"] == "MRI_SCORE_SIM" and vol.attrs["num_low_frequency"] == 6
@@ -239,7 +240,7 @@ def test_convert_writes_a_fastmri_file_with_identical_data(raw_file, tmp_path, c
     (tmp_path / "dir").mkdir()
     assert convert_main([str(raw_file), "--out", str(tmp_path / "dir"), "--no-prewhiten", "--no-target"]) == 0
     other = read_fastmri(tmp_path / "dir" / "scan.h5")
-    assert other.target is None and not np.allclose(other.kspace, vol.kspace)
+    assert other.truth is None and not np.allclose(other.kspace, vol.kspace)
     assert sorted(os.listdir(tmp_path / "out")) == ["kspace.h5"]
 
 

@@ -1,0 +1,97 @@
+"""Reading any accepted k-space input into one in-memory volume, recognised by content.
+
+Accepted layouts (every reader validates and refuses in one line naming the file):
+
+* fastMRI HDF5 (``kspace`` ``(slices, coils, H, W)``, header, optional ``mask`` and targets):
+  :func:`mri_score.fastmri_io.read_fastmri`;
+* ISMRMRD / MRD raw HDF5 (Cartesian 2-D multi-slice; readout oversampling removed, noise prewhitened,
+  ACS from the calibration flags): :func:`mri_score.mrd.read_mrd`;
+* BART ``.cfl``/``.hdr`` k-space (dims readout, phase, slice, coils): :func:`mri_score.cfl.read_cfl`.
+
+Every reader returns a :class:`~mri_score.fastmri_io.FastMRIVolume` in fastMRI's layout (rows = readout,
+columns = phase encode).  Loading never executes code and never writes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mri_score.errors import InputError
+from mri_score.fastmri_io import FastMRIVolume, read_fastmri, validate_kspace
+
+#: File suffixes a directory run reconstructs (a BART pair is listed once, by its ``.cfl``).
+INPUT_SUFFIXES = (".h5", ".cfl")
+
+
+def input_kind(path: str | os.PathLike[str]) -> str:
+    """``"cfl"``, ``"mrd"`` or ``"fastmri"``: how :func:`read_volume` reads ``path`` (by suffix for BART, by content
+    for HDF5)."""
+    from mri_score.mrd import is_mrd_file
+
+    p = Path(path)
+    if p.suffix.lower() in (".cfl", ".hdr"):
+        return "cfl"
+    return "mrd" if is_mrd_file(p) else "fastmri"
+
+
+def read_cfl_volume(path: str | os.PathLike[str]) -> FastMRIVolume:
+    """A BART ``.cfl``/``.hdr`` k-space as a header-less fastMRI volume (recon size = the matrix; pixel size unknown).
+
+    The mask is inferred from all-zero phase-encode columns (:func:`mri_score.fastmri_io.infer_mask`).
+    """
+    from mri_score.cfl import cfl_paths, kspace_from_cfl, read_cfl
+
+    data_path, _ = cfl_paths(path)
+    kspace = np.ascontiguousarray(kspace_from_cfl(read_cfl(path), data_path)).astype(np.complex64, copy=False)
+    validate_kspace(kspace, data_path)
+    _, _, h, w = kspace.shape
+    return FastMRIVolume(path=data_path, kspace=kspace, mask=None, target=None, encoded_size=(h, w, 1),
+                         recon_size=(h, w, 1), padding_left=0, padding_right=w, attrs={})
+
+
+def read_volume(path: str | os.PathLike[str]) -> FastMRIVolume:
+    """Read any accepted input (:data:`INPUT_SUFFIXES`, recognised by :func:`input_kind`) as a fastMRI-layout volume."""
+    kind = input_kind(path)
+    if kind == "cfl":
+        return read_cfl_volume(path)
+    if kind == "mrd":
+        from mri_score.mrd import read_mrd
+
+        return read_mrd(path)
+    return read_fastmri(path)
+
+
+def list_inputs(src: str | os.PathLike[str]) -> list[Path]:
+    """The inputs of ``src``: the file itself, or a directory's ``*.h5`` and ``*.cfl`` files in name order.
+
+    Entries that are not regular files (a dangling link, a symlink loop, a directory named ``x.h5``) are
+    skipped; an :class:`InputError` when nothing usable is left or ``src`` does not exist.
+    """
+    src = Path(src)
+    if src.is_dir():
+        try:
+            entries = sorted(p for p in src.iterdir() if p.suffix.lower() in INPUT_SUFFIXES)
+        except OSError as err:
+            raise InputError(f"{src}: cannot list the directory ({err.strerror or err})") from None
+        files = [p for p in entries if p.is_file()]  # is_file() is False for loops and dangling links
+        if not files:
+            raise InputError(f"{src}: directory holds no readable .h5 or .cfl files")
+        return files
+    if src.is_file():
+        return [src]
+    if src.suffix.lower() == ".hdr" and src.with_suffix(".cfl").is_file():
+        return [src.with_suffix(".cfl")]
+    if os.path.lexists(src):
+        raise InputError(f"{src}: not a readable file or directory (a dangling link or a symlink loop?)")
+    raise InputError(f"{src}: no such file or directory")
+
+
+def skipped_inputs(src: str | os.PathLike[str]) -> list[Path]:
+    """The entries of a directory ``src`` with an input suffix that :func:`list_inputs` skips (not regular files)."""
+    src = Path(src)
+    if not src.is_dir():
+        return []
+    return sorted(p for p in src.iterdir() if p.suffix.lower() in INPUT_SUFFIXES and not p.is_file())
