@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "BART <stem>_reconstruction.cfl/.hdr")
     p.add_argument("--quiet", action="store_true", help="no progress display (result lines are still printed)")
     p.add_argument("--redo", action="store_true",
-                   help="directory runs: recompute outputs that already exist with the same settings (otherwise they are skipped)")
+                   help="directory runs: recompute outputs that exist with the same settings (otherwise they are skipped)")
     p.add_argument("--demo", action="store_true", help="the shipped prior on the sample volume (README default)")
     return p
 
