@@ -45,7 +45,7 @@ from mri_score import baselines, uncertainty
 from mri_score.atomic import atomic_output
 from mri_score.config import require
 from mri_score.data.mixed import MixedCorpus
-from mri_score.data.realset import REAL_VOLUMES, load_real_volume
+from mri_score.data.realset import SPLITS, volumes_in
 from mri_score.errors import InputError
 from mri_score.metrics import volume_metrics
 from mri_score.pipeline import reconstruct_volume
@@ -57,19 +57,37 @@ from mri_score.supervised import load_unet, unet_reconstruct
 from operators import birdcage_maps, ifft2c, sense1_combine
 from operators.errors import OperatorInputError
 
-GROUP_SYNTH = "synthetic held-out subjects"
-GROUP_REAL = "real MR (nibabel, unseen)"
+#: The synthetic test subjects are new warps and contrasts of the training template (ICBM152 2009a is left-right
+#: symmetric, so a hemisphere split is no subject split): in distribution, not held-out anatomy.
+GROUP_SYNTH = "synthetic, same template as training (in-distribution)"
+#: Slices of the domain-randomised generator's held-out family: anatomy from another generator, which no
+#: ancestor of the shipped priors saw (:mod:`mri_score.data.domain_random`).
+GROUP_OTHER = "synthetic, other generator (anatomy shift)"
+#: The real set's groups by split (:mod:`mri_score.data.realset`).
+GROUP_REAL = {"development": "real MR, development set", "final": "real MR, final test set"}
+#: The evaluation physics of the real set (:func:`mri_score.data.real_physics.simulate_real_acquisition`): loop
+#: coils from Biot-Savart (not the training birdcage), smooth background phase, correlated coil noise that the
+#: acquisition prewhitens, as a scanner pipeline does with its noise scans.
+REAL_PHYSICS = {"coils": 8, "geometry": "head_ring", "snr": 100.0, "correlation": 0.3, "phase_order": 3}
+#: Real images smaller than this are zero-padded to it in the image domain (field of view extended, pixel size kept).
+MIN_MATRIX = 64
 #: Methods a protocol config may list.
-PROTOCOL_METHODS = ("zero_filled", "cg_sense", "l1_wavelet", "tv", "bart_pics", "bart_ecalib", "unet", "dds")
+PROTOCOL_METHODS = ("zero_filled", "cg_sense", "l1_wavelet", "tv", "bart_pics", "bart_wavelet", "bart_ecalib", "unet",
+                    "varnet", "dds", "dds_fp32")
+#: The DDS rows: ``dds`` (the request's precision, ``auto``: bf16 where the CPU has it natively) and ``dds_fp32``
+#: (the same request in fp32, for the timing table; scored like any row).
+DDS = ("dds", "dds_fp32")
 #: Methods swept over ``lams`` and tuned on the tuning slices.
-SWEPT = ("cg_sense", "l1_wavelet", "tv", "bart_pics", "bart_ecalib")
-BART = ("bart_pics", "bart_ecalib")
+SWEPT = ("cg_sense", "l1_wavelet", "tv", "bart_pics", "bart_wavelet", "bart_ecalib")
+#: BART rows: ``pics -R T`` (total variation, as fastMRI's CS baseline script), ``-R W`` (wavelet ℓ1), and TV with
+#: BART's own ``ecalib`` maps.
+BART = ("bart_pics", "bart_wavelet", "bart_ecalib")
 #: Methods that may have an oracle-maps row on the real set.
 ORACLE_OK = ("cg_sense", "l1_wavelet", "tv", "bart_pics", "dds")
 #: CSV columns, in order.
 FIELDS = ("setting", "phase", "group", "volume", "subject", "slice", "unit", "method", "label", "maps", "lam",
-          "PSNR", "SSIM", "NMSE", "PSNR_object", "PSNR_rss", "SSIM_rss", "NMSE_rss", "seconds", "nfe", "grid_factor",
-          "n_object",
+          "PSNR", "SSIM", "NMSE", "PSNR_object", "PSNR_rss", "SSIM_rss", "NMSE_rss", "seconds", "cpu_seconds", "nfe",
+          "grid_factor", "n_object", "rank_corr_err_std",
           "std_factor", *(f"cov_raw_{round(100 * p)}" for p in uncertainty.RELIABILITY_LEVELS),
           *(f"cov_cal_{round(100 * p)}" for p in uncertainty.RELIABILITY_LEVELS), "sigma_ratio")
 
@@ -81,9 +99,10 @@ def setting_tag(setting: dict) -> str:
 
 def method_label(method: str, spec: dict, maps: str = "acs") -> str:
     """The table label of a method row (DDS with its budget and K; oracle-maps and BART-maps rows marked)."""
-    base = {"bart_ecalib": "bart_pics (BART ecalib maps)"}.get(method, method)
-    if method == "dds":
-        base = f"dds (NFE={int(spec['nfe'])}, K={int(spec.get('samples', 2))})"
+    base = {"bart_pics": "bart pics TV", "bart_wavelet": "bart pics wavelet",
+            "bart_ecalib": "bart pics TV (BART ecalib maps)"}.get(method, method)
+    if method in DDS:
+        base = f"dds (NFE={int(spec['nfe'])}, K={int(spec.get('samples', 2))}" + (", fp32)" if method == "dds_fp32" else ")")
     return base + (", oracle maps" if maps == "oracle" else "")
 
 
@@ -100,9 +119,21 @@ def validate_protocol(cfg: dict, src: str) -> None:
         raise InputError(f"{src}: data.tuning.subjects and data.test.subjects must be disjoint")
     if int(data["tuning"].get("seed", 1)) == int(data["test"].get("seed", 0)):
         raise InputError(f"{src}: data.tuning.seed must differ from data.test.seed")
-    bad = [n for n in data.get("real", []) if n not in REAL_VOLUMES]
-    if bad:
-        raise InputError(f"{src}: data.real: unknown real volumes {bad}; choose from {', '.join(REAL_VOLUMES)}")
+    real = data.get("real", [])
+    if isinstance(real, str):
+        if real not in SPLITS:
+            raise InputError(f"{src}: data.real must be development, final or a list of development volumes, got {real!r}")
+    else:
+        dev = volumes_in("development")
+        bad = [n for n in real if n not in dev]
+        if bad:
+            raise InputError(f"{src}: data.real: {bad} are not development volumes ({', '.join(dev)}); the final test "
+                             "set is read only as a whole, by a registered protocol (data.real: final)")
+    physics = data.get("real_physics", [REAL_PHYSICS])
+    for variant in physics if isinstance(physics, list) else [physics]:
+        unknown = sorted(set(variant) - set(REAL_PHYSICS) - {"name"})
+        if unknown:
+            raise InputError(f"{src}: data.real_physics: unknown keys {unknown}; known: {', '.join(REAL_PHYSICS)}")
     methods = require(cfg, "methods", src)
     unknown = [m for m in methods if m not in PROTOCOL_METHODS]
     if unknown:
@@ -111,10 +142,10 @@ def validate_protocol(cfg: dict, src: str) -> None:
         spec = methods[m] or {}
         if m in SWEPT and not spec.get("lams"):
             raise InputError(f"{src}: methods.{m}: a swept method needs 'lams' (the λ sweep)")
-        if m == "unet" and not spec.get("weights"):
-            raise InputError(f"{src}: methods.unet needs 'weights' (a U-Net checkpoint)")
-        if m == "dds":
-            check_score_method(m, spec, f"{src}: methods.{m}")
+        if m in ("unet", "varnet") and not spec.get("weights"):
+            raise InputError(f"{src}: methods.{m} needs 'weights' (a trained checkpoint)")
+        if m in DDS:
+            check_score_method("dds", spec, f"{src}: methods.{m}")
             if isinstance(spec["nfe"], list):
                 raise InputError(f"{src}: methods.dds.nfe: the protocol reports one budget (an integer)")
             if spec.get("grid", "native") not in ("native", "auto"):
@@ -124,7 +155,7 @@ def validate_protocol(cfg: dict, src: str) -> None:
             raise InputError(f"{src}: protocol.oracle_maps: {m!r} must be a listed method among {', '.join(ORACLE_OK)}")
 
 
-def protocol_volumes(cfg: dict) -> list[dict]:
+def protocol_volumes(cfg: dict, registration_ok: bool = False) -> list[dict]:
     """Tuning and test volumes (one per held-out subject) and the real set: ``[{name, phase, group, images, ...}]``.
 
     Subject ``k`` gets contrast family ``data.families[k % len]``; tuning slices start at corpus
@@ -147,11 +178,74 @@ def protocol_volumes(cfg: dict) -> list[dict]:
             vols.append({"name": f"{phase}_subject{subj:02d}_{fam}.h5", "phase": phase, "group": GROUP_SYNTH,
                          "subject": subj, "images": imgs, "seed": int(spec.get("seed", 1 if phase == "tuning" else 0)),
                          "pixel_mm": (pixel_mm[1], pixel_mm[1])})  # the coarsest pixel of the range (grid: auto)
-    for name in data.get("real", []):
-        real = load_real_volume(name)
-        vols.append({"name": f"{name}.h5", "phase": "test", "group": GROUP_REAL, "subject": "",
-                     "images": real.images, "seed": int(data["test"].get("seed", 0)), "pixel_mm": real.pixel_mm})
+    other = data.get("other_generator")
+    if other:
+        vols += other_generator_volumes(other, int(data["test"].get("seed", 0)))
+    vols += real_volumes(cfg, registration_ok)
     return vols
+
+
+def other_generator_volumes(spec: dict, seed: int) -> list[dict]:
+    """Test volumes of the domain-randomised generator's ``spec['family']`` (default ``joint``): anatomy shift.
+
+    ``spec``: ``family``, ``volumes`` (default 2), ``slices`` (default 3), ``size`` (default 128).  The slices come
+    from the generator's test stream (:meth:`mri_score.data.domain_random.DomainRandomPool.generate`).
+    """
+    from mri_score.data.domain_random import DomainRandomPool
+
+    family, count = str(spec.get("family", "joint")), int(spec.get("volumes", 2))
+    slices, size = int(spec.get("slices", 3)), int(spec.get("size", 128))
+    pool = DomainRandomPool(size=size, families=(family,), seed=int(spec.get("seed", 0)), split="test")
+    vols = []
+    for k in range(count):
+        rendered = [pool.generate(k * slices + j) for j in range(slices)]
+        imgs = np.stack([r[0] for r in rendered]).astype(np.complex64)
+        pixel = float(np.mean([r[1] for r in rendered]))
+        vols.append({"name": f"other_{family}{k:02d}.h5", "phase": "test", "group": GROUP_OTHER, "subject": "",
+                     "images": imgs, "seed": seed, "pixel_mm": (pixel, pixel)})
+    return vols
+
+
+def real_volumes(cfg: dict, registration_ok: bool = False) -> list[dict]:
+    """The real set's volumes of ``data.real`` under each ``data.real_physics`` variant (evaluation only).
+
+    ``data.real``: ``development`` (every development volume), a list of development volumes, or ``final``
+    (the final test set: only with ``registration_ok``, :mod:`benchmarks.registration`).  Images smaller than
+    :data:`MIN_MATRIX` are zero-padded (field of view extended, pixel size kept).  A variant with a ``name``
+    makes its own group (the robustness table); without, the group is the split's.
+    """
+    from mri_score.data.realset import FINAL_TEST_TOKEN, development_set, final_test_set
+
+    data = cfg["data"]
+    real = data.get("real", [])
+    if not real:
+        return []
+    if real == "final":
+        loaded = final_test_set(registration_ok, token=FINAL_TEST_TOKEN)
+    else:
+        loaded = [v for v in development_set() if real == "development" or v.name in real]
+    physics = data.get("real_physics", [REAL_PHYSICS])
+    variants = physics if isinstance(physics, list) else [physics]
+    vols = []
+    for variant in variants:
+        spec = {**REAL_PHYSICS, **variant}
+        for v in loaded:
+            imgs = pad_to(v.images, MIN_MATRIX)
+            tag = f"@{spec['name']}" if "name" in spec else ""
+            group = GROUP_REAL[v.split] + (f" ({spec['name']})" if "name" in spec else "")
+            vols.append({"name": f"{v.name}{tag}.h5", "phase": "test", "group": group, "subject": "",
+                         "images": imgs, "seed": int(data["test"].get("seed", 0)), "pixel_mm": v.pixel_mm,
+                         "physics": spec})
+    return vols
+
+
+def pad_to(images: np.ndarray, minimum: int) -> np.ndarray:
+    """``images (S, H, W)`` zero-padded symmetrically so that H and W are at least ``minimum``."""
+    h, w = images.shape[-2:]
+    ph, pw = max(0, minimum - h), max(0, minimum - w)
+    if not ph and not pw:
+        return images
+    return np.pad(images, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
 
 
 #: First corpus index of the body/limb calibration slices (test split; the protocol reports none of them).
@@ -169,11 +263,55 @@ def body_limb_volumes(count: int, slices: int, size: int, seed: int) -> list[dic
     return vols
 
 
+def simulate_real(vol: dict, noise_seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+    """A real volume's fully sampled k-space under its evaluation physics (``vol['physics']``), prewhitened.
+
+    Per slice: :func:`mri_score.data.real_physics.simulate_real_acquisition` (loop coils, smooth phase, correlated
+    noise), then prewhitening with the noise covariance (:func:`operators.loop_coils.prewhiten`), as a scanner
+    pipeline does with its noise scans.  Returns ``kspace (S, C, H, W)`` complex64 (unit white noise), the
+    noise-free truth ``(S, H, W)`` float32 (RSS of the noise-free whitened coil images, the convention of
+    :func:`mri_score.simulation.noise_free_target`), the noisy RSS target and the true (whitened, RSS-normalised)
+    maps ``(S, C, H, W)``.
+    """
+    from mri_score.data.real_physics import simulate_real_acquisition
+    from operators import fft2c
+    from operators.coils import normalize_maps
+    from operators.loop_coils import prewhiten
+
+    spec = vol["physics"]
+    ks, truths, rss_t, maps = [], [], [], []
+    for i, image in enumerate(np.abs(vol["images"])):
+        acq = simulate_real_acquisition(image, vol["pixel_mm"], coils=int(spec["coils"]), geometry=spec["geometry"],
+                                        snr=float(spec["snr"]), seed=noise_seed + i, correlation=float(spec["correlation"]),
+                                        phase_order=int(spec["phase_order"]))
+        white = prewhiten(acq["kspace"], acq["noise_cov"])
+        white_maps = torch.from_numpy(prewhiten(acq["maps"], acq["noise_cov"]))
+        clean = ifft2c(fft2c(white_maps * torch.from_numpy(acq["truth"])))
+        ks.append(white)
+        truths.append(clean.abs().square().sum(0).sqrt().numpy())
+        rss_t.append(ifft2c(torch.from_numpy(white)).abs().square().sum(0).sqrt().numpy())
+        maps.append(normalize_maps(white_maps))
+    return (np.stack(ks).astype(np.complex64), np.stack(truths).astype(np.float32), np.stack(rss_t).astype(np.float32),
+            torch.stack(maps))
+
+
 def acquire(vol: dict, setting: dict, coils: int, snr: float) -> dict | None:
-    """Simulated, undersampled and calibrated acquisition of one volume in one setting (None: mask not realisable)."""
+    """Simulated, undersampled and calibrated acquisition of one volume in one setting (None: mask not realisable).
+
+    Synthetic volumes use the training physics (birdcage coils, ``coils`` and ``snr``, white noise); real volumes
+    their evaluation physics (:func:`simulate_real`).
+    """
     tag = setting_tag(setting)
     noise_seed = zlib.crc32(f"{vol['seed']}/{tag}/{vol['name']}".encode())
-    ksp, target_rss, sigma = simulate_volume(vol["images"], coils, snr, seed=noise_seed)
+    if "physics" in vol:
+        ksp, truth, target_rss, true_maps = simulate_real(vol, noise_seed)
+        sigma = 1.0  # prewhitened: unit noise per complex sample
+    else:
+        ksp, target_rss, sigma = simulate_volume(vol["images"], coils, snr, seed=noise_seed)
+        truth = noise_free_target(vol["images"], coils)
+        true_maps = torch.from_numpy(birdcage_maps(coils, ksp.shape[-2:])) if coils > 1 else torch.ones(
+            1, *ksp.shape[-2:], dtype=torch.complex64)
+        true_maps = true_maps.expand(ksp.shape[0], *true_maps.shape)
     try:
         acq = undersample(ksp, setting["mask"], float(setting["accel"]), float(setting.get("center_fraction", 0.08)),
                           vol["name"])
@@ -181,11 +319,9 @@ def acquire(vol: dict, setting: dict, coils: int, snr: float) -> dict | None:
         print(f"skipped {tag} {vol['name']}: {err}", flush=True)
         return None
     under, mask, cals = acq["under"], acq["mask"], acq["cals"]
-    true_maps = torch.from_numpy(birdcage_maps(coils, ksp.shape[-2:])) if coils > 1 else torch.ones(
-        1, *ksp.shape[-2:], dtype=torch.complex64)
-    return {"under": under, "mask": mask, "cals": cals, "oracle": [replace(c, maps=true_maps) for c in cals],
-            "pixel_mm": vol.get("pixel_mm"),
-            "truth": noise_free_target(vol["images"], coils), "target_rss": target_rss, "sigma": float(sigma)}
+    return {"under": under, "mask": mask, "cals": cals,
+            "oracle": [replace(c, maps=true_maps[i].to(c.maps.dtype)) for i, c in enumerate(cals)],
+            "pixel_mm": vol.get("pixel_mm"), "truth": truth, "target_rss": target_rss, "sigma": float(sigma)}
 
 
 def unreported_acquisitions(cfg: dict, volumes: int, slices: int, size: int,
@@ -215,27 +351,36 @@ def dds_request(spec: dict, seed: int = 0) -> ReconRequest:
 
 
 def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: str, prior: ComplexPrior | None,
-          seed: int, unet: torch.nn.Module | None = None) -> dict:
+          seed: int, unet: torch.nn.Module | None = None, varnet: torch.nn.Module | None = None) -> dict:
     """One method on slice ``s``: ``primary`` (``|x|``), ``rss`` (expected RSS), ``std`` (DDS), ``seconds``, ``nfe``,
     ``grid_factor`` (DDS's sampling grid over the measured matrix; None for the other methods).
 
     The one method table of the benchmarks: zero-filled SENSE-1, CG-SENSE, L1-wavelet, TV, BART ``pics`` (shared or
-    its own ``ecalib`` maps), the supervised U-Net (``unet``, a magnitude image used for both conventions) and DDS
+    its own ``ecalib`` maps), the supervised U-Net (``unet``, a magnitude image used for both conventions), the
+    E2E-VarNet (``varnet``: its coil-combined output as ``|x|``, its RSS output as the expected RSS) and DDS
     (through :func:`mri_score.pipeline.reconstruct_volume`, the ``reconstruct`` command's path)."""
     ks, mask = acq["under"][s], acq["mask"]
     cal = (acq["oracle"] if maps == "oracle" else acq["cals"])[s]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     std, nfe, factor = None, 0, None
     if method == "zero_filled":
         x = sense1_combine(ifft2c(torch.from_numpy(ks)), cal.maps).numpy()
         rss_img = baselines.zero_filled_rss(ks, mask)
     elif method == "unet":
         image = unet_reconstruct(unet, torch.from_numpy(ks), torch.from_numpy(mask), cal).numpy()
-        return {"primary": image, "rss": image, "std": None, "seconds": time.perf_counter() - t0, "nfe": 0,
-                "grid_factor": None}
-    elif method == "dds":
-        res = reconstruct_volume(ks[None], mask, prior, dds_request(spec, seed + s), calibrations=[cal],
-                                 pixel_mm=acq.get("pixel_mm"))
+        return {"primary": image, "rss": image, "std": None, "seconds": time.perf_counter() - t0,
+                "cpu_seconds": time.process_time() - c0, "nfe": 0, "grid_factor": None}
+    elif method == "varnet":
+        from mri_score.varnet import varnet_outputs
+
+        rss_img, combined = (t.numpy() for t in varnet_outputs(varnet, torch.from_numpy(ks), torch.from_numpy(mask), cal))
+        return {"primary": combined, "rss": rss_img, "std": None, "seconds": time.perf_counter() - t0,
+                "cpu_seconds": time.process_time() - c0, "nfe": 0, "grid_factor": None}
+    elif method in DDS:
+        request = dds_request(spec, seed + s)
+        if method == "dds_fp32":
+            request = request.replace(precision="fp32")
+        res = reconstruct_volume(ks[None], mask, prior, request, calibrations=[cal], pixel_mm=acq.get("pixel_mm"))
         x, std, nfe, factor = res.means[0].numpy(), res.std[0], res.nfe[0], res.grid_factor
         rss_img = None
     else:
@@ -247,15 +392,16 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
         elif method == "tv":
             x = baselines.total_variation(ks, mask, cal, lam, iters)
         else:
-            x = baselines.bart_pics(ks, mask, cal, lam, iters, maps="ecalib" if method == "bart_ecalib" else "shared")
+            x = baselines.bart_pics(ks, mask, cal, lam, iters, maps="ecalib" if method == "bart_ecalib" else "shared",
+                                    regularizer="W" if method == "bart_wavelet" else "T")
         rss_img = None
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     xt = torch.from_numpy(np.asarray(x, dtype=np.complex64))
     primary = output_magnitude(xt, cal.maps, cal.sigma_y, "sense").numpy()
     if rss_img is None:
         rss_img = output_magnitude(xt, cal.maps, cal.sigma_y, "rss").numpy()
-    return {"primary": primary, "rss": np.asarray(rss_img), "std": std, "seconds": seconds, "nfe": nfe,
-            "grid_factor": factor}
+    return {"primary": primary, "rss": np.asarray(rss_img), "std": std, "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "nfe": nfe, "grid_factor": factor}
 
 
 def training_split_note(meta: dict | None) -> str:
@@ -308,8 +454,12 @@ def std_factors(cal_rows: list[dict], levels: tuple[float, ...]) -> dict[float, 
     return {p: uncertainty.every_group_factor(groups, p) for p in levels} if groups else {}
 
 
-def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> tuple[list[dict], dict]:
+def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print,
+                 prior_path: str | Path | None = None) -> tuple[list[dict], dict]:
     """Run the protocol a (validated) config describes.
+
+    ``data.real: final`` reads the final test set, and only after :func:`benchmarks.registration.verify` found
+    this config, the prior file at ``prior_path``, its DDS request and the code as registered.
 
     Returns
     -------
@@ -321,11 +471,23 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> 
     proto = cfg.get("protocol", {})
     coils, snr = int(data.get("coils", 8)), float(data.get("snr", 100))
     if any(m in BART for m in methods) and not baselines.bart_available():
-        log("bart is not installed: the BART rows are skipped")
-        methods = {m: s for m, s in methods.items() if m not in BART}
-    prior = ComplexPrior(prior_module) if "dds" in methods else None
+        raise InputError("the config lists BART methods but bart is not installed (apt-get install -y bart); "
+                         "install it or remove them from the config: the reference baseline never changes silently")
+    registered = False
+    if data.get("real") == "final":
+        from benchmarks import registration
+        from mri_score.prior import default_prior_path
+
+        registration.verify(cfg, prior_path or default_prior_path())
+        registered = True
+    prior = ComplexPrior(prior_module) if any(m in DDS for m in methods) else None
     unet = load_unet(str(methods["unet"]["weights"])) if "unet" in methods else None
-    vols = protocol_volumes(cfg)
+    varnet = None
+    if "varnet" in methods:
+        from mri_score.varnet import load_varnet
+
+        varnet = load_varnet(str(methods["varnet"]["weights"]))
+    vols = protocol_volumes(cfg, registered)
     rows: list[dict] = []
     t_start = time.time()
     acqs = {}
@@ -338,24 +500,27 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> 
         spec = methods[method]
         out_rows, outs = [], []
         for s in range(acq["under"].shape[0]):
-            out = solve(method, spec, lam, acq, s, maps, prior, vol["seed"], unet)
+            out = solve(method, spec, lam, acq, s, maps, prior, vol["seed"], unet, varnet)
             outs.append(out)
             row = {"setting": tag, "phase": phase, "group": vol["group"], "volume": vol["name"],
                    "subject": vol["subject"], "slice": s, "unit": "slice", "method": method,
                    "label": method_label(method, spec, maps), "maps": "ecalib" if method == "bart_ecalib" else maps,
-                   "lam": "" if lam is None else lam, "seconds": out["seconds"], "nfe": out["nfe"],
+                   "lam": "" if lam is None else lam, "seconds": out["seconds"], "cpu_seconds": out["cpu_seconds"],
+                   "nfe": out["nfe"],
                    "grid_factor": "" if out["grid_factor"] is None else out["grid_factor"],
                    "sigma_ratio": acq["cals"][s].sigma_y / acq["sigma"],  # σ̂_y / σ (estimator vs the simulator)
                    **score(acq["truth"][s], acq["target_rss"][s], out)}
             if out["std"] is not None:
                 row["_ratios"] = uncertainty.error_ratios(acq["truth"][s], out["primary"], out["std"])
                 row["n_object"] = int(row["_ratios"].size)
+                row["rank_corr_err_std"] = uncertainty.rank_correlation(acq["truth"][s], out["primary"], out["std"])
             out_rows.append(row)
         if phase == "test":  # the volume as one fastMRI volume
             stacked = {k: np.stack([o[k] for o in outs]) for k in ("primary", "rss")}
             out_rows.append({**{k: out_rows[0][k] for k in ("setting", "phase", "group", "volume", "subject", "method",
                                                              "label", "maps", "lam")},
                              "slice": "", "unit": "volume", "seconds": float(np.mean([o["seconds"] for o in outs])),
+                             "cpu_seconds": float(np.mean([o["cpu_seconds"] for o in outs])),
                              "nfe": outs[0]["nfe"], "grid_factor": out_rows[0]["grid_factor"],
                              **score(acq["truth"], acq["target_rss"], stacked)})
         return out_rows
@@ -399,7 +564,7 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print) -> 
                 continue
             for method in methods:
                 rows += run(tag, vi, method, chosen.get((tag, method)), "acs", "test")
-                if method in oracle and vols[vi]["group"] == GROUP_REAL:
+                if method in oracle and vols[vi]["group"].startswith("real"):
                     rows += run(tag, vi, method, chosen.get((tag, method)), "oracle", "test")
             log(f"[{time.time() - t_start:.0f}s] {tag} {vols[vi]['name']} done")
     for r in rows:

@@ -26,5 +26,5 @@ def provenance(command: str) -> str:
         f"(network precision auto: {'bf16' if native_bf16(torch.device('cpu')) else 'fp32'} on CPU)\n"
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
         f"scipy {scipy.__version__}, sigpy {sigpy.__version__}, "
-        f"bart {'yes' if baselines.bart_available() else 'not installed'}\n"
+        f"bart {baselines.bart_version() or 'not installed'}\n"
     )

@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_protocol_benchmark(args: argparse.Namespace, cfg: dict, name: str) -> int:
     """Run a frozen-protocol config; write ``<name>.csv``, ``<name>.md`` (tables from the CSV) and the reliability PNG."""
     prior_path = Path(cfg["prior"]) if cfg.get("prior") else default_prior_path()
-    prior = load_prior(prior_path) if "dds" in cfg["methods"] else None
+    prior = load_prior(prior_path) if any(m.startswith("dds") for m in cfg["methods"]) else None
     t0 = time.time()
-    rows, cal = run_protocol(cfg, prior)
+    rows, cal = run_protocol(cfg, prior, prior_path=prior_path)
     seconds = time.time() - t0
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from benchmarks.stats import LEVEL, RESAMPLES, bootstrap_mean_ci, paired_difference, select_parameter
+from benchmarks.stats import LEVEL, RESAMPLES, clustered_mean_ci, clustered_paired_difference, select_parameter
 
 #: Seed of every bootstrap in the report.
 BOOTSTRAP_SEED = 0
@@ -18,7 +18,8 @@ BOOTSTRAP_SEED = 0
 DEFAULT_CSV = "bench_protocol_mixed.csv"
 #: Nominal coverage the report checks the calibrated std against, and the tolerance (points).
 NOMINAL, TOLERANCE = 0.9, 0.05
-LEARNED = ("dds",)
+#: The methods under test (never a baseline).
+LEARNED = ("dds", "dds_fp32")
 
 
 def _f(r: dict, key: str) -> float:
@@ -84,9 +85,10 @@ def render(rows: list[dict]) -> str:
         who = f" of {len(subj[g])} held-out subjects" if subj[g] else ""
         lines.append(f"- test, {g}: {len(units[g])} slices{who} "
                      f"({len({v for v, _ in units[g]})} volumes)")
-    lines += [f"- metrics per slice (each slice scored as a one-slice fastMRI volume); mean and {LEVEL:.0%} percentile "
-              f"bootstrap interval over slices ({RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); Δ = paired difference "
-              "against the best baseline (chosen on the tuning slices), same slices; 'per volume' = fastMRI "
+    lines += [f"- metrics per slice (each slice scored as a one-slice fastMRI volume); n = slices (volumes); mean and "
+              f"{LEVEL:.0%} interval of a volume-clustered bootstrap (volumes resampled, then slices within each; "
+              f"{RESAMPLES} resamples, seed {BOOTSTRAP_SEED}); Δ = paired difference against the best baseline "
+              "(chosen on the tuning slices), same slices, clustered the same way; 'per volume' = fastMRI "
               "per-volume PSNR, mean ± sample std over volumes",
               "- every λ chosen on the tuning slices by mean clean-truth PSNR and applied unchanged to the test "
               "slices and the real set; DDS has no tuned parameter (its std factor is fitted on the tuning slices)", ""]
@@ -94,7 +96,7 @@ def render(rows: list[dict]) -> str:
         ref = best_baseline(rows, setting)
         for g in groups:
             lines += [f"### {setting}, {g}: |x| against the noise-free truth (primary)", "",
-                      f"| method | n | PSNR (dB) | SSIM | NMSE | PSNR object (dB) | ΔPSNR vs {ref} | ΔSSIM vs {ref} | "
+                      f"| method | n (volumes) | PSNR (dB) | SSIM | NMSE | PSNR object (dB) | ΔPSNR vs {ref} | ΔSSIM vs {ref} | "
                       "per volume PSNR | s/slice | λ |",
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
             by = _by_label(test, setting, g)
@@ -106,10 +108,13 @@ def render(rows: list[dict]) -> str:
                     base = {(r["volume"], r["slice"]): r for r in by[ref]}
                     paired = [(r, base[(r["volume"], r["slice"])]) for r in rs if (r["volume"], r["slice"]) in base]
                     if paired:
-                        diff_p = _ci(paired_difference([_f(a, "PSNR") for a, _ in paired], [_f(b, "PSNR") for _, b in paired],
-                                                       seed=BOOTSTRAP_SEED), 2)
-                        diff_s = _ci(paired_difference([_f(a, "SSIM") for a, _ in paired], [_f(b, "SSIM") for _, b in paired],
-                                                       seed=BOOTSTRAP_SEED), 4)
+                        vols_p = [a["volume"] for a, _ in paired]
+                        diff_p = _ci(clustered_paired_difference([_f(a, "PSNR") for a, _ in paired],
+                                                                 [_f(b, "PSNR") for _, b in paired], vols_p,
+                                                                 seed=BOOTSTRAP_SEED), 2)
+                        diff_s = _ci(clustered_paired_difference([_f(a, "SSIM") for a, _ in paired],
+                                                                 [_f(b, "SSIM") for _, b in paired], vols_p,
+                                                                 seed=BOOTSTRAP_SEED), 4)
                 pv = [_f(r, "PSNR") for r in vols if r["setting"] == setting and r["group"] == g and r["label"] == lab]
                 pv_s = f"{np.mean(pv):.2f} ± {np.std(pv, ddof=1):.2f} (n={len(pv)})" if len(pv) > 1 else (
                     f"{pv[0]:.2f} (n=1)" if pv else "–")
@@ -118,8 +123,10 @@ def render(rows: list[dict]) -> str:
                 if lam != "":
                     where = sel.get((setting, rs[0]["method"]), {}).get("where", "")
                     lam_s = f"{float(lam):g}" + ("" if where == "interior" else f" ({where})")
-                lines.append(f"| {lab} | {len(rs)} | {_ci(bootstrap_mean_ci(psnr, seed=BOOTSTRAP_SEED), 2)} | "
-                             f"{_ci(bootstrap_mean_ci(ssim, seed=BOOTSTRAP_SEED), 4)} | "
+                vl = [r["volume"] for r in rs]
+                lines.append(f"| {lab} | {len(rs)} ({len(set(vl))}) | "
+                             f"{_ci(clustered_mean_ci(psnr, vl, seed=BOOTSTRAP_SEED), 2)} | "
+                             f"{_ci(clustered_mean_ci(ssim, vl, seed=BOOTSTRAP_SEED), 4)} | "
                              f"{np.mean([_f(r, 'NMSE') for r in rs]):.4f} | "
                              f"{np.mean([_f(r, 'PSNR_object') for r in rs]):.2f} | {diff_p} | {diff_s} | {pv_s} | "
                              f"{np.median([_f(r, 'seconds') for r in rs]):.2f} | {lam_s} |")
@@ -130,9 +137,10 @@ def render(rows: list[dict]) -> str:
         for g in groups:
             for lab, rs in _by_label(test, setting, g).items():
                 rs = sorted(rs, key=lambda r: (r["volume"], int(r["slice"])))
-                lines.append(f"| {setting} | {g} | {lab} | {len(rs)} | "
-                             f"{_ci(bootstrap_mean_ci([_f(r, 'PSNR_rss') for r in rs], seed=BOOTSTRAP_SEED), 2)} | "
-                             f"{_ci(bootstrap_mean_ci([_f(r, 'SSIM_rss') for r in rs], seed=BOOTSTRAP_SEED), 4)} | "
+                vl = [r["volume"] for r in rs]
+                lines.append(f"| {setting} | {g} | {lab} | {len(rs)} ({len(set(vl))}) | "
+                             f"{_ci(clustered_mean_ci([_f(r, 'PSNR_rss') for r in rs], vl, seed=BOOTSTRAP_SEED), 2)} | "
+                             f"{_ci(clustered_mean_ci([_f(r, 'SSIM_rss') for r in rs], vl, seed=BOOTSTRAP_SEED), 4)} | "
                              f"{np.mean([_f(r, 'NMSE_rss') for r in rs]):.4f} |")
     lines += ["", "### λ selection (tuning slices, clean-truth PSNR)", "",
               "| setting | method | λ swept | chosen λ | tuning PSNR (dB) | position |", "|---|---|---|---|---|---|"]
@@ -141,6 +149,49 @@ def render(rows: list[dict]) -> str:
         lines.append(f"| {setting} | {method} | {', '.join(f'{v:g}' for v in s['lams'])} | {s['lam']:g} | "
                      f"{s['psnr']:.2f} | {flag} |")
     lines += ["", *coverage_lines(slices, settings), "", *timing_lines(test, settings)]
+    return "\n".join(lines) + "\n"
+
+
+def render_summary(rows: list[dict]) -> str:
+    """The README's short results table: DDS against the strongest baseline of each test set, per setting and group.
+
+    The strongest baseline is the non-learned method (zero-filled excluded) with the highest mean clean-truth PSNR
+    on that test set's own slices (a stricter reference than the one chosen on the tuning slices); Δ is paired
+    per slice with a volume-clustered interval, and the per-volume range shows where DDS wins least.
+    """
+    test = [r for r in rows if r["unit"] == "slice" and r["phase"] == "test" and r["maps"] != "oracle"]
+    vols = [r for r in rows if r["unit"] == "volume" and r["maps"] != "oracle"]
+    settings = _order([r["setting"] for r in test])
+    groups = sorted({r["group"] for r in test}, key=lambda g: (not g.startswith("synthetic"), g))
+    lines = ["| setting | test set | n (volumes) | DDS PSNR (dB) | DDS SSIM | strongest baseline | its PSNR (dB) | "
+             "ΔPSNR [95 % CI] | ΔPSNR per volume (min … max) | ΔSSIM |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for setting in settings:
+        for g in groups:
+            by = _by_label(test, setting, g)
+            dds = [lab for lab in by if by[lab][0]["method"] == "dds"]
+            base = {lab: rs for lab, rs in by.items() if by[lab][0]["method"] not in (*LEARNED, "zero_filled")}
+            if not dds or not base:
+                continue
+            lab = dds[0]
+            ref = max(sorted(base), key=lambda k: float(np.mean([_f(r, "PSNR") for r in base[k]])))
+            mine = {(r["volume"], r["slice"]): r for r in by[lab]}
+            theirs = {(r["volume"], r["slice"]): r for r in base[ref]}
+            keys = sorted(set(mine) & set(theirs), key=lambda k: (k[0], int(k[1])))
+            vl = [k[0] for k in keys]
+            d = clustered_paired_difference([_f(mine[k], "PSNR") for k in keys], [_f(theirs[k], "PSNR") for k in keys],
+                                            vl, seed=BOOTSTRAP_SEED)
+            ds = np.mean([_f(mine[k], "SSIM") - _f(theirs[k], "SSIM") for k in keys])
+            per_vol = []
+            for v in sorted(set(vl)):
+                a = [_f(r, "PSNR") for r in vols if (r["setting"], r["group"], r["volume"], r["label"]) == (setting, g, v, lab)]
+                b = [_f(r, "PSNR") for r in vols if (r["setting"], r["group"], r["volume"], r["label"]) == (setting, g, v, ref)]
+                if a and b:
+                    per_vol.append(a[0] - b[0])
+            rng = f"{min(per_vol):+.2f} … {max(per_vol):+.2f}" if per_vol else "–"
+            lines.append(f"| {setting} | {g} | {len(keys)} ({len(set(vl))}) | "
+                         f"{np.mean([_f(mine[k], 'PSNR') for k in keys]):.2f} | "
+                         f"{np.mean([_f(mine[k], 'SSIM') for k in keys]):.4f} | {ref} | "
+                         f"{np.mean([_f(theirs[k], 'PSNR') for k in keys]):.2f} | {_ci(d, 2)} | {rng} | {ds:+.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -163,13 +214,18 @@ def coverage_lines(slices: list[dict], settings: list[str]) -> list[str]:
            f"σ = DDS std of K samples (|x| convention); calibrated σ = c·σ with c = {factor:.3f}, fitted on the tuning "
            "slices (split-conformal, the largest of the per-setting factors, so that every setting is covered); "
            f"target: within ±{round(100 * TOLERANCE)} points of {NOMINAL:.0%}.", "",
-           "| setting | phase | group | method | slices | raw σ | calibrated σ | within target |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| setting | phase | group | method | slices (volumes) | raw σ | calibrated σ | within target | "
+           "calibrated, per volume (min … max) | rank corr. |err| vs σ (median) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for setting in settings:
         for (phase, group, lab), rs in sorted(_group(cov, setting).items(), key=lambda kv: (kv[0][0] != "tuning", kv[0])):
             raw, calib = _pooled(rs, f"cov_raw_{key}"), _pooled(rs, f"cov_cal_{key}")
             ok = "yes" if abs(calib - NOMINAL) <= TOLERANCE else "**no**"
-            out.append(f"| {setting} | {phase} | {group} | {lab} | {len(rs)} | {raw:.3f} | {calib:.3f} | {ok} |")
+            per_vol = [_pooled([r for r in rs if r["volume"] == v], f"cov_cal_{key}") for v in sorted({r["volume"] for r in rs})]
+            corr = [_f(r, "rank_corr_err_std") for r in rs]
+            corr_s = f"{np.nanmedian(corr):.2f}" if np.isfinite(corr).any() else "–"
+            out.append(f"| {setting} | {phase} | {group} | {lab} | {len(rs)} ({len(per_vol)}) | {raw:.3f} | {calib:.3f} | "
+                       f"{ok} | {min(per_vol):.3f} … {max(per_vol):.3f} | {corr_s} |")
     return out
 
 
@@ -202,27 +258,34 @@ def timing_lines(test: list[dict], settings: list[str]) -> list[str]:
     DDS rows' total-time multiple for each test volume, which shows where the fixed cost per network
     evaluation dominates (small matrices).
     """
-    out = ["### Time per slice (this run, same machine; coil-map estimation excluded)", "",
-           "| setting | method | median s/slice | total s | × L1 (medians) | × L1 (totals) | × L1 (per slice, median) |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["### Time per slice (this run, same machine and thread count; coil-map estimation excluded)", "",
+           "CPU-s = process CPU time (all threads), comparable across methods whatever their threading; wall s as measured.",
+           "",
+           "| setting | method | median s/slice | total s | × L1 (medians) | × L1 (totals) | × L1 (per slice, median) | "
+           "median CPU-s/slice | × L1 (CPU totals) |",
+           "|---|---|---|---|---|---|---|---|---|"]
     per_volume = ["", "DDS's time per test volume (K samples, its grid), as a multiple of L1-wavelet's on the same "
                   "slices:", "",
                   "| setting | method | volume | slices | DDS s/slice | L1 s/slice | × L1 (totals) |",
                   "|---|---|---|---|---|---|---|"]
     for setting in settings:
         by: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
+        cpu: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
         for r in test:
             if r["setting"] == setting and r["maps"] != "oracle":
                 by[r["label"]][(r["volume"], str(r["slice"]))] = _f(r, "seconds")
-        l1 = by.get("l1_wavelet", {})
+                cpu[r["label"]][(r["volume"], str(r["slice"]))] = _f(r, "cpu_seconds")
+        l1, l1_cpu = by.get("l1_wavelet", {}), cpu.get("l1_wavelet", {})
         l1_med = float(np.median(list(l1.values()))) if l1 else float("nan")
         for lab, secs in sorted(by.items()):
             v = np.array(list(secs.values()))
             both = [k for k in secs if k in l1]
             total = sum(secs[k] for k in both) / sum(l1[k] for k in both) if both else float("nan")
             paired = float(np.median([secs[k] / l1[k] for k in both])) if both else float("nan")
+            c = cpu[lab]
+            cpu_total = sum(c[k] for k in both) / sum(l1_cpu[k] for k in both) if both else float("nan")
             out.append(f"| {setting} | {lab} | {np.median(v):.2f} | {v.sum():.1f} | {np.median(v) / l1_med:.2f} | "
-                       f"{total:.2f} | {paired:.2f} |")
+                       f"{total:.2f} | {paired:.2f} | {np.median(list(c.values())):.2f} | {cpu_total:.2f} |")
             if not lab.startswith("dds"):
                 continue
             for vol in sorted({k[0] for k in both}, key=lambda n: (n.startswith("nibabel"), n)):

@@ -93,9 +93,18 @@ def _read_cfl(base: Path) -> np.ndarray:
     return data.reshape(dims[:last], order="F")
 
 
+def bart_version() -> str | None:
+    """``bart version``'s output (e.g. ``v0.8.00``), or None when bart is not installed."""
+    if not bart_available():
+        return None
+    out = subprocess.run(["bart", "version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or None
+
+
 def bart_pics(kspace: np.ndarray, mask: np.ndarray, cal: Calibration, lam: float, iters: int = 100,
-              calib: int | None = None, maps: str = "shared") -> np.ndarray:
-    """The fastMRI CS baseline ``bart pics -R T:7:0:λ`` (wavelet ℓ1), complex ``(H, W)``.
+              calib: int | None = None, maps: str = "shared", regularizer: str = "T") -> np.ndarray:
+    """BART's ``pics`` with one regulariser: ``-R T:7:0:λ`` (total variation, fastMRI's CS baseline script) or
+    ``-R W:7:0:λ`` (wavelet ℓ1); complex ``(H, W)``.
 
     ``maps="shared"`` (default) solves with the calibration's coil maps, the same every
     SENSE-type method uses; ``maps="ecalib"`` lets BART estimate its own (``bart ecalib -m1
@@ -104,6 +113,8 @@ def bart_pics(kspace: np.ndarray, mask: np.ndarray, cal: Calibration, lam: float
     """
     if maps not in ("shared", "ecalib"):
         raise ValueError(f"maps must be 'shared' or 'ecalib', got {maps!r}")
+    if regularizer not in ("T", "W"):
+        raise ValueError(f"regularizer must be 'T' (total variation) or 'W' (wavelet), got {regularizer!r}")
     scale = cal.scale
     if not bart_available():
         raise RuntimeError("bart is not installed (apt-get install bart)")
@@ -117,7 +128,7 @@ def bart_pics(kspace: np.ndarray, mask: np.ndarray, cal: Calibration, lam: float
                            capture_output=True)
         else:
             _write_cfl(t / "maps", cal.maps.cpu().numpy().transpose(1, 2, 0)[:, :, None, :])
-        subprocess.run(["bart", "pics", "-S", "-i", str(iters), "-R", f"T:7:0:{lam}", str(t / "ksp"),
+        subprocess.run(["bart", "pics", "-S", "-i", str(iters), "-R", f"{regularizer}:7:0:{lam}", str(t / "ksp"),
                         str(t / "maps"), str(t / "rec")], check=True, capture_output=True)
         rec = _read_cfl(t / "rec")
     return np.asarray(rec).reshape(kspace.shape[-2:]) * scale

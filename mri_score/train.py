@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
+    if isinstance(cfg, dict) and cfg.get("task") == "varnet":  # the E2E-VarNet baseline has its own loop
+        return _train_varnet(cfg, args, argv)
     device = setup_distributed(args.device)
     try:
         summary = train(cfg, resume=args.resume, device=device, source=str(args.config), config_path=args.config,
@@ -67,6 +69,22 @@ def main(argv: list[str] | None = None) -> int:
             cmd = "python -m mri_score.train " + " ".join(sys.argv[1:] if argv is None else argv)
             export_prior(Path(require(cfg, "out_dir")) / "checkpoint.safetensors", args.export, cmd)
             print(one_line(f"exported weights to {args.export}", sys.stdout))
+    return 0
+
+
+def _train_varnet(cfg: dict, args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``task: varnet``: train (and export) the E2E-VarNet baseline (:mod:`mri_score.varnet_training`)."""
+    from mri_score.varnet_training import export_varnet, train_varnet
+
+    summary = train_varnet(cfg, resume=args.resume, device=args.device, source=str(args.config),
+                           config_path=args.config, export=args.export)
+    tail = summary["losses"][-50:]
+    print(f"trained {summary['steps']} steps ({summary['precision']}, {summary['parameters']} parameters) "
+          f"in {summary['seconds']:.0f} s; mean loss of last {len(tail)} steps {sum(tail) / max(1, len(tail)):.4f}")
+    if args.export:
+        cmd = "python -m mri_score.train " + " ".join(sys.argv[1:] if argv is None else argv)
+        export_varnet(Path(require(cfg, "out_dir")) / "checkpoint.safetensors", args.export, cmd)
+        print(one_line(f"exported weights to {args.export}", sys.stdout))
     return 0
 
 

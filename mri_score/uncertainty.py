@@ -69,6 +69,22 @@ def error_ratios(truth: np.ndarray, recon: np.ndarray, std: np.ndarray, floor: f
     return r
 
 
+def rank_correlation(truth: np.ndarray, recon: np.ndarray, std: np.ndarray) -> float:
+    """Spearman rank correlation of ``|recon − truth|`` and ``std`` over the object pixels of ``truth``.
+
+    How well the std map says *where* the errors are (1: the same order; 0: unrelated); NaN when either is
+    constant on the object.
+    """
+    from scipy.stats import spearmanr
+
+    sel = object_mask(truth)
+    err = np.abs(np.asarray(recon, np.float64) - np.asarray(truth, np.float64))[sel]
+    s = np.asarray(std, np.float64)[sel]
+    if err.size < 2 or np.ptp(err) == 0 or np.ptp(s) == 0:
+        return float("nan")
+    return float(spearmanr(err, s).statistic)
+
+
 def gaussian_z(level: float) -> float:
     """Two-sided standard-normal quantile: ``P(|N(0,1)| ≤ z) = level``."""
     if not 0.0 < level < 1.0:

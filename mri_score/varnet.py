@@ -13,7 +13,9 @@ The design is the paper's (fastMRI's multi-coil VarNet), written for this projec
   weight ``η_t`` (initialised at 1: hard data consistency) plus a refinement in the image
   domain, where ``R(x) = Σ_c S_c* x_c`` is the coil reduction, ``E(x) = (S_c x)_c`` the
   expansion, ``F`` the centred orthonormal FFT and ``G_t`` a small U-Net on the complex
-  image (2 channels) normalised by its own mean and standard deviation.
+  image (2 channels) normalised by its own mean and standard deviation.  The estimate starts
+  at ``k₀``, so the first cascade's data-consistency term is zero and its ``η`` never learns
+  (as in fastMRI's implementation); it is kept so that every cascade has the same parameters.
 * **Outputs**: the root-sum-of-squares of the final coil images (fastMRI's target
   convention, what training regresses) and the coil-combined magnitude ``|Σ_c S_c* F⁻¹ k_c|``
   (the anatomy convention of the benchmark's primary metric).
@@ -60,11 +62,11 @@ MAX_CASCADES = 64
 
 
 def _default_unet() -> NetworkConfig:
-    return NetworkConfig(in_channels=2, base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, emb_dim=8, groups=8)
+    return NetworkConfig(in_channels=2, base_channels=8, channel_mult=(1, 2, 4, 6), num_res_blocks=1, emb_dim=8, groups=4)
 
 
 def _default_sens() -> NetworkConfig:
-    return NetworkConfig(in_channels=2, base_channels=8, channel_mult=(1, 2, 4), num_res_blocks=1, emb_dim=8, groups=4)
+    return NetworkConfig(in_channels=2, base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, emb_dim=8, groups=4)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from benchmarks.stats import bootstrap_mean_ci, paired_difference, select_parameter
-from mri_score import uncertainty
+from mri_score import baselines, uncertainty
 from mri_score.errors import InputError
 from mri_score.request import ReconRequest
 
@@ -154,7 +154,10 @@ def test_protocol_config_rules_are_enforced():
     validate_protocol(base, "c.yaml")
     bad = [({"tuning": {"subjects": [0], "slices_per_subject": 1, "seed": 1}}, "must be disjoint"),
            ({"tuning": {"subjects": [30], "slices_per_subject": 1, "seed": 0}}, "seed must differ"),
-           ({"real": ["brainweb"]}, "unknown real volumes")]
+           ({"real": ["brainweb"]}, "are not development volumes"),
+           ({"real": ["nipy_anatomical"]}, "are not development volumes"),  # a final-test volume, named alone
+           ({"real": "everything"}, "must be development, final"),
+           ({"real_physics": {"coils": 8, "colour": "red"}}, "unknown keys")]
     for change, phrase in bad:
         with pytest.raises(InputError, match=phrase):
             validate_protocol({**base, "data": {**base["data"], **change}}, "c.yaml")
@@ -167,25 +170,22 @@ def test_protocol_config_rules_are_enforced():
         validate_protocol({**base, "methods": {"dds": {"nfe": 2, "grid": "2"}}}, "c.yaml")
 
 
-def test_protocol_dds_grid_auto_follows_each_volumes_pixels(monkeypatch, tiny_prior_path):
+def test_protocol_dds_grid_auto_follows_each_volumes_pixels(tiny_prior_path):
     """``grid: auto`` gives the phantom (3.75 mm) a finer grid and leaves in-range pixels native."""
     from benchmarks import protocol
-    from mri_score import pipeline
+    from benchmarks.harness import undersample
     from mri_score.prior import ComplexPrior, load_prior
+    from mri_score.simulation import simulate_volume
+    from tests.conftest import phantom
 
-    factors = []
-
-    def fake(ks, mask, prior, request, calibration=None, extra_terms=()):
-        factors.append(request.grid_factor)  # the protocol goes through reconstruct_volume, which resolves the grid
-        raise StopIteration
-
-    monkeypatch.setattr(pipeline, "reconstruct_slice", fake)
     prior = ComplexPrior(load_prior(tiny_prior_path))
+    ksp, _, _ = simulate_volume(phantom(32, 1), coils=2, snr=100.0, seed=0)
+    acq = undersample(ksp, "equispaced", 2.0, 0.25, "x.h5")
+    factors = []
     for pixel in ((3.75, 3.75), (1.0, 1.0), None):
-        acq = {"under": np.zeros((1, 1, 8, 8), np.complex64), "mask": np.ones(8, np.float32), "cals": [None],
-               "pixel_mm": pixel}
-        with pytest.raises(StopIteration):
-            protocol.solve("dds", {"nfe": 2, "grid": "auto"}, None, acq, 0, "acs", prior, 0)
+        out = protocol.solve("dds", {"nfe": 2, "grid": "auto"}, None, {**acq, "pixel_mm": pixel}, 0, "acs", prior, 0)
+        factors.append(out["grid_factor"])
+        assert out["primary"].shape == (32, 32)
     assert factors == [2.5, 1.0, 1.0]  # the tiny prior's range is the default 0.8–1.5 mm: 3.75 / 2.5 = 1.5
 
 
@@ -236,6 +236,8 @@ def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_
                        "l1_wavelet": {"lams": [1e-6, 1e-5], "iters": 5},  # far too small: best at the high edge
                        "bart_pics": {"lams": [0.01, 0.1], "iters": 5},
                        "dds": {"nfe": 2, "samples": 2}}}
+    if not baselines.bart_available():  # a config that lists BART without bart is refused (tested below)
+        del cfg["methods"]["bart_pics"]
     path = tmp_path / "bench_proto_tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "res"
@@ -476,3 +478,71 @@ def test_error_ratios_with_a_floor_read_as_coverage_of_the_combined_std():
         direct = np.mean(np.abs(recon - truth) <= z * np.hypot(c * std, floor))
         assert uncertainty.coverage(r, c, 0.9) == pytest.approx(direct, abs=1e-12)
     assert np.array_equal(uncertainty.error_ratios(truth, recon, std), np.abs(recon - truth).ravel() / std.ravel())
+
+
+def test_clustered_bootstrap_covers_when_slices_of_a_volume_are_correlated():
+    """Volume effects make slices dependent: the slice bootstrap under-covers, the volume-clustered one does not."""
+    from benchmarks.stats import clustered_mean_ci
+
+    rng = np.random.default_rng(0)
+    hits_slice = hits_cluster = 0
+    trials = 200
+    for t in range(trials):
+        effects = rng.normal(0.0, 1.0, 6)  # 6 volumes; the true mean is 0
+        values = np.concatenate([e + rng.normal(0.0, 0.2, 8) for e in effects])
+        clusters = np.repeat(np.arange(6), 8)
+        _, lo, hi = bootstrap_mean_ci(values, resamples=400, seed=t)
+        hits_slice += lo <= 0.0 <= hi
+        _, lo, hi = clustered_mean_ci(values, clusters, resamples=400, seed=t)
+        hits_cluster += lo <= 0.0 <= hi
+    assert hits_slice / trials < 0.6  # far below the nominal 95 %
+    assert hits_cluster / trials > 0.8  # near nominal (6 clusters: the percentile bootstrap is a little short)
+
+
+def test_clustered_bootstrap_is_seeded_and_checks_its_inputs():
+    from benchmarks.stats import clustered_mean_ci, clustered_paired_difference
+
+    v, c = [1.0, 2.0, 3.0, 4.0], ["a", "a", "b", "b"]
+    assert clustered_mean_ci(v, c, seed=1) == clustered_mean_ci(v, c, seed=1)
+    assert clustered_mean_ci(v, c)[0] == pytest.approx(2.5)
+    assert np.isnan(clustered_mean_ci([], [])[0])
+    with pytest.raises(ValueError):
+        clustered_mean_ci(v, c[:3])
+    m, lo, hi = clustered_paired_difference([2.0, 3.0, 4.0, 5.0], v, c)
+    assert m == lo == hi == 1.0
+
+
+def test_bart_rows_are_named_for_their_regulariser_and_never_vanish_silently(monkeypatch):
+    from benchmarks import protocol
+
+    assert protocol.method_label("bart_pics", {}) == "bart pics TV"
+    assert protocol.method_label("bart_wavelet", {}) == "bart pics wavelet"
+    monkeypatch.setattr(baselines, "bart_available", lambda: False)
+    cfg = {"data": {"size": [32, 32], "tuning": {"subjects": [30], "slices_per_subject": 1},
+                    "test": {"subjects": [0], "slices_per_subject": 1}},
+           "settings": [{"accel": 4, "mask": "equispaced"}], "protocol": {},
+           "methods": {"bart_pics": {"lams": [0.01], "iters": 2}}}
+    with pytest.raises(InputError, match="bart is not installed"):
+        protocol.run_protocol(cfg, None)
+
+
+def test_bart_regulariser_reaches_the_command(monkeypatch):
+    import subprocess
+
+    if not baselines.bart_available():
+        pytest.skip("bart not installed")
+    calls = []
+    real = subprocess.run
+
+    def spy(cmd, *a, **k):
+        calls.append(cmd)
+        return real(cmd, *a, **k)
+
+    monkeypatch.setattr(subprocess, "run", spy)
+    from mri_score.calibration import calibrate
+
+    ks = torch.randn(2, 16, 16, dtype=torch.complex64)
+    mask = torch.ones(16)
+    cal = calibrate(ks, mask, "lowres")
+    baselines.bart_pics(ks.numpy(), mask.numpy(), cal, 0.01, 2, regularizer="W")
+    assert any("W:7:0:0.01" in c for c in calls if isinstance(c, list))
