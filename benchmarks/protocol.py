@@ -404,23 +404,48 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
             "nfe": nfe, "grid_factor": factor}
 
 
-def training_split_note(meta: dict | None) -> str:
-    """What the prior's training data share with the synthetic test subjects, from its metadata (one sentence).
+def ancestry(meta: dict | None, root: Path | None = None, limit: int = 16) -> list[dict]:
+    """The prior and its ancestors, newest first: ``[{path, data_source}]``, following each ``parent`` record.
 
-    The protocol's test subjects read only the template's left hemisphere (:func:`subject_volume`);
-    ``data.source: mixed`` trains on the right one (voxel-disjoint), the legacy ``synthetic`` source
-    splits the template by slabs and reads both hemispheres, so its synthetic test rows are optimistic.
+    A parent is read only when its file exists (relative to the repository) and its SHA-256 matches the record;
+    otherwise the chain ends with ``data_source: "unknown (parent file not available)"``.
     """
-    data = ((meta or {}).get("config") or {}).get("data") or {}
-    source = data.get("source", "unknown")
-    if source == "mixed":
-        return ("training data `source: mixed` (train-split subjects, right hemisphere): voxel-disjoint from the "
-                "test subjects")
-    if source == "synthetic":
-        return ("training data `source: synthetic` (slab split over the whole template): the synthetic test "
-                "subjects' anatomy was NOT excluded by voxel, so the synthetic rows are optimistic for this prior; "
-                "the real rows are not affected")
-    return f"training data source `{source}`: overlap with the synthetic test subjects unknown"
+    from mri_score.checkpoint import load_checkpoint
+    from mri_score.uncertainty import file_sha256
+
+    root = root or Path(__file__).resolve().parents[1]
+    chain, seen = [], set()
+    while meta is not None and len(chain) < limit:
+        data = ((meta.get("config") or {}).get("data") or {})
+        chain.append({"data_source": str(data.get("source", "unknown"))})
+        parent = meta.get("parent") or {}
+        path, digest = parent.get("path"), parent.get("sha256")
+        if not path or digest in seen:
+            break
+        seen.add(digest)
+        file = Path(path) if Path(path).is_absolute() else root / path
+        if not file.is_file() or file_sha256(file) != digest:
+            chain.append({"data_source": "unknown (parent file not available)"})
+            break
+        meta = load_checkpoint(file)[1]
+    return chain
+
+
+def training_split_note(meta: dict | None) -> str:
+    """What the prior's training data, and every ancestor's, share with the synthetic test subjects (one sentence).
+
+    Every template-based source (``synthetic``, ``mixed``) renders the ICBM152 2009a template, which is left-right
+    symmetric: a hemisphere or slab split is no subject split, so the synthetic test subjects are new warps and
+    contrasts of the training brain, reported as in-distribution.  The domain-randomised generator's held-out
+    family is anatomy no template-based ancestor produced (the anatomy-shift group).
+    """
+    sources = [c["data_source"] for c in ancestry(meta)]
+    template = {"synthetic", "mixed"}
+    chain = " ← ".join(sources) if sources else "unknown"
+    if sources and all(s in template for s in sources):
+        return (f"training data of the prior and its ancestors ({chain}) all render the symmetric ICBM152 template: the "
+                "synthetic test subjects are in-distribution (same brain, new warps and contrasts), not held-out anatomy")
+    return f"training data of the prior and its ancestors: {chain}; overlap with the synthetic test subjects as labelled"
 
 
 def object_psnr(truth: np.ndarray, pred: np.ndarray) -> float:

@@ -93,9 +93,10 @@ def write(cfg: dict, prior_path: str | os.PathLike[str], path: str | os.PathLike
     return Path(path)
 
 
-def verify(cfg: dict, prior_path: str | os.PathLike[str], path: str | os.PathLike[str] = REGISTRATION) -> None:
-    """Refuse (:class:`InputError`, one line) unless ``path`` registers exactly this config, prior, request and code."""
-    path = Path(path)
+def verify(cfg: dict, prior_path: str | os.PathLike[str], path: str | os.PathLike[str] | None = None) -> None:
+    """Refuse (:class:`InputError`, one line) unless ``path`` (default :data:`REGISTRATION`) registers exactly this
+    config, prior, DDS request and code."""
+    path = Path(REGISTRATION if path is None else path)
     if not path.is_file():
         raise InputError(f"{path}: no registration; the final test set is read only by a registered protocol "
                          "(python benchmarks/register.py --config CONFIG, committed before the run)")
@@ -103,7 +104,7 @@ def verify(cfg: dict, prior_path: str | os.PathLike[str], path: str | os.PathLik
         stored = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable registration ({err})") from None
-    now = record(cfg, prior_path)
+    now = json.loads(json.dumps(record(cfg, prior_path), sort_keys=True))  # as stored (tuples become lists)
     differ = [k for k in COMPARED if stored.get(k) != now.get(k)]
     if differ:
         raise InputError(f"{path}: the code or settings differ from the registration ({', '.join(differ)}); "

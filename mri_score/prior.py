@@ -18,9 +18,8 @@ from mri_score.network import EDMDenoiser, NetworkConfig, channels_to_complex, c
 from mri_score.precision import autocast, choose_precision, precision_name
 
 #: The default prior: the mixed-corpus conditional prior (brain subjects, procedural body and limb sections,
-#: 0.5-3 mm pixels; used unconditionally unless ``--condition`` is given).  It replaced the brain-only
-#: ``prior_brain_synth.safetensors`` (still shipped) after the frozen protocol with the rectangular-ACS ESPIRiT
-#: maps: higher PSNR on every real volume and setting (README, prior ablation).
+#: 0.5-3 mm pixels; used unconditionally unless ``--condition`` is given).  The brain-only
+#: ``prior_brain_synth.safetensors`` is still shipped; their comparison is the prior ablation in docs/results.md.
 DEFAULT_PRIOR = "prior_mixed_cond.safetensors"
 
 

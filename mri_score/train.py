@@ -21,6 +21,7 @@ guard_startup(__name__)  # first, before torch: a signal while starting exits qu
 # isort: split
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,14 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
     rank, _ = rank_world()
     if rank == 0:
-        tail = summary["losses"][-50:]
-        print(f"trained {summary['steps']} steps ({summary['precision']}, {summary['parameters']} parameters) "
-              f"in {summary['seconds']:.0f} s; mean loss of last {len(tail)} steps "
-              f"{sum(tail) / max(1, len(tail)):.4f}")
-        if args.export:
-            cmd = "python -m mri_score.train " + " ".join(sys.argv[1:] if argv is None else argv)
-            export_prior(Path(require(cfg, "out_dir")) / "checkpoint.safetensors", args.export, cmd)
-            print(one_line(f"exported weights to {args.export}", sys.stdout))
+        _report(summary, cfg, args, argv, export_prior)
     return 0
 
 
@@ -78,14 +72,20 @@ def _train_varnet(cfg: dict, args: argparse.Namespace, argv: list[str] | None) -
 
     summary = train_varnet(cfg, resume=args.resume, device=args.device, source=str(args.config),
                            config_path=args.config, export=args.export)
+    _report(summary, cfg, args, argv, export_varnet)
+    return 0
+
+
+def _report(summary: dict, cfg: dict, args: argparse.Namespace, argv: list[str] | None,
+            export: Callable[[Path, str, str], Path]) -> None:
+    """Print the run's one-line summary and, with ``--export``, write the shippable weights with ``export``."""
     tail = summary["losses"][-50:]
     print(f"trained {summary['steps']} steps ({summary['precision']}, {summary['parameters']} parameters) "
           f"in {summary['seconds']:.0f} s; mean loss of last {len(tail)} steps {sum(tail) / max(1, len(tail)):.4f}")
     if args.export:
         cmd = "python -m mri_score.train " + " ".join(sys.argv[1:] if argv is None else argv)
-        export_varnet(Path(require(cfg, "out_dir")) / "checkpoint.safetensors", args.export, cmd)
+        export(Path(require(cfg, "out_dir")) / "checkpoint.safetensors", args.export, cmd)
         print(one_line(f"exported weights to {args.export}", sys.stdout))
-    return 0
 
 
 if __name__ == "__main__":

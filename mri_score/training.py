@@ -1,15 +1,9 @@
-"""Training library of ``python -m mri_score.train`` (:mod:`mri_score.train` is its command line).
+"""The trainer behind ``python -m mri_score.train`` (:mod:`mri_score.train` is only its command line).
 
-Trains an EDM-preconditioned score network (denoising score matching with
-log-normal σ, Karras et al. 2022) on complex MR slices.  Keeps an EMA copy,
-writes safetensors checkpoints (model, EMA, Adam state, RNG state) and a loss
-log; ``--resume`` continues at the exact step.  Under ``torchrun`` it runs
-DistributedDataParallel (NCCL on GPUs, gloo on CPU); rank 0 logs and saves.
-Mixed precision: bf16 autocast on CPUs with native bf16 (``auto``), AMP on CUDA;
-channels_last memory format.  ``train.batch`` is the global batch, reached with
-``train.micro_batch`` per process and gradient accumulation; fastMRI data
-streams from disk (:mod:`mri_score.data.fastmri_stream`), each rank reading its
-own slices, and ``--resume`` continues every rank's data walk and generator.
+:func:`train` runs one config: an EDM-preconditioned score prior, a noise-conditional classifier or the
+supervised U-Net (``task``), with EMA, exact resume from safetensors checkpoints, DDP under ``torchrun``,
+gradient accumulation to the global ``train.batch``, the one precision rule (:mod:`mri_score.precision`) and
+the data sources of :func:`build_source`; :func:`export_prior` writes shippable weights with their recipe.
 """
 
 from __future__ import annotations

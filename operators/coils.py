@@ -199,8 +199,8 @@ def espirit_kernel_shape(calib_shape: tuple[int, int], two_d: bool, kernel_width
     A 2-D mask's square region gets sigpy's square kernel (``kernel_width``, at most
     ``side - 2``).  For a column mask the kernel is ``kernel_width`` along the readout
     and ``cols // 3`` (2 to ``kernel_width``) across the ACS: a narrow kernel leaves
-    several positions across a narrow ACS: at 8 ACS lines 7.7 dB less coil-model error
-    than a 6-wide kernel (``benchmarks/results/maps_acs.md``).
+    several positions across a narrow ACS (measured against a 6-wide kernel in
+    ``benchmarks/results/maps_acs.md``).
     """
     rows, cols = calib_shape
     if two_d:

@@ -223,7 +223,7 @@ def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_
     from benchmarks import make_tables
     from benchmarks.protocol import read_csv
     from benchmarks.run_benchmark import main
-    from benchmarks.tables import render
+    from benchmarks.tables import render, render_summary
 
     cfg = {"name": "proto_tiny", "seed": 0, "prior": str(tiny_prior_path),
            "data": {"size": [48, 48], "coils": 4, "snr": 100, "families": ["t1", "t2"],
@@ -274,36 +274,37 @@ def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_
     side = json.loads(uncertainty.sidecar_path(tiny_prior_path).read_text())
     assert side["prior_sha256"] == uncertainty.file_sha256(tiny_prior_path)
     assert _key(sampler="dds", steps=2, samples=2, grid="native") == "dds@v2/nfe=2/K=2/sense/grid=native" in side["entries"]
-    # the README block writer replaces only its block
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- results:begin -->\nold\n<!-- results:end -->\noutro\n")
-    assert make_tables.main(["--csv", str(out / "proto_tiny.csv"), "--readme", str(readme)]) == 0
-    text = readme.read_text()
-    assert text.startswith("intro\n<!-- results:begin -->") and text.endswith("<!-- results:end -->\noutro\n")
-    assert body in text and "old" not in text
-    once = text
-    make_tables.main(["--csv", str(out / "proto_tiny.csv"), "--readme", str(readme)])
-    assert readme.read_text() == once
+    # the block writer replaces only its blocks: the README's summary and the results document's report
+    readme, doc = tmp_path / "README.md", tmp_path / "results.md"
+    readme.write_text("intro\n<!-- results-summary:begin -->\nold\n<!-- results-summary:end -->\noutro\n")
+    doc.write_text("head\n<!-- results:begin -->\nold\n<!-- results:end -->\ntail\n")
+    args = ["--csv", str(out / "proto_tiny.csv"), "--readme", str(readme), "--results-doc", str(doc)]
+    assert make_tables.main(args) == 0
+    text, report = readme.read_text(), doc.read_text()
+    assert text.startswith("intro\n<!-- results-summary:begin -->") and text.endswith("<!-- results-summary:end -->\noutro\n")
+    assert render_summary(read_csv(out / "proto_tiny.csv")) in text and "old" not in text
+    assert body in report and "old" not in report and report.endswith("<!-- results:end -->\ntail\n")
+    once = (text, report)
+    make_tables.main(args)
+    assert (readme.read_text(), doc.read_text()) == once
 
 
-def test_readme_results_block_is_the_committed_csv_rendering():
+def test_readme_and_results_doc_blocks_are_the_committed_csv_rendering():
     from pathlib import Path
 
-    from benchmarks.make_tables import BEGIN, END, results_block
+    from benchmarks.make_tables import BEGIN, END, SUM_BEGIN, SUM_END, results_block, summary_block
     from benchmarks.tables import DEFAULT_CSV
 
     root = Path(__file__).resolve().parents[1]
     csv_path = root / "benchmarks" / "results" / DEFAULT_CSV
     readme = (root / "README.md").read_text()
+    doc = (root / "docs" / "results.md").read_text()
     if not csv_path.is_file():
-        assert BEGIN not in readme, f"README has a results block but {DEFAULT_CSV} is not committed"
-        pytest.skip(f"{DEFAULT_CSV} not committed yet (the lead runs the frozen benchmark once)")
-    block = readme[readme.index(BEGIN): readme.index(END) + len(END)]
-    assert block == results_block(csv_path), "README results block is stale: run python benchmarks/make_tables.py"
-    from benchmarks.make_tables import ABL_BEGIN, ABL_END, ablation_block
-
-    ablation = readme[readme.index(ABL_BEGIN): readme.index(ABL_END) + len(ABL_END)]
-    assert ablation == ablation_block(csv_path.parent), "README prior-ablation block is stale: run make_tables.py"
+        pytest.skip(f"{DEFAULT_CSV} not committed yet (the protocol has not been run)")
+    block = readme[readme.index(SUM_BEGIN): readme.index(SUM_END) + len(SUM_END)]
+    assert block == summary_block(csv_path), "README summary block is stale: run python benchmarks/make_tables.py"
+    block = doc[doc.index(BEGIN): doc.index(END) + len(END)]
+    assert block == results_block(csv_path), "docs/results.md is stale: run python benchmarks/make_tables.py"
 
 
 def test_prior_ablation_pairs_volumes_and_counts_wins():
@@ -403,17 +404,18 @@ def test_frozen_protocol_slices_keep_the_head_inside_the_field_of_view():
     assert any(np.abs(v["images"])[:, :2].max() > 0.5 * np.abs(v["images"]).max() for v in cut)
 
 
-def test_training_split_note_names_the_overlap_of_the_shipped_priors():
-    from benchmarks.protocol import training_split_note
+def test_training_split_note_follows_the_parent_chain_of_the_shipped_priors():
+    from benchmarks.protocol import ancestry, training_split_note
     from mri_score.prior import load_prior
 
-    weights = __import__("pathlib").Path(__file__).resolve().parents[1] / "mri_score" / "weights"
-    brain = load_prior(weights / "prior_brain_synth.safetensors")
-    assert "NOT excluded by voxel" in training_split_note(brain.meta)
-    mixed = load_prior(weights / "prior_mixed_cond.safetensors")
-    assert "voxel-disjoint" in training_split_note(mixed.meta)
-    # the default prior is the voxel-disjoint one, so the README's synthetic rows are held-out anatomy
-    assert "voxel-disjoint" in training_split_note(load_prior().meta)
+    default = load_prior().meta
+    # the default prior (mixed corpus) descends from the brain-only prior (template slices): both render the
+    # symmetric template, so the synthetic rows are in-distribution, whatever split each used
+    assert [c["data_source"] for c in ancestry(default)] == ["mixed", "synthetic"]
+    assert "in-distribution" in training_split_note(default)
+    broken = {**default, "parent": {"path": "mri_score/weights/nope.safetensors", "sha256": "0" * 64}}
+    assert ancestry(broken)[-1]["data_source"].startswith("unknown")
+    assert "in-distribution" not in training_split_note(broken)
     assert "unknown" in training_split_note({})
 
 
@@ -546,3 +548,66 @@ def test_bart_regulariser_reaches_the_command(monkeypatch):
     cal = calibrate(ks, mask, "lowres")
     baselines.bart_pics(ks.numpy(), mask.numpy(), cal, 0.01, 2, regularizer="W")
     assert any("W:7:0:0.01" in c for c in calls if isinstance(c, list))
+
+
+def test_final_test_set_is_read_only_under_a_matching_registration(tmp_path, tiny_prior_path, monkeypatch):
+    from benchmarks import registration
+    from benchmarks.protocol import run_protocol
+
+    cfg = {"name": "final_tiny", "prior": str(tiny_prior_path),
+           "data": {"size": [32, 32], "tuning": {"subjects": [30], "slices_per_subject": 1, "seed": 1},
+                    "test": {"subjects": [0], "slices_per_subject": 1, "seed": 0}, "real": "final"},
+           "settings": [{"accel": 4, "mask": "equispaced", "center_fraction": 0.25}], "protocol": {},
+           "methods": {"zero_filled": {}, "dds": {"nfe": 2}}}
+    reg = tmp_path / "registration.json"
+    monkeypatch.setattr(registration, "REGISTRATION", reg)
+    with pytest.raises(InputError, match="no registration"):
+        registration.verify(cfg, tiny_prior_path, reg)
+    registration.write(cfg, tiny_prior_path, reg)
+    registration.verify(cfg, tiny_prior_path, reg)  # matches
+    for change in ({"methods": {"zero_filled": {}, "dds": {"nfe": 3}}}, {"settings": [{"accel": 8, "mask": "random"}]}):
+        with pytest.raises(InputError, match="differ from the registration"):
+            registration.verify({**cfg, **change}, tiny_prior_path, reg)
+    # a changed code digest refuses too
+    monkeypatch.setattr(registration, "code_digest", lambda root=None: "0" * 64)
+    with pytest.raises(InputError, match="code_sha256"):
+        registration.verify(cfg, tiny_prior_path, reg)
+    with pytest.raises(InputError, match="differ from the registration"):
+        run_protocol(cfg, None, prior_path=tiny_prior_path)  # the protocol itself refuses before reading anything
+
+
+def test_register_command_writes_a_registration_only_for_a_final_config(tmp_path, tiny_prior_path, capfd):
+    from benchmarks.register import main as register_main
+
+    cfg = {"name": "x", "prior": str(tiny_prior_path),
+           "data": {"size": [32, 32], "tuning": {"subjects": [30], "slices_per_subject": 1, "seed": 1},
+                    "test": {"subjects": [0], "slices_per_subject": 1, "seed": 0}, "real": "development"},
+           "settings": [{"accel": 4, "mask": "equispaced"}], "protocol": {}, "methods": {"zero_filled": {}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert register_main(["--config", str(path), "--out", str(tmp_path / "r.json")]) == 2
+    assert "data.real must be final" in capfd.readouterr().err and not (tmp_path / "r.json").exists()
+    path.write_text(yaml.safe_dump({**cfg, "data": {**cfg["data"], "real": "final"}}))
+    assert register_main(["--config", str(path), "--out", str(tmp_path / "r.json")]) == 0
+    rec = json.loads((tmp_path / "r.json").read_text())
+    assert rec["prior_sha256"] == uncertainty.file_sha256(tiny_prior_path) and len(rec["code_sha256"]) == 64
+    assert register_main(["--config", str(path), "--out", str(tmp_path / "r.json"), "--check"]) == 0
+
+
+def test_real_volumes_use_the_evaluation_physics_and_its_truth():
+    """Real slices: loop coils (not the training birdcage), prewhitened correlated noise, truth = RSS of the
+    noise-free whitened coil images; the oracle maps are RSS-normalised."""
+    from benchmarks.protocol import acquire, real_volumes
+
+    cfg = {"data": {"real": ["nibabel_phantom_epi"], "test": {"seed": 0},
+                    "real_physics": {"coils": 6, "snr": 50.0}}}
+    (vol,) = real_volumes(cfg)
+    vol = {**vol, "images": vol["images"][:2]}
+    acq = acquire(vol, {"accel": 4, "mask": "equispaced", "center_fraction": 0.25}, 8, 100.0)
+    assert acq["under"].shape[1] == 6 and acq["sigma"] == 1.0
+    maps = acq["oracle"][0].maps
+    rss = maps.abs().square().sum(0).sqrt()
+    assert torch.allclose(rss[rss > 0.5], torch.ones_like(rss[rss > 0.5]), atol=1e-3)
+    assert acq["truth"].shape == vol["images"].shape and (acq["truth"] >= 0).all()
+    # the whitened noise has unit variance per complex sample: the estimated sigma_y is of that order
+    assert 0.3 < acq["cals"][0].sigma_y < 3.0

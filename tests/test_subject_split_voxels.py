@@ -1,4 +1,8 @@
-"""No test-subject voxel is training anatomy, end to end (issue 13, item 3).
+"""The split code reads only its own hemisphere's voxels, end to end, on a fake ASYMMETRIC template.
+
+This checks the code path, not the data: the shipped ICBM152 2009a template is left-right symmetric
+(``tests/test_template_symmetry.py``), so on it the two hemispheres are the same anatomy and the synthetic test
+subjects are in-distribution (the protocol labels them so).
 
 ``test_subjects_mixed.py`` checks :func:`mirrored_hemisphere` on its own.  Here the whole
 generator is checked by voxel: the template loader is handed a small synthetic template, every
