@@ -44,7 +44,8 @@ SIGMA_FIELDS = {"p_mean": Field("float", -20.0, 20.0), "p_std": Field("float", 0
 MASK_FIELDS = {"type": Field("str", choices=MASK_TYPES), "accel": Field("float", 1.0, MAX_ACCELERATION, open_low=True),
                "center_fraction": Field("float", 0.0, 0.5, open_low=True)}
 DATA_FIELDS = {
-    "source": Field("str", choices=("synthetic", "mixed", "fastmri")), "crop": Field("int", 8, 4096),
+    "source": Field("str", choices=("synthetic", "mixed", "fastmri", "domain_random")), "crop": Field("int", 8, 4096),
+    "held_out_family": Field("str", none=True), "render_size": Field("ints", 8, 4096),
     "seed": Field("int", 0, limits.MAX_SEED), "pool_size": Field("int", 1, 10**7),
     "families": Field("strs"), "body_families": Field("strs"), "sizes": Field("ints", 8, 4096),
     "pixel_mm": Field("floats", 0.0, 100.0, open_low=True, length=(2, 2)), "subjects": Field("int", 1, 10**6),

@@ -92,6 +92,15 @@ def build_source(cfg: dict[str, Any]) -> SlicePool | KspacePairSource | StreamFe
             sizes=tuple(data.get("sizes", (128, 160, 192, 256, 320))), pixel_mm=tuple(data.get("pixel_mm", (0.5, 3.0))),
             subjects=int(data.get("subjects", 40)), anatomy_weights=data.get("anatomy_weights"),
         )
+    if source == "domain_random":  # SynthSeg-style rendering on the fly: mri_score.data.domain_random
+        from mri_score.data.domain_random import FAMILIES as DR_FAMILIES
+        from mri_score.data.domain_random import DomainRandomPool
+
+        render = data.get("render_size")
+        return DomainRandomPool(size=crop, families=tuple(data.get("families", DR_FAMILIES)),
+                                held_out_family=data.get("held_out_family"), seed=int(data.get("seed", 0)),
+                                render_size=list(render) if render is not None else None,
+                                pixel_mm=tuple(data.get("pixel_mm", (0.5, 3.0))), workers=int(data.get("num_workers", 0)))
     if source == "synthetic":
         return synthetic_pool(
             count=int(data.get("pool_size", 4000)),
@@ -110,7 +119,7 @@ def build_source(cfg: dict[str, Any]) -> SlicePool | KspacePairSource | StreamFe
             pin_memory=bool(data.get("pin_memory", False)), persistent_workers=bool(data.get("persistent_workers", True)),
             prefetch_factor=data.get("prefetch_factor"),
         )
-    raise InputError(f"data.source must be synthetic, mixed or fastmri, got {source!r}")
+    raise InputError(f"data.source must be synthetic, mixed, domain_random or fastmri, got {source!r}")
 
 
 def rank_world() -> tuple[int, int]:

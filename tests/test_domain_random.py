@@ -150,3 +150,17 @@ def test_brain_slices_are_not_left_right_symmetric():
         lab = render_slice(_rng(13, i), "brain", (96, 96), pixel_mm=(1.5, 3.0))[2]  # the whole head in view
         scores.append(_mirror_mismatch(lab))
     assert min(scores) > 0.08, scores
+
+
+def test_training_config_selects_the_domain_random_pool_with_its_held_out_family():
+    from mri_score.config import load_config
+    from mri_score.train_config import validate_config
+    from mri_score.training import build_source
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    cfg = validate_config(load_config(root / "configs" / "prior_domain_random.yaml"))
+    cfg["data"].update(crop=32, render_size=[48], num_workers=0)
+    pool = build_source(cfg)
+    assert isinstance(pool, DomainRandomPool) and pool.held_out_family == "joint"
+    x = pool.batch(2, torch.Generator().manual_seed(0))
+    assert tuple(x.shape) == (2, 2, 32, 32) and torch.isfinite(x).all()
