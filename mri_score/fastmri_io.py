@@ -575,6 +575,7 @@ def write_fastmri_file(
     acceleration: float | None = None,
     num_low: int | None = None,
     truth: np.ndarray | None = None,
+    fov_mm: tuple[float, float, float] | None = None,
 ) -> Path:
     """Write one fastMRI-layout file atomically: multi-coil, or single-coil for 3-D ``kspace``.
 
@@ -600,6 +601,9 @@ def write_fastmri_file(
     truth : np.ndarray, optional
         float32 ``(slices, H, W)``: the noise-free anatomy ``|x|`` of simulated data, stored as the ``truth``
         dataset (:data:`TRUTH_KEY`; fastMRI's tools ignore it), so outputs are scored like for like.
+    fov_mm : tuple of float, optional
+        ``(x, y, z)`` field of view in mm written into the header (rows, columns, slice thickness); the header's
+        default (256, 256, 5) when None.
 
     Returns
     -------
@@ -608,7 +612,8 @@ def write_fastmri_file(
     """
     h, w = kspace.shape[-2:]
     datasets: dict[str, np.ndarray | bytes] = {
-        "ismrmrd_header": np.bytes_(build_ismrmrd_header((h, w, 1), (h, w, 1))),
+        "ismrmrd_header": np.bytes_(build_ismrmrd_header((h, w, 1), (h, w, 1)) if fov_mm is None else
+                                    build_ismrmrd_header((h, w, 1), (h, w, 1), tuple(float(v) for v in fov_mm))),
     }
     attrs: dict[str, object] = {"acquisition": acquisition, "patient_id": patient_id}
     if mask is not None:

@@ -1,8 +1,10 @@
 """``python -m mri_score.simulate``: images -> fastMRI-format multi-coil (or single-coil) k-space files.
 
-Sources: the synthetic corpus (``--source corpus``), or a file: NIfTI
-(``.nii``/``.nii.gz``), NumPy (``.npy``, ``(slices, H, W)`` real or complex),
-DICOM (``.dcm``, needs pydicom) or a fastMRI file's ``reconstruction_rss``.
+Sources: the synthetic corpus (``--source corpus``), or a file with its geometry: NIfTI
+(``.nii``/``.nii.gz``, voxel size from its header), NumPy (``.npy``, ``(slices, H, W)`` real or complex,
+``--pixel-mm`` gives its pixel), DICOM (a ``.dcm`` file or a series folder, PixelSpacing and SliceThickness;
+needs pydicom) or a fastMRI file's ``reconstruction_rss``.  The file's true field of view (matrix × pixel) is
+written into the output header, so ``reconstruct --grid auto`` sees the real pixel size.
 
 Physics (:mod:`mri_score.simulation`): RSS-normalised birdcage coil maps,
 ``kspace = F(S_c x) + n`` with complex Gaussian noise ``n``; ``--snr`` is the
@@ -47,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``simulate`` command line."""
     p = one_line_usage_errors(argparse.ArgumentParser(prog="python -m mri_score.simulate", description=__doc__.split("\n")[0]))
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--source", default="corpus", help="'corpus' or an image file")
+    p.add_argument("--source", default="corpus",
+                   help="'corpus' or an image file: .nii/.nii.gz, .npy, .dcm, a DICOM series folder, fastMRI .h5")
+    p.add_argument("--pixel-mm", type=float, nargs=2, default=None, metavar=("DY", "DX"),
+                   help="in-plane pixel size in mm of a --source file (needed for .npy; overrides a file's header)")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--family", default="t1", help="contrast family for corpus volumes")
     p.add_argument("--volumes", type=int, default=1)
@@ -70,6 +75,11 @@ def check_args(a: argparse.Namespace) -> None:
 
     if a.source == "corpus" and a.family not in FAMILIES:
         raise InputError(f"--family must be one of {', '.join(FAMILIES)}, got {a.family!r}")
+    if a.pixel_mm is not None:
+        if a.source == "corpus":
+            raise InputError("--pixel-mm is for a --source file (the corpus has its own pixel sizes)")
+        if not all(0 < v < 100 for v in a.pixel_mm):
+            raise InputError(f"--pixel-mm must be two sizes in (0, 100) mm, got {a.pixel_mm}")
     if min(a.size) < 32 or max(a.size) > 1024:
         raise InputError(f"--size must lie in [32, 1024], got {a.size}")
     if a.coils < 1 or a.coils > MAX_COILS:
@@ -117,11 +127,15 @@ def output_name(a: argparse.Namespace, v: int) -> str:
 
 def simulate_one(a: argparse.Namespace, v: int, path: Path) -> Path:
     """Simulate volume ``v`` of the arguments ``a`` and write it to ``path``."""
+    fov = None
     if a.source == "corpus":
         imgs, acq = corpus_volume(a.split, v, a.slices, tuple(a.size), a.family, a.seed), f"SYN_{a.family.upper()}"
     else:
-        imgs, acq = load_images(a.source, a.slices), "FROM_FILE"
+        source = load_images(a.source, a.slices, None if a.pixel_mm is None else tuple(a.pixel_mm))
+        imgs, acq = source.images, "FROM_FILE"
         s, h, w = imgs.shape
+        if source.pixel_mm is not None:
+            fov = (h * source.pixel_mm[0], w * source.pixel_mm[1], source.slice_mm or 5.0)
         limits.check_fits(s * a.coils * h * w * 8 * MEM_COPIES, f"{a.source}: simulating {a.coils} coils of {imgs.shape}")
     ksp, target, _ = simulate_volume(imgs, a.coils, a.snr, seed=a.seed * 1000 + v)
     mask = num_low = None
@@ -131,7 +145,8 @@ def simulate_one(a: argparse.Namespace, v: int, path: Path) -> Path:
         ksp = ksp[:, 0]
     keep = target if (a.accel is None or a.keep_target) else None
     truth = noise_free_target(imgs, a.coils) if keep is not None else None  # scored like for like by reconstruct
-    return write_fastmri_file(path, ksp, keep, acq, f"{a.prefix}{v:03d}", mask, a.accel, num_low, truth=truth)
+    return write_fastmri_file(path, ksp, keep, acq, f"{a.prefix}{v:03d}", mask, a.accel, num_low, truth=truth,
+                              fov_mm=fov)
 
 
 if __name__ == "__main__":

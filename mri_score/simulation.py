@@ -10,6 +10,7 @@ sources: the synthetic corpus (:func:`corpus_volume`) or a file
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +50,69 @@ def simulate_volume(
     target = rss(ifft2c(kspace), dim=1)
     return kspace.numpy().astype(np.complex64), target.numpy().astype(np.float32), sigma
 
-def load_images(source: str, slices: int | None) -> np.ndarray:
-    """Complex ``(S, H, W)`` images from a NIfTI, NumPy, DICOM or fastMRI file."""
+@dataclass(frozen=True)
+class SourceImages:
+    """Images read from a file with their geometry: ``images`` complex64 ``(S, H, W)``; ``pixel_mm`` the in-plane
+    pixel ``(rows, cols)`` in mm and ``slice_mm`` the slice thickness in mm, None where the file does not say."""
+
+    images: np.ndarray
+    pixel_mm: tuple[float, float] | None
+    slice_mm: float | None
+
+
+def _dicom_files(path: Path) -> list[Path]:
+    """A DICOM file, or every file of a series folder (any name; DICOMDIR skipped), in name order."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.upper() != "DICOMDIR")
+        if not files:
+            raise InputError(f"{path}: folder holds no files")
+        return files
+    return [path]
+
+
+def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, float | None]:
+    """A DICOM file or series folder: slices sorted by position along the slice normal (else instance number)."""
+    try:
+        import pydicom
+    except ImportError as err:
+        raise InputError(f"{path}: reading DICOM needs pydicom (pip install 'mri-score[dicom]')") from err
+    slices = []
+    for f in _dicom_files(path):
+        try:
+            ds = pydicom.dcmread(str(f))
+        except Exception as err:  # noqa: BLE001 - pydicom raises many types for a non-DICOM file
+            raise InputError(f"{f}: not a readable DICOM file ({type(err).__name__})") from None
+        if "PixelData" not in ds:
+            raise InputError(f"{f}: DICOM file has no pixel data")
+        pixels = ds.pixel_array.astype(np.float32)
+        pixels = pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+        order = float(getattr(ds, "InstanceNumber", len(slices)) or 0)
+        if hasattr(ds, "ImagePositionPatient") and hasattr(ds, "ImageOrientationPatient"):
+            o = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+            order = float(np.dot(np.cross(o[:3], o[3:]), np.asarray(ds.ImagePositionPatient, dtype=np.float64)))
+        slices.append((order, pixels, ds))
+    slices.sort(key=lambda t: t[0])
+    shapes = {t[1].shape for t in slices}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise InputError(f"{path}: DICOM slices must be 2-D images of one shape, got {sorted(shapes)}")
+    ds = slices[0][2]
+    pixel = tuple(float(v) for v in ds.PixelSpacing) if getattr(ds, "PixelSpacing", None) else None
+    thick = float(ds.SliceThickness) if getattr(ds, "SliceThickness", None) not in (None, "") else None
+    return np.stack([t[1] for t in slices]), pixel, thick  # type: ignore[return-value]
+
+
+def load_images(source: str, slices: int | None, pixel_mm: tuple[float, float] | None = None) -> SourceImages:
+    """Complex ``(S, H, W)`` images and their geometry from a NIfTI, NumPy, DICOM (file or series folder) or fastMRI file.
+
+    The pixel size comes from the file (NIfTI zooms, DICOM PixelSpacing, a fastMRI header); ``pixel_mm`` gives it
+    for ``.npy`` (which has none) and overrides a file's.  NIfTI slices are along the third axis.
+    """
     path = Path(source)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     name = path.name.lower()
+    pixel: tuple[float, float] | None = None
+    thick: float | None = None
     try:
         if name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
@@ -68,6 +126,8 @@ def load_images(source: str, slices: int | None) -> np.ndarray:
             if vol.ndim != 3:
                 raise InputError(f"{path}: NIfTI must be 3-D, got shape {vol.shape}")
             imgs = np.moveaxis(vol, -1, 0)
+            zooms = [float(z) for z in image.header.get_zooms()[:3]]
+            pixel, thick = (zooms[0], zooms[1]), zooms[2]
         elif name.endswith(".npy"):
             # the header first (memory-mapped): a declared shape that does not fit is refused before reading
             mapped = np.load(path, allow_pickle=False, mmap_mode="r") if path.stat().st_size else np.load(path)
@@ -75,19 +135,15 @@ def load_images(source: str, slices: int | None) -> np.ndarray:
             imgs = np.array(mapped)
             if imgs.ndim == 2:
                 imgs = imgs[None]
-        elif name.endswith(".dcm"):
-            try:
-                import pydicom
-            except ImportError as err:
-                raise InputError(f"{path}: reading DICOM needs pydicom (pip install pydicom)") from err
-            imgs = pydicom.dcmread(str(path)).pixel_array.astype(np.float32)[None]
+        elif name.endswith(".dcm") or path.is_dir():
+            imgs, pixel, thick = _read_dicom(path)
         elif name.endswith(".h5"):
             vol = read_fastmri(path)
             if vol.target is None:
                 raise InputError(f"{path}: no reconstruction_rss/esc target to simulate from")
-            imgs = vol.target
+            imgs, pixel = vol.target, vol.pixel_mm
         else:
-            raise InputError(f"{path}: unknown image format (use .nii, .nii.gz, .npy, .dcm or fastMRI .h5)")
+            raise InputError(f"{path}: unknown image format (use .nii, .nii.gz, .npy, .dcm, a DICOM folder or fastMRI .h5)")
     except (OSError, ValueError) as err:
         if isinstance(err, InputError):
             raise
@@ -100,7 +156,12 @@ def load_images(source: str, slices: int | None) -> np.ndarray:
         mid = imgs.shape[0] // 2
         lo = max(0, mid - slices // 2)
         imgs = imgs[lo : lo + slices]
-    return imgs.astype(np.complex64)
+    if pixel_mm is not None:
+        pixel = (float(pixel_mm[0]), float(pixel_mm[1]))
+    if pixel is not None and not (all(np.isfinite(pixel)) and min(pixel) > 0):
+        raise InputError(f"{path}: pixel size {pixel} mm is not positive and finite")
+    return SourceImages(imgs.astype(np.complex64), pixel, thick if thick and np.isfinite(thick) and thick > 0 else None)
+
 
 def corpus_volume(split: str, index: int, slices: int, size: tuple[int, int], family: str, seed: int) -> np.ndarray:
     """``slices`` corpus slices of one contrast family at a fixed matrix size: ``(S, H, W)`` complex64."""

@@ -157,3 +157,43 @@ def test_version_and_help_show_defaults_and_examples():
     ver = subprocess.run([sys.executable, "-m", "mri_score.reconstruct", "--version"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert ver.returncode == 0 and ver.stdout.startswith("mri-score ")
+
+
+def test_simulate_writes_the_sources_true_field_of_view(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from mri_score.simulate import main as simulate_main
+
+    vol = np.random.default_rng(0).random((40, 48, 3)).astype(np.float32)
+    nii = tmp_path / "src.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([0.9, 1.7, 4.0, 1.0])), str(nii))
+    assert simulate_main(["--out", str(tmp_path / "a"), "--source", str(nii), "--coils", "2", "--slices", "2"]) == 0
+    (out,) = (tmp_path / "a").iterdir()
+    v = read_fastmri(out)
+    assert np.allclose(v.pixel_mm, (0.9, 1.7)) and v.encoded_fov_mm[2] == pytest.approx(4.0)
+    npy = tmp_path / "src.npy"
+    np.save(npy, vol.transpose(2, 0, 1))
+    assert simulate_main(["--out", str(tmp_path / "b"), "--source", str(npy), "--coils", "2", "--pixel-mm", "2.5",
+                          "3"]) == 0
+    assert np.allclose(read_fastmri(next((tmp_path / "b").iterdir())).pixel_mm, (2.5, 3.0))
+
+
+def test_simulate_reads_a_dicom_series_folder_in_slice_order(tmp_path):
+    pytest.importorskip("pydicom")
+    from mri_score.export import write_dicom_series
+    from mri_score.simulation import load_images
+
+    vol = np.stack([np.full((24, 20), k + 1.0, np.float32) for k in range(4)])
+    write_dicom_series(tmp_path / "series", vol, (1.25, 0.75), 3.0, "test")
+    src = load_images(str(tmp_path / "series"), None)
+    assert src.images.shape == (4, 24, 20) and src.pixel_mm == (1.25, 0.75) and src.slice_mm == 3.0
+    assert np.allclose(src.images.real[:, 0, 0], [1, 2, 3, 4], atol=0.01)
+
+
+@pytest.mark.parametrize("args,phrase", [(["--pixel-mm", "1", "1"], "is for a --source file"),
+                                          (["--source", "x.npy", "--pixel-mm", "0", "1"], "--pixel-mm must be")])
+def test_simulate_pixel_flag_bad_input_is_one_line(tmp_path, capfd, args, phrase):
+    from mri_score.simulate import main as simulate_main
+
+    rc = simulate_main(["--out", str(tmp_path / "o"), *args])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and phrase in err[0] and not (tmp_path / "o").exists()
