@@ -20,20 +20,24 @@ def recon_panel(path: str | Path, zero_filled: np.ndarray, recon: np.ndarray, st
     image_row(path, panels, float(np.percentile(recon[i], 99.5)), title)
 
 
-def image_row(path: str | Path, panels: list[tuple[str, np.ndarray, str]], vmax: float, title: str = "") -> None:
-    """One row of 2-D images ``[(name, image, cmap)]``: ``gray`` ones share the window ``[0, vmax]``, others
-    (error and std maps) are windowed to their own 99.5th percentile."""
+def image_row(path: str | Path, panels: list[tuple[str, np.ndarray, str]], vmax: float, title: str = "",
+              units: str = "intensity (a.u., the data's units)") -> None:
+    """One row of 2-D images ``[(name, image, cmap)]`` with a colour bar each, labelled ``units``: ``gray`` ones share
+    the window ``[0, vmax]``, others (error and std maps) are windowed to their own 99.5th percentile."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.3), squeeze=False)
     for ax, (name, img, cmap) in zip(axes[0], panels):
         gray = cmap == "gray"
-        ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax if gray else max(float(np.percentile(img, 99.5)), 1e-12))
+        shown = ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax if gray else max(float(np.percentile(img, 99.5)), 1e-12))
         ax.set_title(name, fontsize=9)
         ax.axis("off")
+        bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label(units, fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_figure_atomic(fig, path)
