@@ -409,8 +409,3 @@ def final_test_set(registration_ok: bool = False, *, token: str | None = None) -
         raise InputError("the final test set is read only by the registered protocol (final_test_set(registration_ok=True, "
                          "token=FINAL_TEST_TOKEN)); use development_set() for checks and tuning")
     return [_volume(n) for n in volumes_in("final")]
-
-
-def real_eval_set() -> list[RealVolume]:
-    """The legacy real evaluation set: :data:`REAL_VOLUMES` (both development), complex64 zero phase."""
-    return [load_real_volume(n) for n in REAL_VOLUMES]
