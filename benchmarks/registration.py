@@ -7,7 +7,7 @@ runs (:meth:`mri_score.request.ReconRequest.identity`), the grid and std-calibra
 :func:`verify` compares a fresh record with the file; the protocol reads the final test set
 (``data.real: final``) only when nothing differs (:func:`benchmarks.protocol.run_protocol`).  The development
 set and every check script never need one, and the final set cannot be read without it
-(:func:`mri_score.data.realset.final_test_set`).
+(the real-set loader refuses without the protocol's verified registration).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import pytest
 
 nib = pytest.importorskip("nibabel")
 
-from mri_score.data import realset  # noqa: E402
 from mri_score.data.realset import (  # noqa: E402
     EXCLUDED_FILES,
     FINAL_TEST_CALLERS,
