@@ -16,7 +16,10 @@ and attrs (``max``, ``norm``, ``acquisition``, ``patient_id``).  With
 and the target named ``reconstruction_esc`` (no ``reconstruction_rss``).  With
 ``--accel`` the files look like fastMRI's test split: masked ``kspace``,
 ``mask``, ``acceleration`` and ``num_low_frequency`` and no target
-(``--keep-target`` keeps it, for benchmarks).
+(``--keep-target`` keeps it, for benchmarks).  ``--trajectory radial|spiral`` (with ``--spokes N`` or
+``--interleaves N``) writes non-Cartesian ISMRMRD/MRD files instead (one acquisition per spoke or interleaf,
+``traj`` in cycles per field of view, noise scans, the noise-free target kept for scoring;
+:mod:`mri_score.simulate_noncartesian`).
 """
 
 from __future__ import annotations
@@ -65,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-type", default="equispaced", choices=MASK_TYPES)
     p.add_argument("--center-fraction", type=float, default=0.08)
     p.add_argument("--keep-target", action="store_true", help="keep the target (reconstruction_rss/_esc) in undersampled files")
-    p.add_argument("--prefix", default="synth")
+    p.add_argument("--prefix", default="synth", help="output file-name prefix")
+    p.add_argument("--trajectory", default="cartesian", choices=["cartesian", "radial", "spiral"],
+                   help="k-space sampling; radial and spiral write ISMRMRD/MRD raw files")
+    p.add_argument("--spokes", type=int, default=None, help="radial spokes (with --trajectory radial; default 32)")
+    p.add_argument("--interleaves", type=int, default=None,
+                   help="spiral interleaves (with --trajectory spiral; default 8)")
     return p
 
 
@@ -75,6 +83,16 @@ def check_args(a: argparse.Namespace) -> None:
 
     if a.source == "corpus" and a.family not in FAMILIES:
         raise InputError(f"--family must be one of {', '.join(FAMILIES)}, got {a.family!r}")
+    if a.trajectory == "cartesian" and (a.spokes is not None or a.interleaves is not None):
+        raise InputError("--spokes/--interleaves need --trajectory radial or spiral")
+    if a.trajectory == "radial" and a.interleaves is not None or a.trajectory == "spiral" and a.spokes is not None:
+        raise InputError(f"--trajectory {a.trajectory} takes {'--spokes' if a.trajectory == 'radial' else '--interleaves'}")
+    for flag, value in (("--spokes", a.spokes), ("--interleaves", a.interleaves)):
+        if value is not None:
+            limits.check_int(value, flag, 1, 4096)
+    if a.trajectory != "cartesian" and (a.accel is not None or a.coils == 1):
+        raise InputError("--trajectory radial/spiral writes fully sampled-by-trajectory multi-coil MRD files: "
+                         "no --accel, --coils >= 2")
     if a.pixel_mm is not None:
         if a.source == "corpus":
             raise InputError("--pixel-mm is for a --source file (the corpus has its own pixel sizes)")
@@ -137,6 +155,15 @@ def simulate_one(a: argparse.Namespace, v: int, path: Path) -> Path:
         if source.pixel_mm is not None:
             fov = (h * source.pixel_mm[0], w * source.pixel_mm[1], source.slice_mm or 5.0)
         limits.check_fits(s * a.coils * h * w * 8 * MEM_COPIES, f"{a.source}: simulating {a.coils} coils of {imgs.shape}")
+    if a.trajectory != "cartesian":
+        from mri_score.noncartesian import write_noncartesian_mrd
+        from mri_score.simulate_noncartesian import simulate_noncartesian
+
+        count = (a.spokes or 32) if a.trajectory == "radial" else (a.interleaves or 8)
+        pixel = None if fov is None else (fov[0] / imgs.shape[-2], fov[1] / imgs.shape[-1])
+        vol = simulate_noncartesian(imgs, a.trajectory, count, coils=a.coils, snr=a.snr, seed=a.seed * 1000 + v,
+                                    pixel_mm=pixel)
+        return write_noncartesian_mrd(path, vol, seed=a.seed * 1000 + v, patient_id=f"{a.prefix}{v:03d}")
     ksp, target, _ = simulate_volume(imgs, a.coils, a.snr, seed=a.seed * 1000 + v)
     mask = num_low = None
     if a.accel is not None:

@@ -197,3 +197,29 @@ def test_simulate_pixel_flag_bad_input_is_one_line(tmp_path, capfd, args, phrase
     rc = simulate_main(["--out", str(tmp_path / "o"), *args])
     err = capfd.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and phrase in err[0] and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind,flag", [("radial", "--spokes"), ("spiral", "--interleaves")])
+def test_simulate_writes_noncartesian_mrd_files(tmp_path, kind, flag):
+    pytest.importorskip("ismrmrd")
+    from mri_score.noncartesian import is_noncartesian_mrd, read_noncartesian_mrd
+    from mri_score.simulate import main as simulate_main
+
+    assert simulate_main(["--out", str(tmp_path), "--trajectory", kind, flag, "8", "--size", "48", "48", "--slices",
+                          "1", "--coils", "3"]) == 0
+    (path,) = tmp_path.iterdir()
+    assert is_noncartesian_mrd(path)
+    vol = read_noncartesian_mrd(path)
+    assert vol.matrix == (48, 48) and vol.samples.shape[:2] == (1, 3) and vol.target is not None
+    assert np.abs(vol.coords).max() <= 24.0
+
+
+@pytest.mark.parametrize("args,phrase", [(["--trajectory", "radial", "--interleaves", "4"], "takes --spokes"),
+                                          (["--trajectory", "spiral", "--accel", "4"], "no --accel"),
+                                          (["--trajectory", "radial", "--spokes", "0"], "--spokes must be in")])
+def test_simulate_trajectory_bad_input_is_one_line(tmp_path, capfd, args, phrase):
+    from mri_score.simulate import main as simulate_main
+
+    rc = simulate_main(["--out", str(tmp_path / "o"), *args])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and phrase in err[0] and not (tmp_path / "o").exists()

@@ -1,0 +1,488 @@
+"""Non-Cartesian reconstruction: the volume, MRD I/O, calibration, the likelihood term, the samplers, the baselines.
+
+Small problems only (32-64 pixels): the whole file runs in well under a minute on one thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from mri_score.calibration import Calibration
+from mri_score.errors import InputError
+from mri_score.metrics import psnr
+from mri_score.noncartesian import (
+    SCALE_DISC_FRACTION,
+    TARGET_KEY,
+    NonCartesianKspaceLikelihood,
+    NonCartesianVolume,
+    acs_radius,
+    calibrate_noncartesian,
+    calibrate_volume_noncartesian,
+    circulant_normal_diagonal,
+    is_noncartesian_mrd,
+    read_noncartesian_mrd,
+    reconstruct_noncartesian_volume,
+    write_noncartesian_mrd,
+)
+from mri_score.noncartesian_baselines import BartNotInstalledError, bart_pics, cg_sense, gridding, l1_objective, l1_wavelet
+from mri_score.prior import ComplexPrior, load_prior
+from mri_score.request import ReconRequest
+from mri_score.samplers import SAMPLERS
+from mri_score.scaling import image_scale, reference_scale
+from mri_score.simulate_noncartesian import READOUT_SPACING, simulate_noncartesian, spiral_trajectory, trajectory
+from operators import birdcage_maps, fft2c, ifft2c, sense1_combine
+from operators.nufft import NonCartesianSense, nufft
+from operators.trajectories import pipe_menon_density, radial
+from tests.conftest import phantom
+
+ismrmrd = pytest.importorskip("ismrmrd")
+
+
+def loop_like_cov(coils: int, seed: int = 0) -> np.ndarray:
+    """A correlated, unequal-variance coil noise covariance (Hermitian positive definite)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((coils, coils)) + 1j * rng.standard_normal((coils, coils))
+    return (a @ a.conj().T / coils + np.eye(coils)) * 1e-4
+
+
+@pytest.fixture(scope="module")
+def small_volume() -> NonCartesianVolume:
+    """2 slices of a 32² phantom, 4 birdcage coils, 8 radial spokes, correlated noise."""
+    return simulate_noncartesian(phantom(32, 2), "radial", 8, coils=4, seed=3, noise_cov=loop_like_cov(4),
+                                 pixel_mm=(2.0, 2.5))
+
+
+@pytest.fixture(scope="module")
+def radial64() -> tuple[NonCartesianVolume, np.ndarray]:
+    """One 64² phantom slice, 4 birdcage coils, 40 radial spokes, SNR 100; and the true maps."""
+    vol = simulate_noncartesian(phantom(64, 1, seed=1), "radial", 40, coils=4, snr=100.0, seed=5)
+    return vol, birdcage_maps(4, (64, 64))
+
+
+def _ones_line(err: pytest.ExceptionInfo) -> str:
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------- volume
+
+
+def test_volume_refuses_bad_input_in_one_line(small_volume):
+    v = small_volume
+    base = dict(samples=v.samples, coords=v.coords, matrix=v.matrix, name="vol.h5")
+    bad = v.coords.copy()
+    bad[3, 0] = 16.5  # > N/2 = 16 cycles/FOV, i.e. beyond ±0.5 of the matrix
+    with pytest.raises(InputError, match="outside") as err:
+        NonCartesianVolume(**{**base, "coords": bad})
+    assert _ones_line(err).startswith("vol.h5: ")
+    with pytest.raises(InputError, match="coords must be") as err:
+        NonCartesianVolume(**{**base, "coords": v.coords[:-1]})
+    _ones_line(err)
+    with pytest.raises(InputError, match="density"):
+        NonCartesianVolume(**base, density=np.ones(5, np.float32))
+    with pytest.raises(InputError, match="readout"):
+        NonCartesianVolume(**base, readout=7)
+    with pytest.raises(InputError, match="target"):
+        NonCartesianVolume(**base, target=np.zeros((2, 31, 32), np.float32))
+    with pytest.raises(InputError, match="NaN"):
+        NonCartesianVolume(**{**base, "samples": np.full_like(v.samples, np.nan)})
+
+
+# ------------------------------------------------------------------------------------------------------------- MRD
+
+
+def test_mrd_round_trip_and_prewhitening(small_volume, tmp_path):
+    path = write_noncartesian_mrd(tmp_path / "nc.h5", small_volume, noise_scans=64, seed=1)
+    raw = read_noncartesian_mrd(path, prewhiten=False)
+    assert np.array_equal(raw.samples, small_volume.samples)
+    assert np.array_equal(raw.coords, small_volume.coords)
+    assert np.array_equal(raw.target, small_volume.target)
+    assert raw.matrix == (32, 32) and raw.pixel_mm == pytest.approx((2.0, 2.5))
+    assert (raw.trajectory, raw.readout, raw.acquisitions) == ("radial", 64, 8)
+    # the raw covariance is estimated from the noise acquisitions (64 x 64 samples per coil)
+    assert np.allclose(raw.noise_cov, small_volume.noise_cov, atol=0.2 * np.abs(small_volume.noise_cov).max())
+    white = read_noncartesian_mrd(path)
+    chol = np.linalg.cholesky(raw.noise_cov)
+    expect = np.einsum("ij,sjm->sim", np.linalg.inv(chol), raw.samples.astype(np.complex128))
+    assert np.allclose(white.samples, expect, atol=1e-4 * np.abs(expect).max())
+    assert np.allclose(white.noise_cov, np.eye(4))
+    # the reference reader sees one acquisition per spoke with its (samples, 2) trajectory
+    ds = ismrmrd.Dataset(str(path), "dataset", mode="r")
+    try:
+        acq = ds.read_acquisition(64 + 8 + 2)  # after the noise scans: slice 1, spoke 2
+        assert acq.traj.shape == (64, 2) and acq.idx.slice == 1 and acq.idx.kspace_encode_step_1 == 2
+        assert np.allclose(acq.traj, small_volume.coords[2 * 64 : 3 * 64])
+        assert np.allclose(acq.data, small_volume.samples[1, :, 2 * 64 : 3 * 64])
+    finally:
+        ds.close()
+
+
+def test_prewhitening_whitens_correlated_noise(tmp_path):
+    cov = loop_like_cov(4, seed=2) * 1e4
+    rng = np.random.default_rng(0)
+    z = (rng.standard_normal((1, 4, 4096)) + 1j * rng.standard_normal((1, 4, 4096))) / np.sqrt(2)
+    noise = np.einsum("ij,sjm->sim", np.linalg.cholesky(cov), z).astype(np.complex64)
+    vol = NonCartesianVolume(noise, radial(32, 128, matrix=64), (64, 64), noise_cov=cov, readout=128)
+    out = read_noncartesian_mrd(write_noncartesian_mrd(tmp_path / "noise.h5", vol, noise_scans=200,
+                                                       noise_samples=256))
+    x = out.samples[0].astype(np.complex128)
+    emp = x @ x.conj().T / x.shape[1]
+    assert np.allclose(emp, np.eye(4), atol=0.12)
+
+
+def _edit_table(path, fn):
+    with h5py.File(path, "r+") as hf:
+        table = hf["dataset/data"][()]
+        fn(table)
+        del hf["dataset/data"]
+        hf["dataset/data"] = table
+
+
+@pytest.mark.parametrize("case, match", [
+    ("outside", "outside ±N/2"),
+    ("missing", "carries no trajectory"),
+    ("short", "trajectory of"),
+    ("slices", "another trajectory"),
+])
+def test_mrd_bad_files_are_one_line_errors(small_volume, tmp_path, case, match):
+    path = write_noncartesian_mrd(tmp_path / "bad.h5", small_volume, noise_scans=0)
+
+    def edit(table):
+        if case == "outside":
+            t = table["traj"][0].copy()
+            t[0] = 16.6
+            table["traj"][0] = t
+        elif case == "missing":
+            table["head"]["trajectory_dimensions"][3] = 0
+        elif case == "short":
+            table["traj"][2] = table["traj"][2][:-2]
+        else:  # spoke 1 of slice 1 differs from spoke 1 of slice 0
+            table["traj"][9] = table["traj"][9] * 0.9
+
+    _edit_table(path, edit)
+    with pytest.raises(InputError, match=match) as err:
+        read_noncartesian_mrd(path)
+    assert _ones_line(err).startswith(str(path))
+
+
+def test_cartesian_and_noncartesian_readers_refuse_each_other(small_volume, tmp_path):
+    from mri_score.mrd import load_mrd
+    from mri_score.mrd_write import write_mrd
+
+    nc = write_noncartesian_mrd(tmp_path / "nc.h5", small_volume)
+    with pytest.raises(InputError, match="non-Cartesian"):
+        load_mrd(nc)
+    cart = write_mrd(tmp_path / "cart.h5", np.ones((1, 2, 8, 8), np.complex64), acs_lines=4, noise_scans=0)
+    with pytest.raises(InputError, match="Cartesian reader"):
+        read_noncartesian_mrd(cart)
+    assert is_noncartesian_mrd(nc) and not is_noncartesian_mrd(cart) and not is_noncartesian_mrd(tmp_path / "none.h5")
+
+
+def test_failed_write_leaves_nothing(small_volume, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def no_space(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(InputError, match="no space") as err:
+        write_noncartesian_mrd(out / "nc.h5", small_volume)
+    _ones_line(err)
+    monkeypatch.undo()
+    assert list(out.iterdir()) == []
+    (out / "dir.h5").mkdir()
+    with pytest.raises(InputError, match="directory"):
+        write_noncartesian_mrd(out / "dir.h5", small_volume)
+    assert [p.name for p in out.iterdir()] == ["dir.h5"] and not any((out / "dir.h5").iterdir())
+
+
+def test_target_is_kept_outside_mrd(small_volume, tmp_path):
+    path = write_noncartesian_mrd(tmp_path / "nc.h5", small_volume)
+    with h5py.File(path, "r") as hf:
+        assert hf[TARGET_KEY].shape == (2, 32, 32)
+    assert read_noncartesian_mrd(path, load_target=False).target is None
+
+
+# ------------------------------------------------------------------------------------------------- simulation
+
+
+def test_simulated_noise_and_trajectories():
+    imgs = phantom(32, 1)
+    vol = simulate_noncartesian(imgs, "radial", 24, coils=2, snr=20.0, seed=0)
+    sigma = float(np.percentile(np.abs(imgs), 99)) / 20.0
+    assert vol.known_sigma() == pytest.approx(sigma / math.sqrt(READOUT_SPACING))
+    maps = torch.from_numpy(birdcage_maps(2, (32, 32)))
+    clean = nufft(maps * torch.from_numpy(imgs[0]), vol.coords).numpy()
+    assert np.std(vol.samples[0] - clean) == pytest.approx(vol.known_sigma(), rel=0.05)
+    assert np.allclose(vol.target, np.abs(imgs))
+    coords, readout = spiral_trajectory(4, 64)
+    steps = np.linalg.norm(np.diff(coords.reshape(4, readout, 2), axis=1), axis=-1)
+    assert np.median(steps) == pytest.approx(READOUT_SPACING, rel=0.01) and steps.max() <= 1.01 * READOUT_SPACING
+    assert np.hypot(*coords.T).max() <= 32
+    assert trajectory("radial", 10, (48, 40))[0].shape == (10 * 80, 2)
+    with pytest.raises(InputError, match="trajectory"):
+        trajectory("rosette", 4, (32, 32))
+
+
+# ------------------------------------------------------------------------------------------------- calibration
+
+
+def test_acs_radius_of_radial_and_cartesian():
+    for spokes in (16, 32):
+        assert acs_radius(radial(spokes, 128), (64, 64)) == pytest.approx(spokes / math.pi, abs=2.0)
+    grid = np.stack(np.meshgrid(np.arange(-8, 8), np.arange(-8, 8), indexing="ij"), -1).reshape(-1, 2)
+    assert acs_radius(grid, (16, 16)) == 8.0
+
+
+@pytest.mark.parametrize("method", ["espirit", "lowres"])
+def test_calibration_matches_the_truth(radial64, method):
+    vol, true_maps = radial64
+    cal = calibrate_noncartesian(vol.samples[0], vol.coords, vol.matrix, vol.density, method)
+    obj = vol.target[0] > 0.05 * vol.target[0].max()
+    corr = np.abs((cal.maps.numpy().conj() * true_maps).sum(0))
+    assert corr[obj].mean() > 0.99 and np.percentile(corr[obj], 5) > 0.95
+    assert np.allclose((cal.maps.abs() ** 2).sum(0).numpy(), 1.0, atol=1e-4)  # defined at every pixel
+    # the scale is the 99th percentile of the SENSE-1 Hann-disc low-resolution image: here from the non-Cartesian
+    # samples, there from the noise-free Cartesian k-space of the same object
+    x = torch.from_numpy(phantom(64, 1, seed=1)[0])
+    kspace = fft2c(torch.from_numpy(true_maps) * x)
+    k = torch.arange(64, dtype=torch.float64) - 32
+    radius = torch.hypot(k[:, None], k[None, :])
+    r = (max(4, round(64 * SCALE_DISC_FRACTION)) + 1) / 2
+    window = torch.where(radius < r, torch.cos(math.pi * radius / (2 * r)) ** 2, torch.zeros_like(radius))
+    expect = float(reference_scale(sense1_combine(ifft2c(kspace * window), cal.maps)))
+    assert cal.scale == pytest.approx(expect, rel=0.05)
+    assert cal.scale == pytest.approx(float(image_scale(x)), rel=0.4)  # a phantom's thin bright rim: see the constant
+    assert cal.acs_width >= 24
+
+
+def test_sigma_estimate_is_as_good_as_the_cartesian_one():
+    from mri_score.calibration import estimate_sigma_y
+    from mri_score.simulation import simulate_volume
+
+    x = phantom(64, 1, seed=1)
+    vol = simulate_noncartesian(x, "radial", 40, coils=4, snr=20.0, seed=5)
+    cal = calibrate_noncartesian(vol.samples[0], vol.coords, vol.matrix, vol.density)
+    kspace, _, sigma = simulate_volume(x, 4, 20.0, seed=5)
+    cartesian = estimate_sigma_y(torch.from_numpy(kspace[0]), torch.ones(64)) / sigma
+    assert cal.sigma_y / vol.known_sigma() == pytest.approx(cartesian, rel=0.2)  # both read the k-space periphery
+    known = calibrate_noncartesian(vol.samples[0], vol.coords, vol.matrix, vol.density, sigma_y=0.5)
+    assert known.sigma_y == 0.5
+
+
+def test_calibration_refuses_a_tiny_centre():
+    vol = simulate_noncartesian(phantom(32, 1), "radial", 3, coils=2, seed=0)
+    with pytest.raises(InputError, match="too small") as err:
+        calibrate_noncartesian(vol.samples[0], vol.coords, vol.matrix)
+    _ones_line(err)
+
+
+# ------------------------------------------------------------------------------------------------- likelihood
+
+
+def _term(vol, cal, **kw):
+    op = NonCartesianSense(cal.maps, vol.coords, dcf=vol.density)
+    y = torch.from_numpy(vol.samples[0]) / cal.scale
+    return NonCartesianKspaceLikelihood(op, y, cal.sigma_y_scaled, **kw), op
+
+
+@pytest.fixture(scope="module")
+def calibrated(radial64):
+    vol, _ = radial64
+    return vol, calibrate_volume_noncartesian(vol)[0]
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_prox_solves_the_regularised_normal_equations(calibrated, preconditioned):
+    vol, cal = calibrated
+    term, op = _term(vol, cal, preconditioned=preconditioned)
+    assert op.normal_norm() > 10  # far from the Cartesian AᴴA <= I
+    gen = torch.Generator().manual_seed(0)
+    x = torch.complex(torch.randn(2, 64, 64, generator=gen), torch.randn(2, 64, 64, generator=gen))
+    gamma = 50.0
+    z = term.prox(x, gamma, iters=150)
+    b = x + gamma * op.adjoint(term.y)
+    res = z + gamma * op.gram(z) - b
+    assert float(res.norm() / b.norm()) < 1e-4
+    # the minimiser of ½‖z − x‖² + γ/2 ‖Az − y‖²: its gradient (through the NUFFTs, not the Toeplitz Gram) vanishes
+    grad = (z - x) - gamma * term.residual_grad(z)
+    assert float(grad.norm() / b.norm()) < 1e-3
+
+
+def test_preconditioner_is_the_fourier_diagonal():
+    n = 16
+    op = NonCartesianSense(torch.ones(1, n, n, dtype=torch.complex128), radial(12, 2 * n))
+    diag = circulant_normal_diagonal(op)
+    eye = torch.eye(n * n, dtype=torch.complex128).reshape(n * n, n, n)
+    modes = torch.fft.fft2(eye, norm="ortho").conj()  # modes[k](r) = exp(2πi k·r / n) / n, k in fft order
+    gram = op.gram(modes)
+    exact = torch.einsum("khw,khw->k", modes.conj(), gram).real.reshape(n, n)
+    assert torch.allclose(diag.to(exact.dtype), exact, atol=1e-6 * float(exact.max()))
+
+
+def test_gradients_and_steps_are_right_for_the_operator(calibrated):
+    vol, cal = calibrated
+    term, op = _term(vol, cal)
+    gen = torch.Generator().manual_seed(1)
+    x = term.gridded()[None] + 0.1 * torch.complex(torch.randn(1, 64, 64, generator=gen),
+                                                     torch.randn(1, 64, 64, generator=gen))
+    # grad is the exact ∇ log p(y | x): autograd of −‖Ax − y‖² / σ_y²
+    leaf = x.clone().requires_grad_(True)
+    loss = -(op(leaf) - term.y).abs().square().sum() / term.sigma_y**2
+    (auto,) = torch.autograd.grad(loss, leaf)
+    assert torch.allclose(term.grad(x), auto, rtol=1e-3, atol=1e-3 * float(auto.abs().max()))
+    # inflated gradient: per-sample variance v_y + σ²/w, bounded so a Langevin step of 0.1 σ² is stable
+    sigma = 0.5
+    expect = op.adjoint((term.y - op(x)) / (term.v_y + sigma**2 / op.dcf))
+    assert torch.allclose(term.inflated_grad(x, sigma), expect)
+    norm = float(torch.linalg.vector_norm(term.inflated_grad(x, sigma) - term.inflated_grad(x + 1e-2 * x, sigma)))
+    assert 0.1 * sigma**2 * norm < float(torch.linalg.vector_norm(1e-2 * x))
+    # PC's data step converges (the plain Landweber step with λ = 1 diverges here)
+    r0 = float((op(x) - term.y).norm())
+    z = x
+    for _ in range(30):
+        z = term.data_step(z, 1.0)
+    assert float((op(z) - term.y).norm()) < 0.5 * r0
+    plain = x + op.adjoint(term.y - op(x))
+    assert float((op(plain) - term.y).norm()) > r0
+    # DPS with an identity denoiser: the correction is minus the variance-weighted gradient, bounded by the DC step
+    leaf = x.clone().requires_grad_(True)
+    corr = term.tweedie_correction(leaf, leaf * 1.0, sigma=0.1, sigma_data=0.5, clip=False)
+    r2 = 0.01 * 0.25 / (0.01 + 0.25)
+    want = -0.01 * op.adjoint((op(x) - term.y) / (term.sigma_y**2 + r2 / op.dcf))
+    assert torch.allclose(corr, want, rtol=1e-3, atol=1e-4 * float(want.abs().max()))
+    clipped = term.tweedie_correction(leaf, leaf * 1.0, sigma=5.0, sigma_data=0.5, clip=True)
+    assert float(clipped.norm()) <= 1.0001 * float(op.adjoint(op.dcf * (op(x) - term.y)).norm())
+
+
+def test_term_needs_density_weights(calibrated):
+    vol, cal = calibrated
+    op = NonCartesianSense(cal.maps, vol.coords)
+    with pytest.raises(InputError, match="density") as err:
+        NonCartesianKspaceLikelihood(op, torch.from_numpy(vol.samples[0]), 0.01)
+    _ones_line(err)
+
+
+# ---------------------------------------------------------------------------------------------- reconstruction
+
+
+@pytest.fixture(scope="module")
+def tiny_runtime(tmp_path_factory):
+    from mri_score.checkpoint import save_checkpoint
+    from mri_score.network import EDMDenoiser, NetworkConfig
+
+    cfg = NetworkConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, emb_dim=16, groups=4)
+    torch.manual_seed(0)
+    model = EDMDenoiser(cfg)
+    path = tmp_path_factory.mktemp("prior") / "tiny_prior.safetensors"
+    save_checkpoint(path, {f"ema.{k}": v for k, v in model.state_dict().items()},
+                    {"step": 0, "network": cfg.to_dict(), "config": {}, "kind": "prior"})
+    return load_prior(path)
+
+
+def test_dds_end_to_end_and_determinism(small_volume, tiny_runtime):
+    req = ReconRequest(sampler="dds", steps=3, samples=2, seed=7, grid="native")
+    cals = calibrate_volume_noncartesian(small_volume)
+    a = reconstruct_noncartesian_volume(small_volume, tiny_runtime, req, calibrations=cals)
+    assert a.image.shape == a.std.shape == a.zero_filled.shape == (2, 32, 32)
+    assert np.isfinite(a.image).all() and a.nfe == [3, 3] and len(a.means) == 2
+    b = reconstruct_noncartesian_volume(small_volume, tiny_runtime, req, calibrations=cals)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.std, b.std)
+    c = reconstruct_noncartesian_volume(small_volume, tiny_runtime, req.replace(seed=8), calibrations=cals)
+    assert not np.array_equal(a.image, c.image)
+    # slice i is sampled with seed + i, as on the Cartesian path
+    one = NonCartesianVolume(small_volume.samples[1:], small_volume.coords, small_volume.matrix,
+                             density=small_volume.density)
+    d = reconstruct_noncartesian_volume(one, tiny_runtime, req.replace(seed=8), calibrations=cals[1:])
+    assert np.array_equal(d.image[0], a.image[1])
+    crop = reconstruct_noncartesian_volume(small_volume, tiny_runtime, req.replace(samples=1), calibrations=cals,
+                                           crop=(16, 16))
+    assert crop.image.shape == (2, 16, 16) and crop.std is None
+
+
+@pytest.mark.parametrize("sampler, steps", [("dps", 2), ("pc", 2), ("langevin", 4)])
+def test_every_sampler_runs_with_the_term(calibrated, tiny_runtime, sampler, steps):
+    vol, cal = calibrated
+    term, _ = _term(vol, cal)
+    x0 = term.gridded().expand(1, -1, -1).clone()
+    out = SAMPLERS[sampler](ComplexPrior(tiny_runtime), [term], x0, torch.Generator().manual_seed(0), steps,
+                            ReconRequest(sampler=sampler, steps=steps).options)
+    assert out.samples.shape == (1, 64, 64) and torch.isfinite(torch.view_as_real(out.samples)).all()
+
+
+def test_reconstruct_refuses_unsupported_requests(small_volume, tiny_runtime):
+    with pytest.raises(InputError, match="magnitude"):
+        reconstruct_noncartesian_volume(small_volume, tiny_runtime, ReconRequest(magnitude="rss"))
+    with pytest.raises(InputError, match="calibrations"):
+        reconstruct_noncartesian_volume(small_volume, tiny_runtime, ReconRequest(grid="native"), calibrations=[])
+
+
+def test_fine_grid_returns_the_matrix(small_volume, tiny_runtime):
+    req = ReconRequest(sampler="dds", steps=1, samples=1, grid=1.5)
+    out = reconstruct_noncartesian_volume(small_volume, tiny_runtime, req)
+    assert out.image.shape == (2, 32, 32) and out.grid_factor == 1.5 and np.isfinite(out.image).all()
+
+
+# ------------------------------------------------------------------------------------------------------ baselines
+
+
+def test_baselines_beat_gridding(radial64):
+    vol, _ = radial64
+    cal = calibrate_volume_noncartesian(vol)[0]
+    y, c, truth = vol.samples[0], vol.coords, vol.target
+
+    def score(x):
+        return psnr(truth, np.abs(x)[None])
+
+    grid = score(gridding(y, c, cal, vol.density))
+    assert score(cg_sense(y, c, cal, lam=0.03)) > grid + 1.0
+    l1 = l1_wavelet(y, c, cal, lam=0.003, iters=30)
+    assert score(l1) > grid + 1.0
+    # ADMM decreases the objective it states
+    early = l1_wavelet(y, c, cal, lam=0.003, iters=3)
+    assert l1_objective(y, c, cal, 0.003, l1) < l1_objective(y, c, cal, 0.003, early)
+    from mri_score.baselines import bart_available
+
+    if bart_available():
+        assert score(bart_pics(y, c, cal, lam=0.001, iters=30)) > grid + 1.0
+
+
+def test_baseline_input_errors(radial64, monkeypatch):
+    vol, _ = radial64
+    cal = Calibration(acs_width=20, maps=torch.ones(4, 64, 64, dtype=torch.complex64) / 2, scale=1.0, sigma_y=0.01)
+    with pytest.raises(InputError, match="density") as err:
+        gridding(vol.samples[0], vol.coords, cal, None)
+    _ones_line(err)
+    with pytest.raises(InputError, match="outside"):
+        cg_sense(vol.samples[0], vol.coords * 2, cal)
+    with pytest.raises(InputError, match="points"):
+        cg_sense(vol.samples[0][:, :-1], vol.coords, cal)
+    monkeypatch.setattr("mri_score.noncartesian_baselines.bart_available", lambda: False)
+    with pytest.raises(BartNotInstalledError, match="bart not installed") as err:
+        bart_pics(vol.samples[0], vol.coords, cal, lam=0.01)
+    _ones_line(err)
+
+
+def test_density_defaults_to_pipe_menon(small_volume):
+    vol = NonCartesianVolume(small_volume.samples, small_volume.coords, small_volume.matrix)
+    assert np.allclose(vol.density_weights(), pipe_menon_density(vol.coords, vol.matrix))
+
+
+# --------------------------------------------------------------------------------------------------- benchmark
+
+
+def test_benchmark_refuses_bad_flags(capsys):
+    from benchmarks.run_noncartesian import main
+
+    assert main(["--spokes", "0"]) == 2
+    assert "--spokes" in capsys.readouterr().err
+    assert main(["--bogus"]) == 2
