@@ -80,8 +80,16 @@ def estimate_sigma_y(kspace: torch.Tensor, mask: torch.Tensor, edge_fraction: fl
     rows[:n] = True
     rows[h - n:] = True
     sel = sampled & rows[:, None]
-    vals = kspace[..., sel]
-    parts = torch.cat([vals.real.reshape(-1), vals.imag.reshape(-1)])
+    return mad_sigma(kspace[..., sel])
+
+
+def mad_sigma(values: torch.Tensor) -> float:
+    """Noise std per complex value (``E|n|² = σ²``) of complex ``values`` (any shape).
+
+    A median-absolute-deviation estimate on their non-zero real and imaginary parts (robust to the
+    signal that remains among them); 0.0 when fewer than 16 parts are non-zero.
+    """
+    parts = torch.cat([values.real.reshape(-1), values.imag.reshape(-1)])
     parts = parts[parts != 0]
     if parts.numel() < 16:
         return 0.0

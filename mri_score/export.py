@@ -122,6 +122,19 @@ def _check_volume(volume: np.ndarray, what: str) -> np.ndarray:
     return vol
 
 
+def _check_layout(volume: np.ndarray, pixel_mm: tuple[float, float], slice_mm: float, spacing_mm: float | None,
+                  where: str) -> tuple[np.ndarray, tuple[float, float], float, float]:
+    """``(volume, (dy, dx), slice_mm, spacing_mm)`` of a writer's arguments, checked (:func:`_check_volume`,
+    :func:`_check_mm`; errors name ``where``, the output); ``spacing_mm`` None is ``slice_mm``."""
+    vol = _check_volume(volume, where)
+    pixel = _check_mm(pixel_mm, f"{where}: pixel_mm (dy, dx)")
+    if len(pixel) != 2:
+        raise InputError(f"{where}: pixel_mm must be (dy, dx), got {pixel_mm!r}")
+    (slice_mm,) = _check_mm([slice_mm], f"{where}: slice_mm")
+    (spacing,) = _check_mm([slice_mm if spacing_mm is None else spacing_mm], f"{where}: spacing_mm")
+    return vol, (pixel[0], pixel[1]), slice_mm, spacing
+
+
 def _geometry(shape: tuple[int, int, int], pixel_mm: tuple[float, float], spacing_mm: float) -> np.ndarray:
     """Patient position (LPS, mm) of the centre of voxel ``[0, 0, 0]``: the volume centred on the origin."""
     s, h, w = shape
@@ -180,13 +193,8 @@ def write_nifti(path: str | os.PathLike[str], volume: np.ndarray, pixel_mm: tupl
     path = Path(path)
     if not (path.name.endswith(".nii.gz") or path.name.endswith(".nii")):
         raise InputError(f"{path}: a NIfTI file name ends in .nii.gz or .nii")
-    vol = _check_volume(volume, str(path))
-    pixel = _check_mm(pixel_mm, f"{path}: pixel_mm (dy, dx)")
-    if len(pixel) != 2:
-        raise InputError(f"{path}: pixel_mm must be (dy, dx), got {pixel_mm!r}")
-    (slice_mm,) = _check_mm([slice_mm], f"{path}: slice_mm")
-    (spacing,) = _check_mm([slice_mm if spacing_mm is None else spacing_mm], f"{path}: spacing_mm")
-    affine = nifti_affine(vol.shape, (pixel[0], pixel[1]), spacing)
+    vol, pixel, _, spacing = _check_layout(volume, pixel_mm, slice_mm, spacing_mm, str(path))
+    affine = nifti_affine(vol.shape, pixel, spacing)
     img = nib.Nifti1Image(np.ascontiguousarray(vol.transpose(2, 1, 0)), affine)
     hdr = img.header
     hdr.set_xyzt_units("mm")
@@ -360,12 +368,7 @@ def write_dicom_series(directory: str | os.PathLike[str], volume: np.ndarray, pi
         write; nothing is left behind.
     """
     directory = Path(directory)
-    vol = _check_volume(volume, str(directory))
-    pixel = _check_mm(pixel_mm, f"{directory}: pixel_mm (dy, dx)")
-    if len(pixel) != 2:
-        raise InputError(f"{directory}: pixel_mm must be (dy, dx), got {pixel_mm!r}")
-    (slice_mm,) = _check_mm([slice_mm], f"{directory}: slice_mm")
-    (spacing,) = _check_mm([slice_mm if spacing_mm is None else spacing_mm], f"{directory}: spacing_mm")
+    vol, pixel, slice_mm, spacing = _check_layout(volume, pixel_mm, slice_mm, spacing_mm, str(directory))
     if not 0 <= int(series_number) <= 2**31 - 1:
         raise InputError(f"{directory}: series_number must be a non-negative integer, got {series_number}")
     pydicom = _pydicom()
@@ -374,7 +377,7 @@ def write_dicom_series(directory: str | os.PathLike[str], volume: np.ndarray, pi
 
     s, h, w = vol.shape
     stored, slope, intercept = rescale(vol)
-    p0 = _geometry(vol.shape, (pixel[0], pixel[1]), spacing)
+    p0 = _geometry(vol.shape, pixel, spacing)
     now = datetime.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     study = study_uid or generate_uid()

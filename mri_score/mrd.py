@@ -45,8 +45,10 @@ limits or echo), more than one contrast, phase, repetition or set, reversed (EPI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -384,35 +386,39 @@ def acquisition_table(hf: Any, path: Path, group: str) -> Any:
     return dset
 
 
-def _read_heads(dset: Any, path: Path) -> np.ndarray:
+def read_heads(dset: Any, path: Path) -> np.ndarray:
+    """The ``head`` column of the acquisition table (structured array, one row per acquisition)."""
     try:
         return np.asarray(dset.fields("head")[()])
     except (OSError, TypeError, ValueError, RuntimeError, KeyError) as err:
         raise InputError(f"{path}: MRD acquisition headers cannot be read ({str(err).splitlines()[0]})") from None
 
 
-def _unique(values: np.ndarray) -> list[int]:
+def unique_values(values: np.ndarray) -> list[int]:
+    """The distinct ``values``, sorted, as Python ints."""
     return [int(v) for v in np.unique(values)]
 
 
-def _one_value(values: np.ndarray, path: Path, what: str) -> int:
-    found = _unique(values)
+def one_value(values: np.ndarray, path: Path, what: str) -> int:
+    """The one value all acquisitions share; one :class:`InputError` naming ``what`` when they differ."""
+    found = unique_values(values)
     if len(found) != 1:
         raise InputError(f"{path}: MRD {what} differ between acquisitions ({', '.join(map(str, found[:6]))}); "
                          "one value is required")
     return found[0]
 
 
-def _rows(dset: Any, rows: np.ndarray, path: Path) -> Any:
-    """Yield ``(row, samples)`` for the sorted ``rows`` of the table, ``samples`` a float array, read in blocks."""
-    field = dset.fields("data")
+def acquisition_rows(dset: Any, rows: np.ndarray, path: Path, field: str = "data") -> Any:
+    """Yield ``(row, value)`` of the variable-length ``field`` (``data``: the samples, ``traj``: the trajectory) for
+    the sorted ``rows`` of the table, ``value`` a float array, read in blocks of :data:`BLOCK_ROWS`."""
+    column = dset.fields(field)
     for start in range(0, int(rows[-1]) + 1 if rows.size else 0, BLOCK_ROWS):
         want = rows[(rows >= start) & (rows < start + BLOCK_ROWS)]
         if want.size == 0:
             continue
         stop = int(want[-1]) + 1
         try:
-            block = field[start:stop]
+            block = column[start:stop]
         except (OSError, TypeError, ValueError, RuntimeError) as err:
             raise InputError(f"{path}: MRD acquisitions {start}..{stop - 1} cannot be read "
                              f"({str(err).splitlines()[0]})") from None
@@ -420,7 +426,7 @@ def _rows(dset: Any, rows: np.ndarray, path: Path) -> Any:
             yield int(r), block[int(r) - start]
 
 
-def _samples(raw: Any, row: int, channels: int, samples: int, path: Path) -> np.ndarray:
+def acquisition_samples(raw: Any, row: int, channels: int, samples: int, path: Path) -> np.ndarray:
     """Acquisition ``row``'s data as complex128 ``(channels, samples)``; checked for length and finiteness."""
     arr = np.asarray(raw)
     if arr.dtype.kind != "f" or arr.size != 2 * channels * samples:
@@ -430,6 +436,63 @@ def _samples(raw: Any, row: int, channels: int, samples: int, path: Path) -> np.
     if not np.isfinite(out).all():
         raise InputError(f"{path}: MRD acquisition {row} contains NaN or Inf")
     return out
+
+
+@contextlib.contextmanager
+def open_acquisitions(path: Path, group: str | None = None) -> Iterator[tuple[Any, str, Any, Any]]:
+    """Open an MRD file read-only: ``(hf, group, header, table)``.
+
+    The open HDF5 file, its MRD group (:func:`find_mrd_group`), the parsed ISMRMRD header
+    (:func:`read_mrd_header`) and the checked acquisition table (:func:`acquisition_table`); the
+    ``ismrmrd`` package is checked for before the file is opened.
+    """
+    ismrmrd_module(path)
+    with open_input(path) as hf:
+        grp = find_mrd_group(hf, path, group)
+        header, _ = read_mrd_header(hf, path, grp)
+        yield hf, grp, header, acquisition_table(hf, path, grp)
+
+
+def acquisition_kinds(heads: np.ndarray) -> tuple[Callable[[str], np.ndarray], np.ndarray, np.ndarray]:
+    """``(has, noise, skipped)`` of the acquisition headers ``heads``.
+
+    ``has(name)``: per acquisition, whether it carries the ISMRMRD flag ``name``; ``noise``: the noise
+    measurements (``ACQ_IS_NOISE_MEASUREMENT``); ``skipped``: the acquisitions with no image data for the
+    readers (:data:`SKIPPED_FLAGS` that the installed ``ismrmrd`` defines).
+    """
+    constants = ismrmrd_module().constants
+    flags = heads["flags"].astype(np.uint64)
+
+    def has(name: str) -> np.ndarray:
+        return (flags & np.uint64(flag_bit(name))) != 0
+
+    noise = has("ACQ_IS_NOISE_MEASUREMENT")
+    skipped = np.zeros_like(noise)
+    for name in SKIPPED_FLAGS:
+        if hasattr(constants, name):
+            skipped |= has(name)
+    return has, noise, skipped
+
+
+def readout_layout(h: np.ndarray, path: Path, hint: str = "") -> tuple[int, int, int, int]:
+    """``(channels, number_of_samples, discard_pre, discard_post)`` of the imaging acquisition headers ``h``.
+
+    One :class:`InputError` each for more than one contrast, phase, repetition or set (:data:`SINGLE_VALUED`;
+    ``hint`` ends that message), values that differ between acquisitions, or a channel count outside
+    ``1..``:data:`MAX_CHANNELS`.
+    """
+    idx = h["idx"]
+    many = [(len(unique_values(idx[f])), plural) for f, plural in SINGLE_VALUED if len(unique_values(idx[f])) > 1]
+    if many:
+        listed = " and ".join(f"{n} {plural}" for n, plural in many)
+        raise InputError(f"{path}: MRD file holds {listed}; only one of each is read{hint}")
+    channels = one_value(h["active_channels"], path, "channel counts (active_channels)")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise InputError(f"{path}: MRD acquisitions have {channels} channels (1..{MAX_CHANNELS} are read)")
+    ns = one_value(h["number_of_samples"], path, "readout lengths (number_of_samples)")
+    pre = one_value(h["discard_pre"], path, "discard_pre values")
+    post = one_value(h["discard_post"], path, "discard_post values")
+    return channels, ns, pre, post
 
 
 def fft1c(x: np.ndarray, inverse: bool = False) -> np.ndarray:
@@ -496,22 +559,9 @@ def load_mrd(path: str | os.PathLike[str], group: str | None = None, prewhiten: 
         One line naming the file, for anything unusable or unsupported.
     """
     path = Path(path)
-    c = ismrmrd_module(path).constants
-    with open_input(path) as hf:
-        grp = find_mrd_group(hf, path, group)
-        header, _ = read_mrd_header(hf, path, grp)
-        dset = acquisition_table(hf, path, grp)
-        heads = _read_heads(dset, path)
-        flags = heads["flags"].astype(np.uint64)
-
-        def has(name: str) -> np.ndarray:
-            return (flags & np.uint64(flag_bit(name))) != 0
-
-        noise = has("ACQ_IS_NOISE_MEASUREMENT")
-        skipped = np.zeros_like(noise)
-        for name in SKIPPED_FLAGS:
-            if hasattr(c, name):
-                skipped |= has(name)
+    with open_acquisitions(path, group) as (hf, grp, header, dset):
+        heads = read_heads(dset, path)
+        has, noise, skipped = acquisition_kinds(heads)
         cal_only = has("ACQ_IS_PARALLEL_CALIBRATION") & ~has("ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING") & ~noise & ~skipped
         acs_flag = (has("ACQ_IS_PARALLEL_CALIBRATION") | has("ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING")) & ~noise
         used = ~noise & ~skipped  # imaging lines and calibration lines
@@ -520,7 +570,7 @@ def load_mrd(path: str | os.PathLike[str], group: str | None = None, prewhiten: 
                              f"{int(skipped.sum())} navigator/correction acquisitions)")
         h = heads[used]
         idx = h["idx"]
-        ref = _one_value(h["encoding_space_ref"], path, "encoding spaces (encoding_space_ref)")
+        ref = one_value(h["encoding_space_ref"], path, "encoding spaces (encoding_space_ref)")
         geo = header_geometry(header, path, ref)
         if (h["trajectory_dimensions"] > 0).any():
             raise InputError(f"{path}: MRD acquisitions carry a trajectory: non-Cartesian MRD input is read by the "
@@ -531,17 +581,7 @@ def load_mrd(path: str | os.PathLike[str], group: str | None = None, prewhiten: 
         if (idx["kspace_encode_step_2"] > 0).any():
             raise InputError(f"{path}: 3-D MRD encoding (kspace_encode_step_2 up to "
                              f"{int(idx['kspace_encode_step_2'].max())}); only 2-D multi-slice Cartesian data is read")
-        many = [(len(_unique(idx[f])), plural) for f, plural in SINGLE_VALUED if len(_unique(idx[f])) > 1]
-        if many:
-            listed = " and ".join(f"{n} {plural}" for n, plural in many)
-            raise InputError(f"{path}: MRD file holds {listed}; only one of each is read (select one before "
-                             "converting)")
-        channels = _one_value(h["active_channels"], path, "channel counts (active_channels)")
-        if not 1 <= channels <= MAX_CHANNELS:
-            raise InputError(f"{path}: MRD acquisitions have {channels} channels (1..{MAX_CHANNELS} are read)")
-        ns = _one_value(h["number_of_samples"], path, "readout lengths (number_of_samples)")
-        pre = _one_value(h["discard_pre"], path, "discard_pre values")
-        post = _one_value(h["discard_post"], path, "discard_post values")
+        channels, ns, pre, post = readout_layout(h, path, " (select one before converting)")
         ex, rx, ey = geo.encoded[0], geo.recon[0], geo.encoded[1]
         if ns - pre - post != ex:
             raise InputError(f"{path}: MRD readouts have {ns} samples ({pre} + {post} discarded), the encoded "
@@ -557,7 +597,7 @@ def load_mrd(path: str | os.PathLike[str], group: str | None = None, prewhiten: 
             raise InputError(f"{path}: MRD kspace_encode_step_1 {int(outside[0])} lies outside the header's "
                              f"phase-encode limits {geo.e1_min}..{geo.e1_max}")
         columns = e1 + ey // 2 - geo.e1_center
-        slice_ids = _unique(idx["slice"])
+        slice_ids = unique_values(idx["slice"])
         slice_of = np.searchsorted(np.asarray(slice_ids), idx["slice"])
         shape = (len(slice_ids), channels, rx, ey)
         nbytes = float(np.prod(shape, dtype=np.float64)) * 8
@@ -565,7 +605,7 @@ def load_mrd(path: str | os.PathLike[str], group: str | None = None, prewhiten: 
             raise InputError(f"{path}: MRD k-space of shape {shape} is too large to load ({MAX_KSPACE_BYTES} bytes max)")
         limits.check_fits(nbytes * READ_COPIES + path.stat().st_size, f"{path}: MRD k-space of shape {shape}")
 
-        covariance, n_noise = _noise_covariance(dset, heads, noise, channels, h["sample_time_us"], path)
+        covariance, n_noise = noise_covariance(dset, heads, noise, channels, h["sample_time_us"], path)
         whitening = noise_whitening(covariance, path) if (prewhiten and covariance is not None) else None
 
         kspace = np.zeros(shape, dtype=np.complex64)
@@ -573,9 +613,9 @@ def load_mrd(path: str | os.PathLike[str], group: str | None = None, prewhiten: 
         cal: dict[tuple[int, int], list[np.ndarray]] = {}
         position = {int(r): i for i, r in enumerate(np.flatnonzero(used))}
         cal_rows = cal_only[used]
-        for row, raw in _rows(dset, np.flatnonzero(used), path):
+        for row, raw in acquisition_rows(dset, np.flatnonzero(used), path):
             i = position[row]
-            line = _samples(raw, row, channels, ns, path)[:, pre : pre + ex]
+            line = acquisition_samples(raw, row, channels, ns, path)[:, pre : pre + ex]
             if whitening is not None:
                 line = whitening @ line
             line = remove_readout_oversampling(line, rx)
@@ -631,8 +671,8 @@ def read_mrd(path: str | os.PathLike[str], group: str | None = None, prewhiten: 
     return load_mrd(path, group, prewhiten, load_target).volume
 
 
-def _noise_covariance(dset: Any, heads: np.ndarray, noise: np.ndarray, channels: int, dwell: np.ndarray,
-                      path: Path) -> tuple[np.ndarray | None, int]:
+def noise_covariance(dset: Any, heads: np.ndarray, noise: np.ndarray, channels: int, dwell: np.ndarray,
+                     path: Path) -> tuple[np.ndarray | None, int]:
     """The noise covariance ``X X^H / M`` at the imaging dwell time and the number ``M`` of samples per coil."""
     rows = np.flatnonzero(noise)
     if rows.size == 0:
@@ -646,10 +686,10 @@ def _noise_covariance(dset: Any, heads: np.ndarray, noise: np.ndarray, channels:
     imaging_dwell = float(np.median(valid)) if valid.size else 0.0
     acc = np.zeros((channels, channels), dtype=np.complex128)
     total = 0
-    for k, (row, raw) in enumerate(_rows(dset, rows, path)):
+    for k, (row, raw) in enumerate(acquisition_rows(dset, rows, path)):
         head = nh[k]
         ns, pre, post = int(head["number_of_samples"]), int(head["discard_pre"]), int(head["discard_post"])
-        x = _samples(raw, row, channels, ns, path)[:, pre : max(pre, ns - post)]
+        x = acquisition_samples(raw, row, channels, ns, path)[:, pre : max(pre, ns - post)]
         noise_dwell = float(head["sample_time_us"])
         if imaging_dwell > 0 and noise_dwell > 0 and np.isfinite(noise_dwell):
             x = x * np.sqrt(noise_dwell / imaging_dwell)  # noise variance scales with the bandwidth, 1 / dwell

@@ -36,28 +36,28 @@ import numpy as np
 import torch
 
 from mri_score import limits
-from mri_score.calibration import Calibration
+from mri_score.calibration import Calibration, mad_sigma
 from mri_score.errors import InputError, one_line
 from mri_score.fastmri_io import MAX_KSPACE_BYTES, READ_COPIES, atomic_h5_write, center_crop, dataset, open_input, read_array
 from mri_score.likelihood import GaussianKspaceLikelihood, Likelihood
 from mri_score.mrd import (  # the Cartesian reader's checks
-    BLOCK_ROWS,
     DEFAULT_GROUP,
     MAX_CHANNELS,
     REFERENCE_GROUP,
-    SINGLE_VALUED,
-    SKIPPED_FLAGS,
-    _noise_covariance,
-    _one_value,
-    _read_heads,
-    _samples,
-    _unique,
-    acquisition_table,
+    acquisition_kinds,
+    acquisition_rows,
+    acquisition_samples,
     find_mrd_group,
     flag_bit,
     ismrmrd_module,
+    noise_covariance,
     noise_whitening,
+    one_value,
+    open_acquisitions,
+    read_heads,
     read_mrd_header,
+    readout_layout,
+    unique_values,
 )
 from mri_score.pipeline import VolumeResult
 from mri_score.prior import ComplexPrior
@@ -229,23 +229,6 @@ class NonCartesianVolume:
 # MRD
 
 
-def _field_rows(dset: Any, field: str, rows: np.ndarray, path: Path) -> Any:
-    """Yield ``(row, value)`` of the variable-length ``field`` for the sorted ``rows`` of the table, read in blocks."""
-    column = dset.fields(field)
-    for start in range(0, int(rows[-1]) + 1 if rows.size else 0, BLOCK_ROWS):
-        want = rows[(rows >= start) & (rows < start + BLOCK_ROWS)]
-        if want.size == 0:
-            continue
-        stop = int(want[-1]) + 1
-        try:
-            block = column[start:stop]
-        except (OSError, TypeError, ValueError, RuntimeError) as err:
-            raise InputError(f"{path}: MRD acquisitions {start}..{stop - 1} cannot be read "
-                             f"({str(err).splitlines()[0]})") from None
-        for r in want:
-            yield int(r), block[int(r) - start]
-
-
 def _header_matrix(header: Any, ref: int, path: Path) -> tuple[str, tuple[int, int], tuple[float, float] | None]:
     """Trajectory kind, recon matrix ``(H, W)`` and pixel size of encoding ``ref``; refusals of the header."""
     if ref >= len(header.encoding):
@@ -337,60 +320,38 @@ def read_noncartesian_mrd(path: str | os.PathLike[str], group: str | None = None
         disagree, coordinates outside ``±N/2``, slices with different trajectories, non-finite values.
     """
     path = Path(path)
-    c = ismrmrd_module(path).constants
-    with open_input(path) as hf:
-        grp = find_mrd_group(hf, path, group)
-        header, _ = read_mrd_header(hf, path, grp)
-        dset = acquisition_table(hf, path, grp)
+    with open_acquisitions(path, group) as (hf, _, header, dset):
         if "traj" not in (dset.dtype.names or ()):
             raise InputError(f"{path}: MRD acquisition table has no 'traj' field (no trajectory)")
-        heads = _read_heads(dset, path)
-        flags = heads["flags"].astype(np.uint64)
-
-        def has(name: str) -> np.ndarray:
-            return (flags & np.uint64(flag_bit(name))) != 0
-
-        noise = has("ACQ_IS_NOISE_MEASUREMENT")
-        skipped = np.zeros_like(noise)
-        for name in SKIPPED_FLAGS:
-            if hasattr(c, name):
-                skipped |= has(name)
+        heads = read_heads(dset, path)
+        _, noise, skipped = acquisition_kinds(heads)
         used = ~noise & ~skipped
         if not used.any():
             raise InputError(f"{path}: MRD file holds no imaging acquisitions ({int(noise.sum())} noise acquisitions)")
         h = heads[used]
         idx = h["idx"]
-        ref = _one_value(h["encoding_space_ref"], path, "encoding spaces (encoding_space_ref)")
+        ref = one_value(h["encoding_space_ref"], path, "encoding spaces (encoding_space_ref)")
         kind, matrix, pixel_mm = _header_matrix(header, ref, path)
         dims = h["trajectory_dimensions"].astype(np.int64)
         if (dims == 0).any():
             row = int(np.flatnonzero(used)[np.flatnonzero(dims == 0)[0]])
             raise InputError(f"{path}: MRD acquisition {row} carries no trajectory (trajectory_dimensions 0); "
                              "non-Cartesian data needs one per acquisition")
-        ndim = _one_value(dims, path, "trajectory dimensions")
+        ndim = one_value(dims, path, "trajectory dimensions")
         if ndim not in (2, 3):
             raise InputError(f"{path}: MRD trajectories have {ndim} dimensions; 2-D k-space needs 2 (or 3)")
         if (idx["kspace_encode_step_2"] > 0).any():
             raise InputError(f"{path}: 3-D MRD encoding (kspace_encode_step_2 > 0); only 2-D multi-slice data is read")
-        many = [(len(_unique(idx[f])), plural) for f, plural in SINGLE_VALUED if len(_unique(idx[f])) > 1]
-        if many:
-            listed = " and ".join(f"{n} {plural}" for n, plural in many)
-            raise InputError(f"{path}: MRD file holds {listed}; only one of each is read")
-        channels = _one_value(h["active_channels"], path, "channel counts (active_channels)")
-        if not 1 <= channels <= MAX_CHANNELS:
-            raise InputError(f"{path}: MRD acquisitions have {channels} channels (1..{MAX_CHANNELS} are read)")
-        ns = _one_value(h["number_of_samples"], path, "readout lengths (number_of_samples)")
-        pre = _one_value(h["discard_pre"], path, "discard_pre values")
-        post = _one_value(h["discard_post"], path, "discard_post values")
+        channels, ns, pre, post = readout_layout(h, path)
         readout = ns - pre - post
         if readout < 1:
             raise InputError(f"{path}: MRD readouts of {ns} samples discard {pre} + {post}: nothing is left")
         e1 = idx["kspace_encode_step_1"].astype(np.int64)
-        slice_ids = _unique(idx["slice"])
+        slice_ids = unique_values(idx["slice"])
         slice_of = np.searchsorted(np.asarray(slice_ids), idx["slice"])
-        steps = _unique(e1)
+        steps = unique_values(e1)
         for s in range(len(slice_ids)):
-            got = _unique(e1[slice_of == s])
+            got = unique_values(e1[slice_of == s])
             if got != steps:
                 raise InputError(f"{path}: MRD slice {slice_ids[s]} has {len(got)} acquisitions, the file {len(steps)} "
                                  "(one trajectory for every slice is required)")
@@ -405,7 +366,7 @@ def read_noncartesian_mrd(path: str | os.PathLike[str], group: str | None = None
         rows = np.flatnonzero(used)
         position = {int(r): i for i, r in enumerate(rows)}
         coords = np.full((len(steps), readout, 2), np.nan, dtype=np.float64)
-        for row, raw in _field_rows(dset, "traj", rows, path):
+        for row, raw in acquisition_rows(dset, rows, path, "traj"):
             i = position[row]
             arr = np.asarray(raw)
             if arr.dtype.kind != "f" or arr.size != ndim * ns:
@@ -432,13 +393,13 @@ def read_noncartesian_mrd(path: str | os.PathLike[str], group: str | None = None
         except OperatorInputError as err:
             raise InputError(f"{path}: MRD trajectory: {one_line(err)}") from None
 
-        covariance, _ = _noise_covariance(dset, heads, noise, channels, h["sample_time_us"], path)
+        covariance, _ = noise_covariance(dset, heads, noise, channels, h["sample_time_us"], path)
         whitening = noise_whitening(covariance, path) if (prewhiten and covariance is not None) else None
         samples = np.zeros(shape, dtype=np.complex128)
         count = np.zeros((len(slice_ids), len(steps)), dtype=np.int64)
-        for row, raw in _field_rows(dset, "data", rows, path):
+        for row, raw in acquisition_rows(dset, rows, path):
             i = position[row]
-            line = _samples(raw, row, channels, ns, path)[:, pre : ns - post]
+            line = acquisition_samples(raw, row, channels, ns, path)[:, pre : ns - post]
             if whitening is not None:
                 line = whitening @ line
             s, k = int(slice_of[i]), int(step_of[i])
@@ -674,19 +635,13 @@ def estimate_sigma_noncartesian(samples: torch.Tensor, coords: torch.Tensor, out
     """Noise std per complex sample (``E|n|² = σ²``) from the samples in the outermost ``outer_fraction`` of radius.
 
     The k-space periphery holds almost no signal; a median-absolute-deviation estimate on the real and
-    imaginary parts there is robust to what remains (as :func:`mri_score.calibration.estimate_sigma_y` does
-    with the outermost Cartesian rows).  ``samples`` complex ``(coils, M)``, ``coords`` ``(M, 2)``; 0.0 when
-    fewer than 16 values are available.
+    imaginary parts there (:func:`mri_score.calibration.mad_sigma`) is robust to what remains (as
+    :func:`mri_score.calibration.estimate_sigma_y` does with the outermost Cartesian rows).  ``samples``
+    complex ``(coils, M)``, ``coords`` ``(M, 2)``; 0.0 when fewer than 16 values are available.
     """
     r = torch.linalg.vector_norm(coords.to(torch.float64), dim=-1)
     sel = r >= (1.0 - outer_fraction) * float(r.max())
-    vals = samples[..., sel.to(samples.device)]
-    parts = torch.cat([vals.real.reshape(-1), vals.imag.reshape(-1)])
-    parts = parts[parts != 0]
-    if parts.numel() < 16:
-        return 0.0
-    mad = (parts - parts.median()).abs().median()
-    return float(1.4826 * mad * 2**0.5)
+    return mad_sigma(samples[..., sel.to(samples.device)])
 
 
 def _as_samples(samples: np.ndarray | torch.Tensor) -> torch.Tensor:

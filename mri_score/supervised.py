@@ -47,14 +47,19 @@ class MagnitudeUNet(nn.Module):
         return x + crop(f)
 
 
-class KspacePairSource:
-    """On-the-fly (zero-filled RSS, target RSS) pairs ``(B, 1, rows, W)`` from full complex slices.
+class CoilSliceSource:
+    """Full complex slices by matrix size, and what simulating multi-coil training data from them takes.
+
+    The common state of the on-the-fly sources (:class:`KspacePairSource`,
+    :class:`mri_score.varnet_training.VarNetPairSource`): ``by_shape`` the slices with at least ``rows``
+    rows grouped by shape, ``shapes`` those shapes sorted, ``mask_func`` the fastMRI mask function, ``maps``
+    birdcage coil maps per shape, ``snr`` the SNR range.
 
     Parameters
     ----------
-    slices : sequence of complex ``(H, W)`` arrays (any scale; pairs are scaled from their own ACS).
+    slices : sequence of complex ``(H, W)`` arrays (any scale; examples are scaled from their own ACS).
     rows : height of the random row window (the full width is kept: the mask acts on W).
-    mask_type, acceleration, center_fraction : the fastMRI mask trained for.
+    mask_type, acceleration, center_fraction : the fastMRI mask trained for (:data:`operators.MASK_TYPES`).
     coils : number of birdcage coils.
     snr : (lo, hi) range of the SNR (99th-percentile magnitude / noise std), drawn log-uniformly.
     """
@@ -76,6 +81,13 @@ class KspacePairSource:
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.by_shape.values())
+
+
+class KspacePairSource(CoilSliceSource):
+    """On-the-fly (zero-filled RSS, target RSS) pairs ``(B, 1, rows, W)`` from full complex slices.
+
+    Parameters as :class:`CoilSliceSource`.
+    """
 
     def batch(self, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``(inputs, targets)``, each ``(B, 1, rows, W)`` float32, one matrix size per batch."""

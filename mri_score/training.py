@@ -183,6 +183,37 @@ def _restore_generator(gen: torch.Generator, state: torch.Tensor, path: Path, ke
         raise CheckpointError(f"{path}: RNG state {key} is invalid ({str(err).splitlines()[0]})") from None
 
 
+def training_tensors(model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
+                     gen_states: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a training checkpoint: ``model.*`` and ``ema.*`` weights, the Adam state (``opt.*``) and
+    each rank's generator state (``rng.gen.<rank>``); :func:`restore_training_state` reads them back."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    tensors.update(_flatten_optimizer(opt))
+    tensors.update({f"rng.gen.{r}": g for r, g in enumerate(gen_states)})
+    return tensors
+
+
+def read_resume_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(tensors, meta)`` of the checkpoint ``--resume`` continues from; an :class:`InputError` when there is none."""
+    if not path.is_file():
+        raise InputError(f"{path}: --resume given but there is no checkpoint to resume from")
+    return load_checkpoint(path)
+
+
+def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path, model: torch.nn.Module,
+                           ema: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, gen_key: str) -> int:
+    """Load a checkpoint of :func:`training_tensors` into ``model``, ``ema``, ``opt`` and ``gen`` (from ``gen_key``,
+    when the checkpoint has it), each checked; the step to resume at."""
+    load_state_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    load_state_strict(ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, path)
+    start = _resume_step(meta, path)
+    _restore_optimizer(opt, tensors, path)
+    if gen_key in tensors:
+        _restore_generator(gen, tensors[gen_key], path, gen_key)
+    return start
+
+
 def _init_from(model: torch.nn.Module, ema: torch.nn.Module, path: Path, net_cfg: NetworkConfig, task: str) -> None:
     """Start ``model`` and ``ema`` from another checkpoint's (EMA) weights (``train.init_from``: fine-tuning).
 
@@ -246,11 +277,27 @@ def _any_rank(flag: bool, world: int) -> bool:
     return bool(t.item())
 
 
-def _lr(step: int, base: float, warmup: int) -> float:
+def warmup_lr(step: int, base: float, warmup: int) -> float:
+    """The learning rate of ``step`` (0-based): ``base`` after a linear warm-up over ``warmup`` steps."""
     return base * min(1.0, (step + 1) / max(1, warmup))
 
 
-class _Stop:
+def ema_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``model`` (eval mode, no gradients): the start of its EMA (:func:`update_ema`)."""
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema ← decay · ema + (1 − decay) · model``, parameter by parameter, without autograd."""
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1.0 - decay)
+
+
+class StopFlag:
     """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits cleanly."""
 
     def __init__(self) -> None:
@@ -258,6 +305,14 @@ class _Stop:
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.requested = True
+
+
+def check_run_outputs(out_dir: Path, inputs: list[Path], export: str | os.PathLike[str] | None) -> None:
+    """Before any work: the checkpoint, the loss log and ``export`` replace none of the run's ``inputs``, and
+    ``out_dir`` is writable (:mod:`mri_score.atomic`)."""
+    for path in (out_dir / "checkpoint.safetensors", out_dir / "loss.jsonl", *([Path(export)] if export else [])):
+        check_output(path, inputs)
+    check_writable(out_dir, "out_dir")
 
 
 def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_steps: int | None = None,
@@ -271,10 +326,7 @@ def train(cfg: dict[str, Any], resume: bool = False, device: str = "cpu", max_st
     """
     cfg = validate_config(cfg, source)
     inputs = input_files(cfg, config_path)
-    out_dir = Path(cfg["out_dir"])
-    for path in (out_dir / "checkpoint.safetensors", out_dir / "loss.jsonl", *([Path(export)] if export else [])):
-        check_output(path, inputs)
-    check_writable(out_dir, "out_dir")
+    check_run_outputs(Path(cfg["out_dir"]), inputs, export)
     with protected_inputs(inputs):
         return _train(cfg, resume, device, max_steps)
 
@@ -302,9 +354,7 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
     channels_last = bool(tr.get("channels_last", True))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
+    ema = ema_copy(model)
     lr = float(tr.get("lr", 2e-4))
     # the label tables of a conditional prior start at zero (step 0 = the unconditional parent) and get
     # sparse, noisy gradients: train.label_lr_mult speeds them up without touching the rest of the network
@@ -340,18 +390,10 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
     log_path = out_dir / "loss.jsonl"
     start = 0
     if resume:
-        if not ckpt_path.is_file():
-            raise InputError(f"{ckpt_path}: --resume given but there is no checkpoint to resume from")
-        tensors, meta = load_checkpoint(ckpt_path)
+        tensors, meta = read_resume_checkpoint(ckpt_path)
         if meta.get("network") != net_cfg.to_dict():
             raise CheckpointError(f"{ckpt_path}: checkpoint architecture differs from the config's network")
-        load_state_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, ckpt_path)
-        load_state_strict(ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, ckpt_path)
-        start = _resume_step(meta, ckpt_path)
-        _restore_optimizer(opt, tensors, ckpt_path)
-        gen_key = f"rng.gen.{rank}"
-        if gen_key in tensors:
-            _restore_generator(gen, tensors[gen_key], ckpt_path, gen_key)
+        start = restore_training_state(tensors, meta, ckpt_path, model, ema, opt, gen, f"rng.gen.{rank}")
     init_from = tr.get("init_from")
     parent = None
     if init_from:
@@ -371,17 +413,14 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resume and log_path.exists():
             log_path.unlink()
-    stopper = _Stop()
+    stopper = StopFlag()
     old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def save(step: int) -> None:
         gen_states = _gather(gen.get_state(), world)  # every rank's generator: exact resume under torchrun
         if rank != 0:
             return
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-        tensors.update(_flatten_optimizer(opt))
-        tensors.update({f"rng.gen.{r}": g for r, g in enumerate(gen_states)})
+        tensors = training_tensors(model, ema, opt, gen_states)
         meta = {"step": step, "network": net_cfg.to_dict(), "config": cfg, "kind": "training", "task": task,
                 **({"labels": {"contrast": list(CONTRASTS), "anatomy": list(ANATOMIES)}} if net_cfg.label_classes else {}),
                 "parent": parent or NO_PARENT,
@@ -400,7 +439,7 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
     try:
         while step < steps:
             for g in opt.param_groups:
-                g["lr"] = _lr(step, lr, warmup) * g["lr_mult"]
+                g["lr"] = warmup_lr(step, lr, warmup) * g["lr_mult"]
             opt.zero_grad(set_to_none=True)
             loss = torch.zeros(())
             for m in range(accum):  # gradient accumulation: `accum` micro-batches of `micro` per process
@@ -414,9 +453,7 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
                 raise diverged(lv, step + 1, cfg)
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(tr.get("grad_clip", 1.0)))
             opt.step()
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1.0 - ema_decay)
+            update_ema(ema, model, ema_decay)
             step += 1
             losses.append(lv)
             if progress is not None:

@@ -38,7 +38,6 @@ A config (``configs/varnet_synth_4x.yaml``)::
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -55,16 +54,27 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from mri_score import limits
-from mri_score.atomic import check_output, check_writable, protected_inputs
+from mri_score.atomic import protected_inputs
 from mri_score.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from mri_score.errors import CheckpointError, InputError
 from mri_score.network import count_parameters
 from mri_score.scaling import kspace_scale
 from mri_score.schema import Field, check_section
-from mri_score.train_config import DATA_FIELDS, MASK_FIELDS, TRAIN_FIELDS
-from mri_score.training import NO_PARENT, _flatten_optimizer, _restore_generator, _restore_optimizer, _resume_step
+from mri_score.supervised import CoilSliceSource
+from mri_score.train_config import DATA_FIELDS, MASK_FIELDS, TRAIN_FIELDS, input_files
+from mri_score.training import (
+    NO_PARENT,
+    StopFlag,
+    check_run_outputs,
+    ema_copy,
+    read_resume_checkpoint,
+    restore_training_state,
+    training_tensors,
+    update_ema,
+    warmup_lr,
+)
 from mri_score.varnet import TASK, VarNet, VarNetConfig, load_varnet
-from operators import birdcage_maps, create_mask_for_mask_type, fft2c, ifft2c, rss
+from operators import fft2c, ifft2c, rss
 
 __all__ = ["LOSSES", "VarNetBatch", "VarNetPairSource", "build_varnet_source", "export_varnet", "ssim", "train_varnet",
            "validate_varnet_config", "varnet_loss"]
@@ -197,35 +207,17 @@ def simulate_example(image: torch.Tensor, maps: torch.Tensor, mask_func: Any, sn
     return under / scale, mask, rss(ifft2c(full), dim=0) / scale
 
 
-class VarNetPairSource:
+class VarNetPairSource(CoilSliceSource):
     """On-the-fly multi-coil training examples from full complex slices (see the module docstring).
 
-    Parameters
-    ----------
-    slices : sequence of complex ``(H, W)`` arrays (any scale).
-    rows : height of the random row window (the full width is kept: the masks act on ``W``).
-    mask_type, acceleration, center_fraction : the fastMRI mask (:data:`operators.MASK_TYPES`).
-    coils : number of birdcage coils.
-    snr : (lo, hi) range of the SNR (99th-percentile magnitude / noise std), drawn log-uniformly.
+    Parameters as :class:`~mri_score.supervised.CoilSliceSource`; slices that are not 2-D are left out.
     """
 
     def __init__(self, slices: Sequence[np.ndarray], rows: int, mask_type: str = "equispaced",
                  acceleration: float = 4.0, center_fraction: float = 0.08, coils: int = 8,
                  snr: tuple[float, float] = (30.0, 300.0)) -> None:
-        self.by_shape: dict[tuple[int, int], list[np.ndarray]] = {}
-        for s in slices:
-            if s.ndim == 2 and s.shape[0] >= rows:
-                self.by_shape.setdefault(tuple(s.shape), []).append(s)
-        if not self.by_shape:
-            raise InputError(f"no training slice has at least {rows} rows")
-        self.shapes = sorted(self.by_shape)
+        super().__init__([s for s in slices if s.ndim == 2], rows, mask_type, acceleration, center_fraction, coils, snr)
         self.rows = int(rows)
-        self.mask_func = create_mask_for_mask_type(mask_type, [center_fraction], [acceleration])
-        self.maps = {shape: torch.from_numpy(birdcage_maps(coils, shape)) for shape in self.shapes}
-        self.snr = (float(snr[0]), float(snr[1]))
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self.by_shape.values())
 
     def batch(self, batch_size: int, gen: torch.Generator) -> VarNetBatch:
         """A batch of ``batch_size`` examples of one matrix size, drawn with ``gen`` (deterministic given its state)."""
@@ -308,16 +300,6 @@ def varnet_loss(model: VarNet, batch: VarNetBatch, loss: str = "ssim_l1") -> tor
     return s if loss == "ssim" else SSIM_L1_ALPHA * s + (1.0 - SSIM_L1_ALPHA) * l1
 
 
-class _Stop:
-    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and stops."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-
 def _parent(init_from: str | None) -> dict[str, Any]:
     """The ``parent`` metadata: ``train.init_from`` and its SHA-256, or :data:`NO_PARENT`."""
     if not init_from:
@@ -367,13 +349,8 @@ def train_varnet(cfg: dict[str, Any], out_dir: str | os.PathLike[str] | None = N
         limits.check_int(int(steps), "steps", 1, 10**9)
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise InputError(f"{source}: task varnet trains in one process (no torchrun); use --device cuda for a GPU")
-    inputs = [Path(config_path)] if config_path else []
-    if cfg["train"].get("init_from"):
-        inputs.append(Path(cfg["train"]["init_from"]))
-    run_dir = Path(cfg["out_dir"])
-    for path in (run_dir / "checkpoint.safetensors", run_dir / "loss.jsonl", *([Path(export)] if export else [])):
-        check_output(path, inputs)
-    check_writable(run_dir, "out_dir")
+    inputs = input_files(cfg, config_path)  # the config and train.init_from (data.source is synthetic)
+    check_run_outputs(Path(cfg["out_dir"]), inputs, export)
     with protected_inputs(inputs):
         return _train(cfg, resume, device, steps)
 
@@ -389,9 +366,7 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
     torch.manual_seed(seed)
     net_cfg = VarNetConfig.from_dict(cfg["varnet"])
     model = VarNet(net_cfg).to(dev)
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
+    ema = ema_copy(model)
     lr, warmup = float(tr["lr"]), int(tr["warmup"])
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     gen = torch.Generator().manual_seed(seed * 1000)
@@ -402,19 +377,12 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
     parent = _parent(tr.get("init_from"))
     start = 0
     if resume:
-        if not ckpt_path.is_file():
-            raise InputError(f"{ckpt_path}: --resume given but there is no checkpoint to resume from")
-        tensors, meta = load_checkpoint(ckpt_path)
+        tensors, meta = read_resume_checkpoint(ckpt_path)
         if meta.get("task") != TASK:
             raise CheckpointError(f"{ckpt_path}: a {meta.get('task', 'score')!r} checkpoint, not a VarNet training checkpoint")
         if meta.get("varnet") != net_cfg.to_dict():
             raise CheckpointError(f"{ckpt_path}: checkpoint architecture differs from the config's varnet section")
-        load_state_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, ckpt_path)
-        load_state_strict(ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, ckpt_path)
-        start = _resume_step(meta, ckpt_path)
-        _restore_optimizer(opt, tensors, ckpt_path)
-        if "rng.gen.0" in tensors:
-            _restore_generator(gen, tensors["rng.gen.0"], ckpt_path, "rng.gen.0")
+        start = restore_training_state(tensors, meta, ckpt_path, model, ema, opt, gen, "rng.gen.0")
     elif tr.get("init_from"):
         src = load_varnet(tr["init_from"])
         if src.cfg.to_dict() != net_cfg.to_dict():
@@ -427,16 +395,13 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
         log_path.unlink()
 
     def save(step: int) -> None:
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-        tensors.update(_flatten_optimizer(opt))
-        tensors["rng.gen.0"] = gen.get_state()
+        tensors = training_tensors(model, ema, opt, [gen.get_state()])
         meta = {"step": step, "network": net_cfg.unet.to_dict(), "varnet": net_cfg.to_dict(), "config": cfg,
                 "kind": "training", "task": TASK, "parent": parent, "pixel_mm": list(cfg["data"]["pixel_mm"]),
                 "loss": loss_kind, "scaling": SCALING}
         save_checkpoint(ckpt_path, tensors, meta)
 
-    stopper = _Stop()
+    stopper = StopFlag()
     old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGTERM, signal.SIGINT)}
     t0 = time.time()
     losses: list[float] = []
@@ -444,7 +409,7 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
     try:
         while step < steps:
             for g in opt.param_groups:
-                g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
+                g["lr"] = warmup_lr(step, lr, warmup)
             opt.zero_grad(set_to_none=True)
             loss = varnet_loss(model, pool.batch(batch, gen).to(dev), loss_kind)
             lv = float(loss.detach())
@@ -454,9 +419,7 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1.0 - ema_decay)
+            update_ema(ema, model, ema_decay)
             step += 1
             losses.append(lv)
             if step % log_every == 0 or step == steps:

@@ -115,6 +115,25 @@ def mirrored_hemisphere(vol: np.ndarray, side: str, midline: int = MIDLINE, guar
     raise ValueError(f"side must be 'left' or 'right', got {side!r}")
 
 
+# the nilearn loaders of the 1 mm ICBM152 2009 maps (mni152_maps)
+_MNI152_LOADERS = {"t1": "load_mni152_template", "gm": "load_mni152_gm_template", "wm": "load_mni152_wm_template",
+                   "mask": "load_mni152_brain_mask"}
+
+
+def mni152_maps(names: Sequence[str], needed_by: str) -> list[np.ndarray]:
+    """The 1 mm ICBM152 2009 maps ``names`` (``t1``, ``gm``, ``wm``, ``mask``: the T1 template, the grey- and
+    white-matter probabilities, the brain mask), float32, in that order.
+
+    Read from the installed nilearn wheel (offline); without nilearn one :class:`InputError` saying that
+    ``needed_by`` (e.g. ``"the synthetic corpus"``) needs it.
+    """
+    try:
+        from nilearn import datasets
+    except ImportError as err:  # pragma: no cover - depends on install
+        raise InputError(f"{needed_by} needs nilearn: pip install 'mri-score[data]'") from err
+    return [getattr(datasets, _MNI152_LOADERS[name])(resolution=1).get_fdata(dtype=np.float32) for name in names]
+
+
 @functools.lru_cache(maxsize=3)
 def load_template(half: str | None = None) -> Template:
     """Load the ICBM152 template from the installed nilearn wheel (offline) and derive tissue maps.
@@ -122,14 +141,7 @@ def load_template(half: str | None = None) -> Template:
     ``half=None``: the whole template (legacy slab split); ``"left"``/``"right"``:
     the symmetric template built from one hemisphere (:func:`mirrored_hemisphere`).
     """
-    try:
-        from nilearn import datasets
-    except ImportError as err:  # pragma: no cover - depends on install
-        raise InputError("the synthetic corpus needs nilearn: pip install 'mri-score[data]'") from err
-    t1 = datasets.load_mni152_template(resolution=1).get_fdata(dtype=np.float32)
-    gm = datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
-    wm = datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
-    mask = datasets.load_mni152_brain_mask(resolution=1).get_fdata(dtype=np.float32)
+    t1, gm, wm, mask = mni152_maps(("t1", "gm", "wm", "mask"), "the synthetic corpus")
     if half is not None:
         t1, gm, wm, mask = (np.ascontiguousarray(mirrored_hemisphere(a, half)) for a in (t1, gm, wm, mask))
     pad = ((PAD, PAD),) * 3

@@ -25,6 +25,27 @@ def _scaled(img: np.ndarray) -> np.ndarray:
     return (x / image_scale(x, TRAIN_CENTER_FRACTION)).numpy().astype(np.complex64)
 
 
+def augmented_crop(image: torch.Tensor, crop: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """A random ``crop`` window of a complex image ``(H, W)``, flipped vertically / horizontally and conjugated at random.
+
+    The draws, all from ``gen``: the row offset, the column offset, then three coin flips (rows, columns,
+    conjugation); :func:`mri_score.data.fastmri_stream.augment_crop` is the same augmentation drawn from a
+    numpy generator.  Returns a complex view or copy of ``image``, ``crop`` in shape.
+    """
+    h, w = image.shape
+    r = int(torch.randint(h - crop[0] + 1, (1,), generator=gen))
+    c = int(torch.randint(w - crop[1] + 1, (1,), generator=gen))
+    flips = torch.randint(2, (3,), generator=gen).tolist()
+    x = image[r : r + crop[0], c : c + crop[1]]
+    if flips[0]:
+        x = x.flip(-2)
+    if flips[1]:
+        x = x.flip(-1)
+    if flips[2]:
+        x = x.conj()
+    return x
+
+
 def _gen_one(args: tuple[dict, int]) -> np.ndarray:
     # numpy/scipy only: torch's thread pool must not be touched in a forked worker
     kwargs, index = args
@@ -57,18 +78,7 @@ class SlicePool:
         idx = torch.randint(len(self.slices), (batch_size,), generator=gen).tolist()
         out = torch.empty(batch_size, 2, self.crop, self.crop)
         for b, i in enumerate(idx):
-            s = self.slices[i]
-            h, w = s.shape
-            r = int(torch.randint(h - self.crop + 1, (1,), generator=gen))
-            c = int(torch.randint(w - self.crop + 1, (1,), generator=gen))
-            flips = torch.randint(2, (3,), generator=gen).tolist()
-            x = torch.from_numpy(s[r : r + self.crop, c : c + self.crop])
-            if flips[0]:
-                x = x.flip(-2)
-            if flips[1]:
-                x = x.flip(-1)
-            if flips[2]:
-                x = x.conj()
+            x = augmented_crop(torch.from_numpy(self.slices[i]), (self.crop, self.crop), gen)
             out[b, 0] = x.real
             out[b, 1] = x.imag
         labels = None if self.labels is None else torch.from_numpy(self.labels[idx])

@@ -113,7 +113,8 @@ import torch
 from scipy import ndimage
 
 from mri_score.data.body import _blob, _contour_radius
-from mri_score.data.corpus import _ORIENTATIONS, ANATOMIES, CONTRASTS, _rotation
+from mri_score.data.corpus import _ORIENTATIONS, ANATOMIES, CONTRASTS, _rotation, mni152_maps
+from mri_score.data.datasets import augmented_crop
 from mri_score.errors import InputError
 from mri_score.scaling import TRAIN_CENTER_FRACTION, image_scale
 
@@ -254,13 +255,7 @@ def brain_volume() -> tuple[np.ndarray, np.ndarray]:
     centres : numpy.ndarray
         float32 ``(M, 3)`` voxel coordinates of a subsample of the brain-mask voxels.
     """
-    try:
-        from nilearn import datasets
-    except ImportError as err:  # pragma: no cover - depends on install
-        raise InputError("the domain-randomised brain family needs nilearn: pip install 'mri-score[data]'") from err
-    gm = datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
-    wm = datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
-    mask = datasets.load_mni152_brain_mask(resolution=1).get_fdata(dtype=np.float32)
+    gm, wm, mask = mni152_maps(("gm", "wm", "mask"), "the domain-randomised brain family")
     where = np.argwhere(mask > 0.5)
     lo, hi = where.min(0), where.max(0)
     pad = [(max(0, _PAD - int(lo[a])), max(0, _PAD - (mask.shape[a] - 1 - int(hi[a])))) for a in range(3)]
@@ -534,6 +529,22 @@ def _band(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, p0: tuple[floa
     return out
 
 
+def _limb_layers(rng: np.random.Generator, lab: np.ndarray, outline: np.ndarray, x: np.ndarray, y: np.ndarray, rp: float,
+                 lw: float, seeds_below: int) -> tuple[np.ndarray, float]:
+    """Paint a limb's wall into the joint label map ``lab`` inside ``outline`` (mm, > 0 inside): skin, fat of
+    smoothly varying thickness, then muscle split by fat along fascia (Voronoi edges of 4 to ``seeds_below - 1``
+    seeds within ``lw``).  Returns the muscle region and the skin thickness (mm)."""
+    L = {n: i for i, n in enumerate(LABELS["joint"])}
+    skin_t = rng.uniform(1.0, 2.5)
+    fat_t = np.clip(rng.uniform(3, 20) * (1 + 0.4 * smooth_fields(rng, lab.shape, 50.0 / rp)[0]), 1.5, None)
+    lab[outline > 0] = L["skin"]
+    lab[outline > skin_t] = L["fat"]
+    inner = outline > skin_t + fat_t
+    lab[inner] = L["muscle"]
+    lab[inner & (_fascia(x, y, rng, int(rng.integers(4, seeds_below)), lw) < rng.uniform(0.4, 1.2))] = L["fat"]
+    return inner, skin_t
+
+
 def _joint_labels(rng: np.random.Generator, shape: tuple[int, int], rp: float) -> np.ndarray:
     """Joint label map (int8 ``(H, W)``, :data:`LABELS` ``["joint"]``): knee-like long axis or limb cross-section."""
     L = {n: i for i, n in enumerate(LABELS["joint"])}
@@ -546,13 +557,7 @@ def _joint_labels(rng: np.random.Generator, shape: tuple[int, int], rp: float) -
         x, y = _anatomy_grid(rng, shape, rp, _inside_point(rng, lw, 1.5 * lw, 0.7), upright=0.6)
         # limb outline: a wobbly tube along y
         limb = lw * (1 + 0.08 * np.sin(y / rng.uniform(30, 80) + rng.uniform(0, 6))) - np.abs(x - rng.uniform(-5, 5))
-        skin_t = rng.uniform(1.0, 2.5)
-        fat_t = np.clip(rng.uniform(3, 20) * (1 + 0.4 * smooth_fields(rng, shape, 50.0 / rp)[0]), 1.5, None)
-        lab[limb > 0] = L["skin"]
-        lab[limb > skin_t] = L["fat"]
-        inner = limb > skin_t + fat_t
-        lab[inner] = L["muscle"]
-        lab[inner & (_fascia(x, y, rng, int(rng.integers(4, 10)), lw) < rng.uniform(0.4, 1.2))] = L["fat"]
+        inner, skin_t = _limb_layers(rng, lab, limb, x, y, rp, lw, 10)
         gap = rng.uniform(3.0, 9.0)
         wb = wa * rng.uniform(0.85, 1.1)
         xa_, xb_ = rng.uniform(-5, 5), rng.uniform(-5, 5)
@@ -633,13 +638,7 @@ def _joint_labels(rng: np.random.Generator, shape: tuple[int, int], rp: float) -
     else:  # limb cross-section
         x, y = _anatomy_grid(rng, shape, rp, _inside_point(rng, lw, lw), upright=0.0)
         outer = _wblob(x, y, rng, 0.0, 0.0, lw, lw * rng.uniform(0.8, 1.1), 0.12)
-        skin_t = rng.uniform(1.0, 2.5)
-        fat_t = np.clip(rng.uniform(3, 20) * (1 + 0.4 * smooth_fields(rng, shape, 50.0 / rp)[0]), 1.5, None)
-        lab[outer > 0] = L["skin"]
-        lab[outer > skin_t] = L["fat"]
-        inner = outer > skin_t + fat_t
-        lab[inner] = L["muscle"]
-        lab[inner & (_fascia(x, y, rng, int(rng.integers(4, 12)), lw) < rng.uniform(0.4, 1.2))] = L["fat"]
+        inner, _ = _limb_layers(rng, lab, outer, x, y, rp, lw, 12)
         for _ in range(int(rng.integers(1, 3))):
             r = rng.uniform(0.25, 0.6) * wa
             bx, by = _inside_point(rng, lw * 0.4, lw * 0.4, 1.0)
@@ -960,19 +959,9 @@ class DomainRandomPool:
             the contrast is random) and :data:`~mri_score.data.corpus.ANATOMIES` (``joint`` is ``"limb"``).
         """
         full, crop, families = self.scaled_slices(batch_size, gen)
-        shape = tuple(full.shape[-2:])
         out = torch.empty(batch_size, 2, crop[0], crop[1])
         for b in range(batch_size):
-            r = int(torch.randint(shape[0] - crop[0] + 1, (1,), generator=gen))
-            c = int(torch.randint(shape[1] - crop[1] + 1, (1,), generator=gen))
-            flips = torch.randint(2, (3,), generator=gen).tolist()
-            x = full[b, r: r + crop[0], c: c + crop[1]]
-            if flips[0]:
-                x = x.flip(-2)
-            if flips[1]:
-                x = x.flip(-1)
-            if flips[2]:
-                x = x.conj()
+            x = augmented_crop(full[b], crop, gen)
             out[b, 0] = x.real
             out[b, 1] = x.imag
         other = CONTRASTS.index("other")
