@@ -15,7 +15,7 @@ from benchmarks.stats import LEVEL, RESAMPLES, clustered_mean_ci, clustered_pair
 #: Seed of every bootstrap in the report.
 BOOTSTRAP_SEED = 0
 #: The results CSV of the default prior's protocol run (README results block, real-set panels).
-DEFAULT_CSV = "bench_protocol_mixed.csv"
+DEFAULT_CSV = "bench_dev.csv"
 #: Nominal coverage the report checks the calibrated std against, and the tolerance (points).
 NOMINAL, TOLERANCE = 0.9, 0.05
 #: The methods under test (never a baseline).
