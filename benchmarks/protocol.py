@@ -350,6 +350,12 @@ def dds_request(spec: dict, seed: int = 0) -> ReconRequest:
                         magnitude="sense", options=dict(spec.get("options") or {}), grid=spec.get("grid", "native"))
 
 
+def registered_dds(cfg: dict) -> dict | None:
+    """The identity of the config's DDS request (what a registration records), None without DDS."""
+    dds = (cfg.get("methods") or {}).get("dds")
+    return dds_request(dds).identity() if dds else None
+
+
 def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: str, prior: ComplexPrior | None,
           seed: int, unet: torch.nn.Module | None = None, varnet: torch.nn.Module | None = None) -> dict:
     """One method on slice ``s``: ``primary`` (``|x|``), ``rss`` (expected RSS), ``std`` (DDS), ``seconds``, ``nfe``,
@@ -503,7 +509,7 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print,
         from benchmarks import registration
         from mri_score.prior import default_prior_path
 
-        registration.verify(cfg, prior_path or default_prior_path())
+        registration.verify(cfg, prior_path or default_prior_path(), registered_dds(cfg))
         registered = True
     prior = ComplexPrior(prior_module) if any(m in DDS for m in methods) else None
     unet = load_unet(str(methods["unet"]["weights"])) if "unet" in methods else None

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import registration
-from benchmarks.protocol import validate_protocol
+from benchmarks.protocol import registered_dds, validate_protocol
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.config import load_config, require
 from mri_score.errors import InputError
@@ -41,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"{src}: data.real must be final: only the final test needs a registration")
     prior = Path(cfg["prior"]) if cfg.get("prior") else default_prior_path()
     if args.check:
-        registration.verify(cfg, prior, args.out)
+        registration.verify(cfg, prior, registered_dds(cfg), args.out)
         print(f"{args.out}: matches the code and settings")
         return 0
-    path = registration.write(cfg, prior, args.out)
+    path = registration.write(cfg, prior, registered_dds(cfg), args.out)
     print(f"registered {src} -> {path}; commit it before the final run")
     return 0
 

@@ -63,17 +63,16 @@ def git_commit(root: Path = ROOT) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def record(cfg: dict, prior_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The registration record of a protocol config and its prior (what :func:`verify` compares)."""
-    from benchmarks.protocol import dds_request
+def record(cfg: dict, prior_path: str | os.PathLike[str], dds_identity: dict | None) -> dict[str, Any]:
+    """The registration record of a protocol config, its prior and its DDS request's identity (what :func:`verify`
+    compares; the caller builds the request: :func:`benchmarks.protocol.dds_request`)."""
     from mri_score.uncertainty import file_sha256
 
-    dds = (cfg.get("methods") or {}).get("dds")
     return {
         "config_sha256": config_digest(cfg),
         "prior": Path(prior_path).name,
         "prior_sha256": file_sha256(prior_path),
-        "dds_request": dds_request(dds).identity() if dds else None,
+        "dds_request": dds_identity,
         "rules": RULES,
         "code_sha256": code_digest(),
         "git_commit": git_commit(),
@@ -85,15 +84,17 @@ def record(cfg: dict, prior_path: str | os.PathLike[str]) -> dict[str, Any]:
 COMPARED = ("config_sha256", "prior", "prior_sha256", "dds_request", "rules", "code_sha256")
 
 
-def write(cfg: dict, prior_path: str | os.PathLike[str], path: str | os.PathLike[str] = REGISTRATION) -> Path:
-    """Write the registration of ``cfg`` and its prior to ``path`` atomically; returns the path."""
-    rec = record(cfg, prior_path)
+def write(cfg: dict, prior_path: str | os.PathLike[str], dds_identity: dict | None,
+          path: str | os.PathLike[str] = REGISTRATION) -> Path:
+    """Write the registration of ``cfg``, its prior and DDS request to ``path`` atomically; returns the path."""
+    rec = record(cfg, prior_path, dds_identity)
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
     return Path(path)
 
 
-def verify(cfg: dict, prior_path: str | os.PathLike[str], path: str | os.PathLike[str] | None = None) -> None:
+def verify(cfg: dict, prior_path: str | os.PathLike[str], dds_identity: dict | None,
+           path: str | os.PathLike[str] | None = None) -> None:
     """Refuse (:class:`InputError`, one line) unless ``path`` (default :data:`REGISTRATION`) registers exactly this
     config, prior, DDS request and code."""
     path = Path(REGISTRATION if path is None else path)
@@ -104,7 +105,7 @@ def verify(cfg: dict, prior_path: str | os.PathLike[str], path: str | os.PathLik
         stored = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable registration ({err})") from None
-    now = json.loads(json.dumps(record(cfg, prior_path), sort_keys=True))  # as stored (tuples become lists)
+    now = json.loads(json.dumps(record(cfg, prior_path, dds_identity), sort_keys=True))  # as stored (tuples become lists)
     differ = [k for k in COMPARED if stored.get(k) != now.get(k)]
     if differ:
         raise InputError(f"{path}: the code or settings differ from the registration ({', '.join(differ)}); "

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mri_score import limits
 from mri_score.adapt import adapt_denoiser
+from mri_score.batching import free_memory, resolve_batch_slices, slice_working_set
 from mri_score.calibration import Calibration, check_acs
 from mri_score.errors import InputError, one_line
 from mri_score.fastmri_io import (
@@ -34,7 +34,7 @@ from mri_score.inputs import read_volume
 from mri_score.likelihood import Likelihood
 from mri_score.metrics import volume_metrics
 from mri_score.network import EDMDenoiser
-from mri_score.posterior import reconstruct_slice
+from mri_score.posterior import reconstruct_slices
 from mri_score.precision import choose_precision, precision_name
 from mri_score.prior import ComplexPrior
 from mri_score.request import ReconRequest
@@ -43,8 +43,6 @@ from operators.errors import OperatorInputError
 from operators.grid import fourier_resample
 from operators.masks import make_mask
 
-#: Working memory per slice is estimated as this many copies of one slice's multi-coil k-space.
-MEM_COPIES = 24
 #: Retrospective acceleration used for a fully sampled file when none is asked for.
 DEFAULT_ACCELERATION = 4.0
 
@@ -58,8 +56,8 @@ def check_memory(vol: FastMRIVolume, samples: int, device: torch.device, grid_fa
     """
     _, c, h, w = vol.kspace.shape
     fh, fw = fine_shape((h, w), grid_factor)
-    need = MEM_COPIES * max(samples, 1) * c * fh * fw * 8
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else limits.available_memory()
+    need = slice_working_set(samples, c, (fh, fw))
+    free = free_memory(device)
     if need > free:
         grid = "" if (fh, fw) == (h, w) else f" on its {fh}x{fw} sampling grid (--grid; native is {h}x{w})"
         raise InputError(
@@ -121,6 +119,8 @@ class VolumeResult:
     adapted : dict, optional
         With test-time adaptation: the pilot's NFE and seconds and the adaptation's record
         (:func:`mri_score.adapt.adapt_denoiser`); both are included in ``nfe`` and ``seconds``.
+    batch_slices : int
+        Slices sampled together (the last batch of a volume may be smaller); 1 when slice by slice.
     """
 
     image: np.ndarray
@@ -132,6 +132,7 @@ class VolumeResult:
     calibrations: list[Calibration] = field(default_factory=list)
     means: list[torch.Tensor] = field(default_factory=list)
     adapted: dict | None = None
+    batch_slices: int = 1
 
 
 def reconstruct_volume(
@@ -139,13 +140,14 @@ def reconstruct_volume(
     mask: np.ndarray,
     prior: EDMDenoiser | ComplexPrior,
     request: ReconRequest,
-    calibrations: Sequence[Calibration] | None = None,
+    calibrations: Sequence[Calibration | None] | None = None,
     crop: tuple[int, int] | None = None,
     extra_terms: Sequence[Likelihood] = (),
     pixel_mm: tuple[float, float] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    batch_slices: int | str = "auto",
 ) -> VolumeResult:
-    """Reconstruct every slice of a volume, one at a time; slice ``i`` is sampled with seed ``request.seed + i``.
+    """Reconstruct every slice of a volume in batches of slices; slice ``i`` is sampled with seed ``request.seed + i``.
 
     Parameters
     ----------
@@ -163,7 +165,7 @@ def reconstruct_volume(
         sampling grid, then the reconstruction with the adapted copy).
     calibrations : sequence of Calibration, optional
         One per slice (e.g. computed once and shared with baselines); computed from each
-        undersampled slice when None.
+        undersampled slice when None (or where an entry is None).
     crop : tuple of int, optional
         ``(h, w)`` centre crop of the outputs (fastMRI's recon size); no crop when None.
     extra_terms : sequence of Likelihood
@@ -171,7 +173,11 @@ def reconstruct_volume(
     pixel_mm : tuple of float, optional
         In-plane pixel size in mm (a file header's field of view over its matrix); unknown when None.
     progress : callable, optional
-        Called as ``progress(done, total)`` after each slice (e.g. a progress bar).
+        Called as ``progress(done, total)`` after each batch of slices (e.g. a progress bar).
+    batch_slices : int or "auto"
+        Slices sampled together (:func:`mri_score.posterior.reconstruct_slices`; ``auto``: as many as fit in the
+        free memory, :func:`mri_score.batching.resolve_batch_slices`).  It changes the speed and the memory,
+        not the result (to floating-point rounding).  A batch that runs out of CUDA memory is halved and rerun.
 
     Returns
     -------
@@ -183,29 +189,44 @@ def reconstruct_volume(
     runtime = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
     request = request.for_pixels(pixel_mm, getattr(runtime.model, "meta", None))
     if request.adapt is not None:
-        return _reconstruct_adapted(kspace, mask, runtime, request, calibrations, crop, extra_terms)
+        return _reconstruct_adapted(kspace, mask, runtime, request, calibrations, crop, extra_terms, batch_slices)
+    grid = fine_shape(tuple(kspace.shape[-2:]), request.grid_factor)
+    batch = resolve_batch_slices(batch_slices, s, request.samples, kspace.shape[1], grid, runtime.device)
     mask_t = torch.from_numpy(np.asarray(mask))
     images, stds, zfs = [], [], []
-    out = VolumeResult(image=np.empty(0), std=None, zero_filled=np.empty(0), grid_factor=request.grid_factor)
-    for i in range(s):
-        ks = torch.from_numpy(kspace[i])
-        cal = calibrations[i] if calibrations is not None else None
-        res = reconstruct_slice(ks, mask_t, runtime, request.replace(seed=request.seed + i), calibration=cal,
-                                extra_terms=extra_terms)
-        image, std, zf = res.image, res.std, res.zero_filled.abs()
-        if crop is not None:
-            image, zf = center_crop(image, crop), center_crop(zf, crop)
-            std = None if std is None else center_crop(std, crop)
-        images.append(image.numpy())
-        zfs.append(zf.numpy())
-        if std is not None:
-            stds.append(std.numpy())
-        out.nfe.append(res.nfe)
-        out.seconds.append(res.seconds)
-        out.calibrations.append(res.calibration)
-        out.means.append(res.mean)
+    out = VolumeResult(image=np.empty(0), std=None, zero_filled=np.empty(0), grid_factor=request.grid_factor,
+                       batch_slices=batch)
+    i = 0
+    while i < s:
+        b = min(batch, s - i)
+        try:
+            results = reconstruct_slices(torch.from_numpy(kspace[i : i + b]), mask_t, runtime,
+                                         request.replace(seed=request.seed + i),
+                                         calibrations=None if calibrations is None else list(calibrations[i : i + b]),
+                                         extra_terms=extra_terms)
+        except torch.cuda.OutOfMemoryError:  # the same class as torch.OutOfMemoryError (torch >= 2.5)
+            if b == 1:
+                raise
+            batch = out.batch_slices = b // 2  # each slice's seed and noise are its own: the rerun is the same
+            if runtime.device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        for res in results:
+            image, std, zf = res.image, res.std, res.zero_filled.abs()
+            if crop is not None:
+                image, zf = center_crop(image, crop), center_crop(zf, crop)
+                std = None if std is None else center_crop(std, crop)
+            images.append(image.numpy())
+            zfs.append(zf.numpy())
+            if std is not None:
+                stds.append(std.numpy())
+            out.nfe.append(res.nfe)
+            out.seconds.append(res.seconds)
+            out.calibrations.append(res.calibration)
+            out.means.append(res.mean)
+        i += b
         if progress is not None:
-            progress(i + 1, s)
+            progress(i, s)
     out.image = np.stack(images).astype(np.float32)
     out.std = np.stack(stds).astype(np.float32) if stds else None
     out.zero_filled = np.stack(zfs).astype(np.float32)
@@ -217,9 +238,10 @@ def _reconstruct_adapted(
     mask: np.ndarray,
     runtime: ComplexPrior,
     request: ReconRequest,
-    calibrations: Sequence[Calibration] | None,
+    calibrations: Sequence[Calibration | None] | None,
     crop: tuple[int, int] | None,
     extra_terms: Sequence[Likelihood],
+    batch_slices: int | str = "auto",
 ) -> VolumeResult:
     """:func:`reconstruct_volume` with test-time adaptation (pilot, adapt, final pass; see :mod:`mri_score.adapt`)."""
     adapt = request.adapt
@@ -230,7 +252,7 @@ def _reconstruct_adapted(
     pilot_nfe = adapt.pilot_nfe if adapt.pilot_nfe is not None else max(1, int(request.steps) // 2)
     plain = request.replace(adapt=None)
     pilot = reconstruct_volume(kspace, mask, runtime, plain.replace(steps=pilot_nfe, samples=1),
-                               calibrations=calibrations, extra_terms=extra_terms)
+                               calibrations=calibrations, extra_terms=extra_terms, batch_slices=batch_slices)
     images = torch.stack([m / cal.scale for m, cal in zip(pilot.means, pilot.calibrations)])
     grid = fine_shape(kspace.shape[-2:], request.grid_factor)
     if grid != tuple(images.shape[-2:]):  # adapt at the pixel size the final pass samples at (its values kept)
@@ -238,7 +260,7 @@ def _reconstruct_adapted(
     adapted = adapt_denoiser(runtime.model, images, adapt, seed=request.seed)
     overhead = time.perf_counter() - t0
     out = reconstruct_volume(kspace, mask, adapted, plain, calibrations=pilot.calibrations, crop=crop,
-                             extra_terms=extra_terms)
+                             extra_terms=extra_terms, batch_slices=batch_slices)
     s = kspace.shape[0]
     out.nfe = [a + b for a, b in zip(out.nfe, pilot.nfe)]
     out.seconds = [sec + overhead / s for sec in out.seconds]
@@ -256,6 +278,7 @@ def reconstruct_file(
     extra_attrs: dict | None = None,
     std_calibration: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
+    batch_slices: int | str = "auto",
 ) -> dict:
     """Reconstruct one input file (:func:`mri_score.inputs.read_volume`) into ``out_dir/<stem>.h5``; return a summary.
 
@@ -277,7 +300,9 @@ def reconstruct_file(
     passed to every slice.  ``std_calibration`` (an entry of the prior's calibration sidecar,
     :func:`mri_score.uncertainty.lookup_factor`) scales ``reconstruction_std`` by its ``factor``;
     the ``std_calibration`` attr records the factor used, or ``none`` (raw K-sample std).  ``progress`` is called
-    as ``progress(done, total)`` after each slice.
+    as ``progress(done, total)`` after each batch of slices.  ``batch_slices`` (a count or ``auto``) is how many
+    slices are sampled together (:func:`reconstruct_volume`); it changes the speed and the memory, not the output,
+    and is recorded in the summary (``batch_slices``), not in the request.
 
     The summary's metrics are against the file's noise-free ``truth`` where it has one (simulated data: the
     like-for-like target of the default ``sense`` output), else against its fastMRI target (the noisy RSS of
@@ -299,13 +324,13 @@ def reconstruct_file(
     t0 = time.time()
     try:
         res = reconstruct_volume(vol.kspace, mask, prior, request, crop=crop, extra_terms=extra_terms,
-                                 progress=progress)
+                                 progress=progress, batch_slices=batch_slices)
     except (OperatorInputError, np.linalg.LinAlgError) as err:  # coil maps or a solver failed on this file's data
         raise InputError(f"{path}: {one_line(err)}") from None
     seconds = time.time() - t0
     nfe = sum(res.nfe)
     summary = {"file": str(path), "seconds": seconds, "seconds_per_slice": seconds / s, "nfe_per_slice": nfe // s,
-               "slices": s, "acceleration": accel_used, "mask": mask_src}
+               "slices": s, "batch_slices": res.batch_slices, "acceleration": accel_used, "mask": mask_src}
     target, what = None, ""
     if vol.truth is not None:
         target, what = vol.truth, "the file's noise-free truth"

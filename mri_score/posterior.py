@@ -1,7 +1,9 @@
-"""Posterior sampling of one k-space slice: calibration, a sampler, mean and std in the output convention.
+"""Posterior sampling of k-space slices: calibration, a sampler, mean and std in the output convention.
 
 This module is the shared core of :func:`mri_score.pipeline.reconstruct_volume`
-(the ``reconstruct`` command line and the benchmarks).  Only the undersampled
+(the ``reconstruct`` command line and the benchmarks).  :func:`reconstruct_slices` samples a batch of
+slices of one volume together (the network and the data-consistency step see ``B·K`` images at once);
+:func:`reconstruct_slice` is its batch of one.  Only the undersampled
 k-space and its mask are used (never a fully sampled answer).
 
 Output convention (:data:`mri_score.request.MAGNITUDES`, ``ReconRequest.magnitude``): the default
@@ -31,7 +33,7 @@ from operators import Sense, expected_rss, fourier_resample, ifft2c, image_to_gr
 
 # re-exported: the σ_y estimator and the ACS check live in mri_score.calibration
 __all__ = ["MAGNITUDES", "Calibration", "SliceResult", "check_acs", "estimate_sigma_y", "output_magnitude",
-           "reconstruct_slice"]
+           "reconstruct_slice", "reconstruct_slices"]
 
 @dataclass
 class SliceResult:
@@ -79,7 +81,7 @@ def reconstruct_slice(
     extra_terms: Sequence[Likelihood] = (),
     pixel_mm: tuple[float, float] | None = None,
 ) -> SliceResult:
-    """Sample the posterior for one slice.
+    """Sample the posterior for one slice: :func:`reconstruct_slices` of a batch of one.
 
     Parameters
     ----------
@@ -90,8 +92,7 @@ def reconstruct_slice(
     prior : EDMDenoiser or ComplexPrior
         The score network (on the device to use), or its runtime made once for many slices.
     request : ReconRequest
-        The settings; the slice is sampled with ``request.seed``.  An ``auto`` grid is resolved here for
-        ``pixel_mm`` (:meth:`ReconRequest.for_pixels`).
+        The settings; the slice is sampled with ``request.seed``.
     calibration : Calibration, optional
         The slice's calibration (:func:`mri_score.calibration.calibrate`); computed here when None.
     extra_terms : sequence of Likelihood
@@ -102,6 +103,61 @@ def reconstruct_slice(
     Returns
     -------
     SliceResult
+    """
+    return reconstruct_slices(kspace[None], mask, prior, request, calibrations=[calibration], extra_terms=extra_terms,
+                              pixel_mm=pixel_mm)[0]
+
+
+def _data_term(kspace: torch.Tensor, mask: torch.Tensor, cal: Calibration, grid: tuple[int, int]
+               ) -> tuple[GaussianKspaceLikelihood, float]:
+    """One slice's k-space term on the sampling ``grid`` and the scale its samples are multiplied by (see Notes above)."""
+    measured = tuple(kspace.shape[-2:])
+    if grid == measured:
+        return GaussianKspaceLikelihood(Sense(cal.maps, mask), kspace / cal.scale, cal.sigma_y_scaled), cal.scale
+    grid_scale = cal.scale / ((grid[0] * grid[1]) / (measured[0] * measured[1])) ** 0.5
+    op = Sense(fourier_resample(cal.maps, grid), mask, kspace_shape=measured)
+    return GaussianKspaceLikelihood(op, kspace / grid_scale, max(cal.sigma_y / grid_scale, 1e-4)), grid_scale
+
+
+def reconstruct_slices(
+    kspace: torch.Tensor,
+    mask: torch.Tensor,
+    prior: EDMDenoiser | ComplexPrior,
+    request: ReconRequest,
+    calibrations: Sequence[Calibration | None] | None = None,
+    extra_terms: Sequence[Likelihood] = (),
+    pixel_mm: tuple[float, float] | None = None,
+) -> list[SliceResult]:
+    """Sample the posterior of ``B`` slices of one volume together (one batch through the network and the data step).
+
+    Slice ``b`` is sampled with seed ``request.seed + b`` from its own generator, its own calibration,
+    σ_y and data weight, so its result is the one it gets alone (:func:`reconstruct_slice`) to
+    floating-point rounding (the network and the FFTs run on a larger batch); the batch only changes
+    the speed and the memory used.
+
+    Parameters
+    ----------
+    kspace : torch.Tensor
+        Undersampled k-space, complex ``(B, coils, H, W)`` (zeros where not sampled).
+    mask : torch.Tensor
+        ``(W,)`` or ``(H, W)`` sampling mask shared by the slices.
+    prior : EDMDenoiser or ComplexPrior
+        The score network (on the device to use), or its runtime made once for many slices.
+    request : ReconRequest
+        The settings.  An ``auto`` grid is resolved here for ``pixel_mm`` (:meth:`ReconRequest.for_pixels`).
+    calibrations : sequence of Calibration or None, optional
+        One per slice (:func:`mri_score.calibration.calibrate`); a slice's is computed here when it is None.
+    extra_terms : sequence of Likelihood
+        Likelihood terms besides the k-space data that act on each image alone (e.g. classifier guidance),
+        in scaled units; they see the whole batch ``(B·K, H, W)``.
+    pixel_mm : tuple of float, optional
+        In-plane pixel size (mm) for an ``auto`` grid; unknown (native grid) when None.
+
+    Returns
+    -------
+    list of SliceResult
+        One per slice; ``seconds`` is the batch's wall time over ``B`` and ``nfe`` the network evaluations
+        each slice received.
 
     Notes
     -----
@@ -115,36 +171,39 @@ def reconstruct_slice(
     grid through k-space (:func:`operators.image_to_grid`).
     """
     t0 = time.time()
+    b_count = int(kspace.shape[0])
+    if calibrations is not None and len(calibrations) != b_count:
+        raise InputError(f"{len(calibrations)} calibrations for {b_count} slices")
     cprior = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
     cprior.set_precision(request.precision)
     request = request.for_pixels(pixel_mm, getattr(cprior.model, "meta", None))
     device = cprior.device
-    kspace = kspace.to(device)
     mask_t = torch.as_tensor(mask, dtype=torch.float32).to(device)
-    kspace = kspace * mask_t
-    cal = calibrate(kspace, mask_t, request.maps) if calibration is None else calibration.to(device)
-    maps, scale, sigma_y = cal.maps, cal.scale, cal.sigma_y
+    kspace = kspace.to(device) * mask_t
+    cals = [calibrate(kspace[b], mask_t, request.maps) if calibrations is None or calibrations[b] is None
+            else calibrations[b].to(device) for b in range(b_count)]  # type: ignore[union-attr]
     measured = tuple(kspace.shape[-2:])
     grid = fine_shape(measured, request.grid_factor)
-    if grid == measured:
-        data = GaussianKspaceLikelihood(Sense(maps, mask_t), kspace / scale, cal.sigma_y_scaled)
-        grid_scale = scale
-    else:
-        grid_scale = scale / ((grid[0] * grid[1]) / (measured[0] * measured[1])) ** 0.5
-        op = Sense(fourier_resample(maps, grid), mask_t, kspace_shape=measured)
-        data = GaussianKspaceLikelihood(op, kspace / grid_scale, max(sigma_y / grid_scale, 1e-4))
-    zero_filled = sense1_combine(ifft2c(kspace), maps)
-    gen = torch.Generator(device="cpu").manual_seed(int(request.seed))
-    x_init = data.zero_filled().expand(request.samples, -1, -1).clone()
+    terms, scales = zip(*(_data_term(kspace[b], mask_t, cals[b], grid) for b in range(b_count)))
+    data = GaussianKspaceLikelihood.stack(terms)
+    gens = [torch.Generator(device="cpu").manual_seed(int(request.seed) + b) for b in range(b_count)]
+    k = request.samples
+    start = data.zero_filled()  # (B, fH, fW)
+    x_init = start[:, None].expand(b_count, k, *start.shape[-2:]).reshape(b_count * k, *start.shape[-2:]).clone()
     run = SAMPLERS[request.sampler]
-    result = run(cprior, [data, *extra_terms], x_init, gen, int(request.steps), request.options)
-    samples = result.samples.detach() * grid_scale
-    if grid != measured:
-        samples = image_to_grid(samples, measured)
-    mean = samples.mean(dim=0)
-    std = output_magnitude(samples, maps, sigma_y, request.magnitude).std(dim=0).cpu() if request.samples > 1 else None
-    return SliceResult(
-        image=output_magnitude(mean, maps, sigma_y, request.magnitude).cpu(),
-        mean=mean.cpu(), std=std, zero_filled=zero_filled.cpu(), nfe=result.nfe,
-        seconds=time.time() - t0, sigma_y=sigma_y, scale=scale, calibration=cal,
-    )
+    result = run(cprior, [data, *extra_terms], x_init, gens, int(request.steps), request.options)
+    batch = result.samples.detach().reshape(b_count, k, *start.shape[-2:])
+    seconds = (time.time() - t0) / b_count
+    out = []
+    for b, cal in enumerate(cals):
+        samples = batch[b] * scales[b]
+        if grid != measured:
+            samples = image_to_grid(samples, measured)
+        mean = samples.mean(dim=0)
+        std = output_magnitude(samples, cal.maps, cal.sigma_y, request.magnitude).std(dim=0).cpu() if k > 1 else None
+        out.append(SliceResult(
+            image=output_magnitude(mean, cal.maps, cal.sigma_y, request.magnitude).cpu(), mean=mean.cpu(), std=std,
+            zero_filled=sense1_combine(ifft2c(kspace[b]), cal.maps).cpu(), nfe=result.nfe, seconds=seconds,
+            sigma_y=cal.sigma_y, scale=cal.scale, calibration=cal,
+        ))
+    return out

@@ -10,6 +10,9 @@ a PNG panel and NIfTI, DICOM or BART exports.  ``reconstruction`` is by default 
 posterior-mean magnitude ``|x|``, the anatomy estimate (``--magnitude sense``); ``--magnitude rss`` is the
 option that matches fastMRI's noisy RSS targets.  This module only parses flags: the work is
 :func:`mri_score.pipeline.reconstruct_file` with one :class:`mri_score.request.ReconRequest`.
+Slices of a volume are sampled in batches (``--batch-slices``, :mod:`mri_score.batching`; the output does not
+depend on it); a directory run can be split over torchrun ranks or ``--shard i/n`` processes, which deal the
+files the same way and leave one merged ``summary.csv`` (:mod:`mri_score.sharding`, :mod:`mri_score.runs`).
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mri_score import limits, runs
+from mri_score import limits, runs, sharding
 from mri_score.adapt import ADAPT_PARAMS, AdaptSettings
 from mri_score.atomic import check_output, check_output_dir, protected_inputs
+from mri_score.batching import parse_batch_slices
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import InputError, one_line
 from mri_score.guidance import GuidanceOptions
@@ -73,6 +79,8 @@ EXAMPLES = """examples:
   python -m mri_score.reconstruct --kspace multicoil_val/ --out recon --accel 8 --mask-type random --quiet
   python -m mri_score.reconstruct --kspace raw_mrd.h5 --export nifti,dicom --png
   python -m mri_score.reconstruct --kspace scan.cfl --samples 8 --magnitude rss
+  python -m mri_score.reconstruct --kspace multicoil_val/ --out recon --shard 0/4 --batch-slices 8
+  torchrun --standalone --nproc_per_node=4 -m mri_score.reconstruct --kspace multicoil_val/ --out recon --device cuda
 """
 
 
@@ -142,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "bf16 or fp32")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler noise; slice i uses seed + i")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torchrun: cuda means cuda:LOCAL_RANK)")
+    p.add_argument("--batch-slices", default="auto", metavar="N|auto",
+                   help="slices of a volume sampled together (network and data consistency on N x samples images); "
+                        "auto: as many as fit in half the free memory of the device (at most 8 on a CPU); the "
+                        "output does not depend on it")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="directory runs: reconstruct shard I of N (0-based, 0 <= I < N) of the inputs, dealt "
+                        "largest first so the shards finish together (as torchrun rank I of N would; for Slurm "
+                        "arrays and job queues); the last shard to finish writes the merged summary.csv")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's default)")
     p.add_argument("--png", action="store_true", help="write a PNG panel per file (<stem>.png)")
     p.add_argument("--export", default="", metavar="FORMATS",
@@ -254,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.kspace:
         raise InputError("--kspace PATH is required (or --demo)")
     request = request_from_args(args)
+    batch_slices = parse_batch_slices(args.batch_slices)
+    rank, world = sharding.process_of(args.shard)
     if request.accel is not None:  # e.g. a fractional R for the equispaced mask: refused once, before any file
         try:
             create_mask_for_mask_type(request.mask_type, [request.center_fraction], [request.accel])
@@ -264,30 +282,35 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     src = Path(args.kspace)
     directory_run = src.is_dir()
-    files = list_inputs(src)
+    every = list_inputs(src)
     unreadable = [str(p) for p in skipped_inputs(src)]
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    files = files[rank::world]
+    files = sharding.files_of(every, rank, world)
     csv_path = runs.summary_path(args.out, rank, world)
     others = [Path(p) for p in (args.prior, args.classifier) if p]
-    check_outputs(args.out, files, others, request, summary=csv_path if directory_run else None)
+    summaries = [csv_path] if directory_run else []
+    if directory_run and world > 1:
+        summaries += [runs.summary_path(args.out), runs.marker_path(args.out, rank, world)]
+        check_output_dir(args.out, every)  # also where this process was dealt no file
+    check_outputs(args.out, files, [*others, *every], request, summaries=summaries)
     for path in unreadable if rank == 0 else []:  # a dangling link or a symlink loop: reported, the rest goes on
         print(f"error: {one_line(f'{path}: not a readable file (a dangling link or a symlink loop?); skipped')}",
               file=sys.stderr)
+    run = _Run(args, request, device, batch_slices, directory_run, csv_path, rank, world, every)
     with protected_inputs([*files, *others]):
-        rc = _run(args, files, request, device, directory_run, csv_path, rank, world)
+        rc = _run(run, files)
     return 2 if unreadable and rank == 0 else rc
 
 
 def check_outputs(out: str | os.PathLike[str], files: list[Path], others: list[Path], request: ReconRequest,
-                  summary: Path | None) -> None:
+                  summaries: Sequence[Path] = ()) -> None:
     """Refuse, before any work, outputs that would land on an input (real paths) or cannot be written.
 
     ``--out`` must be a directory (or absent) that does not resolve to the directory of an
     input or of the file a symlinked input names; no output (:func:`mri_score.pipeline.output_paths`: the
     ``.h5``, PNG and exports; the summary) may resolve to an input (``files`` and ``others``: the prior, the
     classifier), be a directory or lie under a file (:func:`mri_score.atomic.check_output`), and two inputs
-    may not share an output (``a.h5`` and ``a.cfl``).
+    may not share an output (``a.h5`` and ``a.cfl``).  ``summaries`` are the run's own files (its summary CSV and,
+    split over processes, the merged summary and its completion marker).
     """
     check_output_dir(out, files)
     inputs = [*files, *others]
@@ -299,8 +322,7 @@ def check_outputs(out: str | os.PathLike[str], files: list[Path], others: list[P
             raise InputError(f"{f} and {seen[h5]} would both be written to {h5}; reconstruct them separately")
         seen[h5] = f
         planned += [p for key, p in output_paths(f, out, request).items() if not key.startswith("dicom")]
-    if summary is not None:
-        planned.append(summary)
+    planned += summaries
     for path in planned:
         check_output(path, inputs)
 
@@ -336,12 +358,33 @@ class _Progress:
             self.shown = False
 
 
-def _run(args: argparse.Namespace, files: list[Path], request: ReconRequest, device: torch.device,
-         directory_run: bool, csv_path: Path, rank: int, world: int) -> int:
-    """Load the prior once and reconstruct ``files`` (inputs registered, outputs checked by :func:`main`)."""
+@dataclass
+class _Run:
+    """What one process of a reconstruction run does: its flags, request, device, batch and place in the run."""
+
+    args: argparse.Namespace
+    request: ReconRequest
+    device: torch.device
+    batch_slices: int | str
+    directory_run: bool
+    csv_path: Path
+    rank: int
+    world: int
+    #: every input of the run (all processes'), in listing order
+    inputs: list[Path]
+
+
+def _run(run: _Run, files: list[Path]) -> int:
+    """Load the prior once and reconstruct ``files`` (inputs registered, outputs checked by :func:`main`).
+
+    A file that fails is reported in one line and recorded in the summary; the others go on (exit 2 at the
+    end).  Split over processes, the process then marks itself finished and, if it is the last, merges the
+    summaries (:func:`mri_score.runs.finish_process`).
+    """
     from mri_score.prior import load_prior
 
-    prior = load_prior(args.prior, device=device)
+    args, request = run.args, run.request
+    prior = load_prior(args.prior, device=run.device)
     runtime = ComplexPrior(prior, request.precision)  # the one network runtime of the run
     std_cal = std_calibration_for(args.prior, request)
     guidance = guidance_for(request, prior, runtime)
@@ -349,42 +392,51 @@ def _run(args: argparse.Namespace, files: list[Path], request: ReconRequest, dev
     bad: list[str] = []
     run_settings = {"request": request.identity(), "prior": str(args.prior or "default"),
                     "prior_id": runs.prior_identity(getattr(prior, "meta", {})), "std_calibration": std_cal}
+    if run.directory_run and run.world > 1:
+        runs.start_process(args.out, run.rank, run.world)
     rows: list[dict] = []
     t_run, slices_done = time.time(), 0
     for n, f in enumerate(files, start=1):
         key = runs.run_key(f, run_settings)
         out_file = output_paths(f, args.out, request)["h5"]
-        if directory_run and not args.redo and runs.is_done(out_file, key):
+        if run.directory_run and not args.redo and runs.is_done(out_file, key):
             rows.append({**runs.stored_summary(out_file), "file": str(f), "status": "skipped", "output": str(out_file)})
             print(one_line(f"{f.name}: done earlier with the same settings, skipped -> {out_file}", sys.stdout),
                   flush=True)
-            runs.write_summary(csv_path, rows)
+            runs.write_summary(run.csv_path, rows)
             continue
         progress.start(f"[{n}/{len(files)}] {f.name}" if len(files) > 1 else f.name)
         try:
             adapter, terms, attrs = guidance.setup(prior, f)
             summary = reconstruct_file(f, adapter, request, args.out, prior_name=str(args.prior or "default"),
                                        extra_terms=terms, extra_attrs={"run_settings": key, **attrs},
-                                       std_calibration=std_cal, progress=progress)
-        except InputError as err:
+                                       std_calibration=std_cal, progress=progress, batch_slices=run.batch_slices)
+        except Exception as err:  # one failed file never stops the others (SIGINT/SIGTERM are not Exceptions)
             progress.clear()
             if len(files) == 1:
                 raise
-            print(f"error: {one_line(err)}", file=sys.stderr)
+            message = str(err) if isinstance(err, InputError) else f"{f}: {type(err).__name__}: {err}"
+            print(f"error: {one_line(message)}", file=sys.stderr)
             bad.append(str(f))
-            rows.append({"file": str(f), "status": "failed", "error": str(err)})
+            rows.append({"file": str(f), "status": "failed", "error": one_line(message)})
         else:
             progress.clear()
             print(one_line(format_summary(summary), sys.stdout), flush=True)
             slices_done += summary["slices"]
             rows.append({**summary, "status": "done", "slices_per_s": summary["slices"] / max(summary["seconds"], 1e-9)})
-        if directory_run:
-            runs.write_summary(csv_path, rows)  # after every file: a killed job leaves a current summary
-    if directory_run:
+        if run.directory_run:
+            runs.write_summary(run.csv_path, rows)  # after every file: a killed job leaves a current summary
+    if run.directory_run:
+        runs.write_summary(run.csv_path, rows)  # also for a process that was dealt no file
         seconds = time.time() - t_run
-        print(one_line(f"rank {rank} of {world}: {slices_done} slices reconstructed in {seconds:.1f} s "
+        merged = None
+        if run.world > 1:
+            merged = runs.finish_process(args.out, run.rank, run.world, runs.run_id(run.inputs, run_settings, run.world),
+                                         [str(p) for p in run.inputs])
+        where = f"; merged summary {merged}" if merged else ""
+        print(one_line(f"rank {run.rank} of {run.world}: {slices_done} slices reconstructed in {seconds:.1f} s "
                        f"({slices_done / max(seconds, 1e-9):.3f} slices/s), {sum(r['status'] == 'skipped' for r in rows)} "
-                       f"files skipped, {len(bad)} failed; summary {csv_path}", sys.stdout), flush=True)
+                       f"files skipped, {len(bad)} failed; summary {run.csv_path}{where}", sys.stdout), flush=True)
     if bad:
         print(f"error: {one_line(f'{len(bad)} of {len(files)} files failed: ' + ', '.join(bad))}", file=sys.stderr)
         return 2

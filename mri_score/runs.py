@@ -7,6 +7,16 @@ output already carries the same key, so a cluster job that was killed resumes
 where it stopped; anything different (other settings, a retrained prior, an
 edited input) is recomputed.  Each process of a run writes one summary CSV
 (rewritten atomically after every file) with timing and slices/s.
+
+A run split over ``n`` processes (torchrun ranks or ``--shard i/n``, :mod:`mri_score.sharding`) leaves
+one CSV per process (``summary-rank{i}-of-{n}.csv``, the record of what each did) and one merged
+``summary.csv``.  The merge needs neither a process group nor a wait: a process that has finished its
+files writes a completion marker (``summary-rank{i}-of-{n}.done``, holding the run's :func:`run_id`) and
+then merges if every process's marker of the same run is there (:func:`finish_process`), so the last
+process to finish writes ``summary.csv``, whether the processes ran together (torchrun) or one after
+another (a Slurm array).  A process removes its own marker when it starts; a killed process leaves none,
+so there is no merged summary until a rerun of it (which reconstructs only the missing files) finishes.
+Two processes that finish at once both merge the same rows (each write is atomic).
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from mri_score.atomic import atomic_output
 
 #: Columns of the per-run summary CSV.
 SUMMARY_FIELDS = ("file", "status", "slices", "seconds", "seconds_per_slice", "slices_per_s", "nfe_per_slice",
-                  "acceleration", "mask", "PSNR", "SSIM", "NMSE", "output", "error")
+                  "batch_slices", "acceleration", "mask", "PSNR", "SSIM", "NMSE", "output", "error")
 
 
 def prior_identity(meta: dict[str, Any]) -> str:
@@ -80,3 +90,57 @@ def write_summary(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> P
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     return Path(path)
+
+
+def marker_path(out_dir: str | os.PathLike[str], rank: int, world: int) -> Path:
+    """``OUT/summary-rank{r}-of-{w}.done``: process ``rank`` of ``world`` has finished its files (:func:`finish_process`)."""
+    return summary_path(out_dir, rank, world).with_suffix(".done")
+
+
+def run_id(files: list[Path], settings: dict[str, Any], world: int) -> str:
+    """A digest of a multi-process run: every input (name, size, mtime), the settings and the process count.
+
+    Processes of the same run compute the same id; a run with other inputs or settings gets another, so its
+    markers never complete an older run's merge.
+    """
+    keys = sorted(run_key(f, settings) for f in files)
+    return hashlib.sha256(json.dumps({"inputs": keys, "world": world}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def start_process(out_dir: str | os.PathLike[str], rank: int, world: int) -> None:
+    """Remove this process's completion marker of an earlier run (it is written again when this one finishes)."""
+    marker_path(out_dir, rank, world).unlink(missing_ok=True)
+
+
+def read_summary(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a summary CSV (text values; empty when it is missing or unreadable)."""
+    try:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            return list(csv.DictReader(fh))
+    except OSError:
+        return []
+
+
+def finish_process(out_dir: str | os.PathLike[str], rank: int, world: int, run: str,
+                   order: list[str] | None = None) -> Path | None:
+    """Mark process ``rank`` of ``world`` done for run ``run`` and merge the summaries if it was the last one.
+
+    The merged ``OUT/summary.csv`` has every process's rows (their CSVs, :func:`summary_path`), in the
+    order of ``order`` (the run's inputs as text; others after them).  Returns its path, or None when some
+    process of the run has not finished yet (it will merge when it does).
+    """
+    import time
+
+    marker = marker_path(out_dir, rank, world)
+    with atomic_output(marker) as tmp:
+        tmp.write_text(json.dumps({"run": run, "rank": rank, "world": world, "finished": time.time()}) + "\n")
+    for r in range(world):
+        try:
+            if json.loads(marker_path(out_dir, r, world).read_text()).get("run") != run:
+                return None
+        except (OSError, ValueError, AttributeError):
+            return None
+    rows = [row for r in range(world) for row in read_summary(summary_path(out_dir, r, world))]
+    position = {name: k for k, name in enumerate(order or [])}
+    rows.sort(key=lambda row: position.get(row.get("file", ""), len(position)))
+    return write_summary(summary_path(out_dir), rows)

@@ -552,7 +552,7 @@ def test_bart_regulariser_reaches_the_command(monkeypatch):
 
 def test_final_test_set_is_read_only_under_a_matching_registration(tmp_path, tiny_prior_path, monkeypatch):
     from benchmarks import registration
-    from benchmarks.protocol import run_protocol
+    from benchmarks.protocol import registered_dds, run_protocol
 
     cfg = {"name": "final_tiny", "prior": str(tiny_prior_path),
            "data": {"size": [32, 32], "tuning": {"subjects": [30], "slices_per_subject": 1, "seed": 1},
@@ -562,16 +562,17 @@ def test_final_test_set_is_read_only_under_a_matching_registration(tmp_path, tin
     reg = tmp_path / "registration.json"
     monkeypatch.setattr(registration, "REGISTRATION", reg)
     with pytest.raises(InputError, match="no registration"):
-        registration.verify(cfg, tiny_prior_path, reg)
-    registration.write(cfg, tiny_prior_path, reg)
-    registration.verify(cfg, tiny_prior_path, reg)  # matches
+        registration.verify(cfg, tiny_prior_path, registered_dds(cfg), reg)
+    registration.write(cfg, tiny_prior_path, registered_dds(cfg), reg)
+    registration.verify(cfg, tiny_prior_path, registered_dds(cfg), reg)  # matches
     for change in ({"methods": {"zero_filled": {}, "dds": {"nfe": 3}}}, {"settings": [{"accel": 8, "mask": "random"}]}):
         with pytest.raises(InputError, match="differ from the registration"):
-            registration.verify({**cfg, **change}, tiny_prior_path, reg)
+            changed = {**cfg, **change}
+            registration.verify(changed, tiny_prior_path, registered_dds(changed), reg)
     # a changed code digest refuses too
     monkeypatch.setattr(registration, "code_digest", lambda root=None: "0" * 64)
     with pytest.raises(InputError, match="code_sha256"):
-        registration.verify(cfg, tiny_prior_path, reg)
+        registration.verify(cfg, tiny_prior_path, registered_dds(cfg), reg)
     with pytest.raises(InputError, match="differ from the registration"):
         run_protocol(cfg, None, prior_path=tiny_prior_path)  # the protocol itself refuses before reading anything
 

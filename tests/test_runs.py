@@ -77,7 +77,8 @@ def test_is_done_needs_the_same_key_and_a_complete_output(fully_sampled_file, tm
 
 
 def test_torchrun_directory_run_shards_files_and_writes_one_summary_per_rank(tmp_path, tiny_prior_path):
-    """The README's ``torchrun --standalone --nproc_per_node=N -m mri_score.reconstruct`` (N = 2, CPU)."""
+    """The README's ``torchrun --standalone --nproc_per_node=N -m mri_score.reconstruct`` (N = 2, CPU): one CSV per
+    rank and one merged ``summary.csv`` (written by the rank that finished last)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -97,3 +98,6 @@ def test_torchrun_directory_run_shards_files_and_writes_one_summary_per_rank(tmp
     assert set(per_rank[0]) == {"v0.h5", "v2.h5"} and set(per_rank[1]) == {"v1.h5"}
     assert sorted(p.name for p in (tmp_path / "out").glob("*.h5")) == ["v0.h5", "v1.h5", "v2.h5"]
     assert res.stdout.count("slices/s") == 2
+    merged = _rows(tmp_path / "out" / "summary.csv")
+    assert list(merged) == ["v0.h5", "v1.h5", "v2.h5"] and {r["status"] for r in merged.values()} == {"done"}
+    assert res.stdout.count("merged summary") >= 1

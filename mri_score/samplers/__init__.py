@@ -4,7 +4,8 @@
 line, ``nfe`` in benchmark configs); each sampler spends at most that many
 (:meth:`SamplerConfig.nfe_used`).  ``config`` is the sampler's own typed options
 (:data:`SAMPLER_CONFIGS`); :func:`sampler_config` builds one from a mapping and refuses
-unknown keys.
+unknown keys.  A batch of slices is sampled in one call (``x_init`` ``(B·K, H, W)``, one generator per
+slice; :mod:`mri_score.samplers.base`).
 """
 
 from collections.abc import Mapping

@@ -2,9 +2,18 @@
 
 A sampler is a function ``sample(prior, likelihoods, x_init, gen, nfe, config) -> SamplerResult``:
 ``prior`` a :class:`mri_score.prior.ComplexPrior`, ``likelihoods`` a sequence of
-:class:`~mri_score.likelihood.Likelihood` terms, ``x_init`` the complex start ``(K, H, W)``,
-``gen`` the CPU generator all its noise is drawn from, ``nfe`` its budget of network
+:class:`~mri_score.likelihood.Likelihood` terms, ``x_init`` the complex start ``(B·K, H, W)``,
+``gen`` the CPU generators its noise is drawn from (one per slice), ``nfe`` its budget of network
 evaluations (never exceeded) and ``config`` its own :class:`SamplerConfig` subclass.
+
+A batch of ``B`` slices with ``K`` samples each is sampled together: rows ``b·K … b·K + K − 1`` of every
+image tensor are slice ``b``'s, ``gen`` is a sequence of ``B`` generators (slice ``b``'s noise comes from
+``gen[b]`` alone, drawn in the same order as when the slice is sampled by itself, :func:`randn_complex`),
+and the data terms are batches of the same slices
+(:meth:`mri_score.likelihood.GaussianKspaceLikelihood.stack`, per-slice σ_y and data weight).  Terms that
+act on each image alone (classifier guidance) serve every row.  One slice is ``B = 1``; a single generator
+stands for ``[gen]``.  Every operation on the batch treats each image on its own (the network's
+normalisations are per image), so a slice's samples are those it gets alone, to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -133,19 +142,32 @@ def geometric_sigmas(levels: int, sigma_max: float, sigma_min: float) -> list[fl
     return [float(sigma_max * r**i) for i in range(levels)]
 
 
-def randn_complex(shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> torch.Tensor:
+#: The noise source of a sampler: one generator (one slice) or one per slice of a batch.
+Generators = torch.Generator | Sequence[torch.Generator]
+
+
+def randn_complex(shape: tuple[int, ...], gen: Generators, device: torch.device) -> torch.Tensor:
     """Complex normal with unit variance in each of the real and imaginary parts (``E|z|² = 2``).
 
-    This is the network's 2-channel noise model: ``x_σ = x + σ z``.
+    This is the network's 2-channel noise model: ``x_σ = x + σ z``.  With ``B`` generators the first axis
+    (``B·K`` rows) is split into ``B`` equal blocks and block ``b`` is drawn from ``gen[b]`` (real part, then
+    imaginary part, as for one slice), so every slice's noise is independent of the batch it is sampled in.
     """
-    re = torch.randn(shape, generator=gen, device=gen.device).to(device)
-    im = torch.randn(shape, generator=gen, device=gen.device).to(device)
-    return torch.complex(re, im)
+    gens = [gen] if isinstance(gen, torch.Generator) else list(gen)
+    if not gens or shape[0] % len(gens):
+        raise ValueError(f"{len(gens)} generators for {shape[0]} images: each slice needs its own and the same count")
+    block = (shape[0] // len(gens), *shape[1:])
+    parts = []
+    for g in gens:
+        re = torch.randn(block, generator=g, device=g.device).to(device)
+        im = torch.randn(block, generator=g, device=g.device).to(device)
+        parts.append(torch.complex(re, im))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 @dataclass
 class SamplerResult:
-    """Posterior samples ``(K, H, W)`` complex (scaled units) and the network evaluations used."""
+    """Posterior samples ``(B·K, H, W)`` complex (scaled units) and the network evaluations used (per slice)."""
 
     samples: torch.Tensor
     nfe: int

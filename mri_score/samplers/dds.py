@@ -21,6 +21,7 @@ component), so ``2 r̂² = max(0, ‖A x̂₀ − y‖² − N σ_y²) / tr(Aᴴ
 ``γ_i = 2 r̂_i² / σ_y²`` (times ``gamma_scale``, clipped).  An estimate the data agree with to the
 noise level gets ``gamma_min``; one the data contradict (a prior off its training distribution)
 gets the weight its actual error calls for.  One forward model per step, per slice and step, no tuning.
+Both rules give each slice of a batch its own γ_i (its own σ_y and discrepancy).
 
 Likelihood terms with a proximal step (the Gaussian k-space term) enter through step 2, one
 after the other; every other term corrects the Tweedie estimate before it, by Tweedie's
@@ -31,13 +32,10 @@ The schedule starts at ``σ_max = 1`` and takes 24 steps by default: the data ar
 that the ACS image's 99th percentile is 1, and the start ``Aᴴy + σ_max z`` is already dominated by
 noise, so higher levels only spend steps where nothing forms.  Below σ = 1 the 24-step schedule
 has the levels of the previous default (30 steps from σ_max = 3) within 9 % each (Karras ρ = 7 puts
-few levels up there), so dropping the top levels costs no measurable quality and saves a fifth of the
-time.  Chosen by a rule fixed before the run (``benchmarks/run_speed_tuning.py`` →
-``benchmarks/results/speed_tuning.md``, on the frozen protocol's tuning slices and procedural
-body/limb slices, never the reported ones): the cheapest variant whose mean paired Δ PSNR against
-the previous default is ≥ −0.05 dB in every setting and group, with no interval wholly below zero
-(−0.03 to +0.06 dB).  ``cg_iters`` was chosen with ``benchmarks/run_dds_tuning.py``
-(``benchmarks/results/dds_tuning.md``).
+few levels up there).  The schedule was chosen by a rule fixed before the run, on tuning slices the
+protocol never reports (``benchmarks/run_speed_tuning.py`` → ``benchmarks/results/speed_tuning.md``, where the
+measured differences are); ``cg_iters`` by an earlier tuning now archived
+(``benchmarks/results/archive/dds_tuning.md``).
 """
 
 from __future__ import annotations
@@ -50,7 +48,14 @@ import torch
 
 from mri_score.likelihood import Likelihood
 from mri_score.prior import ComplexPrior
-from mri_score.samplers.base import SamplerConfig, SamplerResult, karras_sigmas, randn_complex, split_terms
+from mri_score.samplers.base import (
+    Generators,
+    SamplerConfig,
+    SamplerResult,
+    karras_sigmas,
+    randn_complex,
+    split_terms,
+)
 
 #: Rules for the data weight γ_i when no fixed ``gamma`` is given (see module docstring).
 GAMMA_RULES = ("noise", "discrepancy")
@@ -88,27 +93,36 @@ class DDSConfig(SamplerConfig):
         self._require(self.gamma_rule in GAMMA_RULES, "gamma_rule", f"one of {', '.join(GAMMA_RULES)}")
 
 
-def dds_gamma(sigma: float, sigma_data: float, sigma_y: float, scale: float, lo: float, hi: float) -> float:
-    """Data weight γ for noise level σ (see module docstring)."""
+def dds_gamma(sigma: float, sigma_data: float, sigma_y: float | torch.Tensor, scale: float, lo: float,
+              hi: float) -> float | torch.Tensor:
+    """Data weight γ for noise level σ (see module docstring); per slice (float64 ``(B,)``) for a batch's σ_y."""
     r2 = sigma**2 * sigma_data**2 / (sigma**2 + sigma_data**2)
+    if torch.is_tensor(sigma_y):
+        return (scale * 2.0 * r2 / sigma_y.clamp_min(1e-8) ** 2).clamp(lo, hi)
     return float(min(hi, max(lo, scale * 2.0 * r2 / max(sigma_y, 1e-8) ** 2)))
 
 
-def discrepancy_gamma(term: Likelihood, x0: torch.Tensor, scale: float, lo: float, hi: float) -> float:
-    """Data weight γ from the discrepancy of the estimate ``x0`` ``(K, H, W)``: ``2 r̂² / σ_y²`` (see module)."""
+def discrepancy_gamma(term: Likelihood, x0: torch.Tensor, scale: float, lo: float, hi: float) -> float | torch.Tensor:
+    """Data weight γ from the discrepancy of the estimate ``x0`` ``(K, H, W)``: ``2 r̂² / σ_y²`` (see module).
+
+    A batch of slices (``x0`` ``(B·K, H, W)``) gets one weight per slice, float64 ``(B,)``.
+    """
     err = term.error_variance(x0)  # type: ignore[attr-defined]
-    return float(min(hi, max(lo, scale * err / max(term.sigma_y, 1e-8) ** 2)))  # type: ignore[attr-defined]
+    sigma_y = term.sigma_y  # type: ignore[attr-defined]
+    if torch.is_tensor(err):
+        return (scale * err / sigma_y.clamp_min(1e-8) ** 2).clamp(lo, hi)
+    return float(min(hi, max(lo, scale * err / max(sigma_y, 1e-8) ** 2)))
 
 
 def sample_dds(
     prior: ComplexPrior,
     likelihoods: Sequence[Likelihood],
     x_init: torch.Tensor,
-    gen: torch.Generator,
+    gen: Generators,
     nfe: int,
     config: DDSConfig | None = None,
 ) -> SamplerResult:
-    """Run DDS for ``K`` samples from ``x_init + σ_max z``; ``x_init`` is complex ``(K, H, W)``; ``nfe`` steps.
+    """Run DDS from ``x_init + σ_max z``; ``x_init`` is complex ``(B·K, H, W)`` (:mod:`~mri_score.samplers.base`); ``nfe`` steps.
 
     Without guiding terms (terms without a proximal step, e.g. classifier guidance, which take gradients)
     the loop runs under :func:`torch.inference_mode` (less per-op overhead than ``no_grad``, the same
@@ -124,8 +138,8 @@ def sample_dds(
 
 
 def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequence[Likelihood], x_init: torch.Tensor,
-              gen: torch.Generator, steps: int, cfg: DDSConfig) -> torch.Tensor:
-    """The DDS steps (module docstring); returns the last data-consistent Tweedie estimate ``(K, H, W)``."""
+              gen: Generators, steps: int, cfg: DDSConfig) -> torch.Tensor:
+    """The DDS steps (module docstring); returns the last data-consistent Tweedie estimate ``(B·K, H, W)``."""
     sigmas = karras_sigmas(steps, cfg.sigma_max, cfg.sigma_min) + [0.0]
     sd = prior.sigma_data
     x = x_init + sigmas[0] * randn_complex(tuple(x_init.shape), gen, x_init.device)

@@ -24,7 +24,7 @@ import torch
 
 from mri_score.likelihood import Likelihood
 from mri_score.prior import ComplexPrior
-from mri_score.samplers.base import SamplerConfig, SamplerResult, karras_sigmas, randn_complex
+from mri_score.samplers.base import Generators, SamplerConfig, SamplerResult, karras_sigmas, randn_complex
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,11 @@ def sample_dps(
     prior: ComplexPrior,
     likelihoods: Sequence[Likelihood],
     x_init: torch.Tensor,
-    gen: torch.Generator,
+    gen: Generators,
     nfe: int,
     config: DPSConfig | None = None,
 ) -> SamplerResult:
-    """DPS for ``K`` samples ``(K, H, W)``, ``nfe`` steps."""
+    """DPS for ``K`` samples per slice, ``x_init`` complex ``(B·K, H, W)`` (:mod:`~mri_score.samplers.base`), ``nfe`` steps."""
     cfg = config or DPSConfig()
     steps = cfg.nfe_used(nfe)
     sigmas = karras_sigmas(steps, cfg.sigma_max, cfg.sigma_min) + [0.0]

@@ -22,7 +22,7 @@ import torch
 from mri_score.errors import InputError
 from mri_score.likelihood import Likelihood
 from mri_score.prior import ComplexPrior
-from mri_score.samplers.base import SamplerConfig, SamplerResult, geometric_sigmas, randn_complex
+from mri_score.samplers.base import Generators, SamplerConfig, SamplerResult, geometric_sigmas, randn_complex
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,11 @@ def sample_langevin(
     prior: ComplexPrior,
     likelihoods: Sequence[Likelihood],
     x_init: torch.Tensor,
-    gen: torch.Generator,
+    gen: Generators,
     nfe: int,
     config: LangevinConfig | None = None,
 ) -> SamplerResult:
-    """At most ``nfe`` network evaluations in all; ``x_init`` complex ``(K, H, W)``."""
+    """At most ``nfe`` network evaluations in all; ``x_init`` complex ``(B·K, H, W)`` (:mod:`~mri_score.samplers.base`)."""
     cfg = config or LangevinConfig()
     cfg.nfe_used(nfe)
     sigmas = geometric_sigmas(cfg.levels(nfe), cfg.sigma_max, cfg.sigma_min)

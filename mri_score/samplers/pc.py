@@ -24,7 +24,7 @@ import torch
 from mri_score.errors import InputError
 from mri_score.likelihood import Likelihood
 from mri_score.prior import ComplexPrior
-from mri_score.samplers.base import SamplerConfig, SamplerResult, karras_sigmas, randn_complex, split_terms
+from mri_score.samplers.base import Generators, SamplerConfig, SamplerResult, karras_sigmas, randn_complex, split_terms
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,11 @@ def sample_pc(
     prior: ComplexPrior,
     likelihoods: Sequence[Likelihood],
     x_init: torch.Tensor,
-    gen: torch.Generator,
+    gen: Generators,
     nfe: int,
     config: PCConfig | None = None,
 ) -> SamplerResult:
-    """Predictor–corrector sampling of ``K`` samples ``(K, H, W)`` within ``nfe`` network evaluations."""
+    """Predictor–corrector sampling of ``x_init`` ``(B·K, H, W)`` within ``nfe`` network evaluations (per-image step sizes)."""
     cfg = config or PCConfig()
     cfg.nfe_used(nfe)
     stepped, guiding = split_terms(likelihoods, "has_data_step")
