@@ -59,7 +59,7 @@ from mri_score.mrd import (  # the Cartesian reader's checks
     readout_layout,
     unique_values,
 )
-from mri_score.pipeline import VolumeResult
+from mri_score.posterior import VolumeResult
 from mri_score.prior import ComplexPrior
 from mri_score.request import ReconRequest
 from mri_score.resolution import fine_shape

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from mri_score.inputs import read_volume
 from mri_score.likelihood import Likelihood
 from mri_score.metrics import volume_metrics
 from mri_score.network import EDMDenoiser
-from mri_score.posterior import reconstruct_slices
+from mri_score.posterior import VolumeResult, reconstruct_slices
 from mri_score.precision import choose_precision, precision_name
 from mri_score.prior import ComplexPrior
 from mri_score.request import ReconRequest
@@ -94,45 +94,6 @@ def undersampling_mask(vol: FastMRIVolume, request: ReconRequest) -> tuple[np.nd
         mask[: vol.padding_left] = 0
         mask[vol.padding_right :] = 0
     return mask, acc, f"{mask_type}"
-
-
-@dataclass
-class VolumeResult:
-    """A reconstructed volume in the output convention (``request.magnitude``), cropped.
-
-    Attributes
-    ----------
-    image, zero_filled : np.ndarray
-        float32 ``(slices, h, w)``: reconstruction and ``|zero-filled SENSE-1|``.
-    std : np.ndarray or None
-        float32 ``(slices, h, w)``: per-pixel posterior std; None with one sample (``request.samples == 1``).
-    grid_factor : float
-        The sampling grid used, over the measured matrix (an ``auto`` grid resolved).
-    nfe : list of int
-        Network evaluations per slice.
-    seconds : list of float
-        Wall time per slice (sampling and, when not given, calibration).
-    calibrations : list of Calibration
-        The per-slice calibrations used.
-    means : list of torch.Tensor
-        complex64 ``(H, W)`` per slice: the posterior mean in the data's units, uncropped.
-    adapted : dict, optional
-        With test-time adaptation: the pilot's NFE and seconds and the adaptation's record
-        (:func:`mri_score.adapt.adapt_denoiser`); both are included in ``nfe`` and ``seconds``.
-    batch_slices : int
-        Slices sampled together (the last batch of a volume may be smaller); 1 when slice by slice.
-    """
-
-    image: np.ndarray
-    std: np.ndarray | None
-    zero_filled: np.ndarray
-    grid_factor: float = 1.0
-    nfe: list[int] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    calibrations: list[Calibration] = field(default_factory=list)
-    means: list[torch.Tensor] = field(default_factory=list)
-    adapted: dict | None = None
-    batch_slices: int = 1
 
 
 def reconstruct_volume(
@@ -307,7 +268,13 @@ def reconstruct_file(
     The summary's metrics are against the file's noise-free ``truth`` where it has one (simulated data: the
     like-for-like target of the default ``sense`` output), else against its fastMRI target (the noisy RSS of
     the fully sampled data, which ``--magnitude rss`` matches); ``target`` in the summary says which.
+
+    A non-Cartesian MRD file (radial, spiral) goes through :func:`reconstruct_noncartesian_file`.
     """
+    from mri_score.noncartesian import is_noncartesian_mrd
+
+    if is_noncartesian_mrd(path):
+        return reconstruct_noncartesian_file(path, prior, request, out_dir, prior_name, extra_terms, extra_attrs)
     vol = read_volume(path)
     mask, accel_used, mask_src = undersampling_mask(vol, request)
     check_acs(mask, str(path))
@@ -355,17 +322,94 @@ def reconstruct_file(
              "summary": json.dumps({k: v for k, v in summary.items() if k != "file"}, default=float),
              "adapt": "none" if res.adapted is None else json.dumps(res.adapted, sort_keys=True),
              **(extra_attrs or {})}
-    extra: dict[str, np.ndarray] = {}
+    geometry = ExportGeometry.of_volume(vol)
+    return write_outputs(path, out_dir, request, res, {"mask": mask}, attrs, summary, target, geometry, prior_name,
+                         std_calibration, title=f"{path.name} {request.sampler} R={accel_used:g}")
+
+
+def reconstruct_noncartesian_file(path: Path, prior: ComplexPrior, request: ReconRequest,
+                                  out_dir: str | os.PathLike[str], prior_name: str = "default",
+                                  extra_terms: Sequence[Likelihood] = (), extra_attrs: dict | None = None) -> dict:
+    """Reconstruct one non-Cartesian MRD file (:func:`mri_score.noncartesian.read_noncartesian_mrd`, prewhitened)
+    with the request's sampler on the NUFFT SENSE operator; outputs as :func:`reconstruct_file`.
+
+    The std is the raw K-sample std: the prior's calibration sidecar holds factors fitted on Cartesian masks, which
+    are not applied to a trajectory.  Metrics are against the file's noise-free target when it has one.
+    """
+    from mri_score.noncartesian import read_noncartesian_mrd, reconstruct_noncartesian_volume
+
+    vol = read_noncartesian_mrd(path)
+    t0 = time.time()
+    try:
+        res = reconstruct_noncartesian_volume(vol, prior, request, extra_terms=extra_terms)
+    except (OperatorInputError, np.linalg.LinAlgError) as err:
+        raise InputError(f"{path}: {one_line(err)}") from None
+    seconds = time.time() - t0
+    s = vol.samples.shape[0]
+    nfe = sum(res.nfe)
+    summary = {"file": str(path), "seconds": seconds, "seconds_per_slice": seconds / s, "nfe_per_slice": nfe // s,
+               "slices": s, "acceleration": float("nan"), "mask": f"{vol.trajectory} trajectory"}
+    target = vol.target
+    if target is not None:
+        try:
+            summary.update(volume_metrics(target, res.image))
+            summary["target"] = "the file's noise-free truth"
+        except ValueError as err:
+            summary["target"] = f"not scored against the file's noise-free truth: {one_line(err)}"
+        if target.shape != res.image.shape:
+            target = None
+    attrs = {"sampler": request.sampler, "steps": int(request.steps), "samples": request.samples,
+             "seed": request.seed, "magnitude": request.magnitude, "trajectory": vol.trajectory,
+             "nfe_per_slice": nfe // s, "grid_factor": float(res.grid_factor),
+             "precision": precision_name(choose_precision(prior.device, request.precision)),
+             "prior": prior_name, "request": json.dumps(request.identity(), sort_keys=True),
+             "summary": json.dumps({k: v for k, v in summary.items() if k != "file"}, default=float),
+             "std_calibration": "none (raw std of the K samples: no calibration for non-Cartesian trajectories)",
+             **(extra_attrs or {})}
+    geometry = ExportGeometry(vol.pixel_mm, None, "ANONYMOUS", path)
+    return write_outputs(path, out_dir, request, res, {"trajectory": vol.coords.astype(np.float32)}, attrs, summary,
+                         target, geometry, prior_name, None, title=f"{path.name} {request.sampler} {vol.trajectory}")
+
+
+@dataclass(frozen=True)
+class ExportGeometry:
+    """What the image exports need of an input: ``pixel_mm`` ``(dy, dx)`` and ``slice_mm`` (None: unknown, 1 mm is
+    written and the series description says so), the patient id and the input's path."""
+
+    pixel_mm: tuple[float, float] | None
+    slice_mm: float | None
+    patient_id: str
+    path: Path
+
+    @classmethod
+    def of_volume(cls, vol: FastMRIVolume) -> ExportGeometry:
+        """From a fastMRI-layout volume's header (:func:`mri_score.export.voxel_mm`)."""
+        from mri_score import export
+
+        try:
+            dy, dx, slice_mm = export.voxel_mm(vol)
+            pixel: tuple[float, float] | None = (dy, dx)
+        except InputError:
+            pixel, slice_mm = None, None
+        return cls(pixel, slice_mm, str(vol.attrs.get("patient_id", "") or "ANONYMOUS"), vol.path)
+
+
+def write_outputs(path: Path, out_dir: str | os.PathLike[str], request: ReconRequest, res: VolumeResult,
+                  extra: dict[str, np.ndarray], attrs: dict, summary: dict, target: np.ndarray | None,
+                  geometry: ExportGeometry, prior_name: str, std_calibration: dict | None, title: str) -> dict:
+    """Write one input's outputs (:func:`output_paths`): the ``.h5`` (``reconstruction``, the std calibrated by
+    ``std_calibration`` when given, ``extra`` datasets, ``attrs``), the PNG and the exports; on any failure the ones
+    already written are removed.  Returns ``summary`` with the output paths added."""
+    extra = dict(extra)
     if res.std is not None:
         std = res.std
-        attrs["std_calibration"] = "none (raw std of the K samples)"
+        attrs.setdefault("std_calibration", "none (raw std of the K samples)")
         if std_calibration is not None:
             std = (res.std * float(std_calibration["factor"])).astype(np.float32)
             attrs["std_calibration"] = json.dumps(std_calibration, sort_keys=True)
-        extra["reconstruction_std"] = std
-    else:
+        extra = {"reconstruction_std": std, **extra}
+    elif "std_calibration" not in attrs:
         attrs["std_calibration"] = "none (one sample: no reconstruction_std)"
-    extra["mask"] = mask
     outputs = output_paths(path, out_dir, request, res.std is not None)
     written: list[Path] = []
     try:
@@ -375,11 +419,10 @@ def reconstruct_file(
         if request.png:
             from mri_score.figures import recon_panel
 
-            recon_panel(outputs["png"], res.zero_filled, res.image, extra.get("reconstruction_std"), target,
-                        title=f"{path.name} {request.sampler} R={accel_used:g}")
+            recon_panel(outputs["png"], res.zero_filled, res.image, extra.get("reconstruction_std"), target, title=title)
             written.append(outputs["png"])
             summary["png"] = str(outputs["png"])
-        written += export_volume(vol, res.image, extra.get("reconstruction_std"), outputs, request, prior_name)
+        written += export_volume(geometry, res.image, extra.get("reconstruction_std"), outputs, request, prior_name)
     except BaseException:
         remove_outputs(written)
         raise
@@ -413,23 +456,24 @@ def output_paths(path: Path, out_dir: str | os.PathLike[str], request: ReconRequ
     return paths
 
 
-def export_volume(vol: FastMRIVolume, image: np.ndarray, std: np.ndarray | None, paths: dict[str, Path],
+def export_volume(geometry: ExportGeometry, image: np.ndarray, std: np.ndarray | None, paths: dict[str, Path],
                   request: ReconRequest, prior_name: str) -> list[Path]:
     """Write the request's exports of ``image`` (and ``std``) ``(slices, h, w)`` float32; returns what was written.
 
-    The voxel size comes from the header (:func:`mri_score.export.voxel_mm`); a header without a field of view
-    (a BART input) is exported at 1 mm, and the series description says so.
+    The voxel size is the input's (``geometry``); an input without a field of view (a BART file) is exported at
+    1 mm, and the series description says so.
     """
     if not request.exports:
         return []
     from mri_score import export
 
-    try:
-        dy, dx, slice_mm = export.voxel_mm(vol)
-        note = ""
-    except InputError:
-        dy = dx = slice_mm = 1.0
+    note = ""
+    dy, dx = geometry.pixel_mm if geometry.pixel_mm is not None else (1.0, 1.0)
+    slice_mm = geometry.slice_mm if geometry.slice_mm is not None else 1.0
+    if geometry.pixel_mm is None:
         note = "; pixel size unknown (1 mm written)"
+    elif geometry.slice_mm is None:
+        note = "; slice thickness unknown (1 mm written)"
     description = export.series_description(f"mri-score {request.sampler}", {
         "steps": request.steps, "K": request.samples, "magnitude": request.magnitude, "prior": prior_name}) + note
     written: list[Path] = []
@@ -447,7 +491,7 @@ def export_volume(vol: FastMRIVolume, image: np.ndarray, std: np.ndarray | None,
                 study = study or generate_uid()
                 export.write_dicom_series(paths[key], volume, (dy, dx), slice_mm, description + (
                     ", posterior std" if key.endswith("std") else ""), series_number=number, study_uid=study,
-                    patient_id=str(vol.attrs.get("patient_id", "") or "ANONYMOUS"), inputs=[vol.path])
+                    patient_id=geometry.patient_id, inputs=[geometry.path])
                 written.append(paths[key])
         if "cfl" in paths:
             from mri_score.cfl import write_cfl

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from mri_score.calibration import Calibration, calibrate, check_acs, estimate_sigma_y
@@ -55,6 +56,45 @@ class SliceResult:
     sigma_y: float
     scale: float
     calibration: Calibration
+
+
+@dataclass
+class VolumeResult:
+    """A reconstructed volume in the output convention (``request.magnitude``), cropped.
+
+    Attributes
+    ----------
+    image, zero_filled : np.ndarray
+        float32 ``(slices, h, w)``: reconstruction and ``|zero-filled SENSE-1|``.
+    std : np.ndarray or None
+        float32 ``(slices, h, w)``: per-pixel posterior std; None with one sample (``request.samples == 1``).
+    grid_factor : float
+        The sampling grid used, over the measured matrix (an ``auto`` grid resolved).
+    nfe : list of int
+        Network evaluations per slice.
+    seconds : list of float
+        Wall time per slice (sampling and, when not given, calibration).
+    calibrations : list of Calibration
+        The per-slice calibrations used.
+    means : list of torch.Tensor
+        complex64 ``(H, W)`` per slice: the posterior mean in the data's units, uncropped.
+    adapted : dict, optional
+        With test-time adaptation: the pilot's NFE and seconds and the adaptation's record
+        (:func:`mri_score.adapt.adapt_denoiser`); both are included in ``nfe`` and ``seconds``.
+    batch_slices : int
+        Slices sampled together (the last batch of a volume may be smaller); 1 when slice by slice.
+    """
+
+    image: np.ndarray
+    std: np.ndarray | None
+    zero_filled: np.ndarray
+    grid_factor: float = 1.0
+    nfe: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    calibrations: list[Calibration] = field(default_factory=list)
+    means: list[torch.Tensor] = field(default_factory=list)
+    adapted: dict | None = None
+    batch_slices: int = 1
 
 
 def output_magnitude(image: torch.Tensor, maps: torch.Tensor, sigma_y: float, magnitude: str = "sense") -> torch.Tensor:

@@ -223,3 +223,21 @@ def test_simulate_trajectory_bad_input_is_one_line(tmp_path, capfd, args, phrase
     rc = simulate_main(["--out", str(tmp_path / "o"), *args])
     err = capfd.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and phrase in err[0] and not (tmp_path / "o").exists()
+
+
+def test_reconstruct_takes_a_noncartesian_mrd_file(tmp_path, tiny_prior_path, capsys):
+    pytest.importorskip("ismrmrd")
+    from mri_score.simulate import main as simulate_main
+
+    assert simulate_main(["--out", str(tmp_path / "in"), "--trajectory", "radial", "--spokes", "24", "--size", "32",
+                          "32", "--slices", "2", "--coils", "3"]) == 0
+    (src,) = (tmp_path / "in").iterdir()
+    before = sha(src)
+    assert main(["--kspace", str(src), "--out", str(tmp_path / "o"), "--prior", str(tiny_prior_path), "--steps", "2",
+                 "--quiet", "--export", "nifti"]) == 0
+    line = capsys.readouterr().out
+    assert "radial trajectory" in line and "against the file's noise-free truth" in line
+    with h5py.File(tmp_path / "o" / src.name) as hf:
+        assert hf["reconstruction"].shape == (2, 32, 32) and hf["trajectory"].shape[1] == 2
+        assert hf.attrs["trajectory"] == "radial" and "non-Cartesian" in hf.attrs["std_calibration"]
+    assert (tmp_path / "o" / (src.stem + ".nii.gz")).is_file() and sha(src) == before
