@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--print", action="store_true", help="print the blocks instead of rewriting the files")
     args = ap.parse_args(argv)
     csv_path = Path(args.csv)
+    if not args.print:  # the files to rewrite must exist before anything is rendered
+        for doc in (Path(args.readme), Path(args.results_doc)):
+            read_text_file(doc, doc.name, 16 * 1024**2)
     summary, report = summary_block(csv_path), results_block(csv_path)
     ablation = ablation_block(ROOT / "benchmarks" / "results")
     if args.print:

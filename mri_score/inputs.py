@@ -78,14 +78,14 @@ def list_inputs(src: str | os.PathLike[str]) -> list[Path]:
             raise InputError(f"{src}: cannot list the directory ({err.strerror or err})") from None
         files = [p for p in entries if p.is_file()]  # is_file() is False for loops and dangling links
         if not files:
-            raise InputError(f"{src}: directory holds no readable .h5 or .cfl files")
+            raise InputError(f"{src}: directory holds no .h5 files (nor readable .cfl files)")
         return files
     if src.is_file():
         return [src]
     if src.suffix.lower() == ".hdr" and src.with_suffix(".cfl").is_file():
         return [src.with_suffix(".cfl")]
     if os.path.lexists(src):
-        raise InputError(f"{src}: not a readable file or directory (a dangling link or a symlink loop?)")
+        raise InputError(f"{src}: not a file or directory that can be read (a FIFO, a dangling link or a symlink loop?)")
     raise InputError(f"{src}: no such file or directory")
 
 
