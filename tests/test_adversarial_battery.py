@@ -883,7 +883,6 @@ def test_valid_training_configs_pass_validation(edit, tmp_path):
 def test_every_shipped_training_config_is_valid():
     from mri_score.config import load_config
     from mri_score.train_config import validate_config
-
     from mri_score.varnet_training import validate_varnet_config
 
     configs = [p for p in sorted((ROOT / "configs").glob("*.yaml")) if "out_dir" in load_config(p)]
