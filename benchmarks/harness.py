@@ -22,6 +22,16 @@ from mri_score.errors import InputError
 from mri_score.samplers import DEFAULT_STEPS, sampler_config
 from operators import make_mask
 
+#: A child process that runs the ``reconstruct`` command line and reports its own high-water mark (VmHWM, Linux
+#: /proc) on exit: a parent-side ru_maxrss of children would include the parent's pages copied by fork() before exec.
+CHILD_RECONSTRUCT = (
+    "import sys\n"
+    "from mri_score.reconstruct import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
+    "print('VmHWM_kB', hwm, flush=True)\n"
+    "sys.exit(rc)\n"
+)
 #: Where the benchmarks write their results.
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.harness import CHILD_RECONSTRUCT
 from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.atomic import check_output, check_writable
@@ -33,16 +34,6 @@ from mri_score.simulation import corpus_volume, simulate_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The child reports its own high-water mark (VmHWM, Linux /proc) on exit: a parent-side ru_maxrss of children
-# would include the parent's pages copied by fork() before exec.
-_CHILD = (
-    "import sys\n"
-    "from mri_score.reconstruct import main\n"
-    "rc = main(sys.argv[1:])\n"
-    "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
-    "print('VmHWM_kB', hwm, flush=True)\n"
-    "sys.exit(rc)\n"
-)
 
 
 @exit_on_input_error
@@ -73,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         src = write_fastmri_file(Path(tmp) / "large_volume.h5", ksp, target, "SYN_T1", "mem000")
         file_gb = src.stat().st_size / 2**30
         del imgs, ksp, target
-        cmd = [sys.executable, "-c", _CHILD, "--kspace", str(src), "--out", str(Path(tmp) / "out"),
+        cmd = [sys.executable, "-c", CHILD_RECONSTRUCT, "--kspace", str(src), "--out", str(Path(tmp) / "out"),
                "--sampler", args.sampler, "--samples", str(args.samples), "--seed", str(args.seed)]
         if args.steps:
             cmd += ["--steps", str(args.steps)]

@@ -37,7 +37,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from benchmarks.harness import add_check_flags, check_args, write_report
+from benchmarks.harness import CHILD_RECONSTRUCT, add_check_flags, check_args, write_report
 from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.batching import AUTO_MAX_SLICES, AUTO_MEMORY_FRACTION, slice_working_set
@@ -52,15 +52,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SNR = 100.0
 SAMPLES = 2
 
-# The child reports its own high-water mark (VmHWM, Linux /proc) on exit (benchmarks/run_memory.py).
-_CHILD = (
-    "import sys\n"
-    "from mri_score.reconstruct import main\n"
-    "rc = main(sys.argv[1:])\n"
-    "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
-    "print('VmHWM_kB', hwm, flush=True)\n"
-    "sys.exit(rc)\n"
-)
 
 
 def make_file(path: Path, slices: int, size: int, coils: int, seed: int) -> Path:
@@ -75,7 +66,7 @@ def child(args: list[str], threads: int, device: str = "cpu") -> subprocess.Pope
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(name, None)
-    return subprocess.Popen([sys.executable, "-c", _CHILD, *args, "--threads", str(threads), "--device", device,
+    return subprocess.Popen([sys.executable, "-c", CHILD_RECONSTRUCT, *args, "--threads", str(threads), "--device", device,
                              "--quiet"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

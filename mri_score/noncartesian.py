@@ -38,7 +38,7 @@ import torch
 from mri_score import limits
 from mri_score.calibration import Calibration, mad_sigma
 from mri_score.errors import InputError, one_line
-from mri_score.fastmri_io import MAX_KSPACE_BYTES, READ_COPIES, atomic_h5_write, center_crop, dataset, open_input, read_array
+from mri_score.fastmri_io import MAX_KSPACE_BYTES, READ_COPIES, atomic_h5_write, dataset, open_input, read_array
 from mri_score.likelihood import GaussianKspaceLikelihood, Likelihood
 from mri_score.mrd import (  # the Cartesian reader's checks
     DEFAULT_GROUP,
@@ -1040,7 +1040,6 @@ def reconstruct_noncartesian_volume(
     if calibrations is None:
         calibrations = calibrate_volume_noncartesian(volume, request.maps)
     out = VolumeResult(image=np.empty(0), std=None, zero_filled=np.empty(0), grid_factor=request.grid_factor)
-    images, stds, zfs = [], [], []
     native_op: NonCartesianSense | None = None
     fine_op: NonCartesianSense | None = None
     run = SAMPLERS[request.sampler]
@@ -1073,18 +1072,6 @@ def reconstruct_noncartesian_volume(
         std = samples.abs().std(dim=0).cpu() if request.samples > 1 else None
         image = mean.abs().cpu()
         zf = native_op.density_compensated_adjoint(y).abs().cpu()
-        if crop is not None:
-            image, zf = center_crop(image, crop), center_crop(zf, crop)
-            std = None if std is None else center_crop(std, crop)
-        images.append(image.numpy())
-        zfs.append(zf.numpy())
-        if std is not None:
-            stds.append(std.numpy())
-        out.nfe.append(result.nfe)
-        out.seconds.append(time.time() - t0)
-        out.calibrations.append(calibrations[i])
-        out.means.append(mean.cpu().to(torch.complex64))
-    out.image = np.stack(images).astype(np.float32)
-    out.std = np.stack(stds).astype(np.float32) if stds else None
-    out.zero_filled = np.stack(zfs).astype(np.float32)
-    return out
+        out.add_slice(image, std, zf, crop, result.nfe, time.time() - t0, calibrations[i],
+                      mean.cpu().to(torch.complex64))
+    return out.finish()

@@ -154,7 +154,6 @@ def reconstruct_volume(
     grid = fine_shape(tuple(kspace.shape[-2:]), request.grid_factor)
     batch = resolve_batch_slices(batch_slices, s, request.samples, kspace.shape[1], grid, runtime.device)
     mask_t = torch.from_numpy(np.asarray(mask))
-    images, stds, zfs = [], [], []
     out = VolumeResult(image=np.empty(0), std=None, zero_filled=np.empty(0), grid_factor=request.grid_factor,
                        batch_slices=batch)
     i = 0
@@ -173,25 +172,12 @@ def reconstruct_volume(
                 torch.cuda.empty_cache()
             continue
         for res in results:
-            image, std, zf = res.image, res.std, res.zero_filled.abs()
-            if crop is not None:
-                image, zf = center_crop(image, crop), center_crop(zf, crop)
-                std = None if std is None else center_crop(std, crop)
-            images.append(image.numpy())
-            zfs.append(zf.numpy())
-            if std is not None:
-                stds.append(std.numpy())
-            out.nfe.append(res.nfe)
-            out.seconds.append(res.seconds)
-            out.calibrations.append(res.calibration)
-            out.means.append(res.mean)
+            out.add_slice(res.image, res.std, res.zero_filled.abs(), crop, res.nfe, res.seconds, res.calibration,
+                          res.mean)
         i += b
         if progress is not None:
             progress(i, s)
-    out.image = np.stack(images).astype(np.float32)
-    out.std = np.stack(stds).astype(np.float32) if stds else None
-    out.zero_filled = np.stack(zfs).astype(np.float32)
-    return out
+    return out.finish()
 
 
 def _reconstruct_adapted(

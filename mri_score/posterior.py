@@ -24,6 +24,7 @@ import torch
 
 from mri_score.calibration import Calibration, calibrate, check_acs, estimate_sigma_y
 from mri_score.errors import InputError
+from mri_score.fastmri_io import center_crop
 from mri_score.likelihood import GaussianKspaceLikelihood, Likelihood
 from mri_score.network import EDMDenoiser
 from mri_score.prior import ComplexPrior
@@ -95,6 +96,32 @@ class VolumeResult:
     means: list[torch.Tensor] = field(default_factory=list)
     adapted: dict | None = None
     batch_slices: int = 1
+    _parts: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def add_slice(self, image: torch.Tensor, std: torch.Tensor | None, zero_filled: torch.Tensor,
+                  crop: tuple[int, int] | None, nfe: int, seconds: float, calibration: Calibration,
+                  mean: torch.Tensor) -> None:
+        """Append one slice's real ``(H, W)`` image, std (or None) and ``|zero-filled|`` (centre-cropped to ``crop``)
+        and its record; :meth:`finish` stacks them."""
+        if crop is not None:
+            image, zero_filled = center_crop(image, crop), center_crop(zero_filled, crop)
+            std = None if std is None else center_crop(std, crop)
+        self._parts.setdefault("image", []).append(image.numpy())
+        self._parts.setdefault("zero_filled", []).append(zero_filled.numpy())
+        if std is not None:
+            self._parts.setdefault("std", []).append(std.numpy())
+        self.nfe.append(nfe)
+        self.seconds.append(seconds)
+        self.calibrations.append(calibration)
+        self.means.append(mean)
+
+    def finish(self) -> VolumeResult:
+        """Stack the added slices into ``image``, ``std`` (None without) and ``zero_filled`` (float32); returns self."""
+        parts = self._parts
+        self.image = np.stack(parts["image"]).astype(np.float32)
+        self.std = np.stack(parts["std"]).astype(np.float32) if parts.get("std") else None
+        self.zero_filled = np.stack(parts["zero_filled"]).astype(np.float32)
+        return self
 
 
 def output_magnitude(image: torch.Tensor, maps: torch.Tensor, sigma_y: float, magnitude: str = "sense") -> torch.Tensor:
