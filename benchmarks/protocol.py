@@ -93,8 +93,11 @@ FIELDS = ("setting", "phase", "group", "volume", "subject", "slice", "unit", "me
 
 
 def setting_tag(setting: dict) -> str:
-    """``"4x equispaced"``: how a setting is named in rows and tables."""
-    return f"{float(setting['accel']):g}x {setting['mask']}"
+    """``"4x equispaced"``: how a setting is named in rows and tables (``"4x equispaced, centre 0.2"`` when the centre
+    fraction is not fastMRI's default 0.08)."""
+    tag = f"{float(setting['accel']):g}x {setting['mask']}"
+    centre = float(setting.get("center_fraction", 0.08))
+    return tag if centre == 0.08 else f"{tag}, centre {centre:g}"
 
 
 def method_label(method: str, spec: dict, maps: str = "acs") -> str:
@@ -134,6 +137,9 @@ def validate_protocol(cfg: dict, src: str) -> None:
         unknown = sorted(set(variant) - set(REAL_PHYSICS) - {"name"})
         if unknown:
             raise InputError(f"{src}: data.real_physics: unknown keys {unknown}; known: {', '.join(REAL_PHYSICS)}")
+    tags = [setting_tag(s) for s in require(cfg, "settings", src)]
+    if len(set(tags)) != len(tags):
+        raise InputError(f"{src}: settings: two settings share a name ({', '.join(tags)}); each needs its own")
     methods = require(cfg, "methods", src)
     unknown = [m for m in methods if m not in PROTOCOL_METHODS]
     if unknown:

@@ -612,3 +612,16 @@ def test_real_volumes_use_the_evaluation_physics_and_its_truth():
     assert acq["truth"].shape == vol["images"].shape and (acq["truth"] >= 0).all()
     # the whitened noise has unit variance per complex sample: the estimated sigma_y is of that order
     assert 0.3 < acq["cals"][0].sigma_y < 3.0
+
+
+def test_settings_that_differ_only_in_centre_fraction_get_their_own_names():
+    from benchmarks.protocol import setting_tag, validate_protocol
+
+    assert setting_tag({"accel": 4, "mask": "equispaced", "center_fraction": 0.08}) == "4x equispaced"
+    assert setting_tag({"accel": 4, "mask": "equispaced", "center_fraction": 0.2}) == "4x equispaced, centre 0.2"
+    cfg = {"data": {"size": [32, 32], "tuning": {"subjects": [30], "slices_per_subject": 1, "seed": 1},
+                    "test": {"subjects": [0], "slices_per_subject": 1, "seed": 0}},
+           "settings": [{"accel": 4, "mask": "equispaced"}, {"accel": 4, "mask": "equispaced", "center_fraction": 0.08}],
+           "protocol": {}, "methods": {"zero_filled": {}}}
+    with pytest.raises(InputError, match="share a name"):
+        validate_protocol(cfg, "c.yaml")
