@@ -27,14 +27,19 @@ INPUT_SUFFIXES = (".h5", ".cfl")
 
 
 def input_kind(path: str | os.PathLike[str]) -> str:
-    """``"cfl"``, ``"mrd"`` or ``"fastmri"``: how :func:`read_volume` reads ``path`` (by suffix for BART, by content
-    for HDF5)."""
+    """``"cfl"``, ``"mrd"``, ``"mrd_noncartesian"`` or ``"fastmri"``: how ``path`` is read (by suffix for BART, by
+    content for HDF5; an MRD file's trajectory decides between :func:`read_volume` and
+    :func:`mri_score.noncartesian.read_noncartesian_mrd`)."""
     from mri_score.mrd import is_mrd_file
 
     p = Path(path)
     if p.suffix.lower() in (".cfl", ".hdr"):
         return "cfl"
-    return "mrd" if is_mrd_file(p) else "fastmri"
+    if not is_mrd_file(p):
+        return "fastmri"
+    from mri_score.noncartesian import is_noncartesian_mrd
+
+    return "mrd_noncartesian" if is_noncartesian_mrd(p) else "mrd"
 
 
 def read_cfl_volume(path: str | os.PathLike[str]) -> FastMRIVolume:
@@ -52,12 +57,13 @@ def read_cfl_volume(path: str | os.PathLike[str]) -> FastMRIVolume:
                          recon_size=(h, w, 1), padding_left=0, padding_right=w, attrs={})
 
 
-def read_volume(path: str | os.PathLike[str]) -> FastMRIVolume:
-    """Read any accepted input (:data:`INPUT_SUFFIXES`, recognised by :func:`input_kind`) as a fastMRI-layout volume."""
-    kind = input_kind(path)
+def read_volume(path: str | os.PathLike[str], kind: str | None = None) -> FastMRIVolume:
+    """Read a Cartesian input (:data:`INPUT_SUFFIXES`, recognised by :func:`input_kind` unless ``kind`` says) as a
+    fastMRI-layout volume; a non-Cartesian MRD file is refused by the Cartesian MRD reader, in one line."""
+    kind = input_kind(path) if kind is None else kind
     if kind == "cfl":
         return read_cfl_volume(path)
-    if kind == "mrd":
+    if kind in ("mrd", "mrd_noncartesian"):
         from mri_score.mrd import read_mrd
 
         return read_mrd(path)

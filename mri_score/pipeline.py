@@ -30,7 +30,7 @@ from mri_score.fastmri_io import (
     save_reconstruction,
     write_fastmri_file,
 )
-from mri_score.inputs import read_volume
+from mri_score.inputs import input_kind, read_volume
 from mri_score.likelihood import Likelihood
 from mri_score.metrics import volume_metrics
 from mri_score.network import EDMDenoiser
@@ -257,11 +257,10 @@ def reconstruct_file(
 
     A non-Cartesian MRD file (radial, spiral) goes through :func:`reconstruct_noncartesian_file`.
     """
-    from mri_score.noncartesian import is_noncartesian_mrd
-
-    if is_noncartesian_mrd(path):
+    kind = input_kind(path)
+    if kind == "mrd_noncartesian":
         return reconstruct_noncartesian_file(path, prior, request, out_dir, prior_name, extra_terms, extra_attrs)
-    vol = read_volume(path)
+    vol = read_volume(path, kind)
     mask, accel_used, mask_src = undersampling_mask(vol, request)
     check_acs(mask, str(path))
     channels = prior.model.cfg.in_channels

@@ -200,8 +200,7 @@ class ReconRequest:
             raise RequestError(["classifier_scale", "classifier_input", "classifier"], "{0}/{1} given without {2}")
         if self.classifier_scale is not None and not _number(self.classifier_scale) > 0:
             raise RequestError(["classifier_scale"], f"{{0}} must be a finite number > 0, got {self.classifier_scale}")
-        guided = self.condition not in ("", "none") or self.guidance is not None or self.classifier is not None
-        if self.adapt is not None and guided:
+        if self.adapt is not None and self.guided:
             raise RequestError(["adapt", "condition", "guidance", "classifier"], "{0} cannot be combined with {1}/{2}/{3}")
 
     @property
