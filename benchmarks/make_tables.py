@@ -3,7 +3,9 @@
 Run: ``python benchmarks/make_tables.py`` (default: :data:`benchmarks.tables.DEFAULT_CSV`) or ``--csv FILE``.
 The README's summary block (``<!-- results-summary:begin -->`` … ``end``, :func:`benchmarks.tables.render_summary`)
 and ``docs/results.md``'s report block (``<!-- results:begin -->`` … ``end``, :func:`benchmarks.tables.render`) and
-prior-ablation block are replaced; the rest of both files is kept byte for byte.  ``--print`` writes them to stdout.
+prior-ablation block, and its development-ablation block (``<!-- dev-ablation:begin -->`` … ``end``, the DDS variants
+of :data:`DEV_ABLATION`, :func:`benchmarks.tables.render_variants`), are replaced; the rest of both files is kept
+byte for byte.  ``--print`` writes them to stdout.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.protocol import read_csv
-from benchmarks.tables import DEFAULT_CSV, render, render_prior_ablation, render_summary
+from benchmarks.tables import DEFAULT_CSV, render, render_prior_ablation, render_summary, render_variants
 from mri_score.atomic import atomic_output
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.config import read_text_file
@@ -30,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 ABL_BEGIN, ABL_END = "<!-- prior-ablation:begin -->", "<!-- prior-ablation:end -->"
 SUM_BEGIN, SUM_END = "<!-- results-summary:begin -->", "<!-- results-summary:end -->"
+DEV_BEGIN, DEV_END = "<!-- dev-ablation:begin -->", "<!-- dev-ablation:end -->"
+#: The development ablation (DDS variants of configs/ablation_prior_dev.yaml), under benchmarks/results.
+DEV_ABLATION = "ablation_prior_dev.csv"
 #: The prior ablation's runs (name, CSV under benchmarks/results): the same protocol with each prior.
 ABLATION = (("brain_synth", "bench_protocol.csv"), ("mixed_cond", "bench_protocol_mixed.csv"))
 #: Where the full report goes (the README carries the summary and links here).
@@ -75,6 +80,11 @@ def ablation_block(results: Path) -> str:
            f"{render_prior_ablation(runs)}{ABL_END}"
 
 
+def dev_ablation_block(csv_path: Path) -> str:
+    """The development-ablation block (markers included): each DDS variant against the default and L1-wavelet."""
+    return _block(csv_path, render_variants, DEV_BEGIN, DEV_END)
+
+
 def replace_block(text: str, block: str, where: str, begin: str = BEGIN, end: str = END) -> str:
     """``text`` with its one marked block replaced by ``block``; :class:`InputError` naming ``where`` without one."""
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
@@ -99,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the protocol results CSV (default: %(default)s)")
     ap.add_argument("--readme", default=str(ROOT / "README.md"), help="README with the summary block")
     ap.add_argument("--results-doc", default=str(RESULTS_DOC), help="document with the report and ablation blocks")
+    ap.add_argument("--ablation-csv", default=str(ROOT / "benchmarks" / "results" / DEV_ABLATION),
+                    help="the development ablation's results CSV (default: %(default)s; skipped when absent)")
     ap.add_argument("--print", action="store_true", help="print the blocks instead of rewriting the files")
     args = ap.parse_args(argv)
     csv_path = Path(args.csv)
@@ -107,14 +119,19 @@ def main(argv: list[str] | None = None) -> int:
             read_text_file(doc, doc.name, 16 * 1024**2)
     summary, report = summary_block(csv_path), results_block(csv_path)
     ablation = ablation_block(ROOT / "benchmarks" / "results")
+    dev_csv = Path(args.ablation_csv)
+    dev = dev_ablation_block(dev_csv) if dev_csv.is_file() else None
     if args.print:
-        sys.stdout.write(summary + "\n\n" + report + "\n\n" + ablation + "\n")
+        sys.stdout.write(summary + "\n\n" + report + "\n\n" + ablation + "\n" + (f"\n{dev}\n" if dev else ""))
         return 0
     _rewrite(Path(args.readme), [(summary, SUM_BEGIN, SUM_END)])
     doc = Path(args.results_doc)
     blocks = [(report, BEGIN, END)]
-    if ABL_BEGIN in read_text_file(doc, doc.name, 16 * 1024**2):
+    text = read_text_file(doc, doc.name, 16 * 1024**2)
+    if ABL_BEGIN in text:
         blocks.append((ablation, ABL_BEGIN, ABL_END))
+    if dev and DEV_BEGIN in text:
+        blocks.append((dev, DEV_BEGIN, DEV_END))
     _rewrite(doc, blocks)
     print(f"{args.readme}: summary block, {args.results_doc}: report and prior-ablation blocks rewritten from {csv_path}")
     return 0

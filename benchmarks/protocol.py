@@ -51,7 +51,7 @@ from mri_score.metrics import volume_metrics
 from mri_score.pipeline import reconstruct_volume
 from mri_score.posterior import output_magnitude
 from mri_score.prior import ComplexPrior
-from mri_score.request import ReconRequest
+from mri_score.request import ReconRequest, RequestError
 from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
 from mri_score.supervised import load_unet, unet_reconstruct
 from operators import birdcage_maps, ifft2c, sense1_combine
@@ -77,6 +77,10 @@ PROTOCOL_METHODS = ("zero_filled", "cg_sense", "l1_wavelet", "tv", "bart_pics", 
 #: The DDS rows: ``dds`` (the request's precision, ``auto``: bf16 where the CPU has it natively) and ``dds_fp32``
 #: (the same request in fp32, for the timing table; scored like any row).
 DDS = ("dds", "dds_fp32")
+#: Separator of an ablation variant's name: ``dds:<name>`` is DDS with its own ``prior``, ``grid``, ``options``,
+#: ``nfe`` or ``samples`` (the ablation table's rows).  Variants run on the test data only: they are measured, never
+#: tuned, and the std calibration and the registration are the plain ``dds`` entry's.
+VARIANT_SEP = ":"
 #: Methods swept over ``lams`` and tuned on the tuning slices.
 SWEPT = ("cg_sense", "l1_wavelet", "tv", "bart_pics", "bart_wavelet", "bart_ecalib")
 #: BART rows: ``pics -R T`` (total variation, as fastMRI's CS baseline script), ``-R W`` (wavelet ℓ1), and TV with
@@ -92,6 +96,16 @@ FIELDS = ("setting", "phase", "group", "volume", "subject", "slice", "unit", "me
           *(f"cov_cal_{round(100 * p)}" for p in uncertainty.RELIABILITY_LEVELS), "sigma_ratio")
 
 
+def base_method(method: str) -> str:
+    """The method a config key names: ``"dds"`` for the ablation variant ``"dds:grid2"``, else the key itself."""
+    return method.split(VARIANT_SEP, 1)[0]
+
+
+def is_dds(method: str) -> bool:
+    """Whether a config key is a DDS row (``dds``, ``dds_fp32`` or a ``dds:<name>`` variant)."""
+    return base_method(method) in DDS
+
+
 def setting_tag(setting: dict) -> str:
     """``"4x equispaced"``: how a setting is named in rows and tables (``"4x equispaced, centre 0.2"`` when the centre
     fraction is not fastMRI's default 0.08)."""
@@ -104,8 +118,9 @@ def method_label(method: str, spec: dict, maps: str = "acs") -> str:
     """The table label of a method row (DDS with its budget and K; oracle-maps and BART-maps rows marked)."""
     base = {"bart_pics": "bart pics TV", "bart_wavelet": "bart pics wavelet",
             "bart_ecalib": "bart pics TV (BART ecalib maps)"}.get(method, method)
-    if method in DDS:
-        base = f"dds (NFE={int(spec['nfe'])}, K={int(spec.get('samples', 2))}" + (", fp32)" if method == "dds_fp32" else ")")
+    if is_dds(method):
+        base = f"{method} (NFE={int(spec['nfe'])}, K={int(spec.get('samples', 2))}" + (
+            ", fp32)" if method == "dds_fp32" else ")")
     return base + (", oracle maps" if maps == "oracle" else "")
 
 
@@ -141,21 +156,28 @@ def validate_protocol(cfg: dict, src: str) -> None:
     if len(set(tags)) != len(tags):
         raise InputError(f"{src}: settings: two settings share a name ({', '.join(tags)}); each needs its own")
     methods = require(cfg, "methods", src)
-    unknown = [m for m in methods if m not in PROTOCOL_METHODS]
+    unknown = [m for m in methods if base_method(m) not in PROTOCOL_METHODS
+               or (VARIANT_SEP in m and (base_method(m) != "dds" or not m.split(VARIANT_SEP, 1)[1]))]
     if unknown:
-        raise InputError(f"{src}: unknown methods {unknown}; a protocol config may list {', '.join(PROTOCOL_METHODS)}")
+        raise InputError(f"{src}: unknown methods {unknown}; a protocol config may list "
+                         f"{', '.join(PROTOCOL_METHODS)} and DDS variants dds{VARIANT_SEP}<name>")
     for m in methods:
         spec = methods[m] or {}
         if m in SWEPT and not spec.get("lams"):
             raise InputError(f"{src}: methods.{m}: a swept method needs 'lams' (the λ sweep)")
         if m in ("unet", "varnet") and not spec.get("weights"):
             raise InputError(f"{src}: methods.{m} needs 'weights' (a trained checkpoint)")
-        if m in DDS:
+        if is_dds(m):
             check_score_method("dds", spec, f"{src}: methods.{m}")
             if isinstance(spec["nfe"], list):
-                raise InputError(f"{src}: methods.dds.nfe: the protocol reports one budget (an integer)")
-            if spec.get("grid", "native") not in ("native", "auto"):
-                raise InputError(f"{src}: methods.dds.grid must be native or auto, got {spec['grid']!r}")
+                raise InputError(f"{src}: methods.{m}.nfe: the protocol reports one budget (an integer)")
+            try:
+                dds_request(spec)
+            except RequestError as err:
+                raise InputError(f"{src}: methods.{m}: {err.render({})}") from None
+            if "prior" in spec and (VARIANT_SEP not in m or not Path(str(spec["prior"])).is_file()):
+                raise InputError(f"{src}: methods.{m}.prior: only a dds{VARIANT_SEP}<name> variant names its own prior, "
+                                 f"and it must be a file (got {spec['prior']!r})")
     for m in cfg.get("protocol", {}).get("oracle_maps", []):
         if m not in methods or m not in ORACLE_OK:
             raise InputError(f"{src}: protocol.oracle_maps: {m!r} must be a listed method among {', '.join(ORACLE_OK)}")
@@ -351,7 +373,7 @@ def unreported_acquisitions(cfg: dict, volumes: int, slices: int, size: int,
 
 def dds_request(spec: dict, seed: int = 0) -> ReconRequest:
     """The :class:`~mri_score.request.ReconRequest` of a DDS method entry (``nfe``, ``samples``, ``options``,
-    ``grid: native|auto``, default native), in the protocol's primary convention (``sense``)."""
+    ``grid: native|auto|factor``, default native), in the protocol's primary convention (``sense``)."""
     return ReconRequest(sampler="dds", steps=int(spec["nfe"]), samples=int(spec.get("samples", 2)), seed=seed,
                         magnitude="sense", options=dict(spec.get("options") or {}), grid=spec.get("grid", "native"))
 
@@ -388,12 +410,13 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
         rss_img, combined = (t.numpy() for t in varnet_outputs(varnet, torch.from_numpy(ks), torch.from_numpy(mask), cal))
         return {"primary": combined, "rss": rss_img, "std": None, "seconds": time.perf_counter() - t0,
                 "cpu_seconds": time.process_time() - c0, "nfe": 0, "grid_factor": None}
-    elif method in DDS:
+    elif is_dds(method):
         request = dds_request(spec, seed + s)
         if method == "dds_fp32":
             request = request.replace(precision="fp32")
         res = reconstruct_volume(ks[None], mask, prior, request, calibrations=[cal], pixel_mm=acq.get("pixel_mm"))
-        x, std, nfe, factor = res.means[0].numpy(), res.std[0], res.nfe[0], res.grid_factor
+        x, nfe, factor = res.means[0].numpy(), res.nfe[0], res.grid_factor
+        std = None if res.std is None else res.std[0]  # K = 1: no spread to report
         rss_img = None
     else:
         iters = int(spec.get("iters", 30 if method == "cg_sense" else 100))
@@ -414,6 +437,13 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
         rss_img = output_magnitude(xt, cal.maps, cal.sigma_y, "rss").numpy()
     return {"primary": primary, "rss": np.asarray(rss_img), "std": std, "seconds": seconds, "cpu_seconds": cpu_seconds,
             "nfe": nfe, "grid_factor": factor}
+
+
+def variant_prior(path: str | Path) -> ComplexPrior:
+    """The prior an ablation variant names (``methods.dds:<name>.prior``), loaded once per run."""
+    from mri_score.prior import load_prior
+
+    return ComplexPrior(load_prior(Path(path)))
 
 
 def ancestry(meta: dict | None, root: Path | None = None, limit: int = 16) -> list[dict]:
@@ -517,7 +547,8 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print,
 
         registration.verify(cfg, prior_path or default_prior_path(), registered_dds(cfg))
         registered = True
-    prior = ComplexPrior(prior_module) if any(m in DDS for m in methods) else None
+    prior = ComplexPrior(prior_module) if any(is_dds(m) for m in methods) else None
+    priors = {m: variant_prior(spec["prior"]) for m, spec in methods.items() if "prior" in spec}
     unet = load_unet(str(methods["unet"]["weights"])) if "unet" in methods else None
     varnet = None
     if "varnet" in methods:
@@ -537,7 +568,7 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print,
         spec = methods[method]
         out_rows, outs = [], []
         for s in range(acq["under"].shape[0]):
-            out = solve(method, spec, lam, acq, s, maps, prior, vol["seed"], unet, varnet)
+            out = solve(method, spec, lam, acq, s, maps, priors.get(method, prior), vol["seed"], unet, varnet)
             outs.append(out)
             row = {"setting": tag, "phase": phase, "group": vol["group"], "volume": vol["name"],
                    "subject": vol["subject"], "slice": s, "unit": "slice", "method": method,

@@ -18,8 +18,12 @@ BOOTSTRAP_SEED = 0
 DEFAULT_CSV = "bench_dev.csv"
 #: Nominal coverage the report checks the calibrated std against, and the tolerance (points).
 NOMINAL, TOLERANCE = 0.9, 0.05
-#: The methods under test (never a baseline).
+#: The methods under test (never a baseline), with their ablation variants ``dds:<name>``.
 LEARNED = ("dds", "dds_fp32")
+
+
+def _learned(method: str) -> bool:
+    return method.split(":", 1)[0] in LEARNED
 
 
 def _f(r: dict, key: str) -> float:
@@ -56,7 +60,7 @@ def best_baseline(rows: list[dict], setting: str) -> str | None:
     sel = selection(rows)
     cands: dict[str, list[float]] = defaultdict(list)
     for r in rows:
-        if r["phase"] != "tuning" or r["setting"] != setting or r["method"] in LEARNED:
+        if r["phase"] != "tuning" or r["setting"] != setting or _learned(r["method"]):
             continue
         if r["lam"] != "" and float(r["lam"]) != sel[(setting, r["method"])]["lam"]:
             continue
@@ -169,7 +173,8 @@ def render_summary(rows: list[dict]) -> str:
         for g in groups:
             by = _by_label(test, setting, g)
             dds = [lab for lab in by if by[lab][0]["method"] == "dds"]
-            base = {lab: rs for lab, rs in by.items() if by[lab][0]["method"] not in (*LEARNED, "zero_filled")}
+            base = {lab: rs for lab, rs in by.items()
+                    if not _learned(by[lab][0]["method"]) and by[lab][0]["method"] != "zero_filled"}
             if not dds or not base:
                 continue
             lab = dds[0]
@@ -340,4 +345,49 @@ def render_prior_ablation(runs: list[tuple[str, list[dict]]]) -> str:
         lines.append(f"{n}: higher PSNR than {ref_name} on {w} of {k} volume × setting × maps rows" + (
             f" sampled on the same grid; {mixed} rows ran on different grids (×F: `--grid auto`) and are not counted."
             if mixed else "."))
+    return "\n".join(lines) + "\n"
+
+
+def render_variants(rows: list[dict], reference: str = "l1_wavelet") -> str:
+    """The ablation table of a protocol run with DDS variants (``dds:<name>`` methods), per setting and test set.
+
+    For the default ``dds`` row and each variant: mean PSNR / SSIM over the test slices, Δ PSNR against ``dds``
+    (paired per slice, volume-clustered interval), Δ PSNR against ``reference`` (default L1-wavelet at its tuned
+    λ) per volume as ``min … max`` of fastMRI's per-volume PSNR, and the median CPU-seconds per slice as a multiple
+    of the reference's.  Pure function of the CSV rows.
+    """
+    test = [r for r in rows if r["unit"] == "slice" and r["phase"] == "test" and r["maps"] != "oracle"]
+    vols = [r for r in rows if r["unit"] == "volume" and r["phase"] == "test" and r["maps"] != "oracle"]
+    settings = _order([r["setting"] for r in test])
+    groups = sorted({r["group"] for r in test}, key=lambda g: (not g.startswith("synthetic"), g))
+    lines = [f"| setting | test set | DDS row | n (volumes) | PSNR (dB) | SSIM | Δ PSNR vs dds [95 % CI] | "
+             f"Δ PSNR vs {reference} per volume (min … max) | Δ SSIM vs {reference} | CPU-s/slice × {reference} |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for setting in settings:
+        for g in groups:
+            cell = [r for r in test if r["setting"] == setting and r["group"] == g]
+            methods = sorted({r["method"] for r in cell if _learned(r["method"]) and r["method"] != "dds_fp32"},
+                             key=lambda m: (m != "dds", m))
+            if "dds" not in methods:
+                continue
+            key = {m: {(r["volume"], r["slice"]): r for r in cell if r["method"] == m} for m in (*methods, reference)}
+            ref_cpu = np.median([_f(r, "cpu_seconds") for r in key[reference].values()]) if key[reference] else np.nan
+            for m in methods:
+                units = sorted(set(key[m]) & set(key["dds"]), key=lambda k: (k[0], int(k[1])))
+                vl = [k[0] for k in units]
+                diff = "–" if m == "dds" else _ci(clustered_paired_difference(
+                    [_f(key[m][k], "PSNR") for k in units], [_f(key["dds"][k], "PSNR") for k in units], vl,
+                    seed=BOOTSTRAP_SEED), 2)
+                vpsnr = {(r["volume"], r["method"]): _f(r, "PSNR") for r in vols
+                         if (r["setting"], r["group"]) == (setting, g)}
+                per_vol = [vpsnr[(v, m)] - vpsnr[(v, reference)] for v in sorted(set(vl))
+                           if (v, m) in vpsnr and (v, reference) in vpsnr]
+                rng = f"{min(per_vol):+.2f} … {max(per_vol):+.2f}" if per_vol else "–"
+                both = [k for k in units if k in key[reference]]
+                dssim = f"{np.mean([_f(key[m][k], 'SSIM') - _f(key[reference][k], 'SSIM') for k in both]):+.4f}" if both else "–"
+                cpu = np.median([_f(key[m][k], "cpu_seconds") for k in units]) / ref_cpu
+                lines.append(f"| {setting} | {g} | {key[m][units[0]]['label']} | {len(units)} ({len(set(vl))}) | "
+                             f"{np.mean([_f(key[m][k], 'PSNR') for k in units]):.2f} | "
+                             f"{np.mean([_f(key[m][k], 'SSIM') for k in units]):.4f} | {diff} | {rng} | {dssim} | "
+                             f"{cpu:.2f} |")
     return "\n".join(lines) + "\n"

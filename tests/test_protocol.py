@@ -166,8 +166,50 @@ def test_protocol_config_rules_are_enforced():
     with pytest.raises(InputError, match="unknown methods"):
         validate_protocol({**base, "methods": {"langevin": {}}}, "c.yaml")
     validate_protocol({**base, "methods": {"dds": {"nfe": 2, "grid": "auto"}}}, "c.yaml")
-    with pytest.raises(InputError, match="methods.dds.grid must be native or auto"):
-        validate_protocol({**base, "methods": {"dds": {"nfe": 2, "grid": "2"}}}, "c.yaml")
+    validate_protocol({**base, "methods": {"dds": {"nfe": 2}, "dds:grid2": {"nfe": 2, "grid": 2}}}, "c.yaml")
+    with pytest.raises(InputError, match=r"methods.dds: grid must be native, auto or a factor"):
+        validate_protocol({**base, "methods": {"dds": {"nfe": 2, "grid": "fine"}}}, "c.yaml")
+    for methods, phrase in (({"l1_wavelet:strong": {"lams": [0.1]}}, "unknown methods"),
+                            ({"dds:": {"nfe": 2}}, "unknown methods"),
+                            ({"dds": {"nfe": 2, "prior": "x.safetensors"}}, "only a dds:<name> variant names its own"),
+                            ({"dds:other": {"nfe": 2, "prior": "/no/such.safetensors"}}, "it must be a file"),
+                            ({"dds:late": {"nfe": 2, "options": {"final_gamma_rule": "late"}}}, "final_gamma_rule")):
+        with pytest.raises(InputError, match=phrase):
+            validate_protocol({**base, "methods": methods}, "c.yaml")
+
+
+def test_protocol_dds_variants_run_on_the_test_data_with_their_own_prior_and_grid(tmp_path, tiny_prior_path):
+    """``dds:<name>`` rows: measured on the test slices only, never tuned, never a baseline; their own prior / grid."""
+    from benchmarks.protocol import run_protocol, validate_protocol
+    from benchmarks.tables import render_summary, render_variants
+    from mri_score.prior import load_prior
+
+    other = tmp_path / "other_prior.safetensors"
+    shutil.copy(tiny_prior_path, other)
+    cfg = {"name": "variants", "seed": 0,
+           "data": {"size": [32, 32], "coils": 2, "snr": 100, "families": ["t1"],
+                    "tuning": {"subjects": [30], "slices_per_subject": 1, "seed": 1},
+                    "test": {"subjects": [0, 1], "slices_per_subject": 2, "seed": 0}},
+           "settings": [{"accel": 2, "mask": "equispaced", "center_fraction": 0.25}],
+           "protocol": {"widen": 0},
+           "methods": {"l1_wavelet": {"lams": [1e-3], "iters": 3}, "dds": {"nfe": 2, "samples": 1},
+                       "dds:grid2": {"nfe": 2, "samples": 1, "grid": 2},
+                       "dds:other": {"nfe": 2, "samples": 1, "prior": str(other)}}}
+    validate_protocol(cfg, "c.yaml")
+    rows, cal = run_protocol(cfg, load_prior(tiny_prior_path))
+    assert {r["method"] for r in rows if r["phase"] == "tuning"} == {"l1_wavelet", "dds"}
+    test = [r for r in rows if r["phase"] == "test" and r["unit"] == "slice"]
+    by = {m: [r for r in test if r["method"] == m] for m in ("dds", "dds:grid2", "dds:other")}
+    assert all(len(v) == 4 for v in by.values())
+    assert {r["grid_factor"] for r in by["dds:grid2"]} == {2.0} and {r["grid_factor"] for r in by["dds"]} == {1.0}
+    assert by["dds:grid2"][0]["label"] == "dds:grid2 (NFE=2, K=1)"
+    # the same network in another file gives the default's numbers: the variant's prior is the one that ran
+    assert [r["PSNR"] for r in by["dds:other"]] == [r["PSNR"] for r in by["dds"]]
+    assert [r["PSNR"] for r in by["dds:grid2"]] != [r["PSNR"] for r in by["dds"]]
+    str_rows = [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
+    table = render_variants(str_rows)
+    assert "| dds:grid2 (NFE=2, K=1) | 4 (2) |" in table and "| dds (NFE=2, K=1) | 4 (2) |" in table
+    assert "dds:" not in render_summary(str_rows)  # a variant is never the strongest baseline
 
 
 def test_protocol_dds_grid_auto_follows_each_volumes_pixels(tiny_prior_path):

@@ -171,6 +171,37 @@ def test_gamma_rule_option_is_typed_validated_and_runs(tiny_prior_path):
     assert all(torch.isfinite(o).all() for o in outs) and not torch.equal(*outs)
 
 
+def test_final_gamma_rule_applies_the_discrepancy_weight_at_the_last_step_only(tiny_prior_path, monkeypatch):
+    from mri_score.samplers import dds
+
+    assert sampler_config("dds", {}).final_gamma_rule == "same"
+    with pytest.raises(InputError, match="final_gamma_rule must be one of same, noise, discrepancy"):
+        sampler_config("dds", {"final_gamma_rule": "last"})
+    imgs = phantom(32, 1)
+    ksp, _, _ = simulate_volume(imgs, coils=4, snr=100.0, seed=2)
+    mask, _ = make_mask("equispaced", 2.0, 0.25, (32, 32), "y.h5")
+    ks, m = torch.from_numpy(ksp[0] * mask), torch.from_numpy(mask)
+    cal = calibrate(ks, m)
+    calls: list[int] = []
+    real = dds.discrepancy_gamma
+
+    def counted(*args, **kwargs):  # the weight it returns is the last step's: 1e4 makes it visible
+        calls.append(1)
+        real(*args, **kwargs)
+        return 1e4
+
+    monkeypatch.setattr(dds, "discrepancy_gamma", counted)
+    out = {}
+    for options, expected_calls in (({}, 0), ({"final_gamma_rule": "discrepancy"}, 1),
+                                    ({"gamma_rule": "discrepancy"}, 4), ({"final_gamma_rule": "noise"}, 0)):
+        calls.clear()
+        out[str(options)] = reconstruct_slice(ks, m, load_prior(tiny_prior_path), ReconRequest(
+            steps=4, samples=1, seed=3, options=options), calibration=cal).image
+        assert len(calls) == expected_calls, options
+    assert torch.equal(out["{}"], out[str({"final_gamma_rule": "noise"})])  # "noise" at the end is the default
+    assert not torch.equal(out["{}"], out[str({"final_gamma_rule": "discrepancy"})])  # its weight was used
+
+
 @pytest.mark.parametrize("value", ["fine", "0.5", "nan", "inf", "9", ""])
 def test_cli_bad_grid_is_one_line_exit_2(tmp_path, fully_sampled_file, tiny_prior_path, capsys, value):
     from mri_score.reconstruct import main

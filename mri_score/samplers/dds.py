@@ -23,6 +23,11 @@ noise level gets ``gamma_min``; one the data contradict (a prior off its trainin
 gets the weight its actual error calls for.  One forward model per step, per slice and step, no tuning.
 Both rules give each slice of a batch its own γ_i (its own σ_y and discrepancy).
 
+``final_gamma_rule=discrepancy`` applies the discrepancy rule at the last step only (the others keep
+``gamma_rule``): there the noise rule's ``r_i`` (σ_min = 0.002) would claim an all but exact prior estimate and
+give ``gamma_min``, whereas the data show the error the estimate actually has; when the data almost suffice
+(high SNR, low acceleration) the last data-consistency step then weighs them by what they are worth.
+
 Likelihood terms with a proximal step (the Gaussian k-space term) enter through step 2, one
 after the other; every other term corrects the Tweedie estimate before it, by Tweedie's
 formula for the posterior: ``x̂₀ ← x̂₀ + σ_i² ∇ log p(obs | x_i)`` (its inflated gradient).
@@ -79,6 +84,7 @@ class DDSConfig(SamplerConfig):
     gamma_min: float = 1.0
     gamma_max: float = 1e4
     gamma_rule: str = "noise"
+    final_gamma_rule: str = "same"
 
     def validate(self) -> None:
         """σ_max > σ_min > 0, cg_iters ≥ 0, η in [0, 1], positive γ bounds with γ_min ≤ γ_max, a known γ rule."""
@@ -91,6 +97,8 @@ class DDSConfig(SamplerConfig):
         self._require(self.gamma_min > 0, "gamma_min", "> 0")
         self._require(self.gamma_max >= self.gamma_min, "gamma_max", ">= gamma_min")
         self._require(self.gamma_rule in GAMMA_RULES, "gamma_rule", f"one of {', '.join(GAMMA_RULES)}")
+        self._require(self.final_gamma_rule in ("same", *GAMMA_RULES), "final_gamma_rule",
+                      f"one of same, {', '.join(GAMMA_RULES)}")
 
 
 def dds_gamma(sigma: float, sigma_data: float, sigma_y: float | torch.Tensor, scale: float, lo: float,
@@ -150,10 +158,11 @@ def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequen
         for term in guiding:
             den = den + s**2 * term.inflated_grad(x, s)
         x0 = den
+        rule = cfg.final_gamma_rule if s_next == 0.0 and cfg.final_gamma_rule != "same" else cfg.gamma_rule
         for term in proxed:
             if cfg.gamma is not None:
                 g = cfg.gamma
-            elif cfg.gamma_rule == "discrepancy":
+            elif rule == "discrepancy":
                 g = discrepancy_gamma(term, x0, cfg.gamma_scale, cfg.gamma_min, cfg.gamma_max)
             else:
                 g = dds_gamma(s, sd, term.sigma_y, cfg.gamma_scale, cfg.gamma_min, cfg.gamma_max)
