@@ -20,6 +20,8 @@ coordinates are in cycles per field of view, row frequency first; on integer coo
   right for an operator whose ``‖AᴴA‖`` is far above 1 (see its notes).
 * :func:`reconstruct_noncartesian_volume`: the same samplers (:data:`mri_score.samplers.SAMPLERS`) slice
   by slice, as :func:`mri_score.pipeline.reconstruct_volume` does for Cartesian data.
+* :func:`calibration_key`: the key of a request's std calibration on a volume's trajectory (kind, spokes or
+  interleaves, matrix: :func:`trajectory_key`) in the prior's sidecar (:mod:`mri_score.uncertainty`).
 """
 
 from __future__ import annotations
@@ -223,6 +225,28 @@ class NonCartesianVolume:
         if self.noise_cov is None:
             return None
         return float(np.sqrt(np.mean(np.real(np.diag(self.noise_cov)))))
+
+
+def trajectory_key(volume: NonCartesianVolume) -> str:
+    """The acquisition that the posterior std depends on, as a calibration key part: ``traj=…/readouts=…/matrix=HxW``.
+
+    The trajectory kind (:data:`TRAJECTORIES`), its number of acquisitions (spokes or interleaves,
+    ``M // readout``: :attr:`NonCartesianVolume.acquisitions`) and the image matrix, e.g.
+    ``traj=radial/readouts=32/matrix=128x128``.
+    """
+    h, w = volume.matrix
+    return f"traj={volume.trajectory}/readouts={volume.acquisitions}/matrix={h}x{w}"
+
+
+def calibration_key(request: ReconRequest, volume: NonCartesianVolume) -> str:
+    """The std calibration key of ``request`` on ``volume``'s trajectory: ``settings_key/traj=…/readouts=…/matrix=…``.
+
+    :func:`mri_score.uncertainty.settings_key` followed by :func:`trajectory_key`, so a factor fitted on
+    Cartesian masks never applies to a trajectory, nor one fitted for radial-32 to radial-64.
+    """
+    from mri_score import uncertainty
+
+    return f"{uncertainty.settings_key(request)}/{trajectory_key(volume)}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -226,6 +226,7 @@ def reconstruct_file(
     std_calibration: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
     batch_slices: int | str = "auto",
+    std_calibration_lookup: Callable[[str], dict | None] | None = None,
 ) -> dict:
     """Reconstruct one input file (:func:`mri_score.inputs.read_volume`) into ``out_dir/<stem>.h5``; return a summary.
 
@@ -255,11 +256,13 @@ def reconstruct_file(
     like-for-like target of the default ``sense`` output), else against its fastMRI target (the noisy RSS of
     the fully sampled data, which ``--magnitude rss`` matches); ``target`` in the summary says which.
 
-    A non-Cartesian MRD file (radial, spiral) goes through :func:`reconstruct_noncartesian_file`.
+    A non-Cartesian MRD file (radial, spiral) goes through :func:`reconstruct_noncartesian_file`, which looks its
+    std calibration up with ``std_calibration_lookup`` (``std_calibration`` is the Cartesian entry).
     """
     kind = input_kind(path)
     if kind == "mrd_noncartesian":
-        return reconstruct_noncartesian_file(path, prior, request, out_dir, prior_name, extra_terms, extra_attrs)
+        return reconstruct_noncartesian_file(path, prior, request, out_dir, prior_name, extra_terms, extra_attrs,
+                                             std_calibration_lookup)
     vol = read_volume(path, kind)
     mask, accel_used, mask_src = undersampling_mask(vol, request)
     check_acs(mask, str(path))
@@ -314,16 +317,25 @@ def reconstruct_file(
 
 def reconstruct_noncartesian_file(path: Path, prior: ComplexPrior, request: ReconRequest,
                                   out_dir: str | os.PathLike[str], prior_name: str = "default",
-                                  extra_terms: Sequence[Likelihood] = (), extra_attrs: dict | None = None) -> dict:
+                                  extra_terms: Sequence[Likelihood] = (), extra_attrs: dict | None = None,
+                                  std_calibration_lookup: Callable[[str], dict | None] | None = None) -> dict:
     """Reconstruct one non-Cartesian MRD file (:func:`mri_score.noncartesian.read_noncartesian_mrd`, prewhitened)
     with the request's sampler on the NUFFT SENSE operator; outputs as :func:`reconstruct_file`.
 
-    The std is the raw K-sample std: the prior's calibration sidecar holds factors fitted on Cartesian masks, which
-    are not applied to a trajectory.  Metrics are against the file's noise-free target when it has one.
+    The std is calibrated per trajectory: ``std_calibration_lookup(key)`` (e.g.
+    :func:`mri_score.reconstruct.std_calibration_entry` of the run's prior) is asked for the prior's sidecar entry
+    under ``key = mri_score.noncartesian.calibration_key(request, volume)`` (the request's settings, the trajectory
+    kind, its number of spokes or interleaves and the matrix; fitted by ``benchmarks/run_noncartesian_calibration.py``),
+    and an entry found scales ``reconstruction_std`` by its ``factor`` (the ``std_calibration`` attr records it, key
+    included).  Without one (or without a lookup) the std is the raw K-sample std and the ``std_calibration`` attr
+    names the key looked up; a factor fitted on Cartesian masks or for another trajectory never applies.  Metrics
+    are against the file's noise-free target when it has one.
     """
-    from mri_score.noncartesian import read_noncartesian_mrd, reconstruct_noncartesian_volume
+    from mri_score.noncartesian import calibration_key, read_noncartesian_mrd, reconstruct_noncartesian_volume
 
     vol = read_noncartesian_mrd(path)
+    key = calibration_key(request, vol)
+    std_cal = std_calibration_lookup(key) if std_calibration_lookup is not None else None
     t0 = time.time()
     try:
         res = reconstruct_noncartesian_volume(vol, prior, request, extra_terms=extra_terms)
@@ -349,11 +361,12 @@ def reconstruct_noncartesian_file(path: Path, prior: ComplexPrior, request: Reco
              "precision": precision_name(choose_precision(prior.device, request.precision)),
              "prior": prior_name, "request": json.dumps(request.identity(), sort_keys=True),
              "summary": json.dumps({k: v for k, v in summary.items() if k != "file"}, default=float),
-             "std_calibration": "none (raw std of the K samples: no calibration for non-Cartesian trajectories)",
              **(extra_attrs or {})}
+    if res.std is not None:  # a found entry replaces it (write_outputs); one sample: write_outputs says so
+        attrs["std_calibration"] = f"none (raw std of the K samples: no calibration for the non-Cartesian key {key!r})"
     geometry = ExportGeometry(vol.pixel_mm, None, "ANONYMOUS", path)
     return write_outputs(path, out_dir, request, res, {"trajectory": vol.coords.astype(np.float32)}, attrs, summary,
-                         target, geometry, prior_name, None, title=f"{path.name} {request.sampler} {vol.trajectory}")
+                         target, geometry, prior_name, std_cal, title=f"{path.name} {request.sampler} {vol.trajectory}")
 
 
 @dataclass(frozen=True)

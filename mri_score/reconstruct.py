@@ -24,6 +24,7 @@ guard_startup(__name__)  # first, before torch: a signal while starting exits qu
 # isort: split
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -244,10 +245,20 @@ def std_calibration_for(prior: str | None, request: ReconRequest) -> dict | None
     (:func:`mri_score.uncertainty.settings_key`) applies.
     """
     from mri_score import uncertainty
+
+    return std_calibration_entry(prior, uncertainty.settings_key(request))
+
+
+def std_calibration_entry(prior: str | None, key: str) -> dict | None:
+    """The entry ``key`` of the sidecar of ``prior`` (None: the shipped prior) with ``key`` and ``sidecar`` added, or None.
+
+    None also when the sidecar was written for another prior file (SHA-256: :func:`mri_score.uncertainty.lookup_factor`).
+    Keys: :func:`mri_score.uncertainty.settings_key` (Cartesian), :func:`mri_score.noncartesian.calibration_key`.
+    """
+    from mri_score import uncertainty
     from mri_score.prior import default_prior_path
 
     path = Path(prior) if prior else default_prior_path()
-    key = uncertainty.settings_key(request)
     entry = uncertainty.lookup_factor(path, key)
     return None if entry is None else {**entry, "key": key, "sidecar": uncertainty.sidecar_path(path).name}
 
@@ -387,6 +398,7 @@ def _run(run: _Run, files: list[Path]) -> int:
     prior = load_prior(args.prior, device=run.device)
     runtime = ComplexPrior(prior, request.precision)  # the one network runtime of the run
     std_cal = std_calibration_for(args.prior, request)
+    std_cal_lookup = functools.lru_cache(maxsize=None)(functools.partial(std_calibration_entry, args.prior))  # per trajectory
     guidance = guidance_for(request, prior, runtime)
     progress = _Progress(not args.quiet)
     bad: list[str] = []
@@ -410,7 +422,8 @@ def _run(run: _Run, files: list[Path]) -> int:
             adapter, terms, attrs = guidance.setup(prior, f)
             summary = reconstruct_file(f, adapter, request, args.out, prior_name=str(args.prior or "default"),
                                        extra_terms=terms, extra_attrs={"run_settings": key, **attrs},
-                                       std_calibration=std_cal, progress=progress, batch_slices=run.batch_slices)
+                                       std_calibration=std_cal, progress=progress, batch_slices=run.batch_slices,
+                                       std_calibration_lookup=std_cal_lookup)
         except Exception as err:  # one failed file never stops the others (SIGINT/SIGTERM are not Exceptions)
             progress.clear()
             if len(files) == 1:

@@ -1,0 +1,97 @@
+"""Std calibration keyed to the non-Cartesian trajectory: the keys, the reconstruct command, the fitting script.
+
+Small problems only (32² phantoms, 2 NFE, the tiny prior).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mri_score import uncertainty
+from mri_score.noncartesian import calibration_key, read_noncartesian_mrd, trajectory_key, write_noncartesian_mrd
+from mri_score.request import ReconRequest
+from mri_score.simulate_noncartesian import simulate_noncartesian
+from tests.conftest import phantom
+
+pytest.importorskip("ismrmrd")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _volume(kind: str, count: int, n: int = 32):
+    return simulate_noncartesian(phantom(n, 1), kind, count, coils=3, seed=1, pixel_mm=(2.0, 2.0))
+
+
+def test_keys_name_the_trajectory_and_never_a_cartesian_setting():
+    request = ReconRequest(steps=2, samples=2)
+    radial16, radial32, spiral8 = _volume("radial", 16), _volume("radial", 32), _volume("spiral", 8)
+    assert trajectory_key(radial16) == "traj=radial/readouts=16/matrix=32x32"
+    assert trajectory_key(spiral8) == "traj=spiral/readouts=8/matrix=32x32"
+    keys = [calibration_key(request, v) for v in (radial16, radial32, spiral8)]
+    assert len(set(keys)) == 3
+    cartesian = uncertainty.settings_key(request)
+    assert all(k.startswith(cartesian + "/traj=") for k in keys)
+    others = [ReconRequest(steps=s, samples=k, grid=g) for s in (2, 24) for k in (2, 4) for g in ("auto", "native")]
+    assert not {uncertainty.settings_key(r) for r in others} & {calibration_key(r, v) for r in others
+                                                                 for v in (radial16, radial32, spiral8)}
+    assert calibration_key(ReconRequest(steps=3, samples=2), radial16) != keys[0]
+
+
+def test_reconstruct_applies_only_the_factor_of_the_files_trajectory(tmp_path, tiny_prior_path):
+    from mri_score.reconstruct import main
+
+    src = write_noncartesian_mrd(tmp_path / "in" / "radial16.h5", _volume("radial", 16), noise_scans=16)
+    request = ReconRequest(steps=2, samples=2)
+    key = calibration_key(request, read_noncartesian_mrd(src))
+
+    def run(name):
+        assert main(["--kspace", str(src), "--out", str(tmp_path / name), "--prior", str(tiny_prior_path), "--steps",
+                     "2", "--samples", "2", "--quiet"]) == 0
+        with h5py.File(tmp_path / name / src.name) as hf:
+            return hf["reconstruction_std"][()], str(hf.attrs["std_calibration"])
+
+    raw, attr = run("raw")
+    assert attr.startswith("none") and "non-Cartesian" in attr and key in attr
+    # a Cartesian factor and one fitted for 32 spokes do not apply to a 16-spoke file
+    uncertainty.store_factor(tiny_prior_path, uncertainty.settings_key(request), 5.0, 0.9)
+    uncertainty.store_factor(tiny_prior_path, calibration_key(request, _volume("radial", 32)), 7.0, 0.9)
+    other, attr = run("other")
+    assert np.array_equal(other, raw) and attr.startswith("none") and key in attr
+    uncertainty.store_factor(tiny_prior_path, key, 3.0, 0.9, fitted_on="test")
+    cal, attr = run("cal")
+    entry = json.loads(attr)
+    assert np.allclose(cal, 3.0 * raw, rtol=1e-6)
+    assert entry["factor"] == 3.0 and entry["key"] == key and entry["sidecar"] == tiny_prior_path.name + ".calibration.json"
+
+
+def test_fitting_script_writes_its_report_and_the_sidecar_entry(tmp_path, tiny_prior_path):
+    from benchmarks.run_noncartesian_calibration import main
+
+    out = tmp_path / "calibration.md"
+    assert main(["--prior", str(tiny_prior_path), "--config", str(ROOT / "configs" / "bench_dev.yaml"), "--synth-size",
+                 "32", "--subjects", "30", "--slices", "1", "--spokes", "8", "--interleaves", "--nfe", "2",
+                 "--threads", "1", "--out", str(out), "--store"]) == 0
+    text = out.read_text()
+    key = "dds@v2/nfe=2/K=2/sense/traj=radial/readouts=8/matrix=32x32"
+    assert f"`{key}`" in text and "| radial 8 spokes | 1 |" in text and "std calibration stored" in text
+    entry = uncertainty.lookup_factor(tiny_prior_path, key)
+    assert entry is not None and entry["factor"] > 0 and entry["level"] == 0.9
+    assert "30" in entry["fitted_on"] and "radial 8 spokes" in entry["fitted_on"] and entry["pixels"] > 0
+
+
+@pytest.mark.parametrize("args,phrase", [(["--subjects", "0"], "test subjects"),
+                                          (["--spokes", "--interleaves"], "no setting"),
+                                          (["--samples", "1"], "--samples"),
+                                          (["--bogus"], "unrecognized")])
+def test_fitting_script_refuses_bad_input_in_one_line(tmp_path, capsys, args, phrase):
+    from benchmarks.run_noncartesian_calibration import main
+
+    out = tmp_path / "r.md"
+    assert main(["--config", str(ROOT / "configs" / "bench_dev.yaml"), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and phrase in err[0] and not out.exists()
