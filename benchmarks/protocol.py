@@ -175,6 +175,11 @@ def validate_protocol(cfg: dict, src: str) -> None:
                 dds_request(spec)
             except RequestError as err:
                 raise InputError(f"{src}: methods.{m}: {err.render({})}") from None
+            except (TypeError, ValueError) as err:
+                raise InputError(f"{src}: methods.{m}: nfe and samples must be integers ({err})") from None
+            if VARIANT_SEP in m and data.get("real") == "final":
+                raise InputError(f"{src}: methods.{m}: the final test set runs the registered dds entry only; ablation "
+                                 "variants belong to development configs")
             if "prior" in spec and (VARIANT_SEP not in m or not Path(str(spec["prior"])).is_file()):
                 raise InputError(f"{src}: methods.{m}.prior: only a dds{VARIANT_SEP}<name> variant names its own prior, "
                                  f"and it must be a file (got {spec['prior']!r})")
@@ -374,6 +379,10 @@ def unreported_acquisitions(cfg: dict, volumes: int, slices: int, size: int,
 def dds_request(spec: dict, seed: int = 0) -> ReconRequest:
     """The :class:`~mri_score.request.ReconRequest` of a DDS method entry (``nfe``, ``samples``, ``options``,
     ``grid: native|auto|factor``, default native), in the protocol's primary convention (``sense``)."""
+    for name in ("nfe", "samples"):  # int() would truncate 2.5 and accept True
+        value = spec.get(name, 2)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
     return ReconRequest(sampler="dds", steps=int(spec["nfe"]), samples=int(spec.get("samples", 2)), seed=seed,
                         magnitude="sense", options=dict(spec.get("options") or {}), grid=spec.get("grid", "native"))
 
@@ -637,7 +646,7 @@ def run_protocol(cfg: dict, prior_module: torch.nn.Module | None, log=print,
             log(f"[{time.time() - t_start:.0f}s] {tag} {vols[vi]['name']} done")
     for r in rows:
         ratios = r.pop("_ratios", None)
-        if ratios is not None and factors:
+        if ratios is not None and factors and r["method"] in DDS:  # a variant's request was not the one calibrated
             r["std_factor"] = factors[0.9] if 0.9 in factors else ""
             for p in levels:
                 r[f"cov_raw_{round(100 * p)}"] = uncertainty.coverage(ratios, 1.0, p)

@@ -120,6 +120,10 @@ class TuningSplit:
         if set(chosen) & test:
             raise InputError(f"--subjects: {sorted(set(chosen) & test)} are test subjects of {config}; calibrate on "
                              "tuning subjects only")
+        outside = sorted(set(chosen) - {int(s) for s in tuning["subjects"]})
+        if outside:
+            raise InputError(f"--subjects: {outside} are not tuning subjects of {config} "
+                             f"({', '.join(str(s) for s in tuning['subjects'])}); calibrate on tuning subjects only")
         return split
 
     def volumes(self, slices: int, size: int) -> list[dict]:

@@ -374,6 +374,8 @@ def render_variants(rows: list[dict], reference: str = "l1_wavelet") -> str:
             ref_cpu = np.median([_f(r, "cpu_seconds") for r in key[reference].values()]) if key[reference] else np.nan
             for m in methods:
                 units = sorted(set(key[m]) & set(key["dds"]), key=lambda k: (k[0], int(k[1])))
+                if not units:  # nothing to pair with the default here
+                    continue
                 vl = [k[0] for k in units]
                 diff = "–" if m == "dds" else _ci(clustered_paired_difference(
                     [_f(key[m][k], "PSNR") for k in units], [_f(key["dds"][k], "PSNR") for k in units], vl,
@@ -386,8 +388,9 @@ def render_variants(rows: list[dict], reference: str = "l1_wavelet") -> str:
                 both = [k for k in units if k in key[reference]]
                 dssim = f"{np.mean([_f(key[m][k], 'SSIM') - _f(key[reference][k], 'SSIM') for k in both]):+.4f}" if both else "–"
                 cpu = np.median([_f(key[m][k], "cpu_seconds") for k in units]) / ref_cpu
+                cpu_s = f"{cpu:.2f}" if np.isfinite(cpu) else "–"
                 lines.append(f"| {setting} | {g} | {key[m][units[0]]['label']} | {len(units)} ({len(set(vl))}) | "
                              f"{np.mean([_f(key[m][k], 'PSNR') for k in units]):.2f} | "
                              f"{np.mean([_f(key[m][k], 'SSIM') for k in units]):.4f} | {diff} | {rng} | {dssim} | "
-                             f"{cpu:.2f} |")
+                             f"{cpu_s} |")
     return "\n".join(lines) + "\n"

@@ -228,14 +228,17 @@ class NonCartesianVolume:
 
 
 def trajectory_key(volume: NonCartesianVolume) -> str:
-    """The acquisition that the posterior std depends on, as a calibration key part: ``traj=…/readouts=…/matrix=HxW``.
+    """The acquisition that the posterior std depends on, as a calibration key part: ``traj=…/readouts=…/matrix=…/kmax=…``.
 
     The trajectory kind (:data:`TRAJECTORIES`), its number of acquisitions (spokes or interleaves,
-    ``M // readout``: :attr:`NonCartesianVolume.acquisitions`) and the image matrix, e.g.
-    ``traj=radial/readouts=32/matrix=128x128``.
+    :attr:`NonCartesianVolume.acquisitions`) times the samples of each, the image matrix and the largest sampled
+    radius ``kmax`` (cycles/FOV, one decimal: centre-out half spokes and full diameters, or spirals of another
+    extent, differ), e.g. ``traj=radial/readouts=32x256/matrix=128x128/kmax=64.0``.
     """
     h, w = volume.matrix
-    return f"traj={volume.trajectory}/readouts={volume.acquisitions}/matrix={h}x{w}"
+    kmax = float(np.sqrt((volume.coords.astype(np.float64) ** 2).sum(axis=1)).max()) if volume.coords.size else 0.0
+    per_readout = int(volume.readout or volume.num_points)
+    return f"traj={volume.trajectory}/readouts={volume.acquisitions}x{per_readout}/matrix={h}x{w}/kmax={kmax:.1f}"
 
 
 def calibration_key(request: ReconRequest, volume: NonCartesianVolume) -> str:

@@ -41,7 +41,7 @@ from mri_score.batching import parse_batch_slices
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import InputError, one_line
 from mri_score.guidance import GuidanceOptions
-from mri_score.inputs import list_inputs, skipped_inputs
+from mri_score.inputs import input_kind, list_inputs, skipped_inputs
 from mri_score.pipeline import demo_volume, output_paths, reconstruct_file
 from mri_score.precision import PRECISIONS
 from mri_score.prior import ComplexPrior
@@ -263,6 +263,26 @@ def std_calibration_entry(prior: str | None, key: str) -> dict | None:
     return None if entry is None else {**entry, "key": key, "sidecar": uncertainty.sidecar_path(path).name}
 
 
+def trajectory_calibrations(prior: str | None, request: ReconRequest) -> dict:
+    """The sidecar entries of ``prior`` fitted for ``request`` on a non-Cartesian trajectory (``{key: entry}``)."""
+    from mri_score import uncertainty
+    from mri_score.prior import default_prior_path
+
+    path = Path(prior) if prior else default_prior_path()
+    data = uncertainty.read_sidecar(path)
+    if not data or data.get("prior_sha256") != uncertainty.file_sha256(path):
+        return {}
+    stem = uncertainty.settings_key(request) + "/traj="
+    return {k: v for k, v in sorted(data.get("entries", {}).items()) if k.startswith(stem)}
+
+
+def _is_noncartesian(path: Path) -> bool:
+    try:
+        return input_kind(path) == "mrd_noncartesian"
+    except (InputError, OSError):
+        return False
+
+
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Reconstruct ``--kspace`` (a file or a directory of them) into ``--out``; exit 2 on bad input."""
@@ -404,12 +424,15 @@ def _run(run: _Run, files: list[Path]) -> int:
     bad: list[str] = []
     run_settings = {"request": request.identity(), "prior": str(args.prior or "default"),
                     "prior_id": runs.prior_identity(getattr(prior, "meta", {})), "std_calibration": std_cal}
+    # a non-Cartesian file's factor is keyed by its trajectory, known once it is read: its skip key carries every
+    # trajectory entry of this request, so storing or changing one redoes those files (never the Cartesian ones)
+    trajectory_settings = {**run_settings, "std_calibration_trajectories": trajectory_calibrations(args.prior, request)}
     if run.directory_run and run.world > 1:
         runs.start_process(args.out, run.rank, run.world)
     rows: list[dict] = []
     t_run, slices_done = time.time(), 0
     for n, f in enumerate(files, start=1):
-        key = runs.run_key(f, run_settings)
+        key = runs.run_key(f, trajectory_settings if _is_noncartesian(f) else run_settings)
         out_file = output_paths(f, args.out, request)["h5"]
         if run.directory_run and not args.redo and runs.is_done(out_file, key):
             rows.append({**runs.stored_summary(out_file), "file": str(f), "status": "skipped", "output": str(out_file)})

@@ -27,11 +27,18 @@ def _volume(kind: str, count: int, n: int = 32):
     return simulate_noncartesian(phantom(n, 1), kind, count, coils=3, seed=1, pixel_mm=(2.0, 2.0))
 
 
-def test_keys_name_the_trajectory_and_never_a_cartesian_setting():
+def test_keys_name_the_trajectory_and_never_a_cartesian_setting(tmp_path):
     request = ReconRequest(steps=2, samples=2)
     radial16, radial32, spiral8 = _volume("radial", 16), _volume("radial", 32), _volume("spiral", 8)
-    assert trajectory_key(radial16) == "traj=radial/readouts=16/matrix=32x32"
-    assert trajectory_key(spiral8) == "traj=spiral/readouts=8/matrix=32x32"
+    assert trajectory_key(radial16).startswith(f"traj=radial/readouts=16x{radial16.readout}/matrix=32x32/kmax=")
+    assert trajectory_key(spiral8).startswith(f"traj=spiral/readouts=8x{spiral8.readout}/matrix=32x32/kmax=")
+    # the same acquisition written to MRD and read back has the same key (what the fit stores is what reconstruct finds)
+    src = write_noncartesian_mrd(tmp_path / "r16.h5", radial16, noise_scans=8)
+    assert trajectory_key(read_noncartesian_mrd(src)) == trajectory_key(radial16)
+    # half spokes (centre out) are another acquisition than full diameters with the same count
+    half = type(radial16)(samples=radial16.samples, coords=radial16.coords * 0.5, matrix=radial16.matrix,
+                          trajectory="radial", readout=radial16.readout)
+    assert trajectory_key(half) != trajectory_key(radial16)
     keys = [calibration_key(request, v) for v in (radial16, radial32, spiral8)]
     assert len(set(keys)) == 3
     cartesian = uncertainty.settings_key(request)
@@ -69,6 +76,21 @@ def test_reconstruct_applies_only_the_factor_of_the_files_trajectory(tmp_path, t
     assert entry["factor"] == 3.0 and entry["key"] == key and entry["sidecar"] == tiny_prior_path.name + ".calibration.json"
 
 
+def test_a_directory_rerun_redoes_a_trajectory_file_once_its_factor_is_stored(tmp_path, tiny_prior_path, capsys):
+    from mri_score.reconstruct import main
+
+    src = write_noncartesian_mrd(tmp_path / "in" / "radial16.h5", _volume("radial", 16), noise_scans=16)
+    args = ["--kspace", str(src.parent), "--out", str(tmp_path / "out"), "--prior", str(tiny_prior_path), "--steps", "2",
+            "--samples", "2", "--quiet"]
+    assert main(args) == 0
+    assert main(args) == 0 and "done earlier with the same settings" in capsys.readouterr().out
+    key = calibration_key(ReconRequest(steps=2, samples=2), read_noncartesian_mrd(src))
+    uncertainty.store_factor(tiny_prior_path, key, 3.0, 0.9, fitted_on="test")
+    assert main(args) == 0 and "done earlier" not in capsys.readouterr().out
+    with h5py.File(tmp_path / "out" / src.name) as hf:
+        assert json.loads(hf.attrs["std_calibration"])["key"] == key
+
+
 def test_fitting_script_writes_its_report_and_the_sidecar_entry(tmp_path, tiny_prior_path):
     from benchmarks.run_noncartesian_calibration import main
 
@@ -77,7 +99,7 @@ def test_fitting_script_writes_its_report_and_the_sidecar_entry(tmp_path, tiny_p
                  "32", "--subjects", "30", "--slices", "1", "--spokes", "8", "--interleaves", "--nfe", "2",
                  "--threads", "1", "--out", str(out), "--store"]) == 0
     text = out.read_text()
-    key = "dds@v2/nfe=2/K=2/sense/traj=radial/readouts=8/matrix=32x32"
+    key = calibration_key(ReconRequest(steps=2, samples=2), _volume("radial", 8))
     assert f"`{key}`" in text and "| radial 8 spokes | 1 |" in text and "std calibration stored" in text
     entry = uncertainty.lookup_factor(tiny_prior_path, key)
     assert entry is not None and entry["factor"] > 0 and entry["level"] == 0.9

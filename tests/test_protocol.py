@@ -173,9 +173,14 @@ def test_protocol_config_rules_are_enforced():
                             ({"dds:": {"nfe": 2}}, "unknown methods"),
                             ({"dds": {"nfe": 2, "prior": "x.safetensors"}}, "only a dds:<name> variant names its own"),
                             ({"dds:other": {"nfe": 2, "prior": "/no/such.safetensors"}}, "it must be a file"),
-                            ({"dds:late": {"nfe": 2, "options": {"final_gamma_rule": "late"}}}, "final_gamma_rule")):
+                            ({"dds:late": {"nfe": 2, "options": {"final_gamma_rule": "late"}}}, "final_gamma_rule"),
+                            ({"dds": {"nfe": 2, "samples": "two"}}, "must be integers"),
+                            ({"dds": {"nfe": 2, "samples": 2.5}}, "must be integers")):
         with pytest.raises(InputError, match=phrase):
             validate_protocol({**base, "methods": methods}, "c.yaml")
+    final = {**base, "data": {**base["data"], "real": "final"}}
+    with pytest.raises(InputError, match="variants belong to development configs"):
+        validate_protocol({**final, "methods": {"dds": {"nfe": 2}, "dds:grid2": {"nfe": 2, "grid": 2}}}, "c.yaml")
 
 
 def test_protocol_dds_variants_run_on_the_test_data_with_their_own_prior_and_grid(tmp_path, tiny_prior_path):
@@ -192,9 +197,9 @@ def test_protocol_dds_variants_run_on_the_test_data_with_their_own_prior_and_gri
                     "test": {"subjects": [0, 1], "slices_per_subject": 2, "seed": 0}},
            "settings": [{"accel": 2, "mask": "equispaced", "center_fraction": 0.25}],
            "protocol": {"widen": 0},
-           "methods": {"l1_wavelet": {"lams": [1e-3], "iters": 3}, "dds": {"nfe": 2, "samples": 1},
-                       "dds:grid2": {"nfe": 2, "samples": 1, "grid": 2},
-                       "dds:other": {"nfe": 2, "samples": 1, "prior": str(other)}}}
+           "methods": {"l1_wavelet": {"lams": [1e-3], "iters": 3}, "dds": {"nfe": 2, "samples": 2},
+                       "dds:grid2": {"nfe": 2, "samples": 2, "grid": 2},
+                       "dds:other": {"nfe": 2, "samples": 2, "prior": str(other)}}}
     validate_protocol(cfg, "c.yaml")
     rows, cal = run_protocol(cfg, load_prior(tiny_prior_path))
     assert {r["method"] for r in rows if r["phase"] == "tuning"} == {"l1_wavelet", "dds"}
@@ -202,14 +207,17 @@ def test_protocol_dds_variants_run_on_the_test_data_with_their_own_prior_and_gri
     by = {m: [r for r in test if r["method"] == m] for m in ("dds", "dds:grid2", "dds:other")}
     assert all(len(v) == 4 for v in by.values())
     assert {r["grid_factor"] for r in by["dds:grid2"]} == {2.0} and {r["grid_factor"] for r in by["dds"]} == {1.0}
-    assert by["dds:grid2"][0]["label"] == "dds:grid2 (NFE=2, K=1)"
+    assert by["dds:grid2"][0]["label"] == "dds:grid2 (NFE=2, K=2)"
     # the same network in another file gives the default's numbers: the variant's prior is the one that ran
     assert [r["PSNR"] for r in by["dds:other"]] == [r["PSNR"] for r in by["dds"]]
     assert [r["PSNR"] for r in by["dds:grid2"]] != [r["PSNR"] for r in by["dds"]]
     str_rows = [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
     table = render_variants(str_rows)
-    assert "| dds:grid2 (NFE=2, K=1) | 4 (2) |" in table and "| dds (NFE=2, K=1) | 4 (2) |" in table
+    assert "| dds:grid2 (NFE=2, K=2) | 4 (2) |" in table and "| dds (NFE=2, K=2) | 4 (2) |" in table
     assert "dds:" not in render_summary(str_rows)  # a variant is never the strongest baseline
+    # the std factor was fitted for the plain dds request: a variant's std is not reported as calibrated
+    assert cal["factors"] and all(r["cov_cal_90"] != "" for r in test if r["method"] == "dds")
+    assert all(r.get("cov_cal_90", "") == "" for r in test if r["method"].startswith("dds:"))
 
 
 def test_protocol_dds_grid_auto_follows_each_volumes_pixels(tiny_prior_path):
@@ -334,7 +342,18 @@ def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_
 def test_readme_and_results_doc_blocks_are_the_committed_csv_rendering():
     from pathlib import Path
 
-    from benchmarks.make_tables import BEGIN, END, SUM_BEGIN, SUM_END, results_block, summary_block
+    from benchmarks.make_tables import (
+        BEGIN,
+        DEV_ABLATION,
+        DEV_BEGIN,
+        DEV_END,
+        END,
+        SUM_BEGIN,
+        SUM_END,
+        dev_ablation_block,
+        results_block,
+        summary_block,
+    )
     from benchmarks.tables import DEFAULT_CSV
 
     root = Path(__file__).resolve().parents[1]
@@ -347,6 +366,10 @@ def test_readme_and_results_doc_blocks_are_the_committed_csv_rendering():
     assert block == summary_block(csv_path), "README summary block is stale: run python benchmarks/make_tables.py"
     block = doc[doc.index(BEGIN): doc.index(END) + len(END)]
     assert block == results_block(csv_path), "docs/results.md is stale: run python benchmarks/make_tables.py"
+    ablation = root / "benchmarks" / "results" / DEV_ABLATION
+    if ablation.is_file():
+        block = doc[doc.index(DEV_BEGIN): doc.index(DEV_END) + len(DEV_END)]
+        assert block == dev_ablation_block(ablation), "docs/results.md's ablation is stale: run benchmarks/make_tables.py"
 
 
 def test_prior_ablation_pairs_volumes_and_counts_wins():
