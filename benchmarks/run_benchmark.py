@@ -82,6 +82,8 @@ def run_protocol_benchmark(args: argparse.Namespace, cfg: dict, name: str) -> in
     header = [f"# Benchmark `{name}` (frozen protocol)", "", provenance(command).rstrip("\n"),
               f"- prior: {prior_path.name} (sha256 {uncertainty.file_sha256(prior_path)[:16]}…); "
               f"{training_split_note(getattr(prior, 'meta', None))}",
+              *(f"- {m}'s prior: {spec['prior']} (sha256 {uncertainty.file_sha256(spec['prior'])[:16]}…)"
+                for m, spec in cfg["methods"].items() if (spec or {}).get("prior")),
               f"- total wall time: {seconds:.0f} s", ""]
     if cal["factors"] and args.store_calibration:
         dds = cfg["methods"]["dds"]

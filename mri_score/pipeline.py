@@ -148,7 +148,7 @@ def reconstruct_volume(
     if calibrations is not None and len(calibrations) != s:
         raise InputError(f"{len(calibrations)} calibrations for {s} slices")
     runtime = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
-    request = request.for_pixels(pixel_mm, getattr(runtime.model, "meta", None))
+    request = request.for_pixels(pixel_mm, getattr(runtime.model, "meta", None), mask, tuple(kspace.shape[-2:]))
     if request.adapt is not None:
         return _reconstruct_adapted(kspace, mask, runtime, request, calibrations, crop, extra_terms, batch_slices)
     grid = fine_shape(tuple(kspace.shape[-2:]), request.grid_factor)
@@ -270,7 +270,7 @@ def reconstruct_file(
     if channels != 2:
         raise InputError(f"{prior_name}: prior has {channels} image channels; complex MR images need 2")
     try:
-        request = request.for_pixels(vol.pixel_mm, getattr(prior.model, "meta", None))
+        request = request.for_pixels(vol.pixel_mm, getattr(prior.model, "meta", None), mask, vol.kspace.shape[-2:])
     except InputError as err:
         raise InputError(f"{prior_name}: {err}") from None
     check_memory(vol, request.samples, prior.device, request.grid_factor)

@@ -211,7 +211,8 @@ def reconstruct_slices(
     prior : EDMDenoiser or ComplexPrior
         The score network (on the device to use), or its runtime made once for many slices.
     request : ReconRequest
-        The settings.  An ``auto`` grid is resolved here for ``pixel_mm`` (:meth:`ReconRequest.for_pixels`).
+        The settings.  An ``auto`` grid is resolved here for ``pixel_mm``, the mask and the matrix
+        (:meth:`ReconRequest.for_pixels`).
     calibrations : sequence of Calibration or None, optional
         One per slice (:func:`mri_score.calibration.calibrate`); a slice's is computed here when it is None.
     extra_terms : sequence of Likelihood
@@ -243,7 +244,7 @@ def reconstruct_slices(
         raise InputError(f"{len(calibrations)} calibrations for {b_count} slices")
     cprior = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
     cprior.set_precision(request.precision)
-    request = request.for_pixels(pixel_mm, getattr(cprior.model, "meta", None))
+    request = request.for_pixels(pixel_mm, getattr(cprior.model, "meta", None), mask, tuple(kspace.shape[-2:]))
     device = cprior.device
     mask_t = torch.as_tensor(mask, dtype=torch.float32).to(device)
     kspace = kspace.to(device) * mask_t

@@ -23,7 +23,13 @@ from mri_score.adapt import AdaptSettings
 from mri_score.errors import InputError
 from mri_score.guidance import CLASSIFIER_INPUTS
 from mri_score.precision import PRECISIONS
-from mri_score.resolution import MAX_GRID_FACTOR, auto_grid_factor, prior_pixel_range
+from mri_score.resolution import (
+    MAX_GRID_FACTOR,
+    acquisition_grid_factor,
+    auto_grid_factor,
+    mask_acceleration,
+    prior_pixel_range,
+)
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, SamplerConfig, sampler_config
 from operators.masks import MASK_TYPES, MAX_ACCELERATION
 
@@ -97,8 +103,9 @@ class ReconRequest:
     precision : str
         Network arithmetic, one of :data:`mri_score.precision.PRECISIONS`.
     grid : str or float
-        Sampling grid: ``"auto"`` (finer by the half-integer factor that brings the pixel size into the
-        prior's trained range; native when inside or unknown), ``"native"`` or a factor in
+        Sampling grid: ``"auto"`` (:meth:`for_pixels`: 2x at low acceleration on matrices up to 256², or finer
+        by the half-integer factor that brings the pixel size into the prior's trained range, whichever is
+        larger; native otherwise), ``"native"`` or a factor in
         ``[1, MAX_GRID_FACTOR]`` (a number or its text).
     accel : float, optional
         Retrospective acceleration for fully sampled inputs (a file's own mask is used when None).
@@ -212,15 +219,20 @@ class ReconRequest:
             raise RequestError(["grid"], "{0} auto is resolved per volume (ReconRequest.for_pixels) before sampling")
         return float(self.grid)
 
-    def for_pixels(self, pixel_mm: float | Sequence[float] | None, prior_meta: Mapping[str, Any] | None) -> ReconRequest:
-        """This request with an ``auto`` grid resolved for pixels of ``pixel_mm`` (mm) and the prior's trained range.
+    def for_pixels(self, pixel_mm: float | Sequence[float] | None, prior_meta: Mapping[str, Any] | None,
+                   mask: Any = None, matrix: Sequence[int] | None = None) -> ReconRequest:
+        """This request with an ``auto`` grid resolved for the acquisition: pixels of ``pixel_mm`` (mm) against the
+        prior's trained range, and the sampling ``mask`` on the measured ``(H, W)`` ``matrix``.
 
-        The one place the ``auto`` rule is applied (:func:`mri_score.resolution.auto_grid_factor`): a pixel
-        inside the prior's trained range (or unknown) keeps the native grid.  Other grids are returned as they are.
+        The one place the ``auto`` rule is applied: the larger of :func:`mri_score.resolution.auto_grid_factor`
+        (a pixel coarser than the prior's range) and :func:`mri_score.resolution.acquisition_grid_factor` (2x at
+        low acceleration on matrices up to 256², the rule measured on the development data); native when neither
+        applies or the inputs are unknown (no mask: the pixel rule alone).  Other grids are returned as they are.
         """
         if self.grid != "auto":
             return self
-        factor = auto_grid_factor(pixel_mm, prior_pixel_range(prior_meta))
+        factor = max(auto_grid_factor(pixel_mm, prior_pixel_range(prior_meta)),
+                     acquisition_grid_factor(mask_acceleration(mask), matrix))
         return dataclasses.replace(self, grid="native" if factor == 1.0 else factor)
 
     def replace(self, **changes: Any) -> ReconRequest:

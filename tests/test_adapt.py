@@ -131,7 +131,7 @@ def test_adaptation_trains_on_the_grid_the_final_pass_samples_at(tiny_model, mon
     mask, _ = make_mask("equispaced", 4.0, 0.25, ksp.shape[-2:], "v.h5")
     under = (ksp * mask).astype(np.complex64)
     ad = AdaptSettings(steps=1, crop=32, batch=2)
-    native = reconstruct_volume(under, mask, tiny_model, ReconRequest(steps=2, samples=1, adapt=ad))
+    native = reconstruct_volume(under, mask, tiny_model, ReconRequest(steps=2, samples=1, grid="native", adapt=ad))
     fine = reconstruct_volume(under, mask, tiny_model, ReconRequest(steps=2, samples=1, grid=1.5, adapt=ad))
     assert tuple(seen[0].shape[-2:]) == (32, 32) and tuple(seen[1].shape[-2:]) == (48, 48)
     assert fine.image.shape == native.image.shape

@@ -206,7 +206,7 @@ def test_auto_batch_on_cuda_reads_mem_get_info_and_the_allocator_cache(monkeypat
 
 def test_reconstruct_volume_auto_batch_and_halving_after_out_of_memory(volume, prior, monkeypatch):
     ksp, mask = volume
-    request = ReconRequest(steps=2, samples=2, seed=0, precision="fp32")
+    request = ReconRequest(steps=2, samples=2, seed=0, precision="fp32", grid="native")
     per = batching.slice_working_set(2, ksp.shape[1], ksp.shape[-2:])
     monkeypatch.setattr(batching.limits, "available_memory", lambda: 6 * per)
     auto = reconstruct_volume(ksp, mask, prior, request)

@@ -221,7 +221,7 @@ def test_protocol_dds_variants_run_on_the_test_data_with_their_own_prior_and_gri
 
 
 def test_protocol_dds_grid_auto_follows_each_volumes_pixels(tiny_prior_path):
-    """``grid: auto`` gives the phantom (3.75 mm) a finer grid and leaves in-range pixels native."""
+    """``grid: auto`` gives the phantom (3.75 mm) its pixel-rule grid (2.5) and in-range pixels the low-acceleration 2x."""
     from benchmarks import protocol
     from benchmarks.harness import undersample
     from mri_score.prior import ComplexPrior, load_prior
@@ -236,7 +236,9 @@ def test_protocol_dds_grid_auto_follows_each_volumes_pixels(tiny_prior_path):
         out = protocol.solve("dds", {"nfe": 2, "grid": "auto"}, None, {**acq, "pixel_mm": pixel}, 0, "acs", prior, 0)
         factors.append(out["grid_factor"])
         assert out["primary"].shape == (32, 32)
-    assert factors == [2.5, 1.0, 1.0]  # the tiny prior's range is the default 0.8–1.5 mm: 3.75 / 2.5 = 1.5
+    # the tiny prior's range is the default 0.8–1.5 mm: 3.75 / 2.5 = 1.5; in range or unknown, the 2x mask (below
+    # 5.66x acceleration, 32²) gets the low-acceleration grid
+    assert factors == [2.5, 2.0, 2.0]
 
 
 def test_protocol_volumes_carry_their_pixel_size_into_the_acquisition():

@@ -17,9 +17,12 @@ from mri_score.prior import load_prior
 from mri_score.request import ReconRequest
 from mri_score.resolution import (
     DEFAULT_PRIOR_PIXEL_MM,
+    LOW_ACCEL_MAX,
     MAX_GRID_FACTOR,
+    acquisition_grid_factor,
     auto_grid_factor,
     fine_shape,
+    mask_acceleration,
     prior_pixel_range,
 )
 from mri_score.samplers import SamplerResult, sampler_config
@@ -97,7 +100,7 @@ def test_fine_grid_with_a_pass_through_sampler_returns_the_native_result(monkeyp
     monkeypatch.setitem(posterior.SAMPLERS, "dds", passthrough)
     ks, mask = _single_coil_slice()
     prior = load_prior(tiny_prior_path)
-    native = reconstruct_slice(ks, mask, prior, ReconRequest(steps=2, samples=1, magnitude="sense"))
+    native = reconstruct_slice(ks, mask, prior, ReconRequest(steps=2, samples=1, magnitude="sense", grid="native"))
     fine = reconstruct_slice(ks, mask, prior, ReconRequest(steps=2, samples=1, magnitude="sense", grid=2))
     x_native, x_fine = seen["x"]
     assert x_native.shape[-2:] == (32, 32) and x_fine.shape[-2:] == (64, 64)
@@ -169,6 +172,28 @@ def test_gamma_rule_option_is_typed_validated_and_runs(tiny_prior_path):
     outs = [reconstruct_slice(ks, m, load_prior(tiny_prior_path), ReconRequest(
         steps=3, samples=1, options={"gamma_rule": rule}), calibration=cal).image for rule in ("noise", "discrepancy")]
     assert all(torch.isfinite(o).all() for o in outs) and not torch.equal(*outs)
+
+
+def test_auto_grid_refines_low_acceleration_masks_on_matrices_up_to_256():
+    """The measured rule: 2x below 5.66x acceleration (4x equispaced yes, 8x random no), matrices up to 256²."""
+    four, _ = make_mask("equispaced", 4.0, 0.08, (128, 128), "a.h5")
+    eight, _ = make_mask("random", 8.0, 0.08, (128, 128), "a.h5")
+    assert 3.0 < mask_acceleration(four) < LOW_ACCEL_MAX < mask_acceleration(eight)  # ACS lines included
+    assert mask_acceleration(torch.from_numpy(four)) == mask_acceleration(four)
+    assert mask_acceleration(np.zeros(8)) is None and mask_acceleration(None) is None
+    assert acquisition_grid_factor(mask_acceleration(four), (128, 128)) == 2.0
+    assert acquisition_grid_factor(mask_acceleration(eight), (128, 128)) == 1.0
+    assert acquisition_grid_factor(4.0, (256, 256)) == 2.0 and acquisition_grid_factor(4.0, (320, 320)) == 1.0
+    assert acquisition_grid_factor(None, (64, 64)) == 1.0 and acquisition_grid_factor(4.0, None) == 1.0
+    meta = {"pixel_mm": [0.5, 3.0]}
+    auto = ReconRequest(grid="auto")
+    assert auto.for_pixels((1.0, 1.0), meta, four, (128, 128)).grid_factor == 2.0
+    assert auto.for_pixels((1.0, 1.0), meta, eight, (128, 128)).grid == "native"
+    assert auto.for_pixels((1.0, 1.0), meta).grid == "native"  # no mask: the pixel rule alone
+    assert auto.for_pixels((9.0, 9.0), meta, four, (128, 128)).grid_factor == 3.0  # the larger of the two rules
+    assert auto.for_pixels((9.0, 9.0), meta, eight, (64, 64)).grid_factor == 3.0
+    assert ReconRequest(grid="native").for_pixels((1.0, 1.0), meta, four, (128, 128)).grid == "native"
+    assert ReconRequest(grid=1.5).for_pixels((1.0, 1.0), meta, four, (128, 128)).grid_factor == 1.5
 
 
 def test_final_gamma_rule_applies_the_discrepancy_weight_at_the_last_step_only(tiny_prior_path, monkeypatch):
