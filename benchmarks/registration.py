@@ -28,7 +28,7 @@ REGISTRATION = ROOT / "benchmarks" / "registration.json"
 #: Packages whose source is part of the code digest.
 CODE_DIRS = ("mri_score", "operators", "benchmarks")
 #: The rules the record names (their code is covered by the code digest; the names make the record readable).
-RULES = {"grid": "ReconRequest.for_pixels: auto = the larger of 2x below 5.66x acceleration on matrices up to 256^2 "
+RULES = {"grid": "ReconRequest.for_pixels: auto = the larger of 2x below 5.66x acceleration on matrices up to 128^2 "
                  "(mri_score.resolution.acquisition_grid_factor) and the smallest half-integer factor bringing the "
                  "pixel into the prior's trained range (mri_score.resolution.auto_grid_factor)",
          "std_calibration": "largest per-setting split-conformal factor on the tuning slices "

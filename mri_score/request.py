@@ -103,7 +103,7 @@ class ReconRequest:
     precision : str
         Network arithmetic, one of :data:`mri_score.precision.PRECISIONS`.
     grid : str or float
-        Sampling grid: ``"auto"`` (:meth:`for_pixels`: 2x at low acceleration on matrices up to 256², or finer
+        Sampling grid: ``"auto"`` (:meth:`for_pixels`: 2x at low acceleration on matrices up to 128², or finer
         by the half-integer factor that brings the pixel size into the prior's trained range, whichever is
         larger; native otherwise), ``"native"`` or a factor in
         ``[1, MAX_GRID_FACTOR]`` (a number or its text).
@@ -226,7 +226,7 @@ class ReconRequest:
 
         The one place the ``auto`` rule is applied: the larger of :func:`mri_score.resolution.auto_grid_factor`
         (a pixel coarser than the prior's range) and :func:`mri_score.resolution.acquisition_grid_factor` (2x at
-        low acceleration on matrices up to 256², the rule measured on the development data); native when neither
+        low acceleration on matrices up to 128², the rule measured on the development data); native when neither
         applies or the inputs are unknown (no mask: the pixel rule alone).  Other grids are returned as they are.
         """
         if self.grid != "auto":

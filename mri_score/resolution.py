@@ -21,8 +21,8 @@ the prior images at a pixel size inside its range.
   on the in-distribution / anatomy-shift synthetic slices, but at 8x random +0.73 [−0.17, 1.36] on the real
   volumes against −0.37 / +0.10 on the synthetic ones (the prior, not the grid, limits 8x).  So ``auto``
   refines by :data:`LOW_ACCEL_FACTOR` when the mask's acceleration is below :data:`LOW_ACCEL_MAX` and the
-  measured matrix has at most :data:`LOW_ACCEL_MAX_PIXELS` pixels (a cost cap, not a measurement: the network's
-  time grows with the fine grid's pixels, ×4 here).  The larger of the two rules' factors is used.
+  measured matrix has at most :data:`LOW_ACCEL_MAX_PIXELS` pixels (128²: the development data's largest matrix;
+  the network's time grows with the fine grid's pixels, ×4).  The larger of the two rules' factors is used.
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ LOW_ACCEL_FACTOR = 2.0
 #: Below this acceleration the low-acceleration refinement applies (4x measured: gains; 8x: none; between them the
 #: geometric midpoint, an interpolation that was not measured).
 LOW_ACCEL_MAX = 32**0.5
-#: The low-acceleration refinement applies to measured matrices of at most this many pixels (256²: 512² fine grids).
-LOW_ACCEL_MAX_PIXELS = 256 * 256
+#: The low-acceleration refinement applies to measured matrices of at most this many pixels: 128², the largest matrix of
+#: the development data it was measured on (the demo's 192² synthetic brain at ~1 mm lost 0.57 dB with it, at 7x the
+#: time, so it is not extrapolated to larger matrices).
+LOW_ACCEL_MAX_PIXELS = 128 * 128
 
 
 def prior_pixel_range(meta: Mapping[str, Any] | None) -> tuple[float, float]:

@@ -692,3 +692,17 @@ def test_settings_that_differ_only_in_centre_fraction_get_their_own_names():
            "protocol": {}, "methods": {"zero_filled": {}}}
     with pytest.raises(InputError, match="share a name"):
         validate_protocol(cfg, "c.yaml")
+
+
+def test_cpu_seconds_count_child_processes_such_as_bart():
+    """BART runs as a child process: its CPU time must be in the row's cpu_seconds, not only the wall time."""
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.protocol import cpu_seconds_now
+
+    start, own = cpu_seconds_now(), time.process_time()
+    subprocess.run([sys.executable, "-c", "sum(range(20_000_000))"], check=True)
+    child, own = cpu_seconds_now() - start, time.process_time() - own
+    assert child > 0.1 and child > 5 * own  # the child's work, which process_time alone does not see

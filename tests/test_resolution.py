@@ -175,7 +175,7 @@ def test_gamma_rule_option_is_typed_validated_and_runs(tiny_prior_path):
 
 
 def test_auto_grid_refines_low_acceleration_masks_on_matrices_up_to_256():
-    """The measured rule: 2x below 5.66x acceleration (4x equispaced yes, 8x random no), matrices up to 256²."""
+    """The measured rule: 2x below 5.66x acceleration (4x equispaced yes, 8x random no), matrices up to 128²."""
     four, _ = make_mask("equispaced", 4.0, 0.08, (128, 128), "a.h5")
     eight, _ = make_mask("random", 8.0, 0.08, (128, 128), "a.h5")
     assert 3.0 < mask_acceleration(four) < LOW_ACCEL_MAX < mask_acceleration(eight)  # ACS lines included
@@ -183,7 +183,7 @@ def test_auto_grid_refines_low_acceleration_masks_on_matrices_up_to_256():
     assert mask_acceleration(np.zeros(8)) is None and mask_acceleration(None) is None
     assert acquisition_grid_factor(mask_acceleration(four), (128, 128)) == 2.0
     assert acquisition_grid_factor(mask_acceleration(eight), (128, 128)) == 1.0
-    assert acquisition_grid_factor(4.0, (256, 256)) == 2.0 and acquisition_grid_factor(4.0, (320, 320)) == 1.0
+    assert acquisition_grid_factor(4.0, (128, 96)) == 2.0 and acquisition_grid_factor(4.0, (192, 192)) == 1.0
     assert acquisition_grid_factor(None, (64, 64)) == 1.0 and acquisition_grid_factor(4.0, None) == 1.0
     meta = {"pixel_mm": [0.5, 3.0]}
     auto = ReconRequest(grid="auto")
