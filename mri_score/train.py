@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = train(cfg, resume=args.resume, device=device, source=str(args.config), config_path=args.config,
                         export=args.export)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank done before any tears the group down (on success only: a failed rank never waits)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

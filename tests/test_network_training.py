@@ -153,6 +153,7 @@ def test_ddp_gloo_two_ranks_identical_parameters(tmp_path):
         "T.train(cfg)\n"
         "h = hashlib.sha256(b''.join(p.detach().numpy().tobytes() for p in captured['m'].parameters())).hexdigest()\n"
         "open(sys.argv[2] + f'.{dist.get_rank()}', 'w').write(h)\n"
+        "dist.barrier()\n"
         "dist.destroy_process_group()\n"
     )
     import socket
