@@ -39,6 +39,7 @@ from mri_score.precision import choose_precision, precision_name
 from mri_score.prior import ComplexPrior
 from mri_score.request import ReconRequest
 from mri_score.resolution import fine_shape
+from mri_score.uncertainty import settings_key
 from operators.errors import OperatorInputError
 from operators.grid import fourier_resample
 from operators.masks import make_mask
@@ -223,10 +224,10 @@ def reconstruct_file(
     prior_name: str = "default",
     extra_terms: Sequence[Likelihood] = (),
     extra_attrs: dict | None = None,
-    std_calibration: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
     batch_slices: int | str = "auto",
     std_calibration_lookup: Callable[[str], dict | None] | None = None,
+    kind: str | None = None,
 ) -> dict:
     """Reconstruct one input file (:func:`mri_score.inputs.read_volume`) into ``out_dir/<stem>.h5``; return a summary.
 
@@ -245,9 +246,11 @@ def reconstruct_file(
     and, for a fully sampled file with a target, PSNR/SSIM/NMSE against it (``target`` says which);
     it is also stored in the output's ``summary`` attr (JSON).  ``extra_attrs`` are added to the
     output's attrs (e.g. :func:`mri_score.runs.run_key` as ``run_settings``); ``extra_terms`` are
-    passed to every slice.  ``std_calibration`` (an entry of the prior's calibration sidecar,
-    :func:`mri_score.uncertainty.lookup_factor`) scales ``reconstruction_std`` by its ``factor``;
-    the ``std_calibration`` attr records the factor used, or ``none`` (raw K-sample std).  ``progress`` is called
+    passed to every slice.  ``std_calibration_lookup(key)`` returns the prior's calibration sidecar entry for a
+    calibration key (e.g. :func:`mri_score.reconstruct.std_calibration_entry`, None when there is none): the entry of
+    the request's key (:func:`mri_score.uncertainty.settings_key`) scales ``reconstruction_std`` by its ``factor``,
+    and the ``std_calibration`` attr records the factor used, or ``none`` (raw K-sample std).  ``kind`` is the
+    input's :func:`mri_score.inputs.input_kind` when the caller has sniffed it already.  ``progress`` is called
     as ``progress(done, total)`` after each batch of slices.  ``batch_slices`` (a count or ``auto``) is how many
     slices are sampled together (:func:`reconstruct_volume`); it changes the speed and the memory, not the output,
     and is recorded in the summary (``batch_slices``), not in the request.
@@ -257,12 +260,13 @@ def reconstruct_file(
     the fully sampled data, which ``--magnitude rss`` matches); ``target`` in the summary says which.
 
     A non-Cartesian MRD file (radial, spiral) goes through :func:`reconstruct_noncartesian_file`, which looks its
-    std calibration up with ``std_calibration_lookup`` (``std_calibration`` is the Cartesian entry).
+    std calibration up with the same ``std_calibration_lookup`` under its trajectory's key.
     """
-    kind = input_kind(path)
+    kind = kind or input_kind(path)
     if kind == "mrd_noncartesian":
         return reconstruct_noncartesian_file(path, prior, request, out_dir, prior_name, extra_terms, extra_attrs,
                                              std_calibration_lookup)
+    std_calibration = None if std_calibration_lookup is None else std_calibration_lookup(settings_key(request))
     vol = read_volume(path, kind)
     mask, accel_used, mask_src = undersampling_mask(vol, request)
     check_acs(mask, str(path))

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from mri_score import limits, runs, sharding
+from mri_score import limits, runs, sharding, uncertainty
 from mri_score.adapt import ADAPT_PARAMS, AdaptSettings
 from mri_score.atomic import check_output, check_output_dir, protected_inputs
 from mri_score.batching import parse_batch_slices
@@ -239,24 +239,12 @@ def guidance_for(request: ReconRequest, prior: torch.nn.Module, runtime: Complex
         raise InputError(f"--condition/--guidance: {err}") from None
 
 
-def std_calibration_for(prior: str | None, request: ReconRequest) -> dict | None:
-    """The prior's std calibration entry for this request (sidecar ``<prior>.calibration.json``), or None.
-
-    Only an entry fitted for the same prior file (SHA-256) and every setting that changes the std
-    (:func:`mri_score.uncertainty.settings_key`) applies.
-    """
-    from mri_score import uncertainty
-
-    return std_calibration_entry(prior, uncertainty.settings_key(request))
-
-
 def std_calibration_entry(prior: str | None, key: str) -> dict | None:
     """The entry ``key`` of the sidecar of ``prior`` (None: the shipped prior) with ``key`` and ``sidecar`` added, or None.
 
     None also when the sidecar was written for another prior file (SHA-256: :func:`mri_score.uncertainty.lookup_factor`).
     Keys: :func:`mri_score.uncertainty.settings_key` (Cartesian), :func:`mri_score.noncartesian.calibration_key`.
     """
-    from mri_score import uncertainty
     from mri_score.prior import default_prior_path
 
     path = Path(prior) if prior else default_prior_path()
@@ -266,22 +254,20 @@ def std_calibration_entry(prior: str | None, key: str) -> dict | None:
 
 def trajectory_calibrations(prior: str | None, request: ReconRequest) -> dict:
     """The sidecar entries of ``prior`` fitted for ``request`` on a non-Cartesian trajectory (``{key: entry}``)."""
-    from mri_score import uncertainty
     from mri_score.prior import default_prior_path
 
     path = Path(prior) if prior else default_prior_path()
-    data = uncertainty.read_sidecar(path)
-    if not data or data.get("prior_sha256") != uncertainty.file_sha256(path):
-        return {}
     stem = uncertainty.settings_key(request) + "/traj="
-    return {k: v for k, v in sorted(data.get("entries", {}).items()) if k.startswith(stem)}
+    return {k: v for k, v in sorted(uncertainty.matching_entries(path).items()) if k.startswith(stem)}
 
 
-def _is_noncartesian(path: Path) -> bool:
+def _kind(path: Path) -> str | None:
+    """The input's kind (:func:`mri_score.inputs.input_kind`), sniffed once per file; None when it cannot be read
+    (:func:`mri_score.pipeline.reconstruct_file` then says why)."""
     try:
-        return input_kind(path) == "mrd_noncartesian"
+        return input_kind(path)
     except (InputError, OSError):
-        return False
+        return None
 
 
 @exit_on_input_error
@@ -418,8 +404,9 @@ def _run(run: _Run, files: list[Path]) -> int:
     args, request = run.args, run.request
     prior = load_prior(args.prior, device=run.device)
     runtime = ComplexPrior(prior, request.precision)  # the one network runtime of the run
-    std_cal = std_calibration_for(args.prior, request)
-    std_cal_lookup = functools.lru_cache(maxsize=None)(functools.partial(std_calibration_entry, args.prior))  # per trajectory
+    # the prior's std factors by calibration key: the request's (Cartesian) and one per trajectory (non-Cartesian)
+    std_cal_lookup = functools.lru_cache(maxsize=None)(functools.partial(std_calibration_entry, args.prior))
+    std_cal = std_cal_lookup(uncertainty.settings_key(request))
     guidance = guidance_for(request, prior, runtime)
     progress = _Progress(not args.quiet)
     bad: list[str] = []
@@ -433,7 +420,8 @@ def _run(run: _Run, files: list[Path]) -> int:
     rows: list[dict] = []
     t_run, slices_done = time.time(), 0
     for n, f in enumerate(files, start=1):
-        key = runs.run_key(f, trajectory_settings if _is_noncartesian(f) else run_settings)
+        kind = _kind(f)
+        key = runs.run_key(f, trajectory_settings if kind == "mrd_noncartesian" else run_settings)
         out_file = output_paths(f, args.out, request)["h5"]
         if run.directory_run and not args.redo and runs.is_done(out_file, key):
             rows.append({**runs.stored_summary(out_file), "file": str(f), "status": "skipped", "output": str(out_file)})
@@ -446,8 +434,8 @@ def _run(run: _Run, files: list[Path]) -> int:
             adapter, terms, attrs = guidance.setup(prior, f)
             summary = reconstruct_file(f, adapter, request, args.out, prior_name=str(args.prior or "default"),
                                        extra_terms=terms, extra_attrs={"run_settings": key, **attrs},
-                                       std_calibration=std_cal, progress=progress, batch_slices=run.batch_slices,
-                                       std_calibration_lookup=std_cal_lookup)
+                                       progress=progress, batch_slices=run.batch_slices,
+                                       std_calibration_lookup=std_cal_lookup, kind=kind)
         except Exception as err:  # one failed file never stops the others (SIGINT/SIGTERM are not Exceptions)
             progress.clear()
             if len(files) == 1:

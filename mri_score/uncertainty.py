@@ -224,12 +224,17 @@ def store_factor(prior_path: str | os.PathLike[str], key: str, factor: float, le
     return path
 
 
-def lookup_factor(prior_path: str | os.PathLike[str], key: str) -> dict | None:
-    """The sidecar entry for ``key`` when the sidecar matches the prior file's SHA-256, else None."""
+def matching_entries(prior_path: str | os.PathLike[str]) -> dict:
+    """The sidecar's entries ``{key: entry}`` when it was written for this prior file (SHA-256), else empty."""
     data = read_sidecar(prior_path)
     if not data or data.get("prior_sha256") != file_sha256(prior_path):
-        return None
-    entry = data.get("entries", {}).get(key)
+        return {}
+    return data.get("entries", {})
+
+
+def lookup_factor(prior_path: str | os.PathLike[str], key: str) -> dict | None:
+    """The sidecar entry for ``key`` when the sidecar matches the prior file's SHA-256, else None."""
+    entry = matching_entries(prior_path).get(key)
     if entry is None:
         return None
     factor = entry.get("factor") if isinstance(entry, dict) else None
