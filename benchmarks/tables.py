@@ -371,6 +371,7 @@ def render_variants(rows: list[dict], reference: str = "l1_wavelet") -> str:
             if "dds" not in methods:
                 continue
             key = {m: {(r["volume"], r["slice"]): r for r in cell if r["method"] == m} for m in (*methods, reference)}
+            vpsnr = {(r["volume"], r["method"]): _f(r, "PSNR") for r in vols if (r["setting"], r["group"]) == (setting, g)}
             ref_cpu = np.median([_f(r, "cpu_seconds") for r in key[reference].values()]) if key[reference] else np.nan
             for m in methods:
                 units = sorted(set(key[m]) & set(key["dds"]), key=lambda k: (k[0], int(k[1])))
@@ -380,8 +381,6 @@ def render_variants(rows: list[dict], reference: str = "l1_wavelet") -> str:
                 diff = "–" if m == "dds" else _ci(clustered_paired_difference(
                     [_f(key[m][k], "PSNR") for k in units], [_f(key["dds"][k], "PSNR") for k in units], vl,
                     seed=BOOTSTRAP_SEED), 2)
-                vpsnr = {(r["volume"], r["method"]): _f(r, "PSNR") for r in vols
-                         if (r["setting"], r["group"]) == (setting, g)}
                 per_vol = [vpsnr[(v, m)] - vpsnr[(v, reference)] for v in sorted(set(vl))
                            if (v, m) in vpsnr and (v, reference) in vpsnr]
                 rng = f"{min(per_vol):+.2f} … {max(per_vol):+.2f}" if per_vol else "–"
