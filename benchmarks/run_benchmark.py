@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store-calibration", action="store_true",
                     help="write the DDS std factor fitted on the tuning slices into the prior's sidecar "
                          "<prior>.calibration.json (read by the reconstruct command)")
+    ap.add_argument("--tables", action="store_true",
+                    help="then regenerate README's summary and docs/results.md from the new CSV (benchmarks/make_tables.py: "
+                         "the final test's blocks for a config with data.real: final, else the development run's)")
     args = ap.parse_args(argv)
     limits.check_threads(args.threads)
     check_output_dir(args.out_dir, [], "--out-dir")
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     if "protocol" not in cfg:
         raise InputError(f"{src}: not a protocol config (no 'protocol' section); see benchmarks/README.md")
     validate_protocol(cfg, src)
+    if args.tables:  # the documents the tables go into are checked before the run, not after it
+        from benchmarks.make_tables import check_documents
+
+        check_documents(final=cfg["data"].get("real") == "final")
     return run_protocol_benchmark(args, cfg, name)
 
 
@@ -76,7 +83,8 @@ def run_protocol_benchmark(args: argparse.Namespace, cfg: dict, name: str) -> in
     write_csv(csv_path, rows)
     figs = [reliability_figure(out_dir, name, read_csv(csv_path))] if cal["factors"] else []
     command = f"python benchmarks/run_benchmark.py --config {args.config}" + (
-        f" --prior {args.prior}" if args.prior else "") + (" --store-calibration" if args.store_calibration else "")
+        f" --prior {args.prior}" if args.prior else "") + (" --store-calibration" if args.store_calibration else "") + (
+        " --tables" if args.tables else "")
     if args.threads:
         command = f"{command} --threads {args.threads}"
     header = [f"# Benchmark `{name}` (frozen protocol)", "", provenance(command).rstrip("\n"),
@@ -96,6 +104,11 @@ def run_protocol_benchmark(args: argparse.Namespace, cfg: dict, name: str) -> in
     with atomic_output(out_dir / f"{name}.md") as tmp:
         tmp.write_text(text)
     print(f"wrote {csv_path} and {out_dir / (name + '.md')} in {seconds:.0f} s", flush=True)
+    if args.tables:
+        from benchmarks import make_tables
+
+        final = cfg["data"].get("real") == "final"
+        return make_tables.main(["--final-csv" if final else "--csv", str(csv_path)])
     return 0
 
 

@@ -16,6 +16,8 @@ from benchmarks.stats import LEVEL, RESAMPLES, clustered_mean_ci, clustered_pair
 BOOTSTRAP_SEED = 0
 #: The results CSV of the default prior's protocol run (README results block, real-set panels).
 DEFAULT_CSV = "bench_dev.csv"
+#: The results CSV of the registered final test (read once; README summary and its own report block when present).
+FINAL_CSV = "bench_final.csv"
 #: Nominal coverage the report checks the calibrated std against, and the tolerance (points).
 NOMINAL, TOLERANCE = 0.9, 0.05
 #: The methods under test (never a baseline), with their ablation variants ``dds:<name>``.

@@ -339,6 +339,28 @@ def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_
     once = (text, report)
     make_tables.main(args)
     assert (readme.read_text(), doc.read_text()) == once
+    # a final test CSV: the README summary carries its test sets and only the development run's real rows, and
+    # docs/results.md its own report block; a document without that block is refused before anything is written
+    rows = read_csv(out / "proto_tiny.csv")
+    final_csv = tmp_path / "final.csv"
+    with final_csv.open("w", newline="") as fh:  # the same run relabelled as a final test of another real set
+        import csv as _csv
+
+        w = _csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([{**r, "group": r["group"].replace("real MR", "real MR FINAL")} for r in rows])
+    assert make_tables.main([*args, "--final-csv", str(final_csv)]) == 2
+    assert doc.read_text() == report and readme.read_text() == text
+    doc.write_text(report + "<!-- results-final:begin -->\nnot run\n<!-- results-final:end -->\n")
+    assert make_tables.main([*args, "--final-csv", str(final_csv)]) == 0
+    final_rows = read_csv(final_csv)
+    summary = readme.read_text()
+    dev_real = [r for r in rows if r["group"].startswith("real")]
+    assert render_summary(final_rows + dev_real) in summary and "final.csv and the real development rows" in summary
+    assert summary.count("| real MR FINAL") >= 1 and summary.count("| synthetic") == render_summary(final_rows).count(
+        "| synthetic"), "the development run's synthetic rows are not repeated"
+    assert render(final_rows) in doc.read_text() and body in doc.read_text() and "not run" not in doc.read_text()
+    assert make_tables.main([*args, "--final-csv", str(tmp_path / "absent.csv")]) == 2
 
 
 def test_readme_and_results_doc_blocks_are_the_committed_csv_rendering():
@@ -350,13 +372,16 @@ def test_readme_and_results_doc_blocks_are_the_committed_csv_rendering():
         DEV_BEGIN,
         DEV_END,
         END,
+        FINAL_BEGIN,
+        FINAL_END,
         SUM_BEGIN,
         SUM_END,
         dev_ablation_block,
+        final_block,
         results_block,
         summary_block,
     )
-    from benchmarks.tables import DEFAULT_CSV
+    from benchmarks.tables import DEFAULT_CSV, FINAL_CSV
 
     root = Path(__file__).resolve().parents[1]
     csv_path = root / "benchmarks" / "results" / DEFAULT_CSV
@@ -364,10 +389,15 @@ def test_readme_and_results_doc_blocks_are_the_committed_csv_rendering():
     doc = (root / "docs" / "results.md").read_text()
     if not csv_path.is_file():
         pytest.skip(f"{DEFAULT_CSV} not committed yet (the protocol has not been run)")
+    final = root / "benchmarks" / "results" / FINAL_CSV
     block = readme[readme.index(SUM_BEGIN): readme.index(SUM_END) + len(SUM_END)]
-    assert block == summary_block(csv_path), "README summary block is stale: run python benchmarks/make_tables.py"
+    assert block == summary_block(csv_path, final if final.is_file() else None), \
+        "README summary block is stale: run python benchmarks/make_tables.py"
     block = doc[doc.index(BEGIN): doc.index(END) + len(END)]
     assert block == results_block(csv_path), "docs/results.md is stale: run python benchmarks/make_tables.py"
+    if final.is_file():
+        block = doc[doc.index(FINAL_BEGIN): doc.index(FINAL_END) + len(FINAL_END)]
+        assert block == final_block(final), "docs/results.md's final test is stale: run benchmarks/make_tables.py"
     ablation = root / "benchmarks" / "results" / DEV_ABLATION
     if ablation.is_file():
         block = doc[doc.index(DEV_BEGIN): doc.index(DEV_END) + len(DEV_END)]
