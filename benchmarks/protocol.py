@@ -33,7 +33,7 @@ import csv
 import os
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -197,25 +197,51 @@ def protocol_volumes(cfg: dict, registration_ok: bool = False) -> list[dict]:
     ``data.pixel_mm`` (default 0.8–1.5) is the pixel-size range (mm) of the synthetic slices.
     """
     data = cfg["data"]
-    families = list(data.get("families", ["t1", "t2", "pd"]))
-    size = tuple(int(v) for v in data["size"])
-    corpus_seed = int(data.get("corpus_seed", 0))
-    pixel_mm = tuple(float(v) for v in data.get("pixel_mm", (0.8, 1.5)))
-    vols = []
-    for phase, first_default in (("tuning", 500), ("test", 0)):
-        spec = data[phase]
-        for subj in spec["subjects"]:
-            subj = int(subj)
-            fam = families[subj % len(families)]
-            imgs = subject_volume("test", subj, int(spec["slices_per_subject"]), size, fam, corpus_seed,
-                                  first=int(spec.get("first", first_default)), pixel_mm=pixel_mm)
-            vols.append({"name": f"{phase}_subject{subj:02d}_{fam}.h5", "phase": phase, "group": GROUP_SYNTH,
-                         "subject": subj, "images": imgs, "seed": int(spec.get("seed", 1 if phase == "tuning" else 0)),
-                         "pixel_mm": (pixel_mm[1], pixel_mm[1])})  # the coarsest pixel of the range (grid: auto)
+    vols = synthetic_subject_volumes(data, "tuning") + synthetic_subject_volumes(data, "test")
     other = data.get("other_generator")
     if other:
         vols += other_generator_volumes(other, int(data["test"].get("seed", 0)))
     vols += real_volumes(cfg, registration_ok)
+    return vols
+
+
+def synthetic_spec(data: dict, phase: str) -> dict:
+    """The settings of a config's synthetic ``phase`` (``tuning`` or ``test``) with the protocol's defaults.
+
+    ``{subjects, slices, first, seed, families, corpus_seed, pixel_mm, size, coils, snr}``: ``first`` defaults to
+    500 for tuning (so tuning slices never repeat a test slice's geometry) and 0 for test, ``seed`` to 1 and 0,
+    ``families`` to t1, t2, pd, ``pixel_mm`` to 0.8–1.5 mm, ``coils`` 8, ``snr`` 100.
+    """
+    spec = data[phase]
+    return {"subjects": tuple(int(s) for s in spec["subjects"]), "slices": int(spec["slices_per_subject"]),
+            "first": int(spec.get("first", 500 if phase == "tuning" else 0)),
+            "seed": int(spec.get("seed", 1 if phase == "tuning" else 0)),
+            "families": tuple(str(f) for f in data.get("families", ["t1", "t2", "pd"])),
+            "corpus_seed": int(data.get("corpus_seed", 0)),
+            "pixel_mm": tuple(float(v) for v in data.get("pixel_mm", (0.8, 1.5))),
+            "size": tuple(int(v) for v in data["size"]), "coils": int(data.get("coils", 8)),
+            "snr": float(data.get("snr", 100))}
+
+
+def synthetic_subject_volumes(data: dict, phase: str, subjects: Sequence[int] | None = None,
+                              slices: int | None = None, size: tuple[int, int] | None = None) -> list[dict]:
+    """One volume per held-out subject of the config's synthetic ``phase``: ``[{name, phase, group, subject, images,
+    seed, pixel_mm}]`` (:func:`synthetic_spec`; ``subjects``, ``slices`` and ``size`` replace the config's).
+
+    Subject ``k`` gets contrast family ``families[k % len]`` (:func:`mri_score.simulation.subject_volume` of the
+    held-out split from corpus slice ``first``); each volume records the coarsest pixel of the range (for
+    ``grid: auto``).
+    """
+    spec = synthetic_spec(data, phase)
+    families, pixel_mm = spec["families"], spec["pixel_mm"]
+    vols = []
+    for subj in spec["subjects"] if subjects is None else subjects:
+        subj = int(subj)
+        fam = families[subj % len(families)]
+        imgs = subject_volume("test", subj, spec["slices"] if slices is None else slices, size or spec["size"], fam,
+                              spec["corpus_seed"], first=spec["first"], pixel_mm=pixel_mm)
+        vols.append({"name": f"{phase}_subject{subj:02d}_{fam}.h5", "phase": phase, "group": GROUP_SYNTH,
+                     "subject": subj, "images": imgs, "seed": spec["seed"], "pixel_mm": (pixel_mm[1], pixel_mm[1])})
     return vols
 
 

@@ -20,7 +20,8 @@ method the table shows the λ with the best mean PSNR over the group's volumes (
 slices: the baselines' best case); a best λ at an end of the sweep extends it by one step (×3) beyond that
 end, at most twice, and the table says whether the final best is interior ("edge" otherwise).  DDS's time
 is also given relative to Cartesian DDS (same images, same matrix, same request, fastMRI equispaced 4x mask
-with centre fraction 0.08).
+with centre fraction 0.08).  DDS − L1-wavelet and DDS − BART (each at its chosen λ) are paired per slice with a
+volume-clustered 95 % bootstrap interval (:func:`benchmarks.stats.clustered_paired_difference`) and given per volume.
 
 Data: synthetic slices of held-out test-split subjects (:func:`mri_score.simulation.subject_volume`, pixels
 2.0–2.5 mm so the head lies inside the field of view, as the frozen protocol) with 8 birdcage coils and
@@ -49,6 +50,7 @@ import numpy as np
 
 from benchmarks.harness import add_check_flags, check_args, middle_slices, undersample, write_report
 from benchmarks.provenance import provenance
+from benchmarks.stats import clustered_paired_difference
 from mri_score.baselines import bart_available
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import InputError
@@ -145,8 +147,9 @@ def record(rows: list[dict], setting: str, vol: dict, truth: np.ndarray, method:
            seconds: float, lam: float | None = None) -> None:
     """Score ``image (S, H, W)`` against ``truth``, append the row to ``rows`` and print it."""
     met = volume_metrics(truth, image)
+    per_slice = [volume_metrics(truth[i : i + 1], image[i : i + 1])["PSNR"] for i in range(truth.shape[0])]
     rows.append({"setting": setting, "group": vol["group"], "volume": vol["name"], "method": method, "lam": lam,
-                 "seconds": seconds, **met})
+                 "seconds": seconds, "slice_psnr": per_slice, **met})
     lam_txt = "" if lam is None else f" λ={lam:g}"
     print(f"{setting} | {vol['name']} | {method}{lam_txt} | {met['PSNR']:.2f} dB | {seconds:.2f} s", flush=True)
 
@@ -164,6 +167,21 @@ def best(rows: list[dict], method: str, lams: tuple[float, ...]) -> dict | None:
     return {"lam": lam, "PSNR": psnr, "SSIM": float(np.mean([r["SSIM"] for r in sel])),
             "seconds": float(np.mean([r["seconds"] for r in sel])), "interior": lams.index(lam) not in (0, len(lams) - 1),
             "sweep": " ".join(f"{m[1]:g}:{m[0]:.2f}" for m in means)}
+
+
+def paired_lines(rows: list[dict], tag: str, group: str, ref: str, lam: float | None) -> str:
+    """A table row: DDS − ``ref`` (at its chosen λ) paired per slice, volume-clustered 95 % interval, per-volume Δ."""
+    dds = {r["volume"]: r for r in rows if (r["setting"], r["group"], r["method"]) == (tag, group, "DDS")}
+    base = {r["volume"]: r for r in rows
+            if (r["setting"], r["group"], r["method"], r["lam"]) == (tag, group, ref, lam)}
+    vols = sorted(set(dds) & set(base))
+    a = [p for v in vols for p in dds[v]["slice_psnr"]]
+    b = [p for v in vols for p in base[v]["slice_psnr"]]
+    clusters = [v for v in vols for _ in dds[v]["slice_psnr"]]
+    mean, lo, hi = clustered_paired_difference(a, b, clusters, seed=0)
+    per_vol = ", ".join(f"{dds[v]['PSNR'] - base[v]['PSNR']:+.2f}" for v in vols)
+    return (f"| {tag} | {group} | {ref} (λ {lam:g}) | {len(a)} ({len(vols)}) | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | "
+            f"{per_vol} |")
 
 
 def cartesian_seconds(vol: dict, prior: ComplexPrior, request: ReconRequest, seed: int) -> float:
@@ -184,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interleaves", type=int, nargs="*", default=[4, 8], help="spiral settings (interleaves)")
     ap.add_argument("--groups", nargs="+", default=["synthetic", "real"], choices=["synthetic", "real"])
     ap.add_argument("--synth-volumes", type=int, default=2, help="synthetic subjects (test split), one family each")
-    ap.add_argument("--samples", type=int, default=1, help="DDS posterior samples K per slice")
+    ap.add_argument("--samples", type=int, default=2, help="DDS posterior samples K per slice (default: the CLI's, 2)")
     ap.add_argument("--l1-iters", type=int, default=60, help="ADMM iterations of the L1-wavelet baseline")
     ap.add_argument("--prior", default=None, help="score prior checkpoint (default: the shipped prior)")
     ap.add_argument("--no-bart", action="store_true", help="skip BART even where it is installed")
@@ -293,6 +311,21 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 lines.append(f"| {tag} | {method} | {b['lam']:g} | {b['PSNR']:.2f} | {b['SSIM']:.4f} | "
                              f"{b['seconds']:.2f} | {'interior' if b['interior'] else 'edge'} | {b['sweep']} |")
+    lines += ["", "## DDS against the swept baselines, paired per slice", "",
+              "ΔPSNR = DDS − baseline (at the λ of the table above), mean over slices with a volume-clustered 95 % "
+              "bootstrap interval; per volume: the fastMRI per-volume PSNR difference, in the order of the group's "
+              "volumes.", "",
+              "| setting | group | baseline | n slices (volumes) | ΔPSNR [95 % CI] | ΔPSNR per volume |",
+              "|---|---|---|---|---|---|"]
+    for kind, count in settings:
+        tag = f"{kind} {count} {'spokes' if kind == 'radial' else 'interleaves'}"
+        for group in groups:
+            for method in ("L1-wavelet", "BART pics"):
+                lams = sweeps.get((tag, group, method))
+                b = best([r for r in rows if r["setting"] == tag and r["group"] == group], method, tuple(lams)) \
+                    if lams else None
+                if b is not None:
+                    lines.append(paired_lines(rows, tag, group, method, b["lam"]))
     lines += ["", "## DDS time: non-Cartesian vs Cartesian at the same matrix", "",
               "| setting | group | non-Cartesian s/slice | Cartesian s/slice | ratio |", "|---|---|---|---|---|"]
     for kind, count in settings:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import add_check_flags, check_args, write_report
-from benchmarks.protocol import validate_protocol
+from benchmarks.protocol import synthetic_spec, synthetic_subject_volumes, validate_protocol
 from benchmarks.provenance import provenance
 from mri_score import limits, uncertainty
 from mri_score.atomic import check_writable
@@ -45,7 +45,6 @@ from mri_score.noncartesian import NonCartesianVolume, calibration_key, reconstr
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, default_prior_path, load_prior
 from mri_score.request import ReconRequest
 from mri_score.simulate_noncartesian import simulate_noncartesian
-from mri_score.simulation import subject_volume
 
 #: Nominal coverage the factor is fitted for.
 LEVEL = 0.9
@@ -98,21 +97,20 @@ class TuningSplit:
     coils: int
     snr: float
 
+    #: the config's ``data`` section (the physics and the tuning split's settings)
+    data: dict
+
     @classmethod
     def of_config(cls, config: str, subjects: list[int] | None = None) -> TuningSplit:
         """Read and check ``config`` (:func:`benchmarks.protocol.validate_protocol`); ``subjects`` replace its tuning
         subjects (its test subjects are refused, one line naming ``--subjects``)."""
         cfg = load_config(config)
         validate_protocol(cfg, config)
-        data, tuning = cfg["data"], cfg["data"]["tuning"]
+        data = cfg["data"]
         try:
-            chosen = tuple(int(s) for s in (subjects if subjects is not None else tuning["subjects"]))
-            test = {int(s) for s in data["test"]["subjects"]}
-            split = cls(name=str(cfg.get("name", config)), subjects=chosen, first=int(tuning.get("first", 500)),
-                        seed=int(tuning.get("seed", 1)), corpus_seed=int(data.get("corpus_seed", 0)),
-                        families=tuple(str(f) for f in data.get("families", ["t1", "t2", "pd"])),
-                        pixel_mm=tuple(float(v) for v in data.get("pixel_mm", (0.8, 1.5))),  # type: ignore[arg-type]
-                        coils=int(data.get("coils", 8)), snr=float(data.get("snr", 100)))
+            spec = synthetic_spec(data, "tuning")
+            chosen = tuple(int(s) for s in subjects) if subjects is not None else spec["subjects"]
+            test = set(synthetic_spec(data, "test")["subjects"])
         except (TypeError, ValueError) as err:
             raise InputError(f"{config}: data: {err}") from None
         for s in chosen:
@@ -120,26 +118,19 @@ class TuningSplit:
         if set(chosen) & test:
             raise InputError(f"--subjects: {sorted(set(chosen) & test)} are test subjects of {config}; calibrate on "
                              "tuning subjects only")
-        outside = sorted(set(chosen) - {int(s) for s in tuning["subjects"]})
+        outside = sorted(set(chosen) - set(spec["subjects"]))
         if outside:
             raise InputError(f"--subjects: {outside} are not tuning subjects of {config} "
-                             f"({', '.join(str(s) for s in tuning['subjects'])}); calibrate on tuning subjects only")
-        return split
+                             f"({', '.join(str(s) for s in spec['subjects'])}); calibrate on tuning subjects only")
+        return cls(name=str(cfg.get("name", config)), subjects=chosen, first=spec["first"], seed=spec["seed"],
+                   corpus_seed=spec["corpus_seed"], families=spec["families"], pixel_mm=spec["pixel_mm"],
+                   coils=spec["coils"], snr=spec["snr"], data=data)
 
     def volumes(self, slices: int, size: int) -> list[dict]:
-        """Each subject's slices ``{name, images (slices, size, size) complex64, pixel_mm}``, as the protocol makes them.
-
-        :func:`mri_score.simulation.subject_volume` of the held-out split from corpus slice ``first``, family
-        ``families[subject % len]``, pixels drawn in ``pixel_mm``; the volume records the coarsest pixel of that
-        range (as the protocol does, for ``--grid auto``).
-        """
-        out = []
-        for subj in self.subjects:
-            fam = self.families[subj % len(self.families)]
-            imgs = subject_volume("test", subj, slices, (size, size), fam, self.corpus_seed, first=self.first,
-                                  pixel_mm=self.pixel_mm)
-            out.append({"name": f"tuning_subject{subj:02d}_{fam}", "images": imgs, "pixel_mm": (self.pixel_mm[1],) * 2})
-        return out
+        """Each subject's slices ``{name, images (slices, size, size) complex64, pixel_mm}``, as the protocol makes them
+        (:func:`benchmarks.protocol.synthetic_subject_volumes`; names without the ``.h5``)."""
+        vols = synthetic_subject_volumes(self.data, "tuning", self.subjects, slices, (size, size))
+        return [{"name": v["name"].removesuffix(".h5"), "images": v["images"], "pixel_mm": v["pixel_mm"]} for v in vols]
 
     def acquire(self, vol: dict, kind: str, count: int) -> NonCartesianVolume:
         """``vol`` on a trajectory: ``coils`` birdcage coils, SNR ``snr``, the noise covariance kept (known σ_y, as a

@@ -486,3 +486,22 @@ def test_benchmark_refuses_bad_flags(capsys):
     assert main(["--spokes", "0"]) == 2
     assert "--spokes" in capsys.readouterr().err
     assert main(["--bogus"]) == 2
+
+
+def test_benchmark_reports_clustered_paired_differences(tmp_path, tiny_prior_path):
+    from benchmarks.run_noncartesian import main
+
+    out = tmp_path / "nc.md"
+    args = ["--groups", "synthetic", "--synth-volumes", "2", "--synth-size", "64", "--slices", "2", "--spokes", "24",
+            "--interleaves", "--no-bart", "--nfe", "2", "--l1-iters", "2", "--prior", str(tiny_prior_path),
+            "--out", str(out)]
+    assert main(args) == 0
+    text = out.read_text()
+    assert "K = 2" in text, "the benchmark runs the CLI's default K"
+    section = text.split("## DDS against the swept baselines, paired per slice")[1].split("##")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| radial 24 spokes | synthetic | L1-wavelet")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[3] == "4 (2)" and len(cells[5].split(",")) == 2  # 2 slices of 2 volumes; one Δ per volume
+    mean, lo, hi = (float(v) for v in cells[4].replace("[", " ").replace("]", " ").replace(",", " ").split())
+    assert lo <= mean <= hi

@@ -117,3 +117,24 @@ def test_fitting_script_refuses_bad_input_in_one_line(tmp_path, capsys, args, ph
     assert main(["--config", str(ROOT / "configs" / "bench_dev.yaml"), "--out", str(out), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and phrase in err[0] and not out.exists()
+
+
+def test_tuning_split_volumes_are_the_protocols_tuning_volumes():
+    import numpy as np
+
+    from benchmarks.protocol import protocol_volumes, synthetic_spec
+    from benchmarks.run_noncartesian_calibration import TuningSplit
+    from mri_score.config import load_config
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "bench_dev.yaml")
+    cfg = load_config(config)
+    spec = synthetic_spec(cfg["data"], "tuning")
+    split = TuningSplit.of_config(config)
+    assert split.subjects == spec["subjects"] and split.first == spec["first"] == 500
+    mine = split.volumes(spec["slices"], spec["size"][0])
+    cfg["data"]["real"] = []
+    cfg["data"].pop("other_generator", None)
+    theirs = [v for v in protocol_volumes(cfg) if v["phase"] == "tuning"]
+    assert [m["name"] + ".h5" for m in mine] == [t["name"] for t in theirs]
+    for m, t in zip(mine, theirs, strict=True):
+        assert np.array_equal(m["images"], t["images"]) and m["pixel_mm"] == t["pixel_mm"]

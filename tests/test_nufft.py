@@ -196,6 +196,11 @@ def test_toeplitz_gram_matches_explicit(backend):
     assert float((lhs - rhs).abs() / lhs.abs()) < 1e-5
     plain = _op(backend, toeplitz=False)
     assert torch.allclose(plain.gram(x), explicit, atol=1e-5)
+    # a stack of images (on a CPU applied one at a time) equals the batched transform and each image's own Gram
+    stack = crandn(2, 3, *op.image_shape, seed=26)
+    per = torch.stack([torch.stack([op.gram(stack[i, j]) for j in range(3)]) for i in range(2)])
+    assert torch.equal(op.gram(stack), per)
+    assert torch.allclose(op.gram(stack), op._toeplitz_gram(stack), atol=1e-5)
 
 
 def test_gram_trace_and_sample_count():
