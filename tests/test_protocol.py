@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -736,3 +737,24 @@ def test_cpu_seconds_count_child_processes_such_as_bart():
     subprocess.run([sys.executable, "-c", "sum(range(20_000_000))"], check=True)
     child, own = cpu_seconds_now() - start, time.process_time() - own
     assert child > 0.1 and child > 5 * own  # the child's work, which process_time alone does not see
+
+
+def test_tables_documents_are_checked_before_a_run(tmp_path, monkeypatch):
+    from benchmarks import make_tables, run_benchmark
+
+    readme, doc = tmp_path / "README.md", tmp_path / "results.md"
+    readme.write_text("<!-- results-summary:begin -->\n<!-- results-summary:end -->\n")
+    doc.write_text("<!-- results:begin -->\n<!-- results:end -->\n")
+    make_tables.check_documents(readme, doc, final=False)
+    with pytest.raises(InputError, match="results-final"):
+        make_tables.check_documents(readme, doc, final=True)
+    # run_benchmark --tables checks the documents (the final block for a final config) before it runs anything
+    seen = []
+    monkeypatch.setattr(make_tables, "check_documents", lambda **kw: seen.append(kw))
+    monkeypatch.setattr(run_benchmark, "run_protocol_benchmark", lambda *a: seen.append("ran") or 0)
+    root = Path(__file__).resolve().parents[1]
+    assert run_benchmark.main(["--config", str(root / "configs" / "bench_final.yaml"), "--tables"]) == 0
+    assert seen == [{"final": True}, "ran"]
+    seen.clear()
+    assert run_benchmark.main(["--config", str(root / "configs" / "bench_dev.yaml"), "--tables"]) == 0
+    assert seen == [{"final": False}, "ran"]
