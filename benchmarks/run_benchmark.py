@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import documents
+from benchmarks.documents import RESULTS
 from benchmarks.protocol import dds_request, read_csv, run_protocol, training_split_note, validate_protocol, write_csv
 from benchmarks.provenance import provenance
-from benchmarks.tables import render
+from benchmarks.tables import DEFAULT_CSV, render
 from mri_score import limits, uncertainty
 from mri_score.atomic import atomic_output, check_output_dir
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
@@ -48,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="write the DDS std factor fitted on the tuning slices into the prior's sidecar "
                          "<prior>.calibration.json (read by the reconstruct command)")
     ap.add_argument("--tables", action="store_true",
-                    help="then regenerate README's summary and docs/results.md from the new CSV (benchmarks/make_tables.py: "
-                         "the final test's blocks for a config with data.real: final, else the development run's)")
+                    help="then regenerate README's summary and docs/results.md from the new CSV (benchmarks.documents, as "
+                         "make_tables.py: the final test's blocks for a config with data.real: final, else the "
+                         "development run's)")
     args = ap.parse_args(argv)
     limits.check_threads(args.threads)
     check_output_dir(args.out_dir, [], "--out-dir")
@@ -64,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"{src}: not a protocol config (no 'protocol' section); see benchmarks/README.md")
     validate_protocol(cfg, src)
     if args.tables:  # the documents the tables go into are checked before the run, not after it
-        from benchmarks.make_tables import check_documents
-
-        check_documents(final=cfg["data"].get("real") == "final")
+        documents.check_documents(final=cfg["data"].get("real") == "final")
     return run_protocol_benchmark(args, cfg, name)
 
 
@@ -105,10 +106,11 @@ def run_protocol_benchmark(args: argparse.Namespace, cfg: dict, name: str) -> in
         tmp.write_text(text)
     print(f"wrote {csv_path} and {out_dir / (name + '.md')} in {seconds:.0f} s", flush=True)
     if args.tables:
-        from benchmarks import make_tables
-
-        final = cfg["data"].get("real") == "final"
-        return make_tables.main(["--final-csv" if final else "--csv", str(csv_path)])
+        if cfg["data"].get("real") == "final":
+            documents.regenerate(RESULTS / DEFAULT_CSV, csv_path)
+        else:
+            documents.regenerate(csv_path, documents.final_csv_path(None))
+        print(f"README.md and docs/results.md regenerated from {csv_path}", flush=True)
     return 0
 
 

@@ -367,7 +367,7 @@ def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_
 def test_readme_and_results_doc_blocks_are_the_committed_csv_rendering():
     from pathlib import Path
 
-    from benchmarks.make_tables import (
+    from benchmarks.documents import (
         BEGIN,
         DEV_ABLATION,
         DEV_BEGIN,
@@ -740,17 +740,17 @@ def test_cpu_seconds_count_child_processes_such_as_bart():
 
 
 def test_tables_documents_are_checked_before_a_run(tmp_path, monkeypatch):
-    from benchmarks import make_tables, run_benchmark
+    from benchmarks import documents, run_benchmark
 
     readme, doc = tmp_path / "README.md", tmp_path / "results.md"
     readme.write_text("<!-- results-summary:begin -->\n<!-- results-summary:end -->\n")
     doc.write_text("<!-- results:begin -->\n<!-- results:end -->\n")
-    make_tables.check_documents(readme, doc, final=False)
+    documents.check_documents(readme, doc, final=False)
     with pytest.raises(InputError, match="results-final"):
-        make_tables.check_documents(readme, doc, final=True)
+        documents.check_documents(readme, doc, final=True)
     # run_benchmark --tables checks the documents (the final block for a final config) before it runs anything
     seen = []
-    monkeypatch.setattr(make_tables, "check_documents", lambda **kw: seen.append(kw))
+    monkeypatch.setattr(documents, "check_documents", lambda **kw: seen.append(kw))
     monkeypatch.setattr(run_benchmark, "run_protocol_benchmark", lambda *a: seen.append("ran") or 0)
     root = Path(__file__).resolve().parents[1]
     assert run_benchmark.main(["--config", str(root / "configs" / "bench_final.yaml"), "--tables"]) == 0
