@@ -49,14 +49,6 @@ from mri_score.request import ReconRequest
 LEVEL = 0.9
 
 
-def pooled_std(std: torch.Tensor, window: int) -> torch.Tensor:
-    """``sqrt`` of the sample variance ``std²`` averaged over a ``window × window`` neighbourhood (edges: valid pixels)."""
-    if window <= 1:
-        return std
-    var = std.double().square()[None, None]
-    return torch.nn.functional.avg_pool2d(var, window, stride=1, padding=window // 2, count_include_pad=False)[0, 0].sqrt()
-
-
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Run the probe and write its table (``--out``)."""
@@ -102,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
              f"| std | factor c (brain) | {head} | factor c (brain + body/limb) |",
              "|---|---|" + "---|" * (len(groups) * len(tags)) + "---|"]
     for w in windows:
-        ratios = {key: np.concatenate([uncertainty.error_ratios(t, p, pooled_std(sd, w).numpy()) for t, p, sd, _ in items])
+        ratios = {key: np.concatenate([uncertainty.error_ratios(t, p, uncertainty.pooled_std(sd, w)) for t, p, sd, _ in items])
                   for key, items in outs.items()}
         brain = np.concatenate([r for (_, g), r in ratios.items() if g == "brain"])
         c = uncertainty.conformal_factor(brain, LEVEL)

@@ -85,6 +85,23 @@ def rank_correlation(truth: np.ndarray, recon: np.ndarray, std: np.ndarray) -> f
     return float(spearmanr(err, s).statistic)
 
 
+def pooled_std(std: np.ndarray, window: int) -> np.ndarray:
+    """``sqrt`` of the variance ``std²`` averaged over a ``window × window`` neighbourhood (edges: valid pixels only).
+
+    ``std`` ``(H, W)`` (array or CPU tensor); returns float64 ``(H, W)`` (``std`` unchanged as float64 for
+    ``window <= 1``).  The per-pixel std of K = 2 samples has one degree of freedom; the local RMS trades resolution
+    for a less heavy-tailed estimate.
+    """
+    from scipy.ndimage import uniform_filter
+
+    var = np.square(np.asarray(std, dtype=np.float64))
+    if window <= 1:
+        return np.sqrt(var)
+    total = uniform_filter(var, size=window, mode="constant", cval=0.0)
+    count = uniform_filter(np.ones_like(var), size=window, mode="constant", cval=0.0)
+    return np.sqrt(np.maximum(total, 0.0) / count)
+
+
 def gaussian_z(level: float) -> float:
     """Two-sided standard-normal quantile: ``P(|N(0,1)| ≤ z) = level``."""
     if not 0.0 < level < 1.0:

@@ -260,16 +260,20 @@ def test_protocol_volumes_carry_their_pixel_size_into_the_acquisition():
     assert acq["pixel_mm"] == real["pixel_mm"]
 
 
-def test_calibration_probe_pooled_std_is_the_local_rms_of_the_std():
-    from benchmarks.run_calibration_probe import pooled_std
+def test_pooled_std_is_the_local_rms_of_the_std():
+    from mri_score.uncertainty import pooled_std
 
-    std = torch.zeros(5, 5, dtype=torch.float32)
+    std = np.zeros((5, 5))
     std[2, 2] = 3.0
-    assert torch.equal(pooled_std(std, 1), std)
+    assert np.array_equal(pooled_std(std, 1), std)
     pooled = pooled_std(std, 3)
-    assert pooled[2, 2].item() == pytest.approx(1.0)  # sqrt(9 / 9)
-    assert pooled[0, 0].item() == 0.0 and pooled[1, 1].item() == pytest.approx(1.0)
-    assert pooled_std(torch.full((4, 4), 2.0), 5).allclose(torch.full((4, 4), 2.0, dtype=torch.float64))
+    assert pooled[2, 2] == pytest.approx(1.0)  # sqrt(9 / 9)
+    assert pooled[0, 0] == 0.0 and pooled[1, 1] == pytest.approx(1.0)
+    assert np.allclose(pooled_std(np.full((4, 4), 2.0), 5), 2.0)  # edges average valid pixels only
+    corner = np.zeros((4, 4))
+    corner[0, 0] = 2.0
+    assert pooled_std(corner, 3)[0, 0] == pytest.approx(np.sqrt(4.0 / 4))  # 2 x 2 valid neighbours at the corner
+
 
 
 def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_path):
@@ -758,3 +762,22 @@ def test_tables_documents_are_checked_before_a_run(tmp_path, monkeypatch):
     seen.clear()
     assert run_benchmark.main(["--config", str(root / "configs" / "bench_dev.yaml"), "--tables"]) == 0
     assert seen == [{"final": False}, "ran"]
+
+
+def test_std_rank_probe_correlations_and_bad_flags(capsys):
+    from benchmarks.run_std_rank_probe import main, slice_correlations
+
+    rng = np.random.default_rng(0)
+    truth = np.ones((32, 32))
+    scale = np.linspace(0.01, 0.2, 32)[None, :].repeat(32, 0)  # the error's scale grows across the image
+    recon = truth + scale * rng.standard_normal((32, 32))
+    err = np.abs(recon - truth)
+    out = slice_correlations(truth, recon, err, [3])
+    assert out["raw"] == pytest.approx(1.0)  # the error itself orders the errors perfectly
+    noisy = slice_correlations(truth, recon, scale * np.abs(rng.standard_normal((32, 32))), [3, 9])
+    assert noisy["pooled 9x9"] > noisy["raw"]  # pooling a one-draw std recovers the scale's order
+    assert 0.2 < noisy["oracle (|error| pooled 5x5)"] <= 1.0
+    for args, flag in ((["--windows", "4"], "--windows"), (["--stride", "0"], "--stride"),
+                       (["--config", "configs/bench_final.yaml"], "final test set")):
+        assert main(args) == 2
+        assert flag in capsys.readouterr().err
