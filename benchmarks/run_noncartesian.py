@@ -22,6 +22,8 @@ end, at most twice, and the table says whether the final best is interior ("edge
 is also given relative to Cartesian DDS (same images, same matrix, same request, fastMRI equispaced 4x mask
 with centre fraction 0.08).  DDS − L1-wavelet and DDS − BART (each at its chosen λ) are paired per slice with a
 volume-clustered 95 % bootstrap interval (:func:`benchmarks.stats.clustered_paired_difference`) and given per volume.
+Where the prior's sidecar holds a std factor for a volume's trajectory and matrix (fitted on tuning subjects by
+``run_noncartesian_calibration.py``), the coverage of DDS's calibrated std on that held-out volume is reported.
 
 Data: synthetic slices of held-out test-split subjects (:func:`mri_score.simulation.subject_volume`, pixels
 2.0–2.5 mm so the head lies inside the field of view, as the frozen protocol) with 8 birdcage coils and
@@ -45,26 +47,35 @@ import functools
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 
 from benchmarks.harness import add_check_flags, check_args, middle_slices, undersample, write_report
 from benchmarks.provenance import provenance
 from benchmarks.stats import clustered_paired_difference
+from mri_score import uncertainty
 from mri_score.baselines import bart_available
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import InputError
 from mri_score.metrics import volume_metrics
-from mri_score.noncartesian import NonCartesianVolume, calibrate_volume_noncartesian, reconstruct_noncartesian_volume
+from mri_score.noncartesian import (
+    NonCartesianVolume,
+    calibrate_volume_noncartesian,
+    calibration_key,
+    reconstruct_noncartesian_volume,
+)
 from mri_score.noncartesian_baselines import bart_pics, cg_sense, gridding, l1_wavelet
-from mri_score.pipeline import reconstruct_volume
-from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, load_prior
+from mri_score.pipeline import VolumeResult, reconstruct_volume
+from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, default_prior_path, load_prior
 from mri_score.request import ReconRequest
 from mri_score.simulate_noncartesian import simulate_noncartesian
 from mri_score.simulation import simulate_volume, subject_volume
 from operators.trajectories import pipe_menon_density
 
 COILS, SNR = 8, 100.0
+#: Nominal level of the held-out coverage check.
+LEVEL = 0.9
 #: The synthetic pixel range (mm): the frozen protocol's, which keeps the head inside a 128 matrix.
 SYNTH_PIXEL_MM = (2.0, 2.5)
 SYNTH_FAMILIES = ("t1", "t2", "pd", "flair")
@@ -184,6 +195,26 @@ def paired_lines(rows: list[dict], tag: str, group: str, ref: str, lam: float | 
             f"{per_vol} |")
 
 
+def held_out_coverage(acq: NonCartesianVolume, res: VolumeResult, prior_path: Path, request: ReconRequest,
+                      meta: dict | None) -> dict | None:
+    """Coverage of DDS's std on ``acq`` (object pixels, 90 %): raw and with the trajectory's stored factor.
+
+    The factor is the sidecar entry ``reconstruct`` would apply (:func:`mri_score.noncartesian.calibration_key` of the
+    ``grid: auto`` request, fitted on tuning subjects by ``run_noncartesian_calibration.py``); it applies only where
+    ``auto`` resolves to the grid this run sampled on.  None without a std or a stored factor.
+    """
+    auto = request.replace(grid="auto")
+    if res.std is None or auto.for_pixels(acq.pixel_mm, meta).grid_factor != request.grid_factor:
+        return None
+    entry = uncertainty.lookup_factor(prior_path, calibration_key(auto, acq))
+    if entry is None:
+        return None
+    ratios = np.concatenate([uncertainty.error_ratios(acq.target[i], res.image[i], res.std[i])
+                             for i in range(acq.slices)])
+    return {"factor": float(entry["factor"]), "raw": uncertainty.coverage(ratios, 1.0, LEVEL),
+            "calibrated": uncertainty.coverage(ratios, float(entry["factor"]), LEVEL), "pixels": int(ratios.size)}
+
+
 def cartesian_seconds(vol: dict, prior: ComplexPrior, request: ReconRequest, seed: int) -> float:
     """Seconds per slice of Cartesian DDS on the same images and matrix (equispaced 4x, centre fraction 0.08)."""
     ksp, _, _ = simulate_volume(vol["images"], COILS, SNR, seed=seed)
@@ -221,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = [("radial", n) for n in args.spokes] + [("spiral", n) for n in args.interleaves]
     if not settings:
         raise InputError("no setting: give --spokes and/or --interleaves")
-    model = load_prior(args.prior)
+    prior_path = Path(args.prior) if args.prior else default_prior_path()
+    model = load_prior(prior_path)
     prior = ComplexPrior(model)
     vols, notes = volumes(args)
     if not vols:
@@ -233,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cart = {v["name"]: cartesian_seconds(v, prior, request, args.seed) for v in vols}
     rows: list[dict] = []
+    coverage_rows: list[dict] = []
     bart_ok = not args.no_bart and bart_available()
     bart_note = "not run (--no-bart)" if args.no_bart else "not run (bart not installed)"
     swept = {"CG-SENSE": (cg_sense, {"iters": CG_ITERS}, CG_LAMS), "L1-wavelet": (l1_wavelet, {"iters": args.l1_iters}, L1_LAMS)}
@@ -255,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             res = reconstruct_noncartesian_volume(acq, prior, request, calibrations=cals)
             score("DDS", res.image, (time.perf_counter() - t0) / acq.slices)
+            cov = held_out_coverage(acq, res, prior_path, request, getattr(model, "meta", None))
+            if cov is not None:
+                coverage_rows.append({"setting": tag, "group": v["group"], "volume": v["name"], **cov})
         for group in groups:
             for method, (fn, kw, lams) in swept.items():
                 run = sorted(lams)
@@ -326,6 +362,15 @@ def main(argv: list[str] | None = None) -> int:
                     if lams else None
                 if b is not None:
                     lines.append(paired_lines(rows, tag, group, method, b["lam"]))
+    lines += ["", f"## Calibrated std on held-out data ({round(100 * LEVEL)} % interval, object pixels)", "",
+              "The factor `reconstruct` applies for the trajectory (fitted on tuning subjects only, "
+              "`benchmarks/results/noncartesian_calibration.md`); volumes whose trajectory and matrix have no stored "
+              "factor are not listed. Target: within ±5 points of the nominal level.", "",
+              "| setting | group | volume | factor c | raw coverage | calibrated coverage |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['setting']} | {r['group']} | {r['volume']} | {r['factor']:.3f} | {100 * r['raw']:.1f} % | "
+              f"{100 * r['calibrated']:.1f} % |" for r in coverage_rows]
+    if not coverage_rows:
+        lines.append("| – | – | no volume with a stored factor | – | – | – |")
     lines += ["", "## DDS time: non-Cartesian vs Cartesian at the same matrix", "",
               "| setting | group | non-Cartesian s/slice | Cartesian s/slice | ratio |", "|---|---|---|---|---|"]
     for kind, count in settings:

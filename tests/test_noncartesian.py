@@ -505,3 +505,32 @@ def test_benchmark_reports_clustered_paired_differences(tmp_path, tiny_prior_pat
     assert cells[3] == "4 (2)" and len(cells[5].split(",")) == 2  # 2 slices of 2 volumes; one Δ per volume
     mean, lo, hi = (float(v) for v in cells[4].replace("[", " ").replace("]", " ").replace(",", " ").split())
     assert lo <= mean <= hi
+    assert "no volume with a stored factor" in text  # the tiny prior has no non-Cartesian calibration
+
+
+def test_benchmark_reports_held_out_coverage_with_the_trajectorys_stored_factor(tmp_path, tiny_cfg):
+    from benchmarks.run_noncartesian import acquire, main
+    from mri_score import uncertainty
+    from mri_score.checkpoint import save_checkpoint
+    from mri_score.network import EDMDenoiser
+    from mri_score.noncartesian import calibration_key
+
+    torch.manual_seed(0)
+    prior = tmp_path / "prior.safetensors"  # trained (nominally) on 0.5-3 mm: grid auto stays native at 2.5 mm
+    save_checkpoint(prior, {f"ema.{k}": v for k, v in EDMDenoiser(tiny_cfg).state_dict().items()},
+                    {"step": 0, "network": tiny_cfg.to_dict(), "config": {}, "kind": "prior", "pixel_mm": [0.5, 3.0]})
+    probe = acquire({"name": "probe", "group": "synthetic", "images": np.ones((1, 64, 64), np.complex64),
+                     "pixel_mm": (2.5, 2.5)},
+                    "radial", 24, 0)
+    key = calibration_key(ReconRequest(sampler="dds", steps=2, samples=2, grid="auto"), probe)
+    uncertainty.store_factor(prior, key, 3.0, 0.9, fitted_on="test", rule="test", pixels=1)
+    out = tmp_path / "nc.md"
+    assert main(["--groups", "synthetic", "--synth-volumes", "2", "--synth-size", "64", "--slices", "1", "--spokes",
+                 "24", "--interleaves", "--no-bart", "--nfe", "2", "--l1-iters", "2", "--prior", str(prior),
+                 "--out", str(out)]) == 0
+    section = out.read_text().split("## Calibrated std on held-out data")[1].split("##")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| radial 24 spokes")]
+    assert len(rows) == 2 and all(r[3] == "3.000" for r in rows)
+    for r in rows:  # a factor above 1 widens every interval: calibrated coverage is at least the raw one
+        assert float(r[5].rstrip(" %")) >= float(r[4].rstrip(" %"))
