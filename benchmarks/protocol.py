@@ -72,6 +72,8 @@ GROUP_REAL = {"development": "real MR, development set", "final": "real MR, fina
 REAL_PHYSICS = {"coils": 8, "geometry": "head_ring", "snr": 100.0, "correlation": 0.3, "phase_order": 3}
 #: Real images smaller than this are zero-padded to it in the image domain (field of view extended, pixel size kept).
 MIN_MATRIX = 64
+#: The largest matrix a ``real_physics`` variant may pad the real images to (``matrix``; fastMRI's brain width is 320).
+MAX_MATRIX = 512
 #: Methods a protocol config may list.
 PROTOCOL_METHODS = ("zero_filled", "cg_sense", "l1_wavelet", "tv", "bart_pics", "bart_wavelet", "bart_ecalib", "unet",
                     "varnet", "dds", "dds_fp32")
@@ -150,9 +152,14 @@ def validate_protocol(cfg: dict, src: str) -> None:
                              "set is read only as a whole, by a registered protocol (data.real: final)")
     physics = data.get("real_physics", [REAL_PHYSICS])
     for variant in physics if isinstance(physics, list) else [physics]:
-        unknown = sorted(set(variant) - set(REAL_PHYSICS) - {"name"})
+        unknown = sorted(set(variant) - set(REAL_PHYSICS) - {"name", "matrix"})
         if unknown:
-            raise InputError(f"{src}: data.real_physics: unknown keys {unknown}; known: {', '.join(REAL_PHYSICS)}")
+            raise InputError(f"{src}: data.real_physics: unknown keys {unknown}; known: {', '.join(REAL_PHYSICS)}, "
+                             "name, matrix")
+        matrix = variant.get("matrix", MIN_MATRIX)
+        if isinstance(matrix, bool) or not isinstance(matrix, int) or not MIN_MATRIX <= matrix <= MAX_MATRIX:
+            raise InputError(f"{src}: data.real_physics: matrix must be an integer from {MIN_MATRIX} to {MAX_MATRIX}, "
+                             f"got {matrix!r}")
     tags = [setting_tag(s) for s in require(cfg, "settings", src)]
     if len(set(tags)) != len(tags):
         raise InputError(f"{src}: settings: two settings share a name ({', '.join(tags)}); each needs its own")
@@ -271,8 +278,9 @@ def real_volumes(cfg: dict, registration_ok: bool = False) -> list[dict]:
 
     ``data.real``: ``development`` (every development volume), a list of development volumes, or ``final``
     (the final test set: only with ``registration_ok``, :mod:`benchmarks.registration`).  Images smaller than
-    :data:`MIN_MATRIX` are zero-padded (field of view extended, pixel size kept).  A variant with a ``name``
-    makes its own group (the robustness table); without, the group is the split's.
+    :data:`MIN_MATRIX` are zero-padded (field of view extended, pixel size kept), and to ``matrix`` where a variant
+    gives one (a larger matrix at the same pixel size: the field of view of a 320-wide acquisition).  A variant with
+    a ``name`` makes its own group (the robustness table); without, the group is the split's.
     """
     from mri_score.data.realset import FINAL_TEST_TOKEN, development_set, final_test_set
 
@@ -290,7 +298,7 @@ def real_volumes(cfg: dict, registration_ok: bool = False) -> list[dict]:
     for variant in variants:
         spec = {**REAL_PHYSICS, **variant}
         for v in loaded:
-            imgs = pad_to(v.images, MIN_MATRIX)
+            imgs = pad_to(v.images, max(MIN_MATRIX, int(spec.get("matrix", MIN_MATRIX))))
             tag = f"@{spec['name']}" if "name" in spec else ""
             group = GROUP_REAL[v.split] + (f" ({spec['name']})" if "name" in spec else "")
             vols.append({"name": f"{v.name}{tag}.h5", "phase": "test", "group": group, "subject": "",

@@ -781,3 +781,22 @@ def test_std_rank_probe_correlations_and_bad_flags(capsys):
                        (["--config", "configs/bench_final.yaml"], "final test set")):
         assert main(args) == 2
         assert flag in capsys.readouterr().err
+
+
+def test_real_physics_matrix_pads_the_real_images_at_their_pixel_size():
+    from benchmarks.protocol import MAX_MATRIX, real_volumes, validate_protocol
+    from mri_score.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(str(root / "configs" / "bench_matrix.yaml"))
+    validate_protocol(cfg, "bench_matrix.yaml")
+    vols = real_volumes(cfg)
+    assert [v["images"].shape[1:] for v in vols] == [(128, 96), (256, 256), (320, 320)]
+    native, padded = vols[0]["images"], vols[2]["images"]
+    assert vols[2]["pixel_mm"] == vols[0]["pixel_mm"]  # a larger field of view, not finer pixels
+    assert np.array_equal(padded[:, 96:224, 112:208], native) and padded.sum() == pytest.approx(native.sum())
+    assert len({v["group"] for v in vols}) == 3
+    for bad in (32, MAX_MATRIX + 2, 128.5, True, "320"):
+        cfg["data"]["real_physics"][1]["matrix"] = bad
+        with pytest.raises(InputError, match="matrix must be an integer"):
+            validate_protocol(cfg, "bench_matrix.yaml")
