@@ -10,7 +10,7 @@ group of volumes, PSNR / SSIM against the noise-free magnitude ``|x|`` (fastMRI'
 * **gridding**: density-compensated adjoint NUFFT (Pipe–Menon weights), SENSE-1 combined;
 * **CG-SENSE**: 30 preconditioned CG steps on ``AᴴA + λI`` (Toeplitz Gram), λ swept;
 * **L1-wavelet**: ``½‖Ax − y‖² + λ‖Ψx‖₁`` (Daubechies-4) by ADMM on the project's NUFFT operator, λ swept;
-* **BART** ``pics -t`` (wavelet ℓ1, λ swept) where ``bart`` is installed, else a "not run" row;
+* **BART** ``pics -t`` (total variation ``-R T``, λ swept) where ``bart`` is installed, else a "not run" row;
 * **DDS** (:func:`mri_score.noncartesian.reconstruct_noncartesian_volume`): the Cartesian sampler and its
   defaults (``--nfe``, default 24 NFE), K = ``--samples``.
 

@@ -177,7 +177,10 @@ def l1_wavelet(samples: np.ndarray, coords: np.ndarray, cal: Calibration, lam: f
 
 
 def bart_pics(samples: np.ndarray, coords: np.ndarray, cal: Calibration, lam: float, iters: int = 100) -> np.ndarray:
-    """BART ``pics -t`` with wavelet ℓ1 (``-R T:7:0:λ``) and the calibration's maps, complex64 ``(H, W)``.
+    """BART ``pics -t`` with total variation (``-R T:7:0:λ``) and the calibration's maps, complex64 ``(H, W)``.
+
+    ``-R T:7`` is BART's total variation (finite differences along the image axes; its wavelet ℓ1 is ``-R W``), as
+    the Cartesian protocol's "bart pics TV" rows.
 
     BART's conventions: the trajectory ``(3, M, 1)`` with ``traj[0]`` the frequency along image dim 0
     (the rows, our ``coords[:, 0]``) and ``traj[1]`` along dim 1, in the same units (±N/2 spans the
