@@ -25,17 +25,20 @@ from mri_score.cli import exit_on_input_error, one_line_usage_errors
 def main(argv: list[str] | None = None) -> int:
     """Rewrite the README's summary block and docs/results.md's report and ablation blocks from the CSVs."""
     ap = one_line_usage_errors(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
-    ap.add_argument("--csv", default=str(RESULTS / DEFAULT_CSV), help="the protocol results CSV (default: %(default)s)")
+    ap.add_argument("--csv", default=None, help=f"the protocol results CSV (default: benchmarks/results/{DEFAULT_CSV})")
     ap.add_argument("--final-csv", default=None,
-                    help=f"the registered final test's results CSV (default: benchmarks/results/{FINAL_CSV}, "
-                         "skipped while absent; a named file must exist)")
+                    help=f"the registered final test's results CSV (default, with the default --csv only: "
+                         f"benchmarks/results/{FINAL_CSV}, skipped while absent; a named file must exist)")
     ap.add_argument("--readme", default=str(README), help="README with the summary block")
     ap.add_argument("--results-doc", default=str(RESULTS_DOC), help="document with the report and ablation blocks")
     ap.add_argument("--ablation-csv", default=str(RESULTS / DEV_ABLATION),
                     help="the development ablation's results CSV (default: %(default)s; skipped when absent)")
     ap.add_argument("--print", action="store_true", help="print the blocks instead of rewriting the files")
     args = ap.parse_args(argv)
-    csv_path, final_csv = Path(args.csv), final_csv_path(args.final_csv)
+    csv_path = Path(args.csv) if args.csv else RESULTS / DEFAULT_CSV
+    # the committed final test joins the committed development run; a named --csv is rendered alone unless
+    # --final-csv is named too
+    final_csv = final_csv_path(args.final_csv) if args.final_csv or not args.csv else None
     if args.print:
         sys.stdout.write(blocks_text(csv_path, final_csv, Path(args.ablation_csv)))
         return 0
