@@ -327,6 +327,12 @@ def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_
     # the report's tables are exactly the CSV's rendering, deterministically
     body = render(rows)
     assert body == render(read_csv(out / "proto_tiny.csv")) and body in md
+    # the per-volume table against L1-wavelet: one row per test volume, Δ = the volume rows' difference
+    vol_rows = {(r["volume"], r["method"]): r for r in rows if r["unit"] == "volume" and r["maps"] == "acs"}
+    per_vol = body.split("### DDS against l1_wavelet per volume")[1].split("###")[0]
+    for v in sorted({r["volume"] for r in test}):
+        d = float(vol_rows[(v, "dds")]["PSNR"]) - float(vol_rows[(v, "l1_wavelet")]["PSNR"])
+        assert f"| {v.removesuffix('.h5')} |" in per_vol and f"| {d:+.2f} |" in per_vol
     # the sidecar was written for the prior and the DDS settings
     side = json.loads(uncertainty.sidecar_path(tiny_prior_path).read_text())
     assert side["prior_sha256"] == uncertainty.file_sha256(tiny_prior_path)
