@@ -115,50 +115,52 @@ def check_documents(readme: Path = README, results_doc: Path = RESULTS_DOC, fina
         replace_block(text, "", str(path), begin, end)
 
 
-def _rewrite(path: Path, blocks: list[tuple[str, str, str]]) -> None:
-    text = read_text_file(path, path.name, 16 * 1024**2)
+def _replaced(text: str, blocks: list[tuple[str, str, str]], where: Path) -> str:
+    """``text`` with every ``(block, begin, end)`` replaced (:class:`InputError` naming ``where`` for a missing one)."""
     for block, begin, end in blocks:
-        text = replace_block(text, block, str(path), begin, end)
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
+        text = replace_block(text, block, str(where), begin, end)
+    return text
 
 
 def final_csv_path(named: str | Path | None) -> Path | None:
-    """The final test's CSV: ``named`` (which must exist and parse), else :data:`FINAL_CSV` under the results where it
-    exists, else None (before the final test)."""
-    if named is None:
-        default = RESULTS / FINAL_CSV
-        return default if default.is_file() else None
-    _rows(Path(named))
-    return Path(named)
+    """The final test's CSV: ``named`` (rendering refuses it when absent or unreadable), else :data:`FINAL_CSV` under
+    the results where it exists, else None (before the final test)."""
+    if named is not None:
+        return Path(named)
+    default = RESULTS / FINAL_CSV
+    return default if default.is_file() else None
+
+
+def render_blocks(csv_path: Path, final_csv: Path | None = None,
+                  ablation_csv: Path | None = RESULTS / DEV_ABLATION) -> dict[str, str | None]:
+    """Every block, rendered once: ``summary`` and ``report`` (README, development report), ``final`` (None before the
+    final test), ``ablation`` (the prior ablation) and ``dev`` (the development ablation; None without its CSV)."""
+    return {"summary": summary_block(csv_path, final_csv), "report": results_block(csv_path),
+            "final": final_block(final_csv) if final_csv else None, "ablation": ablation_block(RESULTS),
+            "dev": dev_ablation_block(ablation_csv) if ablation_csv is not None and ablation_csv.is_file() else None}
 
 
 def regenerate(csv_path: Path, final_csv: Path | None = None, readme: Path = README, results_doc: Path = RESULTS_DOC,
                ablation_csv: Path | None = RESULTS / DEV_ABLATION) -> None:
     """Rewrite README's summary block and ``results_doc``'s report blocks from the CSVs (nothing is written unless
     every CSV renders and every block is in its document)."""
-    for doc in (readme, results_doc):  # the documents must exist before anything is rendered ...
-        read_text_file(doc, doc.name, 16 * 1024**2)
-    summary, report = summary_block(csv_path, final_csv), results_block(csv_path)
-    final = final_block(final_csv) if final_csv else None
-    ablation = ablation_block(RESULTS)
-    dev = dev_ablation_block(ablation_csv) if ablation_csv is not None and ablation_csv.is_file() else None
-    check_documents(readme, results_doc, final=final_csv is not None)  # ... and hold every block before any is written
-    _rewrite(readme, [(summary, SUM_BEGIN, SUM_END)])
-    blocks = [(report, BEGIN, END)]
-    text = read_text_file(results_doc, results_doc.name, 16 * 1024**2)
-    if final:
-        blocks.append((final, FINAL_BEGIN, FINAL_END))
-    if ABL_BEGIN in text:
-        blocks.append((ablation, ABL_BEGIN, ABL_END))
-    if dev and DEV_BEGIN in text:
-        blocks.append((dev, DEV_BEGIN, DEV_END))
-    _rewrite(results_doc, blocks)
+    readme_text = read_text_file(readme, readme.name, 16 * 1024**2)  # the documents must exist before rendering
+    doc_text = read_text_file(results_doc, results_doc.name, 16 * 1024**2)
+    b = render_blocks(csv_path, final_csv, ablation_csv)
+    doc_blocks = [(b["report"], BEGIN, END)]
+    if b["final"]:  # required: a final test without its block is refused, not skipped
+        doc_blocks.append((b["final"], FINAL_BEGIN, FINAL_END))
+    doc_blocks += [(b[k], begin, end) for k, begin, end in (("ablation", ABL_BEGIN, ABL_END), ("dev", DEV_BEGIN, DEV_END))
+                   if b[k] and begin in doc_text]
+    new_readme = _replaced(readme_text, [(b["summary"], SUM_BEGIN, SUM_END)], readme)
+    new_doc = _replaced(doc_text, doc_blocks, results_doc)  # both replaced in memory before either is written
+    for path, text in ((readme, new_readme), (results_doc, new_doc)):
+        with atomic_output(path) as tmp:
+            tmp.write_text(text)
 
 
 def blocks_text(csv_path: Path, final_csv: Path | None = None, ablation_csv: Path | None = RESULTS / DEV_ABLATION) -> str:
     """Every block, as :func:`regenerate` would write them (for ``make_tables --print``)."""
-    dev = dev_ablation_block(ablation_csv) if ablation_csv is not None and ablation_csv.is_file() else None
-    final = final_block(final_csv) if final_csv else None
-    return (summary_block(csv_path, final_csv) + "\n\n" + (f"{final}\n\n" if final else "") + results_block(csv_path)
-            + "\n\n" + ablation_block(RESULTS) + "\n" + (f"\n{dev}\n" if dev else ""))
+    b = render_blocks(csv_path, final_csv, ablation_csv)
+    return (f"{b['summary']}\n\n" + (f"{b['final']}\n\n" if b["final"] else "") + f"{b['report']}\n\n{b['ablation']}\n"
+            + (f"\n{b['dev']}\n" if b["dev"] else ""))

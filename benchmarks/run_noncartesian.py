@@ -66,7 +66,8 @@ from mri_score.noncartesian import (
     reconstruct_noncartesian_volume,
 )
 from mri_score.noncartesian_baselines import bart_pics, cg_sense, gridding, l1_wavelet
-from mri_score.pipeline import VolumeResult, reconstruct_volume
+from mri_score.pipeline import reconstruct_volume
+from mri_score.posterior import VolumeResult
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, default_prior_path, load_prior
 from mri_score.request import ReconRequest
 from mri_score.simulate_noncartesian import simulate_noncartesian

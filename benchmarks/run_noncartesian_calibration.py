@@ -89,16 +89,13 @@ class TuningSplit:
     #: the config's ``name`` (its path when it has none)
     name: str
     subjects: tuple[int, ...]
-    first: int
-    seed: int
-    corpus_seed: int
-    families: tuple[str, ...]
-    pixel_mm: tuple[float, float]
-    coils: int
-    snr: float
-
     #: the config's ``data`` section (the physics and the tuning split's settings)
     data: dict
+
+    @property
+    def spec(self) -> dict:
+        """The tuning split's settings with the protocol's defaults (:func:`benchmarks.protocol.synthetic_spec`)."""
+        return synthetic_spec(self.data, "tuning")
 
     @classmethod
     def of_config(cls, config: str, subjects: list[int] | None = None) -> TuningSplit:
@@ -122,9 +119,7 @@ class TuningSplit:
         if outside:
             raise InputError(f"--subjects: {outside} are not tuning subjects of {config} "
                              f"({', '.join(str(s) for s in spec['subjects'])}); calibrate on tuning subjects only")
-        return cls(name=str(cfg.get("name", config)), subjects=chosen, first=spec["first"], seed=spec["seed"],
-                   corpus_seed=spec["corpus_seed"], families=spec["families"], pixel_mm=spec["pixel_mm"],
-                   coils=spec["coils"], snr=spec["snr"], data=data)
+        return cls(name=str(cfg.get("name", config)), subjects=chosen, data=data)
 
     def volumes(self, slices: int, size: int) -> list[dict]:
         """Each subject's slices ``{name, images (slices, size, size) complex64, pixel_mm}``, as the protocol makes them
@@ -135,8 +130,9 @@ class TuningSplit:
     def acquire(self, vol: dict, kind: str, count: int) -> NonCartesianVolume:
         """``vol`` on a trajectory: ``coils`` birdcage coils, SNR ``snr``, the noise covariance kept (known σ_y, as a
         prewhitened MRD file gives); the noise is seeded by the tuning seed, the setting and the volume's name."""
-        seed = zlib.crc32(f"{self.seed}/{kind}/{count}/{vol['name']}".encode())
-        nc = simulate_noncartesian(vol["images"], kind, count, self.coils, self.snr, seed, pixel_mm=vol["pixel_mm"])
+        spec = self.spec
+        seed = zlib.crc32(f"{spec['seed']}/{kind}/{count}/{vol['name']}".encode())
+        nc = simulate_noncartesian(vol["images"], kind, count, spec["coils"], spec["snr"], seed, pixel_mm=vol["pixel_mm"])
         nc.name = vol["name"]
         return nc
 
@@ -190,15 +186,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(args: argparse.Namespace, command: str, split: TuningSplit, rows: list[dict], stored: list[str]) -> list[str]:
     """The markdown report: provenance of ``command``, what was fitted on, one table row per trajectory setting."""
-    z = uncertainty.gaussian_z(LEVEL)
+    z, spec = uncertainty.gaussian_z(LEVEL), split.spec
     lines = ["# Std calibration for non-Cartesian trajectories (issue #32, item 5)", "",
              provenance(command)
              + f"- prior: {args.prior or f'shipped default (`mri_score/weights/{DEFAULT_PRIOR}`)'}; DDS with the "
              f"`reconstruct` defaults at {args.nfe} NFE, K = {args.samples}, sampler seed {args.seed} (+ slice index), "
              "grid auto (the factor the pixel size resolved to: column *grid*)\n"
              f"- data: `{args.config}` tuning subjects {', '.join(map(str, split.subjects))} (held-out split, from "
-             f"corpus slice {split.first}, pixels {split.pixel_mm[0]:g}–{split.pixel_mm[1]:g} mm), {args.slices} "
-             f"slice(s) each at {args.synth_size}², {split.coils} birdcage coils, SNR {split.snr:g}, noise covariance "
+             f"corpus slice {spec['first']}, pixels {spec['pixel_mm'][0]:g}–{spec['pixel_mm'][1]:g} mm), {args.slices} "
+             f"slice(s) each at {args.synth_size}², {spec['coils']} birdcage coils, SNR {spec['snr']:g}, noise covariance "
              "known (as a prewhitened MRD file); never test subjects or real images\n"
              f"- factor c: split-conformal {100 * LEVEL:g} % quantile of |error| / std over the object pixels (truth > "
              f"{100 * uncertainty.OBJECT_FRACTION:g} % of the slice's max) of every slice of the setting, over z = "

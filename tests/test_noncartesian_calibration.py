@@ -130,7 +130,7 @@ def test_tuning_split_volumes_are_the_protocols_tuning_volumes():
     cfg = load_config(config)
     spec = synthetic_spec(cfg["data"], "tuning")
     split = TuningSplit.of_config(config)
-    assert split.subjects == spec["subjects"] and split.first == spec["first"] == 500
+    assert split.subjects == spec["subjects"] and split.spec["first"] == spec["first"] == 500
     mine = split.volumes(spec["slices"], spec["size"][0])
     cfg["data"]["real"] = []
     cfg["data"].pop("other_generator", None)
