@@ -40,11 +40,14 @@ TRAIN_FIELDS = {
     "init_from": Field("str", none=True), "label_dropout": Field("float", 0.0, 1.0),
     "label_field_dropout": Field("float", 0.0, 1.0),
 }
+#: Score sources that ``data.source: blend`` can mix (each an in-memory pool or a rendered stream).
+BLEND_SOURCES = frozenset({"synthetic", "mixed", "domain_random"})
 SIGMA_FIELDS = {"p_mean": Field("float", -20.0, 20.0), "p_std": Field("float", 0.0, 10.0)}
 MASK_FIELDS = {"type": Field("str", choices=MASK_TYPES), "accel": Field("float", 1.0, MAX_ACCELERATION, open_low=True),
                "center_fraction": Field("float", 0.0, 0.5, open_low=True)}
 DATA_FIELDS = {
-    "source": Field("str", choices=("synthetic", "mixed", "fastmri", "domain_random")), "crop": Field("int", 8, 4096),
+    "source": Field("str", choices=("synthetic", "mixed", "fastmri", "domain_random", "blend")), "crop": Field("int", 8, 4096),
+    "blend": Field("weights"), "synthetic": Field("mapping"), "mixed": Field("mapping"), "domain_random": Field("mapping"),
     "held_out_family": Field("str", none=True), "render_size": Field("ints", 8, 4096),
     "seed": Field("int", 0, limits.MAX_SEED), "pool_size": Field("int", 1, 10**7),
     "families": Field("strs"), "body_families": Field("strs"), "sizes": Field("ints", 8, 4096),
@@ -72,6 +75,7 @@ def _validate(cfg: Any) -> dict[str, Any]:
     data = out["data"] = check_section(out["data"], DATA_FIELDS, "data")
     if "mask" in data:
         data["mask"] = check_section(data["mask"], MASK_FIELDS, "data.mask")
+    _check_blend(data)
     # types, ranges, groups dividing the channels; then weights, EMA, gradients and two Adam moments must fit
     net = NetworkConfig.from_dict(out.get("network", {}), strict=True)
     params = net.parameter_count()
@@ -88,12 +92,41 @@ def _validate(cfg: Any) -> dict[str, Any]:
     out_dir = Path(out["out_dir"])
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"out_dir {out_dir} exists and is not a directory")
-    if data.get("source", "synthetic") != "fastmri":
-        size = max(data.get("sizes") or [320])
-        count = data.get("pool_size", 4000)
-        limits.check_fits(count * size * size * 8 * 2, f"data.pool_size {count} slices of up to {size}x{size}",
+    in_memory = ([(f"data.{n}.", data[n]) for n in data["blend"] if n != "domain_random"] if data.get("source") == "blend"
+                 else [("data.", data)] if data.get("source", "synthetic") not in ("fastmri", "domain_random") else [])
+    for where, part in in_memory:
+        size = max(part.get("sizes") or [320])
+        count = part.get("pool_size", 4000)
+        limits.check_fits(count * size * size * 8 * 2, f"{where}pool_size {count} slices of up to {size}x{size}",
                           "generating them")
     return out
+
+
+def _check_blend(data: dict[str, Any]) -> None:
+    """``data.source: blend``: ``data.blend`` names score sources with weights, each section checked as ``data``."""
+    parts = BLEND_SOURCES & set(data)
+    if data.get("source") != "blend":
+        if "blend" in data or parts:
+            raise InputError(f"data.blend and data.{{{', '.join(sorted(parts)) or 'source'}}} sections need data.source: blend")
+        return
+    weights = data.get("blend")
+    if not weights:
+        raise InputError(f"data.source blend needs data.blend, e.g. {{mixed: 0.5, domain_random: 0.5}} "
+                         f"(sources: {', '.join(sorted(BLEND_SOURCES))})")
+    unknown = sorted(set(weights) - BLEND_SOURCES)
+    if unknown:
+        raise InputError(f"data.blend: {', '.join(unknown)} cannot be blended; choose from {', '.join(sorted(BLEND_SOURCES))}")
+    if sum(weights.values()) <= 0:
+        raise InputError("data.blend: the weights are all 0")
+    stray = sorted(parts - set(weights))
+    if stray:
+        raise InputError(f"data.{stray[0]} is configured but not named in data.blend")
+    for name in weights:
+        section = check_section(data.get(name, {}), DATA_FIELDS, f"data.{name}")
+        for key in ("source", "crop", "blend", *BLEND_SOURCES):
+            if key in section:
+                raise InputError(f"data.{name}.{key} is set by the blend, not per part")
+        data[name] = section
 
 
 def input_files(cfg: dict[str, Any], config_path: str | os.PathLike[str] | None = None) -> list[Path]:

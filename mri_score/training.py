@@ -28,7 +28,7 @@ from mri_score.classifier import NoiseClassifier, classifier_loss
 from mri_score.config import require
 from mri_score.data.body import BODY_FAMILIES
 from mri_score.data.corpus import ANATOMIES, CONTRASTS, FAMILIES
-from mri_score.data.datasets import SlicePool, mixed_pool, synthetic_pool, synthetic_slices
+from mri_score.data.datasets import BlendedPool, SlicePool, mixed_pool, synthetic_pool, synthetic_slices
 from mri_score.data.fastmri_stream import StreamFeed
 from mri_score.data.shards import stream_source
 from mri_score.errors import CheckpointError, InputError
@@ -62,8 +62,13 @@ def _to(x: torch.Tensor, dev: torch.device, channels_last: bool) -> torch.Tensor
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def build_source(cfg: dict[str, Any]) -> SlicePool | KspacePairSource | StreamFeed:
+def build_source(cfg: dict[str, Any]) -> SlicePool | BlendedPool | KspacePairSource | StreamFeed:
     """The training data named by ``cfg['data']``: crops for ``task: score``, simulated pairs for ``supervised``.
+
+    ``data.source: blend`` draws each sample from one of the in-memory or rendered sources named in
+    ``data.blend`` (``{source: weight}``, e.g. ``{mixed: 0.5, domain_random: 0.5}``), each configured by its
+    own section ``data.<source>`` (the same keys as ``data``; ``crop`` is the blend's):
+    :class:`~mri_score.data.datasets.BlendedPool`.
 
     ``data.source: fastmri`` streams (:mod:`mri_score.data.fastmri_stream`): ``data.path`` is a directory
     of fastMRI files or of shards from ``python -m mri_score.preprocess``; ``data.num_workers``,
@@ -85,6 +90,12 @@ def build_source(cfg: dict[str, Any]) -> SlicePool | KspacePairSource | StreamFe
                                 acceleration=float(mask.get("accel", 4)),
                                 center_fraction=float(mask.get("center_fraction", 0.08)),
                                 coils=int(data.get("coils", 8)), snr=tuple(data.get("snr", (30.0, 300.0))))
+    if source == "blend":  # several score sources at fixed proportions, e.g. the mixed corpus and domain_random
+        parts = []
+        for name, weight in data["blend"].items():
+            part = {**data.get(name, {}), "source": name, "crop": crop}
+            parts.append((name, float(weight), build_source({**cfg, "data": part})))
+        return BlendedPool(parts)
     if source == "mixed":
         return mixed_pool(
             count=int(data.get("pool_size", 4000)), crop=crop, seed=int(data.get("seed", 0)),
@@ -119,7 +130,7 @@ def build_source(cfg: dict[str, Any]) -> SlicePool | KspacePairSource | StreamFe
             pin_memory=bool(data.get("pin_memory", False)), persistent_workers=bool(data.get("persistent_workers", True)),
             prefetch_factor=data.get("prefetch_factor"),
         )
-    raise InputError(f"data.source must be synthetic, mixed, domain_random or fastmri, got {source!r}")
+    raise InputError(f"data.source must be synthetic, mixed, domain_random, blend or fastmri, got {source!r}")
 
 
 def rank_world() -> tuple[int, int]:

@@ -85,6 +85,71 @@ class SlicePool:
         return out, labels
 
 
+
+class BlendedPool:
+    """Training crops drawn from several pools at fixed proportions (a corpus blend).
+
+    Each sample of a batch picks its pool by a categorical draw with probabilities ``weights`` (normalised);
+    each pool then fills its share of the batch with its own draws from the same ``torch.Generator``, so the
+    batches are deterministic by seed and a resumed run reproduces them.
+
+    Parameters
+    ----------
+    parts : sequence of (str, float, pool)
+        ``(name, weight, pool)``: a name for messages, a weight ``>= 0`` (at least one ``> 0``) and a pool with
+        ``batch_labelled(n, gen) -> (x float32 (n, 2, H, W), labels int64 (n, F) or None)`` and a common crop.
+    """
+
+    def __init__(self, parts: Sequence[tuple[str, float, Any]]) -> None:
+        if not parts:
+            raise InputError("a blend needs at least one part")
+        weights = torch.tensor([float(w) for _, w, _ in parts], dtype=torch.float64)
+        if bool((weights < 0).any()) or not bool(torch.isfinite(weights).all()) or float(weights.sum()) <= 0:
+            raise InputError(f"blend weights must be finite, >= 0 and not all 0, got {weights.tolist()}")
+        crops = {getattr(pool, "crop", None) for _, _, pool in parts}
+        if len(crops) != 1 or None in crops:
+            raise InputError(f"every part of a blend needs the same fixed square crop, got {sorted(map(str, crops))}")
+        self.names = [name for name, _, _ in parts]
+        self.pools = [pool for _, _, pool in parts]
+        self.weights = weights / weights.sum()
+        #: Square crop side, shared by every part.
+        self.crop = crops.pop()
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.pools)
+
+    def batch_labelled(self, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, 2, crop, crop)`` float32 crops and their labels ``(B, F)`` int64 (None unless every part has labels)."""
+        which = torch.multinomial(self.weights, batch_size, replacement=True, generator=gen)
+        out = torch.empty(batch_size, 2, self.crop, self.crop)
+        labels: list[torch.Tensor | None] = []
+        rows: list[torch.Tensor] = []
+        for k, pool in enumerate(self.pools):
+            at = torch.nonzero(which == k).flatten()
+            if at.numel() == 0:
+                continue
+            xb, lab = pool.batch_labelled(int(at.numel()), gen)
+            out[at] = xb
+            labels.append(lab)
+            rows.append(at)
+        if any(lab is None for lab in labels):
+            return out, None
+        lab_out = torch.empty(batch_size, labels[0].shape[1], dtype=torch.int64)
+        for at, lab in zip(rows, labels):
+            lab_out[at] = lab
+        return out, lab_out
+
+    def batch(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+        """``(B, 2, crop, crop)`` float32 crops, as :meth:`SlicePool.batch`."""
+        return self.batch_labelled(batch_size, gen)[0]
+
+    def close(self) -> None:
+        """Close every part that holds worker processes."""
+        for pool in self.pools:
+            if hasattr(pool, "close"):
+                pool.close()
+
+
 def synthetic_pool(
     count: int,
     crop: int,
