@@ -16,7 +16,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.documents import DEV_ABLATION, README, RESULTS, RESULTS_DOC, blocks_text, final_csv_path, regenerate
+from benchmarks.documents import (
+    DEV_ABLATIONS,
+    README,
+    RESULTS,
+    RESULTS_DOC,
+    blocks_text,
+    dev_ablation_csvs,
+    final_csv_path,
+    regenerate,
+)
 from benchmarks.tables import DEFAULT_CSV, FINAL_CSV
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 
@@ -31,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"benchmarks/results/{FINAL_CSV}, skipped while absent; a named file must exist)")
     ap.add_argument("--readme", default=str(README), help="README with the summary block")
     ap.add_argument("--results-doc", default=str(RESULTS_DOC), help="document with the report and ablation blocks")
-    ap.add_argument("--ablation-csv", default=str(RESULTS / DEV_ABLATION),
-                    help="the development ablation's results CSV (default: %(default)s; skipped when absent)")
+    ap.add_argument("--ablation-csv", nargs="+", default=None,
+                    help=f"the development ablations' results CSVs, one table each (default: those of "
+                         f"{', '.join(DEV_ABLATIONS)} under {RESULTS} that exist)")
     ap.add_argument("--print", action="store_true", help="print the blocks instead of rewriting the files")
     args = ap.parse_args(argv)
     csv_path = Path(args.csv) if args.csv else RESULTS / DEFAULT_CSV
@@ -40,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     # --final-csv is named too
     final_csv = final_csv_path(args.final_csv) if args.final_csv or not args.csv else None
     if args.print:
-        sys.stdout.write(blocks_text(csv_path, final_csv, Path(args.ablation_csv)))
+        sys.stdout.write(blocks_text(csv_path, final_csv, dev_ablation_csvs(args.ablation_csv)))
         return 0
-    regenerate(csv_path, final_csv, Path(args.readme), Path(args.results_doc), Path(args.ablation_csv))
+    regenerate(csv_path, final_csv, Path(args.readme), Path(args.results_doc),
+               dev_ablation_csvs(args.ablation_csv))
     print(f"{args.readme}: summary block, {args.results_doc}: report and prior-ablation blocks rewritten from {csv_path}"
           + (f" and {final_csv}" if final_csv else ""))
     return 0

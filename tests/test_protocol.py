@@ -379,7 +379,6 @@ def test_readme_and_results_doc_blocks_are_the_committed_csv_rendering():
 
     from benchmarks.documents import (
         BEGIN,
-        DEV_ABLATION,
         DEV_BEGIN,
         DEV_END,
         END,
@@ -388,6 +387,7 @@ def test_readme_and_results_doc_blocks_are_the_committed_csv_rendering():
         SUM_BEGIN,
         SUM_END,
         dev_ablation_block,
+        dev_ablation_csvs,
         final_block,
         results_block,
         summary_block,
@@ -409,10 +409,10 @@ def test_readme_and_results_doc_blocks_are_the_committed_csv_rendering():
     if final.is_file():
         block = doc[doc.index(FINAL_BEGIN): doc.index(FINAL_END) + len(FINAL_END)]
         assert block == final_block(final), "docs/results.md's final test is stale: run benchmarks/make_tables.py"
-    ablation = root / "benchmarks" / "results" / DEV_ABLATION
-    if ablation.is_file():
+    ablations = dev_ablation_csvs()
+    if ablations:
         block = doc[doc.index(DEV_BEGIN): doc.index(DEV_END) + len(DEV_END)]
-        assert block == dev_ablation_block(ablation), "docs/results.md's ablation is stale: run benchmarks/make_tables.py"
+        assert block == dev_ablation_block(ablations), "docs/results.md's ablation is stale: run benchmarks/make_tables.py"
 
 
 def test_prior_ablation_pairs_volumes_and_counts_wins():
@@ -806,3 +806,31 @@ def test_real_physics_matrix_pads_the_real_images_at_their_pixel_size():
         cfg["data"]["real_physics"][1]["matrix"] = bad
         with pytest.raises(InputError, match="matrix must be an integer"):
             validate_protocol(cfg, "bench_matrix.yaml")
+
+
+def test_dev_ablation_block_renders_one_table_per_csv_in_order(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from benchmarks.documents import DEV_BEGIN, DEV_END, dev_ablation_block
+    from benchmarks.tables import render_variants
+    from mri_score.errors import InputError
+
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "ablation_prior_dev.csv"
+    if not committed.is_file():
+        pytest.skip("ablation_prior_dev.csv not committed")
+    second = tmp_path / "ablation_second.csv"
+    shutil.copy(committed, second)
+    block = dev_ablation_block([committed, second])
+    assert block.startswith(DEV_BEGIN) and block.endswith(DEV_END)
+    assert "from ablation_prior_dev.csv, ablation_second.csv;" in block
+    first_at, second_at = block.index("From `ablation_prior_dev.csv`:"), block.index("From `ablation_second.csv`:")
+    assert first_at < second_at
+    from benchmarks.protocol import read_csv
+
+    table = render_variants(read_csv(committed))
+    assert block.count(table) == 2  # the same rows give the same table under each heading
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match="bad.csv"):
+        dev_ablation_block([committed, bad])
