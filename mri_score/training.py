@@ -205,11 +205,18 @@ def training_tensors(model: torch.nn.Module, ema: torch.nn.Module, opt: torch.op
     return tensors
 
 
-def read_resume_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(tensors, meta)`` of the checkpoint ``--resume`` continues from; an :class:`InputError` when there is none."""
-    if not path.is_file():
+def read_resume_checkpoint(path: Path, resume: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """``(tensors, meta)`` of the checkpoint ``--resume`` continues from, or None for a fresh start.
+
+    :class:`InputError` for ``--resume`` without a checkpoint, and for a fresh start where one exists: it would
+    overwrite a run (and its loss log) without a word; ``--resume`` continues it (with ``--export``, exports it).
+    """
+    if resume and not path.is_file():
         raise InputError(f"{path}: --resume given but there is no checkpoint to resume from")
-    return load_checkpoint(path)
+    if not resume and path.exists():
+        raise InputError(f"{path.parent} already holds a training run ({path.name}): add --resume to continue it "
+                         "(with --export: to export it as it stands), or choose another out_dir")
+    return load_checkpoint(path) if resume else None
 
 
 def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path, model: torch.nn.Module,
@@ -400,8 +407,9 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
     ckpt_path = out_dir / "checkpoint.safetensors"
     log_path = out_dir / "loss.jsonl"
     start = 0
-    if resume:
-        tensors, meta = read_resume_checkpoint(ckpt_path)
+    resumed = read_resume_checkpoint(ckpt_path, resume)
+    if resumed is not None:
+        tensors, meta = resumed
         if meta.get("network") != net_cfg.to_dict():
             raise CheckpointError(f"{ckpt_path}: checkpoint architecture differs from the config's network")
         start = restore_training_state(tensors, meta, ckpt_path, model, ema, opt, gen, f"rng.gen.{rank}")

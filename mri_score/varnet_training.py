@@ -376,8 +376,9 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
     ckpt_path, log_path = out_dir / "checkpoint.safetensors", out_dir / "loss.jsonl"
     parent = _parent(tr.get("init_from"))
     start = 0
-    if resume:
-        tensors, meta = read_resume_checkpoint(ckpt_path)
+    resumed = read_resume_checkpoint(ckpt_path, resume)
+    if resumed is not None:
+        tensors, meta = resumed
         if meta.get("task") != TASK:
             raise CheckpointError(f"{ckpt_path}: a {meta.get('task', 'score')!r} checkpoint, not a VarNet training checkpoint")
         if meta.get("varnet") != net_cfg.to_dict():

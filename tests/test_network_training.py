@@ -97,6 +97,14 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path):
     a, _ = load_checkpoint(tmp_path / "full" / "checkpoint.safetensors")
     b, _ = load_checkpoint(tmp_path / "part" / "checkpoint.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if k.startswith("ema."))
+    # a fresh start over a finished run is refused and leaves it (checkpoint and loss log) as it was
+    before = {f.name: f.read_bytes() for f in (tmp_path / "full").iterdir()}
+    with pytest.raises(InputError, match="already holds a training run.*--resume"):
+        train(tiny_train_cfg(tmp_path / "full", steps=6))
+    assert {f.name: f.read_bytes() for f in (tmp_path / "full").iterdir()} == before
+    # --resume at the last step trains nothing (what --resume --export relies on)
+    again = train(tiny_train_cfg(tmp_path / "full", steps=6), resume=True)
+    assert again["start"] == again["steps"] == 6 and again["losses"] == []
 
 
 def test_init_from_starts_at_the_given_weights(tmp_path):

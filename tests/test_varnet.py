@@ -283,6 +283,8 @@ def test_determinism_resume_and_parent(tmp_path, phantom_data):
     assert r["start"] == 4 and r["losses"] == a["losses"][4:]
     wr = load_checkpoint(tmp_path / "r" / "checkpoint.safetensors")[0]
     assert all(torch.equal(wa[k], wr[k]) for k in wa if not k.startswith("rng."))
+    with pytest.raises(InputError, match="already holds a training run"):  # a fresh start would overwrite it
+        train_varnet(run_cfg(tmp_path / "r"), steps=8)
     # fine-tuning from exported weights records the parent's path and digest
     parent = export_varnet(tmp_path / "a" / "checkpoint.safetensors", tmp_path / "parent.safetensors", "test")
     train_varnet(run_cfg(tmp_path / "ft", init_from=str(parent)), steps=1)
