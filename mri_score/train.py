@@ -82,8 +82,11 @@ def _report(summary: dict, cfg: dict, args: argparse.Namespace, argv: list[str] 
             export: Callable[[Path, str, str], Path]) -> None:
     """Print the run's one-line summary and, with ``--export``, write the shippable weights with ``export``."""
     tail = summary["losses"][-50:]
-    print(f"trained {summary['steps']} steps ({summary['precision']}, {summary['parameters']} parameters) "
-          f"in {summary['seconds']:.0f} s; mean loss of last {len(tail)} steps {sum(tail) / max(1, len(tail)):.4f}")
+    if tail:
+        print(f"trained {summary['steps']} steps ({summary['precision']}, {summary['parameters']} parameters) "
+              f"in {summary['seconds']:.0f} s; mean loss of last {len(tail)} steps {sum(tail) / len(tail):.4f}")
+    else:  # --resume at the last step: nothing to train (e.g. --resume --export)
+        print(f"nothing to train: the run is already at step {summary['start']} (train.steps {summary['steps']})")
     if args.export:
         cmd = "python -m mri_score.train " + " ".join(sys.argv[1:] if argv is None else argv)
         export(Path(require(cfg, "out_dir")) / "checkpoint.safetensors", args.export, cmd)

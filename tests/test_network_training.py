@@ -192,6 +192,25 @@ def test_train_cli_bad_config_exit_2(tmp_path, capsys):
     assert len(err) == 3 and all(e.startswith("error:") for e in err)
 
 
+def test_train_cli_resume_export_of_a_finished_run_exports_without_training(tmp_path, capsys):
+    import yaml
+
+    from mri_score.train import main
+
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_train_cfg(tmp_path / "run", steps=2)))
+    assert main(["--config", str(cfg_path)]) == 0
+    ckpt = (tmp_path / "run" / "checkpoint.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["--config", str(cfg_path), "--export", str(tmp_path / "w.safetensors")]) == 2  # would retrain
+    assert "already holds a training run" in capsys.readouterr().err and not (tmp_path / "w.safetensors").exists()
+    assert main(["--config", str(cfg_path), "--resume", "--export", str(tmp_path / "w.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train: the run is already at step 2" in out and "exported weights" in out
+    assert (tmp_path / "run" / "checkpoint.safetensors").read_bytes() == ckpt
+    assert load_prior(tmp_path / "w.safetensors").meta["kind"] == "prior"
+
+
 @pytest.mark.skipif(not default_prior_path().is_file(), reason="default prior not trained yet")
 def test_default_prior_loads_and_denoises_held_out_slices():
     from mri_score.data.datasets import held_out_batch
