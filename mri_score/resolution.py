@@ -51,17 +51,30 @@ LOW_ACCEL_MAX_PIXELS = 128 * 128
 
 
 def prior_pixel_range(meta: Mapping[str, Any] | None) -> tuple[float, float]:
-    """``(lo, hi)`` in mm from a prior's metadata (``pixel_mm``, else ``config.data.pixel_mm``, else the default).
+    """``(lo, hi)`` in mm from a prior's metadata: ``pixel_mm``, else ``config.data.pixel_mm``, else for a blend of
+    sources (``config.data.source: blend``) the span of its parts' ``config.data.<part>.pixel_mm``, else the default.
 
-    Raises :class:`InputError` when the stored value is not two positive numbers ``lo ≤ hi``.
+    Raises :class:`InputError` when a stored value is not two positive numbers ``lo ≤ hi``.
     """
     meta = meta or {}
     value = meta.get("pixel_mm")
-    if value is None:
-        data = (meta.get("config") or {}).get("data") or {}
-        value = data.get("pixel_mm") if isinstance(data, Mapping) else None
-    if value is None:
+    if value is not None:
+        return _pixel_range(value)
+    data = (meta.get("config") or {}).get("data") or {}
+    if not isinstance(data, Mapping):
         return DEFAULT_PRIOR_PIXEL_MM
+    if data.get("pixel_mm") is not None:
+        return _pixel_range(data["pixel_mm"])
+    blend = data.get("blend") if data.get("source") == "blend" else None
+    if isinstance(blend, Mapping):
+        parts = [_pixel_range(data[name]["pixel_mm"]) for name, weight in blend.items()
+                 if isinstance(data.get(name), Mapping) and data[name].get("pixel_mm") is not None and float(weight) > 0]
+        if parts:
+            return min(lo for lo, _ in parts), max(hi for _, hi in parts)
+    return DEFAULT_PRIOR_PIXEL_MM
+
+
+def _pixel_range(value: Any) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
