@@ -293,3 +293,13 @@ def test_bad_operator_input_raises_value_error():
     with pytest.raises(ValueError):
         Sense(torch.randn(2, 8, 8))
     assert issubclass(operators.OperatorInputError, ValueError)
+
+
+
+def test_coil_maps_are_stored_contiguous_whatever_layout_they_come_in():
+    g = torch.Generator().manual_seed(3)
+    maps = torch.complex(torch.randn(12, 10, 4, generator=g), torch.randn(12, 10, 4, generator=g)).permute(2, 0, 1)
+    y = torch.complex(torch.randn(4, 12, 10, generator=g), torch.randn(4, 12, 10, generator=g))
+    op = CoilSensitivities(maps)
+    assert not maps.is_contiguous() and op.maps.is_contiguous()
+    assert torch.equal(op.maps, maps) and torch.allclose(op.adjoint(y), (maps.conj() * y).sum(-3))
