@@ -52,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print:
         sys.stdout.write(blocks_text(csv_path, final_csv, dev_ablation_csvs(args.ablation_csv)))
         return 0
-    regenerate(csv_path, final_csv, Path(args.readme), Path(args.results_doc),
-               dev_ablation_csvs(args.ablation_csv))
-    print(f"{args.readme}: summary block, {args.results_doc}: report and prior-ablation blocks rewritten from {csv_path}"
-          + (f" and {final_csv}" if final_csv else ""))
+    ablations = dev_ablation_csvs(args.ablation_csv)
+    regenerate(csv_path, final_csv, Path(args.readme), Path(args.results_doc), ablations)
+    print(f"{args.readme}: summary block, {args.results_doc}: report and ablation blocks rewritten from {csv_path}"
+          + (f" and {final_csv}" if final_csv else "")
+          + (f"; development ablations from {', '.join(p.name for p in ablations)}" if ablations else ""))
     return 0
 
 

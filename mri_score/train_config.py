@@ -92,13 +92,13 @@ def _validate(cfg: Any) -> dict[str, Any]:
     out_dir = Path(out["out_dir"])
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"out_dir {out_dir} exists and is not a directory")
-    in_memory = ([(f"data.{n}.", data[n]) for n in data["blend"] if n != "domain_random"] if data.get("source") == "blend"
+    in_memory = ([(f"data.{n}.", data[n]) for n, w in data["blend"].items() if n != "domain_random" and w > 0]
+                 if data.get("source") == "blend"
                  else [("data.", data)] if data.get("source", "synthetic") not in ("fastmri", "domain_random") else [])
-    for where, part in in_memory:
-        size = max(part.get("sizes") or [320])
-        count = part.get("pool_size", 4000)
-        limits.check_fits(count * size * size * 8 * 2, f"{where}pool_size {count} slices of up to {size}x{size}",
-                          "generating them")
+    if in_memory:  # every in-memory part is held at once
+        sizes = [(where, part.get("pool_size", 4000), max(part.get("sizes") or [320])) for where, part in in_memory]
+        what = " + ".join(f"{where}pool_size {count} slices of up to {size}x{size}" for where, count, size in sizes)
+        limits.check_fits(sum(count * size * size * 8 * 2 for _, count, size in sizes), what, "generating them")
     return out
 
 
@@ -106,9 +106,13 @@ def _check_blend(data: dict[str, Any]) -> None:
     """``data.source: blend``: ``data.blend`` names score sources with weights, each section checked as ``data``."""
     parts = BLEND_SOURCES & set(data)
     if data.get("source") != "blend":
-        if "blend" in data or parts:
-            raise InputError(f"data.blend and data.{{{', '.join(sorted(parts)) or 'source'}}} sections need data.source: blend")
+        named = sorted(f"data.{k}" for k in parts | ({"blend"} & set(data)))
+        if named:
+            raise InputError(f"{', '.join(named)} need(s) data.source: blend")
         return
+    stray = sorted(set(data) - {"source", "crop", "blend"} - BLEND_SOURCES)
+    if stray:  # the parts' sections configure the data; a top-level key would be ignored (and read as the prior's)
+        raise InputError(f"data.{stray[0]} has no effect in a blend: set it in the parts' sections (data.<source>.{stray[0]})")
     weights = data.get("blend")
     if not weights:
         raise InputError(f"data.source blend needs data.blend, e.g. {{mixed: 0.5, domain_random: 0.5}} "
@@ -118,9 +122,9 @@ def _check_blend(data: dict[str, Any]) -> None:
         raise InputError(f"data.blend: {', '.join(unknown)} cannot be blended; choose from {', '.join(sorted(BLEND_SOURCES))}")
     if sum(weights.values()) <= 0:
         raise InputError("data.blend: the weights are all 0")
-    stray = sorted(parts - set(weights))
-    if stray:
-        raise InputError(f"data.{stray[0]} is configured but not named in data.blend")
+    unnamed = sorted(parts - set(weights))
+    if unnamed:
+        raise InputError(f"data.{unnamed[0]} is configured but not named in data.blend")
     for name in weights:
         section = check_section(data.get(name, {}), DATA_FIELDS, f"data.{name}")
         for key in ("source", "crop", "blend", *BLEND_SOURCES):

@@ -93,8 +93,9 @@ def build_source(cfg: dict[str, Any]) -> SlicePool | BlendedPool | KspacePairSou
     if source == "blend":  # several score sources at fixed proportions, e.g. the mixed corpus and domain_random
         parts = []
         for name, weight in data["blend"].items():
-            part = {**data.get(name, {}), "source": name, "crop": crop}
-            parts.append((name, float(weight), build_source({**cfg, "data": part})))
+            if float(weight) > 0:  # a zero-weight part is never drawn: not built
+                part = {**data.get(name, {}), "source": name, "crop": crop}
+                parts.append((name, float(weight), build_source({**cfg, "data": part})))
         return BlendedPool(parts)
     if source == "mixed":
         return mixed_pool(
@@ -210,6 +211,8 @@ def read_resume_checkpoint(path: Path, resume: bool = True) -> tuple[dict[str, t
 
     :class:`InputError` for ``--resume`` without a checkpoint, and for a fresh start where one exists: it would
     overwrite a run (and its loss log) without a word; ``--resume`` continues it (with ``--export``, exports it).
+    Every rank decides for itself, so under ``torchrun`` ``out_dir`` must be on a file system all ranks share (as
+    for ``--resume``, whose checkpoint every rank reads).
     """
     if resume and not path.is_file():
         raise InputError(f"{path}: --resume given but there is no checkpoint to resume from")
@@ -422,7 +425,7 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
         parent = {"path": str(init_from), "sha256": hashlib.sha256(ipath.read_bytes()).hexdigest()} if ipath.is_file() else None
     if init_from and not resume:
         _init_from(model, ema, Path(init_from), net_cfg, task)
-    pool = build_source(cfg)
+    pool = build_source(cfg) if start < steps else None  # nothing to train (e.g. --resume --export): no data to build
     if isinstance(pool, StreamFeed):
         pool.seek(start * accum * micro)  # this rank's samples before step `start`
     ddp_model: torch.nn.Module = model
@@ -495,7 +498,7 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
             signal.signal(s, h)
         if progress is not None:
             progress.close()
-        if isinstance(pool, StreamFeed):
+        if hasattr(pool, "close"):  # loader or renderer workers
             pool.close()
     seconds = time.time() - t0
     return {"steps": step, "start": start, "losses": losses, "seconds": seconds,

@@ -18,6 +18,7 @@ class ConstantPool:
 
     def __init__(self, value: float, label: tuple[int, int] | None, crop: int = 8) -> None:
         self.value, self.label, self.crop, self.drawn = value, label, crop, 0
+        self.labels = None if label is None else [label]  # SlicePool's attribute: None when unlabelled
 
     def __len__(self) -> int:
         return 10
@@ -55,6 +56,13 @@ def test_blend_returns_no_labels_when_a_part_has_none_and_refuses_bad_parts():
     x, lab = BlendedPool([("a", 1.0, ConstantPool(1.0, None)), ("b", 1.0, ConstantPool(2.0, (0, 0)))]).batch_labelled(
         16, torch.Generator().manual_seed(1))
     assert lab is None and x.shape == (16, 2, 8, 8)
+    # decided once, not per batch: a rarely drawn unlabelled part leaves every batch unlabelled, even one without it
+    rare = BlendedPool([("a", 1e-6, ConstantPool(1.0, None)), ("b", 1.0, ConstantPool(2.0, (0, 0)))])
+    assert not rare.labelled
+    x, lab = rare.batch_labelled(4, torch.Generator().manual_seed(0))
+    assert lab is None and bool((x == 2.0).all())
+    with pytest.raises(InputError, match="batch size"):
+        rare.batch_labelled(0, torch.Generator())
     with pytest.raises(InputError, match="same fixed square crop"):
         BlendedPool([("a", 1.0, ConstantPool(1.0, None, crop=8)), ("b", 1.0, ConstantPool(1.0, None, crop=16))])
     with pytest.raises(InputError, match="not all 0"):
@@ -75,6 +83,7 @@ def _blend_cfg(**data) -> dict:
     ({"blend": {"mixed": 1.0}, "domain_random": {}}, "data.domain_random is configured but not named"),
     ({"blend": {"mixed": 1.0}, "mixed": {"crop": 64}}, "data.mixed.crop is set by the blend"),
     ({"blend": {"mixed": 1.0}, "mixed": {"pool_sizes": 3}}, "data.mixed"),
+    ({"blend": {"mixed": 1.0}, "pixel_mm": [0.5, 3.0]}, "data.pixel_mm has no effect in a blend"),
 ])
 def test_blend_config_errors_name_the_key(data, message):
     with pytest.raises(InputError, match=message):
@@ -83,7 +92,7 @@ def test_blend_config_errors_name_the_key(data, message):
 
 def test_blend_sections_need_source_blend():
     cfg = {"out_dir": "runs/x", "train": {"steps": 1}, "data": {"source": "mixed", "mixed": {"pool_size": 3}}}
-    with pytest.raises(InputError, match="need data.source: blend"):
+    with pytest.raises(InputError, match=r"data.mixed need\(s\) data.source: blend"):
         validate_config(cfg)
 
 
@@ -103,3 +112,7 @@ def test_the_blend_prior_config_builds_a_blend_of_the_mixed_corpus_and_the_rende
     assert pool.pools[1].held_out_family == "joint" and pool.pools[0].crop == pool.pools[1].crop == 32
     x, lab = pool.batch_labelled(6, torch.Generator().manual_seed(0))
     assert x.shape == (6, 2, 32, 32) and torch.isfinite(x).all() and lab.shape == (6, 2)
+    # a zero-weight part is neither built nor drawn
+    cfg["data"]["blend"] = {"mixed": 0.0, "domain_random": 1.0}
+    only = build_source(cfg)
+    assert only.names == ["domain_random"] and only.labelled

@@ -295,7 +295,6 @@ def test_bad_operator_input_raises_value_error():
     assert issubclass(operators.OperatorInputError, ValueError)
 
 
-
 def test_coil_maps_are_stored_contiguous_whatever_layout_they_come_in():
     g = torch.Generator().manual_seed(3)
     maps = torch.complex(torch.randn(12, 10, 4, generator=g), torch.randn(12, 10, 4, generator=g)).permute(2, 0, 1)
@@ -303,3 +302,6 @@ def test_coil_maps_are_stored_contiguous_whatever_layout_they_come_in():
     op = CoilSensitivities(maps)
     assert not maps.is_contiguous() and op.maps.is_contiguous()
     assert torch.equal(op.maps, maps) and torch.allclose(op.adjoint(y), (maps.conj() * y).sum(-3))
+    sense = operators.Sense(maps, torch.ones(10))
+    sense.update(maps=maps.clone().permute(0, 1, 2) * 1)  # a fresh permuted view through update()
+    assert sense.maps.is_contiguous() and torch.equal(sense.maps, maps)

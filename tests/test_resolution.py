@@ -46,9 +46,9 @@ def test_prior_pixel_range_from_metadata_with_the_round_one_default():
 
 def test_prior_pixel_range_of_a_blend_spans_its_weighted_parts():
     data = {"source": "blend", "blend": {"mixed": 0.5, "domain_random": 0.5, "synthetic": 0.0},
-            "mixed": {"pixel_mm": [0.7, 2.0]}, "domain_random": {"pixel_mm": [0.5, 3.0]}, "synthetic": {"pixel_mm": [0.1, 9]}}
-    assert prior_pixel_range({"config": {"data": data}}) == (0.5, 3.0)  # the zero-weight part is not trained on
-    assert prior_pixel_range({"config": {"data": {**data, "blend": {"mixed": 1.0}}}}) == (0.7, 2.0)
+            "mixed": {"pixel_mm": [0.7, 3.0]}, "domain_random": {"pixel_mm": [0.5, 2.0]}, "synthetic": {"pixel_mm": [0.1, 9]}}
+    assert prior_pixel_range({"config": {"data": data}}) == (0.5, 3.0)  # the span of both; the zero-weight part unused
+    assert prior_pixel_range({"config": {"data": {**data, "blend": {"mixed": 1.0}}}}) == (0.7, 3.0)
     assert prior_pixel_range({"config": {"data": {"source": "blend", "blend": {"mixed": 1.0}}}}) == (0.8, 1.5)
     with pytest.raises(InputError, match="pixel_mm"):
         prior_pixel_range({"config": {"data": {**data, "mixed": {"pixel_mm": [2.0, 1.0]}}}})

@@ -85,7 +85,6 @@ class SlicePool:
         return out, labels
 
 
-
 class BlendedPool:
     """Training crops drawn from several pools at fixed proportions (a corpus blend).
 
@@ -98,6 +97,8 @@ class BlendedPool:
     parts : sequence of (str, float, pool)
         ``(name, weight, pool)``: a name for messages, a weight ``>= 0`` (at least one ``> 0``) and a pool with
         ``batch_labelled(n, gen) -> (x float32 (n, 2, H, W), labels int64 (n, F) or None)`` and a common crop.
+        A pool whose ``labels`` attribute is None (an unlabelled :class:`SlicePool`) makes the blend unlabelled:
+        :attr:`labelled` is decided here, once, so every batch has labels or none does.
     """
 
     def __init__(self, parts: Sequence[tuple[str, float, Any]]) -> None:
@@ -114,28 +115,33 @@ class BlendedPool:
         self.weights = weights / weights.sum()
         #: Square crop side, shared by every part.
         self.crop = crops.pop()
+        #: Whether batches carry labels: every part with a positive weight has them.
+        self.labelled = all(getattr(pool, "labels", ()) is not None for (_, w, pool) in parts if float(w) > 0)
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.pools)
 
     def batch_labelled(self, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(B, 2, crop, crop)`` float32 crops and their labels ``(B, F)`` int64 (None unless every part has labels)."""
+        """``(B, 2, crop, crop)`` float32 crops and their labels ``(B, F)`` int64 (None unless :attr:`labelled`)."""
+        if batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {batch_size}")
         which = torch.multinomial(self.weights, batch_size, replacement=True, generator=gen)
         out = torch.empty(batch_size, 2, self.crop, self.crop)
-        labels: list[torch.Tensor | None] = []
-        rows: list[torch.Tensor] = []
+        drawn: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # (part, rows, labels)
         for k, pool in enumerate(self.pools):
             at = torch.nonzero(which == k).flatten()
             if at.numel() == 0:
                 continue
             xb, lab = pool.batch_labelled(int(at.numel()), gen)
             out[at] = xb
-            labels.append(lab)
-            rows.append(at)
-        if any(lab is None for lab in labels):
+            drawn.append((k, at, lab))
+        if not self.labelled:
             return out, None
-        lab_out = torch.empty(batch_size, labels[0].shape[1], dtype=torch.int64)
-        for at, lab in zip(rows, labels):
+        missing = [self.names[k] for k, _, lab in drawn if lab is None]
+        if missing:
+            raise InputError(f"blend part(s) {missing} returned no labels")
+        lab_out = torch.empty(batch_size, drawn[0][2].shape[1], dtype=torch.int64)
+        for _, at, lab in drawn:
             lab_out[at] = lab
         return out, lab_out
 
