@@ -37,6 +37,9 @@ from mri_score.errors import InputError
 
 #: Pixel range (mm) of a prior whose metadata has no ``pixel_mm``: the round-one shipped prior's corpus.
 DEFAULT_PRIOR_PIXEL_MM = (0.8, 1.5)
+#: The pixel range (mm) each synthetic training source draws when its config gives no ``pixel_mm``
+#: (:func:`mri_score.training.build_source` uses these defaults; :func:`prior_pixel_range` reads them for a blend).
+SOURCE_PIXEL_MM = {"synthetic": DEFAULT_PRIOR_PIXEL_MM, "mixed": (0.5, 3.0), "domain_random": (0.5, 3.0)}
 #: Largest grid refinement per axis (cost grows with its square).
 MAX_GRID_FACTOR = 4.0
 #: ``--grid auto`` refines by this factor at low acceleration (:func:`acquisition_grid_factor`).
@@ -52,7 +55,8 @@ LOW_ACCEL_MAX_PIXELS = 128 * 128
 
 def prior_pixel_range(meta: Mapping[str, Any] | None) -> tuple[float, float]:
     """``(lo, hi)`` in mm from a prior's metadata: ``pixel_mm``, else ``config.data.pixel_mm``, else for a blend of
-    sources (``config.data.source: blend``) the span of its parts' ``config.data.<part>.pixel_mm``, else the default.
+    sources (``config.data.source: blend``) the span of its drawn parts' ``config.data.<part>.pixel_mm`` (a part
+    without one: :data:`SOURCE_PIXEL_MM`), else :data:`DEFAULT_PRIOR_PIXEL_MM`.
 
     Raises :class:`InputError` when a stored value is not two positive numbers ``lo ≤ hi``.
     """
@@ -66,9 +70,13 @@ def prior_pixel_range(meta: Mapping[str, Any] | None) -> tuple[float, float]:
     if data.get("pixel_mm") is not None:
         return _pixel_range(data["pixel_mm"])
     blend = data.get("blend") if data.get("source") == "blend" else None
-    if isinstance(blend, Mapping):
-        parts = [_pixel_range(data[name]["pixel_mm"]) for name, weight in blend.items()
-                 if isinstance(data.get(name), Mapping) and data[name].get("pixel_mm") is not None and float(weight) > 0]
+    if isinstance(blend, Mapping):  # each drawn part: its own pixel_mm, else its source's default
+        parts = []
+        for name, weight in blend.items():
+            section = data.get(name) if isinstance(data.get(name), Mapping) else {}
+            if float(weight) > 0:
+                stated = section.get("pixel_mm")
+                parts.append(_pixel_range(stated) if stated is not None else SOURCE_PIXEL_MM.get(name, DEFAULT_PRIOR_PIXEL_MM))
         if parts:
             return min(lo for lo, _ in parts), max(hi for _, hi in parts)
     return DEFAULT_PRIOR_PIXEL_MM

@@ -36,6 +36,7 @@ from mri_score.losses import edm_loss, sigma_distribution
 from mri_score.network import EDMDenoiser, NetworkConfig, count_parameters
 from mri_score.precision import choose_precision
 from mri_score.prior import load_network
+from mri_score.resolution import SOURCE_PIXEL_MM
 from mri_score.supervised import KspacePairSource, MagnitudeUNet, supervised_loss
 from mri_score.train_config import TASKS, diverged, input_files, validate_config
 
@@ -84,7 +85,7 @@ def build_source(cfg: dict[str, Any]) -> SlicePool | BlendedPool | KspacePairSou
         sizes = tuple(int(s) for s in data.get("sizes", (160, 256)))
         full = synthetic_slices(int(data.get("pool_size", 1000)), int(data.get("seed", 0)),
                                 tuple(data.get("families", ("t1", "t2", "pd", "random"))), sizes,
-                                tuple(data.get("pixel_mm", (0.8, 1.5))), square=True)
+                                tuple(data.get("pixel_mm", SOURCE_PIXEL_MM["synthetic"])), square=True)
         mask = data.get("mask", {})
         return KspacePairSource(full, rows=crop, mask_type=mask.get("type", "equispaced"),
                                 acceleration=float(mask.get("accel", 4)),
@@ -101,7 +102,8 @@ def build_source(cfg: dict[str, Any]) -> SlicePool | BlendedPool | KspacePairSou
         return mixed_pool(
             count=int(data.get("pool_size", 4000)), crop=crop, seed=int(data.get("seed", 0)),
             families=tuple(data.get("families", FAMILIES)), body_families=tuple(data.get("body_families", BODY_FAMILIES)),
-            sizes=tuple(data.get("sizes", (128, 160, 192, 256, 320))), pixel_mm=tuple(data.get("pixel_mm", (0.5, 3.0))),
+            sizes=tuple(data.get("sizes", (128, 160, 192, 256, 320))),
+            pixel_mm=tuple(data.get("pixel_mm", SOURCE_PIXEL_MM["mixed"])),
             subjects=int(data.get("subjects", 40)), anatomy_weights=data.get("anatomy_weights"),
         )
     if source == "domain_random":  # SynthSeg-style rendering on the fly: mri_score.data.domain_random
@@ -112,7 +114,8 @@ def build_source(cfg: dict[str, Any]) -> SlicePool | BlendedPool | KspacePairSou
         return DomainRandomPool(size=crop, families=tuple(data.get("families", DR_FAMILIES)),
                                 held_out_family=data.get("held_out_family"), seed=int(data.get("seed", 0)),
                                 render_size=list(render) if render is not None else None,
-                                pixel_mm=tuple(data.get("pixel_mm", (0.5, 3.0))), workers=int(data.get("num_workers", 0)))
+                                pixel_mm=tuple(data.get("pixel_mm", SOURCE_PIXEL_MM["domain_random"])),
+                                workers=int(data.get("num_workers", 0)))
     if source == "synthetic":
         return synthetic_pool(
             count=int(data.get("pool_size", 4000)),
@@ -120,7 +123,7 @@ def build_source(cfg: dict[str, Any]) -> SlicePool | BlendedPool | KspacePairSou
             seed=int(data.get("seed", 0)),
             families=tuple(data.get("families", ("t1", "t2", "pd", "random"))),
             sizes=tuple(data.get("sizes", (96, 128, 160))),
-            pixel_mm=tuple(data.get("pixel_mm", (0.8, 1.5))),
+            pixel_mm=tuple(data.get("pixel_mm", SOURCE_PIXEL_MM["synthetic"])),
         )
     if source == "fastmri":
         rank, world = rank_world()

@@ -21,6 +21,7 @@ from mri_score.resolution import (
     DEFAULT_PRIOR_PIXEL_MM,
     LOW_ACCEL_MAX,
     MAX_GRID_FACTOR,
+    SOURCE_PIXEL_MM,
     acquisition_grid_factor,
     auto_grid_factor,
     fine_shape,
@@ -49,7 +50,10 @@ def test_prior_pixel_range_of_a_blend_spans_its_weighted_parts():
             "mixed": {"pixel_mm": [0.7, 3.0]}, "domain_random": {"pixel_mm": [0.5, 2.0]}, "synthetic": {"pixel_mm": [0.1, 9]}}
     assert prior_pixel_range({"config": {"data": data}}) == (0.5, 3.0)  # the span of both; the zero-weight part unused
     assert prior_pixel_range({"config": {"data": {**data, "blend": {"mixed": 1.0}}}}) == (0.7, 3.0)
-    assert prior_pixel_range({"config": {"data": {"source": "blend", "blend": {"mixed": 1.0}}}}) == (0.8, 1.5)
+    # a part without its own range draws its source's default (what build_source uses)
+    assert prior_pixel_range({"config": {"data": {"source": "blend", "blend": {"mixed": 1.0}}}}) == SOURCE_PIXEL_MM["mixed"]
+    assert prior_pixel_range({"config": {"data": {"source": "blend", "blend": {"synthetic": 1.0, "domain_random": 1.0},
+                                                  "synthetic": {"pixel_mm": [0.4, 1.0]}}}}) == (0.4, 3.0)
     with pytest.raises(InputError, match="pixel_mm"):
         prior_pixel_range({"config": {"data": {**data, "mixed": {"pixel_mm": [2.0, 1.0]}}}})
     from mri_score.config import load_config
