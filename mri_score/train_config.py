@@ -42,6 +42,8 @@ TRAIN_FIELDS = {
 }
 #: Score sources that ``data.source: blend`` can mix (each an in-memory pool or a rendered stream).
 BLEND_SOURCES = frozenset({"synthetic", "mixed", "domain_random"})
+#: Sources that stream their slices (read or rendered per batch) instead of holding a pool in memory.
+STREAMED_SOURCES = frozenset({"fastmri", "domain_random"})
 SIGMA_FIELDS = {"p_mean": Field("float", -20.0, 20.0), "p_std": Field("float", 0.0, 10.0)}
 MASK_FIELDS = {"type": Field("str", choices=MASK_TYPES), "accel": Field("float", 1.0, MAX_ACCELERATION, open_low=True),
                "center_fraction": Field("float", 0.0, 0.5, open_low=True)}
@@ -92,9 +94,11 @@ def _validate(cfg: Any) -> dict[str, Any]:
     out_dir = Path(out["out_dir"])
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"out_dir {out_dir} exists and is not a directory")
-    in_memory = ([(f"data.{n}.", data[n]) for n, w in data["blend"].items() if n != "domain_random" and w > 0]
-                 if data.get("source") == "blend"
-                 else [("data.", data)] if data.get("source", "synthetic") not in ("fastmri", "domain_random") else [])
+    source = data.get("source", "synthetic")
+    if source == "blend":
+        in_memory = [(f"data.{n}.", data[n]) for n, w in data["blend"].items() if n not in STREAMED_SOURCES and w > 0]
+    else:
+        in_memory = [] if source in STREAMED_SOURCES else [("data.", data)]
     if in_memory:  # every in-memory part is held at once
         sizes = [(where, part.get("pool_size", 4000), max(part.get("sizes") or [320])) for where, part in in_memory]
         what = " + ".join(f"{where}pool_size {count} slices of up to {size}x{size}" for where, count, size in sizes)

@@ -634,7 +634,7 @@ class NonCartesianSense(LinearOperator):
             if not torch.is_tensor(maps) or maps.shape != self.maps.shape or maps.dtype != self.maps.dtype:
                 got = tuple(maps.shape) if torch.is_tensor(maps) else type(maps).__name__
                 raise OperatorInputError(f"new maps {got} differ in shape or dtype from {tuple(self.maps.shape)}")
-            self.coils.maps = maps.to(self.maps.device).contiguous()
+            self.coils.replace_maps(maps)
         if dcf is not None:
             self.dcf = _check_dcf(dcf, self.num_points, self.maps)
         return self
