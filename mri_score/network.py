@@ -37,6 +37,9 @@ class NetworkConfig:
     sigma_data: float = 0.5
     #: Classes per label field (e.g. ``(6, 3)`` for contrast and anatomy); empty: unconditional.
     label_classes: Sequence[int] = field(default_factory=tuple)
+    #: Heads of the self-attention block between the two middle residual blocks (the lowest resolution,
+    #: ``1 / 2**(len(channel_mult) - 1)`` of the input); 0: no attention.
+    attention_heads: int = 0
 
     def to_dict(self) -> dict:
         """The config as a plain dict (tuples as lists), for checkpoint metadata."""
@@ -69,6 +72,10 @@ class NetworkConfig:
             if c % min(cfg.groups, c):
                 raise InputError(f"{where}.groups {cfg.groups} does not divide the {c} channels of a level "
                                  f"({where}.base_channels x channel_mult)")
+        low = cfg.base_channels * cfg.channel_mult[-1]
+        if cfg.attention_heads and low % cfg.attention_heads:
+            raise InputError(f"{where}.attention_heads {cfg.attention_heads} does not divide the {low} channels of "
+                             "the lowest level")
         return cfg
 
     def parameter_count(self) -> int:
@@ -85,6 +92,7 @@ NETWORK_FIELDS = {
     "channel_mult": Field("ints", 1, 64, length=(1, 8)), "num_res_blocks": Field("int", 1, 16),
     "emb_dim": Field("int", 2, 4096), "groups": Field("int", 1, 1024),
     "sigma_data": Field("float", 0.0, 1e6, open_low=True), "label_classes": Field("ints", 1, 10_000, length=(0, 8)),
+    "attention_heads": Field("int", 0, 64),
 }
 
 
@@ -125,6 +133,30 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.conv2(h)
 
 
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the pixels of ``(B, C, H, W)``, residual: GroupNorm, 1×1 q/k/v, attention, 1×1 out.
+
+    The output projection starts at zero, so a new block is the identity: a network grown by one
+    (:func:`mri_score.training` ``train.init_from``) starts as exactly its parent.
+    """
+
+    def __init__(self, channels: int, heads: int, groups: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(min(groups, channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + proj(attention(x))`` for ``x (B, C, H, W)``."""
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
 class UNet(nn.Module):
     """The raw network ``F(x; c_noise)``: ``(B, C, H, W)`` with ``H, W`` multiples of :attr:`stride`."""
 
@@ -157,6 +189,7 @@ class UNet(nn.Module):
             if i < len(ch) - 1:
                 self.downsamples.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
         self.mid = nn.ModuleList([ResBlock(cin, cin, cfg.emb_dim, cfg.groups) for _ in range(2)])
+        self.mid_attn = AttentionBlock(cin, cfg.attention_heads, cfg.groups) if cfg.attention_heads else None
         self.up_blocks = nn.ModuleList()
         self.upsamples = nn.ModuleList()
         for i in reversed(range(len(ch))):
@@ -191,8 +224,10 @@ class UNet(nn.Module):
             skips.append(h)
             if i < len(self.downsamples):
                 h = self.downsamples[i](h)
-        for blk in self.mid:
-            h = blk(h, emb)
+        h = self.mid[0](h, emb)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h)
+        h = self.mid[1](h, emb)
         for j, blocks in enumerate(self.up_blocks):
             h = torch.cat([h, skips.pop()], dim=1)
             for blk in blocks:

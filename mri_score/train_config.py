@@ -85,6 +85,8 @@ def _validate(cfg: Any) -> dict[str, Any]:
                       "num_res_blocks)", "building it")
     if "network" in out:
         out["network"] = check_section(out["network"], NETWORK_FIELDS, "network")
+    if net.attention_heads and out.get("task", "score") != "score":
+        raise InputError(f"network.attention_heads is a score-prior option; task {out.get('task')} has no attention block")
     tr = out["train"]
     micro = tr.get("micro_batch")
     if micro is not None and micro > tr.get("batch", 32):

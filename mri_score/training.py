@@ -242,21 +242,49 @@ def _init_from(model: torch.nn.Module, ema: torch.nn.Module, path: Path, net_cfg
     """Start ``model`` and ``ema`` from another checkpoint's (EMA) weights (``train.init_from``: fine-tuning).
 
     Read with :func:`mri_score.prior.load_network` (task checked, EMA preferred, never unpickles); the
-    architecture must match the config's; the optimizer and step start fresh.
+    architecture must match the config's, or grow it (:func:`grown_parts`: more residual blocks per level, a
+    middle attention block), whose new parts start as the identity; the optimizer and step start fresh.
     """
     source = load_network(path, task, "train.init_from", lambda cfg: type(model)(cfg))
-    src_net = {**NetworkConfig.from_dict(source.meta.get("network", {})).to_dict(), "label_classes": []}
-    if src_net != {**net_cfg.to_dict(), "label_classes": []}:
-        raise CheckpointError(f"{path}: train.init_from architecture differs from the config's network")
+    new_parts = grown_parts(NetworkConfig.from_dict(source.meta.get("network", {})), net_cfg)
+    if new_parts is None or (task != "score" and new_parts):  # only the score U-Net grows
+        raise CheckpointError(f"{path}: train.init_from architecture differs from the config's network (and does not "
+                              "grow into it: only more num_res_blocks and a new attention block can be added)")
     state = source.state_dict()
     if tuple(source.cfg.label_classes) != tuple(net_cfg.label_classes):
         # an unconditional source for a conditional network: the label tables keep their zero init,
         # so training starts from exactly the source's unconditional denoiser
         if source.cfg.label_classes:
             raise CheckpointError(f"{path}: train.init_from has other labels than the config's network")
-        state = {**state, **{k: v for k, v in model.state_dict().items() if k.startswith("net.label_embeds.")}}
+        new_parts = (*new_parts, "net.label_embeds.")
+    # the grown parts keep their identity initialisation (zero last convolution / output projection)
+    state = {**state, **{k: v for k, v in model.state_dict().items() if k.startswith(tuple(new_parts))}}
     load_state_strict(model, state, path)
     load_state_strict(ema, state, path)
+
+
+def grown_parts(source: NetworkConfig, target: NetworkConfig) -> tuple[str, ...] | None:
+    """State-dict prefixes of the parts ``target`` adds to ``source`` (a score U-Net, :class:`mri_score.network.UNet`),
+    or None when ``target`` is not ``source`` grown.
+
+    Growing keeps every other field (labels aside, which :func:`_init_from` handles) and may add residual blocks
+    per level (``num_res_blocks``; each new block follows the level's existing ones and has a zero last
+    convolution and an identity skip, so it passes its input through) and the middle attention block
+    (``attention_heads`` from 0; zero output projection).  The grown network then computes exactly the source's
+    denoiser until training moves the new parts.
+    """
+    src, tgt = source.to_dict(), target.to_dict()
+    fixed = set(src) - {"num_res_blocks", "attention_heads", "label_classes"}
+    if any(src[k] != tgt[k] for k in fixed) or tgt["num_res_blocks"] < src["num_res_blocks"]:
+        return None
+    if src["attention_heads"] not in (0, tgt["attention_heads"]):
+        return None
+    levels = len(target.channel_mult)
+    parts = [f"net.{side}.{i}.{k}." for k in range(source.num_res_blocks, target.num_res_blocks)
+             for side in ("down_blocks", "up_blocks") for i in range(levels)]
+    if target.attention_heads and not source.attention_heads:
+        parts.append("net.mid_attn.")
+    return tuple(parts)
 
 
 def _micro_loss(model: torch.nn.Module, pool: Any, micro: int, gen: torch.Generator, task: str, net_cfg: NetworkConfig,
