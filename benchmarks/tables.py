@@ -7,6 +7,7 @@ returns them): the same CSV gives the same text, byte for byte (bootstrap seeded
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -374,13 +375,16 @@ def render_prior_ablation(runs: list[tuple[str, list[dict]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_variants(rows: list[dict], reference: str = "l1_wavelet") -> str:
+def render_variants(rows: list[dict], reference: str = "l1_wavelet",
+                    controls: Sequence[tuple[str, str]] = ()) -> str:
     """The ablation table of a protocol run with DDS variants (``dds:<name>`` methods), per setting and test set.
 
     For the default ``dds`` row and each variant: mean PSNR / SSIM over the test slices, Δ PSNR against ``dds``
     (paired per slice, volume-clustered interval), Δ PSNR against ``reference`` (default L1-wavelet at its tuned
     λ) per volume as ``min … max`` of fastMRI's per-volume PSNR, and the median CPU-seconds per slice as a multiple
-    of the reference's.  Pure function of the CSV rows.
+    of the reference's.  ``controls``: ``(variant, control)`` pairs of methods, each given a second table of
+    ``variant − control`` (Δ PSNR paired per slice with its volume-clustered interval, Δ SSIM, CPU-seconds ratio).
+    Pure function of the CSV rows.
     """
     test = [r for r in rows if r["unit"] == "slice" and r["phase"] == "test" and r["maps"] != "oracle"]
     vols = [r for r in rows if r["unit"] == "volume" and r["phase"] == "test" and r["maps"] != "oracle"]
@@ -418,4 +422,23 @@ def render_variants(rows: list[dict], reference: str = "l1_wavelet") -> str:
                              f"{np.mean([_f(key[m][k], 'PSNR') for k in units]):.2f} | "
                              f"{np.mean([_f(key[m][k], 'SSIM') for k in units]):.4f} | {diff} | {rng} | {dssim} | "
                              f"{cpu_s} |")
+    if controls:
+        lines += ["", "| setting | test set | variant − control | n (volumes) | Δ PSNR [95 % CI] | Δ SSIM | CPU-s/slice ratio |",
+                  "|---|---|---|---|---|---|---|"]
+    for variant, control in controls:
+        for setting in settings:
+            for g in groups:
+                cell = [r for r in test if r["setting"] == setting and r["group"] == g]
+                a = {(r["volume"], r["slice"]): r for r in cell if r["method"] == variant}
+                b = {(r["volume"], r["slice"]): r for r in cell if r["method"] == control}
+                units = sorted(set(a) & set(b), key=lambda k: (k[0], int(k[1])))
+                if not units:
+                    continue
+                vl = [k[0] for k in units]
+                d = clustered_paired_difference([_f(a[k], "PSNR") for k in units], [_f(b[k], "PSNR") for k in units], vl,
+                                                seed=BOOTSTRAP_SEED)
+                dssim = np.mean([_f(a[k], "SSIM") - _f(b[k], "SSIM") for k in units])
+                cpu = np.median([_f(a[k], "cpu_seconds") for k in units]) / np.median([_f(b[k], "cpu_seconds") for k in units])
+                lines.append(f"| {setting} | {g} | {variant} − {control} | {len(units)} ({len(set(vl))}) | "
+                             f"{_ci(d, 2)} | {dssim:+.4f} | {cpu:.2f} |")
     return "\n".join(lines) + "\n"

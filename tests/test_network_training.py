@@ -137,6 +137,79 @@ def test_init_from_a_different_architecture_is_refused(tmp_path):
         train(cfg)
 
 
+def test_init_from_grows_the_network_and_starts_as_its_parent(tmp_path):
+    """A config with more residual blocks per level and a middle attention block starts, by ``train.init_from``, as
+    exactly the parent denoiser (the new parts are the identity); the grown run then trains them."""
+    train(tiny_train_cfg(tmp_path / "parent", steps=3))
+    src = tmp_path / "parent" / "checkpoint.safetensors"
+    cfg = tiny_train_cfg(tmp_path / "grown", steps=1)
+    cfg["network"].update(num_res_blocks=2, attention_heads=2)
+    cfg["train"].update(init_from=str(src), lr=0.0)
+    train(cfg)
+    parent, grown = load_prior(src), load_prior(tmp_path / "grown" / "checkpoint.safetensors")
+    assert grown.cfg.num_res_blocks == 2 and grown.cfg.attention_heads == 2
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in parent.parameters())
+    x = torch.randn(2, 2, 40, 24)
+    with torch.no_grad():
+        assert torch.equal(grown(x, torch.tensor([0.1, 2.0])), parent(x, torch.tensor([0.1, 2.0])))
+    cfg["train"]["lr"] = 1e-2  # with a learning rate the new parts move: the grown network differs from its parent
+    cfg["out_dir"] = str(tmp_path / "trained")
+    train(cfg)
+    tensors, _ = load_checkpoint(tmp_path / "trained" / "checkpoint.safetensors")
+    assert tensors["model.net.mid_attn.proj.weight"].abs().max() > 0
+    assert tensors["model.net.down_blocks.0.1.conv2.weight"].abs().max() > 0
+
+
+@pytest.mark.parametrize("change", [{"num_res_blocks": 1}, {"attention_heads": 4}, {"emb_dim": 32}])
+def test_init_from_refuses_what_is_not_growth(tmp_path, change):
+    """Fewer blocks, another attention width or any other field changed is not growth: one CheckpointError."""
+    parent = tiny_train_cfg(tmp_path / "parent", steps=1)
+    parent["network"].update(num_res_blocks=2, attention_heads=2)
+    train(parent)
+    cfg = tiny_train_cfg(tmp_path / "child", steps=1)
+    cfg["network"].update({"num_res_blocks": 2, "attention_heads": 2, **change})
+    cfg["train"]["init_from"] = str(tmp_path / "parent" / "checkpoint.safetensors")
+    with pytest.raises(CheckpointError, match="does not grow into it"):
+        train(cfg)
+
+
+def test_grown_parts_names_the_new_blocks():
+    from mri_score.network import NetworkConfig
+    from mri_score.training import grown_parts
+
+    src = NetworkConfig(base_channels=8, channel_mult=(1, 2, 4), emb_dim=16, groups=4)
+    assert grown_parts(src, src) == ()
+    deep = NetworkConfig(**{**src.to_dict(), "num_res_blocks": 2, "attention_heads": 4})
+    parts = grown_parts(src, deep)
+    assert set(parts) == {f"net.{side}.{i}.1." for side in ("down_blocks", "up_blocks") for i in range(3)} | {"net.mid_attn."}
+    model = EDMDenoiser(deep)
+    new = [k for k in model.state_dict() if k.startswith(parts)]
+    old = set(EDMDenoiser(src).state_dict())
+    assert set(model.state_dict()) - set(new) == old  # the new keys are exactly what the parent lacks
+    assert grown_parts(deep, src) is None
+
+
+def test_attention_heads_are_checked():
+    from mri_score.network import NetworkConfig
+
+    base = {"base_channels": 8, "channel_mult": [1, 3], "emb_dim": 16, "groups": 4}
+    assert NetworkConfig.from_dict({**base, "attention_heads": 3}).attention_heads == 3
+    with pytest.raises(InputError, match="attention_heads 5 does not divide the 24 channels"):
+        NetworkConfig.from_dict({**base, "attention_heads": 5})
+    with pytest.raises(InputError, match="attention_heads"):
+        NetworkConfig.from_dict({**base, "attention_heads": -1}, strict=True)
+
+
+def test_attention_heads_are_refused_for_a_classifier(tmp_path):
+    from mri_score.train_config import validate_config
+
+    cfg = tiny_train_cfg(tmp_path / "c", steps=1, source="mixed")
+    cfg["task"] = "classifier"
+    cfg["network"].update(attention_heads=2, label_classes=[6, 3])
+    with pytest.raises(InputError, match="attention_heads is a score-prior option"):
+        validate_config(cfg)
+
+
 def test_ddp_gloo_two_ranks_identical_parameters(tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     import yaml

@@ -215,6 +215,11 @@ def test_protocol_dds_variants_run_on_the_test_data_with_their_own_prior_and_gri
     str_rows = [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
     table = render_variants(str_rows)
     assert "| dds:grid2 (NFE=2, K=2) | 4 (2) |" in table and "| dds (NFE=2, K=2) | 4 (2) |" in table
+    # variant − control pairs: the same network gives zero; a pair with the default repeats the main table's Δ
+    ctl = render_variants(str_rows, controls=[("dds:other", "dds"), ("dds:grid2", "dds")])
+    assert ctl.startswith(table.rstrip("\n")) and "| dds:other − dds | 4 (2) | 0.00 [0.00, 0.00] | +0.0000 |" in ctl
+    main_delta = next(line for line in table.splitlines() if "dds:grid2 (NFE" in line).split(" | ")[6]
+    assert f"| dds:grid2 − dds | 4 (2) | {main_delta} |" in ctl
     assert "dds:" not in render_summary(str_rows)  # a variant is never the strongest baseline
     # the std factor was fitted for the plain dds request: a variant's std is not reported as calibrated
     assert cal["factors"] and all(r["cov_cal_90"] != "" for r in test if r["method"] == "dds")
