@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -78,12 +79,22 @@ class NetworkConfig:
                              "the lowest level")
         return cfg
 
+    @staticmethod
+    def stored(d: Any) -> Any:
+        """A network section as stored in checkpoint metadata, with the fields added since (:data:`ADDED_FIELDS`) at
+        the defaults that reproduce older networks: what a resume compares with :meth:`to_dict`.  Anything that
+        is not a mapping is returned as it is (it then differs)."""
+        return {**ADDED_FIELDS, **d} if isinstance(d, dict) else d
+
     def parameter_count(self) -> int:
         """Parameters of the score network of this architecture, counted on the meta device (nothing allocated)."""
         with torch.device("meta"):
             return sum(p.numel() for p in UNet(self).parameters())
 
 
+#: Fields added to :class:`NetworkConfig` after checkpoints were first written, with the value an older
+#: checkpoint's network has (:meth:`NetworkConfig.stored`).
+ADDED_FIELDS = {"attention_heads": 0}
 #: The widest level (``base_channels x max(channel_mult)``) a network may have.
 MAX_CHANNELS = 8192
 #: The schema of a network section (config or checkpoint metadata), :func:`mri_score.schema.check_section`.
@@ -137,7 +148,8 @@ class AttentionBlock(nn.Module):
     """Multi-head self-attention over the pixels of ``(B, C, H, W)``, residual: GroupNorm, 1×1 q/k/v, attention, 1×1 out.
 
     The output projection starts at zero, so a new block is the identity: a network grown by one
-    (:func:`mri_score.training` ``train.init_from``) starts as exactly its parent.
+    (``train.init_from``, :func:`mri_score.training.grown_parts`) starts as exactly its parent.  Its cost grows
+    with the square of the lowest level's pixel count (a 2x finer grid: 16x).
     """
 
     def __init__(self, channels: int, heads: int, groups: int) -> None:
@@ -152,9 +164,13 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x + proj(attention(x))`` for ``x (B, C, H, W)``."""
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        # channel i·C + j·(C/heads) + d of qkv is part i (q, k, v), head j, feature d; the features of a head are
+        # kept contiguous (the fused CPU/CUDA attention kernels need a unit last stride, else the math kernel
+        # builds the whole (HW)² matrix in fp32)
+        t = self.qkv(self.norm(x)).flatten(2).transpose(1, 2)  # (B, HW, 3C)
+        q, k, v = t.reshape(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        return x + self.proj(out.transpose(1, 2).reshape(b, h * w, c).transpose(1, 2).reshape(b, c, h, w))
 
 
 class UNet(nn.Module):

@@ -444,7 +444,7 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
     resumed = read_resume_checkpoint(ckpt_path, resume)
     if resumed is not None:
         tensors, meta = resumed
-        if meta.get("network") != net_cfg.to_dict():
+        if NetworkConfig.stored(meta.get("network")) != net_cfg.to_dict():
             raise CheckpointError(f"{ckpt_path}: checkpoint architecture differs from the config's network")
         start = restore_training_state(tensors, meta, ckpt_path, model, ema, opt, gen, f"rng.gen.{rank}")
     init_from = tr.get("init_from")

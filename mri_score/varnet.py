@@ -109,6 +109,8 @@ class VarNetConfig:
                 raise InputError(f"{where}.{key}.in_channels must be 2 (real and imaginary part), got {net.in_channels}")
             if net.label_classes:
                 raise InputError(f"{where}.{key}.label_classes must be empty (a VarNet is unconditional)")
+            if net.attention_heads:
+                raise InputError(f"{where}.{key}.attention_heads must be 0 (attention is a score-prior option)")
             nets[key] = net
         return cls(cascades=int(sec.get("cascades", default.cascades)), **nets)
 

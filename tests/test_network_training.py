@@ -173,6 +173,53 @@ def test_init_from_refuses_what_is_not_growth(tmp_path, change):
         train(cfg)
 
 
+def _drop_added_fields(path, section):
+    """Rewrite a checkpoint's metadata as a version before :data:`mri_score.network.ADDED_FIELDS` wrote it."""
+    from mri_score.network import ADDED_FIELDS
+
+    tensors, meta = load_checkpoint(path)
+    meta.pop("format", None)
+    for net in ([meta[section]] if section == "network" else [meta[section]["unet"], meta[section]["sens"]]):
+        for key in ADDED_FIELDS:
+            net.pop(key)
+    save_checkpoint(path, tensors, meta)
+
+
+def test_resume_accepts_a_checkpoint_written_before_attention_heads(tmp_path):
+    """A run saved without the ``attention_heads`` key (older code) resumes: the missing field means no attention."""
+    train(tiny_train_cfg(tmp_path / "old", steps=3))
+    ckpt = tmp_path / "old" / "checkpoint.safetensors"
+    _drop_added_fields(ckpt, "network")
+    assert "attention_heads" not in load_checkpoint(ckpt)[1]["network"]
+    out = train(tiny_train_cfg(tmp_path / "old", steps=4), resume=True)
+    assert out["start"] == 3 and len(out["losses"]) == 1
+    cfg = tiny_train_cfg(tmp_path / "old", steps=5)  # a real difference is still refused
+    cfg["network"]["attention_heads"] = 2
+    with pytest.raises(CheckpointError, match="architecture differs"):
+        train(cfg, resume=True)
+
+
+def test_attention_uses_a_fused_kernel_and_keeps_its_channel_layout():
+    """The block's q/k/v have a unit last stride (the flash kernel accepts them, on a CPU too) and mean the same
+    channels as a plain (3, heads, features) split of the qkv convolution."""
+    import torch.nn.functional as F  # noqa: N812
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from mri_score.network import AttentionBlock
+
+    torch.manual_seed(0)
+    blk = AttentionBlock(16, 4, 4)
+    torch.nn.init.normal_(blk.proj.weight)
+    x = torch.randn(2, 16, 6, 5)
+    b, c, h, w = x.shape
+    with torch.no_grad():
+        q, k, v = blk.qkv(blk.norm(x)).reshape(b, 3, 4, c // 4, h * w).transpose(-1, -2).unbind(1)
+        ref = x + blk.proj(F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(b, c, h, w))
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # raises if the layout forces the math kernel
+            for inp in (x, x.to(memory_format=torch.channels_last)):
+                assert torch.allclose(blk(inp), ref, atol=1e-5)
+
+
 def test_grown_parts_names_the_new_blocks():
     from mri_score.network import NetworkConfig
     from mri_score.training import grown_parts

@@ -220,6 +220,7 @@ def test_protocol_dds_variants_run_on_the_test_data_with_their_own_prior_and_gri
     assert ctl.startswith(table.rstrip("\n")) and "| dds:other − dds | 4 (2) | 0.00 [0.00, 0.00] | +0.0000 |" in ctl
     main_delta = next(line for line in table.splitlines() if "dds:grid2 (NFE" in line).split(" | ")[6]
     assert f"| dds:grid2 − dds | 4 (2) | {main_delta} |" in ctl
+    assert render_variants(str_rows, controls=[("dds:absent", "dds")]) == table  # no common slices: no second table
     assert "dds:" not in render_summary(str_rows)  # a variant is never the strongest baseline
     # the std factor was fitted for the plain dds request: a variant's std is not reported as calibrated
     assert cal["factors"] and all(r["cov_cal_90"] != "" for r in test if r["method"] == "dds")

@@ -294,6 +294,21 @@ def test_determinism_resume_and_parent(tmp_path, phantom_data):
     assert load_checkpoint(child)[1]["parent"] == meta["parent"]
 
 
+def test_resume_accepts_sub_networks_written_before_attention_heads(tmp_path, phantom_data):
+    from tests.test_network_training import _drop_added_fields
+
+    train_varnet(run_cfg(tmp_path / "old"), steps=2)
+    _drop_added_fields(tmp_path / "old" / "checkpoint.safetensors", "varnet")
+    assert train_varnet(run_cfg(tmp_path / "old"), steps=3, resume=True)["start"] == 2
+
+
+def test_attention_is_refused_in_a_varnet():
+    from mri_score.varnet import VarNetConfig
+
+    with pytest.raises(InputError, match="varnet.unet.attention_heads must be 0"):
+        VarNetConfig.from_dict({"unet": {**TINY_NET, "attention_heads": 2}}, strict=True)
+
+
 def test_bad_checkpoints_are_one_line_errors(tmp_path, tiny_prior_path, phantom_data):
     with pytest.raises(CheckpointError, match="not a VarNet") as err:
         load_varnet(tiny_prior_path)
