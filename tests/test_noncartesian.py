@@ -486,6 +486,21 @@ def test_benchmark_refuses_bad_flags(capsys):
     assert main(["--spokes", "0"]) == 2
     assert "--spokes" in capsys.readouterr().err
     assert main(["--bogus"]) == 2
+    assert main(["--timing-repeats", "0"]) == 2
+    assert "--timing-repeats" in capsys.readouterr().err
+
+
+def test_cartesian_reference_is_the_median_of_its_repeats(monkeypatch):
+    """The Cartesian time per slice is the median of the timed runs (one slow run does not move it)."""
+    import benchmarks.run_noncartesian as rn
+
+    clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])  # three runs of a 1-slice volume: 3 s, 1 s, 2 s
+    monkeypatch.setattr(rn.time, "perf_counter", lambda: next(clock))
+    calls = []
+    monkeypatch.setattr(rn, "reconstruct_volume", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(rn, "undersample", lambda *a, **k: {"under": None, "mask": None, "cals": None})
+    vol = {"name": "v", "images": np.ones((1, 16, 16), np.complex64)}
+    assert rn.cartesian_seconds(vol, None, None, 0, 3) == 2.0 and len(calls) == 3
 
 
 def test_benchmark_reports_clustered_paired_differences(tmp_path, tiny_prior_path):
