@@ -91,6 +91,15 @@ class VarNetConfig:
         """The config as plain JSON types (checkpoint metadata, the ``varnet`` section of a training config)."""
         return {"cascades": int(self.cascades), "unet": self.unet.to_dict(), "sens": self.sens.to_dict()}
 
+    @staticmethod
+    def stored(d: Any) -> Any:
+        """A ``varnet`` section as stored in checkpoint metadata, each sub-network through
+        :meth:`mri_score.network.NetworkConfig.stored` (fields added since at their old values): what a resume compares
+        with :meth:`to_dict`.  Anything that is not a mapping is returned as it is (it then differs)."""
+        if not isinstance(d, dict):
+            return d
+        return {**d, **{k: NetworkConfig.stored(d[k]) for k in ("unet", "sens") if k in d}}
+
     @classmethod
     def from_dict(cls, d: Any, where: str = "varnet", strict: bool = False) -> VarNetConfig:
         """Build from a config section or checkpoint metadata; :class:`InputError` naming the key otherwise.

@@ -57,7 +57,7 @@ from mri_score import limits
 from mri_score.atomic import protected_inputs
 from mri_score.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from mri_score.errors import CheckpointError, InputError
-from mri_score.network import NetworkConfig, count_parameters
+from mri_score.network import count_parameters
 from mri_score.scaling import kspace_scale
 from mri_score.schema import Field, check_section
 from mri_score.supervised import CoilSliceSource
@@ -381,10 +381,7 @@ def _train(cfg: dict[str, Any], resume: bool, device: str, max_steps: int | None
         tensors, meta = resumed
         if meta.get("task") != TASK:
             raise CheckpointError(f"{ckpt_path}: a {meta.get('task', 'score')!r} checkpoint, not a VarNet training checkpoint")
-        stored = meta.get("varnet")
-        if isinstance(stored, dict):  # sub-networks written before later NetworkConfig fields
-            stored = {**stored, **{k: NetworkConfig.stored(stored[k]) for k in ("unet", "sens") if k in stored}}
-        if stored != net_cfg.to_dict():
+        if VarNetConfig.stored(meta.get("varnet")) != net_cfg.to_dict():
             raise CheckpointError(f"{ckpt_path}: checkpoint architecture differs from the config's varnet section")
         start = restore_training_state(tensors, meta, ckpt_path, model, ema, opt, gen, "rng.gen.0")
     elif tr.get("init_from"):
