@@ -40,6 +40,9 @@ class Likelihood(ABC):
     has_prox: bool = False
     #: the term offers :meth:`data_step`
     has_data_step: bool = False
+    #: the term's forward model samples k-space off the Cartesian grid (a NUFFT); samplers whose tuned settings
+    #: differ by physics read it (:meth:`mri_score.samplers.dds.DDSConfig.cg_steps`)
+    noncartesian: bool = False
 
     @abstractmethod
     def grad(self, x: torch.Tensor) -> torch.Tensor:

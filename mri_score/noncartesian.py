@@ -227,6 +227,12 @@ class NonCartesianVolume:
         return float(np.sqrt(np.mean(np.real(np.diag(self.noise_cov)))))
 
 
+#: Version of the sampling defaults that hold on trajectories only, part of :func:`calibration_key` (as a sampler's
+#: ``defaults_version`` is of every key): 2 since DDS takes ``cg_iters_noncartesian`` (8) CG steps per step on
+#: non-Cartesian data instead of the Cartesian ``cg_iters`` (10); factors fitted before name no version.
+NONCARTESIAN_DEFAULTS_VERSION = 2
+
+
 def trajectory_key(volume: NonCartesianVolume) -> str:
     """The acquisition that the posterior std depends on, as a calibration key part: ``traj=…/readouts=…/matrix=…/kmax=…``.
 
@@ -242,14 +248,15 @@ def trajectory_key(volume: NonCartesianVolume) -> str:
 
 
 def calibration_key(request: ReconRequest, volume: NonCartesianVolume) -> str:
-    """The std calibration key of ``request`` on ``volume``'s trajectory: ``settings_key/traj=…/readouts=…/matrix=…``.
+    """The std calibration key of ``request`` on ``volume``'s trajectory: ``settings_key/traj=…/…/nc@vN``.
 
     :func:`mri_score.uncertainty.settings_key` followed by :func:`trajectory_key`, so a factor fitted on
-    Cartesian masks never applies to a trajectory, nor one fitted for radial-32 to radial-64.
+    Cartesian masks never applies to a trajectory, nor one fitted for radial-32 to radial-64, and by
+    :data:`NONCARTESIAN_DEFAULTS_VERSION`, so a factor fitted under older non-Cartesian defaults never matches.
     """
     from mri_score import uncertainty
 
-    return f"{uncertainty.settings_key(request)}/{trajectory_key(volume)}"
+    return f"{uncertainty.settings_key(request)}/{trajectory_key(volume)}/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -892,6 +899,8 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
     preconditioned : bool
         Circulant-preconditioned CG in :meth:`prox` (plain CG, as the Cartesian term, by default).
     """
+
+    noncartesian = True
 
     def __init__(self, op: NonCartesianSense, y: torch.Tensor, sigma_y: float, preconditioned: bool = False) -> None:
         if not isinstance(op, NonCartesianSense):

@@ -409,6 +409,34 @@ def test_dds_end_to_end_and_determinism(small_volume, tiny_runtime):
     assert crop.image.shape == (2, 16, 16) and crop.std is None
 
 
+def test_dds_takes_the_noncartesian_cg_count_on_trajectories(calibrated, tiny_runtime, monkeypatch):
+    from mri_score.likelihood import GaussianKspaceLikelihood
+    from mri_score.samplers.dds import DDSConfig, sample_dds
+    from operators import Sense
+
+    vol, cal = calibrated
+    term, op = _term(vol, cal)
+    cartesian = GaussianKspaceLikelihood(Sense(cal.maps), torch.zeros(cal.maps.shape, dtype=torch.complex64), 0.1)
+    cfg = DDSConfig()
+    assert (cfg.cg_steps(term), cfg.cg_steps(cartesian)) == (8, 10) == (cfg.cg_iters_noncartesian, cfg.cg_iters)
+    calls = []
+
+    def run(**options):
+        calls.clear()
+        x0 = term.gridded().expand(1, -1, -1).clone()
+        out = sample_dds(ComplexPrior(tiny_runtime), [term], x0, torch.Generator().manual_seed(0), 2, DDSConfig(**options))
+        return out.samples, len(calls)
+
+    original = NonCartesianSense.gram
+    monkeypatch.setattr(NonCartesianSense, "gram", lambda self, x: calls.append(1) or original(self, x))
+    base, n_default = run()
+    assert n_default == 2 * (8 + 1)  # per step: the start residual, then one Gram per CG step
+    same, _ = run(cg_iters=3)  # the Cartesian count does not reach a trajectory
+    assert torch.equal(base, same)
+    fewer, n_fewer = run(cg_iters_noncartesian=3)
+    assert n_fewer == 2 * (3 + 1) and not torch.equal(base, fewer)
+
+
 @pytest.mark.parametrize("sampler, steps", [("dps", 2), ("pc", 2), ("langevin", 4)])
 def test_every_sampler_runs_with_the_term(calibrated, tiny_runtime, sampler, steps):
     vol, cal = calibrated

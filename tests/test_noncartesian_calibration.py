@@ -47,6 +47,15 @@ def test_keys_name_the_trajectory_and_never_a_cartesian_setting(tmp_path):
     assert not {uncertainty.settings_key(r) for r in others} & {calibration_key(r, v) for r in others
                                                                  for v in (radial16, radial32, spiral8)}
     assert calibration_key(ReconRequest(steps=3, samples=2), radial16) != keys[0]
+    # a factor fitted under older non-Cartesian defaults (10 CG steps per DDS step; its key names no version) never
+    # matches, and a changed non-Cartesian CG count is a key of its own
+    from mri_score.noncartesian import NONCARTESIAN_DEFAULTS_VERSION
+
+    assert NONCARTESIAN_DEFAULTS_VERSION >= 2
+    assert keys[0] == f"{cartesian}/{trajectory_key(radial16)}/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
+    assert f"{cartesian}/{trajectory_key(radial16)}" not in keys
+    fewer = ReconRequest(steps=2, samples=2, options={"cg_iters_noncartesian": 4})
+    assert calibration_key(fewer, radial16) not in keys and "cg_iters_noncartesian=4" in calibration_key(fewer, radial16)
 
 
 def test_reconstruct_applies_only_the_factor_of_the_files_trajectory(tmp_path, tiny_prior_path):

@@ -3,7 +3,8 @@
 Per step i (Karras σ schedule):
 
 1. denoise: ``x̂₀ = D(x_i; σ_i)`` (one NFE);
-2. data consistency: ``cg_iters`` CG steps on ``(I + γ_i AᴴA) x = x̂₀ + γ_i Aᴴy``, started at ``x̂₀``;
+2. data consistency: ``cg_iters`` CG steps (``cg_iters_noncartesian`` on radial or spiral data) on
+   ``(I + γ_i AᴴA) x = x̂₀ + γ_i Aᴴy``, started at ``x̂₀``;
 3. re-noise DDIM-style: ``x_{i+1} = x̂₀' + √(σ_{i+1}² − c²) ε̂ + c z`` with
    ``ε̂ = (x_i − x̂₀)/σ_i`` and ``c = η σ_{i+1}``.
 
@@ -78,6 +79,7 @@ class DDSConfig(SamplerConfig):
     sigma_max: float = 1.0
     sigma_min: float = 0.002
     cg_iters: int = 10
+    cg_iters_noncartesian: int = 8
     eta: float = 1.0
     gamma: float | None = None
     gamma_scale: float = 1.0
@@ -87,10 +89,11 @@ class DDSConfig(SamplerConfig):
     final_gamma_rule: str = "same"
 
     def validate(self) -> None:
-        """σ_max > σ_min > 0, cg_iters ≥ 0, η in [0, 1], positive γ bounds with γ_min ≤ γ_max, a known γ rule."""
+        """σ_max > σ_min > 0, both CG counts ≥ 0, η in [0, 1], positive γ bounds with γ_min ≤ γ_max, a known γ rule."""
         self._require(self.sigma_min > 0, "sigma_min", "> 0")
         self._require(self.sigma_max > self.sigma_min, "sigma_max", "> sigma_min")
         self._require(self.cg_iters >= 0, "cg_iters", ">= 0")
+        self._require(self.cg_iters_noncartesian >= 0, "cg_iters_noncartesian", ">= 0")
         self._require(0.0 <= self.eta <= 1.0, "eta", "in [0, 1]")
         self._require(self.gamma is None or self.gamma > 0, "gamma", "> 0 or none")
         self._require(self.gamma_scale > 0, "gamma_scale", "> 0")
@@ -99,6 +102,18 @@ class DDSConfig(SamplerConfig):
         self._require(self.gamma_rule in GAMMA_RULES, "gamma_rule", f"one of {', '.join(GAMMA_RULES)}")
         self._require(self.final_gamma_rule in ("same", *GAMMA_RULES), "final_gamma_rule",
                       f"one of same, {', '.join(GAMMA_RULES)}")
+
+    def cg_steps(self, term: Likelihood) -> int:
+        """CG steps of ``term``'s proximal step: ``cg_iters_noncartesian`` on a non-Cartesian k-space term
+        (:attr:`mri_score.likelihood.Likelihood.noncartesian`), else ``cg_iters``.
+
+        The partial solve regularises, and its best length differs by physics: 10 was tuned on Cartesian data
+        (``benchmarks/results/archive/dds_tuning.md``); on radial and spiral data every step is a Toeplitz Gram
+        and the rule fixed before ``benchmarks/run_noncartesian_tuning.py`` chose 8 on the tuning subjects
+        (``benchmarks/results/noncartesian_tuning.md``: the best count falls with the sampling density, from
+        10 or more at 16 spokes to 3-5 at 64 spokes and on the 8-interleaf spiral).
+        """
+        return self.cg_iters_noncartesian if term.noncartesian else self.cg_iters
 
 
 def dds_gamma(sigma: float, sigma_data: float, sigma_y: float | torch.Tensor, scale: float, lo: float,
@@ -166,7 +181,7 @@ def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequen
                 g = discrepancy_gamma(term, x0, cfg.gamma_scale, cfg.gamma_min, cfg.gamma_max)
             else:
                 g = dds_gamma(s, sd, term.sigma_y, cfg.gamma_scale, cfg.gamma_min, cfg.gamma_max)
-            x0 = term.prox(x0, g, cfg.cg_iters)
+            x0 = term.prox(x0, g, cfg.cg_steps(term))
         if s_next == 0.0:
             break
         eps = (x - den) / s
