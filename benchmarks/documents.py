@@ -29,12 +29,13 @@ SUM_BEGIN, SUM_END = "<!-- results-summary:begin -->", "<!-- results-summary:end
 DEV_BEGIN, DEV_END = "<!-- dev-ablation:begin -->", "<!-- dev-ablation:end -->"
 FINAL_BEGIN, FINAL_END = "<!-- results-final:begin -->", "<!-- results-final:end -->"
 #: The development ablations (DDS variants of configs/ablation_prior_dev.yaml, the blended-corpus prior of
-#: configs/ablation_blend_dev.yaml, the grown network of configs/ablation_capacity_dev.yaml), under
-#: benchmarks/results: one table each, in this order.
-DEV_ABLATIONS = ("ablation_prior_dev.csv", "ablation_blend_dev.csv", "ablation_capacity_dev.csv")
+#: configs/ablation_blend_dev.yaml, the grown network of configs/ablation_capacity_dev.yaml, the longer training of
+#: configs/ablation_long_dev.yaml), under benchmarks/results: one table each, in this order.
+DEV_ABLATIONS = ("ablation_prior_dev.csv", "ablation_blend_dev.csv", "ablation_capacity_dev.csv", "ablation_long_dev.csv")
 #: Per development ablation, its ``(variant, control)`` pairs (:func:`benchmarks.tables.render_variants`): the grown
-#: network against the same training steps on the default's architecture.
-DEV_CONTROLS = {"ablation_capacity_dev.csv": (("dds:deep", "dds:continue"),)}
+#: network against the same training steps on the default's architecture; 12000 steps against the first 4000.
+DEV_CONTROLS = {"ablation_capacity_dev.csv": (("dds:deep", "dds:continue"),),
+                "ablation_long_dev.csv": (("dds:long", "dds:continue"),)}
 #: The prior ablation's runs (name, CSV under benchmarks/results): the same protocol with each prior.
 ABLATION = (("brain_synth", "bench_protocol.csv"), ("mixed_cond", "bench_protocol_mixed.csv"))
 #: Where the full report goes (the README carries the summary and links here).

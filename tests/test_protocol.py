@@ -523,9 +523,9 @@ def test_training_split_note_follows_the_parent_chain_of_the_shipped_priors():
     from mri_score.prior import load_prior
 
     default = load_prior().meta
-    # the default prior (mixed corpus) descends from the brain-only prior (template slices): both render the
-    # symmetric template, so the synthetic rows are in-distribution, whatever split each used
-    assert [c["data_source"] for c in ancestry(default)] == ["mixed", "synthetic"]
+    # the default prior (mixed corpus, continued) descends from the mixed prior and the brain-only prior (template
+    # slices): all render the symmetric template, so the synthetic rows are in-distribution, whatever split each used
+    assert [c["data_source"] for c in ancestry(default)] == ["mixed", "mixed", "synthetic"]
     assert "in-distribution" in training_split_note(default)
     broken = {**default, "parent": {"path": "mri_score/weights/nope.safetensors", "sha256": "0" * 64}}
     assert ancestry(broken)[-1]["data_source"].startswith("unknown")
