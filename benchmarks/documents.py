@@ -82,14 +82,33 @@ def summary_block(csv_path: Path, final_path: Path | None = None) -> str:
     """The README's summary block (markers included): DDS against the strongest baseline of each test set.
 
     With a final test (``final_path``): every test set of the final run, then the real development set of the
-    development run ``csv_path`` (the synthetic test sets of both runs are the same data); without one, every test
-    set of ``csv_path``.
+    development run ``csv_path`` (the synthetic test sets of both runs are the same data), and a line naming the
+    prior of each run (:func:`run_prior`; left out when either report is missing); without one, every test set of
+    ``csv_path``.
     """
     if final_path is None:
         return _block(csv_path, render_summary, SUM_BEGIN, SUM_END)
     rows = _rows(final_path) + [r for r in _rows(csv_path) if r.get("group", "").startswith("real")]
-    return _block(final_path, render_summary, SUM_BEGIN, SUM_END, rows=rows,
-                  source=f"{final_path.name} and the real development rows of {csv_path.name}")
+    block = _block(final_path, render_summary, SUM_BEGIN, SUM_END, rows=rows,
+                   source=f"{final_path.name} and the real development rows of {csv_path.name}")
+    priors = [(what, run_prior(path)) for what, path in (("the real development rows", csv_path),
+                                                         ("the other rows (the final run)", final_path))]
+    if all(p for _, p in priors):
+        note = "Priors: " + "; ".join(f"{what} `{p}`" for what, p in priors) + "."
+        block = block.replace(f"\n{SUM_END}", f"\n{note}\n{SUM_END}")
+    return block
+
+
+def run_prior(csv_path: Path) -> str | None:
+    """The prior a protocol run used, as its report beside ``csv_path`` (``.md``) names it: ``file (sha256 …)``; None
+    when the report or its ``- prior:`` line is missing."""
+    report = csv_path.with_suffix(".md")
+    if not report.is_file():
+        return None
+    for line in read_text_file(report, report.name, 16 * 1024**2).splitlines():
+        if line.startswith("- prior: "):
+            return line.removeprefix("- prior: ").split(";")[0].strip()
+    return None
 
 
 def ablation_block(results: Path) -> str:

@@ -12,7 +12,8 @@ group of volumes, PSNR / SSIM against the noise-free magnitude ``|x|`` (fastMRI'
 * **L1-wavelet**: ``½‖Ax − y‖² + λ‖Ψx‖₁`` (Daubechies-4) by ADMM on the project's NUFFT operator, λ swept;
 * **BART** ``pics -t`` (total variation ``-R T``, λ swept) where ``bart`` is installed, else a "not run" row;
 * **DDS** (:func:`mri_score.noncartesian.reconstruct_noncartesian_volume`): the Cartesian sampler and its
-  defaults (``--nfe``, default 24 NFE), K = ``--samples``.
+  defaults (``--nfe``, default 24 NFE), K = ``--samples``, except the CG steps per step: ``cg_iters_noncartesian``
+  (8) instead of the Cartesian ``cg_iters`` (10), so the Cartesian reference of the time ratio runs 10.
 
 Every method uses the same calibration per slice (:func:`mri_score.noncartesian.calibrate_volume_noncartesian`:
 maps from the fully sampled k-space centre, scale, σ_y estimated from the outer samples).  For each swept

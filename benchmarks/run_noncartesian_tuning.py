@@ -144,8 +144,8 @@ def report(args: argparse.Namespace, command: str, split: TuningSplit, rows: lis
              f"- rule (fixed before the run): the smallest value whose average over settings is at most "
              f"{AVERAGE_TOLERANCE_DB:g} dB below the best average, and at no setting more than {SETTING_TOLERANCE_DB:g} dB "
              f"below {REFERENCE}", "",
-             "| CG steps | " + " | ".join(tags) + " | average | Δ vs 10 (average) | s/slice |",
-             "|---|" + "---|" * (len(tags) + 4)]
+             "| CG steps | " + " | ".join(tags) + f" | average | Δ vs {REFERENCE} (average) | s/slice |",
+             "|---|" + "---|" * (len(tags) + 3)]
     ref = float(np.mean(list(means[REFERENCE].values())))
     for n in counts:
         avg = float(np.mean(list(means[n].values())))

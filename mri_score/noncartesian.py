@@ -879,7 +879,7 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
     * :meth:`prox` (DDS): the same problem, ``(I + γAᴴA) z = x + γAᴴy``, by ``iters`` steps of CG from
       ``x`` as the Cartesian term (exact for any ``A``); ``preconditioned=True`` preconditions them by the
       circulant ``(I + γ ρ)⁻¹`` (:func:`circulant_normal_diagonal`), which converges faster on the spread
-      of the sample density but, with DDS's partial solves (10 steps), changed its PSNR by −0.7 to +0.15 dB
+      of the sample density but, with DDS's partial solves (10 steps, the count then), changed its PSNR by −0.7 to +0.15 dB
       on 12 radial and spiral slices at 128² (mean −0.06 dB), so it is off by default.
     * :meth:`data_step` (PC): ``x + λ Aᴴ W̃ (y − A x)`` with the density weights ``W̃ = W / max(1,
       ‖AᴴWA‖)``, so ``λ < 2`` is stable (the Cartesian ``x + λ Aᴴ(y − A x)`` diverges for ``λ > 2 / ‖AᴴA‖``).

@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "expected RSS of the noisy coil images, the option for scoring against fastMRI's noisy RSS "
                         "targets (noise floor included)")
     p.add_argument("--sampler-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="a sampler option (repeatable), e.g. cg_iters=5 for dds; unknown keys are refused with the "
-                        "sampler's list")
+                   help="a sampler option (repeatable), e.g. cg_iters=5 for dds (Cartesian data; "
+                        "cg_iters_noncartesian on radial and spiral data); unknown keys are refused with the sampler's "
+                        "list")
     p.add_argument("--gamma", type=float, default=None,
                    help="DDS data weight, the same as --sampler-opt gamma=G (None: from the noise levels)")
     p.add_argument("--condition", default="none", metavar="LABEL|auto|none",
@@ -253,12 +254,15 @@ def std_calibration_entry(prior: str | None, key: str) -> dict | None:
 
 
 def trajectory_calibrations(prior: str | None, request: ReconRequest) -> dict:
-    """The sidecar entries of ``prior`` fitted for ``request`` on a non-Cartesian trajectory (``{key: entry}``)."""
+    """The sidecar entries of ``prior`` fitted for ``request`` on a non-Cartesian trajectory under the current
+    non-Cartesian defaults (keys ending ``/nc@vN``, :func:`mri_score.noncartesian.calibration_key`): ``{key: entry}``."""
+    from mri_score.noncartesian import NONCARTESIAN_DEFAULTS_VERSION
     from mri_score.prior import default_prior_path
 
     path = Path(prior) if prior else default_prior_path()
-    stem = uncertainty.settings_key(request) + "/traj="
-    return {k: v for k, v in sorted(uncertainty.matching_entries(path).items()) if k.startswith(stem)}
+    stem, version = uncertainty.settings_key(request) + "/traj=", f"/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
+    return {k: v for k, v in sorted(uncertainty.matching_entries(path).items()) if k.startswith(stem)
+            and k.endswith(version)}
 
 
 def _kind(path: Path) -> str | None:
@@ -414,7 +418,10 @@ def _run(run: _Run, files: list[Path]) -> int:
                     "prior_id": runs.prior_identity(getattr(prior, "meta", {})), "std_calibration": std_cal}
     # a non-Cartesian file's factor is keyed by its trajectory, known once it is read: its skip key carries every
     # trajectory entry of this request, so storing or changing one redoes those files (never the Cartesian ones)
-    trajectory_settings = {**run_settings, "std_calibration_trajectories": trajectory_calibrations(args.prior, request)}
+    from mri_score.noncartesian import NONCARTESIAN_DEFAULTS_VERSION
+
+    trajectory_settings = {**run_settings, "std_calibration_trajectories": trajectory_calibrations(args.prior, request),
+                           "noncartesian_defaults": NONCARTESIAN_DEFAULTS_VERSION}
     if run.directory_run and run.world > 1:
         runs.start_process(args.out, run.rank, run.world)
     rows: list[dict] = []

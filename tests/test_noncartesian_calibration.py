@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mri_score import uncertainty
+from mri_score.errors import InputError
 from mri_score.noncartesian import calibration_key, read_noncartesian_mrd, trajectory_key, write_noncartesian_mrd
 from mri_score.request import ReconRequest
 from mri_score.simulate_noncartesian import simulate_noncartesian
@@ -47,13 +48,11 @@ def test_keys_name_the_trajectory_and_never_a_cartesian_setting(tmp_path):
     assert not {uncertainty.settings_key(r) for r in others} & {calibration_key(r, v) for r in others
                                                                  for v in (radial16, radial32, spiral8)}
     assert calibration_key(ReconRequest(steps=3, samples=2), radial16) != keys[0]
-    # a factor fitted under older non-Cartesian defaults (10 CG steps per DDS step; its key names no version) never
-    # matches, and a changed non-Cartesian CG count is a key of its own
+    # the key ends with the version of the non-Cartesian defaults (a factor fitted under older ones never matches:
+    # test_reconstruct_applies_only_the_factor_of_the_files_trajectory), and a changed CG count is a key of its own
     from mri_score.noncartesian import NONCARTESIAN_DEFAULTS_VERSION
 
-    assert NONCARTESIAN_DEFAULTS_VERSION >= 2
     assert keys[0] == f"{cartesian}/{trajectory_key(radial16)}/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
-    assert f"{cartesian}/{trajectory_key(radial16)}" not in keys
     fewer = ReconRequest(steps=2, samples=2, options={"cg_iters_noncartesian": 4})
     assert calibration_key(fewer, radial16) not in keys and "cg_iters_noncartesian=4" in calibration_key(fewer, radial16)
 
@@ -73,9 +72,13 @@ def test_reconstruct_applies_only_the_factor_of_the_files_trajectory(tmp_path, t
 
     raw, attr = run("raw")
     assert attr.startswith("none") and "non-Cartesian" in attr and key in attr
-    # a Cartesian factor and one fitted for 32 spokes do not apply to a 16-spoke file
+    # a Cartesian factor, one fitted for 32 spokes and one fitted for this trajectory under older non-Cartesian
+    # defaults (its key without the /nc@vN suffix) do not apply to a 16-spoke file
     uncertainty.store_factor(tiny_prior_path, uncertainty.settings_key(request), 5.0, 0.9)
     uncertainty.store_factor(tiny_prior_path, calibration_key(request, _volume("radial", 32)), 7.0, 0.9)
+    older = f"{uncertainty.settings_key(request)}/{trajectory_key(read_noncartesian_mrd(src))}"
+    assert key.startswith(older + "/nc@v")
+    uncertainty.store_factor(tiny_prior_path, older, 9.0, 0.9)
     other, attr = run("other")
     assert np.array_equal(other, raw) and attr.startswith("none") and key in attr
     uncertainty.store_factor(tiny_prior_path, key, 3.0, 0.9, fitted_on="test")
@@ -147,3 +150,36 @@ def test_tuning_split_volumes_are_the_protocols_tuning_volumes():
     assert [m["name"] + ".h5" for m in mine] == [t["name"] for t in theirs]
     for m, t in zip(mine, theirs, strict=True):
         assert np.array_equal(m["images"], t["images"]) and m["pixel_mm"] == t["pixel_mm"]
+
+
+def test_cg_tuning_rule_picks_the_smallest_count_within_its_tolerances():
+    from benchmarks.run_noncartesian_tuning import choose
+
+    settings = ("radial 16", "radial 64")
+    means = {n: dict(zip(settings, v)) for n, v in {4: (32.0, 42.0), 6: (32.8, 41.6), 8: (33.0, 41.35),
+                                                     10: (33.2, 41.0)}.items()}
+    # averages 37.0, 37.2 (best), 37.175, 37.1: 4 is too far below the best; 6 loses 0.4 dB to 10 at 16 spokes
+    chosen, average, why = choose(means)
+    assert chosen == 8 and average == pytest.approx(37.175) and "-0.20" in why
+    means[6]["radial 16"] = 33.0  # now within 0.3 dB of 10 everywhere, and still the best average
+    assert choose(means)[0] == 6
+    assert choose({10: {"a": 1.0}, 8: {"a": 0.0}})[0] == 10  # nothing smaller qualifies: the reference
+    with pytest.raises(InputError, match="include 10"):
+        choose({8: {"a": 1.0}})
+
+
+def test_cg_tuning_script_writes_a_table_and_refuses_bad_flags(tmp_path, tiny_prior_path, capsys):
+    from benchmarks.run_noncartesian_tuning import main
+
+    out = tmp_path / "tuning.md"
+    assert main(["--prior", str(tiny_prior_path), "--config", str(ROOT / "configs" / "bench_dev.yaml"), "--synth-size",
+                 "32", "--slices", "1", "--spokes", "8", "--interleaves", "--nfe", "2", "--cg-iters", "2", "10",
+                 "--threads", "1", "--out", str(out)]) == 0
+    lines = [ln for ln in out.read_text().splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| CG steps | radial 8 spokes | average | Δ vs 10 (average) | s/slice |")
+    assert all(ln.count("|") == lines[0].count("|") for ln in lines) and len(lines) == 4  # header, separator, 2 rows
+    assert "**Choice by the rule:" in out.read_text()
+    bad = tmp_path / "bad.md"
+    assert main(["--config", str(ROOT / "configs" / "bench_dev.yaml"), "--cg-iters", "4", "8", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cg-iters" in err[0] and not bad.exists()

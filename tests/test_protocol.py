@@ -421,6 +421,28 @@ def test_readme_and_results_doc_blocks_are_the_committed_csv_rendering():
         assert block == dev_ablation_block(ablations), "docs/results.md's ablation is stale: run benchmarks/make_tables.py"
 
 
+def test_summary_names_the_prior_of_each_run(tmp_path):
+    import shutil
+
+    from benchmarks.documents import SUM_END, run_prior, summary_block
+    from benchmarks.tables import DEFAULT_CSV, FINAL_CSV
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    if not (results / DEFAULT_CSV).is_file() or not (results / FINAL_CSV).is_file():
+        pytest.skip("the development and final results are not committed")
+    dev, final = tmp_path / DEFAULT_CSV, tmp_path / FINAL_CSV
+    for path in (dev, final):
+        shutil.copy(results / path.name, path)
+    # no reports beside the CSVs: no note
+    assert run_prior(dev) is None and "Priors:" not in summary_block(dev, final)
+    dev.with_suffix(".md").write_text("# x\n\n- prior: new.safetensors (sha256 aaaa…); in-distribution\n")
+    final.with_suffix(".md").write_text("- command: x\n- prior: old.safetensors (sha256 bbbb…)\n")
+    assert run_prior(dev) == "new.safetensors (sha256 aaaa…)"
+    block = summary_block(dev, final)
+    assert block.endswith("Priors: the real development rows `new.safetensors (sha256 aaaa…)`; the other rows (the "
+                          f"final run) `old.safetensors (sha256 bbbb…)`.\n{SUM_END}")
+
+
 def test_prior_ablation_pairs_volumes_and_counts_wins():
     from benchmarks.tables import render_prior_ablation
 

@@ -111,7 +111,7 @@ class DDSConfig(SamplerConfig):
         (``benchmarks/results/archive/dds_tuning.md``); on radial and spiral data every step is a Toeplitz Gram
         and the rule fixed before ``benchmarks/run_noncartesian_tuning.py`` chose 8 on the tuning subjects
         (``benchmarks/results/noncartesian_tuning.md``: the best count falls with the sampling density, from
-        10 or more at 16 spokes to 3-5 at 64 spokes and on the 8-interleaf spiral).
+        10 or more at 16 spokes to 4-5 at 64 spokes and 3 on the 8-interleaf spiral).
         """
         return self.cg_iters_noncartesian if term.noncartesian else self.cg_iters
 
