@@ -27,114 +27,34 @@ guard_startup(__name__)  # first, before torch: a signal while starting exits qu
 # isort: split
 import argparse
 import sys
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import add_check_flags, check_args, write_report
-from benchmarks.protocol import synthetic_spec, synthetic_subject_volumes, validate_protocol
+from benchmarks.harness import check_args, write_report
 from benchmarks.provenance import provenance
+from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, settings_of
 from mri_score import limits, uncertainty
 from mri_score.atomic import check_writable
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
-from mri_score.config import load_config
 from mri_score.errors import InputError
-from mri_score.noncartesian import NonCartesianVolume, calibration_key, reconstruct_noncartesian_volume
+from mri_score.noncartesian import calibration_key, reconstruct_noncartesian_volume
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, default_prior_path, load_prior
 from mri_score.request import ReconRequest
-from mri_score.simulate_noncartesian import simulate_noncartesian
 
 #: Nominal coverage the factor is fitted for.
 LEVEL = 0.9
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The script's flags (the shared ones of :func:`benchmarks.harness.add_check_flags` included)."""
-    ap = one_line_usage_errors(add_check_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]),
-                                               "noncartesian_calibration.md", 128))
-    ap.set_defaults(slices=2)
-    ap.add_argument("--spokes", type=int, nargs="*", default=[16, 32, 64], help="radial settings (spokes)")
-    ap.add_argument("--interleaves", type=int, nargs="*", default=[8], help="spiral settings (interleaves)")
+    """The script's flags (the shared ones of :func:`benchmarks.tuning_split.add_trajectory_flags` included)."""
+    ap = one_line_usage_errors(add_trajectory_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]),
+                                                    "noncartesian_calibration.md"))
     ap.add_argument("--samples", type=int, default=2, help="posterior samples K per slice (at least 2: the std)")
-    ap.add_argument("--config", default="configs/bench_dev.yaml",
-                    help="the protocol whose data.tuning subjects (and their physics) are simulated")
     ap.add_argument("--subjects", type=int, nargs="+", default=None,
                     help="tuning subjects (None: the config's data.tuning.subjects); its test subjects are refused")
-    ap.add_argument("--prior", default=None, help="score prior checkpoint (default: the shipped prior)")
     ap.add_argument("--store", action="store_true", help="write each factor into the prior's calibration sidecar")
     return ap
-
-
-def settings_of(args: argparse.Namespace) -> list[tuple[str, int]]:
-    """``[(kind, count)]`` of ``--spokes`` and ``--interleaves``, validated (one line naming the flag)."""
-    for flag, values, top in (("--spokes", args.spokes, 4096), ("--interleaves", args.interleaves, 1024)):
-        for v in values:
-            limits.check_int(v, flag, 1, top)
-    settings = [("radial", n) for n in args.spokes] + [("spiral", n) for n in args.interleaves]
-    if not settings:
-        raise InputError("no setting: give --spokes and/or --interleaves")
-    return settings
-
-
-@dataclass(frozen=True)
-class TuningSplit:
-    """The synthetic tuning split of a protocol config (``data.tuning`` and the physics of ``data``) to calibrate on.
-
-    Defaults as :func:`benchmarks.protocol.protocol_volumes` reads them; ``subjects`` never include the
-    config's test subjects.
-    """
-
-    #: the config's ``name`` (its path when it has none)
-    name: str
-    subjects: tuple[int, ...]
-    #: the config's ``data`` section (the physics and the tuning split's settings)
-    data: dict
-
-    @property
-    def spec(self) -> dict:
-        """The tuning split's settings with the protocol's defaults (:func:`benchmarks.protocol.synthetic_spec`)."""
-        return synthetic_spec(self.data, "tuning")
-
-    @classmethod
-    def of_config(cls, config: str, subjects: list[int] | None = None) -> TuningSplit:
-        """Read and check ``config`` (:func:`benchmarks.protocol.validate_protocol`); ``subjects`` replace its tuning
-        subjects (its test subjects are refused, one line naming ``--subjects``)."""
-        cfg = load_config(config)
-        validate_protocol(cfg, config)
-        data = cfg["data"]
-        try:
-            spec = synthetic_spec(data, "tuning")
-            chosen = tuple(int(s) for s in subjects) if subjects is not None else spec["subjects"]
-            test = set(synthetic_spec(data, "test")["subjects"])
-        except (TypeError, ValueError) as err:
-            raise InputError(f"{config}: data: {err}") from None
-        for s in chosen:
-            limits.check_int(s, "--subjects", 0, 39)
-        if set(chosen) & test:
-            raise InputError(f"--subjects: {sorted(set(chosen) & test)} are test subjects of {config}; calibrate on "
-                             "tuning subjects only")
-        outside = sorted(set(chosen) - set(spec["subjects"]))
-        if outside:
-            raise InputError(f"--subjects: {outside} are not tuning subjects of {config} "
-                             f"({', '.join(str(s) for s in spec['subjects'])}); calibrate on tuning subjects only")
-        return cls(name=str(cfg.get("name", config)), subjects=chosen, data=data)
-
-    def volumes(self, slices: int, size: int) -> list[dict]:
-        """Each subject's slices ``{name, images (slices, size, size) complex64, pixel_mm}``, as the protocol makes them
-        (:func:`benchmarks.protocol.synthetic_subject_volumes`; names without the ``.h5``)."""
-        vols = synthetic_subject_volumes(self.data, "tuning", self.subjects, slices, (size, size))
-        return [{"name": v["name"].removesuffix(".h5"), "images": v["images"], "pixel_mm": v["pixel_mm"]} for v in vols]
-
-    def acquire(self, vol: dict, kind: str, count: int) -> NonCartesianVolume:
-        """``vol`` on a trajectory: ``coils`` birdcage coils, SNR ``snr``, the noise covariance kept (known σ_y, as a
-        prewhitened MRD file gives); the noise is seeded by the tuning seed, the setting and the volume's name."""
-        spec = self.spec
-        seed = zlib.crc32(f"{spec['seed']}/{kind}/{count}/{vol['name']}".encode())
-        nc = simulate_noncartesian(vol["images"], kind, count, spec["coils"], spec["snr"], seed, pixel_mm=vol["pixel_mm"])
-        nc.name = vol["name"]
-        return nc
 
 
 def fit_setting(split: TuningSplit, vols: list[dict], kind: str, count: int, prior: ComplexPrior,

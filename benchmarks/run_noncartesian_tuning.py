@@ -8,7 +8,7 @@ data, :meth:`mri_score.samplers.dds.DDSConfig.cg_steps`). On a non-Cartesian ope
 Gram, two FFTs of the ``2H × 2W`` grid per coil, which is most of the sampler's time; and the partial solve
 is part of the method (it regularises), so fewer steps are not simply a worse solution. This script
 measures PSNR and time per slice for each ``--cg-iters`` value of ``cg_iters_noncartesian`` on the synthetic
-**tuning** subjects of the development protocol (:class:`benchmarks.run_noncartesian_calibration.TuningSplit`: ``--config``'s
+**tuning** subjects of the development protocol (:class:`benchmarks.tuning_split.TuningSplit`: ``--config``'s
 ``data.tuning`` subjects, never its test subjects, never real images), per trajectory setting, with the
 ``reconstruct`` command's DDS request otherwise (``--nfe`` NFE, K = ``--samples``, grid auto).
 
@@ -32,9 +32,9 @@ import time
 
 import numpy as np
 
-from benchmarks.harness import add_check_flags, check_args, write_report
+from benchmarks.harness import check_args, write_report
 from benchmarks.provenance import provenance
-from benchmarks.run_noncartesian_calibration import TuningSplit, settings_of
+from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, settings_of
 from mri_score import limits
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import InputError
@@ -52,18 +52,12 @@ SETTING_TOLERANCE_DB = 0.3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The script's flags (the shared ones of :func:`benchmarks.harness.add_check_flags` included)."""
-    ap = one_line_usage_errors(add_check_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]),
-                                               "noncartesian_tuning.md", 128))
-    ap.set_defaults(slices=2)
-    ap.add_argument("--spokes", type=int, nargs="*", default=[16, 32, 64], help="radial settings (spokes)")
-    ap.add_argument("--interleaves", type=int, nargs="*", default=[8], help="spiral settings (interleaves)")
+    """The script's flags (the shared ones of :func:`benchmarks.tuning_split.add_trajectory_flags` included)."""
+    ap = one_line_usage_errors(add_trajectory_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]),
+                                                    "noncartesian_tuning.md"))
     ap.add_argument("--cg-iters", type=int, nargs="+", default=[3, 4, 5, 6, 8, 10],
                     help="CG steps per DDS step on non-Cartesian data to compare (must include 10, the reference)")
     ap.add_argument("--samples", type=int, default=2, help="posterior samples K per slice")
-    ap.add_argument("--config", default="configs/bench_dev.yaml",
-                    help="the protocol whose data.tuning subjects (and their physics) are simulated")
-    ap.add_argument("--prior", default=None, help="score prior checkpoint (default: the shipped prior)")
     return ap
 
 

@@ -135,7 +135,7 @@ def test_tuning_split_volumes_are_the_protocols_tuning_volumes():
     import numpy as np
 
     from benchmarks.protocol import protocol_volumes, synthetic_spec
-    from benchmarks.run_noncartesian_calibration import TuningSplit
+    from benchmarks.tuning_split import TuningSplit
     from mri_score.config import load_config
 
     config = str(Path(__file__).resolve().parents[1] / "configs" / "bench_dev.yaml")

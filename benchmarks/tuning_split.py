@@ -1,0 +1,106 @@
+"""The synthetic tuning split of a protocol on radial and spiral trajectories, shared by the scripts that fit or tune
+on it (``run_noncartesian_calibration.py``: the std factor per trajectory; ``run_noncartesian_tuning.py``: DDS's CG
+steps on trajectories).
+
+:func:`add_trajectory_flags` adds the flags they share to a script's own parser (argument parsing stays in the
+command-line modules, as :func:`benchmarks.harness.add_check_flags`); :func:`settings_of` reads the trajectory
+settings back; :class:`TuningSplit` simulates a protocol config's tuning subjects on a trajectory.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.harness import add_check_flags
+from benchmarks.protocol import synthetic_spec, synthetic_subject_volumes, validate_protocol
+from mri_score import limits
+from mri_score.config import load_config
+from mri_score.errors import InputError
+from mri_score.noncartesian import NonCartesianVolume
+from mri_score.simulate_noncartesian import simulate_noncartesian
+
+
+def add_trajectory_flags(ap: Any, out: str) -> Any:
+    """Add the shared flags to ``ap`` (a script's own parser): :func:`benchmarks.harness.add_check_flags` (report
+    ``out`` under ``benchmarks/results``, 128² slices, 2 per subject), ``--spokes``, ``--interleaves``, ``--config``
+    (the protocol whose tuning subjects are simulated) and ``--prior``."""
+    add_check_flags(ap, out, 128)
+    ap.set_defaults(slices=2)
+    ap.add_argument("--spokes", type=int, nargs="*", default=[16, 32, 64], help="radial settings (spokes)")
+    ap.add_argument("--interleaves", type=int, nargs="*", default=[8], help="spiral settings (interleaves)")
+    ap.add_argument("--config", default="configs/bench_dev.yaml",
+                    help="the protocol whose data.tuning subjects (and their physics) are simulated")
+    ap.add_argument("--prior", default=None, help="score prior checkpoint (default: the shipped prior)")
+    return ap
+
+
+def settings_of(args: Any) -> list[tuple[str, int]]:
+    """``[(kind, count)]`` of the parsed ``--spokes`` and ``--interleaves``, validated (one line naming the flag)."""
+    for flag, values, top in (("--spokes", args.spokes, 4096), ("--interleaves", args.interleaves, 1024)):
+        for v in values:
+            limits.check_int(v, flag, 1, top)
+    settings = [("radial", n) for n in args.spokes] + [("spiral", n) for n in args.interleaves]
+    if not settings:
+        raise InputError("no setting: give --spokes and/or --interleaves")
+    return settings
+
+
+@dataclass(frozen=True)
+class TuningSplit:
+    """The synthetic tuning split of a protocol config (``data.tuning`` and the physics of ``data``) to calibrate on.
+
+    Defaults as :func:`benchmarks.protocol.protocol_volumes` reads them; ``subjects`` never include the
+    config's test subjects.
+    """
+
+    #: the config's ``name`` (its path when it has none)
+    name: str
+    subjects: tuple[int, ...]
+    #: the config's ``data`` section (the physics and the tuning split's settings)
+    data: dict
+
+    @property
+    def spec(self) -> dict:
+        """The tuning split's settings with the protocol's defaults (:func:`benchmarks.protocol.synthetic_spec`)."""
+        return synthetic_spec(self.data, "tuning")
+
+    @classmethod
+    def of_config(cls, config: str, subjects: list[int] | None = None) -> TuningSplit:
+        """Read and check ``config`` (:func:`benchmarks.protocol.validate_protocol`); ``subjects`` replace its tuning
+        subjects (its test subjects are refused, one line naming ``--subjects``)."""
+        cfg = load_config(config)
+        validate_protocol(cfg, config)
+        data = cfg["data"]
+        try:
+            spec = synthetic_spec(data, "tuning")
+            chosen = tuple(int(s) for s in subjects) if subjects is not None else spec["subjects"]
+            test = set(synthetic_spec(data, "test")["subjects"])
+        except (TypeError, ValueError) as err:
+            raise InputError(f"{config}: data: {err}") from None
+        for s in chosen:
+            limits.check_int(s, "--subjects", 0, 39)
+        if set(chosen) & test:
+            raise InputError(f"--subjects: {sorted(set(chosen) & test)} are test subjects of {config}; calibrate on "
+                             "tuning subjects only")
+        outside = sorted(set(chosen) - set(spec["subjects"]))
+        if outside:
+            raise InputError(f"--subjects: {outside} are not tuning subjects of {config} "
+                             f"({', '.join(str(s) for s in spec['subjects'])}); calibrate on tuning subjects only")
+        return cls(name=str(cfg.get("name", config)), subjects=chosen, data=data)
+
+    def volumes(self, slices: int, size: int) -> list[dict]:
+        """Each subject's slices ``{name, images (slices, size, size) complex64, pixel_mm}``, as the protocol makes them
+        (:func:`benchmarks.protocol.synthetic_subject_volumes`; names without the ``.h5``)."""
+        vols = synthetic_subject_volumes(self.data, "tuning", self.subjects, slices, (size, size))
+        return [{"name": v["name"].removesuffix(".h5"), "images": v["images"], "pixel_mm": v["pixel_mm"]} for v in vols]
+
+    def acquire(self, vol: dict, kind: str, count: int) -> NonCartesianVolume:
+        """``vol`` on a trajectory: ``coils`` birdcage coils, SNR ``snr``, the noise covariance kept (known σ_y, as a
+        prewhitened MRD file gives); the noise is seeded by the tuning seed, the setting and the volume's name."""
+        spec = self.spec
+        seed = zlib.crc32(f"{spec['seed']}/{kind}/{count}/{vol['name']}".encode())
+        nc = simulate_noncartesian(vol["images"], kind, count, spec["coils"], spec["snr"], seed, pixel_mm=vol["pixel_mm"])
+        nc.name = vol["name"]
+        return nc
