@@ -55,6 +55,7 @@ import numpy as np
 from benchmarks.harness import add_check_flags, check_args, middle_slices, undersample, write_report
 from benchmarks.provenance import provenance
 from benchmarks.stats import clustered_paired_difference
+from benchmarks.tuning_split import setting_label, settings_of
 from mri_score import uncertainty
 from mri_score.baselines import bart_available
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
@@ -253,14 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     limits.check_int(args.samples, "--samples", 1, 64)
     limits.check_int(args.l1_iters, "--l1-iters", 1, 10_000)
     limits.check_int(args.timing_repeats, "--timing-repeats", 1, 100)
-    for flag, values, top in (("--spokes", args.spokes, 4096), ("--interleaves", args.interleaves, 1024)):
-        for v in values:
-            limits.check_int(v, flag, 1, top)
+    settings = settings_of(args)
     if args.synth_size % 2:
         raise InputError(f"--synth-size must be even, got {args.synth_size}")
-    settings = [("radial", n) for n in args.spokes] + [("spiral", n) for n in args.interleaves]
-    if not settings:
-        raise InputError("no setting: give --spokes and/or --interleaves")
     prior_path = Path(args.prior) if args.prior else default_prior_path()
     model = load_prior(prior_path)
     prior = ComplexPrior(model)
@@ -282,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         swept["BART pics"] = (bart_pics, {"iters": BART_ITERS}, BART_LAMS)
     sweeps: dict[tuple[str, str, str], list[float]] = {}  # (setting, group, method) -> λ run, ascending
     for kind, count in settings:
-        tag = f"{kind} {count} {'spokes' if kind == 'radial' else 'interleaves'}"
+        tag = setting_label(kind, count)
         runs = []
         for v in vols:
             seed = zlib.crc32(f"{args.seed}/{tag}/{v['name']}".encode())
@@ -340,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                   "| setting | method | λ | PSNR | SSIM | s/slice | λ check | sweep (λ:PSNR) |",
                   "|---|---|---|---|---|---|---|---|"]
         for kind, count in settings:
-            tag = f"{kind} {count} {'spokes' if kind == 'radial' else 'interleaves'}"
+            tag = setting_label(kind, count)
             sel = [r for r in rows if r["setting"] == tag and r["group"] == group]
             for method in ("gridding", "CG-SENSE", "L1-wavelet", "BART pics", "DDS"):
                 lams = sweeps.get((tag, group, method))
@@ -363,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
               "| setting | group | baseline | n slices (volumes) | ΔPSNR [95 % CI] | ΔPSNR per volume |",
               "|---|---|---|---|---|---|"]
     for kind, count in settings:
-        tag = f"{kind} {count} {'spokes' if kind == 'radial' else 'interleaves'}"
+        tag = setting_label(kind, count)
         for group in groups:
             for method in ("L1-wavelet", "BART pics"):
                 lams = sweeps.get((tag, group, method))
@@ -383,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "## DDS time: non-Cartesian vs Cartesian at the same matrix", "",
               "| setting | group | non-Cartesian s/slice | Cartesian s/slice | ratio |", "|---|---|---|---|---|"]
     for kind, count in settings:
-        tag = f"{kind} {count} {'spokes' if kind == 'radial' else 'interleaves'}"
+        tag = setting_label(kind, count)
         for group in groups:
             mine = [r for r in rows if r["setting"] == tag and r["group"] == group and r["method"] == "DDS"]
             nc = float(np.mean([r["seconds"] for r in mine]))

@@ -33,7 +33,7 @@ import numpy as np
 
 from benchmarks.harness import check_args, write_report
 from benchmarks.provenance import provenance
-from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, settings_of
+from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, setting_label, settings_of
 from mri_score import limits, uncertainty
 from mri_score.atomic import check_writable
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
@@ -70,7 +70,7 @@ def fit_setting(split: TuningSplit, vols: list[dict], kind: str, count: int, pri
         key, grid = calibration_key(request, acq), float(res.grid_factor)
         print(f"{kind} {count} | {v['name']} done", flush=True)
     pooled = np.concatenate(ratios)
-    return {"setting": f"{kind} {count} {'spokes' if kind == 'radial' else 'interleaves'}", "key": key,
+    return {"setting": setting_label(kind, count), "key": key,
             "slices": slices, "pixels": int(pooled.size), "grid": grid,
             "raw": uncertainty.coverage(pooled, 1.0, LEVEL), "factor": uncertainty.conformal_factor(pooled, LEVEL)}
 

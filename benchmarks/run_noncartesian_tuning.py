@@ -29,12 +29,13 @@ guard_startup(__name__)  # first, before torch: a signal while starting exits qu
 import argparse
 import sys
 import time
+from collections.abc import Iterable
 
 import numpy as np
 
 from benchmarks.harness import check_args, write_report
 from benchmarks.provenance import provenance
-from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, settings_of
+from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, setting_label, settings_of
 from mri_score import limits
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import InputError
@@ -61,13 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def require_reference(counts: Iterable[int]) -> None:
+    """Refuse CG counts without :data:`REFERENCE`, which the rule compares against (one line naming ``--cg-iters``)."""
+    if REFERENCE not in counts:
+        raise InputError(f"--cg-iters must include {REFERENCE}, the reference of the rule")
+
+
 def choose(means: dict[int, dict[str, float]]) -> tuple[int, float, str]:
     """Apply the rule to ``{cg_iters: {setting: mean PSNR}}``: the chosen value, its average and why.
 
     Averages are over settings; the reference (:data:`REFERENCE`) must be among the values.
     """
-    if REFERENCE not in means:
-        raise InputError(f"--cg-iters must include {REFERENCE}, the reference of the rule")
+    require_reference(means)
     average = {n: float(np.mean(list(m.values()))) for n, m in means.items()}
     best = max(average.values())
     ref = means[REFERENCE]
@@ -87,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     limits.check_int(args.samples, "--samples", 1, limits.MAX_SAMPLES)
     for n in args.cg_iters:
         limits.check_int(n, "--cg-iters", 0, 1000)
-    if REFERENCE not in args.cg_iters:
-        raise InputError(f"--cg-iters must include {REFERENCE}, the reference of the rule")
+    require_reference(args.cg_iters)
     if args.synth_size % 2:
         raise InputError(f"--synth-size must be even, got {args.synth_size}")
     settings = settings_of(args)
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     vols = split.volumes(args.slices, args.synth_size)
     rows: list[dict] = []
     for kind, count in settings:
-        tag = f"{kind} {count} {'spokes' if kind == 'radial' else 'interleaves'}"
+        tag = setting_label(kind, count)
         for v in vols:
             acq = split.acquire(v, kind, count)
             truth = np.abs(acq.target)

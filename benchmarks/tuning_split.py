@@ -4,7 +4,8 @@ steps on trajectories).
 
 :func:`add_trajectory_flags` adds the flags they share to a script's own parser (argument parsing stays in the
 command-line modules, as :func:`benchmarks.harness.add_check_flags`); :func:`settings_of` reads the trajectory
-settings back; :class:`TuningSplit` simulates a protocol config's tuning subjects on a trajectory.
+settings back and :func:`setting_label` names one (both also used by ``run_noncartesian.py``); :class:`TuningSplit`
+simulates a protocol config's tuning subjects on a trajectory.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def settings_of(args: Any) -> list[tuple[str, int]]:
     if not settings:
         raise InputError("no setting: give --spokes and/or --interleaves")
     return settings
+
+
+def setting_label(kind: str, count: int) -> str:
+    """A trajectory setting as the reports name it: ``radial 32 spokes``, ``spiral 8 interleaves``."""
+    return f"{kind} {count} {'spokes' if kind == 'radial' else 'interleaves'}"
 
 
 @dataclass(frozen=True)

@@ -231,6 +231,8 @@ class NonCartesianVolume:
 #: ``defaults_version`` is of every key): 2 since DDS takes ``cg_iters_noncartesian`` (8) CG steps per step on
 #: non-Cartesian data instead of the Cartesian ``cg_iters`` (10); factors fitted before name no version.
 NONCARTESIAN_DEFAULTS_VERSION = 2
+#: The last part of every :func:`calibration_key`: the non-Cartesian defaults' version.
+CALIBRATION_KEY_SUFFIX = f"/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
 
 
 def trajectory_key(volume: NonCartesianVolume) -> str:
@@ -256,7 +258,7 @@ def calibration_key(request: ReconRequest, volume: NonCartesianVolume) -> str:
     """
     from mri_score import uncertainty
 
-    return f"{uncertainty.settings_key(request)}/{trajectory_key(volume)}/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
+    return f"{uncertainty.settings_key(request)}/{trajectory_key(volume)}{CALIBRATION_KEY_SUFFIX}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
