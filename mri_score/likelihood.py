@@ -41,7 +41,8 @@ class Likelihood(ABC):
     #: the term offers :meth:`data_step`
     has_data_step: bool = False
     #: the term's forward model samples k-space off the Cartesian grid (a NUFFT); samplers whose tuned settings
-    #: differ by physics read it (:meth:`mri_score.samplers.dds.DDSConfig.cg_steps`)
+    #: differ by physics read it (:meth:`mri_score.samplers.dds.DDSConfig.cg_steps`), and such a term offers
+    #: ``tuned_cg_steps()`` (:class:`mri_score.noncartesian.NonCartesianKspaceLikelihood`)
     noncartesian: bool = False
 
     @abstractmethod

@@ -72,7 +72,7 @@ from operators.errors import OperatorInputError
 from operators.fft import fft2c
 from operators.grid import fourier_resample, image_to_grid
 from operators.nufft import NonCartesianSense, NufftPlan, check_coordinates
-from operators.trajectories import pipe_menon_density
+from operators.trajectories import grid_coverage, pipe_menon_density
 
 #: Trajectory kinds a volume records (the MRD header's ``trajectory``; ``goldenangle`` is read as radial).
 TRAJECTORIES = ("radial", "spiral", "other")
@@ -227,10 +227,40 @@ class NonCartesianVolume:
         return float(np.sqrt(np.mean(np.real(np.diag(self.noise_cov)))))
 
 
+#: DDS's CG steps per step on a trajectory by its grid coverage (:func:`operators.trajectories.grid_coverage`):
+#: ``(coverage, steps)`` of each tuned setting, in increasing coverage, fitted by the rule of
+#: ``benchmarks/run_noncartesian_tuning.py`` on the synthetic tuning subjects
+#: (``benchmarks/results/noncartesian_tuning.md``); :func:`cg_steps_for_coverage` reads it.
+NONCARTESIAN_CG_BY_COVERAGE: tuple[tuple[float, int], ...] = ((0.161, 10), (0.315, 8), (0.575, 4), (0.706, 3))
+
+
+def cg_steps_for_coverage(coverage: float,
+                          table: tuple[tuple[float, int], ...] = NONCARTESIAN_CG_BY_COVERAGE) -> int:
+    """CG steps per DDS step for a trajectory of grid ``coverage``: those of the tuned setting nearest in coverage.
+
+    Parameters
+    ----------
+    coverage : float
+        :func:`operators.trajectories.grid_coverage` of the trajectory, in ``[0, 1]``.
+    table : tuple of (float, int)
+        ``(coverage, steps)`` in increasing coverage (default :data:`NONCARTESIAN_CG_BY_COVERAGE`); below the
+        first or above the last entry its steps hold (no extrapolation), between two the nearer one's.
+
+    Returns
+    -------
+    int
+        CG steps, ``≥ 0``.
+    """
+    if not table:
+        raise ValueError("cg_steps_for_coverage needs a non-empty table")
+    return int(min(table, key=lambda row: (abs(row[0] - float(coverage)), row[0]))[1])
+
+
 #: Version of the sampling defaults that hold on trajectories only, part of :func:`calibration_key` (as a sampler's
-#: ``defaults_version`` is of every key): 2 since DDS takes ``cg_iters_noncartesian`` (8) CG steps per step on
-#: non-Cartesian data instead of the Cartesian ``cg_iters`` (10); factors fitted before name no version.
-NONCARTESIAN_DEFAULTS_VERSION = 2
+#: ``defaults_version`` is of every key): 2 since DDS took ``cg_iters_noncartesian`` (8) CG steps per step on
+#: non-Cartesian data instead of the Cartesian ``cg_iters`` (10), 3 since the count follows the trajectory's grid
+#: coverage (:data:`NONCARTESIAN_CG_BY_COVERAGE`); factors fitted before version 2 name no version.
+NONCARTESIAN_DEFAULTS_VERSION = 3
 #: The last part of every :func:`calibration_key`: the non-Cartesian defaults' version.
 CALIBRATION_KEY_SUFFIX = f"/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
 
@@ -916,6 +946,17 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
         self._diag: torch.Tensor | None = None
         self._grid: torch.Tensor | None = None
         self._dc_weights: torch.Tensor | None = None
+        self._coverage: float | None = None
+
+    def coverage(self) -> float:
+        """The trajectory's grid coverage on the image matrix (:func:`operators.trajectories.grid_coverage`, cached)."""
+        if self._coverage is None:
+            self._coverage = grid_coverage(self.op.coord, self.op.image_shape)
+        return self._coverage
+
+    def tuned_cg_steps(self) -> int:
+        """DDS's CG steps for this trajectory's density: :func:`cg_steps_for_coverage` of :meth:`coverage`."""
+        return cg_steps_for_coverage(self.coverage())
 
     def gridded(self) -> torch.Tensor:
         """``Aᴴ(W y)``: the density-compensated (gridding) SENSE-1 image ``(H, W)``, the sampler's start (computed once).

@@ -25,6 +25,7 @@ from mri_score.noncartesian import (
     acs_radius,
     calibrate_noncartesian,
     calibrate_volume_noncartesian,
+    cg_steps_for_coverage,
     circulant_normal_diagonal,
     is_noncartesian_mrd,
     read_noncartesian_mrd,
@@ -37,9 +38,9 @@ from mri_score.request import ReconRequest
 from mri_score.samplers import SAMPLERS
 from mri_score.scaling import image_scale, reference_scale
 from mri_score.simulate_noncartesian import READOUT_SPACING, simulate_noncartesian, spiral_trajectory, trajectory
-from operators import birdcage_maps, fft2c, ifft2c, sense1_combine
+from operators import OperatorInputError, birdcage_maps, fft2c, ifft2c, sense1_combine
 from operators.nufft import NonCartesianSense, nufft
-from operators.trajectories import pipe_menon_density, radial
+from operators.trajectories import grid_coverage, pipe_menon_density, radial
 from tests.conftest import phantom
 
 ismrmrd = pytest.importorskip("ismrmrd")
@@ -418,7 +419,11 @@ def test_dds_takes_the_noncartesian_cg_count_on_trajectories(calibrated, tiny_ru
     term, op = _term(vol, cal)
     cartesian = GaussianKspaceLikelihood(Sense(cal.maps), torch.zeros(cal.maps.shape, dtype=torch.complex64), 0.1)
     cfg = DDSConfig()
-    assert (cfg.cg_steps(term), cfg.cg_steps(cartesian)) == (8, 10) == (cfg.cg_iters_noncartesian, cfg.cg_iters)
+    auto = cg_steps_for_coverage(grid_coverage(vol.coords, vol.matrix))
+    assert cfg.cg_iters_noncartesian is None and term.coverage() == grid_coverage(vol.coords, vol.matrix)
+    assert (cfg.cg_steps(term), cfg.cg_steps(cartesian)) == (auto, 10) == (term.tuned_cg_steps(), cfg.cg_iters)
+    assert DDSConfig(cg_iters_noncartesian="auto").cg_steps(term) == auto  # as --sampler-option gives it
+    assert DDSConfig(cg_iters_noncartesian="5").cg_steps(term) == 5
     calls = []
 
     def run(**options):
@@ -430,11 +435,47 @@ def test_dds_takes_the_noncartesian_cg_count_on_trajectories(calibrated, tiny_ru
     original = NonCartesianSense.gram
     monkeypatch.setattr(NonCartesianSense, "gram", lambda self, x: calls.append(1) or original(self, x))
     base, n_default = run()
-    assert n_default == 2 * (8 + 1)  # per step: the start residual, then one Gram per CG step
-    same, _ = run(cg_iters=3)  # the Cartesian count does not reach a trajectory
+    assert n_default == 2 * (auto + 1)  # per step: the start residual, then one Gram per CG step
+    same, _ = run(cg_iters=auto + 2)  # the Cartesian count does not reach a trajectory
     assert torch.equal(base, same)
-    fewer, n_fewer = run(cg_iters_noncartesian=3)
-    assert n_fewer == 2 * (3 + 1) and not torch.equal(base, fewer)
+    fewer, n_fewer = run(cg_iters_noncartesian=auto + 1)
+    assert n_fewer == 2 * (auto + 2) and not torch.equal(base, fewer)
+
+
+def test_the_cg_count_follows_the_grid_coverage_of_the_table():
+    from mri_score.noncartesian import NONCARTESIAN_CG_BY_COVERAGE
+    from mri_score.samplers.dds import DDSConfig
+
+    table = ((0.2, 12), (0.5, 6), (0.8, 3))
+    assert [cg_steps_for_coverage(c, table) for c in (0.0, 0.2, 0.34, 0.36, 0.5, 0.7, 1.0)] == [12, 12, 12, 6, 6, 3, 3]
+    steps = [n for _, n in NONCARTESIAN_CG_BY_COVERAGE]
+    covs = [c for c, _ in NONCARTESIAN_CG_BY_COVERAGE]
+    assert covs == sorted(covs) and steps == sorted(steps, reverse=True) and min(steps) >= 1
+    with pytest.raises(InputError, match="cg_iters_noncartesian must be int or none"):
+        DDSConfig(cg_iters_noncartesian="many")
+    with pytest.raises(InputError, match="cg_iters_noncartesian must be >= 0 or auto"):
+        DDSConfig(cg_iters_noncartesian=-1)
+
+
+def test_grid_coverage_measures_density_independent_of_matrix_and_oversampling():
+    # every cell of a Cartesian grid inside the disc is hit: coverage 1; half the rows: about a half
+    h = w = 32
+    rows, cols = np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij")
+    full = np.stack([rows.ravel(), cols.ravel()], axis=-1).astype(np.float32)
+    assert grid_coverage(full, (h, w)) == 1.0
+    assert grid_coverage(full[(full[:, 0] % 2) == 0], (h, w)) == pytest.approx(0.5, abs=0.04)
+    # radial: about 1.15 spokes / N, the same for twice the spokes on twice the matrix, on a finer grid of the same
+    # data, and with twice the readout oversampling
+    r16 = radial(16, 256, matrix=128)
+    assert 0.14 < grid_coverage(r16, (128, 128)) < 0.18
+    assert grid_coverage(radial(32, 512, matrix=256), (256, 256)) == pytest.approx(grid_coverage(r16, (128, 128)), abs=0.01)
+    assert grid_coverage(r16, (256, 256)) == pytest.approx(grid_coverage(r16, (128, 128)), abs=0.005)
+    assert grid_coverage(radial(16, 512, matrix=128), (128, 128)) == pytest.approx(grid_coverage(r16, (128, 128)),
+                                                                                    rel=0.1)
+    assert grid_coverage(radial(64, 256, matrix=128), (128, 128)) > 3 * grid_coverage(r16, (128, 128))
+    assert grid_coverage(np.zeros((3, 2), np.float32), (16, 16)) == 0.0
+    with pytest.raises(OperatorInputError):
+        grid_coverage(np.full((4, 2), 40.0, np.float32), (16, 16))
 
 
 @pytest.mark.parametrize("sampler, steps", [("dps", 2), ("pc", 2), ("langevin", 4)])

@@ -152,20 +152,21 @@ def test_tuning_split_volumes_are_the_protocols_tuning_volumes():
         assert np.array_equal(m["images"], t["images"]) and m["pixel_mm"] == t["pixel_mm"]
 
 
-def test_cg_tuning_rule_picks_the_smallest_count_within_its_tolerances():
-    from benchmarks.run_noncartesian_tuning import choose
+def test_cg_tuning_rule_pairs_each_coverage_with_its_smallest_count_near_the_best():
+    from benchmarks.run_noncartesian_tuning import choose, table_psnr
 
-    settings = ("radial 16", "radial 64")
-    means = {n: dict(zip(settings, v)) for n, v in {4: (32.0, 42.0), 6: (32.8, 41.6), 8: (33.0, 41.35),
-                                                     10: (33.2, 41.0)}.items()}
-    # averages 37.0, 37.2 (best), 37.175, 37.1: 4 is too far below the best; 6 loses 0.4 dB to 10 at 16 spokes
-    chosen, average, why = choose(means)
-    assert chosen == 8 and average == pytest.approx(37.175) and "-0.20" in why
-    means[6]["radial 16"] = 33.0  # now within 0.3 dB of 10 everywhere, and still the best average
-    assert choose(means)[0] == 6
-    assert choose({10: {"a": 1.0}, 8: {"a": 0.0}})[0] == 10  # nothing smaller qualifies: the reference
+    coverage = {"radial 16": 0.16, "radial 64": 0.58, "spiral 8": 0.71}
+    psnr = {4: (32.0, 42.0, 41.9), 6: (32.8, 41.95, 41.7), 8: (33.1, 41.35, 41.5), 10: (33.15, 41.0, 41.4)}
+    means = {n: dict(zip(coverage, v)) for n, v in psnr.items()}
+    # 16 spokes: best 33.15 (10), 8 is within 0.1 dB -> 8; 64 spokes: best 42.0 (4) -> 4; spiral: best 41.9 (4) -> 4
+    table = choose(means, coverage)
+    assert table == ((0.16, 8), (0.58, 4), (0.71, 4))
+    assert table_psnr(means, coverage, table) == {"radial 16": 33.1, "radial 64": 42.0, "spiral 8": 41.9}
+    # a denser setting that wants more steps raises every sparser one (the table never rises with coverage)
+    means[10]["spiral 8"] = 43.0
+    assert choose(means, coverage) == ((0.16, 10), (0.58, 10), (0.71, 10))
     with pytest.raises(InputError, match="include 10"):
-        choose({8: {"a": 1.0}})
+        choose({8: {"a": 1.0}}, {"a": 0.5})
 
 
 def test_cg_tuning_script_writes_a_table_and_refuses_bad_flags(tmp_path, tiny_prior_path, capsys):
@@ -176,9 +177,11 @@ def test_cg_tuning_script_writes_a_table_and_refuses_bad_flags(tmp_path, tiny_pr
                  "32", "--slices", "1", "--spokes", "8", "--interleaves", "--nfe", "2", "--cg-iters", "2", "10",
                  "--threads", "1", "--out", str(out)]) == 0
     lines = [ln for ln in out.read_text().splitlines() if ln.startswith("|")]
-    assert lines[0].startswith("| CG steps | radial 8 spokes | average | Δ vs 10 (average) | s/slice |")
-    assert all(ln.count("|") == lines[0].count("|") for ln in lines) and len(lines) == 4  # header, separator, 2 rows
-    assert "**Choice by the rule:" in out.read_text()
+    assert lines[0].startswith("| CG steps | radial 8 spokes (coverage 0.") and lines[0].endswith(" | s/slice |")
+    # header, separator, a row per count, the table's row
+    assert all(ln.count("|") == lines[0].count("|") for ln in lines) and len(lines) == 5
+    assert lines[-1].startswith("| by coverage | ")
+    assert "**Table by the rule** (`NONCARTESIAN_CG_BY_COVERAGE`): `((0." in out.read_text()
     bad = tmp_path / "bad.md"
     assert main(["--config", str(ROOT / "configs" / "bench_dev.yaml"), "--cg-iters", "4", "8", "--out", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

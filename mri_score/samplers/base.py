@@ -79,10 +79,12 @@ class SamplerConfig:
 
 
 def _coerce(sampler: str, option: str, kind: str, value: Any) -> Any:
-    """``value`` as the option's type (``float``, ``int``, ``bool``, ``float | None``, ``str``); strings are parsed."""
+    """``value`` as the option's type (``float``, ``int``, ``bool``, ``float | None``, ``int | None``, ``str``); strings
+    are parsed (``none``, ``null`` and ``auto`` are ``None``: the option's rule decides)."""
     kind = kind.replace(" ", "")
     bad = InputError(f"{sampler} option {option} must be {kind.replace('|None', ' or none')}, got {value!r}")
-    if kind == "float|None" and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+    if kind in ("float|None", "int|None") and (
+            value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "auto"))):
         return None
     if kind.startswith("float"):
         if isinstance(value, bool):
@@ -94,7 +96,7 @@ def _coerce(sampler: str, option: str, kind: str, value: Any) -> Any:
         if out != out or out in (float("inf"), float("-inf")):
             raise bad
         return out
-    if kind == "int":
+    if kind in ("int", "int|None"):
         if isinstance(value, str):
             try:
                 value = int(value)

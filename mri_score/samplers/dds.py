@@ -3,7 +3,8 @@
 Per step i (Karras σ schedule):
 
 1. denoise: ``x̂₀ = D(x_i; σ_i)`` (one NFE);
-2. data consistency: ``cg_iters`` CG steps (``cg_iters_noncartesian`` on radial or spiral data) on
+2. data consistency: ``cg_iters`` CG steps (on radial or spiral data ``cg_iters_noncartesian``, by default a count
+   that follows the trajectory's sampling density, :meth:`DDSConfig.cg_steps`) on
    ``(I + γ_i AᴴA) x = x̂₀ + γ_i Aᴴy``, started at ``x̂₀``;
 3. re-noise DDIM-style: ``x_{i+1} = x̂₀' + √(σ_{i+1}² − c²) ε̂ + c z`` with
    ``ε̂ = (x_i − x̂₀)/σ_i`` and ``c = η σ_{i+1}``.
@@ -79,7 +80,7 @@ class DDSConfig(SamplerConfig):
     sigma_max: float = 1.0
     sigma_min: float = 0.002
     cg_iters: int = 10
-    cg_iters_noncartesian: int = 8
+    cg_iters_noncartesian: int | None = None
     eta: float = 1.0
     gamma: float | None = None
     gamma_scale: float = 1.0
@@ -93,7 +94,8 @@ class DDSConfig(SamplerConfig):
         self._require(self.sigma_min > 0, "sigma_min", "> 0")
         self._require(self.sigma_max > self.sigma_min, "sigma_max", "> sigma_min")
         self._require(self.cg_iters >= 0, "cg_iters", ">= 0")
-        self._require(self.cg_iters_noncartesian >= 0, "cg_iters_noncartesian", ">= 0")
+        self._require(self.cg_iters_noncartesian is None or self.cg_iters_noncartesian >= 0, "cg_iters_noncartesian",
+                      ">= 0 or auto")
         self._require(0.0 <= self.eta <= 1.0, "eta", "in [0, 1]")
         self._require(self.gamma is None or self.gamma > 0, "gamma", "> 0 or none")
         self._require(self.gamma_scale > 0, "gamma_scale", "> 0")
@@ -104,16 +106,22 @@ class DDSConfig(SamplerConfig):
                       f"one of same, {', '.join(GAMMA_RULES)}")
 
     def cg_steps(self, term: Likelihood) -> int:
-        """CG steps of ``term``'s proximal step: ``cg_iters_noncartesian`` on a non-Cartesian k-space term
-        (:attr:`mri_score.likelihood.Likelihood.noncartesian`), else ``cg_iters``.
+        """CG steps of ``term``'s proximal step: ``cg_iters`` on Cartesian data; on a non-Cartesian k-space term
+        (:attr:`mri_score.likelihood.Likelihood.noncartesian`) ``cg_iters_noncartesian`` when given, else the count
+        its trajectory's sampling density calls for (:meth:`mri_score.noncartesian.NonCartesianKspaceLikelihood.
+        tuned_cg_steps`, ``auto``).
 
         The partial solve regularises, and its best length differs by physics: 10 was tuned on Cartesian data
         (``benchmarks/results/archive/dds_tuning.md``); on radial and spiral data every step is a Toeplitz Gram
-        and the rule fixed before ``benchmarks/run_noncartesian_tuning.py`` chose 8 on the tuning subjects
-        (``benchmarks/results/noncartesian_tuning.md``: the best count falls with the sampling density, from
-        10 or more at 16 spokes to 4-5 at 64 spokes and 3 on the 8-interleaf spiral).
+        and the best count falls with the sampling density (``benchmarks/results/noncartesian_tuning.md``: more
+        than 10 at the sparsest radial settings, 3-4 on densely sampled ones), so it follows the trajectory's
+        grid coverage by the table that ``benchmarks/run_noncartesian_tuning.py``'s rule fitted.
         """
-        return self.cg_iters_noncartesian if term.noncartesian else self.cg_iters
+        if not term.noncartesian:
+            return self.cg_iters
+        if self.cg_iters_noncartesian is not None:
+            return self.cg_iters_noncartesian
+        return term.tuned_cg_steps()
 
 
 def dds_gamma(sigma: float, sigma_data: float, sigma_y: float | torch.Tensor, scale: float, lo: float,
