@@ -12,8 +12,9 @@ group of volumes, PSNR / SSIM against the noise-free magnitude ``|x|`` (fastMRI'
 * **L1-wavelet**: ``½‖Ax − y‖² + λ‖Ψx‖₁`` (Daubechies-4) by ADMM on the project's NUFFT operator, λ swept;
 * **BART** ``pics -t`` (total variation ``-R T``, λ swept) where ``bart`` is installed, else a "not run" row;
 * **DDS** (:func:`mri_score.noncartesian.reconstruct_noncartesian_volume`): the Cartesian sampler and its
-  defaults (``--nfe``, default 24 NFE), K = ``--samples``, except the CG steps per step: ``cg_iters_noncartesian``
-  (8) instead of the Cartesian ``cg_iters`` (10), so the Cartesian reference of the time ratio runs 10.
+  defaults (``--nfe``, default 24 NFE), K = ``--samples``, except the CG steps per step: on a trajectory the count
+  its grid coverage calls for (``cg_iters_noncartesian`` auto, :meth:`mri_score.samplers.dds.DDSConfig.cg_steps`)
+  instead of the Cartesian ``cg_iters`` (10), which the Cartesian reference of the time ratio runs.
 
 Every method uses the same calibration per slice (:func:`mri_score.noncartesian.calibrate_volume_noncartesian`:
 maps from the fully sampled k-space centre, scale, σ_y estimated from the outer samples).  For each swept
@@ -21,8 +22,9 @@ method the table shows the λ with the best mean PSNR over the group's volumes (
 slices: the baselines' best case); a best λ at an end of the sweep extends it by one step (×3) beyond that
 end, at most twice, and the table says whether the final best is interior ("edge" otherwise).  DDS's time
 is also given relative to Cartesian DDS (same images, same matrix, same request, fastMRI equispaced 4x mask
-with centre fraction 0.08).  DDS − L1-wavelet and DDS − BART (each at its chosen λ) are paired per slice with a
-volume-clustered 95 % bootstrap interval (:func:`benchmarks.stats.clustered_paired_difference`) and given per volume.
+with centre fraction 0.08), timed ``--timing-repeats`` times around each non-Cartesian run (half before, half
+after).  DDS − L1-wavelet and DDS − BART (each at its chosen λ) are paired per slice with a volume-clustered
+95 % bootstrap interval (:func:`benchmarks.stats.clustered_paired_difference`) and given per volume.
 Where the prior's sidecar holds a std factor for a volume's trajectory and matrix (fitted on tuning subjects by
 ``run_noncartesian_calibration.py``), the coverage of DDS's calibrated std on that held-out volume is reported.
 
@@ -48,7 +50,9 @@ import functools
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -89,6 +93,7 @@ BART_LAMS = (0.0001, 0.0003, 0.001, 0.003, 0.01)
 CG_ITERS, BART_ITERS = 30, 100
 #: A sweep whose best λ is at an end is extended by one step (× or ÷ SWEEP_STEP) beyond it, at most WIDEN times.
 SWEEP_STEP, WIDEN = 3.0, 2
+T = TypeVar("T")
 #: The Cartesian reference for DDS's time: fastMRI equispaced mask, acceleration, centre fraction.
 CARTESIAN = ("equispaced", 4.0, 0.08)
 #: Real volumes below this matrix side are skipped (the prior's U-Net and the trajectories need room).
@@ -218,17 +223,30 @@ def held_out_coverage(acq: NonCartesianVolume, res: VolumeResult, prior_path: Pa
             "calibrated": uncertainty.coverage(ratios, float(entry["factor"]), LEVEL), "pixels": int(ratios.size)}
 
 
-def cartesian_seconds(vol: dict, prior: ComplexPrior, request: ReconRequest, seed: int, repeats: int) -> float:
-    """Seconds per slice of Cartesian DDS on the same images and matrix (equispaced 4x, centre fraction 0.08): the
-    median of ``repeats`` timed runs (single timings on this machine move by about ±20 % between runs)."""
+def cartesian_reference(vol: dict, seed: int) -> dict:
+    """The Cartesian acquisition of ``vol`` that DDS's time is compared with: the same images and matrix, fastMRI
+    equispaced 4x, centre fraction 0.08 (:data:`CARTESIAN`), calibrated once (``under``, ``mask``, ``cals``)."""
     ksp, _, _ = simulate_volume(vol["images"], COILS, SNR, seed=seed)
-    acq = undersample(ksp, *CARTESIAN, vol["name"] + ".h5")
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        reconstruct_volume(acq["under"], acq["mask"], prior, request, calibrations=acq["cals"])
-        times.append((time.perf_counter() - t0) / ksp.shape[0])
-    return float(np.median(times))
+    return undersample(ksp, *CARTESIAN, vol["name"] + ".h5")
+
+
+def cartesian_seconds(acq: dict, prior: ComplexPrior, request: ReconRequest) -> float:
+    """Seconds per slice of one timed run of Cartesian DDS on :func:`cartesian_reference`'s acquisition."""
+    t0 = time.perf_counter()
+    reconstruct_volume(acq["under"], acq["mask"], prior, request, calibrations=acq["cals"])
+    return (time.perf_counter() - t0) / acq["under"].shape[0]
+
+
+def bracketed(run: Callable[[], T], reference: Callable[[], float], repeats: int) -> tuple[T, float, float]:
+    """``(run()'s result, its seconds, the median of reference()'s)``, the reference timed ``repeats`` times around the
+    run: ``ceil(repeats / 2)`` before it and the rest after, so both see the machine in the same state (single
+    timings here drift by about ±20 % over minutes, and a reference timed at the start of a benchmark ran faster)."""
+    before = [reference() for _ in range((repeats + 1) // 2)]
+    t0 = time.perf_counter()
+    result = run()
+    seconds = time.perf_counter() - t0
+    after = [reference() for _ in range(repeats // 2)]
+    return result, seconds, float(np.median(before + after))
 
 
 @exit_on_input_error
@@ -244,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--l1-iters", type=int, default=60, help="ADMM iterations of the L1-wavelet baseline")
     ap.add_argument("--prior", default=None, help="score prior checkpoint (default: the shipped prior)")
     ap.add_argument("--no-bart", action="store_true", help="skip BART even where it is installed")
-    ap.add_argument("--timing-repeats", type=int, default=3,
-                    help="timed runs of the Cartesian reference per volume (their median is used)")
+    ap.add_argument("--timing-repeats", type=int, default=2,
+                    help="timed runs of the Cartesian reference around each DDS run, half before and half after it "
+                         "(their median is used)")
     args = ap.parse_args(argv)
     check_args(args)
     from mri_score import limits
@@ -268,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     prior_name = args.prior or f"shipped default (`mri_score/weights/{DEFAULT_PRIOR}`)"
     groups = [g for g in ("synthetic", "real") if any(v["group"] == g for v in vols)]
 
-    cart = {v["name"]: cartesian_seconds(v, prior, request, args.seed, args.timing_repeats) for v in vols}
+    references = {v["name"]: cartesian_reference(v, args.seed) for v in vols}
+    cart: dict[tuple[str, str], float] = {}  # (setting, volume) -> Cartesian seconds per slice, timed around DDS
     rows: list[dict] = []
     coverage_rows: list[dict] = []
     bart_ok = not args.no_bart and bart_available()
@@ -290,9 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             for method, (fn, kw, lams) in swept.items():
                 for lam in lams:
                     score(method, *run_baseline(fn, acq, cals, lam=lam, **kw), lam=lam)
-            t0 = time.perf_counter()
-            res = reconstruct_noncartesian_volume(acq, prior, request, calibrations=cals)
-            score("DDS", res.image, (time.perf_counter() - t0) / acq.slices)
+            res, seconds, cart[(tag, v["name"])] = bracketed(
+                functools.partial(reconstruct_noncartesian_volume, acq, prior, request, calibrations=cals),
+                functools.partial(cartesian_seconds, references[v["name"]], prior, request), args.timing_repeats)
+            score("DDS", res.image, seconds / acq.slices)
             cov = held_out_coverage(acq, res, prior_path, request, getattr(model, "meta", None))
             if cov is not None:
                 coverage_rows.append({"setting": tag, "group": v["group"], "volume": v["name"], **cov})
@@ -383,10 +404,11 @@ def main(argv: list[str] | None = None) -> int:
         for group in groups:
             mine = [r for r in rows if r["setting"] == tag and r["group"] == group and r["method"] == "DDS"]
             nc = float(np.mean([r["seconds"] for r in mine]))
-            ca = float(np.mean([cart[r["volume"]] for r in mine]))
+            ca = float(np.mean([cart[(tag, r["volume"])] for r in mine]))
             lines.append(f"| {tag} | {group} | {nc:.2f} | {ca:.2f} | {nc / ca:.2f} |")
-    lines += ["", f"Cartesian reference: the median of {args.timing_repeats} timed run(s) per volume of DDS with the same "
-              f"request on the same images, fastMRI {CARTESIAN[0]} mask "
+    lines += ["", f"Cartesian reference: the median of {args.timing_repeats} timed run(s) of DDS with the same request on "
+              "the same images around each non-Cartesian DDS run (half before, half after it), fastMRI "
+              f"{CARTESIAN[0]} mask "
               f"{CARTESIAN[1]:g}x, centre fraction {CARTESIAN[2]:g}, {COILS} birdcage coils.", ""]
     write_report(args.out, lines)
     return 0

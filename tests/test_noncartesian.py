@@ -559,17 +559,36 @@ def test_benchmark_refuses_bad_flags(capsys):
     assert "--timing-repeats" in capsys.readouterr().err
 
 
-def test_cartesian_reference_is_the_median_of_its_repeats(monkeypatch):
-    """The Cartesian time per slice is the median of the timed runs (one slow run does not move it)."""
+def test_cartesian_reference_is_timed_around_the_run_and_its_median_taken():
+    """Half the reference runs (rounded up) come before the run, the rest after; the median of theirs is returned."""
+    from benchmarks.run_noncartesian import bracketed
+
+    order, reference_times = [], iter([3.0, 1.0, 2.0])
+
+    def reference():
+        order.append("ref")
+        return next(reference_times)
+
+    def run():
+        order.append("run")
+        return "result"
+
+    result, seconds, ref = bracketed(run, reference, 3)
+    assert (result, ref) == ("result", 2.0) and seconds >= 0  # one slow reference run does not move the median
+    assert order == ["ref", "ref", "run", "ref"]
+    order.clear()
+    assert bracketed(run, lambda: order.append("ref") or 5.0, 2)[2] == 5.0 and order == ["ref", "run", "ref"]
+
+
+def test_cartesian_seconds_times_one_run_per_slice(monkeypatch):
     import benchmarks.run_noncartesian as rn
 
-    clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])  # three runs of a 1-slice volume: 3 s, 1 s, 2 s
+    clock = iter([10.0, 14.0])
     monkeypatch.setattr(rn.time, "perf_counter", lambda: next(clock))
     calls = []
     monkeypatch.setattr(rn, "reconstruct_volume", lambda *a, **k: calls.append(1))
-    monkeypatch.setattr(rn, "undersample", lambda *a, **k: {"under": None, "mask": None, "cals": None})
-    vol = {"name": "v", "images": np.ones((1, 16, 16), np.complex64)}
-    assert rn.cartesian_seconds(vol, None, None, 0, 3) == 2.0 and len(calls) == 3
+    acq = {"under": np.zeros((2, 1, 4, 4), np.complex64), "mask": None, "cals": None}
+    assert rn.cartesian_seconds(acq, None, None) == 2.0 and calls == [1]
 
 
 def test_benchmark_reports_clustered_paired_differences(tmp_path, tiny_prior_path):
