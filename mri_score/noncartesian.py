@@ -26,6 +26,7 @@ coordinates are in cycles per field of view, row frequency first; on integer coo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -67,7 +68,16 @@ from mri_score.request import ReconRequest
 from mri_score.resolution import fine_shape
 from mri_score.samplers import SAMPLERS
 from mri_score.scaling import reference_scale
-from operators.coils import MIN_ACS, MIN_ESPIRIT_ACS, maps_espirit, normalize_maps, rss, sense1_combine
+from operators.coils import (
+    MIN_ACS,
+    MIN_ESPIRIT_ACS,
+    coil_compression_matrix,
+    compress_coils,
+    maps_espirit,
+    normalize_maps,
+    rss,
+    sense1_combine,
+)
 from operators.errors import OperatorInputError
 from operators.fft import fft2c
 from operators.grid import fourier_resample, image_to_grid
@@ -260,10 +270,47 @@ def cg_steps_for_coverage(coverage: float,
     return int(min(table, key=lambda row: (abs(row[0] - float(coverage)), row[0]))[1])
 
 
+#: Virtual coils of ``virtual_coils="auto"`` on trajectories (:func:`compress_volume`): measured on the synthetic tuning
+#: subjects with 8 coils by ``benchmarks/run_coil_compression.py`` (``benchmarks/results/coil_compression.md``).
+NONCARTESIAN_VIRTUAL_COILS = 4
+
+
+def compress_volume(volume: NonCartesianVolume, virtual_coils: str | int) -> NonCartesianVolume:
+    """``volume`` with its coils compressed to virtual coils (SVD of every slice's density-weighted samples).
+
+    Parameters
+    ----------
+    volume : NonCartesianVolume
+        The acquisition (prewhitened or not: the noise covariance, when known, is transformed with the samples).
+    virtual_coils : str or int
+        ``"auto"`` (:data:`NONCARTESIAN_VIRTUAL_COILS`), ``"all"`` or a count (:attr:`ReconRequest.virtual_coils`).
+
+    Returns
+    -------
+    NonCartesianVolume
+        ``volume`` itself when it has no more coils than asked for (so compressing twice changes nothing), else a
+        new volume: samples ``(slices, V, M)`` complex64 ``Uᴴ y`` with ``U`` of
+        :func:`operators.coils.coil_compression_matrix` (weights: the density weights, so every area of k-space
+        counts alike), ``noise_cov`` ``Uᴴ Σ U``; trajectory, target and header fields unchanged.
+    """
+    target = NONCARTESIAN_VIRTUAL_COILS if virtual_coils == "auto" else virtual_coils
+    if target == "all" or volume.coils <= int(target):
+        return volume
+    samples = torch.from_numpy(np.ascontiguousarray(volume.samples))
+    u = coil_compression_matrix(samples, int(target), torch.from_numpy(volume.density_weights()))
+    compressed = compress_coils(samples, u, coil_dim=-2).numpy().astype(np.complex64)
+    cov = None
+    if volume.noise_cov is not None:
+        u64 = u.numpy().astype(np.complex128)
+        cov = u64.conj().T @ volume.noise_cov @ u64
+    return dataclasses.replace(volume, samples=compressed, noise_cov=cov)
+
+
 #: Version of the sampling defaults that hold on trajectories only, part of :func:`calibration_key` (as a sampler's
 #: ``defaults_version`` is of every key): 2 since DDS took ``cg_iters_noncartesian`` (8) CG steps per step on
 #: non-Cartesian data instead of the Cartesian ``cg_iters`` (10), 3 since the count follows the trajectory's grid
-#: coverage (:data:`NONCARTESIAN_CG_BY_COVERAGE`); factors fitted before version 2 name no version.
+#: coverage (:data:`NONCARTESIAN_CG_BY_COVERAGE`) and the coils are compressed (:data:`NONCARTESIAN_VIRTUAL_COILS`);
+#: factors fitted before version 2 name no version.
 NONCARTESIAN_DEFAULTS_VERSION = 3
 #: The last part of every :func:`calibration_key`: the non-Cartesian defaults' version.
 CALIBRATION_KEY_SUFFIX = f"/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
@@ -1072,8 +1119,10 @@ def reconstruct_noncartesian_volume(
 ) -> VolumeResult:
     """Posterior sampling of every slice of a non-Cartesian volume with the request's sampler.
 
-    Per slice ``i`` (seed ``request.seed + i``, as :func:`mri_score.pipeline.reconstruct_volume`): the
-    calibration (given, or :func:`calibrate_noncartesian` with ``request.maps``), the term
+    The coils are first compressed as ``request.virtual_coils`` asks (:func:`compress_volume`; given calibrations
+    must be of the compressed volume).  Per slice ``i`` (seed ``request.seed + i``, as
+    :func:`mri_score.pipeline.reconstruct_volume`): the calibration (given, or :func:`calibrate_noncartesian` with
+    ``request.maps``), the term
     :class:`NonCartesianKspaceLikelihood` on ``NonCartesianSense(maps, coords, dcf)`` with the samples
     divided by the scale, ``request.samples`` samples of ``SAMPLERS[request.sampler]`` started from the
     gridding image, their mean and std.  ``request.grid`` is honoured as on the Cartesian path (``auto``
@@ -1090,7 +1139,8 @@ def reconstruct_noncartesian_volume(
     request : ReconRequest
         The settings; ``magnitude`` must be ``sense`` (``|x|``) and ``adapt`` None.
     calibrations : sequence of Calibration, optional
-        One per slice (e.g. shared with the baselines); computed when None.
+        One per slice (e.g. shared with the baselines) of ``compress_volume(volume, request.virtual_coils)``;
+        computed when None.
     crop : (int, int), optional
         Centre crop of the outputs.
     extra_terms : sequence of Likelihood
@@ -1112,6 +1162,10 @@ def reconstruct_noncartesian_volume(
     s = volume.slices
     if calibrations is not None and len(calibrations) != s:
         raise InputError(f"{len(calibrations)} calibrations for {s} slices")
+    volume = compress_volume(volume, request.virtual_coils)
+    if calibrations is not None and any(int(c.maps.shape[-3]) != volume.coils for c in calibrations):
+        raise InputError(f"calibrations with {int(calibrations[0].maps.shape[-3])} coils for {volume.coils} (virtual) "
+                         "coils: calibrate the volume compress_volume returns")
     cprior = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
     cprior.set_precision(request.precision)
     request = request.for_pixels(volume.pixel_mm, getattr(cprior.model, "meta", None))

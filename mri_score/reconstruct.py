@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "half-integer factor that brings the header's pixel size into the prior's trained range, "
                         "whichever is larger; else native), native (the measured "
                         f"matrix) or a factor F in [1, {MAX_GRID_FACTOR:g}]; data consistency stays on the measured matrix")
+    p.add_argument("--virtual-coils", default="auto", metavar="auto|all|N",
+                   help="SVD coil compression of radial and spiral data before calibration (density-weighted): "
+                        "auto (4 virtual coils, measured on 8-coil data: benchmarks/results/coil_compression.md), "
+                        "all (none) or N virtual coils; Cartesian data keep every coil")
     p.add_argument("--adapt", action="store_true",
                    help="test-time adaptation: a pilot reconstruction at half the NFE, the prior's norm and bias "
                         "parameters fine-tuned on it (denoising score matching), then the reconstruction "
@@ -203,7 +207,7 @@ def request_from_args(args: argparse.Namespace) -> ReconRequest:
             mask_type=args.mask_type, center_fraction=args.center_fraction, adapt=adapt_from_args(args),
             condition=args.condition, guidance=args.guidance, classifier=args.classifier,
             classifier_scale=args.classifier_scale, classifier_input=args.classifier_input, png=args.png,
-            exports=args.export)
+            exports=args.export, virtual_coils=args.virtual_coils)
     except RequestError as err:
         raise InputError(err.render(FLAGS)) from None
 

@@ -46,7 +46,7 @@ FLAGS = {"sampler": "--sampler", "steps": "--steps", "samples": "--samples", "se
          "grid": "--grid", "accel": "--accel", "mask_type": "--mask-type", "center_fraction": "--center-fraction",
          "adapt": "--adapt", "condition": "--condition", "guidance": "--guidance", "classifier": "--classifier",
          "classifier_scale": "--classifier-scale", "classifier_input": "--classifier-input", "png": "--png",
-         "exports": "--export"}
+         "exports": "--export", "virtual_coils": "--virtual-coils"}
 #: Image formats a reconstruction can be exported to besides its fastMRI ``.h5`` (:mod:`mri_score.export`,
 #: :mod:`mri_score.cfl`).
 EXPORT_FORMATS = ("nifti", "dicom", "cfl")
@@ -123,6 +123,11 @@ class ReconRequest:
         Classifier-guidance scale ``s > 0`` (1 when None).
     classifier_input : str
         ``noisy`` or ``denoised`` (:data:`mri_score.guidance.CLASSIFIER_INPUTS`).
+    virtual_coils : str or int
+        SVD coil compression of non-Cartesian data before calibration (:func:`operators.coils.coil_compression_matrix`,
+        density-weighted): ``"auto"`` (:data:`mri_score.noncartesian.NONCARTESIAN_VIRTUAL_COILS` on radial and
+        spiral data; Cartesian data keep every coil), ``"all"`` (no compression) or a number of virtual coils
+        ``>= 1`` (non-Cartesian data only; a file with no more coils keeps them all).
     png : bool
         Output option: a PNG panel per file.
     exports : tuple of str
@@ -148,6 +153,7 @@ class ReconRequest:
     classifier: str | None = None
     classifier_scale: float | None = None
     classifier_input: str = "noisy"
+    virtual_coils: str | int = "auto"
     png: bool = False
     exports: tuple[str, ...] = ()
 
@@ -180,6 +186,7 @@ class ReconRequest:
             if getattr(self, name) not in allowed:
                 raise RequestError([name], f"unknown {{0}} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         set_(self, "grid", _grid_value(self.grid))
+        set_(self, "virtual_coils", _virtual_coils_value(self.virtual_coils))
         if self.accel is not None:
             accel = _number(self.accel)
             if not 1.0 < accel <= MAX_ACCELERATION:
@@ -262,19 +269,39 @@ class ReconRequest:
     def calibration_suffix(self) -> list[str]:
         """The non-default settings besides the sampler's that change the output's std, as ``name=value`` parts.
 
-        Grid, precision, maps, conditioning and adaptation; empty for the defaults, so a key fitted under
+        Grid, precision, maps, conditioning, adaptation and coil compression; empty for the defaults, so a key fitted under
         the defaults stays the same (:func:`mri_score.uncertainty.settings_key`).
         """
         default = ReconRequest(sampler=self.sampler)
         parts = []
         for name in ("grid", "precision", "maps", "condition", "guidance", "classifier", "classifier_scale",
-                     "classifier_input", "adapt"):
+                     "classifier_input", "adapt", "virtual_coils"):
             value = getattr(self, name)
             if value != getattr(default, name):
                 if isinstance(value, AdaptSettings):
                     value = ",".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(value).items()))
                 parts.append(f"{name}={value}")
         return parts
+
+
+#: The most virtual coils a request may name (as many coils as any receive array has).
+MAX_VIRTUAL_COILS = 1024
+
+
+def _virtual_coils_value(value: str | int) -> str | int:
+    """``auto``, ``all`` or an integer number of virtual coils in ``[1, MAX_VIRTUAL_COILS]`` (a number or its text)."""
+    text = str(value).strip().lower()
+    if text in ("auto", "all"):
+        return text
+    if not isinstance(value, bool):
+        try:
+            number = int(text)
+        except ValueError:
+            number = 0
+        if 1 <= number <= MAX_VIRTUAL_COILS:
+            return number
+    raise RequestError(["virtual_coils"], f"{{0}} must be auto, all or a number of coils in [1, {MAX_VIRTUAL_COILS}], "
+                                          f"got {value!r}")
 
 
 def _grid_value(value: str | float) -> str | float:

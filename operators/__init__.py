@@ -8,6 +8,8 @@ from operators.cg import CGResult, conjugate_gradient
 from operators.coils import (
     acs_width,
     birdcage_maps,
+    coil_compression_matrix,
+    compress_coils,
     estimate_maps,
     expected_rss,
     lowres_coil_images,
@@ -55,6 +57,8 @@ __all__ = [
     "acs_width",
     "birdcage_maps",
     "check_adjoint",
+    "coil_compression_matrix",
+    "compress_coils",
     "conjugate_gradient",
     "create_mask_for_mask_type",
     "crop_kspace",

@@ -67,6 +67,55 @@ def normalize_maps(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return torch.where(norm > eps, maps / norm.clamp_min(eps), torch.zeros_like(maps))
 
 
+def coil_compression_matrix(samples: torch.Tensor, virtual: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """SVD coil compression (Buehrer et al. 2007; Huang et al. 2008; BART ``cc -S``): the ``virtual`` dominant
+    left singular vectors of the coil data.
+
+    Parameters
+    ----------
+    samples : torch.Tensor
+        Complex k-space ``(..., coils, M)`` (leading dims, e.g. slices, are pooled: one matrix for all).
+    virtual : int
+        Virtual coils ``V``, ``1 ≤ V ≤ coils``.
+    weights : torch.Tensor, optional
+        Non-negative ``(M,)`` weight of each sample's energy, e.g. its k-space area (density-compensation weights),
+        so that the densely sampled centre of radial or spiral k-space does not dominate; uniform when None.
+
+    Returns
+    -------
+    torch.Tensor
+        ``U`` ``(coils, V)`` with orthonormal columns (dtype of ``samples``): virtual coil ``v`` is
+        ``Σ_c conj(U[c, v]) · coil_c`` (:func:`compress_coils`).  White noise stays white with the same variance.
+    """
+    if not torch.is_tensor(samples) or not samples.is_complex() or samples.ndim < 2:
+        raise OperatorInputError(f"coil_compression_matrix takes complex samples (..., coils, M), got "
+                                 f"{getattr(samples, 'shape', type(samples).__name__)}")
+    coils = int(samples.shape[-2])
+    if isinstance(virtual, bool) or int(virtual) != virtual or not 1 <= int(virtual) <= coils:
+        raise OperatorInputError(f"virtual coils must be an integer in [1, {coils}], got {virtual!r}")
+    data = samples.movedim(-2, 0).reshape(coils, -1)
+    if weights is not None:
+        w = torch.as_tensor(weights, device=samples.device).to(samples.real.dtype)
+        if w.shape != (samples.shape[-1],) or bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
+            raise OperatorInputError(f"weights must be finite and non-negative ({samples.shape[-1]},), got "
+                                     f"{tuple(w.shape)}")
+        data = (samples * w.sqrt()).movedim(-2, 0).reshape(coils, -1)
+    # the left singular vectors of D are the eigenvectors of D Dᴴ (coils x coils): cheap for M >> coils
+    gram = (data @ data.conj().T).to(torch.complex128)
+    _, vectors = torch.linalg.eigh(gram)
+    return vectors.flip(-1)[:, : int(virtual)].to(samples.dtype).contiguous()
+
+
+def compress_coils(x: torch.Tensor, matrix: torch.Tensor, coil_dim: int = -3) -> torch.Tensor:
+    """Virtual coils ``Uᴴ x`` along ``coil_dim``: k-space ``(..., coils, M)`` with ``coil_dim=-2``, images or
+    maps ``(..., coils, H, W)`` with ``-3``; ``matrix`` ``(coils, V)`` from :func:`coil_compression_matrix`."""
+    if x.shape[coil_dim] != matrix.shape[0]:
+        raise OperatorInputError(f"{x.shape[coil_dim]} coils in dim {coil_dim} do not match a compression matrix for "
+                                 f"{matrix.shape[0]}")
+    moved = x.movedim(coil_dim, -1)
+    return (moved @ matrix.conj().to(x.dtype)).movedim(-1, coil_dim)
+
+
 def birdcage_maps(coils: int, shape: tuple[int, int], r: float = 1.5) -> np.ndarray:
     """Simulated birdcage sensitivities (``sigpy.mri.birdcage_maps``) normalised so ``Σ_c |S_c|² = 1``.
 

@@ -200,3 +200,52 @@ def test_espirit_gram_in_kspace_equals_the_sum_of_image_domain_outer_products(h,
     gram = _kernel_gram(kernels, h, w)
     assert gram.shape == (h, w, 3, 3)
     assert (gram - direct).abs().max() < 1e-5 * direct.abs().max()
+
+
+# --------------------------------------------------------------------------------------------- coil compression
+
+
+def test_coil_compression_keeps_the_coil_subspace_and_white_noise():
+    from operators import coil_compression_matrix, compress_coils
+
+    gen = torch.Generator().manual_seed(0)
+    # 8 coils spanning a rank-3 subspace: 3 virtual coils hold everything, and U Uᴴ y gives y back
+    mix = torch.randn(8, 3, dtype=torch.complex128, generator=gen)
+    y = (mix @ torch.randn(2, 3, 500, dtype=torch.complex128, generator=gen)).to(torch.complex64)  # (2, 8, 500)
+    u = coil_compression_matrix(y, 3)
+    assert u.shape == (8, 3) and u.dtype == torch.complex64
+    assert torch.allclose(u.conj().T @ u, torch.eye(3, dtype=u.dtype), atol=1e-5)
+    v = compress_coils(y, u, coil_dim=-2)
+    assert v.shape == (2, 3, 500)
+    assert torch.allclose(torch.einsum("cv,svm->scm", u, v), y, atol=1e-4 * float(y.abs().max()))
+    # the leading virtual coil carries the most energy; white noise stays white with the same variance
+    energy = (v.abs() ** 2).sum(dim=(0, 2))
+    assert bool((energy[:-1] >= energy[1:]).all())
+    noise = torch.randn(8, 200_000, dtype=torch.complex64, generator=gen)
+    cov = compress_coils(noise, u, coil_dim=-2)
+    cov = cov @ cov.conj().T / noise.shape[1]
+    assert torch.allclose(cov, torch.eye(3, dtype=cov.dtype), atol=0.02)  # complex randn: E|z|² = 1
+    # maps (coils, H, W) compress along -3 with the same matrix
+    maps = torch.randn(8, 4, 5, dtype=torch.complex64, generator=gen)
+    assert torch.allclose(compress_coils(maps, u)[1], torch.einsum("c,chw->hw", u[:, 1].conj(), maps), atol=1e-5)
+
+
+def test_coil_compression_weights_count_and_refusals():
+    from operators import coil_compression_matrix, compress_coils
+
+    # coil 0 holds the large samples, coil 1 the rest; weights that silence the large samples pick coil 1
+    y = torch.zeros(2, 4, dtype=torch.complex64)
+    y[0, :2] = 10.0
+    y[1, 2:] = 1.0
+    assert torch.allclose(coil_compression_matrix(y, 1)[:, 0].abs(), torch.tensor([1.0, 0.0]))
+    w = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    assert torch.allclose(coil_compression_matrix(y, 1, w)[:, 0].abs(), torch.tensor([0.0, 1.0]))
+    for bad in (0, 3, 1.5, True):
+        with pytest.raises(OperatorInputError, match="virtual coils must be an integer in \\[1, 2\\]"):
+            coil_compression_matrix(y, bad)
+    with pytest.raises(OperatorInputError, match="complex samples"):
+        coil_compression_matrix(y.real, 1)
+    with pytest.raises(OperatorInputError, match="weights"):
+        coil_compression_matrix(y, 1, torch.tensor([1.0, -1.0, 1.0, 1.0]))
+    with pytest.raises(OperatorInputError, match="do not match"):
+        compress_coils(torch.zeros(3, 4, dtype=torch.complex64), coil_compression_matrix(y, 1), coil_dim=-2)

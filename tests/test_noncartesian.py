@@ -442,6 +442,50 @@ def test_dds_takes_the_noncartesian_cg_count_on_trajectories(calibrated, tiny_ru
     assert n_fewer == 2 * (auto + 2) and not torch.equal(base, fewer)
 
 
+def test_compressed_volume_is_the_same_physics_on_fewer_coils():
+    from mri_score.noncartesian import NONCARTESIAN_VIRTUAL_COILS, compress_volume
+    from operators import compress_coils
+
+    x = phantom(48, 2, seed=2)
+    vol = simulate_noncartesian(x, "radial", 24, coils=8, snr=1e9, seed=1, noise_cov=np.eye(8) * 1e-12)
+    assert compress_volume(vol, "all") is vol and compress_volume(vol, 8) is vol and compress_volume(vol, 12) is vol
+    auto = compress_volume(vol, "auto")
+    assert auto.coils == NONCARTESIAN_VIRTUAL_COILS == 4 and auto.samples.dtype == np.complex64
+    assert compress_volume(auto, "auto") is auto  # compressing twice changes nothing
+    three = compress_volume(vol, 3)
+    assert three.samples.shape == (2, 3, vol.num_points) and np.allclose(three.noise_cov, np.eye(3) * 1e-12)
+    assert np.array_equal(three.coords, vol.coords) and np.array_equal(three.target, vol.target)
+    assert not np.shares_memory(three.samples, vol.samples)
+    # the virtual coils are Uᴴ y: the same orthonormal combination of every slice, so U Uᴴ y keeps most of y
+    y = torch.from_numpy(vol.samples)
+    flat = y.movedim(-2, 0).reshape(8, -1)
+    v = torch.from_numpy(three.samples).movedim(-2, 0).reshape(3, -1)
+    u = torch.linalg.lstsq(flat.T, v.T).solution.conj()  # v = Uᴴ y  <=>  vᵀ = yᵀ conj(U)
+    assert torch.allclose(u.conj().T @ u, torch.eye(3, dtype=u.dtype), atol=1e-3)
+    # and the SENSE model holds on the compressed coils: Uᴴ A x = A' x with maps Uᴴ S
+    maps = torch.from_numpy(birdcage_maps(8, (48, 48)))
+    op = NonCartesianSense(maps, vol.coords)
+    image = torch.from_numpy(x[0])
+    small = NonCartesianSense(compress_coils(maps, u.to(maps.dtype)), vol.coords)
+    assert torch.allclose(small(image), compress_coils(op(image), u.to(maps.dtype), coil_dim=-2), atol=1e-4)
+
+
+def test_reconstruction_compresses_and_refuses_calibrations_of_other_coils(tiny_runtime):
+    from mri_score.noncartesian import compress_volume
+
+    vol = simulate_noncartesian(phantom(32, 1), "radial", 12, coils=6, seed=3, pixel_mm=(2.0, 2.0))
+    req = ReconRequest(sampler="dds", steps=2, samples=1, seed=0, grid="native")
+    res = reconstruct_noncartesian_volume(vol, tiny_runtime, req)
+    assert res.calibrations[0].maps.shape[-3] == 4  # auto: 4 virtual coils
+    full = reconstruct_noncartesian_volume(vol, tiny_runtime, req.replace(virtual_coils="all"))
+    assert full.calibrations[0].maps.shape[-3] == 6
+    same = reconstruct_noncartesian_volume(vol, tiny_runtime, req,
+                                           calibrations=calibrate_volume_noncartesian(compress_volume(vol, "auto")))
+    assert np.array_equal(same.image, res.image)
+    with pytest.raises(InputError, match=r"calibrations with 6 coils for 4 \(virtual\) coils"):
+        reconstruct_noncartesian_volume(vol, tiny_runtime, req, calibrations=calibrate_volume_noncartesian(vol))
+
+
 def test_the_cg_count_follows_the_grid_coverage_of_the_table():
     from mri_score.noncartesian import NONCARTESIAN_CG_BY_COVERAGE
     from mri_score.samplers.dds import DDSConfig

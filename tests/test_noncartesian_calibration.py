@@ -186,3 +186,28 @@ def test_cg_tuning_script_writes_a_table_and_refuses_bad_flags(tmp_path, tiny_pr
     assert main(["--config", str(ROOT / "configs" / "bench_dev.yaml"), "--cg-iters", "4", "8", "--out", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--cg-iters" in err[0] and not bad.exists()
+
+
+def test_coil_compression_rule_and_report(tmp_path, tiny_prior_path, capsys):
+    from benchmarks.run_coil_compression import choose, main
+
+    means = {"all": {"a": 30.0, "b": 40.0}, "6": {"a": 30.0, "b": 39.95}, "4": {"a": 29.92, "b": 39.95},
+             "3": {"a": 29.85, "b": 40.0}}
+    assert choose(means) == "4"  # 3 loses 0.15 dB at a
+    means["4"]["a"] = 29.8
+    assert choose(means) == "6"
+    assert choose({"all": {"a": 1.0}, "2": {"a": 0.0}}) == "all"
+    out = tmp_path / "cc.md"
+    assert main(["--prior", str(tiny_prior_path), "--config", str(ROOT / "configs" / "bench_dev.yaml"), "--synth-size",
+                 "32", "--slices", "1", "--spokes", "8", "--interleaves", "--nfe", "2", "--virtual-coils", "4", "2",
+                 "--threads", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    assert lines[0] == "| virtual coils | radial 8 spokes | average | Δ vs all (worst setting) | s/slice |"
+    assert [ln.split(" | ")[0] for ln in lines[2:]] == ["| all", "| 4", "| 2"]
+    assert "| all | " in lines[2] and "(1.0000)" in lines[2] and "+0.00" in lines[2]
+    assert "**Choice by the rule:" in text
+    bad = tmp_path / "bad.md"
+    assert main(["--config", str(ROOT / "configs" / "bench_dev.yaml"), "--virtual-coils", "0", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--virtual-coils" in err[0] and not bad.exists()

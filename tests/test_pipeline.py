@@ -66,3 +66,38 @@ def test_cli_writes_what_reconstruct_volume_returns(tmp_path, fully_sampled_file
         assert np.array_equal(hf["reconstruction"][()], res.image)
         assert np.array_equal(hf["reconstruction_std"][()], res.std)
         assert np.array_equal(hf["mask"][()], mask)
+
+
+def test_virtual_coils_request_field_and_its_cartesian_refusal(tmp_path, fully_sampled_file, tiny_prior_path, capsys):
+    import pytest
+
+    from mri_score.errors import InputError
+    from mri_score.request import RequestError
+    from mri_score.uncertainty import settings_key
+
+    assert ReconRequest().virtual_coils == "auto" and ReconRequest(virtual_coils=" ALL ").virtual_coils == "all"
+    assert ReconRequest(virtual_coils="6").virtual_coils == 6
+    for bad in (0, -1, "two", 2.5, True, 5000):
+        with pytest.raises(RequestError, match="virtual_coils must be auto, all or a number of coils"):
+            ReconRequest(virtual_coils=bad)
+    # a non-default count is part of the std calibration key (the default leaves the key as it was)
+    assert settings_key(ReconRequest()) == "dds@v2/nfe=24/K=2/sense"
+    assert settings_key(ReconRequest(virtual_coils=6)).endswith("/virtual_coils=6")
+    # Cartesian data keep every coil: a count is refused in one line, auto and all run
+    prior = load_prior(tiny_prior_path)
+    ksp, mask = _volume(slices=1)
+    with pytest.raises(InputError, match="virtual coils \\(3\\) apply to radial and spiral data only"):
+        reconstruct_volume(ksp, mask, prior, ReconRequest(steps=2, samples=1, virtual_coils=3))
+    a = reconstruct_volume(ksp, mask, prior, ReconRequest(steps=2, samples=1, grid="native"))
+    b = reconstruct_volume(ksp, mask, prior, ReconRequest(steps=2, samples=1, grid="native", virtual_coils="all"))
+    assert np.array_equal(a.image, b.image)
+    # the flag: a bad value is one line naming it, exit 2, nothing written
+    out = tmp_path / "o"
+    assert reconstruct_main(["--kspace", str(fully_sampled_file), "--out", str(out), "--prior", str(tiny_prior_path),
+                             "--virtual-coils", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--virtual-coils" in err[0] and not out.exists()
+    assert reconstruct_main(["--kspace", str(fully_sampled_file), "--out", str(out), "--prior", str(tiny_prior_path),
+                             "--steps", "2", "--center-fraction", "0.25", "--virtual-coils", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "radial and spiral data only" in err[0] and fully_sampled_file.name in err[0]
