@@ -3,16 +3,18 @@
 Run: ``python benchmarks/run_coil_compression.py --threads 2`` → ``benchmarks/results/coil_compression.md``.
 
 On a trajectory every CG step of DDS is a Toeplitz Gram, two FFTs of the ``2H × 2W`` grid per coil, most of the
-sampler's time; SVD coil compression (:func:`mri_score.noncartesian.compress_volume`, density-weighted) cuts that
-cost in proportion to the coils kept, and loses what the dropped virtual coils carried. This script reconstructs
+sampler's time; SVD coil compression (:func:`mri_score.noncartesian.coil_compression`, density-weighted, the data
+and the maps estimated from all coils compressed alike) cuts that cost in proportion to the coils kept, and loses
+what the dropped virtual coils carried. This script reconstructs
 the synthetic **tuning** subjects of the development protocol (:class:`benchmarks.tuning_split.TuningSplit`:
 ``--config``'s ``data.tuning`` subjects, never its test subjects, never real images) per trajectory setting with
 the ``reconstruct`` command's DDS request (``--nfe`` NFE, K = ``--samples``, grid auto, the CG count of the
 trajectory's coverage) for each ``--virtual-coils`` value (``all``: no compression), and reports PSNR, the share
 of the density-weighted energy kept, and seconds per slice.
 
-Decision rule, fixed before this script's run (a probe that was not committed had measured 8/6/4/3 virtual coils
-at radial 16 and 64 spokes on the same subjects): ``auto``
+Decision rule, fixed before this script's first run (a probe that was not committed had measured 8/6/4/3 virtual
+coils at radial 16 and 64 spokes on the same subjects; a first run that estimated the maps on the virtual coils was
+stopped when every count lost 0.13-0.18 dB to all coils at 32 and 64 spokes): ``auto``
 (:data:`mri_score.noncartesian.NONCARTESIAN_VIRTUAL_COILS`) is the smallest count whose mean PSNR is at most
 0.1 dB below all coils' at every setting. The choice is then checked, not chosen, on the benchmark's held-out
 data (``run_noncartesian.py``).

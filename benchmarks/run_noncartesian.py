@@ -16,10 +16,10 @@ group of volumes, PSNR / SSIM against the noise-free magnitude ``|x|`` (fastMRI'
   its grid coverage calls for (``cg_iters_noncartesian`` auto, :meth:`mri_score.samplers.dds.DDSConfig.cg_steps`)
   instead of the Cartesian ``cg_iters`` (10), which the Cartesian reference of the time ratio runs.
 
-Every method gets the same data, the coils compressed as ``reconstruct`` compresses them by default
-(:func:`mri_score.noncartesian.compress_volume`, ``virtual_coils`` auto), and the same calibration per slice
-(:func:`mri_score.noncartesian.calibrate_volume_noncartesian`: maps from the fully sampled k-space centre, scale, σ_y
-estimated from the outer samples).  For each swept
+Every method uses the same calibration per slice (:func:`mri_score.noncartesian.calibrate_volume_noncartesian`:
+maps from the fully sampled k-space centre, scale, σ_y estimated from the outer samples); DDS then samples on the
+virtual coils ``reconstruct`` uses by default (``virtual_coils`` auto: data and maps compressed alike,
+:func:`mri_score.noncartesian.coil_compression`), the baselines on every coil.  For each swept
 method the table shows the λ with the best mean PSNR over the group's volumes (chosen on the reported
 slices: the baselines' best case); a best λ at an end of the sweep extends it by one step (×3) beyond that
 end, at most twice, and the table says whether the final best is interior ("edge" otherwise).  DDS's time
@@ -72,7 +72,6 @@ from mri_score.noncartesian import (
     NonCartesianVolume,
     calibrate_volume_noncartesian,
     calibration_key,
-    compress_volume,
     reconstruct_noncartesian_volume,
 )
 from mri_score.noncartesian_baselines import bart_pics, cg_sense, gridding, l1_wavelet
@@ -306,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for v in vols:
             seed = zlib.crc32(f"{args.seed}/{tag}/{v['name']}".encode())
-            acq = compress_volume(acquire(v, kind, count, seed), request.virtual_coils)
+            acq = acquire(v, kind, count, seed)
             cals = calibrate_volume_noncartesian(acq, use_noise_cov=False)
             score = functools.partial(record, rows, tag, v, acq.target)
             runs.append((v, acq, cals, score))
@@ -345,9 +344,9 @@ def main(argv: list[str] | None = None) -> int:
              "- trajectories: radial full diameters, uniform angles, readout 2N; variable-density spiral "
              "(mri_score.simulate_noncartesian: density power 2, edge undersampled 16/interleaves-fold), samples 0.5 "
              "cycles/FOV apart along every readout\n"
-             f"- every method gets the same virtual coils (`virtual_coils` {request.virtual_coils}: "
-             f"{NONCARTESIAN_VIRTUAL_COILS} of the {COILS}; the Cartesian reference keeps all {COILS}) and "
-             "shares one calibration per slice (maps from the fully sampled k-space centre, "
+             f"- DDS samples on {NONCARTESIAN_VIRTUAL_COILS} virtual coils of the {COILS} (`virtual_coils` "
+             f"{request.virtual_coils}: data and maps compressed alike), the baselines and the Cartesian reference on "
+             f"all {COILS}; every method shares one calibration per slice (maps from the fully sampled k-space centre, "
              "σ_y estimated); scored on |x| against the noise-free magnitude, fastMRI metrics per volume, mean "
              "over volumes; seconds per slice (calibration excluded)\n"
              f"- λ sweeps (scaled units): CG-SENSE {', '.join(f'{x:g}' for x in CG_LAMS)} ({CG_ITERS} PCG steps); "

@@ -140,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "whichever is larger; else native), native (the measured "
                         f"matrix) or a factor F in [1, {MAX_GRID_FACTOR:g}]; data consistency stays on the measured matrix")
     p.add_argument("--virtual-coils", default="auto", metavar="auto|all|N",
-                   help="SVD coil compression of radial and spiral data before calibration (density-weighted): "
-                        "auto (4 virtual coils, measured on 8-coil data: benchmarks/results/coil_compression.md), "
-                        "all (none) or N virtual coils; Cartesian data keep every coil")
+                   help="virtual coils the sampler works on for radial and spiral data (data and maps compressed "
+                        "alike by density-weighted SVD): auto (4, measured on 8-coil data: "
+                        "benchmarks/results/coil_compression.md), all (no compression) or N; Cartesian data keep "
+                        "every coil")
     p.add_argument("--adapt", action="store_true",
                    help="test-time adaptation: a pilot reconstruction at half the NFE, the prior's norm and bias "
                         "parameters fine-tuned on it (denoising score matching), then the reconstruction "

@@ -124,10 +124,11 @@ class ReconRequest:
     classifier_input : str
         ``noisy`` or ``denoised`` (:data:`mri_score.guidance.CLASSIFIER_INPUTS`).
     virtual_coils : str or int
-        SVD coil compression of non-Cartesian data before calibration (:func:`operators.coils.coil_compression_matrix`,
-        density-weighted): ``"auto"`` (:data:`mri_score.noncartesian.NONCARTESIAN_VIRTUAL_COILS` on radial and
-        spiral data; Cartesian data keep every coil), ``"all"`` (no compression) or a number of virtual coils
-        ``>= 1`` (non-Cartesian data only; a file with no more coils keeps them all).
+        Virtual coils the sampler works on for non-Cartesian data: the samples and the maps (estimated from every
+        coil) compressed alike by density-weighted SVD (:func:`mri_score.noncartesian.coil_compression`); ``"auto"``
+        (:data:`mri_score.noncartesian.NONCARTESIAN_VIRTUAL_COILS` on radial and spiral data; Cartesian data keep
+        every coil), ``"all"`` (no compression) or a number ``>= 1`` (non-Cartesian data only; a file with no more
+        coils keeps them all).
     png : bool
         Output option: a PNG panel per file.
     exports : tuple of str

@@ -39,6 +39,7 @@ from mri_score.samplers import SAMPLERS
 from mri_score.scaling import image_scale, reference_scale
 from mri_score.simulate_noncartesian import READOUT_SPACING, simulate_noncartesian, spiral_trajectory, trajectory
 from operators import OperatorInputError, birdcage_maps, fft2c, ifft2c, sense1_combine
+from operators.coils import coil_compression_matrix
 from operators.nufft import NonCartesianSense, nufft
 from operators.trajectories import grid_coverage, pipe_menon_density, radial
 from tests.conftest import phantom
@@ -442,48 +443,51 @@ def test_dds_takes_the_noncartesian_cg_count_on_trajectories(calibrated, tiny_ru
     assert n_fewer == 2 * (auto + 2) and not torch.equal(base, fewer)
 
 
-def test_compressed_volume_is_the_same_physics_on_fewer_coils():
-    from mri_score.noncartesian import NONCARTESIAN_VIRTUAL_COILS, compress_volume
+def test_coil_compression_of_a_volume_keeps_the_sense_model():
+    from mri_score.noncartesian import NONCARTESIAN_VIRTUAL_COILS, coil_compression
     from operators import compress_coils
 
     x = phantom(48, 2, seed=2)
-    vol = simulate_noncartesian(x, "radial", 24, coils=8, snr=1e9, seed=1, noise_cov=np.eye(8) * 1e-12)
-    assert compress_volume(vol, "all") is vol and compress_volume(vol, 8) is vol and compress_volume(vol, 12) is vol
-    auto = compress_volume(vol, "auto")
-    assert auto.coils == NONCARTESIAN_VIRTUAL_COILS == 4 and auto.samples.dtype == np.complex64
-    assert compress_volume(auto, "auto") is auto  # compressing twice changes nothing
-    three = compress_volume(vol, 3)
-    assert three.samples.shape == (2, 3, vol.num_points) and np.allclose(three.noise_cov, np.eye(3) * 1e-12)
-    assert np.array_equal(three.coords, vol.coords) and np.array_equal(three.target, vol.target)
-    assert not np.shares_memory(three.samples, vol.samples)
-    # the virtual coils are Uᴴ y: the same orthonormal combination of every slice, so U Uᴴ y keeps most of y
-    y = torch.from_numpy(vol.samples)
-    flat = y.movedim(-2, 0).reshape(8, -1)
-    v = torch.from_numpy(three.samples).movedim(-2, 0).reshape(3, -1)
-    u = torch.linalg.lstsq(flat.T, v.T).solution.conj()  # v = Uᴴ y  <=>  vᵀ = yᵀ conj(U)
-    assert torch.allclose(u.conj().T @ u, torch.eye(3, dtype=u.dtype), atol=1e-3)
-    # and the SENSE model holds on the compressed coils: Uᴴ A x = A' x with maps Uᴴ S
+    vol = simulate_noncartesian(x, "radial", 24, coils=8, snr=1e9, seed=1)
+    assert coil_compression(vol, "all") is None and coil_compression(vol, 8) is None and coil_compression(vol, 12) is None
+    u = coil_compression(vol, "auto")
+    assert u.shape == (8, NONCARTESIAN_VIRTUAL_COILS) == (8, 4) and u.dtype == torch.complex64
+    assert torch.allclose(u.conj().T @ u, torch.eye(4, dtype=u.dtype), atol=1e-5)
+    # density-weighted: the same matrix as coil_compression_matrix of every slice with the volume's weights
+    expect = coil_compression_matrix(torch.from_numpy(vol.samples), 4, torch.from_numpy(vol.density_weights()))
+    assert torch.allclose(u, expect)
+    # the SENSE model holds on the virtual coils: Uᴴ A x = A' x with maps Uᴴ S
     maps = torch.from_numpy(birdcage_maps(8, (48, 48)))
-    op = NonCartesianSense(maps, vol.coords)
     image = torch.from_numpy(x[0])
-    small = NonCartesianSense(compress_coils(maps, u.to(maps.dtype)), vol.coords)
-    assert torch.allclose(small(image), compress_coils(op(image), u.to(maps.dtype), coil_dim=-2), atol=1e-4)
+    small = NonCartesianSense(compress_coils(maps, u), vol.coords)
+    assert torch.allclose(small(image), compress_coils(NonCartesianSense(maps, vol.coords)(image), u, coil_dim=-2),
+                          atol=1e-4)
+    # most of the density-weighted energy of the data stays in 4 of 8 virtual coils
+    y = torch.from_numpy(vol.samples) * torch.from_numpy(vol.density_weights()).sqrt()
+    assert float((compress_coils(y, u, coil_dim=-2).abs() ** 2).sum() / (y.abs() ** 2).sum()) > 0.99
 
 
-def test_reconstruction_compresses_and_refuses_calibrations_of_other_coils(tiny_runtime):
-    from mri_score.noncartesian import compress_volume
+def test_reconstruction_samples_on_the_virtual_coils(tiny_runtime, monkeypatch):
+    import mri_score.noncartesian as nc
 
     vol = simulate_noncartesian(phantom(32, 1), "radial", 12, coils=6, seed=3, pixel_mm=(2.0, 2.0))
     req = ReconRequest(sampler="dds", steps=2, samples=1, seed=0, grid="native")
-    res = reconstruct_noncartesian_volume(vol, tiny_runtime, req)
-    assert res.calibrations[0].maps.shape[-3] == 4  # auto: 4 virtual coils
-    full = reconstruct_noncartesian_volume(vol, tiny_runtime, req.replace(virtual_coils="all"))
-    assert full.calibrations[0].maps.shape[-3] == 6
-    same = reconstruct_noncartesian_volume(vol, tiny_runtime, req,
-                                           calibrations=calibrate_volume_noncartesian(compress_volume(vol, "auto")))
-    assert np.array_equal(same.image, res.image)
-    with pytest.raises(InputError, match=r"calibrations with 6 coils for 4 \(virtual\) coils"):
-        reconstruct_noncartesian_volume(vol, tiny_runtime, req, calibrations=calibrate_volume_noncartesian(vol))
+    built = []
+
+    class Recording(NonCartesianSense):
+        def __init__(self, maps, *args, **kwargs):
+            built.append(maps.shape[-3])
+            super().__init__(maps, *args, **kwargs)
+
+    monkeypatch.setattr(nc, "NonCartesianSense", Recording)
+    cals = calibrate_volume_noncartesian(vol)
+    auto = reconstruct_noncartesian_volume(vol, tiny_runtime, req, calibrations=cals)
+    assert built == [4] and auto.calibrations[0].maps.shape[-3] == 6  # calibrated on all coils, sampled on 4
+    built.clear()
+    full = reconstruct_noncartesian_volume(vol, tiny_runtime, req.replace(virtual_coils="all"), calibrations=cals)
+    assert built == [6] and not np.array_equal(full.image, auto.image)
+    same = reconstruct_noncartesian_volume(vol, tiny_runtime, req.replace(virtual_coils=6), calibrations=cals)
+    assert np.array_equal(same.image, full.image)  # no more coils than asked for: nothing compressed
 
 
 def test_the_cg_count_follows_the_grid_coverage_of_the_table():
