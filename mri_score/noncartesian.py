@@ -269,13 +269,15 @@ def cg_steps_for_coverage(coverage: float,
     return int(min(table, key=lambda row: (abs(row[0] - float(coverage)), row[0]))[1])
 
 
-#: Virtual coils of ``virtual_coils="auto"`` on trajectories (:func:`coil_compression`): measured on the synthetic tuning
-#: subjects with 8 coils by ``benchmarks/run_coil_compression.py`` (``benchmarks/results/coil_compression.md``).
-NONCARTESIAN_VIRTUAL_COILS = 4
+#: Virtual coils of ``virtual_coils="auto"`` on trajectories (:func:`coil_compression`): chosen by the rule of
+#: ``benchmarks/run_coil_compression.py`` on the synthetic tuning subjects with 8 coils (``benchmarks/results/
+#: coil_compression.md``: 3 virtual coils at most 0.02 dB below all 8 at radial 16-64 spokes and spirals of 4 and 8
+#: interleaves, 1.26 against 1.68 s per slice; 2 lose 0.17 dB at 16 spokes).
+NONCARTESIAN_VIRTUAL_COILS = 3
 
 
 def coil_compression(volume: NonCartesianVolume, virtual_coils: str | int) -> torch.Tensor | None:
-    """The SVD coil compression ``reconstruct`` applies to ``volume``: ``U`` ``(coils, V)`` complex64, or None.
+    """The SVD coil compression ``reconstruct`` applies to ``volume``: ``U`` per slice, complex64, or None.
 
     Parameters
     ----------
@@ -287,18 +289,20 @@ def coil_compression(volume: NonCartesianVolume, virtual_coils: str | int) -> to
     Returns
     -------
     torch.Tensor or None
-        :func:`operators.coils.coil_compression_matrix` of every slice's samples weighted by the density weights
-        (so every area of k-space counts alike, not the densely sampled centre); None when ``volume`` has no more
-        coils than asked for.  The samples ``y`` become ``Uᴴ y`` and maps ``S`` estimated from all coils become
-        ``Uᴴ S`` (:func:`operators.coils.compress_coils`), so ``Uᴴ A x = A' x`` holds exactly: estimating the maps
-        on the virtual coils instead cost 0.13-0.18 dB on the tuning subjects at any count, the truncation itself
-        under 0.05 dB down to 4 of 8 coils.
+        ``(slices, coils, V)``: per slice, :func:`operators.coils.coil_compression_matrix` of its samples weighted
+        by the density weights (so every area of k-space counts alike, not the densely sampled centre; per slice,
+        as the coils see each slice differently and a slice's result does not depend on the others); None when
+        ``volume`` has no more coils than asked for.  The samples ``y`` become ``Uᴴ y`` and maps ``S`` estimated
+        from all coils become ``Uᴴ S`` (:func:`operators.coils.compress_coils`), so ``Uᴴ A x = A' x`` holds
+        exactly: estimating the maps on the virtual coils instead cost 0.13-0.18 dB on the tuning subjects at any
+        count, the truncation itself at most 0.02 dB down to 3 of 8 coils.
     """
     target = NONCARTESIAN_VIRTUAL_COILS if virtual_coils == "auto" else virtual_coils
     if target == "all" or volume.coils <= int(target):
         return None
-    samples = torch.from_numpy(np.ascontiguousarray(volume.samples))
-    return coil_compression_matrix(samples, int(target), torch.from_numpy(volume.density_weights()))
+    weights = torch.from_numpy(volume.density_weights())
+    return torch.stack([coil_compression_matrix(torch.from_numpy(np.ascontiguousarray(y)), int(target), weights)
+                        for y in volume.samples])
 
 
 #: Version of the sampling defaults that hold on trajectories only, part of :func:`calibration_key` (as a sampler's
@@ -1178,7 +1182,7 @@ def reconstruct_noncartesian_volume(
         maps = cal.maps.to(torch.complex64)
         y = torch.from_numpy(volume.samples[i]).to(device)
         if compression is not None:
-            maps, y = compress_coils(maps, compression), compress_coils(y, compression, coil_dim=-2)
+            maps, y = compress_coils(maps, compression[i]), compress_coils(y, compression[i], coil_dim=-2)
         if native_op is None:
             native_op = NonCartesianSense(maps, coords, dcf=dens)
         else:

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"matrix) or a factor F in [1, {MAX_GRID_FACTOR:g}]; data consistency stays on the measured matrix")
     p.add_argument("--virtual-coils", default="auto", metavar="auto|all|N",
                    help="virtual coils the sampler works on for radial and spiral data (data and maps compressed "
-                        "alike by density-weighted SVD): auto (4, measured on 8-coil data: "
+                        "alike by density-weighted SVD): auto (3, measured on 8-coil data: "
                         "benchmarks/results/coil_compression.md), all (no compression) or N; Cartesian data keep "
                         "every coil")
     p.add_argument("--adapt", action="store_true",
