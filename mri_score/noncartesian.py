@@ -272,7 +272,7 @@ def cg_steps_for_coverage(coverage: float,
 #: Virtual coils of ``virtual_coils="auto"`` on trajectories (:func:`coil_compression`): chosen by the rule of
 #: ``benchmarks/run_coil_compression.py`` on the synthetic tuning subjects with 8 coils (``benchmarks/results/
 #: coil_compression.md``: 3 virtual coils at most 0.02 dB below all 8 at radial 16-64 spokes and spirals of 4 and 8
-#: interleaves, 1.26 against 1.68 s per slice; 2 lose 0.17 dB at 16 spokes).
+#: interleaves, 1.29 against 1.69 s per slice; 2 lose 0.17 dB at 16 spokes).
 NONCARTESIAN_VIRTUAL_COILS = 3
 
 
