@@ -36,10 +36,9 @@ import torch
 
 from benchmarks.harness import check_args, write_report
 from benchmarks.provenance import provenance
-from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, setting_label, settings_of
+from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, checked_settings, setting_label
 from mri_score import limits
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
-from mri_score.errors import InputError
 from mri_score.metrics import volume_metrics
 from mri_score.noncartesian import NonCartesianVolume, reconstruct_noncartesian_volume
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, load_prior
@@ -81,12 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     """Reconstruct the tuning slices with each virtual-coil count per setting; write the table and the rule's choice."""
     args = build_parser().parse_args(argv)
     check_args(args)
-    limits.check_int(args.samples, "--samples", 1, limits.MAX_SAMPLES)
     for n in args.virtual_coils:
         limits.check_int(n, "--virtual-coils", 1, 1024)
-    if args.synth_size % 2:
-        raise InputError(f"--synth-size must be even, got {args.synth_size}")
-    settings = settings_of(args)
+    settings = checked_settings(args)
     split = TuningSplit.of_config(args.config)
     prior = ComplexPrior(load_prior(args.prior))
     vols = split.volumes(args.slices, args.synth_size)

@@ -33,11 +33,10 @@ import numpy as np
 
 from benchmarks.harness import check_args, write_report
 from benchmarks.provenance import provenance
-from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, setting_label, settings_of
-from mri_score import limits, uncertainty
+from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, checked_settings, setting_label
+from mri_score import uncertainty
 from mri_score.atomic import check_writable
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
-from mri_score.errors import InputError
 from mri_score.noncartesian import calibration_key, reconstruct_noncartesian_volume
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, default_prior_path, load_prior
 from mri_score.request import ReconRequest
@@ -80,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     """Fit (and with ``--store`` store) one std factor per trajectory setting; write the report."""
     args = build_parser().parse_args(argv)
     check_args(args)
-    limits.check_int(args.samples, "--samples", 2, limits.MAX_SAMPLES)
-    if args.synth_size % 2:
-        raise InputError(f"--synth-size must be even, got {args.synth_size}")
-    settings = settings_of(args)
+    settings = checked_settings(args, min_samples=2)
     split = TuningSplit.of_config(args.config, args.subjects)
     prior_path = Path(args.prior) if args.prior else default_prior_path()
     if args.store:

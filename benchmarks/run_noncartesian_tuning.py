@@ -40,7 +40,7 @@ import numpy as np
 
 from benchmarks.harness import check_args, write_report
 from benchmarks.provenance import provenance
-from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, setting_label, settings_of
+from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, checked_settings, setting_label
 from mri_score import limits
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import InputError
@@ -103,13 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     """Reconstruct the tuning slices with each CG count per setting; write the table and the rule's choice."""
     args = build_parser().parse_args(argv)
     check_args(args)
-    limits.check_int(args.samples, "--samples", 1, limits.MAX_SAMPLES)
     for n in args.cg_iters:
         limits.check_int(n, "--cg-iters", 0, 1000)
     require_reference(args.cg_iters)
-    if args.synth_size % 2:
-        raise InputError(f"--synth-size must be even, got {args.synth_size}")
-    settings = settings_of(args)
+    settings = checked_settings(args)
     split = TuningSplit.of_config(args.config)
     prior = ComplexPrior(load_prior(args.prior))
     vols = split.volumes(args.slices, args.synth_size)

@@ -48,6 +48,15 @@ def settings_of(args: Any) -> list[tuple[str, int]]:
     return settings
 
 
+def checked_settings(args: Any, min_samples: int = 1) -> list[tuple[str, int]]:
+    """The tuning scripts' common checks, then :func:`settings_of`: ``--samples`` in ``[min_samples, MAX_SAMPLES]`` and
+    an even ``--synth-size`` (one line naming the flag)."""
+    limits.check_int(args.samples, "--samples", min_samples, limits.MAX_SAMPLES)
+    if args.synth_size % 2:
+        raise InputError(f"--synth-size must be even, got {args.synth_size}")
+    return settings_of(args)
+
+
 def setting_label(kind: str, count: int) -> str:
     """A trajectory setting as the reports name it: ``radial 32 spokes``, ``spiral 8 interleaves``."""
     return f"{kind} {count} {'spokes' if kind == 'radial' else 'interleaves'}"
