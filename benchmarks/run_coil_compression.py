@@ -40,10 +40,10 @@ from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, checked_s
 from mri_score import limits
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.metrics import volume_metrics
-from mri_score.noncartesian import NonCartesianVolume, reconstruct_noncartesian_volume
+from mri_score.noncartesian import NonCartesianVolume, coil_compression, reconstruct_noncartesian_volume
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, load_prior
 from mri_score.request import ReconRequest
-from operators.coils import coil_compression_matrix
+from operators.coils import compress_coils
 
 #: Rule: the smallest count at most this many dB below all coils at every setting.
 TOLERANCE_DB = 0.1
@@ -60,12 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def kept_energy(volume: NonCartesianVolume, count: int) -> float:
-    """Share of ``volume``'s density-weighted k-space energy in its ``count`` leading virtual coils."""
-    samples = torch.from_numpy(np.ascontiguousarray(volume.samples))
-    weights = torch.from_numpy(volume.density_weights()).to(samples.real.dtype)
-    u = coil_compression_matrix(samples, volume.coils, weights)
-    energy = ((u.conj().T @ (samples * weights.sqrt()).movedim(-2, 0).reshape(volume.coils, -1)).abs() ** 2).sum(-1)
-    return float(energy[:count].sum() / energy.sum())
+    """Share of ``volume``'s density-weighted k-space energy that its ``count`` virtual coils keep (each slice with its
+    own matrix, as :func:`mri_score.noncartesian.coil_compression` compresses it)."""
+    weights = torch.from_numpy(volume.density_weights()).sqrt()
+    samples = torch.from_numpy(np.ascontiguousarray(volume.samples)) * weights
+    u = coil_compression(volume, count)
+    kept = samples if u is None else torch.stack([compress_coils(y, m, coil_dim=-2) for y, m in zip(samples, u, strict=True)])
+    return float((kept.abs() ** 2).sum() / (samples.abs() ** 2).sum())
 
 
 def choose(means: dict[str, dict[str, float]]) -> str:

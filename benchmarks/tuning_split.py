@@ -1,11 +1,12 @@
 """The synthetic tuning split of a protocol on radial and spiral trajectories, shared by the scripts that fit or tune
 on it (``run_noncartesian_calibration.py``: the std factor per trajectory; ``run_noncartesian_tuning.py``: DDS's CG
-steps on trajectories).
+steps on trajectories; ``run_coil_compression.py``: the virtual coils).
 
 :func:`add_trajectory_flags` adds the flags they share to a script's own parser (argument parsing stays in the
 command-line modules, as :func:`benchmarks.harness.add_check_flags`); :func:`settings_of` reads the trajectory
-settings back and :func:`setting_label` names one (both also used by ``run_noncartesian.py``); :class:`TuningSplit`
-simulates a protocol config's tuning subjects on a trajectory.
+settings back (:func:`checked_settings` with the tuning scripts' other checks) and :func:`setting_label` names one
+(both also used by ``run_noncartesian.py``); :class:`TuningSplit` simulates a protocol config's tuning subjects on a
+trajectory.
 """
 
 from __future__ import annotations

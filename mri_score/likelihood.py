@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from mri_score.errors import InputError
 from operators import LinearOperator, Sense, conjugate_gradient
 
 
@@ -41,9 +42,12 @@ class Likelihood(ABC):
     #: the term offers :meth:`data_step`
     has_data_step: bool = False
     #: the term's forward model samples k-space off the Cartesian grid (a NUFFT); samplers whose tuned settings
-    #: differ by physics read it (:meth:`mri_score.samplers.dds.DDSConfig.cg_steps`), and such a term offers
-    #: ``tuned_cg_steps()`` (:class:`mri_score.noncartesian.NonCartesianKspaceLikelihood`)
+    #: differ by physics read it (:meth:`mri_score.samplers.dds.DDSConfig.cg_steps`, with :meth:`tuned_cg_steps`)
     noncartesian: bool = False
+
+    def tuned_cg_steps(self) -> int:
+        """CG steps per DDS step tuned for this term's physics (non-Cartesian terms: by the trajectory's density)."""
+        raise InputError(f"{type(self).__name__} has no tuned CG count: give the sampler option cg_iters_noncartesian")
 
     @abstractmethod
     def grad(self, x: torch.Tensor) -> torch.Tensor:

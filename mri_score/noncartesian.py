@@ -276,13 +276,23 @@ def cg_steps_for_coverage(coverage: float,
 NONCARTESIAN_VIRTUAL_COILS = 3
 
 
+def virtual_coil_count(coils: int, virtual_coils: str | int) -> int:
+    """The coils the sampler works on for ``coils`` receive coils and :attr:`ReconRequest.virtual_coils`."""
+    if virtual_coils == "all":
+        return int(coils)
+    target = NONCARTESIAN_VIRTUAL_COILS if virtual_coils == "auto" else int(virtual_coils)
+    return min(int(coils), target)
+
+
 def coil_compression(volume: NonCartesianVolume, virtual_coils: str | int) -> torch.Tensor | None:
     """The SVD coil compression ``reconstruct`` applies to ``volume``: ``U`` per slice, complex64, or None.
 
     Parameters
     ----------
     volume : NonCartesianVolume
-        The acquisition (prewhitened, or with white noise, so that the virtual coils' noise stays white).
+        The acquisition.  With white (or prewhitened) noise the virtual coils' noise stays white with the same
+        σ_y; with correlated noise (no noise scans to whiten with) the σ_y estimated on every coil is an
+        approximation for the virtual coils, as it already is for the correlated coils.
     virtual_coils : str or int
         ``"auto"`` (:data:`NONCARTESIAN_VIRTUAL_COILS`), ``"all"`` or a count (:attr:`ReconRequest.virtual_coils`).
 
@@ -292,16 +302,16 @@ def coil_compression(volume: NonCartesianVolume, virtual_coils: str | int) -> to
         ``(slices, coils, V)``: per slice, :func:`operators.coils.coil_compression_matrix` of its samples weighted
         by the density weights (so every area of k-space counts alike, not the densely sampled centre; per slice,
         as the coils see each slice differently and a slice's result does not depend on the others); None when
-        ``volume`` has no more coils than asked for.  The samples ``y`` become ``Uᴴ y`` and maps ``S`` estimated
-        from all coils become ``Uᴴ S`` (:func:`operators.coils.compress_coils`), so ``Uᴴ A x = A' x`` holds
-        exactly: estimating the maps on the virtual coils instead cost 0.13-0.18 dB on the tuning subjects at any
-        count, the truncation itself at most 0.02 dB down to 3 of 8 coils.
+        ``volume`` has no more coils than asked for (:func:`virtual_coil_count`).  The samples ``y`` become
+        ``Uᴴ y`` and maps ``S`` estimated from all coils become ``Uᴴ S`` (:func:`operators.coils.compress_coils`),
+        so ``Uᴴ A x = A' x`` holds exactly: estimating the maps on the virtual coils instead cost 0.13-0.18 dB on
+        the tuning subjects at any count, the truncation itself at most 0.02 dB down to 3 of 8 coils.
     """
-    target = NONCARTESIAN_VIRTUAL_COILS if virtual_coils == "auto" else virtual_coils
-    if target == "all" or volume.coils <= int(target):
+    count = virtual_coil_count(volume.coils, virtual_coils)
+    if count == volume.coils:
         return None
     weights = torch.from_numpy(volume.density_weights())
-    return torch.stack([coil_compression_matrix(torch.from_numpy(np.ascontiguousarray(y)), int(target), weights)
+    return torch.stack([coil_compression_matrix(torch.from_numpy(np.ascontiguousarray(y)), count, weights)
                         for y in volume.samples])
 
 
@@ -333,12 +343,16 @@ def calibration_key(request: ReconRequest, volume: NonCartesianVolume) -> str:
     """The std calibration key of ``request`` on ``volume``'s trajectory: ``settings_key/traj=…/…/nc@vN``.
 
     :func:`mri_score.uncertainty.settings_key` followed by :func:`trajectory_key`, so a factor fitted on
-    Cartesian masks never applies to a trajectory, nor one fitted for radial-32 to radial-64, and by
-    :data:`NONCARTESIAN_DEFAULTS_VERSION`, so a factor fitted under older non-Cartesian defaults never matches.
+    Cartesian masks never applies to a trajectory, nor one fitted for radial-32 to radial-64, then
+    ``virtual_coils=N`` when the request's virtual coils (:func:`virtual_coil_count`, the count actually used)
+    differ from ``auto``'s on this volume, and :data:`NONCARTESIAN_DEFAULTS_VERSION`, so a factor fitted under
+    older non-Cartesian defaults never matches.
     """
     from mri_score import uncertainty
 
-    return f"{uncertainty.settings_key(request)}/{trajectory_key(volume)}{CALIBRATION_KEY_SUFFIX}"
+    used = virtual_coil_count(volume.coils, request.virtual_coils)
+    coils = "" if used == virtual_coil_count(volume.coils, "auto") else f"/virtual_coils={used}"
+    return f"{uncertainty.settings_key(request)}/{trajectory_key(volume)}{coils}{CALIBRATION_KEY_SUFFIX}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------

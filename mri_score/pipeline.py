@@ -341,7 +341,12 @@ def reconstruct_noncartesian_file(path: Path, prior: ComplexPrior, request: Reco
     names the key looked up; a factor fitted on Cartesian masks or for another trajectory never applies.  Metrics
     are against the file's noise-free target when it has one.
     """
-    from mri_score.noncartesian import calibration_key, read_noncartesian_mrd, reconstruct_noncartesian_volume
+    from mri_score.noncartesian import (
+        calibration_key,
+        read_noncartesian_mrd,
+        reconstruct_noncartesian_volume,
+        virtual_coil_count,
+    )
 
     vol = read_noncartesian_mrd(path)
     key = calibration_key(request, vol)
@@ -368,6 +373,7 @@ def reconstruct_noncartesian_file(path: Path, prior: ComplexPrior, request: Reco
     attrs = {"sampler": request.sampler, "steps": int(request.steps), "samples": request.samples,
              "seed": request.seed, "magnitude": request.magnitude, "trajectory": vol.trajectory,
              "nfe_per_slice": nfe // s, "grid_factor": float(res.grid_factor),
+             "virtual_coils": virtual_coil_count(vol.coils, request.virtual_coils), "coils": vol.coils,
              "precision": precision_name(choose_precision(prior.device, request.precision)),
              "prior": prior_name, "request": json.dumps(request.identity(), sort_keys=True),
              "summary": json.dumps({k: v for k, v in summary.items() if k != "file"}, default=float),

@@ -270,13 +270,13 @@ class ReconRequest:
     def calibration_suffix(self) -> list[str]:
         """The non-default settings besides the sampler's that change the output's std, as ``name=value`` parts.
 
-        Grid, precision, maps, conditioning, adaptation and coil compression; empty for the defaults, so a key fitted under
+        Grid, precision, maps, conditioning and adaptation; empty for the defaults, so a key fitted under
         the defaults stays the same (:func:`mri_score.uncertainty.settings_key`).
         """
         default = ReconRequest(sampler=self.sampler)
         parts = []
         for name in ("grid", "precision", "maps", "condition", "guidance", "classifier", "classifier_scale",
-                     "classifier_input", "adapt", "virtual_coils"):
+                     "classifier_input", "adapt"):
             value = getattr(self, name)
             if value != getattr(default, name):
                 if isinstance(value, AdaptSettings):

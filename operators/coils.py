@@ -93,15 +93,16 @@ def coil_compression_matrix(samples: torch.Tensor, virtual: int, weights: torch.
     coils = int(samples.shape[-2])
     if isinstance(virtual, bool) or int(virtual) != virtual or not 1 <= int(virtual) <= coils:
         raise OperatorInputError(f"virtual coils must be an integer in [1, {coils}], got {virtual!r}")
-    data = samples.movedim(-2, 0).reshape(coils, -1)
+    data = samples.to(torch.complex128)
     if weights is not None:
-        w = torch.as_tensor(weights, device=samples.device).to(samples.real.dtype)
+        w = torch.as_tensor(weights, device=samples.device).to(torch.float64)
         if w.shape != (samples.shape[-1],) or bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
             raise OperatorInputError(f"weights must be finite and non-negative ({samples.shape[-1]},), got "
                                      f"{tuple(w.shape)}")
-        data = (samples * w.sqrt()).movedim(-2, 0).reshape(coils, -1)
-    # the left singular vectors of D are the eigenvectors of D Dᴴ (coils x coils): cheap for M >> coils
-    gram = (data @ data.conj().T).to(torch.complex128)
+        data = data * w.sqrt()
+    data = data.movedim(-2, 0).reshape(coils, -1)
+    # the left singular vectors of D are the eigenvectors of D Dᴴ (coils x coils, float64): cheap for M >> coils
+    gram = data @ data.conj().T
     _, vectors = torch.linalg.eigh(gram)
     return vectors.flip(-1)[:, : int(virtual)].to(samples.dtype).contiguous()
 

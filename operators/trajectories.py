@@ -206,9 +206,9 @@ def grid_coverage(coord: ArrayLike, shape: Sequence[int]) -> float:
     ``−H/2 … H/2 − 1``).  The extent is the ellipse ``ρ ≤ ρ_max`` in the normalised radius
     ``ρ = √((k_r / (H/2))² + (k_c / (W/2))²)``, with ``ρ_max`` the largest of the samples (1 for a trajectory
     that reaches the edge of the matrix).  A measure of sampling density that hardly depends on readout
-    oversampling (twice the samples per spoke: +7 %) and not on the matrix: radial about ``1.15 · spokes / N``
-    (0.16 for 16 spokes at 128² and for 32 at 256²), and the same on a finer reconstruction grid of the same
-    data; a fully sampled disc gives 1.
+    oversampling (twice the samples per spoke: +7 %) and not on the matrix: radial about ``1.3 · spokes / N`` at low
+    density, saturating towards 1 (0.16 for 16 spokes at 128² and for 32 at 256², 0.58 for 64 at 128²), and the same
+    on a finer reconstruction grid of the same data; a fully sampled disc gives 1.
 
     Parameters
     ----------

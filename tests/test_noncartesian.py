@@ -471,25 +471,39 @@ def test_coil_compression_of_a_volume_keeps_the_sense_model():
 
 def test_reconstruction_samples_on_the_virtual_coils(tiny_runtime, monkeypatch):
     import mri_score.noncartesian as nc
+    from mri_score.noncartesian import calibration_key, coil_compression, virtual_coil_count
+    from operators import compress_coils
 
-    vol = simulate_noncartesian(phantom(32, 1), "radial", 12, coils=6, seed=3, pixel_mm=(2.0, 2.0))
+    vol = simulate_noncartesian(phantom(32, 2), "radial", 12, coils=6, seed=3, pixel_mm=(2.0, 2.0))
     req = ReconRequest(sampler="dds", steps=2, samples=1, seed=0, grid="native")
-    built = []
+    seen = []
 
-    class Recording(NonCartesianSense):
-        def __init__(self, maps, *args, **kwargs):
-            built.append(maps.shape[-3])
-            super().__init__(maps, *args, **kwargs)
+    class Recording(nc.NonCartesianKspaceLikelihood):
+        def __init__(self, op, y, sigma_y, *args, **kwargs):
+            seen.append((op.maps.clone(), y.clone()))
+            super().__init__(op, y, sigma_y, *args, **kwargs)
 
-    monkeypatch.setattr(nc, "NonCartesianSense", Recording)
+    monkeypatch.setattr(nc, "NonCartesianKspaceLikelihood", Recording)
     cals = calibrate_volume_noncartesian(vol)
     auto = reconstruct_noncartesian_volume(vol, tiny_runtime, req, calibrations=cals)
-    assert built == [3] and auto.calibrations[0].maps.shape[-3] == 6  # calibrated on all coils, sampled on 3
-    built.clear()
+    # each slice: its own matrix U, applied to the maps from all 6 coils and to the samples alike
+    u = coil_compression(vol, "auto")
+    assert u.shape == (2, 6, 3) and not torch.allclose(u[0], u[1])
+    for i, (maps, y) in enumerate(seen):
+        assert maps.shape[-3] == 3 and auto.calibrations[i].maps.shape[-3] == 6
+        assert torch.allclose(maps, compress_coils(cals[i].maps.to(torch.complex64), u[i]))
+        assert torch.allclose(y, compress_coils(torch.from_numpy(vol.samples[i]), u[i], coil_dim=-2) / cals[i].scale)
+    seen.clear()
     full = reconstruct_noncartesian_volume(vol, tiny_runtime, req.replace(virtual_coils="all"), calibrations=cals)
-    assert built == [6] and not np.array_equal(full.image, auto.image)
+    assert [m.shape[-3] for m, _ in seen] == [6, 6] and not np.array_equal(full.image, auto.image)
     same = reconstruct_noncartesian_volume(vol, tiny_runtime, req.replace(virtual_coils=6), calibrations=cals)
     assert np.array_equal(same.image, full.image)  # no more coils than asked for: nothing compressed
+    assert [virtual_coil_count(6, v) for v in ("auto", "all", 2, 6, 9)] == [3, 6, 2, 6, 6]
+    # the std key names the count only where it differs from auto's on the volume
+    key = calibration_key(req, vol)
+    assert "virtual_coils" not in key and calibration_key(req.replace(virtual_coils=3), vol) == key
+    assert calibration_key(req.replace(virtual_coils="all"), vol).endswith("/virtual_coils=6/nc@v3")
+    assert calibration_key(req.replace(virtual_coils=9), vol) == calibration_key(req.replace(virtual_coils="all"), vol)
 
 
 def test_the_cg_count_follows_the_grid_coverage_of_the_table():
@@ -501,7 +515,7 @@ def test_the_cg_count_follows_the_grid_coverage_of_the_table():
     steps = [n for _, n in NONCARTESIAN_CG_BY_COVERAGE]
     covs = [c for c, _ in NONCARTESIAN_CG_BY_COVERAGE]
     assert covs == sorted(covs) and steps == sorted(steps, reverse=True) and min(steps) >= 1
-    with pytest.raises(InputError, match="cg_iters_noncartesian must be int or none"):
+    with pytest.raises(InputError, match="cg_iters_noncartesian must be int, auto or none"):
         DDSConfig(cg_iters_noncartesian="many")
     with pytest.raises(InputError, match="cg_iters_noncartesian must be >= 0 or auto"):
         DDSConfig(cg_iters_noncartesian=-1)
@@ -514,7 +528,7 @@ def test_grid_coverage_measures_density_independent_of_matrix_and_oversampling()
     full = np.stack([rows.ravel(), cols.ravel()], axis=-1).astype(np.float32)
     assert grid_coverage(full, (h, w)) == 1.0
     assert grid_coverage(full[(full[:, 0] % 2) == 0], (h, w)) == pytest.approx(0.5, abs=0.04)
-    # radial: about 1.15 spokes / N, the same for twice the spokes on twice the matrix, on a finer grid of the same
+    # radial: about 1.3 spokes / N when sparse, the same for twice the spokes on twice the matrix, on a finer grid of the same
     # data, and with twice the readout oversampling
     r16 = radial(16, 256, matrix=128)
     assert 0.14 < grid_coverage(r16, (128, 128)) < 0.18
