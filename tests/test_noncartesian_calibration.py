@@ -88,6 +88,26 @@ def test_reconstruct_applies_only_the_factor_of_the_files_trajectory(tmp_path, t
     assert entry["factor"] == 3.0 and entry["key"] == key and entry["sidecar"] == tiny_prior_path.name + ".calibration.json"
 
 
+def test_reconstruct_honours_virtual_coils_on_a_trajectory_file(tmp_path, tiny_prior_path):
+    from mri_score.reconstruct import main
+
+    vol = simulate_noncartesian(phantom(32, 1), "radial", 16, coils=6, seed=1, pixel_mm=(2.0, 2.0))
+    src = write_noncartesian_mrd(tmp_path / "in" / "six.h5", vol, noise_scans=16)
+
+    def run(name, *flags):
+        assert main(["--kspace", str(src), "--out", str(tmp_path / name), "--prior", str(tiny_prior_path), "--steps",
+                     "2", "--samples", "2", "--quiet", *flags]) == 0
+        with h5py.File(tmp_path / name / src.name) as hf:
+            return int(hf.attrs["virtual_coils"]), int(hf.attrs["coils"]), str(hf.attrs["std_calibration"]), \
+                json.loads(hf.attrs["request"])["virtual_coils"]
+
+    used, coils, _, asked = run("auto")
+    assert (used, coils, asked) == (3, 6, "auto")
+    used, coils, attr, asked = run("two", "--virtual-coils", "2")
+    assert (used, coils, asked) == (2, 6, 2) and "/virtual_coils=2/nc@v" in attr
+    assert run("all", "--virtual-coils", "all")[0] == 6
+
+
 def test_a_directory_rerun_redoes_a_trajectory_file_once_its_factor_is_stored(tmp_path, tiny_prior_path, capsys):
     from mri_score.reconstruct import main
 
