@@ -59,12 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def kept_energy(volume: NonCartesianVolume, count: int) -> float:
-    """Share of ``volume``'s density-weighted k-space energy that its ``count`` virtual coils keep (each slice with its
-    own matrix, as :func:`mri_score.noncartesian.coil_compression` compresses it)."""
+def kept_energy(volume: NonCartesianVolume, virtual_coils: str | int) -> float:
+    """Share of ``volume``'s density-weighted k-space energy that the virtual coils of ``virtual_coils`` keep (each
+    slice with its own matrix, as :func:`mri_score.noncartesian.coil_compression` compresses it; 1 without one)."""
     weights = torch.from_numpy(volume.density_weights()).sqrt()
     samples = torch.from_numpy(np.ascontiguousarray(volume.samples)) * weights
-    u = coil_compression(volume, count)
+    u = coil_compression(volume, virtual_coils)
     kept = samples if u is None else torch.stack([compress_coils(y, m, coil_dim=-2) for y, m in zip(samples, u, strict=True)])
     return float((kept.abs() ** 2).sum() / (samples.abs() ** 2).sum())
 
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             truth = np.abs(acq.target)
             for c in counts:
                 request = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed,
-                                       virtual_coils=c if c == "all" else int(c))
-                energy = 1.0 if c == "all" else kept_energy(acq, min(int(c), acq.coils))
+                                       virtual_coils=c)
+                energy = kept_energy(acq, request.virtual_coils)
                 t0 = time.perf_counter()
                 res = reconstruct_noncartesian_volume(acq, prior, request)
                 seconds = (time.perf_counter() - t0) / acq.slices

@@ -97,6 +97,14 @@ def undersampling_mask(vol: FastMRIVolume, request: ReconRequest) -> tuple[np.nd
     return mask, acc, f"{mask_type}"
 
 
+def require_every_coil(request: ReconRequest, where: str = "") -> None:
+    """Cartesian data keep every coil: a number of virtual coils in ``request`` is refused in one line (``where``
+    prefixes it, e.g. the file); ``auto`` and ``all`` pass."""
+    if isinstance(request.virtual_coils, int):
+        raise InputError(f"{where}virtual coils ({request.virtual_coils}) apply to radial and spiral data only; "
+                         "Cartesian data keep every coil (auto or all)")
+
+
 def reconstruct_volume(
     kspace: np.ndarray,
     mask: np.ndarray,
@@ -148,9 +156,7 @@ def reconstruct_volume(
     s = kspace.shape[0]
     if calibrations is not None and len(calibrations) != s:
         raise InputError(f"{len(calibrations)} calibrations for {s} slices")
-    if request.virtual_coils != "auto" and request.virtual_coils != "all":
-        raise InputError(f"virtual coils ({request.virtual_coils}) apply to radial and spiral data only; Cartesian "
-                         "data keep every coil (auto or all)")
+    require_every_coil(request)
     runtime = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
     request = request.for_pixels(pixel_mm, getattr(runtime.model, "meta", None), mask, tuple(kspace.shape[-2:]))
     if request.adapt is not None:
@@ -269,9 +275,7 @@ def reconstruct_file(
     if kind == "mrd_noncartesian":
         return reconstruct_noncartesian_file(path, prior, request, out_dir, prior_name, extra_terms, extra_attrs,
                                              std_calibration_lookup)
-    if isinstance(request.virtual_coils, int):
-        raise InputError(f"{path}: virtual coils ({request.virtual_coils}) apply to radial and spiral data only; this "
-                         "file is Cartesian and keeps every coil (auto or all)")
+    require_every_coil(request, f"{path}: ")
     std_calibration = None if std_calibration_lookup is None else std_calibration_lookup(settings_key(request))
     vol = read_volume(path, kind)
     mask, accel_used, mask_src = undersampling_mask(vol, request)
