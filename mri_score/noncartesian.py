@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,34 +236,43 @@ class NonCartesianVolume:
         return float(np.sqrt(np.mean(np.real(np.diag(self.noise_cov)))))
 
 
-#: DDS's CG steps per step on a trajectory by its grid coverage (:func:`operators.trajectories.grid_coverage`):
-#: ``(coverage, steps)`` of each tuned setting, in increasing coverage, fitted by the rule of
-#: ``benchmarks/run_noncartesian_tuning.py`` on the synthetic tuning subjects (``benchmarks/results/
-#: noncartesian_tuning.md``: radial 16-96 spokes and spirals of 4-16 interleaves at 128²; +0.39 dB over 10 steps
-#: everywhere and +0.23 dB over the best single count, 4, averaged over the nine settings); read by
-#: :func:`cg_steps_for_coverage`.  Radial data want more steps as coverage falls (14 at 16 spokes); the spirals
-#: want 3 even at low coverage (spiral 4: 3 steps +0.6 dB over 4), which the coverage alone does not capture.
-NONCARTESIAN_CG_BY_COVERAGE: tuple[tuple[float, int], ...] = (
-    (0.161, 14), (0.241, 10), (0.315, 10), (0.364, 4), (0.451, 4), (0.575, 4), (0.706, 4), (0.766, 4), (0.998, 3))
+#: ``{trajectory kind: ((coverage, steps), ...)}``: per kind, CG steps by grid coverage, in increasing coverage.
+CoverageTables = Mapping[str, tuple[tuple[float, int], ...]]
+
+#: DDS's CG steps per step on a trajectory by its kind and grid coverage (:func:`operators.trajectories.grid_coverage`):
+#: per kind (:data:`TRAJECTORIES`), ``(coverage, steps)`` of each tuned setting, in increasing coverage, fitted by the
+#: rule of ``benchmarks/run_noncartesian_tuning.py`` on the synthetic tuning subjects (``benchmarks/results/
+#: noncartesian_tuning.md``: radial 16-96 spokes and spirals of 4-16 interleaves at 128²); read by
+#: :func:`cg_steps_for_coverage`.
+NONCARTESIAN_CG_BY_COVERAGE: CoverageTables = {
+    "radial": ((0.161, 14), (0.241, 10), (0.315, 10), (0.451, 4), (0.575, 4), (0.766, 4)),
+    "spiral": ((0.364, 4), (0.706, 4), (0.998, 3)),
+}
 
 
-def cg_steps_for_coverage(coverage: float,
-                          table: tuple[tuple[float, int], ...] = NONCARTESIAN_CG_BY_COVERAGE) -> int:
-    """CG steps per DDS step for a trajectory of grid ``coverage``: those of the tuned setting nearest in coverage.
+def cg_steps_for_coverage(coverage: float, kind: str = "other",
+                          tables: CoverageTables = NONCARTESIAN_CG_BY_COVERAGE) -> int:
+    """CG steps per DDS step for a trajectory of ``kind`` and grid ``coverage``: those of the kind's tuned setting
+    nearest in coverage.
 
     Parameters
     ----------
     coverage : float
         :func:`operators.trajectories.grid_coverage` of the trajectory, in ``[0, 1]``.
-    table : tuple of (float, int)
-        ``(coverage, steps)`` in increasing coverage (default :data:`NONCARTESIAN_CG_BY_COVERAGE`); below the
-        first or above the last entry its steps hold (no extrapolation), between two the nearer one's.
+    kind : str
+        The trajectory kind (:data:`TRAJECTORIES`); a kind without a table of its own (``other``) takes the nearest
+        tuned setting of any kind.
+    tables : mapping of str to tuple of (float, int)
+        Per kind ``(coverage, steps)`` in increasing coverage (default :data:`NONCARTESIAN_CG_BY_COVERAGE`); below
+        the first or above the last entry its steps hold (no extrapolation), between two the nearer one's (the
+        lower coverage's on a tie).
 
     Returns
     -------
     int
         CG steps, ``≥ 0``.
     """
+    table = tables.get(kind) or tuple(sorted(row for rows in tables.values() for row in rows))
     if not table:
         raise ValueError("cg_steps_for_coverage needs a non-empty table")
     return int(min(table, key=lambda row: (abs(row[0] - float(coverage)), row[0]))[1])
@@ -994,11 +1003,15 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
         Noise std per complex sample in the same units.
     preconditioned : bool
         Circulant-preconditioned CG in :meth:`prox` (plain CG, as the Cartesian term, by default).
+    trajectory : str
+        The trajectory's kind (:data:`TRAJECTORIES`, :attr:`NonCartesianVolume.trajectory`), which with the coverage
+        sets DDS's CG steps (:meth:`tuned_cg_steps`).
     """
 
     noncartesian = True
 
-    def __init__(self, op: NonCartesianSense, y: torch.Tensor, sigma_y: float, preconditioned: bool = False) -> None:
+    def __init__(self, op: NonCartesianSense, y: torch.Tensor, sigma_y: float, preconditioned: bool = False,
+                 trajectory: str = "other") -> None:
         if not isinstance(op, NonCartesianSense):
             raise InputError(f"NonCartesianKspaceLikelihood needs a NonCartesianSense operator, got {type(op).__name__}")
         if op.dcf is None:
@@ -1007,6 +1020,9 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
         super().__init__(op, y, sigma_y)
         self.weights = op.dcf.clamp_min(0)
         self.preconditioned = bool(preconditioned)
+        if trajectory not in TRAJECTORIES:
+            raise InputError(f"trajectory must be one of {', '.join(TRAJECTORIES)}, got {trajectory!r}")
+        self.trajectory = trajectory
         self._diag: torch.Tensor | None = None
         self._grid: torch.Tensor | None = None
         self._dc_weights: torch.Tensor | None = None
@@ -1019,8 +1035,8 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
         return self._coverage
 
     def tuned_cg_steps(self) -> int:
-        """DDS's CG steps for this trajectory's density: :func:`cg_steps_for_coverage` of :meth:`coverage`."""
-        return cg_steps_for_coverage(self.coverage())
+        """DDS's CG steps for this trajectory's kind and density: :func:`cg_steps_for_coverage` of :meth:`coverage`."""
+        return cg_steps_for_coverage(self.coverage(), self.trajectory)
 
     def gridded(self) -> torch.Tensor:
         """``Aᴴ(W y)``: the density-compensated (gridding) SENSE-1 image ``(H, W)``, the sampler's start (computed once).
@@ -1210,7 +1226,8 @@ def reconstruct_noncartesian_volume(
             else:
                 fine_op.update(maps=fine_maps)
             op, grid_scale = fine_op, cal.scale / ((grid[0] * grid[1]) / (matrix[0] * matrix[1])) ** 0.5
-        data = NonCartesianKspaceLikelihood(op, y / grid_scale, max(cal.sigma_y / grid_scale, 1e-4), preconditioned)
+        data = NonCartesianKspaceLikelihood(op, y / grid_scale, max(cal.sigma_y / grid_scale, 1e-4), preconditioned,
+                                            volume.trajectory)
         gen = torch.Generator(device="cpu").manual_seed(int(request.seed) + i)
         x_init = data.gridded().expand(request.samples, -1, -1).clone()
         result = run(cprior, [data, *extra_terms], x_init, gen, int(request.steps), request.options)

@@ -420,7 +420,7 @@ def test_dds_takes_the_noncartesian_cg_count_on_trajectories(calibrated, tiny_ru
     term, op = _term(vol, cal)
     cartesian = GaussianKspaceLikelihood(Sense(cal.maps), torch.zeros(cal.maps.shape, dtype=torch.complex64), 0.1)
     cfg = DDSConfig()
-    auto = cg_steps_for_coverage(grid_coverage(vol.coords, vol.matrix))
+    auto = cg_steps_for_coverage(grid_coverage(vol.coords, vol.matrix), vol.trajectory)
     assert cfg.cg_iters_noncartesian is None and term.coverage() == grid_coverage(vol.coords, vol.matrix)
     assert (cfg.cg_steps(term), cfg.cg_steps(cartesian)) == (auto, 10) == (term.tuned_cg_steps(), cfg.cg_iters)
     assert DDSConfig(cg_iters_noncartesian="auto").cg_steps(term) == auto  # as --sampler-option gives it
@@ -506,15 +506,23 @@ def test_reconstruction_samples_on_the_virtual_coils(tiny_runtime, monkeypatch):
     assert calibration_key(req.replace(virtual_coils=9), vol) == calibration_key(req.replace(virtual_coils="all"), vol)
 
 
-def test_the_cg_count_follows_the_grid_coverage_of_the_table():
-    from mri_score.noncartesian import NONCARTESIAN_CG_BY_COVERAGE
+def test_the_cg_count_follows_the_kind_and_grid_coverage_of_the_tables():
+    from mri_score.noncartesian import NONCARTESIAN_CG_BY_COVERAGE, TRAJECTORIES
     from mri_score.samplers.dds import DDSConfig
 
-    table = ((0.2, 12), (0.5, 6), (0.8, 3))
-    assert [cg_steps_for_coverage(c, table) for c in (0.0, 0.2, 0.34, 0.36, 0.5, 0.7, 1.0)] == [12, 12, 12, 6, 6, 3, 3]
-    steps = [n for _, n in NONCARTESIAN_CG_BY_COVERAGE]
-    covs = [c for c, _ in NONCARTESIAN_CG_BY_COVERAGE]
-    assert covs == sorted(covs) and steps == sorted(steps, reverse=True) and min(steps) >= 1
+    tables = {"radial": ((0.2, 12), (0.5, 6), (0.8, 3)), "spiral": ((0.4, 2),)}
+    covs = (0.0, 0.2, 0.34, 0.36, 0.5, 0.7, 1.0)
+    assert [cg_steps_for_coverage(c, "radial", tables) for c in covs] == [12, 12, 12, 6, 6, 3, 3]
+    assert [cg_steps_for_coverage(c, "spiral", tables) for c in covs] == [2] * 7
+    # another kind: the nearest setting of any kind (0.34 is nearer spiral's 0.4 than radial's 0.2 or 0.5)
+    assert [cg_steps_for_coverage(c, "other", tables) for c in covs] == [12, 12, 2, 2, 6, 3, 3]
+    assert set(NONCARTESIAN_CG_BY_COVERAGE) <= set(TRAJECTORIES)
+    for table in NONCARTESIAN_CG_BY_COVERAGE.values():
+        steps = [n for _, n in table]
+        covs = [c for c, _ in table]
+        assert covs == sorted(covs) and steps == sorted(steps, reverse=True) and min(steps) >= 1
+    with pytest.raises(ValueError, match="non-empty"):
+        cg_steps_for_coverage(0.5, "radial", {})
     with pytest.raises(InputError, match="cg_iters_noncartesian must be int, auto or none"):
         DDSConfig(cg_iters_noncartesian="many")
     with pytest.raises(InputError, match="cg_iters_noncartesian must be >= 0 or auto"):

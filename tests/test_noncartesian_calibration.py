@@ -176,17 +176,31 @@ def test_cg_tuning_rule_pairs_each_coverage_with_its_smallest_count_near_the_bes
     from benchmarks.run_noncartesian_tuning import choose, table_psnr
 
     coverage = {"radial 16": 0.16, "radial 64": 0.58, "spiral 8": 0.71}
+    kinds = {"radial 16": "radial", "radial 64": "radial", "spiral 8": "spiral"}
     psnr = {4: (32.0, 42.0, 41.9), 6: (32.8, 41.95, 41.7), 8: (33.1, 41.35, 41.5), 10: (33.15, 41.0, 41.4)}
     means = {n: dict(zip(coverage, v)) for n, v in psnr.items()}
     # 16 spokes: best 33.15 (10), 8 is within 0.1 dB -> 8; 64 spokes: best 42.0 (4) -> 4; spiral: best 41.9 (4) -> 4
-    table = choose(means, coverage)
-    assert table == ((0.16, 8), (0.58, 4), (0.71, 4))
-    assert table_psnr(means, coverage, table) == {"radial 16": 33.1, "radial 64": 42.0, "spiral 8": 41.9}
-    # a denser setting that wants more steps raises every sparser one (the table never rises with coverage)
+    tables = choose(means, coverage, kinds)
+    assert tables == {"radial": ((0.16, 8), (0.58, 4)), "spiral": ((0.71, 4),)}
+    assert table_psnr(means, coverage, kinds, tables) == {"radial 16": 33.1, "radial 64": 42.0, "spiral 8": 41.9}
+    # a denser setting of the same kind that wants more steps raises every sparser one; another kind's does not
     means[10]["spiral 8"] = 43.0
-    assert choose(means, coverage) == ((0.16, 10), (0.58, 10), (0.71, 10))
+    assert choose(means, coverage, kinds) == {"radial": ((0.16, 8), (0.58, 4)), "spiral": ((0.71, 10),)}
+    means[10]["radial 64"] = 43.0
+    assert choose(means, coverage, kinds)["radial"] == ((0.16, 10), (0.58, 10))
+    # the time budget: only the counts within it compete; the smallest alone where none is
+    allowed = {"radial 16": [4, 6], "radial 64": [4], "spiral 8": [4]}
+    assert choose(means, coverage, kinds, allowed) == {"radial": ((0.16, 6), (0.58, 4)), "spiral": ((0.71, 4),)}
     with pytest.raises(InputError, match="include 10"):
-        choose({8: {"a": 1.0}}, {"a": 0.5})
+        choose({8: {"a": 1.0}}, {"a": 0.5}, {"a": "radial"})
+
+
+def test_cg_tuning_budget_keeps_the_counts_at_most_twice_the_cartesian_time():
+    from benchmarks.run_noncartesian_tuning import within_budget
+
+    seconds = {3: {"a": 1.0, "b": 3.0}, 10: {"a": 2.0, "b": 4.0}, 14: {"a": 2.01, "b": 5.0}}
+    assert within_budget(seconds, {"a": 1.0, "b": 1.0}) == {"a": [3, 10], "b": [3]}
+    assert within_budget(seconds, {"a": 1.0, "b": 1.0}, budget=5.0) == {"a": [3, 10, 14], "b": [3, 10, 14]}
 
 
 def test_cg_tuning_script_writes_a_table_and_refuses_bad_flags(tmp_path, tiny_prior_path, capsys):
@@ -194,14 +208,16 @@ def test_cg_tuning_script_writes_a_table_and_refuses_bad_flags(tmp_path, tiny_pr
 
     out = tmp_path / "tuning.md"
     assert main(["--prior", str(tiny_prior_path), "--config", str(ROOT / "configs" / "bench_dev.yaml"), "--synth-size",
-                 "32", "--slices", "1", "--spokes", "8", "--interleaves", "--nfe", "2", "--cg-iters", "2", "10",
+                 "48", "--slices", "1", "--spokes", "8", "--interleaves", "--nfe", "2", "--cg-iters", "2", "10",
                  "--threads", "1", "--out", str(out)]) == 0
     lines = [ln for ln in out.read_text().splitlines() if ln.startswith("|")]
-    assert lines[0].startswith("| CG steps | radial 8 spokes (coverage 0.") and lines[0].endswith(" | s/slice |")
-    # header, separator, a row per count, the table's row
-    assert all(ln.count("|") == lines[0].count("|") for ln in lines) and len(lines) == 5
-    assert lines[-1].startswith("| by coverage | ")
-    assert "**Table by the rule** (`NONCARTESIAN_CG_BY_COVERAGE`): `((0." in out.read_text()
+    assert lines[0].startswith("| CG steps | radial 8 spokes (coverage 0.") and lines[0].endswith(" | Δ vs 10 (average) |")
+    # PSNR: header, separator, a row per count, the tables' row; seconds: header, separator, a row per count, Cartesian
+    psnr, secs = lines[:5], lines[5:]
+    assert all(ln.count("|") == psnr[0].count("|") for ln in psnr) and psnr[-1].startswith("| by the tables | ")
+    assert len(secs) == 5 and secs[-1].startswith("| Cartesian reference | ")
+    assert all(ln.count("|") == secs[0].count("|") for ln in secs)
+    assert "**Tables by the rule** (`NONCARTESIAN_CG_BY_COVERAGE`): `{'radial': ((0." in out.read_text()
     bad = tmp_path / "bad.md"
     assert main(["--config", str(ROOT / "configs" / "bench_dev.yaml"), "--cg-iters", "4", "8", "--out", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
