@@ -247,3 +247,29 @@ def test_coil_compression_rule_and_report(tmp_path, tiny_prior_path, capsys):
     assert main(["--config", str(ROOT / "configs" / "bench_dev.yaml"), "--virtual-coils", "0", "--out", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--virtual-coils" in err[0] and not bad.exists()
+
+
+def test_grid_rule_takes_the_smallest_coverage_from_which_every_setting_gains():
+    from benchmarks.run_noncartesian_grid import MIN_GAIN_DB, choose
+
+    coverage = {"radial 16": 0.16, "radial 32": 0.32, "radial 64": 0.58, "spiral 8": 0.71}
+    assert choose({"radial 16": 0.1, "radial 32": 0.5, "radial 64": 0.3, "spiral 8": 1.0}, coverage) == 0.32
+    # a denser setting below the threshold stops the run: sparser gains do not count past it
+    assert choose({"radial 16": 2.0, "radial 32": 2.0, "radial 64": MIN_GAIN_DB - 0.01, "spiral 8": 1.0},
+                  coverage) == 0.71
+    assert choose({"radial 16": 2.0, "radial 32": 2.0, "radial 64": 2.0, "spiral 8": 0.0}, coverage) is None
+    assert choose(dict.fromkeys(coverage, MIN_GAIN_DB), coverage) == 0.16
+
+
+def test_grid_script_writes_its_report(tmp_path, tiny_prior_path):
+    from benchmarks.run_noncartesian_grid import main
+
+    out = tmp_path / "grid.md"
+    assert main(["--prior", str(tiny_prior_path), "--config", str(ROOT / "configs" / "bench_dev.yaml"), "--synth-size",
+                 "48", "--slices", "1", "--spokes", "8", "--interleaves", "--nfe", "2", "--threads", "1",
+                 "--out", str(out)]) == 0
+    text = out.read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    assert len(lines) == 3 and lines[2].startswith("| radial 8 spokes | 0.")
+    assert all(ln.count("|") == lines[0].count("|") for ln in lines)
+    assert "**Choice by the rule:**" in text and "(`TRAJECTORY_GRID_MIN_COVERAGE`)" in text
