@@ -502,7 +502,7 @@ def test_reconstruction_samples_on_the_virtual_coils(tiny_runtime, monkeypatch):
     # the std key names the count only where it differs from auto's on the volume
     key = calibration_key(req, vol)
     assert "virtual_coils" not in key and calibration_key(req.replace(virtual_coils=3), vol) == key
-    assert calibration_key(req.replace(virtual_coils="all"), vol).endswith("/virtual_coils=6/nc@v3")
+    assert calibration_key(req.replace(virtual_coils="all"), vol).endswith("/virtual_coils=6/nc@v4")
     assert calibration_key(req.replace(virtual_coils=9), vol) == calibration_key(req.replace(virtual_coils="all"), vol)
 
 
