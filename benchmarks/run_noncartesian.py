@@ -23,8 +23,8 @@ virtual coils ``reconstruct`` uses by default (``virtual_coils`` auto: data and 
 method the table shows the λ with the best mean PSNR over the group's volumes (chosen on the reported
 slices: the baselines' best case); a best λ at an end of the sweep extends it by one step (×3) beyond that
 end, at most twice, and the table says whether the final best is interior ("edge" otherwise).  DDS's time
-is also given relative to Cartesian DDS (same images, same matrix, same request, fastMRI equispaced 4x mask
-with centre fraction 0.08), timed ``--timing-repeats`` times around each non-Cartesian run (half before, half
+is also given relative to Cartesian DDS (same images, same matrix, same request on the same sampling grid, fastMRI
+equispaced 4x mask with centre fraction 0.08), timed ``--timing-repeats`` times around each non-Cartesian run (half before, half
 after).  DDS − L1-wavelet and DDS − BART (each at its chosen λ) are paired per slice with a volume-clustered
 95 % bootstrap interval (:func:`benchmarks.stats.clustered_paired_difference`) and given per volume.
 Where the prior's sidecar holds a std factor for a volume's trajectory and matrix (fitted on tuning subjects by
@@ -36,7 +36,9 @@ white noise; and the real **development** images (:func:`mri_score.data.realset.
 final test set; volumes smaller than 64 pixels skipped; zero-padded to a square matrix) with the
 evaluation physics of :func:`mri_score.data.real_physics.simulate_real_acquisition` (Biot–Savart loop coils,
 smooth background phase, correlated coil noise, not whitened).  SNR 100 (the samples' noise as defined in
-:mod:`mri_score.simulate_noncartesian`).  Everything runs on the native grid.
+:mod:`mri_score.simulate_noncartesian`).  DDS samples on the grid ``--grid`` gives (default ``auto``, the
+``reconstruct`` command's: :meth:`mri_score.request.ReconRequest.for_pixels` of the volume's pixel size and the
+trajectory's grid coverage), the baselines on the native grid.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, default_prior_path, loa
 from mri_score.request import ReconRequest
 from mri_score.simulate_noncartesian import simulate_noncartesian
 from mri_score.simulation import simulate_volume, subject_volume
-from operators.trajectories import pipe_menon_density
+from operators.trajectories import grid_coverage, pipe_menon_density
 
 COILS, SNR = 8, 100.0
 #: Nominal level of the held-out coverage check.
@@ -166,12 +168,13 @@ def run_baseline(fn: object, acq: NonCartesianVolume, cals: list, **kw: object) 
 
 
 def record(rows: list[dict], setting: str, vol: dict, truth: np.ndarray, method: str, image: np.ndarray,
-           seconds: float, lam: float | None = None) -> None:
-    """Score ``image (S, H, W)`` against ``truth``, append the row to ``rows`` and print it."""
+           seconds: float, lam: float | None = None, grid: float = 1.0) -> None:
+    """Score ``image (S, H, W)`` against ``truth``, append the row to ``rows`` (with the sampling ``grid`` factor) and
+    print it."""
     met = volume_metrics(truth, image)
     per_slice = [volume_metrics(truth[i : i + 1], image[i : i + 1])["PSNR"] for i in range(truth.shape[0])]
     rows.append({"setting": setting, "group": vol["group"], "volume": vol["name"], "method": method, "lam": lam,
-                 "seconds": seconds, "slice_psnr": per_slice, **met})
+                 "seconds": seconds, "slice_psnr": per_slice, "grid": grid, **met})
     lam_txt = "" if lam is None else f" λ={lam:g}"
     print(f"{setting} | {vol['name']} | {method}{lam_txt} | {met['PSNR']:.2f} dB | {seconds:.2f} s", flush=True)
 
@@ -215,7 +218,7 @@ def held_out_coverage(acq: NonCartesianVolume, res: VolumeResult, prior_path: Pa
     ``auto`` resolves to the grid this run sampled on.  None without a std or a stored factor.
     """
     auto = request.replace(grid="auto")
-    if res.std is None or auto.for_pixels(acq.pixel_mm, meta).grid_factor != request.grid_factor:
+    if res.std is None or resolved_request(auto, acq, meta).grid_factor != request.grid_factor:
         return None
     entry = uncertainty.lookup_factor(prior_path, calibration_key(auto, acq))
     if entry is None:
@@ -224,6 +227,12 @@ def held_out_coverage(acq: NonCartesianVolume, res: VolumeResult, prior_path: Pa
                              for i in range(acq.slices)])
     return {"factor": float(entry["factor"]), "raw": uncertainty.coverage(ratios, 1.0, LEVEL),
             "calibrated": uncertainty.coverage(ratios, float(entry["factor"]), LEVEL), "pixels": int(ratios.size)}
+
+
+def resolved_request(request: ReconRequest, acq: NonCartesianVolume, meta: dict | None) -> ReconRequest:
+    """``request`` with its grid resolved for ``acq`` as :func:`mri_score.noncartesian.reconstruct_noncartesian_volume`
+    resolves it (pixel size, trajectory coverage, matrix), so the Cartesian reference samples on the same grid."""
+    return request.for_pixels(acq.pixel_mm, meta, matrix=acq.matrix, coverage=grid_coverage(acq.coords, acq.matrix))
 
 
 def cartesian_reference(vol: dict, seed: int) -> dict:
@@ -265,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--l1-iters", type=int, default=60, help="ADMM iterations of the L1-wavelet baseline")
     ap.add_argument("--prior", default=None, help="score prior checkpoint (default: the shipped prior)")
     ap.add_argument("--no-bart", action="store_true", help="skip BART even where it is installed")
+    ap.add_argument("--grid", default="auto",
+                    help="DDS's sampling grid: auto (the reconstruct command's rule), native or a factor")
     ap.add_argument("--timing-repeats", type=int, default=2,
                     help="timed runs of the Cartesian reference around each DDS run, half before and half after it "
                          "(their median is used)")
@@ -285,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     vols, notes = volumes(args)
     if not vols:
         raise InputError("no volume: --groups selects none, or every real volume was skipped")
-    request = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed, grid="native")
+    request = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed, grid=args.grid)
+    meta = getattr(model, "meta", None)
     command = "python benchmarks/run_noncartesian.py " + " ".join(argv if argv is not None else sys.argv[1:])
     prior_name = args.prior or f"shipped default (`mri_score/weights/{DEFAULT_PRIOR}`)"
     groups = [g for g in ("synthetic", "real") if any(v["group"] == g for v in vols)]
@@ -313,11 +325,12 @@ def main(argv: list[str] | None = None) -> int:
             for method, (fn, kw, lams) in swept.items():
                 for lam in lams:
                     score(method, *run_baseline(fn, acq, cals, lam=lam, **kw), lam=lam)
+            resolved = resolved_request(request, acq, meta)
             res, seconds, cart[(tag, v["name"])] = bracketed(
-                functools.partial(reconstruct_noncartesian_volume, acq, prior, request, calibrations=cals),
-                functools.partial(cartesian_seconds, references[v["name"]], prior, request), args.timing_repeats)
-            score("DDS", res.image, seconds / acq.slices)
-            cov = held_out_coverage(acq, res, prior_path, request, getattr(model, "meta", None))
+                functools.partial(reconstruct_noncartesian_volume, acq, prior, resolved, calibrations=cals),
+                functools.partial(cartesian_seconds, references[v["name"]], prior, resolved), args.timing_repeats)
+            score("DDS", res.image, seconds / acq.slices, grid=resolved.grid_factor)
+            cov = held_out_coverage(acq, res, prior_path, resolved, meta)
             if cov is not None:
                 coverage_rows.append({"setting": tag, "group": v["group"], "volume": v["name"], **cov})
         for group in groups:
@@ -337,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Non-Cartesian reconstruction: radial and spiral, DDS against the classical baselines", "",
              provenance(command)
              + f"- prior: {prior_name}; DDS {args.nfe} NFE (sampler defaults), K = {args.samples}, sampler seed "
-             f"{args.seed} (+ slice index); native grid\n"
+             f"{args.seed} (+ slice index); grid {args.grid} (resolved per acquisition: the time table's grid "
+             "column), the baselines on the native grid\n"
              f"- data: {args.slices} slice(s) per volume; synthetic: {args.synth_volumes} test-split subject(s) at "
              f"{args.synth_size}², pixels {SYNTH_PIXEL_MM[0]:g}–{SYNTH_PIXEL_MM[1]:g} mm, {COILS} birdcage coils, white "
              f"noise; real: development set only (loop coils, background phase, correlated noise); SNR {SNR:g}\n"
@@ -403,16 +417,18 @@ def main(argv: list[str] | None = None) -> int:
     if not coverage_rows:
         lines.append("| – | – | no volume with a stored factor | – | – | – |")
     lines += ["", "## DDS time: non-Cartesian vs Cartesian at the same matrix", "",
-              "| setting | group | non-Cartesian s/slice | Cartesian s/slice | ratio |", "|---|---|---|---|---|"]
+              "| setting | group | grid | non-Cartesian s/slice | Cartesian s/slice | ratio |", "|---|---|---|---|---|---|"]
     for kind, count in settings:
         tag = setting_label(kind, count)
         for group in groups:
             mine = [r for r in rows if r["setting"] == tag and r["group"] == group and r["method"] == "DDS"]
             nc = float(np.mean([r["seconds"] for r in mine]))
             ca = float(np.mean([cart[(tag, r["volume"])] for r in mine]))
-            lines.append(f"| {tag} | {group} | {nc:.2f} | {ca:.2f} | {nc / ca:.2f} |")
+            grids = "/".join(sorted({f"{r['grid']:g}x" for r in mine}))
+            lines.append(f"| {tag} | {group} | {grids} | {nc:.2f} | {ca:.2f} | {nc / ca:.2f} |")
     lines += ["", f"Cartesian reference: the median of {args.timing_repeats} timed run(s) of DDS with the same request on "
-              "the same images around each non-Cartesian DDS run (half before, half after it), fastMRI "
+              "the same images on the same sampling grid around each non-Cartesian DDS run (half before, half after "
+              "it), fastMRI "
               f"{CARTESIAN[0]} mask "
               f"{CARTESIAN[1]:g}x, centre fraction {CARTESIAN[2]:g}, {COILS} birdcage coils.", ""]
     write_report(args.out, lines)

@@ -331,8 +331,9 @@ def coil_compression(volume: NonCartesianVolume, virtual_coils: str | int) -> to
 #: ``defaults_version`` is of every key): 2 since DDS took ``cg_iters_noncartesian`` (8) CG steps per step on
 #: non-Cartesian data instead of the Cartesian ``cg_iters`` (10), 3 since the count follows the trajectory's grid
 #: coverage (:data:`NONCARTESIAN_CG_BY_COVERAGE`) and the coils are compressed (:data:`NONCARTESIAN_VIRTUAL_COILS`),
-#: 4 since the count follows the trajectory's kind as well, within a time budget; factors fitted before version 2
-#: name no version.
+#: 4 since the count follows the trajectory's kind as well, within a time budget, and ``--grid auto`` samples on the
+#: 2x grid (:data:`mri_score.resolution.TRAJECTORY_GRID_MIN_COVERAGE`); factors fitted before version 2 name no
+#: version.
 NONCARTESIAN_DEFAULTS_VERSION = 4
 #: The last part of every :func:`calibration_key`: the non-Cartesian defaults' version.
 CALIBRATION_KEY_SUFFIX = f"/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
@@ -1158,7 +1159,8 @@ def reconstruct_noncartesian_volume(
     :class:`NonCartesianKspaceLikelihood` on ``NonCartesianSense(maps, coords, dcf)`` with the samples
     divided by the scale, ``request.samples`` samples of ``SAMPLERS[request.sampler]`` started from the
     gridding image, their mean and std.  ``request.grid`` is honoured as on the Cartesian path (``auto``
-    resolved for ``volume.pixel_mm``): on a finer grid the maps are Fourier-interpolated, the same
+    resolved for ``volume.pixel_mm`` and the trajectory's grid coverage on its matrix,
+    :meth:`mri_score.request.ReconRequest.for_pixels`): on a finer grid the maps are Fourier-interpolated, the same
     coordinates address it, the data are divided by ``scale / a`` (``a = √(fH fW / (H W))``) and the
     samples come back to the matrix through k-space.
 
@@ -1195,7 +1197,8 @@ def reconstruct_noncartesian_volume(
         raise InputError(f"{len(calibrations)} calibrations for {s} slices")
     cprior = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
     cprior.set_precision(request.precision)
-    request = request.for_pixels(volume.pixel_mm, getattr(cprior.model, "meta", None))
+    request = request.for_pixels(volume.pixel_mm, getattr(cprior.model, "meta", None), matrix=volume.matrix,
+                                 coverage=grid_coverage(volume.coords, volume.matrix))
     device = cprior.device
     matrix = volume.matrix
     grid = fine_shape(matrix, request.grid_factor)

@@ -29,6 +29,7 @@ from mri_score.resolution import (
     auto_grid_factor,
     mask_acceleration,
     prior_pixel_range,
+    trajectory_grid_factor,
 )
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, SamplerConfig, sampler_config
 from operators.masks import MASK_TYPES, MAX_ACCELERATION
@@ -228,19 +229,24 @@ class ReconRequest:
         return float(self.grid)
 
     def for_pixels(self, pixel_mm: float | Sequence[float] | None, prior_meta: Mapping[str, Any] | None,
-                   mask: Any = None, matrix: Sequence[int] | None = None) -> ReconRequest:
+                   mask: Any = None, matrix: Sequence[int] | None = None,
+                   coverage: float | None = None) -> ReconRequest:
         """This request with an ``auto`` grid resolved for the acquisition: pixels of ``pixel_mm`` (mm) against the
-        prior's trained range, and the sampling ``mask`` on the measured ``(H, W)`` ``matrix``.
+        prior's trained range, and the sampling ``mask`` (Cartesian) or the trajectory's grid ``coverage``
+        (:func:`operators.trajectories.grid_coverage`) on the measured ``(H, W)`` ``matrix``.
 
-        The one place the ``auto`` rule is applied: the larger of :func:`mri_score.resolution.auto_grid_factor`
-        (a pixel coarser than the prior's range) and :func:`mri_score.resolution.acquisition_grid_factor` (2x at
-        low acceleration on matrices up to 128², the rule measured on the development data); native when neither
-        applies or the inputs are unknown (no mask: the pixel rule alone).  Other grids are returned as they are.
+        The one place the ``auto`` rule is applied: the largest of :func:`mri_score.resolution.auto_grid_factor`
+        (a pixel coarser than the prior's range), :func:`mri_score.resolution.acquisition_grid_factor` (2x at
+        low acceleration on matrices up to 128², the rule measured on the development data) and
+        :func:`mri_score.resolution.trajectory_grid_factor` (its counterpart on trajectories, by coverage); native
+        when none applies or the inputs are unknown (no mask and no coverage: the pixel rule alone).  Other grids
+        are returned as they are.
         """
         if self.grid != "auto":
             return self
         factor = max(auto_grid_factor(pixel_mm, prior_pixel_range(prior_meta)),
-                     acquisition_grid_factor(mask_acceleration(mask), matrix))
+                     acquisition_grid_factor(mask_acceleration(mask), matrix),
+                     trajectory_grid_factor(coverage, matrix))
         return dataclasses.replace(self, grid="native" if factor == 1.0 else factor)
 
     def replace(self, **changes: Any) -> ReconRequest:

@@ -22,7 +22,12 @@ the prior images at a pixel size inside its range.
   volumes against −0.37 / +0.10 on the synthetic ones (the prior, not the grid, limits 8x).  So ``auto``
   refines by :data:`LOW_ACCEL_FACTOR` when the mask's acceleration is below :data:`LOW_ACCEL_MAX` and the
   measured matrix has at most :data:`LOW_ACCEL_MAX_PIXELS` pixels (128²: the development data's largest matrix;
-  the network's time grows with the fine grid's pixels, ×4).  The larger of the two rules' factors is used.
+  the network's time grows with the fine grid's pixels, ×4).
+* :func:`trajectory_grid_factor`: the same refinement on radial and spiral trajectories, by their grid coverage
+  (:data:`TRAJECTORY_GRID_MIN_COVERAGE`, measured on the synthetic tuning subjects by
+  ``benchmarks/run_noncartesian_grid.py``).
+
+The largest of the rules' factors is used.
 """
 
 from __future__ import annotations
@@ -51,6 +56,14 @@ LOW_ACCEL_MAX = 32**0.5
 #: the development data it was measured on (the demo's 192² synthetic brain at ~1 mm lost 0.57 dB with it, at 7x the
 #: time, so it is not extrapolated to larger matrices).
 LOW_ACCEL_MAX_PIXELS = 128 * 128
+#: On radial and spiral trajectories the low-acceleration refinement applies from this grid coverage
+#: (:func:`operators.trajectories.grid_coverage`) up, on matrices of at most :data:`LOW_ACCEL_MAX_PIXELS` pixels
+#: (:func:`trajectory_grid_factor`); None: never.  Chosen by the rule of ``benchmarks/run_noncartesian_grid.py``
+#: (``benchmarks/results/noncartesian_grid.md``): on the synthetic tuning subjects at 128² the 2x grid gained +0.29 to
+#: +1.03 dB at every tuned setting (radial 16-96 spokes, spirals of 4-16 interleaves), so the threshold is the
+#: sparsest tuned coverage (radial 16 spokes); sparser trajectories were not measured and stay native.  It costs
+#: 2.8-3.7x the native grid's seconds per slice, 0.86-1.48x Cartesian DDS's on the same 2x grid.
+TRAJECTORY_GRID_MIN_COVERAGE: float | None = 0.161
 
 
 def prior_pixel_range(meta: Mapping[str, Any] | None) -> tuple[float, float]:
@@ -131,6 +144,16 @@ def acquisition_grid_factor(accel: float | None, matrix: Sequence[int] | None) -
         return 1.0
     pixels = int(matrix[-2]) * int(matrix[-1])
     return LOW_ACCEL_FACTOR if accel < LOW_ACCEL_MAX and pixels <= LOW_ACCEL_MAX_PIXELS else 1.0
+
+
+def trajectory_grid_factor(coverage: float | None, matrix: Sequence[int] | None) -> float:
+    """The low-acceleration refinement on a trajectory: :data:`LOW_ACCEL_FACTOR` when its grid ``coverage`` is at least
+    :data:`TRAJECTORY_GRID_MIN_COVERAGE` and the ``(H, W)`` matrix has at most :data:`LOW_ACCEL_MAX_PIXELS` pixels,
+    else 1.0 (also when either is unknown or no threshold is set)."""
+    if coverage is None or matrix is None or TRAJECTORY_GRID_MIN_COVERAGE is None or not math.isfinite(coverage):
+        return 1.0
+    pixels = int(matrix[-2]) * int(matrix[-1])
+    return LOW_ACCEL_FACTOR if coverage >= TRAJECTORY_GRID_MIN_COVERAGE and pixels <= LOW_ACCEL_MAX_PIXELS else 1.0
 
 
 def fine_shape(shape: Sequence[int], factor: float) -> tuple[int, int]:

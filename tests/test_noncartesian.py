@@ -5,6 +5,7 @@ Small problems only (32-64 pixels): the whole file runs in well under a minute o
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import math
 import os
@@ -294,7 +295,7 @@ def test_calibration_refuses_a_tiny_centre():
 def _term(vol, cal, **kw):
     op = NonCartesianSense(cal.maps, vol.coords, dcf=vol.density)
     y = torch.from_numpy(vol.samples[0]) / cal.scale
-    return NonCartesianKspaceLikelihood(op, y, cal.sigma_y_scaled, **kw), op
+    return NonCartesianKspaceLikelihood(op, y, cal.sigma_y_scaled, **{"trajectory": vol.trajectory, **kw}), op
 
 
 @pytest.fixture(scope="module")
@@ -424,6 +425,10 @@ def test_dds_takes_the_noncartesian_cg_count_on_trajectories(calibrated, tiny_ru
     assert cfg.cg_iters_noncartesian is None and term.coverage() == grid_coverage(vol.coords, vol.matrix)
     assert (cfg.cg_steps(term), cfg.cg_steps(cartesian)) == (auto, 10) == (term.tuned_cg_steps(), cfg.cg_iters)
     assert DDSConfig(cg_iters_noncartesian="auto").cg_steps(term) == auto  # as --sampler-option gives it
+    other, _ = _term(vol, cal, trajectory="other")  # another kind: the nearest tuned setting of any kind
+    assert other.tuned_cg_steps() == cg_steps_for_coverage(term.coverage(), "other")
+    with pytest.raises(InputError, match="trajectory must be one of"):
+        _term(vol, cal, trajectory="rosette")
     assert DDSConfig(cg_iters_noncartesian="5").cg_steps(term) == 5
     calls = []
 
@@ -573,6 +578,19 @@ def test_fine_grid_returns_the_matrix(small_volume, tiny_runtime):
     assert out.image.shape == (2, 32, 32) and out.grid_factor == 1.5 and np.isfinite(out.image).all()
 
 
+def test_auto_grid_follows_the_trajectory_coverage(small_volume, tiny_runtime, monkeypatch):
+    from mri_score import resolution
+
+    vol = dataclasses.replace(small_volume, pixel_mm=None)  # no pixel size: the coarse-pixel rule stays out
+    cov = grid_coverage(vol.coords, vol.matrix)
+    req = ReconRequest(sampler="dds", steps=1, samples=1, grid="auto")
+    monkeypatch.setattr(resolution, "TRAJECTORY_GRID_MIN_COVERAGE", cov - 0.01)
+    out = reconstruct_noncartesian_volume(vol, tiny_runtime, req)
+    assert out.grid_factor == resolution.LOW_ACCEL_FACTOR and out.image.shape == (2, 32, 32)
+    monkeypatch.setattr(resolution, "TRAJECTORY_GRID_MIN_COVERAGE", cov + 0.01)
+    assert reconstruct_noncartesian_volume(vol, tiny_runtime, req).grid_factor == 1.0
+
+
 # ------------------------------------------------------------------------------------------------------ baselines
 
 
@@ -663,6 +681,21 @@ def test_cartesian_seconds_times_one_run_per_slice(monkeypatch):
     assert rn.cartesian_seconds(acq, None, None) == 2.0 and calls == [1]
 
 
+def test_dds_and_its_cartesian_reference_sample_on_the_grid_the_trajectory_resolves(monkeypatch):
+    from benchmarks.run_noncartesian import acquire, resolved_request
+    from mri_score import resolution
+
+    probe = acquire({"name": "probe", "group": "synthetic", "images": np.ones((1, 64, 64), np.complex64),
+                     "pixel_mm": (2.5, 2.5)}, "radial", 24, 0)
+    meta = {"pixel_mm": [0.5, 3.0]}
+    req = ReconRequest(sampler="dds", steps=2, grid="auto")
+    monkeypatch.setattr(resolution, "TRAJECTORY_GRID_MIN_COVERAGE", grid_coverage(probe.coords, probe.matrix))
+    assert resolved_request(req, probe, meta).grid_factor == resolution.LOW_ACCEL_FACTOR
+    assert resolved_request(req.replace(grid="native"), probe, meta).grid == "native"
+    monkeypatch.setattr(resolution, "TRAJECTORY_GRID_MIN_COVERAGE", 1.01)
+    assert resolved_request(req, probe, meta).grid == "native"
+
+
 def test_benchmark_reports_clustered_paired_differences(tmp_path, tiny_prior_path):
     from benchmarks.run_noncartesian import main
 
@@ -681,6 +714,8 @@ def test_benchmark_reports_clustered_paired_differences(tmp_path, tiny_prior_pat
     mean, lo, hi = (float(v) for v in cells[4].replace("[", " ").replace("]", " ").replace(",", " ").split())
     assert lo <= mean <= hi
     assert "no volume with a stored factor" in text  # the tiny prior has no non-Cartesian calibration
+    timing = text.split("## DDS time: non-Cartesian vs Cartesian at the same matrix")[1]
+    assert "| radial 24 spokes | synthetic | " in timing and "grid auto (resolved per acquisition" in text
 
 
 def test_benchmark_reports_held_out_coverage_with_the_trajectorys_stored_factor(tmp_path, tiny_cfg):

@@ -216,6 +216,25 @@ def test_auto_grid_refines_low_acceleration_masks_on_matrices_up_to_256():
     assert ReconRequest(grid=1.5).for_pixels((1.0, 1.0), meta, four, (128, 128)).grid_factor == 1.5
 
 
+def test_auto_grid_refines_trajectories_from_the_tuned_coverage_on_matrices_up_to_128(monkeypatch):
+    """The trajectory rule: 2x from TRAJECTORY_GRID_MIN_COVERAGE up, matrices up to 128²; none without a threshold."""
+    from mri_score import resolution
+
+    meta = {"pixel_mm": [0.5, 3.0]}
+    auto = ReconRequest(grid="auto")
+    monkeypatch.setattr(resolution, "TRAJECTORY_GRID_MIN_COVERAGE", 0.3)
+    assert [resolution.trajectory_grid_factor(c, (128, 128)) for c in (0.1, 0.29, 0.3, 0.9)] == [1.0, 1.0, 2.0, 2.0]
+    assert resolution.trajectory_grid_factor(0.9, (192, 192)) == 1.0
+    assert resolution.trajectory_grid_factor(None, (64, 64)) == 1.0 == resolution.trajectory_grid_factor(0.9, None)
+    assert resolution.trajectory_grid_factor(float("nan"), (64, 64)) == 1.0
+    assert auto.for_pixels((1.0, 1.0), meta, matrix=(128, 128), coverage=0.5).grid_factor == 2.0
+    assert auto.for_pixels((1.0, 1.0), meta, matrix=(128, 128), coverage=0.2).grid == "native"
+    assert auto.for_pixels((9.0, 9.0), meta, matrix=(64, 64), coverage=0.5).grid_factor == 3.0  # the largest rule
+    assert ReconRequest(grid="native").for_pixels((1.0, 1.0), meta, matrix=(128, 128), coverage=0.5).grid == "native"
+    monkeypatch.setattr(resolution, "TRAJECTORY_GRID_MIN_COVERAGE", None)
+    assert resolution.trajectory_grid_factor(1.0, (64, 64)) == 1.0
+
+
 def test_final_gamma_rule_applies_the_discrepancy_weight_at_the_last_step_only(tiny_prior_path, monkeypatch):
     from mri_score.samplers import dds
 
