@@ -32,6 +32,7 @@ guard_startup(__name__)  # first, before torch: a signal while starting exits qu
 # isort: split
 import argparse
 import functools
+import math
 import sys
 from collections.abc import Mapping
 
@@ -66,14 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
 def choose(gains: Mapping[str, float], coverage: Mapping[str, float]) -> float | None:
     """Apply the rule to ``{setting: mean PSNR gain of 2x over native}`` and ``{setting: grid coverage}``: ``c*``.
 
-    The smallest coverage from which on every setting (in decreasing coverage) gains at least :data:`MIN_GAIN_DB`;
-    None when the densest setting does not.
+    The smallest coverage from which on every setting (in decreasing coverage) gains at least :data:`MIN_GAIN_DB`,
+    rounded down to 3 decimals (so the setting it comes from is itself refined); None when the densest setting
+    does not.
     """
     chosen = None
     for tag in sorted(coverage, key=lambda t: -coverage[t]):
         if gains[tag] < MIN_GAIN_DB:
             break
-        chosen = round(coverage[tag], 3)
+        chosen = math.floor(coverage[tag] * 1000) / 1000  # 3 decimals, never above the setting's own coverage
     return chosen
 
 

@@ -259,6 +259,8 @@ def test_grid_rule_takes_the_smallest_coverage_from_which_every_setting_gains():
                   coverage) == 0.71
     assert choose({"radial 16": 2.0, "radial 32": 2.0, "radial 64": 2.0, "spiral 8": 0.0}, coverage) is None
     assert choose(dict.fromkeys(coverage, MIN_GAIN_DB), coverage) == 0.16
+    # rounded down: the threshold never exceeds the coverage of the setting it comes from
+    assert choose({"radial 16": 1.0}, {"radial 16": 0.16084}) == 0.16
 
 
 def test_grid_script_writes_its_report(tmp_path, tiny_prior_path):
