@@ -75,6 +75,7 @@ from mri_score.noncartesian import (
     calibrate_volume_noncartesian,
     calibration_key,
     reconstruct_noncartesian_volume,
+    resolve_grid,
 )
 from mri_score.noncartesian_baselines import bart_pics, cg_sense, gridding, l1_wavelet
 from mri_score.pipeline import reconstruct_volume
@@ -83,7 +84,7 @@ from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, default_prior_path, loa
 from mri_score.request import ReconRequest
 from mri_score.simulate_noncartesian import simulate_noncartesian
 from mri_score.simulation import simulate_volume, subject_volume
-from operators.trajectories import grid_coverage, pipe_menon_density
+from operators.trajectories import pipe_menon_density
 
 COILS, SNR = 8, 100.0
 #: Nominal level of the held-out coverage check.
@@ -218,7 +219,7 @@ def held_out_coverage(acq: NonCartesianVolume, res: VolumeResult, prior_path: Pa
     ``auto`` resolves to the grid this run sampled on.  None without a std or a stored factor.
     """
     auto = request.replace(grid="auto")
-    if res.std is None or resolved_request(auto, acq, meta).grid_factor != request.grid_factor:
+    if res.std is None or resolve_grid(auto, acq, meta).grid_factor != request.grid_factor:
         return None
     entry = uncertainty.lookup_factor(prior_path, calibration_key(auto, acq))
     if entry is None:
@@ -227,12 +228,6 @@ def held_out_coverage(acq: NonCartesianVolume, res: VolumeResult, prior_path: Pa
                              for i in range(acq.slices)])
     return {"factor": float(entry["factor"]), "raw": uncertainty.coverage(ratios, 1.0, LEVEL),
             "calibrated": uncertainty.coverage(ratios, float(entry["factor"]), LEVEL), "pixels": int(ratios.size)}
-
-
-def resolved_request(request: ReconRequest, acq: NonCartesianVolume, meta: dict | None) -> ReconRequest:
-    """``request`` with its grid resolved for ``acq`` as :func:`mri_score.noncartesian.reconstruct_noncartesian_volume`
-    resolves it (pixel size, trajectory coverage, matrix), so the Cartesian reference samples on the same grid."""
-    return request.for_pixels(acq.pixel_mm, meta, matrix=acq.matrix, coverage=grid_coverage(acq.coords, acq.matrix))
 
 
 def cartesian_reference(vol: dict, seed: int) -> dict:
@@ -325,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             for method, (fn, kw, lams) in swept.items():
                 for lam in lams:
                     score(method, *run_baseline(fn, acq, cals, lam=lam, **kw), lam=lam)
-            resolved = resolved_request(request, acq, meta)
+            resolved = resolve_grid(request, acq, meta)
             res, seconds, cart[(tag, v["name"])] = bracketed(
                 functools.partial(reconstruct_noncartesian_volume, acq, prior, resolved, calibrations=cals),
                 functools.partial(cartesian_seconds, references[v["name"]], prior, resolved), args.timing_repeats)

@@ -107,7 +107,7 @@ def report(args: argparse.Namespace, command: str, split: TuningSplit, rows: lis
              provenance(command)
              + f"- prior: {args.prior or f'shipped default (`mri_score/weights/{DEFAULT_PRIOR}`)'}; DDS with the "
              f"`reconstruct` defaults at {args.nfe} NFE, K = {args.samples}, sampler seed {args.seed} (+ slice index), "
-             "grid auto (the factor the pixel size resolved to: column *grid*)\n"
+             "grid auto (the factor the pixel size and the trajectory coverage resolved to: column *grid*)\n"
              f"- data: `{args.config}` tuning subjects {', '.join(map(str, split.subjects))} (held-out split, from "
              f"corpus slice {spec['first']}, pixels {spec['pixel_mm'][0]:g}–{spec['pixel_mm'][1]:g} mm), {args.slices} "
              f"slice(s) each at {args.synth_size}², {spec['coils']} birdcage coils, SNR {spec['snr']:g}, noise covariance "

@@ -47,12 +47,13 @@ from mri_score.metrics import volume_metrics
 from mri_score.noncartesian import reconstruct_noncartesian_volume
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, load_prior
 from mri_score.request import ReconRequest
+from mri_score.resolution import LOW_ACCEL_FACTOR
 from operators.trajectories import grid_coverage
 
 #: Rule: the least mean PSNR gain (dB) of the 2x grid over the native one at every setting it is chosen for.
 MIN_GAIN_DB = 0.2
 #: The grids compared: native and the Cartesian rule's factor.
-GRIDS = ("native", 2.0)
+GRIDS = ("native", LOW_ACCEL_FACTOR)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +74,7 @@ def choose(gains: Mapping[str, float], coverage: Mapping[str, float]) -> float |
     """
     chosen = None
     for tag in sorted(coverage, key=lambda t: -coverage[t]):
-        if gains[tag] < MIN_GAIN_DB:
+        if not gains[tag] >= MIN_GAIN_DB:  # a NaN gain stops the run too
             break
         chosen = math.floor(coverage[tag] * 1000) / 1000  # 3 decimals, never above the setting's own coverage
     return chosen
@@ -150,7 +151,7 @@ def report(args: argparse.Namespace, command: str, split: TuningSplit, rows: lis
             cells.append(f"{sec:.2f} ({sec / cart:.2f})")
         lines.append(f"| {t} | {coverage[t]:.3f} | {stat('psnr', grids[0], t):.2f} | {stat('psnr', grids[1], t):.2f} "
                      f"| {gains[t]:+.2f} | " + " | ".join(cells) + " |")
-    verdict = (f"the 2x grid from coverage **{chosen}** on" if chosen is not None
+    verdict = (f"the 2x grid from coverage **{chosen:.3f}** on" if chosen is not None
                else "**no rule**: the densest setting gains less than the threshold")
     lines += ["", f"**Choice by the rule:** {verdict} (`TRAJECTORY_GRID_MIN_COVERAGE`).", ""]
     return lines

@@ -31,7 +31,9 @@ real development images).
 
 The first run of version 3 tried 2-14 steps and chose 2, the smallest count tried, at every spiral setting
 (``benchmarks/results/archive/noncartesian_tuning_v3_counts2to14.md``); as a λ sweep is widened until its best is
-interior, the counts were widened to 1 before the run whose report is current.
+interior, the counts were widened to 1 before the run whose report is current. Between the two runs radial 16 spokes
+went from 10 to 8 steps on timing alone (10 steps at 1.86x, then 2.19x the Cartesian time): single timings drift by
+about ±20 %.
 
 Version 2 (the table of the defaults version 3, ``benchmarks/results/archive/noncartesian_tuning_v2.md``): one table
 over both kinds, no time budget, all coils, grid auto.

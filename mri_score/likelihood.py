@@ -46,7 +46,7 @@ class Likelihood(ABC):
     noncartesian: bool = False
 
     def tuned_cg_steps(self) -> int:
-        """CG steps per DDS step tuned for this term's physics (non-Cartesian terms: by the trajectory's density)."""
+        """CG steps per DDS step tuned for this term's physics (non-Cartesian terms: by the trajectory's kind and density)."""
         raise InputError(f"{type(self).__name__} has no tuned CG count: give the sampler option cg_iters_noncartesian")
 
     @abstractmethod

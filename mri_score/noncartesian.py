@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -247,14 +248,18 @@ CoverageTables = Mapping[str, tuple[tuple[float, int], ...]]
 #: (8 up to 32 spokes; 14 was 0.23 dB better at 16 spokes but over the time budget), dense radial data 4, spirals 2
 #: at every coverage (+0.3 to +0.8 dB over 3); +0.67 dB over 10 steps everywhere and +0.51 dB over the best single
 #: count (4), averaged over the nine settings.
-NONCARTESIAN_CG_BY_COVERAGE: CoverageTables = {
+NONCARTESIAN_CG_BY_COVERAGE: CoverageTables = MappingProxyType({
     "radial": ((0.161, 8), (0.241, 8), (0.315, 8), (0.451, 4), (0.575, 4), (0.766, 4)),
     "spiral": ((0.364, 2), (0.706, 2), (0.998, 2)),
-}
+})
 
 
-def cg_steps_for_coverage(coverage: float, kind: str = "other",
-                          tables: CoverageTables = NONCARTESIAN_CG_BY_COVERAGE) -> int:
+def _nearest_steps(table: tuple[tuple[float, int], ...], coverage: float) -> int:
+    """The steps of ``table``'s row nearest ``coverage`` (the lower coverage's on a tie)."""
+    return int(min(table, key=lambda row: (abs(row[0] - coverage), row[0]))[1])
+
+
+def cg_steps_for_coverage(coverage: float, kind: str = "other", tables: CoverageTables | None = None) -> int:
     """CG steps per DDS step for a trajectory of ``kind`` and grid ``coverage``: those of the kind's tuned setting
     nearest in coverage.
 
@@ -263,9 +268,10 @@ def cg_steps_for_coverage(coverage: float, kind: str = "other",
     coverage : float
         :func:`operators.trajectories.grid_coverage` of the trajectory, in ``[0, 1]``.
     kind : str
-        The trajectory kind (:data:`TRAJECTORIES`); a kind without a table of its own (``other``) takes the nearest
-        tuned setting of any kind.
-    tables : mapping of str to tuple of (float, int)
+        The trajectory kind (:data:`TRAJECTORIES`).  A kind without a table (``other``) takes the most steps any
+        kind's table gives at that coverage: no such trajectory was tuned, and more steps are the cautious side
+        (non-increasing in coverage, as every table is).
+    tables : mapping of str to tuple of (float, int), optional
         Per kind ``(coverage, steps)`` in increasing coverage (default :data:`NONCARTESIAN_CG_BY_COVERAGE`); below
         the first or above the last entry its steps hold (no extrapolation), between two the nearer one's (the
         lower coverage's on a tie).
@@ -274,11 +280,21 @@ def cg_steps_for_coverage(coverage: float, kind: str = "other",
     -------
     int
         CG steps, ``≥ 0``.
+
+    Raises
+    ------
+    ValueError
+        A coverage that is not a finite number, no table at all, or an empty table.
     """
-    table = tables.get(kind) or tuple(sorted(row for rows in tables.values() for row in rows))
-    if not table:
-        raise ValueError("cg_steps_for_coverage needs a non-empty table")
-    return int(min(table, key=lambda row: (abs(row[0] - float(coverage)), row[0]))[1])
+    tables = NONCARTESIAN_CG_BY_COVERAGE if tables is None else tables
+    cov = float(coverage)
+    if not math.isfinite(cov):
+        raise ValueError(f"cg_steps_for_coverage needs a finite coverage, got {coverage!r}")
+    if not tables or any(not rows for rows in tables.values()):
+        raise ValueError("cg_steps_for_coverage needs a non-empty table for every kind")
+    if kind in tables:
+        return _nearest_steps(tables[kind], cov)
+    return max(_nearest_steps(rows, cov) for rows in tables.values())
 
 
 #: Virtual coils of ``virtual_coils="auto"`` on trajectories (:func:`coil_compression`): chosen by the rule of
@@ -1142,6 +1158,14 @@ def calibrate_volume_noncartesian(volume: NonCartesianVolume, maps_method: str =
     return out
 
 
+def resolve_grid(request: ReconRequest, volume: NonCartesianVolume, prior_meta: Mapping[str, Any] | None) -> ReconRequest:
+    """``request`` with an ``auto`` grid resolved for ``volume``: its pixel size against the prior's range
+    (``prior_meta``) and its trajectory's grid coverage on its matrix (:meth:`mri_score.request.ReconRequest.for_pixels`);
+    other grids as they are.  The grid :func:`reconstruct_noncartesian_volume` samples on."""
+    return request.for_pixels(volume.pixel_mm, prior_meta, matrix=volume.matrix,
+                              coverage=grid_coverage(volume.coords, volume.matrix))
+
+
 def reconstruct_noncartesian_volume(
     volume: NonCartesianVolume,
     prior: torch.nn.Module | ComplexPrior,
@@ -1159,8 +1183,8 @@ def reconstruct_noncartesian_volume(
     :class:`NonCartesianKspaceLikelihood` on ``NonCartesianSense(maps, coords, dcf)`` with the samples
     divided by the scale, ``request.samples`` samples of ``SAMPLERS[request.sampler]`` started from the
     gridding image, their mean and std.  ``request.grid`` is honoured as on the Cartesian path (``auto``
-    resolved for ``volume.pixel_mm`` and the trajectory's grid coverage on its matrix,
-    :meth:`mri_score.request.ReconRequest.for_pixels`): on a finer grid the maps are Fourier-interpolated, the same
+    resolved for ``volume.pixel_mm`` and the trajectory's grid coverage on its matrix, :func:`resolve_grid`): on a
+    finer grid the maps are Fourier-interpolated, the same
     coordinates address it, the data are divided by ``scale / a`` (``a = √(fH fW / (H W))``) and the
     samples come back to the matrix through k-space.
 
@@ -1197,8 +1221,7 @@ def reconstruct_noncartesian_volume(
         raise InputError(f"{len(calibrations)} calibrations for {s} slices")
     cprior = prior if isinstance(prior, ComplexPrior) else ComplexPrior(prior)
     cprior.set_precision(request.precision)
-    request = request.for_pixels(volume.pixel_mm, getattr(cprior.model, "meta", None), matrix=volume.matrix,
-                                 coverage=grid_coverage(volume.coords, volume.matrix))
+    request = resolve_grid(request, volume, getattr(cprior.model, "meta", None))
     device = cprior.device
     matrix = volume.matrix
     grid = fine_shape(matrix, request.grid_factor)

@@ -104,9 +104,9 @@ class ReconRequest:
     precision : str
         Network arithmetic, one of :data:`mri_score.precision.PRECISIONS`.
     grid : str or float
-        Sampling grid: ``"auto"`` (:meth:`for_pixels`: 2x at low acceleration on matrices up to 128², or finer
-        by the half-integer factor that brings the pixel size into the prior's trained range, whichever is
-        larger; native otherwise), ``"native"`` or a factor in
+        Sampling grid: ``"auto"`` (:meth:`for_pixels`: 2x at low acceleration or on well-covered trajectories
+        on matrices up to 128², or finer by the half-integer factor that brings the pixel size into the prior's
+        trained range, whichever is larger; native otherwise), ``"native"`` or a factor in
         ``[1, MAX_GRID_FACTOR]`` (a number or its text).
     accel : float, optional
         Retrospective acceleration for fully sampled inputs (a file's own mask is used when None).

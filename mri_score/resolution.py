@@ -62,7 +62,7 @@ LOW_ACCEL_MAX_PIXELS = 128 * 128
 #: (``benchmarks/results/noncartesian_grid.md``): on the synthetic tuning subjects at 128² the 2x grid gained +0.29 to
 #: +1.03 dB at every tuned setting (radial 16-96 spokes, spirals of 4-16 interleaves), so the threshold is the
 #: sparsest tuned coverage (radial 16 spokes: 0.16084, rounded down); sparser trajectories were not measured and
-#: stay native.  It costs 2.8-3.7x the native grid's seconds per slice, 0.86-1.48x Cartesian DDS's on the same 2x
+#: stay native.  It costs 2.8-3.8x the native grid's seconds per slice, 0.86-1.48x Cartesian DDS's on the same 2x
 #: grid.
 TRAJECTORY_GRID_MIN_COVERAGE: float | None = 0.160
 
@@ -143,8 +143,12 @@ def acquisition_grid_factor(accel: float | None, matrix: Sequence[int] | None) -
     (also when either is unknown)."""
     if accel is None or matrix is None or not math.isfinite(accel):
         return 1.0
-    pixels = int(matrix[-2]) * int(matrix[-1])
-    return LOW_ACCEL_FACTOR if accel < LOW_ACCEL_MAX and pixels <= LOW_ACCEL_MAX_PIXELS else 1.0
+    return LOW_ACCEL_FACTOR if accel < LOW_ACCEL_MAX and _refinable(matrix) else 1.0
+
+
+def _refinable(matrix: Sequence[int]) -> bool:
+    """Whether the ``(H, W)`` matrix is small enough for the low-acceleration refinement (:data:`LOW_ACCEL_MAX_PIXELS`)."""
+    return int(matrix[-2]) * int(matrix[-1]) <= LOW_ACCEL_MAX_PIXELS
 
 
 def trajectory_grid_factor(coverage: float | None, matrix: Sequence[int] | None) -> float:
@@ -153,8 +157,7 @@ def trajectory_grid_factor(coverage: float | None, matrix: Sequence[int] | None)
     else 1.0 (also when either is unknown or no threshold is set)."""
     if coverage is None or matrix is None or TRAJECTORY_GRID_MIN_COVERAGE is None or not math.isfinite(coverage):
         return 1.0
-    pixels = int(matrix[-2]) * int(matrix[-1])
-    return LOW_ACCEL_FACTOR if coverage >= TRAJECTORY_GRID_MIN_COVERAGE and pixels <= LOW_ACCEL_MAX_PIXELS else 1.0
+    return LOW_ACCEL_FACTOR if coverage >= TRAJECTORY_GRID_MIN_COVERAGE and _refinable(matrix) else 1.0
 
 
 def fine_shape(shape: Sequence[int], factor: float) -> tuple[int, int]:

@@ -511,23 +511,36 @@ def test_reconstruction_samples_on_the_virtual_coils(tiny_runtime, monkeypatch):
     assert calibration_key(req.replace(virtual_coils=9), vol) == calibration_key(req.replace(virtual_coils="all"), vol)
 
 
-def test_the_cg_count_follows_the_kind_and_grid_coverage_of_the_tables():
-    from mri_score.noncartesian import NONCARTESIAN_CG_BY_COVERAGE, TRAJECTORIES
+def test_the_cg_count_follows_the_kind_and_grid_coverage_of_the_tables(monkeypatch):
+    from mri_score import noncartesian
+    from mri_score.noncartesian import NONCARTESIAN_CG_BY_COVERAGE
     from mri_score.samplers.dds import DDSConfig
 
-    tables = {"radial": ((0.2, 12), (0.5, 6), (0.8, 3)), "spiral": ((0.4, 2),)}
+    tables = {"radial": ((0.2, 12), (0.5, 6), (0.8, 3)), "spiral": ((0.4, 2), (0.9, 1))}
     covs = (0.0, 0.2, 0.34, 0.36, 0.5, 0.7, 1.0)
     assert [cg_steps_for_coverage(c, "radial", tables) for c in covs] == [12, 12, 12, 6, 6, 3, 3]
-    assert [cg_steps_for_coverage(c, "spiral", tables) for c in covs] == [2] * 7
-    # another kind: the nearest setting of any kind (0.34 is nearer spiral's 0.4 than radial's 0.2 or 0.5)
-    assert [cg_steps_for_coverage(c, "other", tables) for c in covs] == [12, 12, 2, 2, 6, 3, 3]
-    assert set(NONCARTESIAN_CG_BY_COVERAGE) <= set(TRAJECTORIES)
+    assert [cg_steps_for_coverage(c, "spiral", tables) for c in covs] == [2, 2, 2, 2, 2, 1, 1]
+    # ties go to the lower coverage's row
+    assert cg_steps_for_coverage(0.35, "radial", tables) == 12 and cg_steps_for_coverage(0.65, "radial", tables) == 6
+    # a kind without a table: the most steps any kind's table gives there (never fewer than radial's here)
+    assert [cg_steps_for_coverage(c, "other", tables) for c in covs] == [12, 12, 12, 6, 6, 3, 3]
+    assert cg_steps_for_coverage(0.5, "other", {"radial": ((0.5, 4),), "spiral": ((0.5, 9),)}) == 9
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite coverage"):
+            cg_steps_for_coverage(bad, "radial", tables)
+    for empty in ({}, {"radial": (), "spiral": ((0.4, 2),)}):
+        with pytest.raises(ValueError, match="non-empty"):
+            cg_steps_for_coverage(0.5, "spiral", empty)
+    # the shipped tables: one per tuned kind, increasing coverage, steps never rising with it; read at call time
+    assert set(NONCARTESIAN_CG_BY_COVERAGE) == {"radial", "spiral"}
     for table in NONCARTESIAN_CG_BY_COVERAGE.values():
         steps = [n for _, n in table]
         covs = [c for c, _ in table]
         assert covs == sorted(covs) and steps == sorted(steps, reverse=True) and min(steps) >= 1
-    with pytest.raises(ValueError, match="non-empty"):
-        cg_steps_for_coverage(0.5, "radial", {})
+    with pytest.raises(TypeError):
+        NONCARTESIAN_CG_BY_COVERAGE["radial"] = ((0.5, 1),)  # read-only
+    monkeypatch.setattr(noncartesian, "NONCARTESIAN_CG_BY_COVERAGE", {"radial": ((0.5, 5),), "spiral": ((0.5, 5),)})
+    assert cg_steps_for_coverage(0.5, "radial") == 5
     with pytest.raises(InputError, match="cg_iters_noncartesian must be int, auto or none"):
         DDSConfig(cg_iters_noncartesian="many")
     with pytest.raises(InputError, match="cg_iters_noncartesian must be >= 0 or auto"):
@@ -589,6 +602,35 @@ def test_auto_grid_follows_the_trajectory_coverage(small_volume, tiny_runtime, m
     assert out.grid_factor == resolution.LOW_ACCEL_FACTOR and out.image.shape == (2, 32, 32)
     monkeypatch.setattr(resolution, "TRAJECTORY_GRID_MIN_COVERAGE", cov + 0.01)
     assert reconstruct_noncartesian_volume(vol, tiny_runtime, req).grid_factor == 1.0
+
+
+def test_dds_takes_the_cg_count_of_the_volumes_trajectory_kind(small_volume, tiny_runtime, monkeypatch):
+    from mri_score import noncartesian
+
+    monkeypatch.setattr(noncartesian, "NONCARTESIAN_CG_BY_COVERAGE", {"radial": ((0.5, 1),), "spiral": ((0.5, 3),)})
+    seen = []
+    prox = NonCartesianKspaceLikelihood.prox
+
+    def spy(self, x, gamma, iters):
+        seen.append((self.trajectory, iters))
+        return prox(self, x, gamma, iters)
+
+    monkeypatch.setattr(NonCartesianKspaceLikelihood, "prox", spy)
+    req = ReconRequest(sampler="dds", steps=2, samples=1, grid="native")
+    for kind, steps in (("radial", 1), ("spiral", 3), ("other", 3)):
+        seen.clear()
+        reconstruct_noncartesian_volume(dataclasses.replace(small_volume, trajectory=kind), tiny_runtime, req)
+        assert seen and set(seen) == {(kind, steps)}
+
+
+def test_the_trajectory_grid_threshold_refines_the_sparsest_tuned_setting():
+    """radial 16 spokes at 128², the sparsest setting the grid rule was tuned on, is itself refined."""
+    from mri_score.resolution import LOW_ACCEL_FACTOR, TRAJECTORY_GRID_MIN_COVERAGE, trajectory_grid_factor
+
+    vol = simulate_noncartesian(np.ones((1, 128, 128), np.complex64), "radial", 16, coils=2, seed=0)
+    cov = grid_coverage(vol.coords, vol.matrix)
+    assert TRAJECTORY_GRID_MIN_COVERAGE is not None and cov >= TRAJECTORY_GRID_MIN_COVERAGE
+    assert trajectory_grid_factor(cov, vol.matrix) == LOW_ACCEL_FACTOR
 
 
 # ------------------------------------------------------------------------------------------------------ baselines
@@ -682,23 +724,29 @@ def test_cartesian_seconds_times_one_run_per_slice(monkeypatch):
 
 
 def test_dds_and_its_cartesian_reference_sample_on_the_grid_the_trajectory_resolves(monkeypatch):
-    from benchmarks.run_noncartesian import acquire, resolved_request
+    from benchmarks.run_noncartesian import acquire
     from mri_score import resolution
+    from mri_score.noncartesian import resolve_grid
 
     probe = acquire({"name": "probe", "group": "synthetic", "images": np.ones((1, 64, 64), np.complex64),
                      "pixel_mm": (2.5, 2.5)}, "radial", 24, 0)
     meta = {"pixel_mm": [0.5, 3.0]}
     req = ReconRequest(sampler="dds", steps=2, grid="auto")
     monkeypatch.setattr(resolution, "TRAJECTORY_GRID_MIN_COVERAGE", grid_coverage(probe.coords, probe.matrix))
-    assert resolved_request(req, probe, meta).grid_factor == resolution.LOW_ACCEL_FACTOR
-    assert resolved_request(req.replace(grid="native"), probe, meta).grid == "native"
+    assert resolve_grid(req, probe, meta).grid_factor == resolution.LOW_ACCEL_FACTOR
+    assert resolve_grid(req.replace(grid="native"), probe, meta).grid == "native"
     monkeypatch.setattr(resolution, "TRAJECTORY_GRID_MIN_COVERAGE", 1.01)
-    assert resolved_request(req, probe, meta).grid == "native"
+    assert resolve_grid(req, probe, meta).grid == "native"
 
 
-def test_benchmark_reports_clustered_paired_differences(tmp_path, tiny_prior_path):
+def test_benchmark_reports_clustered_paired_differences(tmp_path, tiny_prior_path, monkeypatch):
+    import benchmarks.run_noncartesian as rn
     from benchmarks.run_noncartesian import main
 
+    grids = []  # the grid the Cartesian reference of each timing samples on
+    timed = rn.cartesian_seconds
+    monkeypatch.setattr(rn, "cartesian_seconds", lambda acq, prior, req: grids.append(req.grid_factor) or timed(
+        acq, prior, req))
     out = tmp_path / "nc.md"
     args = ["--groups", "synthetic", "--synth-volumes", "2", "--synth-size", "64", "--slices", "2", "--spokes", "24",
             "--interleaves", "--no-bart", "--nfe", "2", "--l1-iters", "2", "--prior", str(tiny_prior_path),
@@ -715,7 +763,10 @@ def test_benchmark_reports_clustered_paired_differences(tmp_path, tiny_prior_pat
     assert lo <= mean <= hi
     assert "no volume with a stored factor" in text  # the tiny prior has no non-Cartesian calibration
     timing = text.split("## DDS time: non-Cartesian vs Cartesian at the same matrix")[1]
-    assert "| radial 24 spokes | synthetic | " in timing and "grid auto (resolved per acquisition" in text
+    row = [ln for ln in timing.splitlines() if ln.startswith("| radial 24 spokes | synthetic | ")]
+    assert len(row) == 1 and "grid auto (resolved per acquisition" in text
+    # the reference sampled on the grid DDS's row names (auto, resolved per volume: the pixel rule refines here)
+    assert grids and row[0].split("|")[3].strip() == "/".join(sorted({f"{g:g}x" for g in grids}))
 
 
 def test_benchmark_reports_held_out_coverage_with_the_trajectorys_stored_factor(tmp_path, tiny_cfg):

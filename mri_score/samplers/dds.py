@@ -4,7 +4,7 @@ Per step i (Karras σ schedule):
 
 1. denoise: ``x̂₀ = D(x_i; σ_i)`` (one NFE);
 2. data consistency: ``cg_iters`` CG steps (on radial or spiral data ``cg_iters_noncartesian``, by default a count
-   that follows the trajectory's sampling density, :meth:`DDSConfig.cg_steps`) on
+   that follows the trajectory's kind and sampling density, :meth:`DDSConfig.cg_steps`) on
    ``(I + γ_i AᴴA) x = x̂₀ + γ_i Aᴴy``, started at ``x̂₀``;
 3. re-noise DDIM-style: ``x_{i+1} = x̂₀' + √(σ_{i+1}² − c²) ε̂ + c z`` with
    ``ε̂ = (x_i − x̂₀)/σ_i`` and ``c = η σ_{i+1}``.
@@ -108,14 +108,15 @@ class DDSConfig(SamplerConfig):
     def cg_steps(self, term: Likelihood) -> int:
         """CG steps of ``term``'s proximal step: ``cg_iters`` on Cartesian data; on a non-Cartesian k-space term
         (:attr:`mri_score.likelihood.Likelihood.noncartesian`) ``cg_iters_noncartesian`` when given, else the count
-        its trajectory's sampling density calls for (:meth:`mri_score.noncartesian.NonCartesianKspaceLikelihood.
-        tuned_cg_steps`, ``auto``).
+        its trajectory's kind and sampling density call for (:meth:`mri_score.noncartesian.
+        NonCartesianKspaceLikelihood.tuned_cg_steps`, ``auto``).
 
         The partial solve regularises, and its best length differs by physics: 10 was tuned on Cartesian data
-        (``benchmarks/results/archive/dds_tuning.md``); on radial and spiral data every step is a Toeplitz Gram
-        and the best count falls with the sampling density (``benchmarks/results/noncartesian_tuning.md``: more
-        than 10 at the sparsest radial settings, 3-4 on densely sampled ones), so it follows the trajectory's
-        grid coverage by the table that ``benchmarks/run_noncartesian_tuning.py``'s rule fitted.
+        (``benchmarks/results/archive/dds_tuning.md``); on radial and spiral data every step is a Toeplitz Gram,
+        the best radial count falls with the sampling density and spirals want few steps at any density
+        (``benchmarks/results/noncartesian_tuning.md``: 8 on sparse radial data within twice the Cartesian time,
+        4 on dense radial data, 2 on spirals), so it follows the trajectory's kind and grid coverage by the
+        tables that ``benchmarks/run_noncartesian_tuning.py``'s rule fitted.
         """
         if not term.noncartesian:
             return self.cg_iters
