@@ -54,13 +54,12 @@ import functools
 import sys
 import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
-from benchmarks.harness import add_check_flags, check_args, middle_slices, undersample, write_report
+from benchmarks.cartesian_reference import CARTESIAN, bracketed, cartesian_reference, cartesian_seconds
+from benchmarks.harness import add_check_flags, check_args, middle_slices, write_report
 from benchmarks.provenance import provenance
 from benchmarks.stats import clustered_paired_difference
 from benchmarks.tuning_split import setting_label, settings_of
@@ -78,12 +77,11 @@ from mri_score.noncartesian import (
     resolve_grid,
 )
 from mri_score.noncartesian_baselines import bart_pics, cg_sense, gridding, l1_wavelet
-from mri_score.pipeline import reconstruct_volume
 from mri_score.posterior import VolumeResult
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, default_prior_path, load_prior
 from mri_score.request import ReconRequest
 from mri_score.simulate_noncartesian import simulate_noncartesian
-from mri_score.simulation import simulate_volume, subject_volume
+from mri_score.simulation import subject_volume
 from operators.trajectories import pipe_menon_density
 
 COILS, SNR = 8, 100.0
@@ -99,9 +97,6 @@ BART_LAMS = (0.0001, 0.0003, 0.001, 0.003, 0.01)
 CG_ITERS, BART_ITERS = 30, 100
 #: A sweep whose best λ is at an end is extended by one step (× or ÷ SWEEP_STEP) beyond it, at most WIDEN times.
 SWEEP_STEP, WIDEN = 3.0, 2
-T = TypeVar("T")
-#: The Cartesian reference for DDS's time: fastMRI equispaced mask, acceleration, centre fraction.
-CARTESIAN = ("equispaced", 4.0, 0.08)
 #: Real volumes below this matrix side are skipped (the prior's U-Net and the trajectories need room).
 MIN_REAL_SIDE = 64
 
@@ -230,32 +225,6 @@ def held_out_coverage(acq: NonCartesianVolume, res: VolumeResult, prior_path: Pa
             "calibrated": uncertainty.coverage(ratios, float(entry["factor"]), LEVEL), "pixels": int(ratios.size)}
 
 
-def cartesian_reference(vol: dict, seed: int) -> dict:
-    """The Cartesian acquisition of ``vol`` that DDS's time is compared with: the same images and matrix, fastMRI
-    equispaced 4x, centre fraction 0.08 (:data:`CARTESIAN`), calibrated once (``under``, ``mask``, ``cals``)."""
-    ksp, _, _ = simulate_volume(vol["images"], COILS, SNR, seed=seed)
-    return undersample(ksp, *CARTESIAN, vol["name"] + ".h5")
-
-
-def cartesian_seconds(acq: dict, prior: ComplexPrior, request: ReconRequest) -> float:
-    """Seconds per slice of one timed run of Cartesian DDS on :func:`cartesian_reference`'s acquisition."""
-    t0 = time.perf_counter()
-    reconstruct_volume(acq["under"], acq["mask"], prior, request, calibrations=acq["cals"])
-    return (time.perf_counter() - t0) / acq["under"].shape[0]
-
-
-def bracketed(run: Callable[[], T], reference: Callable[[], float], repeats: int) -> tuple[T, float, float]:
-    """``(run()'s result, its seconds, the median of reference()'s)``, the reference timed ``repeats`` times around the
-    run: ``ceil(repeats / 2)`` before it and the rest after, so both see the machine in the same state (single
-    timings here drift by about ±20 % over minutes, and a reference timed at the start of a benchmark ran faster)."""
-    before = [reference() for _ in range((repeats + 1) // 2)]
-    t0 = time.perf_counter()
-    result = run()
-    seconds = time.perf_counter() - t0
-    after = [reference() for _ in range(repeats // 2)]
-    return result, seconds, float(np.median(before + after))
-
-
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Simulate every volume and trajectory, run every method, write the report."""
@@ -297,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     prior_name = args.prior or f"shipped default (`mri_score/weights/{DEFAULT_PRIOR}`)"
     groups = [g for g in ("synthetic", "real") if any(v["group"] == g for v in vols)]
 
-    references = {v["name"]: cartesian_reference(v, args.seed) for v in vols}
+    references = {v["name"]: cartesian_reference(v, args.seed, COILS, SNR) for v in vols}
     cart: dict[tuple[str, str], float] = {}  # (setting, volume) -> Cartesian seconds per slice, timed around DDS
     rows: list[dict] = []
     coverage_rows: list[dict] = []

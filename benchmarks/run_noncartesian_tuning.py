@@ -54,9 +54,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from benchmarks.cartesian_reference import bracketed, cartesian_reference, cartesian_seconds
 from benchmarks.harness import check_args, write_report
 from benchmarks.provenance import provenance
-from benchmarks.run_noncartesian import bracketed, cartesian_reference, cartesian_seconds
 from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, checked_settings, setting_label
 from mri_score import limits
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     prior = ComplexPrior(load_prior(args.prior))
     vols = split.volumes(args.slices, args.synth_size)
     request = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed, grid="native")
-    references = {v["name"]: cartesian_reference(v, split.spec["seed"]) for v in vols}
+    references = {v["name"]: cartesian_reference(v, split.spec["seed"], split.spec["coils"], split.spec["snr"])
+                  for v in vols}
     rows: list[dict] = []
     coverage: dict[str, float] = {}
     kinds: dict[str, str] = {}

@@ -693,7 +693,7 @@ def test_benchmark_refuses_bad_flags(capsys):
 
 def test_cartesian_reference_is_timed_around_the_run_and_its_median_taken():
     """Half the reference runs (rounded up) come before the run, the rest after; the median of theirs is returned."""
-    from benchmarks.run_noncartesian import bracketed
+    from benchmarks.cartesian_reference import bracketed
 
     order, reference_times = [], iter([3.0, 1.0, 2.0])
 
@@ -713,7 +713,7 @@ def test_cartesian_reference_is_timed_around_the_run_and_its_median_taken():
 
 
 def test_cartesian_seconds_times_one_run_per_slice(monkeypatch):
-    import benchmarks.run_noncartesian as rn
+    import benchmarks.cartesian_reference as rn
 
     clock = iter([10.0, 14.0])
     monkeypatch.setattr(rn.time, "perf_counter", lambda: next(clock))
