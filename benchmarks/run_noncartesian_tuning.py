@@ -11,9 +11,10 @@ the method (it regularises), so fewer steps are not simply a worse solution. Thi
 slice for each ``--cg-iters`` value of ``cg_iters_noncartesian`` on the synthetic **tuning** subjects of the
 development protocol (:class:`benchmarks.tuning_split.TuningSplit`: ``--config``'s ``data.tuning`` subjects, never its
 test subjects, never real images), per trajectory setting, with the ``reconstruct`` command's DDS request otherwise
-(``--nfe`` NFE, K = ``--samples``, virtual coils auto) on the native grid, and times Cartesian DDS with the same
-request on the same images (fastMRI equispaced 4x, centre fraction 0.08, all coils: the reference of the issue's time
-target, as ``run_noncartesian.py`` times it) twice around each setting's runs of a volume.
+(``--nfe`` NFE, K = ``--samples``, virtual coils auto) on the native grid (``--grid``: another grid, e.g. ``auto``, the
+CLI's, for a check), and times Cartesian DDS with the same request on the same images and grid (fastMRI equispaced
+4x, centre fraction 0.08, all coils: the reference of the issue's time target, as ``run_noncartesian.py`` times it)
+twice around each setting's runs of a volume.
 
 Decision rule (version 3, fixed before its first run; version 2's run found the spirals wanting 3 steps at any
 coverage, which one table over both kinds could not give them, and its 14 steps at 16 spokes cost more than twice the
@@ -67,6 +68,7 @@ from mri_score.noncartesian import (
     NonCartesianVolume,
     cg_steps_for_coverage,
     reconstruct_noncartesian_volume,
+    resolve_grid,
 )
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, load_prior
 from mri_score.request import ReconRequest
@@ -88,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cg-iters", type=int, nargs="+", default=[1, 2, 3, 4, 6, 8, 10, 14],
                     help="CG steps per DDS step on non-Cartesian data to compare (must include 10, the reference)")
     ap.add_argument("--samples", type=int, default=2, help="posterior samples K per slice")
+    ap.add_argument("--grid", default="native",
+                    help="sampling grid of DDS and its Cartesian reference: native (the rule's), auto or a factor")
     return ap
 
 
@@ -165,12 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     split = TuningSplit.of_config(args.config)
     prior = ComplexPrior(load_prior(args.prior))
     vols = split.volumes(args.slices, args.synth_size)
-    request = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed, grid="native")
+    request = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed, grid=args.grid)
     references = {v["name"]: cartesian_reference(v, split.spec["seed"], split.spec["coils"], split.spec["snr"])
                   for v in vols}
     rows: list[dict] = []
     coverage: dict[str, float] = {}
     kinds: dict[str, str] = {}
+    grids: dict[str, float] = {}
     cartesian: list[dict] = []
     for kind, count in settings:
         tag = setting_label(kind, count)
@@ -178,18 +183,20 @@ def main(argv: list[str] | None = None) -> int:
         for v in vols:
             acq = split.acquire(v, kind, count)
             coverage[tag] = grid_coverage(acq.coords, acq.matrix)
-            every_count = functools.partial(run_counts, rows, tag, v["name"], acq, prior, request, args.cg_iters)
-            _, _, ref = bracketed(every_count, functools.partial(cartesian_seconds, references[v["name"]], prior, request),
-                                  2)
+            resolved = resolve_grid(request, acq, getattr(prior.model, "meta", None))
+            grids[tag] = resolved.grid_factor
+            every_count = functools.partial(run_counts, rows, tag, v["name"], acq, prior, resolved, args.cg_iters)
+            _, _, ref = bracketed(every_count, functools.partial(cartesian_seconds, references[v["name"]], prior,
+                                                                 resolved), 2)
             cartesian.append({"setting": tag, "volume": v["name"], "seconds": ref})
             print(f"{tag} | {v['name']} | Cartesian reference: {ref:.2f} s/slice", flush=True)
     command = " ".join(["python benchmarks/run_noncartesian_tuning.py", *(argv if argv is not None else sys.argv[1:])])
-    write_report(args.out, report(args, command, split, rows, coverage, kinds, cartesian))
+    write_report(args.out, report(args, command, split, rows, coverage, kinds, cartesian, grids))
     return 0
 
 
 def report(args: argparse.Namespace, command: str, split: TuningSplit, rows: list[dict], coverage: dict[str, float],
-           kinds: dict[str, str], cartesian: list[dict]) -> list[str]:
+           kinds: dict[str, str], cartesian: list[dict], grids: dict[str, float]) -> list[str]:
     """The markdown report: provenance, mean PSNR and time per setting and CG count, the rule's coverage tables."""
     tags = list(dict.fromkeys(r["setting"] for r in rows))
     counts = sorted({r["cg"] for r in rows})
@@ -206,7 +213,8 @@ def report(args: argparse.Namespace, command: str, split: TuningSplit, rows: lis
              provenance(command)
              + f"- prior: {args.prior or f'shipped default (`mri_score/weights/{DEFAULT_PRIOR}`)'}; DDS with the "
              f"`reconstruct` defaults at {args.nfe} NFE, K = {args.samples}, sampler seed {args.seed} (+ slice index), "
-             "native grid, virtual coils auto; only `cg_iters_noncartesian` varies\n"
+             f"grid {args.grid} ({', '.join(sorted({f'{g:g}x' for g in grids.values()}))} here), virtual coils auto; "
+             "only `cg_iters_noncartesian` varies\n"
              f"- data: `{args.config}` tuning subjects {', '.join(map(str, split.subjects))} (held-out split, from "
              f"corpus slice {spec['first']}), {args.slices} slice(s) each at {args.synth_size}², {spec['coils']} birdcage "
              f"coils, SNR {spec['snr']:g}; never test subjects or real images; n = "

@@ -48,6 +48,10 @@ from operators.masks import make_mask
 DEFAULT_ACCELERATION = 4.0
 
 
+#: A trajectory's slice works on the Toeplitz embedding, twice the sampling grid along each axis (4x its pixels).
+TOEPLITZ_WORKSPACE = 4
+
+
 def check_memory(vol: FastMRIVolume, samples: int, device: torch.device, grid_factor: float = 1.0) -> None:
     """Refuse (:class:`InputError` naming the file) before allocating when one slice's working set would not fit.
 
@@ -56,14 +60,22 @@ def check_memory(vol: FastMRIVolume, samples: int, device: torch.device, grid_fa
     grid is refused here, not by the operating system.
     """
     _, c, h, w = vol.kspace.shape
-    fh, fw = fine_shape((h, w), grid_factor)
-    need = slice_working_set(samples, c, (fh, fw))
+    require_fits(vol.path, samples, c, (h, w), fine_shape((h, w), grid_factor), device)
+
+
+def require_fits(path: str | os.PathLike[str], samples: int, coils: int, matrix: tuple[int, int],
+                 grid: tuple[int, int], device: torch.device, workspace: int = 1) -> None:
+    """Refuse (:class:`InputError` naming ``path``) when one slice of ``samples`` posterior samples on ``coils`` coils
+    would not fit in :func:`mri_score.batching.free_memory`: :func:`mri_score.batching.slice_working_set` on the
+    sampling ``grid`` (``(H, W)``, the measured ``matrix`` refined by ``--grid``) times ``workspace`` (1 on the
+    Cartesian path; 4 on a trajectory, whose Toeplitz Gram works on the twice-as-large embedding of every axis)."""
+    need = workspace * slice_working_set(samples, coils, grid)
     free = free_memory(device)
     if need > free:
-        grid = "" if (fh, fw) == (h, w) else f" on its {fh}x{fw} sampling grid (--grid; native is {h}x{w})"
-        raise InputError(
-            f"{vol.path}: one slice needs about {need / 2**30:.1f} GiB{grid} but only {free / 2**30:.1f} GiB is free"
-        )
+        where = "" if tuple(grid) == tuple(matrix) else \
+            f" on its {grid[0]}x{grid[1]} sampling grid (--grid; native is {matrix[0]}x{matrix[1]})"
+        raise InputError(f"{path}: one slice needs about {need / 2**30:.1f} GiB{where} but only "
+                         f"{free / 2**30:.1f} GiB is free")
 
 
 def undersampling_mask(vol: FastMRIVolume, request: ReconRequest) -> tuple[np.ndarray, float, str]:
@@ -349,10 +361,14 @@ def reconstruct_noncartesian_file(path: Path, prior: ComplexPrior, request: Reco
         calibration_key,
         read_noncartesian_mrd,
         reconstruct_noncartesian_volume,
+        resolve_grid,
         virtual_coil_count,
     )
 
     vol = read_noncartesian_mrd(path)
+    grid = fine_shape(vol.matrix, resolve_grid(request, vol, getattr(prior.model, "meta", None)).grid_factor)
+    require_fits(path, request.samples, virtual_coil_count(vol.coils, request.virtual_coils), vol.matrix, grid,
+                 prior.device, workspace=TOEPLITZ_WORKSPACE)
     key = calibration_key(request, vol)
     std_cal = std_calibration_lookup(key) if std_calibration_lookup is not None else None
     t0 = time.time()

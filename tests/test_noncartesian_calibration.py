@@ -275,3 +275,27 @@ def test_grid_script_writes_its_report(tmp_path, tiny_prior_path):
     assert len(lines) == 3 and lines[2].startswith("| radial 8 spokes | 0.")
     assert all(ln.count("|") == lines[0].count("|") for ln in lines)
     assert "**Choice by the rule:**" in text and "(`TRAJECTORY_GRID_MIN_COVERAGE`)" in text
+
+
+def test_a_trajectory_file_whose_slice_would_not_fit_is_refused_in_one_line(tmp_path, tiny_prior_path, capsys,
+                                                                            monkeypatch):
+    """The working set of the Toeplitz embedding on the sampling grid is checked before sampling: exit 2, no output."""
+    from mri_score import pipeline
+    from mri_score.batching import slice_working_set
+    from mri_score.reconstruct import main
+
+    vol = simulate_noncartesian(phantom(32, 1), "radial", 16, coils=4, seed=1, pixel_mm=(2.0, 2.0))
+    src = write_noncartesian_mrd(tmp_path / "in" / "scan.h5", vol, noise_scans=16)
+    # 3 virtual coils, K = 2, the 2x grid (64²) from coverage 0.16 on: 4 x the working set of 64² -- one byte short
+    need = pipeline.TOEPLITZ_WORKSPACE * slice_working_set(2, 3, (64, 64))
+    monkeypatch.setattr(pipeline, "free_memory", lambda device: need - 1)
+    out = tmp_path / "out"
+    assert main(["--kspace", str(src), "--out", str(out), "--prior", str(tiny_prior_path), "--steps", "2",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(src) in err[0] and "one slice needs about" in err[0]
+    assert "64x64 sampling grid (--grid; native is 32x32)" in err[0]
+    assert not (out / src.name).exists()
+    monkeypatch.setattr(pipeline, "free_memory", lambda device: need)
+    assert main(["--kspace", str(src), "--out", str(out), "--prior", str(tiny_prior_path), "--steps", "2",
+                 "--quiet"]) == 0
