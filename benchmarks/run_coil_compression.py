@@ -9,8 +9,10 @@ what the dropped virtual coils carried. This script reconstructs
 the synthetic **tuning** subjects of the development protocol (:class:`benchmarks.tuning_split.TuningSplit`:
 ``--config``'s ``data.tuning`` subjects, never its test subjects, never real images) per trajectory setting with
 the ``reconstruct`` command's DDS request (``--nfe`` NFE, K = ``--samples``, grid auto, the CG count of the
-trajectory's coverage) for each ``--virtual-coils`` value (``all``: no compression), and reports PSNR, the share
-of the density-weighted energy kept, and seconds per slice.
+trajectory's coverage; when the committed report ran, ``auto`` kept trajectories on the native grid and one CG table
+served both kinds: a rerun now samples on the 2x grid with the per-kind tables of non-Cartesian defaults version 4)
+for each ``--virtual-coils`` value (``all``: no compression), and reports PSNR, the share of the density-weighted
+energy kept, and seconds per slice.
 
 Decision rule, fixed before this script's first run (a probe that was not committed had measured 8/6/4/3 virtual
 coils at radial 16 and 64 spokes on the same subjects; a first run that estimated the maps on the virtual coils was
