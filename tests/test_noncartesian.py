@@ -689,6 +689,9 @@ def test_benchmark_refuses_bad_flags(capsys):
     assert main(["--bogus"]) == 2
     assert main(["--timing-repeats", "0"]) == 2
     assert "--timing-repeats" in capsys.readouterr().err
+    assert main(["--grid", "bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "grid must be native, auto or a factor" in err[0]
 
 
 def test_cartesian_reference_is_timed_around_the_run_and_its_median_taken():
