@@ -29,7 +29,7 @@ REGISTRATION = ROOT / "benchmarks" / "registration.json"
 CODE_DIRS = ("mri_score", "operators", "benchmarks")
 #: The rules the record names (their code is covered by the code digest; the names make the record readable).
 RULES = {"grid": "ReconRequest.for_pixels: auto = the largest of 2x below 5.66x acceleration on matrices up to 128^2 "
-                 "(mri_score.resolution.acquisition_grid_factor), 2x on trajectories from grid coverage 0.160 on "
+                 "(mri_score.resolution.acquisition_grid_factor), 2x on trajectories from grid coverage 0.116 on "
                  "matrices up to 128^2 (mri_score.resolution.trajectory_grid_factor) and the smallest half-integer "
                  "factor bringing the pixel into the prior's trained range (mri_score.resolution.auto_grid_factor)",
          "std_calibration": "largest per-setting split-conformal factor on the tuning slices "

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "NFE per step outside dps)")
     p.add_argument("--grid", default="auto", metavar="native|auto|F",
                    help="sampling grid: auto (2x below 5.66x acceleration, or on radial and spiral data from grid "
-                        "coverage 0.16, on matrices up to 128^2, or finer by the half-integer factor that brings "
+                        "coverage 0.116, on matrices up to 128^2, or finer by the half-integer factor that brings "
                         "the header's pixel size into the prior's trained range, whichever is larger; else "
                         "native), native (the measured "
                         f"matrix) or a factor F in [1, {MAX_GRID_FACTOR:g}]; data consistency stays on the measured matrix")

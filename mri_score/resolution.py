@@ -60,11 +60,10 @@ LOW_ACCEL_MAX_PIXELS = 128 * 128
 #: (:func:`operators.trajectories.grid_coverage`) up, on matrices of at most :data:`LOW_ACCEL_MAX_PIXELS` pixels
 #: (:func:`trajectory_grid_factor`); None: never.  Chosen by the rule of ``benchmarks/run_noncartesian_grid.py``
 #: (``benchmarks/results/noncartesian_grid.md``): on the synthetic tuning subjects at 128² the 2x grid gained +0.29 to
-#: +1.03 dB at every tuned setting (radial 16-96 spokes, spirals of 4-16 interleaves), so the threshold is the
-#: sparsest tuned coverage (radial 16 spokes: 0.16084, rounded down); sparser trajectories were not measured and
-#: stay native.  It costs 2.8-3.8x the native grid's seconds per slice, 0.86-1.48x Cartesian DDS's on the same 2x
-#: grid.
-TRAJECTORY_GRID_MIN_COVERAGE: float | None = 0.160
+#: +1.03 dB at every tuned setting from radial 12 spokes (coverage 0.116, rounded down) up (radial 12-96 spokes,
+#: spirals of 4-16 interleaves) and lost 0.22 dB at radial 8 spokes (coverage 0.078), which stays native.  It costs
+#: 2.8-3.7x the native grid's seconds per slice, 0.77-1.38x Cartesian DDS's on the same 2x grid.
+TRAJECTORY_GRID_MIN_COVERAGE: float | None = 0.116
 
 
 def prior_pixel_range(meta: Mapping[str, Any] | None) -> tuple[float, float]:
