@@ -31,8 +31,8 @@ Where the prior's sidecar holds a std factor for a volume's trajectory and matri
 ``run_noncartesian_calibration.py``), the coverage of DDS's calibrated std on that held-out volume is reported.
 
 Data: synthetic slices of held-out test-split subjects (:func:`mri_score.simulation.subject_volume`, pixels
-2.0–2.5 mm so the head lies inside the field of view, as the frozen protocol) with 8 birdcage coils and
-white noise; and the real **development** images (:func:`mri_score.data.realset.development_set`, never the
+2.0–2.5 mm at ``--synth-size`` 128 or below so the head lies inside the field of view, as the frozen protocol;
+proportionally finer on larger matrices, :func:`synth_pixel_mm`) with 8 birdcage coils and white noise; and the real **development** images (:func:`mri_score.data.realset.development_set`, never the
 final test set; volumes smaller than 64 pixels skipped; zero-padded to a square matrix) with the
 evaluation physics of :func:`mri_score.data.real_physics.simulate_real_acquisition` (Biot–Savart loop coils,
 smooth background phase, correlated coil noise, not whitened).  SNR 100 (the samples' noise as defined in
@@ -87,7 +87,7 @@ from operators.trajectories import pipe_menon_density
 COILS, SNR = 8, 100.0
 #: Nominal level of the held-out coverage check.
 LEVEL = 0.9
-#: The synthetic pixel range (mm): the frozen protocol's, which keeps the head inside a 128 matrix.
+#: The synthetic pixel range (mm) at 128² and below: the frozen protocol's, which keeps the head inside a 128 matrix.
 SYNTH_PIXEL_MM = (2.0, 2.5)
 SYNTH_FAMILIES = ("t1", "t2", "pd", "flair")
 #: Regularisation sweeps, scaled units (data / calibration scale).
@@ -111,16 +111,25 @@ def square(images: np.ndarray) -> np.ndarray:
     return out
 
 
+def synth_pixel_mm(size: int) -> tuple[float, float]:
+    """The synthetic pixel range (mm) on a ``size``² matrix: :data:`SYNTH_PIXEL_MM` up to 128², finer above it in
+    proportion (``× 128 / size``), so the field of view stays 256–320 mm and a larger matrix resolves the same head
+    more finely."""
+    scale = 128.0 / max(int(size), 128)
+    return SYNTH_PIXEL_MM[0] * scale, SYNTH_PIXEL_MM[1] * scale
+
+
 def volumes(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     """The benchmark's volumes ``{name, group, images (S, H, W), pixel_mm}`` and notes on what was skipped."""
     out, notes = [], []
     if "synthetic" in args.groups:
         for k in range(args.synth_volumes):
             fam = SYNTH_FAMILIES[k % len(SYNTH_FAMILIES)]
+            pixel = synth_pixel_mm(args.synth_size)
             imgs = subject_volume("test", k, args.slices, (args.synth_size, args.synth_size), fam, args.seed,
-                                  pixel_mm=SYNTH_PIXEL_MM)
+                                  pixel_mm=pixel)
             out.append({"name": f"synth_subject{k:02d}_{fam}", "group": "synthetic", "images": imgs,
-                        "pixel_mm": (SYNTH_PIXEL_MM[1],) * 2})
+                        "pixel_mm": (pixel[1],) * 2})
     if "real" in args.groups:
         from mri_score.data.realset import development_set
 
@@ -317,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.seed} (+ slice index); grid {args.grid} (resolved per acquisition: the time table's grid "
              "column), the baselines on the native grid\n"
              f"- data: {args.slices} slice(s) per volume; synthetic: {args.synth_volumes} test-split subject(s) at "
-             f"{args.synth_size}², pixels {SYNTH_PIXEL_MM[0]:g}–{SYNTH_PIXEL_MM[1]:g} mm, {COILS} birdcage coils, white "
+             f"{args.synth_size}², pixels {synth_pixel_mm(args.synth_size)[0]:g}–{synth_pixel_mm(args.synth_size)[1]:g} mm, "
+             f"{COILS} birdcage coils, white "
              f"noise; real: development set only (loop coils, background phase, correlated noise); SNR {SNR:g}\n"
              "- trajectories: radial full diameters, uniform angles, readout 2N; variable-density spiral "
              "(mri_score.simulate_noncartesian: density power 2, edge undersampled 16/interleaves-fold), samples 0.5 "
