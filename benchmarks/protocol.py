@@ -230,6 +230,14 @@ def synthetic_spec(data: dict, phase: str) -> dict:
             "snr": float(data.get("snr", 100))}
 
 
+def pixel_range_at(pixel_mm: Sequence[float], base: int, size: int) -> tuple[float, float]:
+    """The synthetic pixel range (mm) on a ``size``² matrix of a protocol whose ``pixel_mm`` range belongs to its
+    ``base``² matrix: unchanged up to ``base`` (a smaller matrix is a crop of the field of view), ``× base / size``
+    above it (the same field of view, resolved more finely)."""
+    scale = float(base) / max(int(size), int(base))
+    return float(pixel_mm[0]) * scale, float(pixel_mm[1]) * scale
+
+
 def synthetic_subject_volumes(data: dict, phase: str, subjects: Sequence[int] | None = None,
                               slices: int | None = None, size: tuple[int, int] | None = None) -> list[dict]:
     """One volume per held-out subject of the config's synthetic ``phase``: ``[{name, phase, group, subject, images,
@@ -237,10 +245,11 @@ def synthetic_subject_volumes(data: dict, phase: str, subjects: Sequence[int] | 
 
     Subject ``k`` gets contrast family ``families[k % len]`` (:func:`mri_score.simulation.subject_volume` of the
     held-out split from corpus slice ``first``); each volume records the coarsest pixel of the range (for
-    ``grid: auto``).
+    ``grid: auto``).  A ``size`` larger than the config's keeps its field of view (:func:`pixel_range_at`).
     """
     spec = synthetic_spec(data, phase)
-    families, pixel_mm = spec["families"], spec["pixel_mm"]
+    families = spec["families"]
+    pixel_mm = pixel_range_at(spec["pixel_mm"], max(spec["size"]), max(size or spec["size"]))
     vols = []
     for subj in spec["subjects"] if subjects is None else subjects:
         subj = int(subj)

@@ -32,10 +32,11 @@ Where the prior's sidecar holds a std factor for a volume's trajectory and matri
 
 Data: synthetic slices of held-out test-split subjects (:func:`mri_score.simulation.subject_volume`, pixels
 2.0–2.5 mm at ``--synth-size`` 128 or below so the head lies inside the field of view, as the frozen protocol;
-proportionally finer on larger matrices, :func:`synth_pixel_mm`) with 8 birdcage coils and white noise; and the real **development** images (:func:`mri_score.data.realset.development_set`, never the
-final test set; volumes smaller than 64 pixels skipped; zero-padded to a square matrix) with the
-evaluation physics of :func:`mri_score.data.real_physics.simulate_real_acquisition` (Biot–Savart loop coils,
-smooth background phase, correlated coil noise, not whitened).  SNR 100 (the samples' noise as defined in
+proportionally finer on larger matrices, :func:`synth_pixel_mm`) with 8 birdcage coils and white noise; and the
+real **development** images (:func:`mri_score.data.realset.development_set`, never the final test set; volumes
+smaller than 64 pixels skipped; zero-padded to a square matrix) with the evaluation physics of
+:func:`mri_score.data.real_physics.simulate_real_acquisition` (Biot–Savart loop coils, smooth background phase,
+correlated coil noise, not whitened).  SNR 100 (the samples' noise as defined in
 :mod:`mri_score.simulate_noncartesian`).  DDS samples on the grid ``--grid`` gives (default ``auto``, the
 ``reconstruct`` command's: :meth:`mri_score.request.ReconRequest.for_pixels` of the volume's pixel size and the
 trajectory's grid coverage), the baselines on the native grid.
@@ -60,6 +61,7 @@ import numpy as np
 
 from benchmarks.cartesian_reference import CARTESIAN, bracketed, cartesian_reference, cartesian_seconds
 from benchmarks.harness import add_check_flags, check_args, middle_slices, write_report
+from benchmarks.protocol import pixel_range_at
 from benchmarks.provenance import provenance
 from benchmarks.stats import clustered_paired_difference
 from benchmarks.tuning_split import setting_label, settings_of
@@ -113,10 +115,9 @@ def square(images: np.ndarray) -> np.ndarray:
 
 def synth_pixel_mm(size: int) -> tuple[float, float]:
     """The synthetic pixel range (mm) on a ``size``² matrix: :data:`SYNTH_PIXEL_MM` up to 128², finer above it in
-    proportion (``× 128 / size``), so the field of view stays 256–320 mm and a larger matrix resolves the same head
-    more finely."""
-    scale = 128.0 / max(int(size), 128)
-    return SYNTH_PIXEL_MM[0] * scale, SYNTH_PIXEL_MM[1] * scale
+    proportion (:func:`benchmarks.protocol.pixel_range_at`), so the field of view stays 256–320 mm and a larger
+    matrix resolves the same head more finely."""
+    return pixel_range_at(SYNTH_PIXEL_MM, 128, size)
 
 
 def volumes(args: argparse.Namespace) -> tuple[list[dict], list[str]]:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import check_args, write_report
+from benchmarks.protocol import pixel_range_at
 from benchmarks.provenance import provenance
 from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, checked_settings, setting_label
 from mri_score import uncertainty
@@ -103,13 +104,14 @@ def main(argv: list[str] | None = None) -> int:
 def report(args: argparse.Namespace, command: str, split: TuningSplit, rows: list[dict], stored: list[str]) -> list[str]:
     """The markdown report: provenance of ``command``, what was fitted on, one table row per trajectory setting."""
     z, spec = uncertainty.gaussian_z(LEVEL), split.spec
+    pixels = pixel_range_at(spec["pixel_mm"], max(spec["size"]), args.synth_size)  # what split.volumes drew
     lines = ["# Std calibration for non-Cartesian trajectories (issue #32, item 5)", "",
              provenance(command)
              + f"- prior: {args.prior or f'shipped default (`mri_score/weights/{DEFAULT_PRIOR}`)'}; DDS with the "
              f"`reconstruct` defaults at {args.nfe} NFE, K = {args.samples}, sampler seed {args.seed} (+ slice index), "
              "grid auto (the factor the pixel size and the trajectory coverage resolved to: column *grid*)\n"
              f"- data: `{args.config}` tuning subjects {', '.join(map(str, split.subjects))} (held-out split, from "
-             f"corpus slice {spec['first']}, pixels {spec['pixel_mm'][0]:g}–{spec['pixel_mm'][1]:g} mm), {args.slices} "
+             f"corpus slice {spec['first']}, pixels {pixels[0]:g}–{pixels[1]:g} mm), {args.slices} "
              f"slice(s) each at {args.synth_size}², {spec['coils']} birdcage coils, SNR {spec['snr']:g}, noise covariance "
              "known (as a prewhitened MRD file); never test subjects or real images\n"
              f"- factor c: split-conformal {100 * LEVEL:g} % quantile of |error| / std over the object pixels (truth > "

@@ -187,7 +187,8 @@ def test_adapt_check_refuses_a_bad_sample_count_in_one_line(capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--case", "3.75"], "--case must be PIXEL_MM:MATRIX"), (["--case", "a:b"], "--case must be PIXEL_MM:MATRIX"),
     (["--case", "0:64"], "--case needs 0 < PIXEL_MM"), (["--case", "3:8"], "MATRIX in [32, 512]"),
-    (["--threads", "0"], "--threads"),
+    (["--threads", "0"], "--threads"), (["--factor", "5"], "--factor must be auto or a number in [1, 4]"),
+    (["--factor", "x"], "--factor must be auto"), (["--source", "fastmri"], "--source"),
 ])
 def test_grid_tuning_refuses_bad_flags_in_one_line(argv, message, capsys):
     from benchmarks.run_grid_tuning import main as tuning_main
@@ -222,3 +223,16 @@ def test_speed_tuning_refuses_bad_flags_in_one_line(argv, message, capsys):
     rc = speed_main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_grid_tuning_domain_random_volumes_are_seeded_at_the_cases_pixel_size():
+    from benchmarks.run_grid_tuning import case_volumes
+
+    first = case_volumes("domain_random", 2.0, 64, 2)
+    again = case_volumes("domain_random", 2.0, 64, 2)
+    assert len(first) == 3 and all(v[2].shape == (2, 64, 64) and v[2].dtype == np.complex64 for v in first)
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(first, again))  # the generator's indexed test stream
+    assert not np.array_equal(first[0][2], first[1][2])  # three different volumes
+    assert {f for v in first for f in v[1].split("/")} <= {"brain", "body"}
+    corpus = case_volumes("corpus", 2.0, 64, 1)
+    assert [v[:2] for v in corpus] == [(30, "pd"), (31, "flair"), (32, "t1")]  # the protocol's tuning subjects

@@ -800,3 +800,28 @@ def test_benchmark_reports_held_out_coverage_with_the_trajectorys_stored_factor(
     assert len(rows) == 2 and all(r[3] == "3.000" for r in rows)
     for r in rows:  # a factor above 1 widens every interval: calibrated coverage is at least the raw one
         assert float(r[5].rstrip(" %")) >= float(r[4].rstrip(" %"))
+
+
+def test_benchmark_synthetic_pixels_keep_the_field_of_view_above_128():
+    from benchmarks.run_noncartesian import SYNTH_PIXEL_MM, synth_pixel_mm
+
+    assert synth_pixel_mm(64) == SYNTH_PIXEL_MM == synth_pixel_mm(128)  # the frozen protocol's range up to 128²
+    lo, hi = synth_pixel_mm(256)
+    assert (lo, hi) == pytest.approx((1.0, 1.25))  # half the pixel on twice the matrix
+    assert 256 * lo == pytest.approx(128 * SYNTH_PIXEL_MM[0]) and 320 * synth_pixel_mm(320)[1] == pytest.approx(
+        128 * SYNTH_PIXEL_MM[1])  # the field of view stays 256-320 mm
+
+
+def test_protocol_synthetic_volumes_keep_the_configs_field_of_view_on_a_larger_matrix():
+    from benchmarks.protocol import pixel_range_at, synthetic_subject_volumes
+
+    assert pixel_range_at((2.0, 2.5), 128, 96) == (2.0, 2.5)  # a smaller matrix crops the field of view
+    assert pixel_range_at((2.0, 2.5), 128, 256) == pytest.approx((1.0, 1.25))
+    data = {"size": [64, 64], "pixel_mm": [2.0, 2.5], "tuning": {"subjects": [30], "slices_per_subject": 1}}
+    base, = synthetic_subject_volumes(data, "tuning")
+    large, = synthetic_subject_volumes(data, "tuning", size=(128, 128))
+    assert base["images"].shape[-1] == 64 and large["images"].shape[-1] == 128
+    assert large["pixel_mm"] == pytest.approx((1.25, 1.25)) and base["pixel_mm"] == pytest.approx((2.5, 2.5))
+    # the same head on twice the matrix: its object covers about four times the pixels
+    area = [np.count_nonzero(np.abs(v["images"][0]) > 0.1 * np.abs(v["images"][0]).max()) for v in (base, large)]
+    assert 3.0 < area[1] / area[0] < 5.0
