@@ -53,8 +53,10 @@ LOW_ACCEL_FACTOR = 2.0
 #: geometric midpoint, an interpolation that was not measured).
 LOW_ACCEL_MAX = 32**0.5
 #: The low-acceleration refinement applies to measured matrices of at most this many pixels: 128², the largest matrix of
-#: the development data it was measured on (the demo's 192² synthetic brain at ~1 mm lost 0.57 dB with it, at 7x the
-#: time, so it is not extrapolated to larger matrices).
+#: the development data it was measured on.  A check on larger synthetic matrices kept it (``benchmarks/run_grid_tuning.py
+#: --factor 2``, rule fixed before the run, ``benchmarks/results/grid_large_matrix*.md``): at 4x the 2x grid gained
+#: +1.20 / +1.32 dB (corpus / domain-randomised) at 2 mm on 128², +0.03 / +0.26 at 1 mm on 192² and −0.18 / +0.05 at
+#: 1 mm on 256², at 4-6x the time.
 LOW_ACCEL_MAX_PIXELS = 128 * 128
 #: On radial and spiral trajectories the low-acceleration refinement applies from this grid coverage
 #: (:func:`operators.trajectories.grid_coverage`) up, on matrices of at most :data:`LOW_ACCEL_MAX_PIXELS` pixels
