@@ -124,9 +124,9 @@ def volumes(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     """The benchmark's volumes ``{name, group, images (S, H, W), pixel_mm}`` and notes on what was skipped."""
     out, notes = [], []
     if "synthetic" in args.groups:
+        pixel = synth_pixel_mm(args.synth_size)
         for k in range(args.synth_volumes):
             fam = SYNTH_FAMILIES[k % len(SYNTH_FAMILIES)]
-            pixel = synth_pixel_mm(args.synth_size)
             imgs = subject_volume("test", k, args.slices, (args.synth_size, args.synth_size), fam, args.seed,
                                   pixel_mm=pixel)
             out.append({"name": f"synth_subject{k:02d}_{fam}", "group": "synthetic", "images": imgs,
@@ -321,14 +321,14 @@ def main(argv: list[str] | None = None) -> int:
                             score(method, *run_baseline(fn, acq, cals, lam=lam, **kw), lam=lam)
                 sweeps[(tag, group, method)] = run
 
+    synth_lo, synth_hi = synth_pixel_mm(args.synth_size)
     lines = ["# Non-Cartesian reconstruction: radial and spiral, DDS against the classical baselines", "",
              provenance(command)
              + f"- prior: {prior_name}; DDS {args.nfe} NFE (sampler defaults), K = {args.samples}, sampler seed "
              f"{args.seed} (+ slice index); grid {args.grid} (resolved per acquisition: the time table's grid "
              "column), the baselines on the native grid\n"
              f"- data: {args.slices} slice(s) per volume; synthetic: {args.synth_volumes} test-split subject(s) at "
-             f"{args.synth_size}², pixels {synth_pixel_mm(args.synth_size)[0]:g}–{synth_pixel_mm(args.synth_size)[1]:g} mm, "
-             f"{COILS} birdcage coils, white "
+             f"{args.synth_size}², pixels {synth_lo:g}–{synth_hi:g} mm, {COILS} birdcage coils, white "
              f"noise; real: development set only (loop coils, background phase, correlated noise); SNR {SNR:g}\n"
              "- trajectories: radial full diameters, uniform angles, readout 2N; variable-density spiral "
              "(mri_score.simulate_noncartesian: density power 2, edge undersampled 16/interleaves-fold), samples 0.5 "

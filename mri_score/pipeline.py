@@ -366,14 +366,15 @@ def reconstruct_noncartesian_file(path: Path, prior: ComplexPrior, request: Reco
     )
 
     vol = read_noncartesian_mrd(path)
-    grid = fine_shape(vol.matrix, resolve_grid(request, vol, getattr(prior.model, "meta", None)).grid_factor)
+    resolved = resolve_grid(request, vol, getattr(prior.model, "meta", None))  # the request keeps `auto` for its key
+    grid = fine_shape(vol.matrix, resolved.grid_factor)
     require_fits(path, request.samples, virtual_coil_count(vol.coils, request.virtual_coils), vol.matrix, grid,
                  prior.device, workspace=TOEPLITZ_WORKSPACE)
     key = calibration_key(request, vol)
     std_cal = std_calibration_lookup(key) if std_calibration_lookup is not None else None
     t0 = time.time()
     try:
-        res = reconstruct_noncartesian_volume(vol, prior, request, extra_terms=extra_terms)
+        res = reconstruct_noncartesian_volume(vol, prior, resolved, extra_terms=extra_terms)
     except (OperatorInputError, np.linalg.LinAlgError) as err:
         raise InputError(f"{path}: {one_line(err)}") from None
     seconds = time.time() - t0
