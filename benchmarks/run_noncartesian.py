@@ -30,7 +30,7 @@ after).  DDS − L1-wavelet and DDS − BART (each at its chosen λ) are paired 
 Where the prior's sidecar holds a std factor for a volume's trajectory and matrix (fitted on tuning subjects by
 ``run_noncartesian_calibration.py``), the coverage of DDS's calibrated std on that held-out volume is reported.
 
-Data: synthetic slices of held-out test-split subjects (:func:`mri_score.simulation.subject_volume`, pixels
+Data: synthetic slices of held-out test-split subjects (:func:`benchmarks.protocol.synthetic_subject_volumes`, pixels
 2.0–2.5 mm at ``--synth-size`` 128 or below so the head lies inside the field of view, as the frozen protocol;
 proportionally finer on larger matrices, :func:`synth_pixel_mm`) with 8 birdcage coils and white noise; and the
 real **development** images (:func:`mri_score.data.realset.development_set`, never the final test set; volumes
@@ -61,7 +61,7 @@ import numpy as np
 
 from benchmarks.cartesian_reference import CARTESIAN, bracketed, cartesian_reference, cartesian_seconds
 from benchmarks.harness import add_check_flags, check_args, middle_slices, write_report
-from benchmarks.protocol import pixel_range_at
+from benchmarks.protocol import pixel_range_at, synthetic_subject_volumes
 from benchmarks.provenance import provenance
 from benchmarks.stats import clustered_paired_difference
 from benchmarks.tuning_split import setting_label, settings_of
@@ -83,7 +83,6 @@ from mri_score.posterior import VolumeResult
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, default_prior_path, load_prior
 from mri_score.request import ReconRequest
 from mri_score.simulate_noncartesian import simulate_noncartesian
-from mri_score.simulation import subject_volume
 from operators.trajectories import pipe_menon_density
 
 COILS, SNR = 8, 100.0
@@ -120,17 +119,25 @@ def synth_pixel_mm(size: int) -> tuple[float, float]:
     return pixel_range_at(SYNTH_PIXEL_MM, 128, size)
 
 
+def synthetic_protocol(volumes: int, slices: int, seed: int) -> dict:
+    """The synthetic volumes as a protocol ``data`` section (:func:`benchmarks.protocol.synthetic_spec`): test-split
+    subjects ``0 … volumes − 1`` from corpus slice 0, families :data:`SYNTH_FAMILIES` in turn, pixels
+    :data:`SYNTH_PIXEL_MM` on a 128² matrix (finer on a larger one, :func:`synth_pixel_mm`), corpus seed ``seed``."""
+    return {"size": [128, 128], "pixel_mm": list(SYNTH_PIXEL_MM), "families": list(SYNTH_FAMILIES),
+            "corpus_seed": int(seed), "test": {"subjects": list(range(volumes)), "slices_per_subject": int(slices),
+                                               "first": 0}}
+
+
 def volumes(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     """The benchmark's volumes ``{name, group, images (S, H, W), pixel_mm}`` and notes on what was skipped."""
     out, notes = [], []
     if "synthetic" in args.groups:
-        pixel = synth_pixel_mm(args.synth_size)
-        for k in range(args.synth_volumes):
-            fam = SYNTH_FAMILIES[k % len(SYNTH_FAMILIES)]
-            imgs = subject_volume("test", k, args.slices, (args.synth_size, args.synth_size), fam, args.seed,
-                                  pixel_mm=pixel)
-            out.append({"name": f"synth_subject{k:02d}_{fam}", "group": "synthetic", "images": imgs,
-                        "pixel_mm": (pixel[1],) * 2})
+        size = (args.synth_size, args.synth_size)
+        for vol in synthetic_subject_volumes(synthetic_protocol(args.synth_volumes, args.slices, args.seed), "test",
+                                             size=size):
+            fam = SYNTH_FAMILIES[vol["subject"] % len(SYNTH_FAMILIES)]
+            out.append({"name": f"synth_subject{vol['subject']:02d}_{fam}", "group": "synthetic",
+                        "images": vol["images"], "pixel_mm": vol["pixel_mm"]})
     if "real" in args.groups:
         from mri_score.data.realset import development_set
 

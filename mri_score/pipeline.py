@@ -396,7 +396,7 @@ def reconstruct_noncartesian_file(path: Path, prior: ComplexPrior, request: Reco
              "nfe_per_slice": nfe // s, "grid_factor": float(res.grid_factor),
              "virtual_coils": virtual_coil_count(vol.coils, request.virtual_coils), "coils": vol.coils,
              "precision": precision_name(choose_precision(prior.device, request.precision)),
-             "prior": prior_name, "request": json.dumps(request.identity(), sort_keys=True),
+             "prior": prior_name, "request": json.dumps(resolved.identity(), sort_keys=True),
              "summary": json.dumps({k: v for k, v in summary.items() if k != "file"}, default=float),
              **(extra_attrs or {})}
     if res.std is not None:  # a found entry replaces it (write_outputs); one sample: write_outputs says so

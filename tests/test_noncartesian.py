@@ -825,3 +825,20 @@ def test_protocol_synthetic_volumes_keep_the_configs_field_of_view_on_a_larger_m
     # the same head on twice the matrix: its object covers about four times the pixels
     area = [np.count_nonzero(np.abs(v["images"][0]) > 0.1 * np.abs(v["images"][0]).max()) for v in (base, large)]
     assert 3.0 < area[1] / area[0] < 5.0
+
+
+def test_benchmark_synthetic_volumes_are_the_protocols_test_subjects(monkeypatch):
+    """The trajectory benchmark draws its heads through the protocol's one builder, with the images its committed
+    results were made from (test-split subject k, family k mod 4, corpus slice 0 on, the seed given)."""
+    import argparse
+
+    import benchmarks.run_noncartesian as rn
+    from mri_score.simulation import subject_volume
+
+    args = argparse.Namespace(groups=["synthetic"], synth_volumes=2, slices=1, synth_size=64, seed=5)
+    vols, notes = rn.volumes(args)
+    assert [v["name"] for v in vols] == ["synth_subject00_t1", "synth_subject01_t2"] and notes == []
+    for k, vol in enumerate(vols):
+        expected = subject_volume("test", k, 1, (64, 64), rn.SYNTH_FAMILIES[k], 5, pixel_mm=rn.synth_pixel_mm(64))
+        assert np.array_equal(vol["images"], expected)
+        assert vol["group"] == "synthetic" and vol["pixel_mm"] == (rn.SYNTH_PIXEL_MM[1],) * 2

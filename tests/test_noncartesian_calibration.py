@@ -98,11 +98,18 @@ def test_reconstruct_honours_virtual_coils_on_a_trajectory_file(tmp_path, tiny_p
         assert main(["--kspace", str(src), "--out", str(tmp_path / name), "--prior", str(tiny_prior_path), "--steps",
                      "2", "--samples", "2", "--quiet", *flags]) == 0
         with h5py.File(tmp_path / name / src.name) as hf:
+            recorded = json.loads(hf.attrs["request"])
+            grids.append((recorded["grid"], float(hf.attrs["grid_factor"])))
             return int(hf.attrs["virtual_coils"]), int(hf.attrs["coils"]), str(hf.attrs["std_calibration"]), \
-                json.loads(hf.attrs["request"])["virtual_coils"]
+                recorded["virtual_coils"]
 
+    grids = []
     used, coils, _, asked = run("auto")
     assert (used, coils, asked) == (3, 6, "auto")
+    # the recorded request names the grid sampled on (the CLI's auto resolved for this file), as the Cartesian path's
+    recorded_grid, factor = grids[0]
+    assert recorded_grid != "auto" and (recorded_grid == "native") == (factor == 1.0)
+    assert recorded_grid == "native" or float(recorded_grid) == factor
     used, coils, attr, asked = run("two", "--virtual-coils", "2")
     assert (used, coils, asked) == (2, 6, 2) and "/virtual_coils=2/nc@v" in attr
     assert run("all", "--virtual-coils", "all")[0] == 6
