@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -57,6 +58,9 @@ from mri_score.simulation import noise_free_target, simulate_volume, subject_vol
 from mri_score.supervised import load_unet, unet_reconstruct
 from operators import birdcage_maps, ifft2c, sense1_combine
 from operators.errors import OperatorInputError
+
+if TYPE_CHECKING:
+    from mri_score.data.domain_random import DomainRandomPool
 
 #: The synthetic test subjects are new warps and contrasts of the training template (ICBM152 2009a is left-right
 #: symmetric, so a hemisphere split is no subject split): in distribution, not held-out anatomy.
@@ -238,6 +242,13 @@ def pixel_range_at(pixel_mm: Sequence[float], base: int, size: int) -> tuple[flo
     return float(pixel_mm[0]) * scale, float(pixel_mm[1]) * scale
 
 
+def spec_pixel_range(spec: dict, size: int | None = None) -> tuple[float, float]:
+    """The pixel range (mm) a :func:`synthetic_spec` draws on a ``size``² matrix (default: its own):
+    :func:`pixel_range_at` of its ``pixel_mm`` at its ``size``."""
+    base = max(spec["size"])
+    return pixel_range_at(spec["pixel_mm"], base, base if size is None else int(size))
+
+
 def synthetic_subject_volumes(data: dict, phase: str, subjects: Sequence[int] | None = None,
                               slices: int | None = None, size: tuple[int, int] | None = None) -> list[dict]:
     """One volume per held-out subject of the config's synthetic ``phase``: ``[{name, phase, group, subject, images,
@@ -249,7 +260,7 @@ def synthetic_subject_volumes(data: dict, phase: str, subjects: Sequence[int] | 
     """
     spec = synthetic_spec(data, phase)
     families = spec["families"]
-    pixel_mm = pixel_range_at(spec["pixel_mm"], max(spec["size"]), max(size or spec["size"]))
+    pixel_mm = spec_pixel_range(spec, max(size) if size else None)
     vols = []
     for subj in spec["subjects"] if subjects is None else subjects:
         subj = int(subj)
@@ -259,6 +270,14 @@ def synthetic_subject_volumes(data: dict, phase: str, subjects: Sequence[int] | 
         vols.append({"name": f"{phase}_subject{subj:02d}_{fam}.h5", "phase": phase, "group": GROUP_SYNTH,
                      "subject": subj, "images": imgs, "seed": spec["seed"], "pixel_mm": (pixel_mm[1], pixel_mm[1])})
     return vols
+
+
+def domain_random_volume(pool: DomainRandomPool, index: int, slices: int) -> tuple[np.ndarray, list[tuple]]:
+    """Volume ``index`` of a domain-randomised test stream: its slices ``index · slices …`` of
+    :meth:`mri_score.data.domain_random.DomainRandomPool.generate`, as images ``(slices, H, W)`` complex64, and each
+    slice's rendered tuple (image, pixel size in mm, …, family)."""
+    rendered = [pool.generate(index * slices + j) for j in range(slices)]
+    return np.stack([r[0] for r in rendered]).astype(np.complex64), rendered
 
 
 def other_generator_volumes(spec: dict, seed: int) -> list[dict]:
@@ -274,8 +293,7 @@ def other_generator_volumes(spec: dict, seed: int) -> list[dict]:
     pool = DomainRandomPool(size=size, families=(family,), seed=int(spec.get("seed", 0)), split="test")
     vols = []
     for k in range(count):
-        rendered = [pool.generate(k * slices + j) for j in range(slices)]
-        imgs = np.stack([r[0] for r in rendered]).astype(np.complex64)
+        imgs, rendered = domain_random_volume(pool, k, slices)
         pixel = float(np.mean([r[1] for r in rendered]))
         vols.append({"name": f"other_{family}{k:02d}.h5", "phase": "test", "group": GROUP_OTHER, "subject": "",
                      "images": imgs, "seed": seed, "pixel_mm": (pixel, pixel)})

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks.harness import RESULTS, undersample, write_report
+from benchmarks.protocol import domain_random_volume
 from benchmarks.provenance import provenance
 from mri_score import limits
 from mri_score.atomic import check_output, check_writable
@@ -64,9 +65,8 @@ def case_volumes(source: str, pix: float, size: int, slices: int) -> list[tuple[
     pool = DomainRandomPool(size=size, families=("brain", "body"), seed=DR_SEED, split="test", pixel_mm=(pix, pix))
     out = []
     for v in range(3):
-        drawn = [pool.generate(v * slices + j) for j in range(slices)]
-        out.append((v, "/".join(dict.fromkeys(d[3] for d in drawn)),
-                    np.stack([d[0] for d in drawn]).astype(np.complex64)))
+        imgs, drawn = domain_random_volume(pool, v, slices)
+        out.append((v, "/".join(dict.fromkeys(d[3] for d in drawn)), imgs))
     return out
 
 

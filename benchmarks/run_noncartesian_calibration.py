@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import check_args, write_report
-from benchmarks.protocol import pixel_range_at
+from benchmarks.protocol import spec_pixel_range
 from benchmarks.provenance import provenance
 from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, checked_settings, setting_label
 from mri_score import uncertainty
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(args: argparse.Namespace, command: str, split: TuningSplit, rows: list[dict], stored: list[str]) -> list[str]:
     """The markdown report: provenance of ``command``, what was fitted on, one table row per trajectory setting."""
     z, spec = uncertainty.gaussian_z(LEVEL), split.spec
-    pixels = pixel_range_at(spec["pixel_mm"], max(spec["size"]), args.synth_size)  # what split.volumes drew
+    pixels = spec_pixel_range(spec, args.synth_size)  # what split.volumes drew
     lines = ["# Std calibration for non-Cartesian trajectories (issue #32, item 5)", "",
              provenance(command)
              + f"- prior: {args.prior or f'shipped default (`mri_score/weights/{DEFAULT_PRIOR}`)'}; DDS with the "

@@ -813,11 +813,13 @@ def test_benchmark_synthetic_pixels_keep_the_field_of_view_above_128():
 
 
 def test_protocol_synthetic_volumes_keep_the_configs_field_of_view_on_a_larger_matrix():
-    from benchmarks.protocol import pixel_range_at, synthetic_subject_volumes
+    from benchmarks.protocol import pixel_range_at, spec_pixel_range, synthetic_spec, synthetic_subject_volumes
 
     assert pixel_range_at((2.0, 2.5), 128, 96) == (2.0, 2.5)  # a smaller matrix crops the field of view
     assert pixel_range_at((2.0, 2.5), 128, 256) == pytest.approx((1.0, 1.25))
     data = {"size": [64, 64], "pixel_mm": [2.0, 2.5], "tuning": {"subjects": [30], "slices_per_subject": 1}}
+    spec = synthetic_spec(data, "tuning")
+    assert spec_pixel_range(spec) == (2.0, 2.5) and spec_pixel_range(spec, 128) == pytest.approx((1.0, 1.25))
     base, = synthetic_subject_volumes(data, "tuning")
     large, = synthetic_subject_volumes(data, "tuning", size=(128, 128))
     assert base["images"].shape[-1] == 64 and large["images"].shape[-1] == 128
@@ -827,7 +829,7 @@ def test_protocol_synthetic_volumes_keep_the_configs_field_of_view_on_a_larger_m
     assert 3.0 < area[1] / area[0] < 5.0
 
 
-def test_benchmark_synthetic_volumes_are_the_protocols_test_subjects(monkeypatch):
+def test_benchmark_synthetic_volumes_are_the_protocols_test_subjects():
     """The trajectory benchmark draws its heads through the protocol's one builder, with the images its committed
     results were made from (test-split subject k, family k mod 4, corpus slice 0 on, the seed given)."""
     import argparse
@@ -842,3 +844,16 @@ def test_benchmark_synthetic_volumes_are_the_protocols_test_subjects(monkeypatch
         expected = subject_volume("test", k, 1, (64, 64), rn.SYNTH_FAMILIES[k], 5, pixel_mm=rn.synth_pixel_mm(64))
         assert np.array_equal(vol["images"], expected)
         assert vol["group"] == "synthetic" and vol["pixel_mm"] == (rn.SYNTH_PIXEL_MM[1],) * 2
+
+
+def test_protocol_domain_random_volumes_are_the_streams_consecutive_slices():
+    from benchmarks.protocol import domain_random_volume, other_generator_volumes
+    from mri_score.data.domain_random import DomainRandomPool
+
+    pool = DomainRandomPool(size=64, families=("joint",), seed=0, split="test")
+    imgs, rendered = domain_random_volume(pool, 1, 2)
+    assert imgs.shape == (2, 64, 64) and imgs.dtype == np.complex64 and len(rendered) == 2
+    for j in range(2):  # volume 1 of 2-slice volumes is the stream's slices 2 and 3
+        assert np.array_equal(imgs[j], pool.generate(2 + j)[0].astype(np.complex64))
+    vols = other_generator_volumes({"family": "joint", "volumes": 2, "slices": 2, "size": 64}, seed=0)
+    assert np.array_equal(vols[1]["images"], imgs) and vols[1]["name"] == "other_joint01.h5"
