@@ -65,7 +65,7 @@ from benchmarks.cartesian_reference import CARTESIAN, bracketed, cartesian_refer
 from benchmarks.harness import add_check_flags, check_args, middle_slices, write_report
 from benchmarks.protocol import pixel_range_at, synthetic_subject_volumes
 from benchmarks.provenance import provenance
-from benchmarks.stats import clustered_paired_difference
+from benchmarks.stats import clustered_paired_difference, half_steps
 from benchmarks.tuning_split import setting_label, settings_of
 from mri_score import uncertainty
 from mri_score.baselines import bart_available
@@ -99,7 +99,7 @@ L1_LAMS = (0.001, 0.003, 0.01, 0.03, 0.1)
 BART_LAMS = (0.0001, 0.0003, 0.001, 0.003, 0.01)
 CG_ITERS, BART_ITERS = 30, 100
 #: A sweep whose best λ is at an end is extended by one step (× or ÷ SWEEP_STEP) beyond it, at most WIDEN times;
-#: an interior best is then refined by the half steps on both sides of it (:func:`refinement`).
+#: an interior best is then refined by the half steps on both sides of it (:func:`benchmarks.stats.half_steps`).
 SWEEP_STEP, WIDEN = 3.0, 2
 #: Real volumes below this matrix side are skipped (the prior's U-Net and the trajectories need room).
 MIN_REAL_SIDE = 64
@@ -174,12 +174,6 @@ def acquire(vol: dict, kind: str, count: int, seed: int) -> NonCartesianVolume:
     return NonCartesianVolume(samples=samples, coords=out.coords, matrix=out.matrix,
                               density=pipe_menon_density(out.coords, out.matrix), pixel_mm=vol["pixel_mm"],
                               target=target, trajectory=out.trajectory, readout=out.readout, name=vol["name"])
-
-
-def refinement(lam: float) -> tuple[float, float]:
-    """The two λ half a sweep step on either side of ``lam`` (``lam ·/÷ √SWEEP_STEP``, 3 significant digits)."""
-    half = SWEEP_STEP**0.5
-    return float(f"{lam / half:.3g}"), float(f"{lam * half:.3g}")
 
 
 def run_baseline(fn: object, acq: NonCartesianVolume, cals: list, **kw: object) -> tuple[np.ndarray, float]:
@@ -339,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                             score(method, *run_baseline(fn, acq, cals, lam=lam, **kw), lam=lam)
                 b = best([r for r in rows if r["setting"] == tag and r["group"] == group], method, tuple(run))
                 if b is not None and b["interior"]:  # refined: the geometric midpoints on both sides of the best λ
-                    for lam in refinement(b["lam"]):
+                    for lam in half_steps(b["lam"], SWEEP_STEP):
                         run = sorted([*run, lam])
                         for v, acq, cals, score in runs:
                             if v["group"] == group:

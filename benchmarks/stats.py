@@ -91,6 +91,13 @@ def paired_difference(a: Sequence[float], b: Sequence[float], resamples: int = R
     return bootstrap_mean_ci(a - b, resamples, seed, level)
 
 
+def half_steps(value: float, step: float) -> tuple[float, float]:
+    """The two values half a sweep step on either side of ``value`` (``value ·/÷ √step``, 3 significant digits):
+    the refinement of an interior best of a geometric sweep with ratio ``step``."""
+    half = float(step) ** 0.5
+    return float(f"{value / half:.3g}"), float(f"{value * half:.3g}")
+
+
 def select_parameter(scores: Mapping[float, Sequence[float]]) -> tuple[float, str]:
     """The swept value with the highest mean score, and where it lies in the sweep.
 

@@ -760,6 +760,7 @@ def test_dds_and_its_cartesian_reference_sample_on_the_grid_the_trajectory_resol
 def test_benchmark_reports_clustered_paired_differences(tmp_path, tiny_prior_path, monkeypatch):
     import benchmarks.run_noncartesian as rn
     from benchmarks.run_noncartesian import main
+    from benchmarks.stats import half_steps
 
     grids = []  # the grid the Cartesian reference of each timing samples on
     timed = rn.cartesian_seconds
@@ -779,9 +780,10 @@ def test_benchmark_reports_clustered_paired_differences(tmp_path, tiny_prior_pat
         assert swept == sorted(swept)
         if cells[6] == "interior":
             lam = float(cells[2])
-            assert any(set(rn.refinement(g)) <= set(swept) and lam in (g, *rn.refinement(g)) for g in swept)
+            refined = {g: half_steps(g, rn.SWEEP_STEP) for g in swept}
+            assert any(set(pair) <= set(swept) and lam in (g, *pair) for g, pair in refined.items())
             assert lam in swept[1:-1]
-    assert rn.refinement(0.01) == (0.00577, 0.0173)
+    assert half_steps(0.01, rn.SWEEP_STEP) == (0.00577, 0.0173)
     section = text.split("## DDS against the swept baselines, paired per slice")[1].split("##")[0]
     rows = [line for line in section.splitlines() if line.startswith("| radial 24 spokes | synthetic | L1-wavelet")]
     assert len(rows) == 1

@@ -862,3 +862,45 @@ def test_dev_ablation_block_renders_one_table_per_csv_in_order(tmp_path):
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match="bad.csv"):
         dev_ablation_block([committed, bad])
+
+
+def test_oracle_lambda_report_sweeps_per_volume_until_interior_and_refines(tmp_path, tiny_prior_path):
+    """The per-volume L1 oracle widens a sweep whose best is at an edge, refines an interior best by half steps, and
+    the report pairs DDS with it per volume; a final-set config is refused in one line."""
+    from benchmarks.run_oracle_lambda import main, oracle_sweep
+    from benchmarks.stats import half_steps
+
+    calls = []
+
+    def peak_at(best):
+        return lambda lam: calls.append(lam) or {"PSNR": -abs(np.log(lam / best))}
+
+    lam, sweep, interior = oracle_sweep(peak_at(0.05), [0.001, 0.003, 0.01], widen=2)
+    assert interior and {0.001, 0.003, 0.01, 0.03, 0.09} <= set(sweep)  # widened twice
+    assert set(half_steps(0.03, 3.0)) <= set(sweep) and lam == pytest.approx(0.052)  # then refined around 0.03
+    calls.clear()
+    lam, sweep, interior = oracle_sweep(peak_at(1e-6), [0.001, 0.003, 0.01], widen=1)
+    assert not interior and lam == pytest.approx(0.000333) and len(calls) == 4  # still an edge: no refinement
+    cfg = {"name": "bench_oracle_tiny", "seed": 0, "prior": str(tiny_prior_path),
+           "data": {"size": [48, 48], "coils": 4, "snr": 100, "families": ["t1"],
+                    "tuning": {"subjects": [30], "slices_per_subject": 1, "seed": 1},
+                    "test": {"subjects": [0], "slices_per_subject": 2, "seed": 0}, "real": ["nibabel_phantom_epi"]},
+           "settings": [{"accel": 4, "mask": "equispaced", "center_fraction": 0.25}],
+           "protocol": {"widen": 1},
+           "methods": {"l1_wavelet": {"lams": [0.001, 0.01, 0.1], "iters": 5}, "dds": {"nfe": 2, "samples": 2}}}
+    path = tmp_path / "bench_oracle_tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "oracle.md"
+    assert main(["--config", str(path), "--groups", "real", "in-distribution", "--out", str(out)]) == 0
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+            if line.startswith("| 4x")]
+    per_volume = [r for r in rows if len(r) == 11]
+    assert {r[2] for r in per_volume} == {"nibabel_phantom_epi.h5", "test_subject00_t1.h5"}
+    for r in per_volume:  # the reported Δ is DDS − L1 at the volume's best swept λ
+        sweep = {float(k): float(v) for k, v in (pair.split(":") for pair in r[10].split())}
+        assert max(sweep.values()) == pytest.approx(float(r[5].split("/")[0]), abs=0.006)
+        assert float(r[7]) == pytest.approx(float(r[3].split("/")[0]) - float(r[5].split("/")[0]), abs=0.011)
+    assert len([r for r in rows if len(r) == 5]) == 2  # one paired row per group
+    path.write_text(yaml.safe_dump({**cfg, "data": {**cfg["data"], "real": "final"}}))
+    assert main(["--config", str(path), "--out", str(tmp_path / "final.md")]) == 2
+    assert not (tmp_path / "final.md").exists()
