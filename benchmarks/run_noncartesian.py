@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-bart", action="store_true", help="skip BART even where it is installed")
     ap.add_argument("--grid", default="auto",
                     help="DDS's sampling grid: auto (the reconstruct command's rule), native or a factor")
+    ap.add_argument("--sampler-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="a DDS option as the reconstruct command takes it (repeatable; default: the CLI's defaults)")
     ap.add_argument("--timing-repeats", type=int, default=2,
                     help="timed runs of the Cartesian reference around each DDS run, half before and half after it "
                          "(their median is used)")
@@ -282,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     vols, notes = volumes(args)
     if not vols:
         raise InputError("no volume: --groups selects none, or every real volume was skipped")
-    request = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed, grid=args.grid)
+    from mri_score.reconstruct import sampler_options
+
+    options = sampler_options(args.sampler_opt, None, "dds")
+    request = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed, grid=args.grid,
+                           options=options)
     meta = getattr(model, "meta", None)
     command = "python benchmarks/run_noncartesian.py " + " ".join(argv if argv is not None else sys.argv[1:])
     prior_name = args.prior or f"shipped default (`mri_score/weights/{DEFAULT_PRIOR}`)"
@@ -343,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     synth_lo, synth_hi = synth_pixel_mm(args.synth_size)
     lines = ["# Non-Cartesian reconstruction: radial and spiral, DDS against the classical baselines", "",
              provenance(command)
-             + f"- prior: {prior_name}; DDS {args.nfe} NFE (sampler defaults), K = {args.samples}, sampler seed "
+             + f"- prior: {prior_name}; DDS {args.nfe} NFE ("
+             + (", ".join(f"{k}={v}" for k, v in sorted(options.items())) + "; otherwise the sampler defaults"
+                if options else "sampler defaults") + f"), K = {args.samples}, sampler seed "
              f"{args.seed} (+ slice index); grid {args.grid} (resolved per acquisition: the time table's grid "
              "column), the baselines on the native grid\n"
              f"- data: {args.slices} slice(s) per volume; synthetic: {args.synth_volumes} test-split subject(s) at "

@@ -448,6 +448,32 @@ def test_dds_takes_the_noncartesian_cg_count_on_trajectories(calibrated, tiny_ru
     assert n_fewer == 2 * (auto + 2) and not torch.equal(base, fewer)
 
 
+def test_dds_data_weight_floor_on_trajectories_only(calibrated, tiny_runtime):
+    """``gamma_min_noncartesian`` clips a trajectory term's data weight instead of ``gamma_min`` and never reaches a
+    Cartesian term; unset, both physics keep ``gamma_min``."""
+    from mri_score.likelihood import GaussianKspaceLikelihood
+    from mri_score.samplers.dds import DDSConfig, sample_dds
+    from operators import Sense
+
+    vol, cal = calibrated
+    term, _ = _term(vol, cal)
+    cartesian = GaussianKspaceLikelihood(Sense(cal.maps), torch.zeros(cal.maps.shape, dtype=torch.complex64), 0.1)
+    assert DDSConfig().gamma_floor(term) == DDSConfig().gamma_floor(cartesian) == 1.0
+    cfg = DDSConfig(gamma_min_noncartesian=0.3)
+    assert (cfg.gamma_floor(term), cfg.gamma_floor(cartesian)) == (0.3, 1.0)
+
+    def run(cfg):
+        x0 = term.gridded().expand(1, -1, -1).clone()
+        return sample_dds(ComplexPrior(tiny_runtime), [term], x0, torch.Generator().manual_seed(0), 3, cfg).samples
+
+    floor = run(DDSConfig(gamma_min_noncartesian=0.3))
+    assert torch.equal(floor, run(DDSConfig(gamma_min=0.3)))  # on a trajectory it is the floor the step uses
+    assert not torch.equal(floor, run(DDSConfig()))
+    for bad in (0.0, -1.0, 2e4):
+        with pytest.raises(InputError, match="gamma_min_noncartesian"):
+            ReconRequest(sampler="dds", options={"gamma_min_noncartesian": bad})
+
+
 def test_coil_compression_of_a_volume_keeps_the_sense_model():
     from mri_score.noncartesian import NONCARTESIAN_VIRTUAL_COILS, coil_compression
     from operators import compress_coils
@@ -792,6 +818,12 @@ def test_benchmark_reports_clustered_paired_differences(tmp_path, tiny_prior_pat
     mean, lo, hi = (float(v) for v in cells[4].replace("[", " ").replace("]", " ").replace(",", " ").split())
     assert lo <= mean <= hi
     assert "no volume with a stored factor" in text  # the tiny prior has no non-Cartesian calibration
+    assert "(sampler defaults)" in text
+    floor = tmp_path / "floor.md"
+    assert main([*args[:-1], str(floor), "--sampler-opt", "gamma_min_noncartesian=0.3", "--spokes", "24"]) == 0
+    assert "DDS 2 NFE (gamma_min_noncartesian=0.3; otherwise the sampler defaults)" in floor.read_text()
+    assert main([*args[:-1], str(tmp_path / "bad.md"), "--sampler-opt", "gamma_min_noncartesian=0"]) == 2
+    assert not (tmp_path / "bad.md").exists()
     timing = text.split("## DDS time: non-Cartesian vs Cartesian at the same matrix")[1]
     row = [ln for ln in timing.splitlines() if ln.startswith("| radial 24 spokes | synthetic | ")]
     assert len(row) == 1 and "grid auto (resolved per acquisition" in text

@@ -13,7 +13,8 @@ Per step i (Karras σ schedule):
 Tweedie estimate has error variance of about ``r_i² = σ_i² σ_d² / (σ_i² + σ_d²)``
 per real component and the data ``σ_y²/2``, so the MAP of the two is
 ``γ_i = 2 r_i² / σ_y²`` (times ``gamma_scale``), clipped to ``[gamma_min, gamma_max]``.
-A fixed ``gamma`` overrides it.
+A fixed ``gamma`` overrides it.  On a non-Cartesian term ``gamma_min_noncartesian``, where given,
+replaces ``gamma_min`` (:meth:`DDSConfig.gamma_floor`).
 
 ``gamma_rule=discrepancy`` replaces the formula's ``r_i²`` (right only when the prior is) by the
 error the data show: the estimate's discrepancy ``‖A x̂₀ − y‖²`` has expectation
@@ -85,6 +86,7 @@ class DDSConfig(SamplerConfig):
     gamma: float | None = None
     gamma_scale: float = 1.0
     gamma_min: float = 1.0
+    gamma_min_noncartesian: float | None = None
     gamma_max: float = 1e4
     gamma_rule: str = "noise"
     final_gamma_rule: str = "same"
@@ -101,9 +103,23 @@ class DDSConfig(SamplerConfig):
         self._require(self.gamma_scale > 0, "gamma_scale", "> 0")
         self._require(self.gamma_min > 0, "gamma_min", "> 0")
         self._require(self.gamma_max >= self.gamma_min, "gamma_max", ">= gamma_min")
+        self._require(self.gamma_min_noncartesian is None or 0 < self.gamma_min_noncartesian <= self.gamma_max,
+                      "gamma_min_noncartesian", "in (0, gamma_max] or none")
         self._require(self.gamma_rule in GAMMA_RULES, "gamma_rule", f"one of {', '.join(GAMMA_RULES)}")
         self._require(self.final_gamma_rule in ("same", *GAMMA_RULES), "final_gamma_rule",
                       f"one of same, {', '.join(GAMMA_RULES)}")
+
+    def gamma_floor(self, term: Likelihood) -> float:
+        """The lower clip of ``term``'s data weight: ``gamma_min``, or ``gamma_min_noncartesian`` where given on a
+        non-Cartesian k-space term (:attr:`mri_score.likelihood.Likelihood.noncartesian`).
+
+        The noise rule's weight falls below 1 once σ is small, so the floor sets it for most steps.  The
+        unweighted NUFFT Gram is not bounded by ``I`` as a masked orthonormal FFT is, so one floor need not suit
+        both physics (``docs/history.md``, the floor probe on trajectories).
+        """
+        if term.noncartesian and self.gamma_min_noncartesian is not None:
+            return self.gamma_min_noncartesian
+        return self.gamma_min
 
     def cg_steps(self, term: Likelihood) -> int:
         """CG steps of ``term``'s proximal step: ``cg_iters`` on Cartesian data; on a non-Cartesian k-space term
@@ -187,9 +203,9 @@ def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequen
             if cfg.gamma is not None:
                 g = cfg.gamma
             elif rule == "discrepancy":
-                g = discrepancy_gamma(term, x0, cfg.gamma_scale, cfg.gamma_min, cfg.gamma_max)
+                g = discrepancy_gamma(term, x0, cfg.gamma_scale, cfg.gamma_floor(term), cfg.gamma_max)
             else:
-                g = dds_gamma(s, sd, term.sigma_y, cfg.gamma_scale, cfg.gamma_min, cfg.gamma_max)
+                g = dds_gamma(s, sd, term.sigma_y, cfg.gamma_scale, cfg.gamma_floor(term), cfg.gamma_max)
             x0 = term.prox(x0, g, cfg.cg_steps(term))
         if s_next == 0.0:
             break
