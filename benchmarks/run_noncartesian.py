@@ -69,7 +69,7 @@ from benchmarks.stats import clustered_paired_difference, half_steps
 from benchmarks.tuning_split import setting_label, settings_of
 from mri_score import uncertainty
 from mri_score.baselines import bart_available
-from mri_score.cli import exit_on_input_error, one_line_usage_errors
+from mri_score.cli import exit_on_input_error, one_line_usage_errors, sampler_options
 from mri_score.errors import InputError
 from mri_score.metrics import volume_metrics
 from mri_score.noncartesian import (
@@ -284,8 +284,6 @@ def main(argv: list[str] | None = None) -> int:
     vols, notes = volumes(args)
     if not vols:
         raise InputError("no volume: --groups selects none, or every real volume was skipped")
-    from mri_score.reconstruct import sampler_options
-
     options = sampler_options(args.sampler_opt, None, "dds")
     request = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed, grid=args.grid,
                            options=options)

@@ -107,3 +107,22 @@ def exit_on_input_error(main: Callable[..., int | None]) -> Callable[..., int]:
                 signal.signal(signum, handler)  # type: ignore[arg-type]
 
     return wrapper
+
+
+def sampler_options(pairs: list[str], gamma: float | None, sampler: str) -> dict[str, str | float]:
+    """``--sampler-opt KEY=VALUE`` pairs (and ``--gamma``) as a mapping for :func:`mri_score.samplers.sampler_config`."""
+    options: dict[str, str | float] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--sampler-opt {item!r} must look like key=value")
+        if key.strip() in options:
+            raise InputError(f"--sampler-opt {key.strip()} is given twice")
+        options[key.strip()] = value.strip()
+    if gamma is not None:
+        if sampler != "dds":
+            raise InputError(f"--gamma is the dds sampler's data weight; the {sampler} sampler has no gamma")
+        if "gamma" in options:
+            raise InputError("--gamma and --sampler-opt gamma=… both given")
+        options["gamma"] = gamma
+    return options

@@ -38,7 +38,7 @@ from mri_score import limits, runs, sharding, uncertainty
 from mri_score.adapt import ADAPT_PARAMS, AdaptSettings
 from mri_score.atomic import check_output, check_output_dir, protected_inputs
 from mri_score.batching import parse_batch_slices
-from mri_score.cli import exit_on_input_error, one_line_usage_errors
+from mri_score.cli import exit_on_input_error, one_line_usage_errors, sampler_options
 from mri_score.errors import InputError, one_line
 from mri_score.guidance import GuidanceOptions
 from mri_score.inputs import input_kind, list_inputs, skipped_inputs
@@ -178,25 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory runs: recompute outputs that exist with the same settings (otherwise they are skipped)")
     p.add_argument("--demo", action="store_true", help="the shipped prior on the sample volume (README default)")
     return p
-
-
-def sampler_options(pairs: list[str], gamma: float | None, sampler: str) -> dict[str, str | float]:
-    """``--sampler-opt KEY=VALUE`` pairs (and ``--gamma``) as a mapping for :func:`mri_score.samplers.sampler_config`."""
-    options: dict[str, str | float] = {}
-    for item in pairs:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--sampler-opt {item!r} must look like key=value")
-        if key.strip() in options:
-            raise InputError(f"--sampler-opt {key.strip()} is given twice")
-        options[key.strip()] = value.strip()
-    if gamma is not None:
-        if sampler != "dds":
-            raise InputError(f"--gamma is the dds sampler's data weight; the {sampler} sampler has no gamma")
-        if "gamma" in options:
-            raise InputError("--gamma and --sampler-opt gamma=… both given")
-        options["gamma"] = gamma
-    return options
 
 
 def request_from_args(args: argparse.Namespace) -> ReconRequest:
