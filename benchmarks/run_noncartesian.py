@@ -65,7 +65,7 @@ from benchmarks.cartesian_reference import CARTESIAN, bracketed, cartesian_refer
 from benchmarks.harness import add_check_flags, check_args, middle_slices, write_report
 from benchmarks.protocol import pixel_range_at, synthetic_subject_volumes
 from benchmarks.provenance import provenance
-from benchmarks.stats import clustered_paired_difference, half_steps
+from benchmarks.stats import clustered_paired_difference, sweep_until_interior
 from benchmarks.tuning_split import setting_label, settings_of
 from mri_score import uncertainty
 from mri_score.baselines import bart_available
@@ -99,7 +99,7 @@ L1_LAMS = (0.001, 0.003, 0.01, 0.03, 0.1)
 BART_LAMS = (0.0001, 0.0003, 0.001, 0.003, 0.01)
 CG_ITERS, BART_ITERS = 30, 100
 #: A sweep whose best λ is at an end is extended by one step (× or ÷ SWEEP_STEP) beyond it, at most WIDEN times;
-#: an interior best is then refined by the half steps on both sides of it (:func:`benchmarks.stats.half_steps`).
+#: an interior best is then refined by the half steps on both sides of it (:func:`benchmarks.stats.sweep_until_interior`).
 SWEEP_STEP, WIDEN = 3.0, 2
 #: Real volumes below this matrix side are skipped (the prior's U-Net and the trajectories need room).
 MIN_REAL_SIDE = 64
@@ -325,24 +325,17 @@ def main(argv: list[str] | None = None) -> int:
                 coverage_rows.append({"setting": tag, "group": v["group"], "volume": v["name"], **cov})
         for group in groups:
             for method, (fn, kw, lams) in swept.items():
-                run = sorted(lams)
-                for _ in range(WIDEN):  # a best λ at an end of the sweep: one more step beyond it, twice at most
-                    b = best([r for r in rows if r["setting"] == tag and r["group"] == group], method, tuple(run))
-                    if b is None or b["interior"]:
-                        break
-                    lam = float(f"{(run[0] / SWEEP_STEP if b['lam'] == run[0] else run[-1] * SWEEP_STEP):.3g}")
-                    run = sorted([*run, lam])
-                    for v, acq, cals, score in runs:
-                        if v["group"] == group:
-                            score(method, *run_baseline(fn, acq, cals, lam=lam, **kw), lam=lam)
-                b = best([r for r in rows if r["setting"] == tag and r["group"] == group], method, tuple(run))
-                if b is not None and b["interior"]:  # refined: the geometric midpoints on both sides of the best λ
-                    for lam in half_steps(b["lam"], SWEEP_STEP):
-                        run = sorted([*run, lam])
+                def group_psnr(lam: float, key: tuple = (tag, group, method), fn: object = fn, kw: dict = kw,
+                               runs: list = runs) -> float:
+                    """Mean PSNR over the group's volumes at ``lam``, run where not yet scored."""
+                    if not any((r["setting"], r["group"], r["method"], r["lam"]) == (*key, lam) for r in rows):
                         for v, acq, cals, score in runs:
-                            if v["group"] == group:
-                                score(method, *run_baseline(fn, acq, cals, lam=lam, **kw), lam=lam)
-                sweeps[(tag, group, method)] = run
+                            if v["group"] == key[1]:
+                                score(key[2], *run_baseline(fn, acq, cals, lam=lam, **kw), lam=lam)
+                    return float(np.mean([r["PSNR"] for r in rows
+                                          if (r["setting"], r["group"], r["method"], r["lam"]) == (*key, lam)]))
+
+                sweeps[(tag, group, method)] = sorted(sweep_until_interior(group_psnr, lams, SWEEP_STEP, WIDEN)[1])
 
     synth_lo, synth_hi = synth_pixel_mm(args.synth_size)
     lines = ["# Non-Cartesian reconstruction: radial and spiral, DDS against the classical baselines", "",

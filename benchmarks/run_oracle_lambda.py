@@ -43,7 +43,7 @@ import torch
 from benchmarks.harness import write_report
 from benchmarks.protocol import acquire, protocol_volumes, score, setting_tag, solve, validate_protocol
 from benchmarks.provenance import provenance
-from benchmarks.stats import clustered_paired_difference, half_steps
+from benchmarks.stats import clustered_paired_difference, sweep_until_interior
 from mri_score import limits
 from mri_score.atomic import check_output, check_writable
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
@@ -55,35 +55,6 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Issue #29's per-volume targets: DDS − L1 (oracle λ) in dB by acceleration, and in SSIM.
 TARGET_DB = {4.0: 2.0, 8.0: 3.0}
 TARGET_SSIM = 0.03
-
-
-def oracle_sweep(run: Callable[[float], dict], lams: list[float], widen: int) -> tuple[float, dict[float, dict], bool]:
-    """Sweep ``run(λ) -> volume metrics`` over ``lams``, widened at an edge and refined around an interior best.
-
-    Returns the best λ by PSNR, every λ's metrics and whether the best is interior (ties go to the smaller λ).
-    """
-    lams = sorted(lams)
-    step = lams[1] / lams[0] if len(lams) > 1 else 3.0
-    results = {lam: run(lam) for lam in lams}
-
-    def best() -> tuple[float, bool]:
-        order = sorted(results)
-        i = max(range(len(order)), key=lambda k: (results[order[k]]["PSNR"], -k))
-        return order[i], 0 < i < len(order) - 1
-
-    for _ in range(widen):
-        lam, interior = best()
-        if interior:
-            break
-        new = float(f"{(lam / step if lam == min(results) else lam * step):.3g}")
-        results[new] = run(new)
-    lam, interior = best()
-    if interior:
-        for new in half_steps(lam, step):
-            if new not in results:
-                results[new] = run(new)
-        lam, interior = best()
-    return lam, results, interior
 
 
 @exit_on_input_error
@@ -136,8 +107,16 @@ def main(argv: list[str] | None = None) -> int:
                 return {**score(acq["truth"], acq["target_rss"], stacked), "slice_psnr": per_slice,
                         "seconds": float(np.mean([o["seconds"] for o in outs]))}
 
-            lam, sweep, interior = oracle_sweep(lambda v: volume("l1_wavelet", l1_spec, v),
-                                                [float(v) for v in l1_spec["lams"]], widen)
+            swept: dict[float, dict] = {}
+
+            def l1_psnr(lam: float, swept: dict = swept, volume: Callable = volume) -> float:
+                swept[lam] = volume("l1_wavelet", l1_spec, lam)
+                return swept[lam]["PSNR"]
+
+            lams = sorted(float(v) for v in l1_spec["lams"])
+            step = lams[1] / lams[0] if len(lams) > 1 else 3.0
+            lam, _, interior = sweep_until_interior(l1_psnr, lams, step, widen)
+            sweep = swept
             dds = volume("dds", dds_spec, None)
             rows.append({"setting": tag, "accel": float(setting["accel"]), "group": vol["group"],
                          "volume": vol["name"], "lam": lam, "interior": interior, "l1": sweep[lam], "dds": dds,

@@ -7,7 +7,7 @@ drawn volume (:func:`clustered_mean_ci`).  All resampling is seeded, so the same
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -96,6 +96,34 @@ def half_steps(value: float, step: float) -> tuple[float, float]:
     the refinement of an interior best of a geometric sweep with ratio ``step``."""
     half = float(step) ** 0.5
     return float(f"{value / half:.3g}"), float(f"{value * half:.3g}")
+
+
+def sweep_until_interior(run: Callable[[float], float], values: Sequence[float], step: float,
+                         widen: int) -> tuple[float, dict[float, float], bool]:
+    """Sweep ``run(value) -> score`` (higher is better) until its best is interior, then refine it.
+
+    Every value of ``values`` is run; a best at an end (:func:`select_parameter`) extends the sweep by one value
+    ``step`` beyond that end (3 significant digits), at most ``widen`` times; an interior best is then refined by
+    :func:`half_steps`.  Returns the best value, every value's score and whether the best is interior.
+    """
+    scores = {float(v): float(run(float(v))) for v in sorted(values)}
+
+    def chosen() -> tuple[float, str]:
+        return select_parameter({v: [s] for v, s in scores.items()})
+
+    for _ in range(widen):
+        best, where = chosen()
+        if not where.startswith("edge"):
+            break
+        new = float(f"{(best / step if where == 'edge (lowest)' else best * step):.3g}")
+        scores[new] = float(run(new))
+    best, where = chosen()
+    if where == "interior":
+        for new in half_steps(best, step):
+            if new not in scores:
+                scores[new] = float(run(new))
+        best, where = chosen()
+    return best, scores, where == "interior"
 
 
 def select_parameter(scores: Mapping[float, Sequence[float]]) -> tuple[float, str]:

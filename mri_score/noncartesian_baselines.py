@@ -158,7 +158,7 @@ def l1_wavelet(samples: np.ndarray, coords: np.ndarray, cal: Calibration, lam: f
     h, w = op.image_shape
     wav = sp.linop.Wavelet((h, w), wave_name=WAVELET)
     diag, precondition = _circulant_solver(op)
-    rho = float(rho) if rho is not None else max(10.0 * lam, float(diag.real.mean()))
+    rho = float(rho) if rho is not None else max(10.0 * lam, float(diag.mean()))
     with torch.no_grad():
         aty = op.adjoint(y)[None]
         x = torch.zeros_like(aty)

@@ -867,19 +867,19 @@ def test_dev_ablation_block_renders_one_table_per_csv_in_order(tmp_path):
 def test_oracle_lambda_report_sweeps_per_volume_until_interior_and_refines(tmp_path, tiny_prior_path):
     """The per-volume L1 oracle widens a sweep whose best is at an edge, refines an interior best by half steps, and
     the report pairs DDS with it per volume; a final-set config is refused in one line."""
-    from benchmarks.run_oracle_lambda import main, oracle_sweep
-    from benchmarks.stats import half_steps
+    from benchmarks.run_oracle_lambda import main
+    from benchmarks.stats import half_steps, sweep_until_interior
 
     calls = []
 
     def peak_at(best):
-        return lambda lam: calls.append(lam) or {"PSNR": -abs(np.log(lam / best))}
+        return lambda lam: calls.append(lam) or -abs(np.log(lam / best))
 
-    lam, sweep, interior = oracle_sweep(peak_at(0.05), [0.001, 0.003, 0.01], widen=2)
+    lam, sweep, interior = sweep_until_interior(peak_at(0.05), [0.001, 0.003, 0.01], 3.0, widen=2)
     assert interior and {0.001, 0.003, 0.01, 0.03, 0.09} <= set(sweep)  # widened twice
     assert set(half_steps(0.03, 3.0)) <= set(sweep) and lam == pytest.approx(0.052)  # then refined around 0.03
     calls.clear()
-    lam, sweep, interior = oracle_sweep(peak_at(1e-6), [0.001, 0.003, 0.01], widen=1)
+    lam, sweep, interior = sweep_until_interior(peak_at(1e-6), [0.001, 0.003, 0.01], 3.0, widen=1)
     assert not interior and lam == pytest.approx(0.000333) and len(calls) == 4  # still an edge: no refinement
     cfg = {"name": "bench_oracle_tiny", "seed": 0, "prior": str(tiny_prior_path),
            "data": {"size": [48, 48], "coils": 4, "snr": 100, "families": ["t1"],
