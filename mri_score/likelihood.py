@@ -42,12 +42,17 @@ class Likelihood(ABC):
     #: the term offers :meth:`data_step`
     has_data_step: bool = False
     #: the term's forward model samples k-space off the Cartesian grid (a NUFFT); samplers whose tuned settings
-    #: differ by physics read it (:meth:`mri_score.samplers.dds.DDSConfig.cg_steps`, with :meth:`tuned_cg_steps`)
+    #: differ by physics read it (:meth:`mri_score.samplers.dds.DDSConfig.cg_steps` and ``gamma_floor``, with
+    #: :meth:`tuned_cg_steps` and :meth:`tuned_gamma_floor`)
     noncartesian: bool = False
 
     def tuned_cg_steps(self) -> int:
         """CG steps per DDS step tuned for this term's physics (non-Cartesian terms: by the trajectory's kind and density)."""
         raise InputError(f"{type(self).__name__} has no tuned CG count: give the sampler option cg_iters_noncartesian")
+
+    def tuned_gamma_floor(self) -> float | None:
+        """DDS's data-weight floor tuned for this term's physics; None: the sampler's ``gamma_min`` (Cartesian terms)."""
+        return None
 
     @abstractmethod
     def grad(self, x: torch.Tensor) -> torch.Tensor:

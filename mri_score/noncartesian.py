@@ -254,6 +254,16 @@ NONCARTESIAN_CG_BY_COVERAGE: CoverageTables = MappingProxyType({
 })
 
 
+#: DDS's data-weight floor on a trajectory by its kind (:data:`TRAJECTORIES`), where ``gamma_min_noncartesian`` is not
+#: given (:meth:`mri_score.samplers.dds.DDSConfig.gamma_floor`); a kind without an entry (``other``) keeps
+#: ``gamma_min``.  Fitted by rule version 1 of ``benchmarks/run_noncartesian_floor.py`` on the synthetic tuning
+#: subjects (``benchmarks/results/noncartesian_floor_tuning.md``: radial 16-96 spokes and spirals of 4-16 interleaves
+#: at 128² on the 2x grid, floors 0.033-1): +0.43 dB over the Cartesian floor 1 averaged over the radial settings
+#: (+0.10 at 16 spokes to +0.73 at 64), +1.69 dB over the spirals (+1.1 to +2.1); the optimum is flat, within
+#: 0.1 dB from 0.1 to 0.3 (radial) and 0.033 to 0.1 (spiral).
+NONCARTESIAN_GAMMA_FLOOR: Mapping[str, float] = MappingProxyType({"radial": 0.173, "spiral": 0.0577})
+
+
 def _nearest_steps(table: tuple[tuple[float, int], ...], coverage: float) -> int:
     """The steps of ``table``'s row nearest ``coverage`` (the lower coverage's on a tie)."""
     return int(min(table, key=lambda row: (abs(row[0] - coverage), row[0]))[1])
@@ -348,9 +358,9 @@ def coil_compression(volume: NonCartesianVolume, virtual_coils: str | int) -> to
 #: non-Cartesian data instead of the Cartesian ``cg_iters`` (10), 3 since the count follows the trajectory's grid
 #: coverage (:data:`NONCARTESIAN_CG_BY_COVERAGE`) and the coils are compressed (:data:`NONCARTESIAN_VIRTUAL_COILS`),
 #: 4 since the count follows the trajectory's kind as well, within a time budget, and ``--grid auto`` samples on the
-#: 2x grid (:data:`mri_score.resolution.TRAJECTORY_GRID_MIN_COVERAGE`); factors fitted before version 2 name no
-#: version.
-NONCARTESIAN_DEFAULTS_VERSION = 4
+#: 2x grid (:data:`mri_score.resolution.TRAJECTORY_GRID_MIN_COVERAGE`), 5 since the data weight's floor follows the
+#: trajectory's kind (:data:`NONCARTESIAN_GAMMA_FLOOR`); factors fitted before version 2 name no version.
+NONCARTESIAN_DEFAULTS_VERSION = 5
 #: The last part of every :func:`calibration_key`: the non-Cartesian defaults' version.
 CALIBRATION_KEY_SUFFIX = f"/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
 
@@ -1058,6 +1068,10 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
     def tuned_cg_steps(self) -> int:
         """DDS's CG steps for this trajectory's kind and density: :func:`cg_steps_for_coverage` of :meth:`coverage`."""
         return cg_steps_for_coverage(self.coverage(), self.trajectory)
+
+    def tuned_gamma_floor(self) -> float | None:
+        """DDS's data-weight floor for this trajectory's kind: :data:`NONCARTESIAN_GAMMA_FLOOR`'s entry (None: none)."""
+        return NONCARTESIAN_GAMMA_FLOOR.get(self.trajectory)
 
     def gridded(self) -> torch.Tensor:
         """``Aᴴ(W y)``: the density-compensated (gridding) SENSE-1 image ``(H, W)``, the sampler's start (computed once).

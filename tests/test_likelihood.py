@@ -149,7 +149,7 @@ def test_budget_is_network_evaluations_for_every_sampler(name):
     ("dds", {"cg_iter": 5}, "unknown dds option cg_iter; the dds sampler takes sigma_max"),
     ("dds", {"cg_iters": 2.5}, "dds option cg_iters must be int"),
     ("dds", {"cg_iters": -1}, "dds option cg_iters must be >= 0"),
-    ("dds", {"gamma": "lots"}, "dds option gamma must be float or none"),
+    ("dds", {"gamma": "lots"}, "dds option gamma must be float, auto or none"),
     ("dds", {"sigma_max": 0.001}, "sigma_max must be > sigma_min"),
     ("langevin", {"gamma": 2.0}, "unknown langevin option gamma"),
     ("langevin", {"steps_per_level": 0}, "steps_per_level must be >= 1"),

@@ -404,7 +404,7 @@ def test_dds_end_to_end_and_determinism(small_volume, tiny_runtime):
     assert not np.array_equal(a.image, c.image)
     # slice i is sampled with seed + i, as on the Cartesian path
     one = NonCartesianVolume(small_volume.samples[1:], small_volume.coords, small_volume.matrix,
-                             density=small_volume.density)
+                             density=small_volume.density, trajectory=small_volume.trajectory)
     d = reconstruct_noncartesian_volume(one, tiny_runtime, req.replace(seed=8), calibrations=cals[1:])
     assert np.array_equal(d.image[0], a.image[1])
     crop = reconstruct_noncartesian_volume(small_volume, tiny_runtime, req.replace(samples=1), calibrations=cals,
@@ -448,27 +448,37 @@ def test_dds_takes_the_noncartesian_cg_count_on_trajectories(calibrated, tiny_ru
     assert n_fewer == 2 * (auto + 2) and not torch.equal(base, fewer)
 
 
-def test_dds_data_weight_floor_on_trajectories_only(calibrated, tiny_runtime):
-    """``gamma_min_noncartesian`` clips a trajectory term's data weight instead of ``gamma_min`` and never reaches a
-    Cartesian term; unset, both physics keep ``gamma_min``."""
+def test_dds_data_weight_floor_on_trajectories_only(calibrated, tiny_runtime, monkeypatch):
+    """A trajectory term's data weight is clipped at ``gamma_min_noncartesian`` where given, else at its kind's entry
+    of ``NONCARTESIAN_GAMMA_FLOOR`` (at most ``gamma_max``), else at ``gamma_min``; a Cartesian term always at
+    ``gamma_min``."""
+    from mri_score import noncartesian
     from mri_score.likelihood import GaussianKspaceLikelihood
+    from mri_score.samplers import sampler_config
     from mri_score.samplers.dds import DDSConfig, sample_dds
     from operators import Sense
 
     vol, cal = calibrated
     term, _ = _term(vol, cal)
     cartesian = GaussianKspaceLikelihood(Sense(cal.maps), torch.zeros(cal.maps.shape, dtype=torch.complex64), 0.1)
+    monkeypatch.setattr(noncartesian, "NONCARTESIAN_GAMMA_FLOOR", {})
     assert DDSConfig().gamma_floor(term) == DDSConfig().gamma_floor(cartesian) == 1.0
+    monkeypatch.setattr(noncartesian, "NONCARTESIAN_GAMMA_FLOOR", {vol.trajectory: 0.5})
+    assert (DDSConfig().gamma_floor(term), DDSConfig().gamma_floor(cartesian)) == (0.5, 1.0)
+    assert DDSConfig(gamma_min=0.2, gamma_max=0.4).gamma_floor(term) == 0.4
     cfg = DDSConfig(gamma_min_noncartesian=0.3)
     assert (cfg.gamma_floor(term), cfg.gamma_floor(cartesian)) == (0.3, 1.0)
+    assert sampler_config("dds", {"gamma_min_noncartesian": "auto"}).gamma_floor(term) == 0.5
 
     def run(cfg):
         x0 = term.gridded().expand(1, -1, -1).clone()
         return sample_dds(ComplexPrior(tiny_runtime), [term], x0, torch.Generator().manual_seed(0), 3, cfg).samples
 
     floor = run(DDSConfig(gamma_min_noncartesian=0.3))
-    assert torch.equal(floor, run(DDSConfig(gamma_min=0.3)))  # on a trajectory it is the floor the step uses
-    assert not torch.equal(floor, run(DDSConfig()))
+    assert not torch.equal(floor, run(DDSConfig(gamma_min_noncartesian=1.0)))
+    monkeypatch.setattr(noncartesian, "NONCARTESIAN_GAMMA_FLOOR", {vol.trajectory: 0.3})
+    assert torch.equal(floor, run(DDSConfig()))  # the kind's entry is the floor the step uses
+    assert torch.equal(floor, run(DDSConfig(gamma_min=2.0)))  # gamma_min does not reach a tuned trajectory
     for bad in (0.0, -1.0, 2e4):
         with pytest.raises(InputError, match="gamma_min_noncartesian"):
             ReconRequest(sampler="dds", options={"gamma_min_noncartesian": bad})
@@ -502,7 +512,7 @@ def test_coil_compression_of_a_volume_keeps_the_sense_model():
 
 def test_reconstruction_samples_on_the_virtual_coils(tiny_runtime, monkeypatch):
     import mri_score.noncartesian as nc
-    from mri_score.noncartesian import calibration_key, coil_compression, virtual_coil_count
+    from mri_score.noncartesian import CALIBRATION_KEY_SUFFIX, calibration_key, coil_compression, virtual_coil_count
     from operators import compress_coils
 
     vol = simulate_noncartesian(phantom(32, 2), "radial", 12, coils=6, seed=3, pixel_mm=(2.0, 2.0))
@@ -533,7 +543,7 @@ def test_reconstruction_samples_on_the_virtual_coils(tiny_runtime, monkeypatch):
     # the std key names the count only where it differs from auto's on the volume
     key = calibration_key(req, vol)
     assert "virtual_coils" not in key and calibration_key(req.replace(virtual_coils=3), vol) == key
-    assert calibration_key(req.replace(virtual_coils="all"), vol).endswith("/virtual_coils=6/nc@v4")
+    assert calibration_key(req.replace(virtual_coils="all"), vol).endswith(f"/virtual_coils=6{CALIBRATION_KEY_SUFFIX}")
     assert calibration_key(req.replace(virtual_coils=9), vol) == calibration_key(req.replace(virtual_coils="all"), vol)
 
 

@@ -231,6 +231,33 @@ def test_cg_tuning_script_writes_a_table_and_refuses_bad_flags(tmp_path, tiny_pr
     assert len(err) == 1 and "--cg-iters" in err[0] and not bad.exists()
 
 
+def test_floor_rule_adopts_a_kinds_best_only_when_it_beats_the_cartesian_floor(tmp_path, tiny_prior_path, capsys):
+    from benchmarks.run_noncartesian_floor import choose, main
+
+    assert choose(0.3, {0.1: 30.0, 0.3: 30.5, 1.0: 30.3}) == 0.3
+    assert choose(0.3, {0.1: 30.0, 0.3: 30.35, 1.0: 30.3}) is None  # 0.05 dB: within the margin, keeps gamma_min
+    assert choose(1.0, {0.3: 29.0, 1.0: 30.0, 3.0: 29.5}) is None
+    with pytest.raises(InputError, match="reference floor 1"):
+        choose(0.3, {0.1: 1.0, 0.3: 2.0})
+    out = tmp_path / "floor.md"
+    assert main(["--prior", str(tiny_prior_path), "--config", str(ROOT / "configs" / "bench_dev.yaml"), "--synth-size",
+                 "32", "--slices", "1", "--spokes", "8", "--interleaves", "--nfe", "2", "--threads", "1",
+                 "--out", str(out)]) == 0
+    text = out.read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    assert lines[0] == "| floor | radial 8 spokes |"
+    floors = [float(ln.split(" | ")[0].lstrip("| ")) for ln in lines[2:] if not ln.startswith("| kind") and
+              not ln.startswith("| radial") and not ln.startswith("|---")]
+    assert {0.1, 0.3, 1.0} <= set(floors) and floors == sorted(floors)
+    kind_row = next(ln for ln in lines if ln.startswith("| radial | "))
+    best = float(kind_row.split(" | ")[2])
+    assert best in floors and "**Entries by the rule** (`NONCARTESIAN_GAMMA_FLOOR`): `{" in text
+    bad = tmp_path / "bad.md"
+    assert main(["--config", str(ROOT / "configs" / "bench_dev.yaml"), "--spokes", "0", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--spokes" in err[0] and not bad.exists()
+
+
 def test_coil_compression_rule_and_report(tmp_path, tiny_prior_path, capsys):
     from benchmarks.run_coil_compression import choose, main
 

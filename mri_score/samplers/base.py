@@ -80,11 +80,11 @@ class SamplerConfig:
 
 def _coerce(sampler: str, option: str, kind: str, value: Any) -> Any:
     """``value`` as the option's type (``float``, ``int``, ``bool``, ``float | None``, ``int | None``, ``str``); strings
-    are parsed (``none`` and ``null`` are ``None``, and for ``int | None`` also ``auto``: the option's rule decides)."""
+    are parsed (``none``, ``null`` and ``auto`` are ``None`` for the ``| None`` types: the option's rule decides)."""
     kind = kind.replace(" ", "")
-    words = {"int|None": "int, auto or none", "float|None": "float or none"}
+    words = {"int|None": "int, auto or none", "float|None": "float, auto or none"}
     bad = InputError(f"{sampler} option {option} must be {words.get(kind, kind)}, got {value!r}")
-    nones = {"float|None": ("none", "null"), "int|None": ("none", "null", "auto")}
+    nones = {"float|None": ("none", "null", "auto"), "int|None": ("none", "null", "auto")}
     if kind in nones and (value is None or (isinstance(value, str) and value.strip().lower() in nones[kind])):
         return None
     if kind.startswith("float"):

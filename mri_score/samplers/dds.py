@@ -13,8 +13,9 @@ Per step i (Karras σ schedule):
 Tweedie estimate has error variance of about ``r_i² = σ_i² σ_d² / (σ_i² + σ_d²)``
 per real component and the data ``σ_y²/2``, so the MAP of the two is
 ``γ_i = 2 r_i² / σ_y²`` (times ``gamma_scale``), clipped to ``[gamma_min, gamma_max]``.
-A fixed ``gamma`` overrides it.  On a non-Cartesian term ``gamma_min_noncartesian``, where given,
-replaces ``gamma_min`` (:meth:`DDSConfig.gamma_floor`).
+A fixed ``gamma`` overrides it.  On a non-Cartesian term the floor is ``gamma_min_noncartesian`` where given, else
+the floor tuned for the trajectory's kind (:data:`mri_score.noncartesian.NONCARTESIAN_GAMMA_FLOOR`), else
+``gamma_min`` (:meth:`DDSConfig.gamma_floor`).
 
 ``gamma_rule=discrepancy`` replaces the formula's ``r_i²`` (right only when the prior is) by the
 error the data show: the estimate's discrepancy ``‖A x̂₀ − y‖²`` has expectation
@@ -104,21 +105,27 @@ class DDSConfig(SamplerConfig):
         self._require(self.gamma_min > 0, "gamma_min", "> 0")
         self._require(self.gamma_max >= self.gamma_min, "gamma_max", ">= gamma_min")
         self._require(self.gamma_min_noncartesian is None or 0 < self.gamma_min_noncartesian <= self.gamma_max,
-                      "gamma_min_noncartesian", "in (0, gamma_max] or none")
+                      "gamma_min_noncartesian", "in (0, gamma_max], auto or none")
         self._require(self.gamma_rule in GAMMA_RULES, "gamma_rule", f"one of {', '.join(GAMMA_RULES)}")
         self._require(self.final_gamma_rule in ("same", *GAMMA_RULES), "final_gamma_rule",
                       f"one of same, {', '.join(GAMMA_RULES)}")
 
     def gamma_floor(self, term: Likelihood) -> float:
-        """The lower clip of ``term``'s data weight: ``gamma_min``, or ``gamma_min_noncartesian`` where given on a
-        non-Cartesian k-space term (:attr:`mri_score.likelihood.Likelihood.noncartesian`).
+        """The lower clip of ``term``'s data weight: on a non-Cartesian k-space term
+        (:attr:`mri_score.likelihood.Likelihood.noncartesian`) ``gamma_min_noncartesian`` where given (``auto`` or
+        ``none``: not given), else the floor tuned for its trajectory's kind (:meth:`mri_score.likelihood.Likelihood.
+        tuned_gamma_floor`, at most ``gamma_max``), else ``gamma_min``; ``gamma_min`` on every other term.
 
         The noise rule's weight falls below 1 once σ is small, so the floor sets it for most steps.  The
         unweighted NUFFT Gram is not bounded by ``I`` as a masked orthonormal FFT is, so one floor need not suit
         both physics (``docs/history.md``, the floor probe on trajectories).
         """
-        if term.noncartesian and self.gamma_min_noncartesian is not None:
-            return self.gamma_min_noncartesian
+        if term.noncartesian:
+            if self.gamma_min_noncartesian is not None:
+                return self.gamma_min_noncartesian
+            tuned = term.tuned_gamma_floor()
+            if tuned is not None:
+                return min(tuned, self.gamma_max)
         return self.gamma_min
 
     def cg_steps(self, term: Likelihood) -> int:
