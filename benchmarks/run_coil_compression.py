@@ -31,18 +31,22 @@ guard_startup(__name__)  # first, before torch: a signal while starting exits qu
 # isort: split
 import argparse
 import sys
-import time
 
 import numpy as np
 import torch
 
 from benchmarks.harness import check_args, write_report
 from benchmarks.provenance import provenance
-from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, checked_settings, setting_label
+from benchmarks.tuning_split import (
+    TuningSplit,
+    add_trajectory_flags,
+    checked_settings,
+    scored_reconstruction,
+    setting_label,
+)
 from mri_score import limits
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
-from mri_score.metrics import volume_metrics
-from mri_score.noncartesian import NonCartesianVolume, coil_compression, reconstruct_noncartesian_volume
+from mri_score.noncartesian import NonCartesianVolume, coil_compression
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, load_prior
 from mri_score.request import ReconRequest
 from operators.coils import compress_coils
@@ -95,15 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         tag = setting_label(kind, count)
         for v in vols:
             acq = split.acquire(v, kind, count)
-            truth = np.abs(acq.target)
             for c in counts:
                 request = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed,
                                        virtual_coils=c)
                 energy = kept_energy(acq, request.virtual_coils)
-                t0 = time.perf_counter()
-                res = reconstruct_noncartesian_volume(acq, prior, request)
-                seconds = (time.perf_counter() - t0) / acq.slices
-                psnr = volume_metrics(truth, res.image)["PSNR"]
+                psnr, seconds = scored_reconstruction(acq, prior, request)
                 rows.append({"setting": tag, "volume": v["name"], "coils": c, "psnr": psnr, "energy": energy,
                              "seconds": seconds})
                 print(f"{tag} | {v['name']} | coils {c}: {psnr:.2f} dB, energy {energy:.5f}, {seconds:.2f} s/slice",

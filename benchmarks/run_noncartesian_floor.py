@@ -32,18 +32,22 @@ guard_startup(__name__)  # first, before torch: a signal while starting exits qu
 # isort: split
 import argparse
 import sys
-import time
 
 import numpy as np
 
 from benchmarks.harness import check_args, write_report
 from benchmarks.provenance import provenance
 from benchmarks.stats import sweep_until_interior
-from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, checked_settings, setting_label
+from benchmarks.tuning_split import (
+    TuningSplit,
+    add_trajectory_flags,
+    checked_settings,
+    scored_reconstruction,
+    setting_label,
+)
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import InputError
-from mri_score.metrics import volume_metrics
-from mri_score.noncartesian import NonCartesianVolume, reconstruct_noncartesian_volume, resolve_grid
+from mri_score.noncartesian import NonCartesianVolume, resolve_grid
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, load_prior
 from mri_score.request import ReconRequest
 
@@ -70,10 +74,7 @@ def run_floor(rows: list[dict], tag: str, name: str, acq: NonCartesianVolume, pr
               request: ReconRequest, floor: float) -> float:
     """Reconstruct ``acq`` at data-weight floor ``floor``; append ``{setting, volume, floor, psnr, seconds}`` (seconds
     per slice) to ``rows`` and return the volume's PSNR (dB)."""
-    t0 = time.perf_counter()
-    res = reconstruct_noncartesian_volume(acq, prior, request.replace(options={"gamma_min_noncartesian": floor}))
-    seconds = (time.perf_counter() - t0) / acq.slices
-    psnr = float(volume_metrics(np.abs(acq.target), res.image)["PSNR"])
+    psnr, seconds = scored_reconstruction(acq, prior, request.replace(options={"gamma_min_noncartesian": floor}))
     rows.append({"setting": tag, "volume": name, "floor": floor, "psnr": psnr, "seconds": seconds})
     print(f"{tag} | {name} | floor {floor:g}: {psnr:.2f} dB, {seconds:.2f} s/slice", flush=True)
     return psnr

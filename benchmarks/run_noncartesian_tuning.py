@@ -57,7 +57,6 @@ guard_startup(__name__)  # first, before torch: a signal while starting exits qu
 import argparse
 import functools
 import sys
-import time
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -65,16 +64,20 @@ import numpy as np
 from benchmarks.cartesian_reference import bracketed, cartesian_reference, cartesian_seconds
 from benchmarks.harness import check_args, write_report
 from benchmarks.provenance import provenance
-from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, checked_settings, setting_label
+from benchmarks.tuning_split import (
+    TuningSplit,
+    add_trajectory_flags,
+    checked_settings,
+    scored_reconstruction,
+    setting_label,
+)
 from mri_score import limits
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import InputError
-from mri_score.metrics import volume_metrics
 from mri_score.noncartesian import (
     CoverageTables,
     NonCartesianVolume,
     cg_steps_for_coverage,
-    reconstruct_noncartesian_volume,
     resolve_grid,
 )
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, load_prior
@@ -154,12 +157,8 @@ def table_psnr(means: Mapping[int, Mapping[str, float]], coverage: Mapping[str, 
 def run_counts(rows: list[dict], tag: str, name: str, acq: NonCartesianVolume, prior: ComplexPrior,
                request: ReconRequest, counts: Iterable[int]) -> None:
     """Reconstruct ``acq`` with each CG count, appending ``{setting, volume, cg, psnr, seconds}`` (per slice) to ``rows``."""
-    truth = np.abs(acq.target)
     for n in sorted(set(counts)):
-        t0 = time.perf_counter()
-        res = reconstruct_noncartesian_volume(acq, prior, request.replace(options={"cg_iters_noncartesian": n}))
-        seconds = (time.perf_counter() - t0) / acq.slices
-        psnr = volume_metrics(truth, res.image)["PSNR"]
+        psnr, seconds = scored_reconstruction(acq, prior, request.replace(options={"cg_iters_noncartesian": n}))
         rows.append({"setting": tag, "volume": name, "cg": n, "psnr": psnr, "seconds": seconds})
         print(f"{tag} | {name} | cg {n}: {psnr:.2f} dB, {seconds:.2f} s/slice", flush=True)
 

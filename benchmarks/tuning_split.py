@@ -1,26 +1,33 @@
 """The synthetic tuning split of a protocol on radial and spiral trajectories, shared by the scripts that fit or tune
 on it (``run_noncartesian_calibration.py``: the std factor per trajectory; ``run_noncartesian_tuning.py``: DDS's CG
-steps on trajectories; ``run_coil_compression.py``: the virtual coils).
+steps on trajectories; ``run_noncartesian_floor.py``: its data-weight floor; ``run_coil_compression.py``: the virtual
+coils).
 
 :func:`add_trajectory_flags` adds the flags they share to a script's own parser (argument parsing stays in the
 command-line modules, as :func:`benchmarks.harness.add_check_flags`); :func:`settings_of` reads the trajectory
 settings back (:func:`checked_settings` with the tuning scripts' other checks) and :func:`setting_label` names one
 (both also used by ``run_noncartesian.py``); :class:`TuningSplit` simulates a protocol config's tuning subjects on a
-trajectory.
+trajectory; :func:`scored_reconstruction` reconstructs one with a request and scores it, as every tuning script does.
 """
 
 from __future__ import annotations
 
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from benchmarks.harness import add_check_flags
 from benchmarks.protocol import synthetic_spec, synthetic_subject_volumes, validate_protocol
 from mri_score import limits
 from mri_score.config import load_config
 from mri_score.errors import InputError
-from mri_score.noncartesian import NonCartesianVolume
+from mri_score.metrics import volume_metrics
+from mri_score.noncartesian import NonCartesianVolume, reconstruct_noncartesian_volume
+from mri_score.prior import ComplexPrior
+from mri_score.request import ReconRequest
 from mri_score.simulate_noncartesian import simulate_noncartesian
 
 
@@ -61,6 +68,15 @@ def checked_settings(args: Any, min_samples: int = 1) -> list[tuple[str, int]]:
 def setting_label(kind: str, count: int) -> str:
     """A trajectory setting as the reports name it: ``radial 32 spokes``, ``spiral 8 interleaves``."""
     return f"{kind} {count} {'spokes' if kind == 'radial' else 'interleaves'}"
+
+
+def scored_reconstruction(acq: NonCartesianVolume, prior: ComplexPrior, request: ReconRequest) -> tuple[float, float]:
+    """Reconstruct the simulated ``acq`` with ``request``: fastMRI's per-volume PSNR (dB) of ``|x|`` against the
+    noise-free magnitude and the seconds per slice (calibration included)."""
+    t0 = time.perf_counter()
+    res = reconstruct_noncartesian_volume(acq, prior, request)
+    seconds = (time.perf_counter() - t0) / acq.slices
+    return float(volume_metrics(np.abs(acq.target), res.image)["PSNR"]), seconds
 
 
 @dataclass(frozen=True)

@@ -1036,7 +1036,7 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
         Circulant-preconditioned CG in :meth:`prox` (plain CG, as the Cartesian term, by default).
     trajectory : str
         The trajectory's kind (:data:`TRAJECTORIES`, :attr:`NonCartesianVolume.trajectory`), which with the coverage
-        sets DDS's CG steps (:meth:`tuned_cg_steps`).
+        sets DDS's CG steps (:meth:`tuned_cg_steps`) and alone its data-weight floor (:meth:`tuned_gamma_floor`).
     """
 
     noncartesian = True

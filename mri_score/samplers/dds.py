@@ -23,13 +23,13 @@ error the data show: the estimate's discrepancy ``‖A x̂₀ − y‖²`` has e
 component), so ``2 r̂² = max(0, ‖A x̂₀ − y‖² − N σ_y²) / tr(AᴴA)``
 (:meth:`mri_score.likelihood.GaussianKspaceLikelihood.error_variance`) and
 ``γ_i = 2 r̂_i² / σ_y²`` (times ``gamma_scale``, clipped).  An estimate the data agree with to the
-noise level gets ``gamma_min``; one the data contradict (a prior off its training distribution)
+noise level gets the floor (:meth:`DDSConfig.gamma_floor`); one the data contradict (a prior off its training distribution)
 gets the weight its actual error calls for.  One forward model per step, per slice and step, no tuning.
 Both rules give each slice of a batch its own γ_i (its own σ_y and discrepancy).
 
 ``final_gamma_rule=discrepancy`` applies the discrepancy rule at the last step only (the others keep
 ``gamma_rule``): there the noise rule's ``r_i`` (σ_min = 0.002) would claim an all but exact prior estimate and
-give ``gamma_min``, whereas the data show the error the estimate actually has; when the data almost suffice
+give the floor, whereas the data show the error the estimate actually has; when the data almost suffice
 (high SNR, low acceleration) the last data-consistency step then weighs them by what they are worth.
 
 Likelihood terms with a proximal step (the Gaussian k-space term) enter through step 2, one
@@ -100,7 +100,7 @@ class DDSConfig(SamplerConfig):
         self._require(self.cg_iters_noncartesian is None or self.cg_iters_noncartesian >= 0, "cg_iters_noncartesian",
                       ">= 0 or auto")
         self._require(0.0 <= self.eta <= 1.0, "eta", "in [0, 1]")
-        self._require(self.gamma is None or self.gamma > 0, "gamma", "> 0 or none")
+        self._require(self.gamma is None or self.gamma > 0, "gamma", "> 0, auto or none")
         self._require(self.gamma_scale > 0, "gamma_scale", "> 0")
         self._require(self.gamma_min > 0, "gamma_min", "> 0")
         self._require(self.gamma_max >= self.gamma_min, "gamma_max", ">= gamma_min")
