@@ -40,14 +40,14 @@ from benchmarks.provenance import provenance
 from benchmarks.tuning_split import (
     TuningSplit,
     add_trajectory_flags,
-    checked_settings,
     scored_reconstruction,
     setting_label,
+    tuning_inputs,
 )
 from mri_score import limits
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.noncartesian import NonCartesianVolume, coil_compression
-from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, load_prior
+from mri_score.prior import DEFAULT_PRIOR
 from mri_score.request import ReconRequest
 from operators.coils import compress_coils
 
@@ -89,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     check_args(args)
     for n in args.virtual_coils:
         limits.check_int(n, "--virtual-coils", 1, 1024)
-    settings = checked_settings(args)
-    split = TuningSplit.of_config(args.config)
-    prior = ComplexPrior(load_prior(args.prior))
-    vols = split.volumes(args.slices, args.synth_size)
+    settings, split, prior, vols = tuning_inputs(args)
     counts = ["all", *(str(n) for n in sorted(set(args.virtual_coils), reverse=True))]
     rows: list[dict] = []
     for kind, count in settings:

@@ -41,14 +41,14 @@ from benchmarks.stats import sweep_until_interior
 from benchmarks.tuning_split import (
     TuningSplit,
     add_trajectory_flags,
-    checked_settings,
     scored_reconstruction,
     setting_label,
+    tuning_inputs,
 )
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import InputError
 from mri_score.noncartesian import NonCartesianVolume, resolve_grid
-from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, load_prior
+from mri_score.prior import DEFAULT_PRIOR, ComplexPrior
 from mri_score.request import ReconRequest
 
 #: Rule: the floors every kind's sweep starts from, and its step (×3; half steps ×/÷ √3).
@@ -100,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     """Sweep the floor per trajectory kind on the tuning slices; write the report with the rule's entries."""
     args = build_parser().parse_args(argv)
     check_args(args)
-    settings = checked_settings(args)
-    split = TuningSplit.of_config(args.config)
-    prior = ComplexPrior(load_prior(args.prior))
-    vols = split.volumes(args.slices, args.synth_size)
+    settings, split, prior, vols = tuning_inputs(args)
     request = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed, grid=args.grid)
     meta = getattr(prior.model, "meta", None)
     rows: list[dict] = []

@@ -45,11 +45,11 @@ import numpy as np
 from benchmarks.cartesian_reference import bracketed, cartesian_reference, cartesian_seconds
 from benchmarks.harness import check_args, write_report
 from benchmarks.provenance import provenance
-from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, checked_settings, setting_label
+from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, setting_label, tuning_inputs
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.metrics import volume_metrics
 from mri_score.noncartesian import reconstruct_noncartesian_volume
-from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, load_prior
+from mri_score.prior import DEFAULT_PRIOR
 from mri_score.request import ReconRequest
 from mri_score.resolution import LOW_ACCEL_FACTOR
 from operators.trajectories import grid_coverage
@@ -89,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     """Reconstruct the tuning slices on both grids per setting, time the Cartesian reference; write the report."""
     args = build_parser().parse_args(argv)
     check_args(args)
-    settings = checked_settings(args)
-    split = TuningSplit.of_config(args.config)
-    prior = ComplexPrior(load_prior(args.prior))
-    vols = split.volumes(args.slices, args.synth_size)
+    settings, split, prior, vols = tuning_inputs(args)
     requests = {g: ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed, grid=g)
                 for g in GRIDS}
     references = {v["name"]: cartesian_reference(v, split.spec["seed"], split.spec["coils"], split.spec["snr"])

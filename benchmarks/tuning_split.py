@@ -7,7 +7,8 @@ coils).
 command-line modules, as :func:`benchmarks.harness.add_check_flags`); :func:`settings_of` reads the trajectory
 settings back (:func:`checked_settings` with the tuning scripts' other checks) and :func:`setting_label` names one
 (both also used by ``run_noncartesian.py``); :class:`TuningSplit` simulates a protocol config's tuning subjects on a
-trajectory; :func:`scored_reconstruction` reconstructs one with a request and scores it, as every tuning script does.
+trajectory; :func:`tuning_inputs` gathers what a tuning script reconstructs and :func:`scored_reconstruction`
+reconstructs one acquisition with a request and scores it, as every tuning script does.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from mri_score.config import load_config
 from mri_score.errors import InputError
 from mri_score.metrics import volume_metrics
 from mri_score.noncartesian import NonCartesianVolume, reconstruct_noncartesian_volume
-from mri_score.prior import ComplexPrior
+from mri_score.prior import ComplexPrior, load_prior
 from mri_score.request import ReconRequest
 from mri_score.simulate_noncartesian import simulate_noncartesian
 
@@ -68,6 +69,16 @@ def checked_settings(args: Any, min_samples: int = 1) -> list[tuple[str, int]]:
 def setting_label(kind: str, count: int) -> str:
     """A trajectory setting as the reports name it: ``radial 32 spokes``, ``spiral 8 interleaves``."""
     return f"{kind} {count} {'spokes' if kind == 'radial' else 'interleaves'}"
+
+
+def tuning_inputs(args: Any) -> tuple[list[tuple[str, int]], TuningSplit, ComplexPrior, list[dict]]:
+    """A tuning script's inputs from its parsed flags (after its own checks): the :func:`checked_settings`, the
+    ``--config``'s :class:`TuningSplit`, the ``--prior`` (the shipped one by default) and the split's simulated
+    volumes (``--slices`` each at ``--synth-size``²)."""
+    settings = checked_settings(args)
+    split = TuningSplit.of_config(args.config)
+    prior = ComplexPrior(load_prior(args.prior))
+    return settings, split, prior, split.volumes(args.slices, args.synth_size)
 
 
 def scored_reconstruction(acq: NonCartesianVolume, prior: ComplexPrior, request: ReconRequest) -> tuple[float, float]:
