@@ -116,13 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             lams = sorted(float(v) for v in l1_spec["lams"])
             step = lams[1] / lams[0] if len(lams) > 1 else 3.0
             lam, _, interior = sweep_until_interior(l1_psnr, lams, step, widen)
-            sweep = swept
             dds = volume("dds", dds_spec, None)
             rows.append({"setting": tag, "accel": float(setting["accel"]), "group": vol["group"],
-                         "volume": vol["name"], "lam": lam, "interior": interior, "l1": sweep[lam], "dds": dds,
-                         "sweep": " ".join(f"{v:g}:{sweep[v]['PSNR']:.2f}" for v in sorted(sweep))})
+                         "volume": vol["name"], "lam": lam, "interior": interior, "l1": swept[lam], "dds": dds,
+                         "sweep": " ".join(f"{v:g}:{swept[v]['PSNR']:.2f}" for v in sorted(swept))})
             print(f"[{time.time() - t0:.0f}s] {tag} {vol['name']}: DDS {dds['PSNR']:.2f}, L1 oracle λ {lam:g} "
-                  f"{sweep[lam]['PSNR']:.2f} ({'interior' if interior else 'edge'})", flush=True)
+                  f"{swept[lam]['PSNR']:.2f} ({'interior' if interior else 'edge'})", flush=True)
     command = "python benchmarks/run_oracle_lambda.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["# DDS against L1-wavelet at its interior oracle λ per volume (issue #29's comparison)", "",
              provenance(command)
