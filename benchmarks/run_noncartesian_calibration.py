@@ -38,7 +38,7 @@ from benchmarks.tuning_split import TuningSplit, add_trajectory_flags, checked_s
 from mri_score import uncertainty
 from mri_score.atomic import check_writable
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
-from mri_score.noncartesian import calibration_key, reconstruct_noncartesian_volume
+from mri_score.noncartesian import calibration_key, reconstruct_noncartesian_volume, superseded_calibration_key
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior, default_prior_path, load_prior
 from mri_score.request import ReconRequest
 
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     stored = []
     for r in rows if args.store else []:
         side = uncertainty.store_factor(
-            prior_path, r["key"], r["factor"], LEVEL, rule="split-conformal factor of the pooled tuning pixels",
+            prior_path, r["key"], r["factor"], LEVEL, superseded=superseded_calibration_key,
+            rule="split-conformal factor of the pooled tuning pixels",
             fitted_on=f"{split.name} tuning subjects {', '.join(map(str, split.subjects))} "
                       f"({args.slices} slice(s) each), {r['setting']}", pixels=r["pixels"])
         stored.append(f"- std calibration stored: {side.name} [{r['key']}] = {r['factor']:.4f}")

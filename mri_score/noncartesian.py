@@ -365,6 +365,16 @@ NONCARTESIAN_DEFAULTS_VERSION = 5
 CALIBRATION_KEY_SUFFIX = f"/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
 
 
+def superseded_calibration_key(key: str) -> bool:
+    """Whether ``key`` is a trajectory std calibration key fitted under older non-Cartesian defaults.
+
+    A key with a trajectory part (``traj=…``, :func:`trajectory_key`) that does not end with this version's
+    :data:`CALIBRATION_KEY_SUFFIX` can never match a request again (:func:`calibration_key`); Cartesian keys are
+    never superseded by this rule.
+    """
+    return "/traj=" in key and not key.endswith(CALIBRATION_KEY_SUFFIX)
+
+
 def trajectory_key(volume: NonCartesianVolume) -> str:
     """The acquisition that the posterior std depends on, as a calibration key part: ``traj=…/readouts=…/matrix=…/kmax=…``.
 

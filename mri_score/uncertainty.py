@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -221,10 +221,14 @@ def read_sidecar(prior_path: str | os.PathLike[str]) -> dict:
     return data
 
 
-def store_factor(prior_path: str | os.PathLike[str], key: str, factor: float, level: float, **info: object) -> Path:
+def store_factor(prior_path: str | os.PathLike[str], key: str, factor: float, level: float,
+                 superseded: Callable[[str], bool] | None = None, **info: object) -> Path:
     """Add (or replace) the entry ``key`` of the prior's sidecar, written atomically; returns the sidecar path.
 
-    An existing sidecar made for a different prior file (other SHA-256) is replaced.
+    An existing sidecar made for a different prior file (other SHA-256) is replaced.  ``superseded``, where given,
+    names the entries that can no longer match any request (e.g. trajectory factors fitted under older
+    non-Cartesian defaults, :func:`mri_score.noncartesian.superseded_calibration_key`): they are dropped in the same
+    write, so the sidecar lists only factors that some request can still look up.
     """
     if not np.isfinite(factor) or factor <= 0:
         raise InputError(f"std calibration factor must be finite and > 0, got {factor}")
@@ -232,7 +236,7 @@ def store_factor(prior_path: str | os.PathLike[str], key: str, factor: float, le
     data = read_sidecar(prior_path)
     if data.get("prior_sha256") != digest:
         data = {}
-    entries = dict(data.get("entries", {}))
+    entries = {k: v for k, v in data.get("entries", {}).items() if superseded is None or not superseded(k)}
     entries[key] = {"factor": float(factor), "level": float(level), **info}
     data = {"prior": Path(prior_path).name, "prior_sha256": digest, "entries": entries}
     path = sidecar_path(prior_path)

@@ -130,9 +130,33 @@ def test_a_directory_rerun_redoes_a_trajectory_file_once_its_factor_is_stored(tm
         assert json.loads(hf.attrs["std_calibration"])["key"] == key
 
 
+def test_storing_a_trajectory_factor_drops_only_the_superseded_trajectory_entries(tiny_prior_path):
+    from mri_score.noncartesian import CALIBRATION_KEY_SUFFIX, superseded_calibration_key
+
+    request = ReconRequest(steps=2, samples=2)
+    cartesian = uncertainty.settings_key(request)
+    current = calibration_key(request, _volume("radial", 16))
+    older = current.removesuffix(CALIBRATION_KEY_SUFFIX) + "/nc@v1"
+    unversioned = current.removesuffix(CALIBRATION_KEY_SUFFIX)
+    assert [superseded_calibration_key(k) for k in (cartesian, current, older, unversioned)] == [False, False, True,
+                                                                                                  True]
+    for k in (cartesian, older, unversioned):
+        uncertainty.store_factor(tiny_prior_path, k, 2.0, 0.9)
+    # without the predicate nothing is dropped; with it only the trajectory entries of older defaults go
+    uncertainty.store_factor(tiny_prior_path, current, 3.0, 0.9)
+    assert set(uncertainty.matching_entries(tiny_prior_path)) == {cartesian, older, unversioned, current}
+    other = calibration_key(request, _volume("radial", 32))
+    uncertainty.store_factor(tiny_prior_path, other, 4.0, 0.9, superseded=superseded_calibration_key)
+    entries = uncertainty.matching_entries(tiny_prior_path)
+    assert set(entries) == {cartesian, current, other}
+    assert entries[current]["factor"] == 3.0 and entries[other]["factor"] == 4.0 and entries[cartesian]["factor"] == 2.0
+
+
 def test_fitting_script_writes_its_report_and_the_sidecar_entry(tmp_path, tiny_prior_path):
     from benchmarks.run_noncartesian_calibration import main
 
+    stale = calibration_key(ReconRequest(steps=2, samples=2), _volume("radial", 8)).rsplit("/nc@v", 1)[0] + "/nc@v0"
+    uncertainty.store_factor(tiny_prior_path, stale, 2.0, 0.9)
     out = tmp_path / "calibration.md"
     assert main(["--prior", str(tiny_prior_path), "--config", str(ROOT / "configs" / "bench_dev.yaml"), "--synth-size",
                  "32", "--subjects", "30", "--slices", "1", "--spokes", "8", "--interleaves", "--nfe", "2",
@@ -143,6 +167,7 @@ def test_fitting_script_writes_its_report_and_the_sidecar_entry(tmp_path, tiny_p
     entry = uncertainty.lookup_factor(tiny_prior_path, key)
     assert entry is not None and entry["factor"] > 0 and entry["level"] == 0.9
     assert "30" in entry["fitted_on"] and "radial 8 spokes" in entry["fitted_on"] and entry["pixels"] > 0
+    assert stale not in uncertainty.matching_entries(tiny_prior_path)  # a factor of older defaults is dropped
 
 
 @pytest.mark.parametrize("args,phrase", [(["--subjects", "0"], "test subjects"),
