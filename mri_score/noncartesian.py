@@ -242,15 +242,17 @@ CoverageTables = Mapping[str, tuple[tuple[float, int], ...]]
 
 #: DDS's CG steps per step on a trajectory by its kind and grid coverage (:func:`operators.trajectories.grid_coverage`):
 #: per kind (:data:`TRAJECTORIES`), ``(coverage, steps)`` of each tuned setting, in increasing coverage, fitted by
-#: rule version 3 of ``benchmarks/run_noncartesian_tuning.py`` on the synthetic tuning subjects (``benchmarks/results/
-#: noncartesian_tuning.md``: radial 16-96 spokes and spirals of 4-16 interleaves at 128², 1-14 steps, a count kept
-#: only within twice the Cartesian time); read by :func:`cg_steps_for_coverage`.  Sparse radial data want more steps
-#: (8 up to 32 spokes; 14 was 0.23 dB better at 16 spokes but over the time budget), dense radial data 4, spirals 2
-#: at every coverage (+0.3 to +0.8 dB over 3); +0.67 dB over 10 steps everywhere and +0.51 dB over the best single
-#: count (4), averaged over the nine settings.
+#: rule version 3 of ``benchmarks/run_noncartesian_tuning.py`` on the synthetic tuning subjects under the data
+#: weight's floors (:data:`NONCARTESIAN_GAMMA_FLOOR`), on the CLI's grid (``benchmarks/results/noncartesian_tuning.md``:
+#: radial 16-96 spokes and spirals of 4-16 interleaves at 128², the 2x grid, 1-14 steps, a count kept only within
+#: twice the Cartesian time); read by :func:`cg_steps_for_coverage`.  Sparse radial data want the most steps tried
+#: (14 up to 32 spokes, at 1.49-1.54x the Cartesian time), 10 at 48 spokes, dense radial data 6, spirals 3 at every
+#: coverage; +0.13 dB over the best single count (14) and +0.18 dB over 10 steps, averaged over the nine settings.
+#: The tables before (tuned at the floor 1 on the native grid: 8 / 4 radial, 2 spirals) are in
+#: ``benchmarks/results/archive/noncartesian_tuning_v3_floor1.md``.
 NONCARTESIAN_CG_BY_COVERAGE: CoverageTables = MappingProxyType({
-    "radial": ((0.161, 8), (0.241, 8), (0.315, 8), (0.451, 4), (0.575, 4), (0.766, 4)),
-    "spiral": ((0.364, 2), (0.706, 2), (0.998, 2)),
+    "radial": ((0.161, 14), (0.241, 14), (0.315, 14), (0.451, 10), (0.575, 6), (0.766, 6)),
+    "spiral": ((0.364, 3), (0.706, 3), (0.998, 3)),
 })
 
 
@@ -359,8 +361,9 @@ def coil_compression(volume: NonCartesianVolume, virtual_coils: str | int) -> to
 #: coverage (:data:`NONCARTESIAN_CG_BY_COVERAGE`) and the coils are compressed (:data:`NONCARTESIAN_VIRTUAL_COILS`),
 #: 4 since the count follows the trajectory's kind as well, within a time budget, and ``--grid auto`` samples on the
 #: 2x grid (:data:`mri_score.resolution.TRAJECTORY_GRID_MIN_COVERAGE`), 5 since the data weight's floor follows the
-#: trajectory's kind (:data:`NONCARTESIAN_GAMMA_FLOOR`); factors fitted before version 2 name no version.
-NONCARTESIAN_DEFAULTS_VERSION = 5
+#: trajectory's kind (:data:`NONCARTESIAN_GAMMA_FLOOR`), 6 since the CG tables were re-tuned under those floors;
+#: factors fitted before version 2 name no version.
+NONCARTESIAN_DEFAULTS_VERSION = 6
 #: The last part of every :func:`calibration_key`: the non-Cartesian defaults' version.
 CALIBRATION_KEY_SUFFIX = f"/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
 
