@@ -137,8 +137,8 @@ class DDSConfig(SamplerConfig):
         The partial solve regularises, and its best length differs by physics: 10 was tuned on Cartesian data
         (``benchmarks/results/archive/dds_tuning.md``); on radial and spiral data every step is a Toeplitz Gram,
         the best radial count falls with the sampling density and spirals want few steps at any density
-        (``benchmarks/results/noncartesian_tuning.md``: 8 on sparse radial data within twice the Cartesian time,
-        4 on dense radial data, 2 on spirals), so it follows the trajectory's kind and grid coverage by the
+        (``benchmarks/results/noncartesian_tuning.md``: 14 on sparse radial data within twice the Cartesian time,
+        6 on dense radial data, 3 on spirals), so it follows the trajectory's kind and grid coverage by the
         tables that ``benchmarks/run_noncartesian_tuning.py``'s rule fitted.
         """
         if not term.noncartesian:
