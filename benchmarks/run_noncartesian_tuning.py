@@ -12,8 +12,8 @@ the method (it regularises), so fewer steps are not simply a worse solution. Thi
 slice for each ``--cg-iters`` value of ``cg_iters_noncartesian`` on the synthetic **tuning** subjects of the
 development protocol (:class:`benchmarks.tuning_split.TuningSplit`: ``--config``'s ``data.tuning`` subjects, never its
 test subjects, never real images), per trajectory setting, with the ``reconstruct`` command's DDS request otherwise
-(``--nfe`` NFE, K = ``--samples``, virtual coils auto) on the native grid (``--grid``: another grid, e.g. ``auto``, the
-CLI's, for a check), and times Cartesian DDS with the same request on the same images and grid (fastMRI equispaced
+(``--nfe`` NFE, K = ``--samples``, virtual coils auto) on ``--grid`` (default the native grid; the current tables were
+tuned with ``auto``, the CLI's), and times Cartesian DDS with the same request on the same images and grid (fastMRI equispaced
 4x, centre fraction 0.08, all coils: the reference of the issue's time target, as ``run_noncartesian.py`` times it)
 twice around each setting's runs of a volume.
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -368,6 +369,11 @@ NONCARTESIAN_DEFAULTS_VERSION = 6
 CALIBRATION_KEY_SUFFIX = f"/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
 
 
+#: The trajectory part of a calibration key (:func:`trajectory_key`), so a free-text value elsewhere in a key (a path)
+#: that happens to hold ``/traj=`` does not make it a trajectory key.
+_TRAJECTORY_KEY_PART = re.compile(r"/traj=[^/]+/readouts=\d+x\d+/matrix=\d+x\d+/kmax=[-\d.]+(/|$)")
+
+
 def superseded_calibration_key(key: str) -> bool:
     """Whether ``key`` is a trajectory std calibration key fitted under older non-Cartesian defaults.
 
@@ -375,7 +381,7 @@ def superseded_calibration_key(key: str) -> bool:
     :data:`CALIBRATION_KEY_SUFFIX` can never match a request again (:func:`calibration_key`); Cartesian keys are
     never superseded by this rule.
     """
-    return "/traj=" in key and not key.endswith(CALIBRATION_KEY_SUFFIX)
+    return _TRAJECTORY_KEY_PART.search(key) is not None and not key.endswith(CALIBRATION_KEY_SUFFIX)
 
 
 def trajectory_key(volume: NonCartesianVolume) -> str:

@@ -140,6 +140,11 @@ def test_storing_a_trajectory_factor_drops_only_the_superseded_trajectory_entrie
     unversioned = current.removesuffix(CALIBRATION_KEY_SUFFIX)
     assert [superseded_calibration_key(k) for k in (cartesian, current, older, unversioned)] == [False, False, True,
                                                                                                   True]
+    coils = calibration_key(request.replace(virtual_coils=2), _volume("radial", 16))
+    assert "/virtual_coils=2/" in coils and not superseded_calibration_key(coils)
+    assert superseded_calibration_key(coils.removesuffix(CALIBRATION_KEY_SUFFIX) + "/nc@v1")
+    # only a key's trajectory part makes it a trajectory key, not a path that happens to hold "/traj="
+    assert not superseded_calibration_key(cartesian + "/classifier=/data/traj=x/c.safetensors")
     for k in (cartesian, older, unversioned):
         uncertainty.store_factor(tiny_prior_path, k, 2.0, 0.9)
     # without the predicate nothing is dropped; with it only the trajectory entries of older defaults go
