@@ -93,6 +93,12 @@ class Likelihood(ABC):
         """An explicit data-consistency step of size ``weight`` (terms with :attr:`has_data_step`)."""
         raise NotImplementedError(f"{type(self).__name__} has no data-consistency step")
 
+    def carried_noise_std(self, gamma: float | torch.Tensor) -> float | torch.Tensor | None:
+        """Std per real component and pixel of the measurement noise that :meth:`prox` at ``gamma`` carries into its
+        solution (terms with :attr:`has_prox`; None: the term cannot tell, see
+        :meth:`GaussianKspaceLikelihood.carried_noise_std`)."""
+        return None
+
 
 class GaussianKspaceLikelihood(Likelihood):
     """``y = A x + n`` with ``A`` a linear forward model (a :class:`~operators.Sense` operator) and complex Gaussian ``n``.
@@ -258,6 +264,39 @@ class GaussianKspaceLikelihood(Likelihood):
     def data_step(self, x: torch.Tensor, weight: float) -> torch.Tensor:
         """Landweber step ``x + λ Aᴴ(y − A x)`` (``AᴴA ≤ I`` for normalised maps, so ``λ ≤ 1`` is stable)."""
         return x + weight * self.residual_grad(x)
+
+    def carried_noise_std(self, gamma: float | torch.Tensor) -> float | torch.Tensor:
+        """Std per real component of the measurement noise in :meth:`prox`'s exact solution at ``gamma``, mean over pixels.
+
+        The solution ``z = (I + γAᴴA)⁻¹(x + γAᴴy)`` holds the noise ``γ(I + γAᴴA)⁻¹Aᴴn``.  With ``AᴴA``
+        diagonal in the Fourier basis of the image grid with eigenvalues ``ρ_k`` (a Cartesian mask and
+        normalised maps: ``ρ_k = 1`` on the measured fraction ``f = tr(AᴴA) / (H W)`` of the grid, 0
+        elsewhere), its complex variance per pixel is ``σ_y² mean_k γ²ρ_k / (1 + γρ_k)²``
+        ``= σ_y² f γ² / (1 + γ)²``, so the std per real component is ``σ_y γ √f / (√2 (1 + γ))``.  Exact
+        for one coil or full sampling; with several coils and undersampling the eigenvalues spread over
+        ``[0, 1]`` and this is a lower bound (``γ²λ/(1 + γλ)² ≥ λγ²/(1 + γ)²``).  It is the noise level
+        DDS's final denoising step removes (``final_denoise``).
+
+        Parameters
+        ----------
+        gamma : float or torch.Tensor
+            The data weight, a float or one value per slice (``(B,)``).
+
+        Returns
+        -------
+        float or torch.Tensor
+            A float for one slice, float64 ``(B,)`` for a batch.
+        """
+        trace, _ = self._traces()
+        h, w = self.op.image_shape  # type: ignore[attr-defined]
+        fraction = trace / (h * w)
+        if torch.is_tensor(gamma):
+            gamma = gamma.to("cpu", torch.float64)
+        factor = gamma / (1.0 + gamma)
+        std = self.sigma_y * factor / 2**0.5
+        if torch.is_tensor(fraction):
+            return std * fraction.sqrt()
+        return std * fraction**0.5
 
     def prox(self, x: torch.Tensor, gamma: float | torch.Tensor, iters: int) -> torch.Tensor:
         """``argmin_z ½‖z − x‖² + γ/2 ‖A z − y‖²`` by ``iters`` CG steps on ``(I + γ AᴴA) z = x + γ Aᴴy`` from ``x``.

@@ -1114,6 +1114,20 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
         pre = self._precondition(gamma) if self.preconditioned else None
         return preconditioned_cg(lambda v: torch.add(v, self.op.gram(v), alpha=gamma), x + gamma * aty, x, pre, iters)
 
+    def carried_noise_std(self, gamma: float | torch.Tensor) -> float:
+        """Std per real component of the measurement noise in :meth:`prox`'s exact solution at ``gamma``, mean over pixels.
+
+        As the Cartesian term (:meth:`mri_score.likelihood.GaussianKspaceLikelihood.carried_noise_std`), with the
+        Gram's eigenvalues ``ρ_k`` approximated by its circulant diagonal (:func:`circulant_normal_diagonal`):
+        ``σ_y / √2 · √(mean_k γ²ρ_k / (1 + γρ_k)²)``.  The densely sampled centre (``γρ ≫ 1``) passes its noise
+        at the level ``σ_y / √ρ``, the sparse edge hardly any.
+        """
+        if self._diag is None:
+            self._diag = circulant_normal_diagonal(self.op)
+        g = float(gamma)
+        rho = self._diag.to(torch.float64)
+        return float(self.sigma_y / 2**0.5 * (g * g * rho / (1.0 + g * rho).square()).mean().sqrt())
+
     def dc_weights(self) -> torch.Tensor:
         """``W̃ = W / max(1, ‖AᴴWA‖)`` ``(M,)``: density weights scaled so the weighted normal operator is ``≤ I``."""
         if self._dc_weights is None:

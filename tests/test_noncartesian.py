@@ -924,3 +924,19 @@ def test_protocol_domain_random_volumes_are_the_streams_consecutive_slices():
         assert np.array_equal(imgs[j], pool.generate(2 + j)[0].astype(np.complex64))
     vols = other_generator_volumes({"family": "joint", "volumes": 2, "slices": 2, "size": 64}, seed=0)
     assert np.array_equal(vols[1]["images"], imgs) and vols[1]["name"] == "other_joint01.h5"
+
+
+@pytest.mark.parametrize("spokes,gamma,rel", [(24, 0.1, 0.06), (64, 0.1, 0.06), (64, 1.0, 0.15)])
+def test_carried_noise_std_matches_the_noise_in_the_proximal_solution(spokes, gamma, rel):
+    # the circulant approximation of the Gram against Monte Carlo: prox(0, γ) on data that are noise alone
+    n, sy, draws = 32, 0.2, 20
+    c = radial(spokes, 2 * n)
+    op = NonCartesianSense(torch.ones(1, n, n, dtype=torch.complex64), c,
+                           dcf=torch.as_tensor(pipe_menon_density(c, (n, n))))
+    g = torch.Generator().manual_seed(0)
+    power = 0.0
+    for _ in range(draws):
+        noise = sy / 2**0.5 * torch.complex(torch.randn(1, c.shape[0], generator=g), torch.randn(1, c.shape[0], generator=g))
+        term = NonCartesianKspaceLikelihood(op, noise, sy, trajectory="radial")
+        power += float(term.prox(torch.zeros(1, n, n, dtype=torch.complex64), gamma, 100).abs().square().mean())
+    assert term.carried_noise_std(gamma) == pytest.approx((power / draws / 2) ** 0.5, rel=rel)

@@ -2,11 +2,12 @@ import pytest
 import torch
 from torch import nn
 
+from mri_score.errors import InputError
 from mri_score.likelihood import GaussianKspaceLikelihood
 from mri_score.network import NetworkConfig
 from mri_score.prior import ComplexPrior
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, karras_sigmas, sampler_config
-from operators import Sense, conjugate_gradient
+from operators import Sense, birdcage_maps, conjugate_gradient
 
 SD = 0.5
 
@@ -137,3 +138,91 @@ def test_output_magnitude_conventions_and_bad_name():
         output_magnitude(x, maps, 0.1, "phase")
     with pytest.raises(InputError, match="unknown magnitude"):
         ReconRequest(magnitude="phase")
+
+
+def _noise_only_prox_std(term, gamma, draws, seed=0):
+    """Monte-Carlo std per real component of ``prox(0, γ)`` when the data are noise alone (mean over pixels)."""
+    g = torch.Generator().manual_seed(seed)
+    op, sy = term.op, term.sigma_y
+    acc = 0.0
+    for _ in range(draws):
+        n = sy / 2**0.5 * torch.complex(torch.randn(term.y.shape, generator=g), torch.randn(term.y.shape, generator=g))
+        noise_term = GaussianKspaceLikelihood(op, op.mask * n, sy)
+        z = noise_term.prox(torch.zeros(1, *op.image_shape, dtype=torch.complex64), gamma, 200)
+        acc += float(z.abs().square().mean())
+    return (acc / draws / 2) ** 0.5
+
+
+@pytest.mark.parametrize("gamma", [0.3, 1.0, 5.0])
+def test_carried_noise_std_is_the_noise_in_the_proximal_solution(gamma):
+    n = 16
+    mask = torch.zeros(n)
+    mask[::3] = 1
+    single = GaussianKspaceLikelihood(Sense(torch.ones(1, n, n, dtype=torch.complex64), mask), torch.zeros(1, n, n),
+                                      0.2)
+    f = float(mask.mean())
+    expect = 0.2 / 2**0.5 * gamma / (1 + gamma) * f**0.5
+    assert single.carried_noise_std(gamma) == pytest.approx(expect, rel=1e-6)
+    assert _noise_only_prox_std(single, gamma, 60) == pytest.approx(expect, rel=0.05)
+    # normalised multi-coil maps: exact when fully sampled (AᴴA = I); undersampled, the eigenvalues of AᴴA spread
+    # over [0, 1] and the 0/1 formula is a lower bound (γ²λ/(1 + γλ)² ≥ λ γ²/(1 + γ)² for λ ≤ 1)
+    maps = torch.as_tensor(birdcage_maps(4, (n, n))).to(torch.complex64)
+    maps = maps / maps.abs().square().sum(0, keepdim=True).sqrt()
+    full = GaussianKspaceLikelihood(Sense(maps, torch.ones(n)), torch.zeros(4, n, n), 0.2)
+    assert _noise_only_prox_std(full, gamma, 60) == pytest.approx(full.carried_noise_std(gamma), rel=0.05)
+    multi = GaussianKspaceLikelihood(Sense(maps, mask), torch.zeros(4, n, n), 0.2)
+    mc = _noise_only_prox_std(multi, gamma, 60)
+    assert multi.carried_noise_std(gamma) < 1.02 * mc
+
+
+def test_carried_noise_std_per_slice_of_a_batch():
+    terms = [make_problem(seed=s, sigma_y=sy) for s, sy in ((0, 0.05), (1, 0.2))]
+    batch = GaussianKspaceLikelihood.stack(terms)
+    gammas = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    got = batch.carried_noise_std(gammas)
+    assert got.shape == (2,)
+    for b, t in enumerate(terms):
+        assert float(got[b]) == pytest.approx(t.carried_noise_std(float(gammas[b])), rel=1e-6)
+
+
+def test_dds_final_denoise_removes_the_noise_the_data_weight_floor_keeps():
+    # fully sampled and noisy: with the floor γ ≥ 1 the last data-consistency step keeps half the data noise;
+    # the final denoising step at the carried level brings the mean toward the exact posterior mean
+    n = 12
+    g = torch.Generator().manual_seed(2)
+    maps = torch.ones(1, n, n, dtype=torch.complex64)
+    op = Sense(maps, torch.ones(n))
+    x = SD * torch.complex(torch.randn(n, n, generator=g), torch.randn(n, n, generator=g))
+    sy = 0.4
+    y = op(x) + sy / 2**0.5 * torch.complex(torch.randn(1, n, n, generator=g), torch.randn(1, n, n, generator=g))
+    problem = GaussianKspaceLikelihood(op, y, sy)
+    mu = posterior_mean(problem)
+    err = {}
+    for k in (0.0, 1.0):
+        out = run("dds", problem, samples=16, steps=25, seed=0, final_denoise=k)
+        assert out.nfe == 25
+        err[k] = float(torch.linalg.vector_norm(out.samples.mean(0) - mu) / torch.linalg.vector_norm(mu))
+    assert err[1.0] < 0.8 * err[0.0], err
+
+
+def test_dds_final_denoise_spends_the_last_evaluation_of_the_budget(monkeypatch):
+    import mri_score.samplers.dds as dds
+
+    seen = {}
+    orig = dds.karras_sigmas
+
+    def spy(steps, *a, **kw):
+        seen["steps"] = steps
+        return orig(steps, *a, **kw)
+
+    monkeypatch.setattr(dds, "karras_sigmas", spy)
+    problem = make_problem(seed=1)
+    out = run("dds", problem, samples=2, steps=9, final_denoise=0.5)
+    assert out.nfe == 9 and seen["steps"] == 8
+    out = run("dds", problem, samples=2, steps=9)
+    assert out.nfe == 9 and seen["steps"] == 9
+    with pytest.raises(InputError, match="budget of at least 2"):
+        sampler_config("dds", {"final_denoise": 0.5}).nfe_used(1)
+    for bad in (-0.1, 5.0):
+        with pytest.raises(InputError, match="final_denoise must be in"):
+            sampler_config("dds", {"final_denoise": bad})

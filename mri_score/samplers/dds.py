@@ -55,6 +55,7 @@ from typing import ClassVar
 
 import torch
 
+from mri_score.errors import InputError
 from mri_score.likelihood import Likelihood
 from mri_score.prior import ComplexPrior
 from mri_score.samplers.base import (
@@ -68,6 +69,8 @@ from mri_score.samplers.base import (
 
 #: Rules for the data weight γ_i when no fixed ``gamma`` is given (see module docstring).
 GAMMA_RULES = ("noise", "discrepancy")
+#: The largest ``final_denoise`` factor (a denoising level of several times the carried noise only blurs).
+FINAL_DENOISE_MAX = 4.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class DDSConfig(SamplerConfig):
     gamma_max: float = 1e4
     gamma_rule: str = "noise"
     final_gamma_rule: str = "same"
+    final_denoise: float = 0.0
 
     def validate(self) -> None:
         """σ_max > σ_min > 0, both CG counts ≥ 0, η in [0, 1], positive γ bounds with γ_min ≤ γ_max, a known γ rule."""
@@ -107,6 +111,7 @@ class DDSConfig(SamplerConfig):
         self._require(self.gamma_min_noncartesian is None or 0 < self.gamma_min_noncartesian <= self.gamma_max,
                       "gamma_min_noncartesian", "in (0, gamma_max], auto or none")
         self._require(self.gamma_rule in GAMMA_RULES, "gamma_rule", f"one of {', '.join(GAMMA_RULES)}")
+        self._require(0.0 <= self.final_denoise <= FINAL_DENOISE_MAX, "final_denoise", f"in [0, {FINAL_DENOISE_MAX:g}]")
         self._require(self.final_gamma_rule in ("same", *GAMMA_RULES), "final_gamma_rule",
                       f"one of same, {', '.join(GAMMA_RULES)}")
 
@@ -127,6 +132,19 @@ class DDSConfig(SamplerConfig):
             if tuned is not None:
                 return min(tuned, self.gamma_max)
         return self.gamma_min
+
+    def nfe_used(self, budget: int) -> int:
+        """The budget; with ``final_denoise`` its last network evaluation is the final denoising step, so the σ
+        schedule has ``budget − 1`` levels (a budget of at least 2)."""
+        used = super().nfe_used(budget)
+        if self.final_denoise > 0 and used < 2:
+            raise InputError(f"the dds sampler with final_denoise needs a budget of at least 2 network evaluations, "
+                             f"got {budget}")
+        return used
+
+    def schedule_steps(self, budget: int) -> int:
+        """σ levels of the schedule for a budget: :meth:`nfe_used`, less the final denoising step's evaluation."""
+        return self.nfe_used(budget) - (1 if self.final_denoise > 0 else 0)
 
     def cg_steps(self, term: Likelihood) -> int:
         """CG steps of ``term``'s proximal step: ``cg_iters`` on Cartesian data; on a non-Cartesian k-space term
@@ -184,7 +202,7 @@ def sample_dds(
     bits); the samples are returned as ordinary tensors.
     """
     cfg = config or DDSConfig()
-    steps = cfg.nfe_used(nfe)
+    steps = cfg.schedule_steps(nfe)
     proxed, guiding = split_terms(likelihoods, "has_prox")
     start = prior.nfe
     with torch.no_grad() if guiding else torch.inference_mode():
@@ -199,6 +217,7 @@ def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequen
     sd = prior.sigma_data
     x = x_init + sigmas[0] * randn_complex(tuple(x_init.shape), gen, x_init.device)
     x0 = x
+    carried: list[float | torch.Tensor | None] = []  # the last step's carried noise per proximal term
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         den = prior.denoise(x, s)
@@ -214,9 +233,29 @@ def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequen
             else:
                 g = dds_gamma(s, sd, term.sigma_y, cfg.gamma_scale, cfg.gamma_floor(term), cfg.gamma_max)
             x0 = term.prox(x0, g, cfg.cg_steps(term))
+            carried.append(term.carried_noise_std(g) if cfg.final_denoise > 0 else None)
         if s_next == 0.0:
-            break
+            return _final_denoise(prior, x0, carried, cfg.final_denoise)
+        carried.clear()
         eps = (x - den) / s
         c = cfg.eta * s_next
         x = x0 + (s_next**2 - c**2) ** 0.5 * eps + c * randn_complex(tuple(x.shape), gen, x.device)
     return x0
+
+
+def _final_denoise(prior: ComplexPrior, x0: torch.Tensor, carried: Sequence[float | torch.Tensor | None],
+                   factor: float) -> torch.Tensor:
+    """``D(x0; factor · σ_c)``, ``σ_c`` the measurement noise the last data-consistency step carried into ``x0``
+    (the root sum of squares of its terms' :meth:`~mri_score.likelihood.Likelihood.carried_noise_std`, one value per
+    slice of a batch); ``x0`` unchanged when ``factor`` is 0, a term cannot tell its noise, or ``σ_c`` is 0."""
+    if factor <= 0 or not carried or any(c is None for c in carried):
+        return x0
+    var = sum(c**2 for c in carried)  # type: ignore[operator]
+    if torch.is_tensor(var):
+        sigma = factor * var.sqrt()
+        if not bool((sigma > 0).all()):
+            return x0
+        reps = x0.shape[0] // sigma.shape[0]
+        return prior.denoise(x0, sigma.repeat_interleave(reps).to(torch.float32))
+    sigma = factor * float(var) ** 0.5
+    return prior.denoise(x0, sigma) if sigma > 0 else x0
