@@ -21,6 +21,17 @@ interior best refined by its half steps ×/÷ √3; ties to the smaller floor). 
 subjects; otherwise the kind keeps ``gamma_min``.  The choice is then checked, not chosen, on the benchmark's held-out
 data (``run_noncartesian.py``: synthetic test subjects and the real development images, against the committed run at
 the former default).
+
+Decision rule (version 2, fixed before its first run; with ``--final-denoise k``, k > 0): DDS's final denoising step
+(``final_denoise``, :meth:`mri_score.likelihood.Likelihood.carried_noise_std`) removes the data noise the last
+data-consistency step keeps, and a higher floor keeps more of it, so the floor is swept again with ``final_denoise =
+k`` on every run (the same sweep as version 1).  The kind's best floor with the step is compared with the kind's
+current default (the request without options: its ``NONCARTESIAN_GAMMA_FLOOR`` entry, no final denoising), run on
+the same slices.  The pair (best floor, k) becomes the kind's default where its mean PSNR over the kind's settings
+beats the current default by at least :data:`ADOPT_MARGIN_DB` and no setting's mean is more than
+:data:`ADOPT_MARGIN_DB` below the default's; otherwise the kind keeps its default.  k = 1 is the level the
+carried-noise formula predicts (not tuned).  Command: ``python benchmarks/run_noncartesian_floor.py --threads 2
+--spokes 16 32 64 96 --interleaves 4 8 16 --final-denoise 1 --out benchmarks/results/noncartesian_floor_final_denoise.md``.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from mri_score.errors import InputError
 from mri_score.noncartesian import NonCartesianVolume, resolve_grid
 from mri_score.prior import DEFAULT_PRIOR, ComplexPrior
 from mri_score.request import ReconRequest
+from mri_score.samplers.dds import FINAL_DENOISE_MAX
 
 #: Rule: the floors every kind's sweep starts from, and its step (×3; half steps ×/÷ √3).
 FLOORS = (0.1, 0.3, 1.0)
@@ -67,24 +79,52 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "noncartesian_floor_tuning.md"))
     ap.add_argument("--samples", type=int, default=2, help="posterior samples K per slice")
     ap.add_argument("--grid", default="auto", help="sampling grid of DDS: auto (the command's), native or a factor")
+    ap.add_argument("--final-denoise", type=float, default=0.0,
+                    help="DDS's final_denoise on every run of the sweep (rule version 2 where > 0: the best floor "
+                         "with it against the current default); 0: rule version 1")
     return ap
 
 
+#: The row label of the current default (rule version 2: the request without options).
+DEFAULT = "default"
+
+
 def run_floor(rows: list[dict], tag: str, name: str, acq: NonCartesianVolume, prior: ComplexPrior,
-              request: ReconRequest, floor: float) -> float:
-    """Reconstruct ``acq`` at data-weight floor ``floor``; append ``{setting, volume, floor, psnr, seconds}`` (seconds
-    per slice) to ``rows`` and return the volume's PSNR (dB)."""
-    psnr, seconds = scored_reconstruction(acq, prior, request.replace(options={"gamma_min_noncartesian": floor}))
+              request: ReconRequest, floor: float | str, final_denoise: float = 0.0) -> float:
+    """Reconstruct ``acq`` at data-weight floor ``floor`` (:data:`DEFAULT`: the request's own options), with DDS's
+    ``final_denoise`` where > 0; append ``{setting, volume, floor, psnr, seconds}`` (seconds per slice) to ``rows`` and
+    return the volume's PSNR (dB)."""
+    options = {} if floor == DEFAULT else {"gamma_min_noncartesian": floor}
+    if final_denoise > 0 and floor != DEFAULT:
+        options["final_denoise"] = final_denoise
+    psnr, seconds = scored_reconstruction(acq, prior, request.replace(options=options))
     rows.append({"setting": tag, "volume": name, "floor": floor, "psnr": psnr, "seconds": seconds})
-    print(f"{tag} | {name} | floor {floor:g}: {psnr:.2f} dB, {seconds:.2f} s/slice", flush=True)
+    label = floor if floor == DEFAULT else f"{floor:g}"
+    print(f"{tag} | {name} | floor {label}: {psnr:.2f} dB, {seconds:.2f} s/slice", flush=True)
     return psnr
 
 
 def kind_score(rows: list[dict], acquisitions: list[tuple[str, str, NonCartesianVolume, ReconRequest]],
-               prior: ComplexPrior, floor: float) -> float:
+               prior: ComplexPrior, floor: float | str, final_denoise: float = 0.0) -> float:
     """The rule's score of ``floor`` on one kind: the mean PSNR over its ``(setting, volume, acquisition, request)``."""
-    return float(np.mean([run_floor(rows, tag, name, acq, prior, request, floor)
+    return float(np.mean([run_floor(rows, tag, name, acq, prior, request, floor, final_denoise)
                           for tag, name, acq, request in acquisitions]))
+
+
+def setting_means(rows: list[dict], floor: float | str, tags: list[str]) -> dict[str, float]:
+    """Mean PSNR per setting of the rows at ``floor``."""
+    return {t: float(np.mean([r["psnr"] for r in rows if r["floor"] == floor and r["setting"] == t])) for t in tags}
+
+
+def choose_with_step(best: float, scores: dict, per_setting: dict[str, dict[str, float]]) -> bool:
+    """Rule version 2: whether the kind's best floor with the final denoising step replaces its default — its mean
+    beats :data:`DEFAULT`'s by at least :data:`ADOPT_MARGIN_DB` and no setting is more than that below the default's
+    (``per_setting``: ``{"best": {tag: psnr}, "default": {tag: psnr}}``)."""
+    if DEFAULT not in scores:
+        raise InputError("rule version 2 needs the current default's score")
+    if scores[best] - scores[DEFAULT] < ADOPT_MARGIN_DB:
+        return False
+    return all(per_setting["best"][t] >= per_setting["default"][t] - ADOPT_MARGIN_DB for t in per_setting["default"])
 
 
 def choose(best: float, scores: dict[float, float]) -> float | None:
@@ -100,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     """Sweep the floor per trajectory kind on the tuning slices; write the report with the rule's entries."""
     args = build_parser().parse_args(argv)
     check_args(args)
+    if not 0.0 <= args.final_denoise <= FINAL_DENOISE_MAX:
+        raise InputError(f"--final-denoise must be in [0, {FINAL_DENOISE_MAX:g}], got {args.final_denoise:g}")
     settings, split, prior, vols = tuning_inputs(args)
     request = ReconRequest(sampler="dds", steps=args.nfe, samples=args.samples, seed=args.seed, grid=args.grid)
     meta = getattr(prior.model, "meta", None)
@@ -116,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                 resolved = resolve_grid(request, acq, meta)
                 grids.add(resolved.grid_factor)
                 acquisitions.append((setting_label(kind, count), v["name"], acq, resolved))
-        sweeps[kind] = sweep_until_interior(lambda f, acqs=acquisitions: kind_score(rows, acqs, prior, f),
-                                            FLOORS, STEP, WIDEN)
+        sweeps[kind] = sweep_until_interior(
+            lambda f, acqs=acquisitions: kind_score(rows, acqs, prior, f, args.final_denoise), FLOORS, STEP, WIDEN)
+        if args.final_denoise > 0:
+            sweeps[kind][1][DEFAULT] = kind_score(rows, acquisitions, prior, DEFAULT)
     command = " ".join(["python benchmarks/run_noncartesian_floor.py", *(argv if argv is not None else sys.argv[1:])])
     write_report(args.out, report(args, command, split, rows, sweeps, grids))
     return 0
@@ -128,24 +172,34 @@ def report(args: argparse.Namespace, command: str, split: TuningSplit, rows: lis
     """The markdown report: provenance, mean PSNR per setting and floor, each kind's sweep and the rule's entries."""
     spec = split.spec
     tags = list(dict.fromkeys(r["setting"] for r in rows))
-    floors = sorted({r["floor"] for r in rows})
+    floors: list[float | str] = sorted({r["floor"] for r in rows if r["floor"] != DEFAULT})
+    if any(r["floor"] == DEFAULT for r in rows):
+        floors.append(DEFAULT)
+    step = args.final_denoise
+    rule = (f"version 2, fixed before the run: the floors swept as in version 1 with `final_denoise={step:g}` on every "
+            f"run; the kind's best floor with it becomes its default (floor and final denoising) where its mean beats "
+            f"the current default (row *{DEFAULT}*: the request without options) by at least {ADOPT_MARGIN_DB:g} dB "
+            f"and no setting's mean is more than {ADOPT_MARGIN_DB:g} dB below the default's" if step > 0 else
+            f"version 1, fixed before the run: per kind the mean PSNR over its settings and volumes; floors "
+            f"{', '.join(f'{f:g}' for f in FLOORS)} swept with step ×{STEP:g} (an end widened at most {WIDEN} times, an "
+            f"interior best refined by ×/÷ √{STEP:g}; ties to the smaller); the best becomes the kind's "
+            f"`NONCARTESIAN_GAMMA_FLOOR` entry where it beats {REFERENCE:g} by at least {ADOPT_MARGIN_DB:g} dB")
     volumes = len({r["volume"] for r in rows})
     lines = ["# DDS's data-weight floor on non-Cartesian data (issue #32)", "",
              provenance(command)
              + f"- prior: {args.prior or f'shipped default (`mri_score/weights/{DEFAULT_PRIOR}`)'}; DDS with the "
              f"`reconstruct` defaults at {args.nfe} NFE, K = {args.samples}, sampler seed {args.seed} (+ slice index), "
              f"grid {args.grid} ({', '.join(sorted(f'{g:g}x' for g in grids))} here), virtual coils auto, the tuned CG "
-             "steps; only `gamma_min_noncartesian` varies\n"
+             "steps; only `gamma_min_noncartesian` varies"
+             + (f", every floor with `final_denoise={step:g}` (the row *{DEFAULT}* without options)" if step > 0 else "")
+             + "\n"
              f"- data: `{args.config}` tuning subjects {', '.join(map(str, split.subjects))} (held-out split, from "
              f"corpus slice {spec['first']}), {args.slices} slice(s) each at {args.synth_size}², {spec['coils']} "
              f"birdcage coils, SNR {spec['snr']:g}; never test subjects or real images; n = {volumes} volumes per "
              "setting\n"
              "- PSNR: fastMRI's per-volume PSNR of |x| against the noise-free magnitude, mean over volumes; time: "
              "median seconds per slice over the setting's volumes (calibration included)\n"
-             f"- rule (version 1, fixed before the run): per kind the mean PSNR over its settings and volumes; floors "
-             f"{', '.join(f'{f:g}' for f in FLOORS)} swept with step ×{STEP:g} (an end widened at most {WIDEN} times, an "
-             f"interior best refined by ×/÷ √{STEP:g}; ties to the smaller); the best becomes the kind's "
-             f"`NONCARTESIAN_GAMMA_FLOOR` entry where it beats {REFERENCE:g} by at least {ADOPT_MARGIN_DB:g} dB", "",
+             f"- rule ({rule})", "",
              "## Mean PSNR (dB) and seconds per slice", "",
              "| floor | " + " | ".join(tags) + " |", "|---|" + "---|" * len(tags)]
     for f in floors:
@@ -154,18 +208,30 @@ def report(args: argparse.Namespace, command: str, split: TuningSplit, rows: lis
             sel = [r for r in rows if r["floor"] == f and r["setting"] == t]
             cells.append(f"{np.mean([r['psnr'] for r in sel]):.2f} ({np.median([r['seconds'] for r in sel]):.2f} s)"
                          if sel else "")
-        lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
-    lines += ["", "## Per kind: the rule's sweep", "", "| kind | floor: mean PSNR (dB) | best | interior | Δ vs "
-              f"{REFERENCE:g} | entry |", "|---|---|---|---|---|---|"]
+        lines.append(f"| {f if f == DEFAULT else format(f, 'g')} | " + " | ".join(cells) + " |")
+    ref = DEFAULT if step > 0 else f"{REFERENCE:g}"
+    lines += ["", "## Per kind: the rule's sweep", "", f"| kind | floor: mean PSNR (dB) | best | interior | Δ vs {ref} "
+              "| entry |", "|---|---|---|---|---|---|"]
     entries = {}
     for kind, (best, scores, interior) in sweeps.items():
-        entries[kind] = choose(best, scores)
-        sweep = ", ".join(f"{f:g}: {s:.2f}" for f, s in sorted(scores.items()))
-        entry = "keeps gamma_min" if entries[kind] is None else f"{entries[kind]:g}"
-        lines.append(f"| {kind} | {sweep} | {best:g} | {'yes' if interior else 'no'} | "
-                     f"{scores[best] - scores[REFERENCE]:+.2f} | {entry} |")
+        sweep = ", ".join(f"{f:g}: {s:.2f}" for f, s in sorted((f, v) for f, v in scores.items() if f != DEFAULT))
+        if step > 0:
+            kind_tags = [t for t in tags if t.startswith(kind)]
+            per = {"best": setting_means(rows, best, kind_tags), "default": setting_means(rows, DEFAULT, kind_tags)}
+            adopt = choose_with_step(best, scores, per)
+            entries[kind] = (best, step) if adopt else None
+            sweep += f", {DEFAULT}: {scores[DEFAULT]:.2f}"
+            entry = "keeps its default" if not adopt else f"floor {best:g}, final_denoise {step:g}"
+            delta = scores[best] - scores[DEFAULT]
+        else:
+            entries[kind] = choose(best, scores)
+            entry = "keeps gamma_min" if entries[kind] is None else f"{entries[kind]:g}"
+            delta = scores[best] - scores[REFERENCE]
+        lines.append(f"| {kind} | {sweep} | {best:g} | {'yes' if interior else 'no'} | {delta:+.2f} | {entry} |")
     table = {k: v for k, v in entries.items() if v is not None}
-    lines += ["", f"**Entries by the rule** (`NONCARTESIAN_GAMMA_FLOOR`): `{table!r}`.", ""]
+    target = ("(floor, final_denoise) per kind, `NONCARTESIAN_GAMMA_FLOOR` and the final denoising step" if step > 0
+              else "`NONCARTESIAN_GAMMA_FLOOR`")
+    lines += ["", f"**Entries by the rule** ({target}): `{table!r}`.", ""]
     return lines
 
 

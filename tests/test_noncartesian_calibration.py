@@ -288,6 +288,31 @@ def test_floor_rule_adopts_a_kinds_best_only_when_it_beats_the_cartesian_floor(t
     assert len(err) == 1 and "--spokes" in err[0] and not bad.exists()
 
 
+def test_floor_rule_version_2_weighs_the_final_denoising_step_against_the_default(tmp_path, tiny_prior_path, capsys):
+    from benchmarks.run_noncartesian_floor import DEFAULT, choose_with_step, main
+
+    per = {"best": {"a": 30.3, "b": 40.3}, "default": {"a": 30.0, "b": 40.0}}
+    assert choose_with_step(1.0, {1.0: 35.3, DEFAULT: 35.0}, per)
+    assert not choose_with_step(1.0, {1.0: 35.05, DEFAULT: 35.0}, per)  # within the margin
+    per["best"]["a"] = 29.85  # one setting 0.15 dB below the default: refused although the mean gains
+    assert not choose_with_step(1.0, {1.0: 35.3, DEFAULT: 35.0}, per)
+    with pytest.raises(InputError, match="current default"):
+        choose_with_step(1.0, {1.0: 35.3}, per)
+    out = tmp_path / "floor2.md"
+    assert main(["--prior", str(tiny_prior_path), "--config", str(ROOT / "configs" / "bench_dev.yaml"), "--synth-size",
+                 "32", "--slices", "1", "--spokes", "8", "--interleaves", "--nfe", "3", "--threads", "1",
+                 "--final-denoise", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "`final_denoise=1`" in text and "version 2" in text
+    assert any(ln.startswith(f"| {DEFAULT} | ") for ln in text.splitlines())
+    kind_row = next(ln for ln in text.splitlines() if ln.startswith("| radial | "))
+    assert f", {DEFAULT}: " in kind_row
+    bad = tmp_path / "bad.md"
+    assert main(["--config", str(ROOT / "configs" / "bench_dev.yaml"), "--final-denoise", "9", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--final-denoise" in err[-1] and not bad.exists()
+
+
 def test_coil_compression_rule_and_report(tmp_path, tiny_prior_path, capsys):
     from benchmarks.run_coil_compression import choose, main
 
