@@ -54,6 +54,10 @@ class Likelihood(ABC):
         """DDS's data-weight floor tuned for this term's physics; None: the sampler's ``gamma_min`` (Cartesian terms)."""
         return None
 
+    def tuned_final_denoise(self) -> float | None:
+        """DDS's final denoising factor tuned for this term's physics; None: the sampler's ``final_denoise``."""
+        return None
+
     @abstractmethod
     def grad(self, x: torch.Tensor) -> torch.Tensor:
         """``∇_x log p(obs | x)`` for complex ``x`` ``(K, H, W)``; same shape."""

@@ -265,6 +265,9 @@ NONCARTESIAN_CG_BY_COVERAGE: CoverageTables = MappingProxyType({
 #: (+0.10 at 16 spokes to +0.73 at 64), +1.69 dB over the spirals (+1.1 to +2.1); the optimum is flat, within
 #: 0.1 dB from 0.1 to 0.3 (radial) and 0.033 to 0.1 (spiral).
 NONCARTESIAN_GAMMA_FLOOR: Mapping[str, float] = MappingProxyType({"radial": 0.173, "spiral": 0.0577})
+#: DDS's final denoising step per trajectory kind (``final_denoise_noncartesian`` ``auto``: the kind's entry, none: off):
+#: chosen with the floor by rule version 2 of ``benchmarks/run_noncartesian_floor.py`` (``--final-denoise``).
+NONCARTESIAN_FINAL_DENOISE: Mapping[str, float] = MappingProxyType({})
 
 
 def _nearest_steps(table: tuple[tuple[float, int], ...], coverage: float) -> int:
@@ -1091,6 +1094,11 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
     def tuned_gamma_floor(self) -> float | None:
         """DDS's data-weight floor for this trajectory's kind: :data:`NONCARTESIAN_GAMMA_FLOOR`'s entry (None: none)."""
         return NONCARTESIAN_GAMMA_FLOOR.get(self.trajectory)
+
+    def tuned_final_denoise(self) -> float | None:
+        """DDS's final denoising factor for this trajectory's kind: :data:`NONCARTESIAN_FINAL_DENOISE`'s entry (None:
+        none)."""
+        return NONCARTESIAN_FINAL_DENOISE.get(self.trajectory)
 
     def gridded(self) -> torch.Tensor:
         """``Aᴴ(W y)``: the density-compensated (gridding) SENSE-1 image ``(H, W)``, the sampler's start (computed once).

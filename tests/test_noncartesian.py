@@ -484,6 +484,43 @@ def test_dds_data_weight_floor_on_trajectories_only(calibrated, tiny_runtime, mo
             ReconRequest(sampler="dds", options={"gamma_min_noncartesian": bad})
 
 
+def test_dds_final_denoise_factor_by_physics_and_kind(calibrated, tiny_runtime, monkeypatch):
+    """A trajectory term's final denoising factor is ``final_denoise_noncartesian`` where given, else its kind's entry
+    of ``NONCARTESIAN_FINAL_DENOISE``, else ``final_denoise``; a Cartesian term's always ``final_denoise``.  The step
+    spends the budget's last evaluation only where a term has a factor."""
+    import mri_score.samplers.dds as dds
+    from mri_score import noncartesian
+    from mri_score.likelihood import GaussianKspaceLikelihood
+    from mri_score.samplers import sampler_config
+    from mri_score.samplers.dds import DDSConfig, sample_dds
+    from operators import Sense
+
+    vol, cal = calibrated
+    term, _ = _term(vol, cal)
+    cartesian = GaussianKspaceLikelihood(Sense(cal.maps), torch.zeros(cal.maps.shape, dtype=torch.complex64), 0.1)
+    monkeypatch.setattr(noncartesian, "NONCARTESIAN_FINAL_DENOISE", {})
+    assert DDSConfig().final_denoise_factor(term) == DDSConfig().final_denoise_factor(cartesian) == 0.0
+    assert DDSConfig(final_denoise=0.5).final_denoise_factor(term) == 0.5
+    monkeypatch.setattr(noncartesian, "NONCARTESIAN_FINAL_DENOISE", {vol.trajectory: 1.0})
+    assert (DDSConfig().final_denoise_factor(term), DDSConfig().final_denoise_factor(cartesian)) == (1.0, 0.0)
+    cfg = sampler_config("dds", {"final_denoise_noncartesian": "0"})
+    assert (cfg.final_denoise_factor(term), cfg.schedule_steps(5, [term]), DDSConfig().schedule_steps(5, [term]),
+            DDSConfig().schedule_steps(5, [cartesian]), DDSConfig().schedule_steps(1, [term])) == (0.0, 5, 4, 5, 1)
+    seen = []
+    real = dds._final_denoise
+    monkeypatch.setattr(dds, "_final_denoise", lambda *a: seen.append(a[2]) or real(*a))
+
+    def run(cfg):
+        x0 = term.gridded().expand(1, -1, -1).clone()
+        return sample_dds(ComplexPrior(tiny_runtime), [term], x0, torch.Generator().manual_seed(0), 4, cfg)
+
+    out = run(DDSConfig())
+    assert out.nfe == 4 and len(seen) == 1 and seen[0][0][0] == 1.0 and seen[0][0][1] > 0
+    assert run(cfg).nfe == 4 and len(seen) == 1  # turned off: no final step, four σ levels
+    with pytest.raises(InputError, match="final_denoise_noncartesian"):
+        ReconRequest(sampler="dds", options={"final_denoise_noncartesian": 5.0})
+
+
 def test_coil_compression_of_a_volume_keeps_the_sense_model():
     from mri_score.noncartesian import NONCARTESIAN_VIRTUAL_COILS, coil_compression
     from operators import compress_coils

@@ -95,6 +95,7 @@ class DDSConfig(SamplerConfig):
     gamma_rule: str = "noise"
     final_gamma_rule: str = "same"
     final_denoise: float = 0.0
+    final_denoise_noncartesian: float | None = None
 
     def validate(self) -> None:
         """σ_max > σ_min > 0, both CG counts ≥ 0, η in [0, 1], positive γ bounds with γ_min ≤ γ_max, a known γ rule."""
@@ -112,6 +113,9 @@ class DDSConfig(SamplerConfig):
                       "gamma_min_noncartesian", "in (0, gamma_max], auto or none")
         self._require(self.gamma_rule in GAMMA_RULES, "gamma_rule", f"one of {', '.join(GAMMA_RULES)}")
         self._require(0.0 <= self.final_denoise <= FINAL_DENOISE_MAX, "final_denoise", f"in [0, {FINAL_DENOISE_MAX:g}]")
+        self._require(self.final_denoise_noncartesian is None
+                      or 0.0 <= self.final_denoise_noncartesian <= FINAL_DENOISE_MAX, "final_denoise_noncartesian",
+                      f"in [0, {FINAL_DENOISE_MAX:g}], auto or none")
         self._require(self.final_gamma_rule in ("same", *GAMMA_RULES), "final_gamma_rule",
                       f"one of same, {', '.join(GAMMA_RULES)}")
 
@@ -133,18 +137,35 @@ class DDSConfig(SamplerConfig):
                 return min(tuned, self.gamma_max)
         return self.gamma_min
 
+    def final_denoise_factor(self, term: Likelihood) -> float:
+        """The final denoising factor of ``term``: on a non-Cartesian term ``final_denoise_noncartesian`` where given
+        (``auto`` or ``none``: not given), else the factor tuned for its trajectory's kind
+        (:meth:`mri_score.likelihood.Likelihood.tuned_final_denoise`), else ``final_denoise``; ``final_denoise`` on
+        every other term (as :meth:`gamma_floor`)."""
+        if term.noncartesian:
+            if self.final_denoise_noncartesian is not None:
+                return self.final_denoise_noncartesian
+            tuned = term.tuned_final_denoise()
+            if tuned is not None:
+                return tuned
+        return self.final_denoise
+
     def nfe_used(self, budget: int) -> int:
-        """The budget; with ``final_denoise`` its last network evaluation is the final denoising step, so the σ
-        schedule has ``budget − 1`` levels (a budget of at least 2)."""
+        """The budget; with a final denoising step its last network evaluation is that step, so the σ schedule has
+        ``budget − 1`` levels (:meth:`schedule_steps`; an explicit ``final_denoise`` needs a budget of at least 2)."""
         used = super().nfe_used(budget)
-        if self.final_denoise > 0 and used < 2:
+        explicit = self.final_denoise > 0 or (self.final_denoise_noncartesian or 0.0) > 0
+        if explicit and used < 2:
             raise InputError(f"the dds sampler with final_denoise needs a budget of at least 2 network evaluations, "
                              f"got {budget}")
         return used
 
-    def schedule_steps(self, budget: int) -> int:
-        """σ levels of the schedule for a budget: :meth:`nfe_used`, less the final denoising step's evaluation."""
-        return self.nfe_used(budget) - (1 if self.final_denoise > 0 else 0)
+    def schedule_steps(self, budget: int, terms: Sequence[Likelihood] = ()) -> int:
+        """σ levels of the schedule for a budget and the proximal ``terms``: :meth:`nfe_used`, less the final
+        denoising step's evaluation where a term has a factor above 0 (a budget of 1 has no final step)."""
+        used = self.nfe_used(budget)
+        final = any(self.final_denoise_factor(t) > 0 for t in terms) if terms else self.final_denoise > 0
+        return used - 1 if final and used >= 2 else used
 
     def cg_steps(self, term: Likelihood) -> int:
         """CG steps of ``term``'s proximal step: ``cg_iters`` on Cartesian data; on a non-Cartesian k-space term
@@ -202,22 +223,24 @@ def sample_dds(
     bits); the samples are returned as ordinary tensors.
     """
     cfg = config or DDSConfig()
-    steps = cfg.schedule_steps(nfe)
     proxed, guiding = split_terms(likelihoods, "has_prox")
+    steps = cfg.schedule_steps(nfe, proxed)
+    final = steps < cfg.nfe_used(nfe)  # the budget's last evaluation is the final denoising step
     start = prior.nfe
     with torch.no_grad() if guiding else torch.inference_mode():
-        x0 = _dds_loop(prior, proxed, guiding, x_init, gen, steps, cfg)
+        x0 = _dds_loop(prior, proxed, guiding, x_init, gen, steps, cfg, final)
     return SamplerResult(samples=x0.clone(), nfe=prior.nfe - start)
 
 
 def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequence[Likelihood], x_init: torch.Tensor,
-              gen: Generators, steps: int, cfg: DDSConfig) -> torch.Tensor:
-    """The DDS steps (module docstring); returns the last data-consistent Tweedie estimate ``(B·K, H, W)``."""
+              gen: Generators, steps: int, cfg: DDSConfig, final: bool = False) -> torch.Tensor:
+    """The DDS steps (module docstring); returns the last data-consistent Tweedie estimate ``(B·K, H, W)``, denoised
+    once more by the final denoising step where ``final`` (:func:`_final_denoise`)."""
     sigmas = karras_sigmas(steps, cfg.sigma_max, cfg.sigma_min) + [0.0]
     sd = prior.sigma_data
     x = x_init + sigmas[0] * randn_complex(tuple(x_init.shape), gen, x_init.device)
     x0 = x
-    carried: list[float | torch.Tensor | None] = []  # the last step's carried noise per proximal term
+    carried: list[tuple[float, float | torch.Tensor | None]] = []  # the last step's (factor, noise) per proximal term
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         den = prior.denoise(x, s)
@@ -233,9 +256,10 @@ def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequen
             else:
                 g = dds_gamma(s, sd, term.sigma_y, cfg.gamma_scale, cfg.gamma_floor(term), cfg.gamma_max)
             x0 = term.prox(x0, g, cfg.cg_steps(term))
-            carried.append(term.carried_noise_std(g) if cfg.final_denoise > 0 else None)
+            factor = cfg.final_denoise_factor(term) if final else 0.0
+            carried.append((factor, term.carried_noise_std(g) if factor > 0 else 0.0))
         if s_next == 0.0:
-            return _final_denoise(prior, x0, carried, cfg.final_denoise)
+            return _final_denoise(prior, x0, carried) if final else x0
         carried.clear()
         eps = (x - den) / s
         c = cfg.eta * s_next
@@ -243,19 +267,21 @@ def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequen
     return x0
 
 
-def _final_denoise(prior: ComplexPrior, x0: torch.Tensor, carried: Sequence[float | torch.Tensor | None],
-                   factor: float) -> torch.Tensor:
-    """``D(x0; factor · σ_c)``, ``σ_c`` the measurement noise the last data-consistency step carried into ``x0``
-    (the root sum of squares of its terms' :meth:`~mri_score.likelihood.Likelihood.carried_noise_std`, one value per
-    slice of a batch); ``x0`` unchanged when ``factor`` is 0, a term cannot tell its noise, or ``σ_c`` is 0."""
-    if factor <= 0 or not carried or any(c is None for c in carried):
+def _final_denoise(prior: ComplexPrior, x0: torch.Tensor,
+                   carried: Sequence[tuple[float, float | torch.Tensor | None]]) -> torch.Tensor:
+    """``D(x0; σ_f)``, ``σ_f² = Σ_t (k_t σ_t)²`` over the proximal terms, ``k_t`` a term's factor
+    (:meth:`DDSConfig.final_denoise_factor`) and ``σ_t`` the measurement noise its last data-consistency step carried
+    into ``x0`` (:meth:`~mri_score.likelihood.Likelihood.carried_noise_std`; one value per slice of a batch).  ``x0``
+    unchanged where a term with a factor cannot tell its noise or ``σ_f`` is 0."""
+    parts = [(k, c) for k, c in carried if k > 0]
+    if not parts or any(c is None for _, c in parts):
         return x0
-    var = sum(c**2 for c in carried)  # type: ignore[operator]
+    var = sum((k * c) ** 2 for k, c in parts)  # type: ignore[operator]
     if torch.is_tensor(var):
-        sigma = factor * var.sqrt()
+        sigma = var.sqrt()
         if not bool((sigma > 0).all()):
             return x0
         reps = x0.shape[0] // sigma.shape[0]
         return prior.denoise(x0, sigma.repeat_interleave(reps).to(torch.float32))
-    sigma = factor * float(var) ** 0.5
+    sigma = float(var) ** 0.5
     return prior.denoise(x0, sigma) if sigma > 0 else x0
