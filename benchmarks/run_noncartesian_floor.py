@@ -24,14 +24,16 @@ the former default).
 
 Decision rule (version 2, fixed before its first run; with ``--final-denoise k``, k > 0): DDS's final denoising step
 (``final_denoise``, :meth:`mri_score.likelihood.Likelihood.carried_noise_std`) removes the data noise the last
-data-consistency step keeps, and a higher floor keeps more of it, so the floor is swept again with ``final_denoise =
-k`` on every run (the same sweep as version 1).  The kind's best floor with the step is compared with the kind's
-current default (the request without options: its ``NONCARTESIAN_GAMMA_FLOOR`` entry, no final denoising), run on
-the same slices.  The pair (best floor, k) becomes the kind's default where its mean PSNR over the kind's settings
-beats the current default by at least :data:`ADOPT_MARGIN_DB` and no setting's mean is more than
-:data:`ADOPT_MARGIN_DB` below the default's; otherwise the kind keeps its default.  k = 1 is the level the
-carried-noise formula predicts (not tuned).  Command: ``python benchmarks/run_noncartesian_floor.py --threads 2
---spokes 16 32 64 96 --interleaves 4 8 16 --final-denoise 1 --out benchmarks/results/noncartesian_floor_final_denoise.md``.
+data-consistency step keeps, and a higher floor keeps more of it, so the floor is swept again with the step at factor
+k on every run (``final_denoise_noncartesian = k``; the same sweep as version 1).  The kind's best floor with the
+step is compared with the kind's current default (the request without options: its ``NONCARTESIAN_GAMMA_FLOOR``
+entry and its ``NONCARTESIAN_FINAL_DENOISE`` entry, none at the first run), run on the same slices.  The pair (best
+floor, k) becomes the kind's default where its mean PSNR over the kind's settings beats the current default by at
+least :data:`ADOPT_MARGIN_DB` and no setting's mean is more than :data:`ADOPT_MARGIN_DB` below the default's;
+otherwise the kind keeps its default.  k = 1 is the level the carried-noise formula predicts (not tuned).  An
+adoption fills both tables and bumps ``NONCARTESIAN_DEFAULTS_VERSION`` (the std factors are refitted).  Command:
+``python benchmarks/run_noncartesian_floor.py --threads 2 --spokes 16 32 64 96 --interleaves 4 8 16 --final-denoise 1
+--out benchmarks/results/noncartesian_floor_final_denoise.md``.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def run_floor(rows: list[dict], tag: str, name: str, acq: NonCartesianVolume, pr
     return the volume's PSNR (dB)."""
     options = {} if floor == DEFAULT else {"gamma_min_noncartesian": floor}
     if final_denoise > 0 and floor != DEFAULT:
-        options["final_denoise"] = final_denoise
+        options["final_denoise_noncartesian"] = final_denoise
     psnr, seconds = scored_reconstruction(acq, prior, request.replace(options=options))
     rows.append({"setting": tag, "volume": name, "floor": floor, "psnr": psnr, "seconds": seconds})
     label = floor if floor == DEFAULT else f"{floor:g}"
@@ -176,8 +178,9 @@ def report(args: argparse.Namespace, command: str, split: TuningSplit, rows: lis
     if any(r["floor"] == DEFAULT for r in rows):
         floors.append(DEFAULT)
     step = args.final_denoise
-    rule = (f"version 2, fixed before the run: the floors swept as in version 1 with `final_denoise={step:g}` on every "
-            f"run; the kind's best floor with it becomes its default (floor and final denoising) where its mean beats "
+    rule = (f"version 2, fixed before the run: the floors swept as in version 1 with "
+            f"`final_denoise_noncartesian={step:g}` on every run; the kind's best floor with it becomes its default "
+            f"(floor and final denoising) where its mean beats "
             f"the current default (row *{DEFAULT}*: the request without options) by at least {ADOPT_MARGIN_DB:g} dB "
             f"and no setting's mean is more than {ADOPT_MARGIN_DB:g} dB below the default's" if step > 0 else
             f"version 1, fixed before the run: per kind the mean PSNR over its settings and volumes; floors "
@@ -191,7 +194,8 @@ def report(args: argparse.Namespace, command: str, split: TuningSplit, rows: lis
              f"`reconstruct` defaults at {args.nfe} NFE, K = {args.samples}, sampler seed {args.seed} (+ slice index), "
              f"grid {args.grid} ({', '.join(sorted(f'{g:g}x' for g in grids))} here), virtual coils auto, the tuned CG "
              "steps; only `gamma_min_noncartesian` varies"
-             + (f", every floor with `final_denoise={step:g}` (the row *{DEFAULT}* without options)" if step > 0 else "")
+             + (f", every floor with `final_denoise_noncartesian={step:g}` (the row *{DEFAULT}* without options)"
+                if step > 0 else "")
              + "\n"
              f"- data: `{args.config}` tuning subjects {', '.join(map(str, split.subjects))} (held-out split, from "
              f"corpus slice {spec['first']}), {args.slices} slice(s) each at {args.synth_size}², {spec['coils']} "

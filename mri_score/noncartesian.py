@@ -266,7 +266,8 @@ NONCARTESIAN_CG_BY_COVERAGE: CoverageTables = MappingProxyType({
 #: 0.1 dB from 0.1 to 0.3 (radial) and 0.033 to 0.1 (spiral).
 NONCARTESIAN_GAMMA_FLOOR: Mapping[str, float] = MappingProxyType({"radial": 0.173, "spiral": 0.0577})
 #: DDS's final denoising step per trajectory kind (``final_denoise_noncartesian`` ``auto``: the kind's entry, none: off):
-#: chosen with the floor by rule version 2 of ``benchmarks/run_noncartesian_floor.py`` (``--final-denoise``).
+#: chosen with the floor by rule version 2 of ``benchmarks/run_noncartesian_floor.py`` (``--final-denoise``); filling it
+#: changes what ``auto`` samples, so it bumps :data:`NONCARTESIAN_DEFAULTS_VERSION`.
 NONCARTESIAN_FINAL_DENOISE: Mapping[str, float] = MappingProxyType({})
 
 

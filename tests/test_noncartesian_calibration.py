@@ -303,7 +303,7 @@ def test_floor_rule_version_2_weighs_the_final_denoising_step_against_the_defaul
                  "32", "--slices", "1", "--spokes", "8", "--interleaves", "--nfe", "3", "--threads", "1",
                  "--final-denoise", "1", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "`final_denoise=1`" in text and "version 2" in text
+    assert "`final_denoise_noncartesian=1`" in text and "version 2" in text
     assert any(ln.startswith(f"| {DEFAULT} | ") for ln in text.splitlines())
     kind_row = next(ln for ln in text.splitlines() if ln.startswith("| radial | "))
     assert f", {DEFAULT}: " in kind_row

@@ -221,8 +221,27 @@ def test_dds_final_denoise_spends_the_last_evaluation_of_the_budget(monkeypatch)
     assert out.nfe == 9 and seen["steps"] == 8
     out = run("dds", problem, samples=2, steps=9)
     assert out.nfe == 9 and seen["steps"] == 9
+    # no proximal term: no final step, the whole budget on σ levels
+    prior = ComplexPrior(GaussianDenoiser())
+    x_init = torch.zeros(2, 12, 12, dtype=torch.complex64)
+    out = SAMPLERS["dds"](prior, [], x_init, torch.Generator().manual_seed(0), 9,
+                          sampler_config("dds", {"final_denoise": 0.5}))
+    assert out.nfe == 9 and seen["steps"] == 9
     with pytest.raises(InputError, match="budget of at least 2"):
         sampler_config("dds", {"final_denoise": 0.5}).nfe_used(1)
     for bad in (-0.1, 5.0):
         with pytest.raises(InputError, match="final_denoise must be in"):
             sampler_config("dds", {"final_denoise": bad})
+
+
+def test_dds_final_denoise_in_a_batch_matches_each_slice_alone():
+    terms = [make_problem(seed=s, sigma_y=sy) for s, sy in ((0, 0.05), (1, 0.2))]
+    opts = sampler_config("dds", {"final_denoise": 1.0})
+    alone = [SAMPLERS["dds"](ComplexPrior(GaussianDenoiser()), [t], t.zero_filled().expand(2, -1, -1).clone(),
+                             torch.Generator().manual_seed(b), 6, opts).samples for b, t in enumerate(terms)]
+    batch = GaussianKspaceLikelihood.stack(terms)
+    x_init = batch.zero_filled().repeat_interleave(2, dim=0)
+    gens = [torch.Generator().manual_seed(b) for b in range(2)]
+    out = SAMPLERS["dds"](ComplexPrior(GaussianDenoiser()), [batch], x_init, gens, 6, opts)
+    assert out.nfe == 6
+    assert torch.allclose(out.samples, torch.cat(alone), atol=1e-5)

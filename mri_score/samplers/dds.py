@@ -160,11 +160,12 @@ class DDSConfig(SamplerConfig):
                              f"got {budget}")
         return used
 
-    def schedule_steps(self, budget: int, terms: Sequence[Likelihood] = ()) -> int:
+    def schedule_steps(self, budget: int, terms: Sequence[Likelihood]) -> int:
         """σ levels of the schedule for a budget and the proximal ``terms``: :meth:`nfe_used`, less the final
-        denoising step's evaluation where a term has a factor above 0 (a budget of 1 has no final step)."""
+        denoising step's evaluation where a term has a factor above 0 (no proximal term, or a budget of 1: no final
+        step)."""
         used = self.nfe_used(budget)
-        final = any(self.final_denoise_factor(t) > 0 for t in terms) if terms else self.final_denoise > 0
+        final = any(self.final_denoise_factor(t) > 0 for t in terms)
         return used - 1 if final and used >= 2 else used
 
     def cg_steps(self, term: Likelihood) -> int:
@@ -271,17 +272,20 @@ def _final_denoise(prior: ComplexPrior, x0: torch.Tensor,
                    carried: Sequence[tuple[float, float | torch.Tensor | None]]) -> torch.Tensor:
     """``D(x0; σ_f)``, ``σ_f² = Σ_t (k_t σ_t)²`` over the proximal terms, ``k_t`` a term's factor
     (:meth:`DDSConfig.final_denoise_factor`) and ``σ_t`` the measurement noise its last data-consistency step carried
-    into ``x0`` (:meth:`~mri_score.likelihood.Likelihood.carried_noise_std`; one value per slice of a batch).  ``x0``
-    unchanged where a term with a factor cannot tell its noise or ``σ_f`` is 0."""
-    parts = [(k, c) for k, c in carried if k > 0]
-    if not parts or any(c is None for _, c in parts):
-        return x0
-    var = sum((k * c) ** 2 for k, c in parts)  # type: ignore[operator]
+    into ``x0`` (:meth:`~mri_score.likelihood.Likelihood.carried_noise_std`; one value per slice of a batch; a term
+    that cannot tell counts 0).  The sum ignores what later proximal terms' steps removed of an earlier one's noise
+    (an overestimate with several terms); guidance terms do not enter this step.  A slice whose ``σ_f`` is 0 keeps
+    ``x0`` (the evaluation is still spent for the batch, so a slice's result does not depend on its batch); with one
+    slice and ``σ_f = 0`` the step is skipped."""
+    var = sum((k * c) ** 2 for k, c in carried if k > 0 and c is not None)  # type: ignore[operator]
     if torch.is_tensor(var):
         sigma = var.sqrt()
-        if not bool((sigma > 0).all()):
+        if not bool((sigma > 0).any()):
             return x0
         reps = x0.shape[0] // sigma.shape[0]
-        return prior.denoise(x0, sigma.repeat_interleave(reps).to(torch.float32))
+        sigma = sigma.repeat_interleave(reps).to(torch.float32)
+        out = prior.denoise(x0, sigma.clamp_min(1e-6))
+        keep = (sigma == 0).to(x0.device).reshape(-1, *([1] * (x0.ndim - 1)))
+        return torch.where(keep, x0, out)
     sigma = float(var) ** 0.5
     return prior.denoise(x0, sigma) if sigma > 0 else x0
