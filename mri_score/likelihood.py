@@ -296,11 +296,7 @@ class GaussianKspaceLikelihood(Likelihood):
         fraction = trace / (h * w)
         if torch.is_tensor(gamma):
             gamma = gamma.to("cpu", torch.float64)
-        factor = gamma / (1.0 + gamma)
-        std = self.sigma_y * factor / 2**0.5
-        if torch.is_tensor(fraction):
-            return std * fraction.sqrt()
-        return std * fraction**0.5
+        return self.sigma_y * gamma / (1.0 + gamma) / 2**0.5 * fraction**0.5
 
     def prox(self, x: torch.Tensor, gamma: float | torch.Tensor, iters: int) -> torch.Tensor:
         """``argmin_z ½‖z − x‖² + γ/2 ‖A z − y‖²`` by ``iters`` CG steps on ``(I + γ AᴴA) z = x + γ Aᴴy`` from ``x``.

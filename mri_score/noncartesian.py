@@ -1111,10 +1111,14 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
             self._grid = self.op.density_compensated_adjoint(self.y)
         return self._grid
 
-    def _precondition(self, gamma: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _fourier_diagonal(self) -> torch.Tensor:
+        """The Gram's circulant diagonal (:func:`circulant_normal_diagonal`), computed once."""
         if self._diag is None:
             self._diag = circulant_normal_diagonal(self.op)
-        inv = 1.0 / (1.0 + gamma * self._diag)
+        return self._diag
+
+    def _precondition(self, gamma: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        inv = 1.0 / (1.0 + gamma * self._fourier_diagonal())
         return lambda r: torch.fft.ifft2(torch.fft.fft2(r) * inv)
 
     def prox(self, x: torch.Tensor, gamma: float, iters: int) -> torch.Tensor:
@@ -1131,10 +1135,8 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
         ``σ_y / √2 · √(mean_k γ²ρ_k / (1 + γρ_k)²)``.  The densely sampled centre (``γρ ≫ 1``) passes its noise
         at the level ``σ_y / √ρ``, the sparse edge hardly any.
         """
-        if self._diag is None:
-            self._diag = circulant_normal_diagonal(self.op)
         g = float(gamma)
-        rho = self._diag.to(torch.float64)
+        rho = self._fourier_diagonal().to(torch.float64)
         return float(self.sigma_y / 2**0.5 * (g * g * rho / (1.0 + g * rho).square()).mean().sqrt())
 
     def dc_weights(self) -> torch.Tensor:

@@ -241,7 +241,7 @@ def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequen
     sd = prior.sigma_data
     x = x_init + sigmas[0] * randn_complex(tuple(x_init.shape), gen, x_init.device)
     x0 = x
-    carried: list[tuple[float, float | torch.Tensor | None]] = []  # the last step's (factor, noise) per proximal term
+    carried: list[tuple[float, float | torch.Tensor | None]] = []  # the last step's (factor, noise) per term with one
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         den = prior.denoise(x, s)
@@ -257,11 +257,10 @@ def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequen
             else:
                 g = dds_gamma(s, sd, term.sigma_y, cfg.gamma_scale, cfg.gamma_floor(term), cfg.gamma_max)
             x0 = term.prox(x0, g, cfg.cg_steps(term))
-            factor = cfg.final_denoise_factor(term) if final else 0.0
-            carried.append((factor, term.carried_noise_std(g) if factor > 0 else 0.0))
+            if final and s_next == 0.0 and cfg.final_denoise_factor(term) > 0:
+                carried.append((cfg.final_denoise_factor(term), term.carried_noise_std(g)))
         if s_next == 0.0:
             return _final_denoise(prior, x0, carried) if final else x0
-        carried.clear()
         eps = (x - den) / s
         c = cfg.eta * s_next
         x = x0 + (s_next**2 - c**2) ** 0.5 * eps + c * randn_complex(tuple(x.shape), gen, x.device)
