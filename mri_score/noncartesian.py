@@ -259,16 +259,18 @@ NONCARTESIAN_CG_BY_COVERAGE: CoverageTables = MappingProxyType({
 
 #: DDS's data-weight floor on a trajectory by its kind (:data:`TRAJECTORIES`), where ``gamma_min_noncartesian`` is not
 #: given (:meth:`mri_score.samplers.dds.DDSConfig.gamma_floor`); a kind without an entry (``other``) keeps
-#: ``gamma_min``.  Fitted by rule version 1 of ``benchmarks/run_noncartesian_floor.py`` on the synthetic tuning
-#: subjects (``benchmarks/results/noncartesian_floor_tuning.md``: radial 16-96 spokes and spirals of 4-16 interleaves
-#: at 128² on the 2x grid, floors 0.033-1): +0.43 dB over the Cartesian floor 1 averaged over the radial settings
-#: (+0.10 at 16 spokes to +0.73 at 64), +1.69 dB over the spirals (+1.1 to +2.1); the optimum is flat, within
-#: 0.1 dB from 0.1 to 0.3 (radial) and 0.033 to 0.1 (spiral).
-NONCARTESIAN_GAMMA_FLOOR: Mapping[str, float] = MappingProxyType({"radial": 0.173, "spiral": 0.0577})
+#: ``gamma_min``.  Chosen with :data:`NONCARTESIAN_FINAL_DENOISE` by rule version 2 of
+#: ``benchmarks/run_noncartesian_floor.py`` on the synthetic tuning subjects
+#: (``benchmarks/results/noncartesian_floor_final_denoise.md``: radial 16-96 spokes and spirals of 4-16 interleaves at
+#: 128² on the 2x grid): radial the floor 1 with the final denoising step, +0.48 dB over version 6's floor 0.173
+#: without it (+0.05 at 16 spokes to +0.83 at 96); spirals 0.3 with the step, +0.11 dB over 0.0577 without it (−0.02
+#: at 4 interleaves, +0.24 at 8).  Version 1's floors (0.173, 0.0577; ``benchmarks/results/noncartesian_floor_tuning.md``)
+#: were tuned without the step.
+NONCARTESIAN_GAMMA_FLOOR: Mapping[str, float] = MappingProxyType({"radial": 1.0, "spiral": 0.3})
 #: DDS's final denoising step per trajectory kind (``final_denoise_noncartesian`` ``auto``: the kind's entry, none: off):
-#: chosen with the floor by rule version 2 of ``benchmarks/run_noncartesian_floor.py`` (``--final-denoise``); filling it
-#: changes what ``auto`` samples, so it bumps :data:`NONCARTESIAN_DEFAULTS_VERSION`.
-NONCARTESIAN_FINAL_DENOISE: Mapping[str, float] = MappingProxyType({})
+#: chosen with the floor by rule version 2 of ``benchmarks/run_noncartesian_floor.py`` (``--final-denoise``, above);
+#: the step denoises the last data-consistent estimate at the noise its solve carried (k = 1, the matched level).
+NONCARTESIAN_FINAL_DENOISE: Mapping[str, float] = MappingProxyType({"radial": 1.0, "spiral": 1.0})
 
 
 def _nearest_steps(table: tuple[tuple[float, int], ...], coverage: float) -> int:
@@ -366,9 +368,10 @@ def coil_compression(volume: NonCartesianVolume, virtual_coils: str | int) -> to
 #: coverage (:data:`NONCARTESIAN_CG_BY_COVERAGE`) and the coils are compressed (:data:`NONCARTESIAN_VIRTUAL_COILS`),
 #: 4 since the count follows the trajectory's kind as well, within a time budget, and ``--grid auto`` samples on the
 #: 2x grid (:data:`mri_score.resolution.TRAJECTORY_GRID_MIN_COVERAGE`), 5 since the data weight's floor follows the
-#: trajectory's kind (:data:`NONCARTESIAN_GAMMA_FLOOR`), 6 since the CG tables were re-tuned under those floors;
-#: factors fitted before version 2 name no version.
-NONCARTESIAN_DEFAULTS_VERSION = 6
+#: trajectory's kind (:data:`NONCARTESIAN_GAMMA_FLOOR`), 6 since the CG tables were re-tuned under those floors, 7
+#: since the floors were re-chosen with DDS's final denoising step (:data:`NONCARTESIAN_FINAL_DENOISE`); factors
+#: fitted before version 2 name no version.
+NONCARTESIAN_DEFAULTS_VERSION = 7
 #: The last part of every :func:`calibration_key`: the non-Cartesian defaults' version.
 CALIBRATION_KEY_SUFFIX = f"/nc@v{NONCARTESIAN_DEFAULTS_VERSION}"
 
