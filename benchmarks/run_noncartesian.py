@@ -13,9 +13,12 @@ group of volumes, PSNR / SSIM against the noise-free magnitude ``|x|`` (fastMRI'
   change falls below 1e-4 (at most ``--l1-iters`` iterations), λ swept;
 * **BART** ``pics -t`` (total variation ``-R T``, λ swept) where ``bart`` is installed, else a "not run" row;
 * **DDS** (:func:`mri_score.noncartesian.reconstruct_noncartesian_volume`): the Cartesian sampler and its
-  defaults (``--nfe``, default 24 NFE), K = ``--samples``, except the CG steps per step: on a trajectory the count
-  its grid coverage calls for (``cg_iters_noncartesian`` auto, :meth:`mri_score.samplers.dds.DDSConfig.cg_steps`)
-  instead of the Cartesian ``cg_iters`` (10), which the Cartesian reference of the time ratio runs.
+  defaults (``--nfe``, default 24 NFE), K = ``--samples``, except three defaults tuned per trajectory kind: the CG
+  steps per step its kind and grid coverage call for (``cg_iters_noncartesian`` auto,
+  :meth:`mri_score.samplers.dds.DDSConfig.cg_steps`), the data weight's floor (``gamma_min_noncartesian`` auto:
+  radial 1, spiral 0.3) and the final denoising step (``final_denoise_noncartesian`` auto: 1), instead of the
+  Cartesian ``cg_iters`` (10), ``gamma_min`` (1) and ``final_denoise`` (0), which the Cartesian reference of the time
+  ratio runs.
 
 Every method uses the same calibration per slice (:func:`mri_score.noncartesian.calibrate_volume_noncartesian`:
 maps from the fully sampled k-space centre, scale, σ_y estimated from the outer samples); DDS then samples on the

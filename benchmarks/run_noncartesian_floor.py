@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--grid", default="auto", help="sampling grid of DDS: auto (the command's), native or a factor")
     ap.add_argument("--final-denoise", type=float, default=0.0,
                     help="DDS's final_denoise on every run of the sweep (rule version 2 where > 0: the best floor "
-                         "with it against the current default); 0: rule version 1")
+                         "with it against the current default); 0: rule version 1, the step off")
     return ap
 
 
@@ -93,11 +93,11 @@ DEFAULT = "default"
 
 def run_floor(rows: list[dict], tag: str, name: str, acq: NonCartesianVolume, prior: ComplexPrior,
               request: ReconRequest, floor: float | str, final_denoise: float = 0.0) -> float:
-    """Reconstruct ``acq`` at data-weight floor ``floor`` (:data:`DEFAULT`: the request's own options), with DDS's
-    ``final_denoise`` where > 0; append ``{setting, volume, floor, psnr, seconds}`` (seconds per slice) to ``rows`` and
-    return the volume's PSNR (dB)."""
+    """Reconstruct ``acq`` at data-weight floor ``floor`` (:data:`DEFAULT`: the request's own options) with DDS's
+    final denoising factor ``final_denoise`` (0: off, as rule version 1 swept it); append ``{setting, volume, floor,
+    psnr, seconds}`` (seconds per slice) to ``rows`` and return the volume's PSNR (dB)."""
     options = {} if floor == DEFAULT else {"gamma_min_noncartesian": floor}
-    if final_denoise > 0 and floor != DEFAULT:
+    if floor != DEFAULT:
         options["final_denoise_noncartesian"] = final_denoise
     psnr, seconds = scored_reconstruction(acq, prior, request.replace(options=options))
     rows.append({"setting": tag, "volume": name, "floor": floor, "psnr": psnr, "seconds": seconds})
@@ -195,7 +195,7 @@ def report(args: argparse.Namespace, command: str, split: TuningSplit, rows: lis
              f"grid {args.grid} ({', '.join(sorted(f'{g:g}x' for g in grids))} here), virtual coils auto, the tuned CG "
              "steps; only `gamma_min_noncartesian` varies"
              + (f", every floor with `final_denoise_noncartesian={step:g}` (the row *{DEFAULT}* without options)"
-                if step > 0 else "")
+                if step > 0 else ", the final denoising step off (`final_denoise_noncartesian=0`)")
              + "\n"
              f"- data: `{args.config}` tuning subjects {', '.join(map(str, split.subjects))} (held-out split, from "
              f"corpus slice {spec['first']}), {args.slices} slice(s) each at {args.synth_size}², {spec['coils']} "

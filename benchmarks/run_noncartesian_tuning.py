@@ -45,13 +45,13 @@ least 0.1 dB over it on average over the four, the tables are re-tuned on the 2x
 otherwise the native-grid tables stand.
 
 Check under the tuned data-weight floors (fixed before its run, 2026-12-07): the tables were tuned at the floor 1,
-before :data:`mri_score.noncartesian.NONCARTESIAN_GAMMA_FLOOR` lowered it on trajectories. ``python
+before version 5's floors (0.173 radial, 0.0577 spiral) lowered it on trajectories. ``python
 benchmarks/run_noncartesian_tuning.py --threads 2 --grid auto --spokes 16 32 64 --interleaves 8 --cg-iters 1 2 3 4 6
 8 10 --out benchmarks/results/noncartesian_tuning_floor_check.md`` runs the benchmark's four settings at the floors;
 where the rule's count differs from the shipped table's and gains at least 0.1 dB over it on average over the four,
 the tables are re-tuned under the floors by a full run (not before); otherwise they stand.
 
-Full re-tune under the floors (the check above found +0.20 dB; fixed before its run, 2026-12-07): rule version 3
+Full re-tune under version 5's floors (the check above found +0.20 dB; fixed before its run, 2026-12-07): rule version 3
 unchanged, on the CLI's grid (``--grid auto``, as the check; the 2x grid at 128²), the nine settings and counts up to
 14 (10 was the best count tried at 16 and 32 spokes): ``python benchmarks/run_noncartesian_tuning.py --threads 2
 --grid auto --spokes 16 24 32 48 64 96 --interleaves 4 8 16 --cg-iters 1 2 3 4 6 8 10 14``. Its tables become

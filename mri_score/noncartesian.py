@@ -243,8 +243,10 @@ CoverageTables = Mapping[str, tuple[tuple[float, int], ...]]
 
 #: DDS's CG steps per step on a trajectory by its kind and grid coverage (:func:`operators.trajectories.grid_coverage`):
 #: per kind (:data:`TRAJECTORIES`), ``(coverage, steps)`` of each tuned setting, in increasing coverage, fitted by
-#: rule version 3 of ``benchmarks/run_noncartesian_tuning.py`` on the synthetic tuning subjects under the data
-#: weight's floors (:data:`NONCARTESIAN_GAMMA_FLOOR`), on the CLI's grid (``benchmarks/results/noncartesian_tuning.md``:
+#: rule version 3 of ``benchmarks/run_noncartesian_tuning.py`` on the synthetic tuning subjects under version 5's data
+#: weight floors (0.173 radial, 0.0577 spiral, no final step; kept under version 7's floors and final step, where the
+#: rule's counts were fewer and 0.04 dB below these: ``benchmarks/results/noncartesian_tuning_fd_check.md``), on the
+#: CLI's grid (``benchmarks/results/noncartesian_tuning.md``:
 #: radial 16-96 spokes and spirals of 4-16 interleaves at 128², the 2x grid, 1-14 steps, a count kept only within
 #: twice the Cartesian time); read by :func:`cg_steps_for_coverage`.  Sparse radial data want the most steps tried
 #: (14 up to 32 spokes, at 1.49-1.54x the Cartesian time), 10 at 48 spokes, dense radial data 6, spirals 3 at every
@@ -1062,7 +1064,8 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
         Circulant-preconditioned CG in :meth:`prox` (plain CG, as the Cartesian term, by default).
     trajectory : str
         The trajectory's kind (:data:`TRAJECTORIES`, :attr:`NonCartesianVolume.trajectory`), which with the coverage
-        sets DDS's CG steps (:meth:`tuned_cg_steps`) and alone its data-weight floor (:meth:`tuned_gamma_floor`).
+        sets DDS's CG steps (:meth:`tuned_cg_steps`) and alone its data-weight floor and final denoising factor
+        (:meth:`tuned_gamma_floor`, :meth:`tuned_final_denoise`).
     """
 
     noncartesian = True

@@ -288,6 +288,22 @@ def test_floor_rule_adopts_a_kinds_best_only_when_it_beats_the_cartesian_floor(t
     assert len(err) == 1 and "--spokes" in err[0] and not bad.exists()
 
 
+def test_floor_sweep_sets_the_final_step_on_every_swept_floor(monkeypatch):
+    """Every swept floor names its final denoising factor, 0 included (rule version 1 swept without the step, which
+    is on by default on trajectories since defaults version 7); the default row passes no options."""
+    import benchmarks.run_noncartesian_floor as floor_rule
+    from benchmarks.run_noncartesian_floor import DEFAULT, run_floor
+
+    seen = []
+    monkeypatch.setattr(floor_rule, "scored_reconstruction", lambda acq, prior, req: seen.append(req.options) or (30.0, 1.0))
+    rows: list[dict] = []
+    for floor, step in ((0.3, 0.0), (1.0, 1.0), (DEFAULT, 1.0)):
+        assert run_floor(rows, "radial 8 spokes", "v", None, None, ReconRequest(sampler="dds"), floor, step) == 30.0
+    assert seen == [{"gamma_min_noncartesian": 0.3, "final_denoise_noncartesian": 0.0},
+                    {"gamma_min_noncartesian": 1.0, "final_denoise_noncartesian": 1.0}, {}]
+    assert [r["floor"] for r in rows] == [0.3, 1.0, DEFAULT]
+
+
 def test_floor_rule_version_2_weighs_the_final_denoising_step_against_the_default(tmp_path, tiny_prior_path, capsys):
     from benchmarks.run_noncartesian_floor import DEFAULT, choose_with_step, main
 
