@@ -440,11 +440,13 @@ def test_dds_takes_the_noncartesian_cg_count_on_trajectories(calibrated, tiny_ru
 
     original = NonCartesianSense.gram
     monkeypatch.setattr(NonCartesianSense, "gram", lambda self, x: calls.append(1) or original(self, x))
-    base, n_default = run()
-    assert n_default == 2 * (auto + 1)  # per step: the start residual, then one Gram per CG step
-    same, _ = run(cg_iters=auto + 2)  # the Cartesian count does not reach a trajectory
+    _, n_default = run()  # the kind's final step (if any) spends one of the 2 evaluations: one σ level fewer
+    assert n_default == DDSConfig().schedule_steps(2, [term]) * (auto + 1)
+    base, n_two = run(final_denoise_noncartesian=0)
+    assert n_two == 2 * (auto + 1)  # per step: the start residual, then one Gram per CG step
+    same, _ = run(final_denoise_noncartesian=0, cg_iters=auto + 2)  # the Cartesian count does not reach a trajectory
     assert torch.equal(base, same)
-    fewer, n_fewer = run(cg_iters_noncartesian=auto + 1)
+    fewer, n_fewer = run(final_denoise_noncartesian=0, cg_iters_noncartesian=auto + 1)
     assert n_fewer == 2 * (auto + 2) and not torch.equal(base, fewer)
 
 

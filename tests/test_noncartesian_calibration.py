@@ -295,12 +295,14 @@ def test_floor_sweep_sets_the_final_step_on_every_swept_floor(monkeypatch):
     from benchmarks.run_noncartesian_floor import DEFAULT, run_floor
 
     seen = []
-    monkeypatch.setattr(floor_rule, "scored_reconstruction", lambda acq, prior, req: seen.append(req.options) or (30.0, 1.0))
+    monkeypatch.setattr(floor_rule, "scored_reconstruction",
+                        lambda acq, prior, req: seen.append(req.options) or (30.0, 1.0))
     rows: list[dict] = []
     for floor, step in ((0.3, 0.0), (1.0, 1.0), (DEFAULT, 1.0)):
         assert run_floor(rows, "radial 8 spokes", "v", None, None, ReconRequest(sampler="dds"), floor, step) == 30.0
-    assert seen == [{"gamma_min_noncartesian": 0.3, "final_denoise_noncartesian": 0.0},
-                    {"gamma_min_noncartesian": 1.0, "final_denoise_noncartesian": 1.0}, {}]
+    # the request resolves its options into the sampler's config; None: the kind's default (``auto``)
+    assert [(o.gamma_min_noncartesian, o.final_denoise_noncartesian) for o in seen] == [(0.3, 0.0), (1.0, 1.0),
+                                                                                           (None, None)]
     assert [r["floor"] for r in rows] == [0.3, 1.0, DEFAULT]
 
 
