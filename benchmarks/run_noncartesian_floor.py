@@ -96,9 +96,8 @@ def run_floor(rows: list[dict], tag: str, name: str, acq: NonCartesianVolume, pr
     """Reconstruct ``acq`` at data-weight floor ``floor`` (:data:`DEFAULT`: the request's own options) with DDS's
     final denoising factor ``final_denoise`` (0: off, as rule version 1 swept it); append ``{setting, volume, floor,
     psnr, seconds}`` (seconds per slice) to ``rows`` and return the volume's PSNR (dB)."""
-    options = {} if floor == DEFAULT else {"gamma_min_noncartesian": floor}
-    if floor != DEFAULT:
-        options["final_denoise_noncartesian"] = final_denoise
+    options = ({} if floor == DEFAULT else
+               {"gamma_min_noncartesian": floor, "final_denoise_noncartesian": final_denoise})
     psnr, seconds = scored_reconstruction(acq, prior, request.replace(options=options))
     rows.append({"setting": tag, "volume": name, "floor": floor, "psnr": psnr, "seconds": seconds})
     label = floor if floor == DEFAULT else f"{floor:g}"

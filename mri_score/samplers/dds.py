@@ -257,8 +257,9 @@ def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequen
             else:
                 g = dds_gamma(s, sd, term.sigma_y, cfg.gamma_scale, cfg.gamma_floor(term), cfg.gamma_max)
             x0 = term.prox(x0, g, cfg.cg_steps(term))
-            if final and s_next == 0.0 and cfg.final_denoise_factor(term) > 0:
-                carried.append((cfg.final_denoise_factor(term), term.carried_noise_std(g)))
+            factor = cfg.final_denoise_factor(term) if final and s_next == 0.0 else 0.0
+            if factor > 0:
+                carried.append((factor, term.carried_noise_std(g)))
         if s_next == 0.0:
             return _final_denoise(prior, x0, carried) if final else x0
         eps = (x - den) / s
