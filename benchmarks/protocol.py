@@ -45,6 +45,7 @@ from benchmarks.harness import check_score_method, undersample
 from benchmarks.stats import select_parameter
 from mri_score import baselines, uncertainty
 from mri_score.atomic import atomic_output
+from mri_score.calibration import cartesian_map_phase
 from mri_score.config import require
 from mri_score.data.mixed import MixedCorpus
 from mri_score.data.realset import SPLITS, volumes_in
@@ -56,7 +57,7 @@ from mri_score.prior import ComplexPrior
 from mri_score.request import ReconRequest, RequestError
 from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
 from mri_score.supervised import load_unet, unet_reconstruct
-from operators import birdcage_maps, ifft2c, sense1_combine
+from operators import birdcage_maps, estimate_maps, ifft2c, sense1_combine
 from operators.errors import OperatorInputError
 
 if TYPE_CHECKING:
@@ -440,13 +441,15 @@ def unreported_acquisitions(cfg: dict, volumes: int, slices: int, size: int,
 
 def dds_request(spec: dict, seed: int = 0) -> ReconRequest:
     """The :class:`~mri_score.request.ReconRequest` of a DDS method entry (``nfe``, ``samples``, ``options``,
-    ``grid: native|auto|factor``, default native), in the protocol's primary convention (``sense``)."""
+    ``grid: native|auto|factor``, default native; ``maps_phase``, default auto), in the protocol's primary
+    convention (``sense``)."""
     for name in ("nfe", "samples"):  # int() would truncate 2.5 and accept True
         value = spec.get(name, 2)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an integer, got {value!r}")
     return ReconRequest(sampler="dds", steps=int(spec["nfe"]), samples=int(spec.get("samples", 2)), seed=seed,
-                        magnitude="sense", options=dict(spec.get("options") or {}), grid=spec.get("grid", "native"))
+                        magnitude="sense", options=dict(spec.get("options") or {}), grid=spec.get("grid", "native"),
+                        maps_phase=spec.get("maps_phase", "auto"))
 
 
 def registered_dds(cfg: dict) -> dict | None:
@@ -472,6 +475,9 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
     (through :func:`mri_score.pipeline.reconstruct_volume`, the ``reconstruct`` command's path)."""
     ks, mask = acq["under"][s], acq["mask"]
     cal = (acq["oracle"] if maps == "oracle" else acq["cals"])[s]
+    if is_dds(method) and maps == "acs" and spec.get("maps_phase", "auto") != "auto":  # an ablation's phase reference
+        phase = cartesian_map_phase(spec["maps_phase"])
+        cal = replace(cal, maps=estimate_maps(torch.from_numpy(ks), torch.from_numpy(mask), phase=phase))
     t0, c0 = time.perf_counter(), cpu_seconds_now()
     std, nfe, factor = None, 0, None
     if method == "zero_filled":

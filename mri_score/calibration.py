@@ -16,7 +16,7 @@ import torch
 from mri_score.errors import InputError
 from mri_score.scaling import kspace_scale
 from operators import acs_width, estimate_maps
-from operators.coils import MIN_ACS
+from operators.coils import DEFAULT_MAP_PHASE, MAP_PHASES, MIN_ACS
 
 
 @dataclass(frozen=True)
@@ -105,12 +105,23 @@ def check_acs(mask: torch.Tensor | np.ndarray, name: str) -> int:
     return width
 
 
+def cartesian_map_phase(maps_phase: str) -> str:
+    """The phase reference (one of :data:`operators.coils.MAP_PHASES`) a request's ``maps_phase`` names on Cartesian
+    data: ``auto`` is :data:`operators.coils.DEFAULT_MAP_PHASE`."""
+    if maps_phase == "auto":
+        return DEFAULT_MAP_PHASE
+    if maps_phase not in MAP_PHASES:
+        raise InputError(f"unknown coil-map phase reference {maps_phase!r}; choose auto, {', '.join(MAP_PHASES)}")
+    return maps_phase
+
+
 def calibrate(
     kspace: torch.Tensor,
     mask: torch.Tensor,
     maps_method: str = "auto",
     maps: torch.Tensor | None = None,
     sigma_y: float | None = None,
+    maps_phase: str = "auto",
 ) -> Calibration:
     """Calibrate one slice from its undersampled k-space.
 
@@ -127,6 +138,8 @@ def calibrate(
         Coil maps to use instead of estimating them (e.g. the simulation's true maps).
     sigma_y : float, optional
         Known noise std per complex sample, instead of :func:`estimate_sigma_y`.
+    maps_phase : str
+        Phase reference of estimated maps (:func:`cartesian_map_phase`); given ``maps`` are used as they are.
 
     Returns
     -------
@@ -135,7 +148,7 @@ def calibrate(
     mask_t = torch.as_tensor(mask, dtype=torch.float32).to(kspace.device)
     width = acs_width(mask_t)
     if maps is None:
-        maps = estimate_maps(kspace, mask_t, method=maps_method, width=width)
+        maps = estimate_maps(kspace, mask_t, method=maps_method, width=width, phase=cartesian_map_phase(maps_phase))
     maps = maps.to(kspace.device)
     scale = float(kspace_scale(kspace, mask_t, maps, width))
     sy = float(sigma_y) if sigma_y is not None else estimate_sigma_y(kspace, mask_t)

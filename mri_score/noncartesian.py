@@ -70,6 +70,7 @@ from mri_score.resolution import fine_shape
 from mri_score.samplers import SAMPLERS
 from mri_score.scaling import reference_scale
 from operators.coils import (
+    MAP_PHASES,
     MIN_ACS,
     MIN_ESPIRIT_ACS,
     coil_compression_matrix,
@@ -78,6 +79,7 @@ from operators.coils import (
     normalize_maps,
     rss,
     sense1_combine,
+    virtual_coil_phase,
 )
 from operators.errors import OperatorInputError
 from operators.fft import fft2c
@@ -858,6 +860,7 @@ def calibrate_noncartesian(
     maps: torch.Tensor | None = None,
     sigma_y: float | None = None,
     radius: float | None = None,
+    maps_phase: str = "auto",
 ) -> Calibration:
     """Coil maps, intensity scale and σ_y of one slice from its non-Cartesian samples alone.
 
@@ -868,7 +871,10 @@ def calibrate_noncartesian(
       calibration region (:func:`operators.coils.maps_espirit`, crop 0: every pixel keeps a map);
       ``lowres``: the Hann-tapered disc ``|k| < r`` gridded to low-resolution coil images divided by
       their regularised RSS (as :func:`operators.coils.maps_lowres`); ``auto``: ESPIRiT when ``g >=``
-      :data:`operators.coils.MIN_ESPIRIT_ACS`, as the Cartesian rule for a square region.
+      :data:`operators.coils.MIN_ESPIRIT_ACS`, as the Cartesian rule for a square region. Their phase
+      (``maps_phase``): ``auto`` and ``estimator`` keep the estimator's (ESPIRiT: coil 0 real), ``virtual``
+      references them to a virtual body coil (:func:`operators.coils.virtual_coil_phase`, weighted by the RSS of
+      the gridded Hann-tapered ACS disc); the defaults of trajectories were tuned with ``estimator``.
     * Scale: the 99th percentile of the SENSE-1 combination of the Hann-tapered disc of diameter
       :data:`SCALE_DISC_FRACTION` × matrix (:func:`mri_score.scaling.reference_scale`), so the prior sees
       about unit images as on the Cartesian path (see :data:`SCALE_DISC_FRACTION`).
@@ -893,6 +899,8 @@ def calibrate_noncartesian(
         Known noise std per complex sample.
     radius : float, optional
         The ACS radius instead of :func:`acs_radius`.
+    maps_phase : str
+        ``auto``, ``virtual`` or ``estimator`` (above); given ``maps`` are used as they are.
 
     Returns
     -------
@@ -902,6 +910,8 @@ def calibrate_noncartesian(
     """
     if maps_method not in MAP_METHODS:
         raise InputError(f"unknown coil-map method {maps_method!r}; choose one of {', '.join(MAP_METHODS)}")
+    if maps_phase not in ("auto", *MAP_PHASES):
+        raise InputError(f"unknown coil-map phase reference {maps_phase!r}; choose auto, {', '.join(MAP_PHASES)}")
     y = _as_samples(samples)
     h, w = (int(v) for v in matrix)
     try:
@@ -949,6 +959,8 @@ def calibrate_noncartesian(
             sos = rss(low, dim=-3)
             ref = torch.quantile(sos.reshape(-1).float(), 0.99)
             maps = normalize_maps(low / (sos + LOWRES_EPS * ref).unsqueeze(-3))
+        if maps_phase == "virtual":
+            maps = virtual_coil_phase(maps, rss(gridded(_hann_disc(c_near, r)), dim=-3))
     low = gridded(_hann_disc(c_near, scale_r))
     scale = float(reference_scale(sense1_combine(low, maps)))
     sy = float(sigma_y) if sigma_y is not None else estimate_sigma_noncartesian(y, c)
@@ -1202,12 +1214,12 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
 
 
 def calibrate_volume_noncartesian(volume: NonCartesianVolume, maps_method: str = "auto",
-                                  use_noise_cov: bool = True) -> list[Calibration]:
+                                  use_noise_cov: bool = True, maps_phase: str = "auto") -> list[Calibration]:
     """One :func:`calibrate_noncartesian` per slice of ``volume``, shared by every method.
 
     σ_y is ``volume.known_sigma()`` when the noise covariance is known and ``use_noise_cov``, else estimated
     from each slice's outer samples (:func:`estimate_sigma_noncartesian`; the Cartesian benchmarks estimate it
-    too).  ``maps_method`` is one of :data:`MAP_METHODS`.
+    too).  ``maps_method`` is one of :data:`MAP_METHODS`, ``maps_phase`` as :func:`calibrate_noncartesian`'s.
     """
     dens = volume.density_weights()
     r = acs_radius(volume.coords, volume.matrix)
@@ -1216,7 +1228,7 @@ def calibrate_volume_noncartesian(volume: NonCartesianVolume, maps_method: str =
     for i in range(volume.slices):
         try:
             out.append(calibrate_noncartesian(volume.samples[i], volume.coords, volume.matrix, dens, maps_method,
-                                              sigma_y=known, radius=r))
+                                              sigma_y=known, radius=r, maps_phase=maps_phase))
         except InputError as err:
             raise InputError(f"{volume.name}: {one_line(err)}" if volume.name else one_line(err)) from None
     return out
@@ -1292,7 +1304,7 @@ def reconstruct_noncartesian_volume(
     dens = torch.from_numpy(volume.density_weights())
     coords = torch.from_numpy(volume.coords)
     if calibrations is None:
-        calibrations = calibrate_volume_noncartesian(volume, request.maps)
+        calibrations = calibrate_volume_noncartesian(volume, request.maps, maps_phase=request.maps_phase)
     compression = coil_compression(volume, request.virtual_coils)
     if compression is not None:
         compression = compression.to(device)

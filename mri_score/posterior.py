@@ -248,8 +248,8 @@ def reconstruct_slices(
     device = cprior.device
     mask_t = torch.as_tensor(mask, dtype=torch.float32).to(device)
     kspace = kspace.to(device) * mask_t
-    cals = [calibrate(kspace[b], mask_t, request.maps) if calibrations is None or calibrations[b] is None
-            else calibrations[b].to(device) for b in range(b_count)]  # type: ignore[union-attr]
+    cals = [calibrate(kspace[b], mask_t, request.maps, maps_phase=request.maps_phase)
+            if calibrations is None or calibrations[b] is None else calibrations[b].to(device) for b in range(b_count)]  # type: ignore[union-attr]
     measured = tuple(kspace.shape[-2:])
     grid = fine_shape(measured, request.grid_factor)
     terms, scales = zip(*(_data_term(kspace[b], mask_t, cals[b], grid) for b in range(b_count)))

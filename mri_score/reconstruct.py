@@ -45,9 +45,10 @@ from mri_score.inputs import input_kind, list_inputs, skipped_inputs
 from mri_score.pipeline import demo_volume, output_paths, reconstruct_file
 from mri_score.precision import PRECISIONS
 from mri_score.prior import ComplexPrior
-from mri_score.request import EXPORT_FORMATS, FLAGS, MAGNITUDES, ReconRequest, RequestError
+from mri_score.request import EXPORT_FORMATS, FLAGS, MAGNITUDES, MAP_PHASE_CHOICES, ReconRequest, RequestError
 from mri_score.resolution import MAX_GRID_FACTOR
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS
+from operators.coils import DEFAULT_MAP_PHASE
 from operators.errors import OperatorInputError
 from operators.masks import MASK_TYPES, create_mask_for_mask_type
 
@@ -110,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-type", default="equispaced", choices=MASK_TYPES, help="retrospective fastMRI mask")
     p.add_argument("--center-fraction", type=float, default=0.08, help="fully sampled centre fraction of the mask")
     p.add_argument("--maps", default="auto", choices=["auto", "espirit", "lowres"], help="coil-map estimator (ACS)")
+    p.add_argument("--maps-phase", default="auto", choices=MAP_PHASE_CHOICES,
+                   help="phase reference of the estimated maps, so the phase of the image the prior reconstructs: "
+                        "virtual (a virtual body coil: the coils' dominant principal component made real), "
+                        "estimator (ESPIRiT's coil 0 made real, as sigpy and BART return them) or auto (Cartesian "
+                        f"data: {DEFAULT_MAP_PHASE}; radial and spiral: estimator). The output magnitude is the same "
+                        "physics either way")
     p.add_argument("--magnitude", default="sense", choices=MAGNITUDES,
                    help="sense: the coil-combined posterior-mean magnitude |x|, the anatomy estimate; rss: the "
                         "expected RSS of the noisy coil images, the option for scoring against fastMRI's noisy RSS "
@@ -186,6 +193,7 @@ def request_from_args(args: argparse.Namespace) -> ReconRequest:
         return ReconRequest(
             sampler=args.sampler, steps=args.steps, samples=args.samples, seed=args.seed,
             options=sampler_options(args.sampler_opt, args.gamma, args.sampler), maps=args.maps,
+            maps_phase=args.maps_phase,
             magnitude=args.magnitude, precision=args.precision, grid=args.grid, accel=args.accel,
             mask_type=args.mask_type, center_fraction=args.center_fraction, adapt=adapt_from_args(args),
             condition=args.condition, guidance=args.guidance, classifier=args.classifier,

@@ -32,6 +32,7 @@ from mri_score.resolution import (
     trajectory_grid_factor,
 )
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, SamplerConfig, sampler_config
+from operators.coils import MAP_PHASES
 from operators.masks import MASK_TYPES, MAX_ACCELERATION
 
 #: Output magnitude conventions: ``sense`` (the default) is the coil-combined ``|x|``, the anatomy
@@ -40,10 +41,14 @@ from operators.masks import MASK_TYPES, MAX_ACCELERATION
 MAGNITUDES = ("sense", "rss")
 #: Coil-map estimators (:func:`operators.estimate_maps`).
 MAP_ESTIMATORS = ("auto", "espirit", "lowres")
+#: Phase references of estimated coil maps: ``auto`` (Cartesian data: :data:`operators.coils.DEFAULT_MAP_PHASE`;
+#: radial and spiral data: ``estimator``) or one of :data:`operators.coils.MAP_PHASES`.
+MAP_PHASE_CHOICES = ("auto", *MAP_PHASES)
 
 #: The command line's flag for each field (:meth:`RequestError.render`).
 FLAGS = {"sampler": "--sampler", "steps": "--steps", "samples": "--samples", "seed": "--seed",
-         "options": "--sampler-opt", "maps": "--maps", "magnitude": "--magnitude", "precision": "--precision",
+         "options": "--sampler-opt", "maps": "--maps", "maps_phase": "--maps-phase", "magnitude": "--magnitude",
+         "precision": "--precision",
          "grid": "--grid", "accel": "--accel", "mask_type": "--mask-type", "center_fraction": "--center-fraction",
          "adapt": "--adapt", "condition": "--condition", "guidance": "--guidance", "classifier": "--classifier",
          "classifier_scale": "--classifier-scale", "classifier_input": "--classifier-input", "png": "--png",
@@ -99,6 +104,9 @@ class ReconRequest:
         The sampler's options; a mapping is validated into its typed config (unknown keys refused).
     maps : str
         Coil-map estimator, one of :data:`MAP_ESTIMATORS`.
+    maps_phase : str
+        Phase reference of the estimated maps, one of :data:`MAP_PHASE_CHOICES` (the phase the image to
+        reconstruct carries; its magnitude, the output, is the same physics either way).
     magnitude : str
         Output convention, one of :data:`MAGNITUDES`.
     precision : str
@@ -143,6 +151,7 @@ class ReconRequest:
     seed: int = 0
     options: Mapping[str, Any] | SamplerConfig = field(default_factory=dict)
     maps: str = "auto"
+    maps_phase: str = "auto"
     magnitude: str = "sense"
     precision: str = "auto"
     grid: str | float = "auto"
@@ -183,8 +192,8 @@ class ReconRequest:
                 raise RequestError([name], f"{{0}} must be an integer, got {value!r}")
         if self.samples < 1:
             raise RequestError(["samples"], f"{{0}} must be >= 1, got {self.samples}")
-        for name, allowed in (("maps", MAP_ESTIMATORS), ("magnitude", MAGNITUDES), ("precision", PRECISIONS),
-                              ("mask_type", MASK_TYPES), ("classifier_input", CLASSIFIER_INPUTS)):
+        for name, allowed in (("maps", MAP_ESTIMATORS), ("maps_phase", MAP_PHASE_CHOICES), ("magnitude", MAGNITUDES),
+                              ("precision", PRECISIONS), ("mask_type", MASK_TYPES), ("classifier_input", CLASSIFIER_INPUTS)):
             if getattr(self, name) not in allowed:
                 raise RequestError([name], f"unknown {{0}} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         set_(self, "grid", _grid_value(self.grid))
@@ -276,12 +285,12 @@ class ReconRequest:
     def calibration_suffix(self) -> list[str]:
         """The non-default settings besides the sampler's that change the output's std, as ``name=value`` parts.
 
-        Grid, precision, maps, conditioning and adaptation; empty for the defaults, so a key fitted under
-        the defaults stays the same (:func:`mri_score.uncertainty.settings_key`).
+        Grid, precision, maps and their phase reference, conditioning and adaptation; empty for the defaults, so
+        a key fitted under the defaults stays the same (:func:`mri_score.uncertainty.settings_key`).
         """
         default = ReconRequest(sampler=self.sampler)
         parts = []
-        for name in ("grid", "precision", "maps", "condition", "guidance", "classifier", "classifier_scale",
+        for name in ("grid", "precision", "maps", "maps_phase", "condition", "guidance", "classifier", "classifier_scale",
                      "classifier_input", "adapt"):
             value = getattr(self, name)
             if value != getattr(default, name):

@@ -19,6 +19,7 @@ from operators.coils import (
     normalize_maps,
     rss,
     sense1_combine,
+    virtual_coil_phase,
 )
 from operators.errors import OperatorInputError
 from operators.fft import fft2c, ifft2c
@@ -63,6 +64,7 @@ __all__ = [
     "create_mask_for_mask_type",
     "crop_kspace",
     "estimate_maps",
+    "virtual_coil_phase",
     "expected_rss",
     "fft2c",
     "fourier_resample",

@@ -21,6 +21,12 @@ from operators.fft import ifft2c
 MIN_ESPIRIT_ACS = 16
 #: Below this many ACS lines no map estimate is trustworthy.
 MIN_ACS = 4
+#: Phase references of estimated maps (:func:`estimate_maps`): ``virtual`` makes a virtual body coil real and
+#: non-negative (:func:`virtual_coil_phase`); ``estimator`` keeps the estimator's own phase (ESPIRiT: coil 0 real and
+#: non-negative, as sigpy and BART return them; low resolution: the ACS image's).
+MAP_PHASES = ("virtual", "estimator")
+#: The phase reference of :func:`estimate_maps` and of a reconstruction request's ``maps_phase``.
+DEFAULT_MAP_PHASE = "estimator"
 
 
 def rss(x: torch.Tensor, dim: int = -3) -> torch.Tensor:
@@ -65,6 +71,46 @@ def normalize_maps(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Scale maps ``(..., coils, H, W)`` so that ``Σ_c |S_c|² = 1`` at every pixel where they are non-zero."""
     norm = rss(maps, dim=-3).unsqueeze(-3)
     return torch.where(norm > eps, maps / norm.clamp_min(eps), torch.zeros_like(maps))
+
+
+def virtual_coil_phase(maps: torch.Tensor, weights: torch.Tensor | None = None, eps: float = 1e-12) -> torch.Tensor:
+    """Maps ``(coils, H, W)`` with their phase referenced to a virtual body coil instead of one receive coil.
+
+    Maps are defined up to a phase per pixel: ``S e^{iθ}`` and the image ``x e^{-iθ}`` give the same data. The
+    convention decides the phase the image to reconstruct carries, and so what a prior trained on smooth-phase
+    images is asked for. ESPIRiT's convention (coil 0 real) gives the image coil 0's phase, which winds around
+    wherever that coil's sensitivity vanishes inside the field of view. Here the reference is the dominant
+    principal component of the coils, ``u`` = leading eigenvector of ``Σ_r w(r) S(r) S(r)ᴴ`` (a virtual coil that
+    sees the whole object, like a body coil; Buehrer et al. 2009): every pixel's maps are rotated so that
+    ``Σ_c conj(u_c) S_c`` is real and non-negative. The result depends on the maps' magnitudes and relative
+    phases only, not on the phase convention they arrive in.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        Complex ``(coils, H, W)`` maps.
+    weights : torch.Tensor, optional
+        Real non-negative ``(H, W)`` weights of the pixels in the coil covariance (e.g. a low-resolution image
+        magnitude, so that the object rather than the background decides the virtual coil); uniform by default.
+    eps : float
+        Pixels where the virtual coil's magnitude is at most ``eps`` keep their phase.
+
+    Returns
+    -------
+    torch.Tensor
+        Complex ``(coils, H, W)``, the same magnitudes and relative phases as ``maps``.
+    """
+    if maps.ndim != 3 or not torch.is_complex(maps):
+        raise OperatorInputError(f"maps must be complex (coils, H, W), got {maps.dtype} {tuple(maps.shape)}")
+    flat = maps.reshape(maps.shape[0], -1).to(torch.complex128)
+    w = torch.ones(flat.shape[1], dtype=torch.float64, device=maps.device) if weights is None else \
+        weights.reshape(-1).to(device=maps.device, dtype=torch.float64)
+    cov = (flat * w) @ flat.conj().T
+    u = torch.linalg.eigh(cov)[1][:, -1]
+    u = u * (u[u.abs().argmax()].conj() / u.abs().max())  # eigh's phase is arbitrary: largest entry real, positive
+    ref = (u.conj()[:, None] * flat).sum(0)
+    rot = torch.where(ref.abs() > eps, ref.conj() / ref.abs().clamp_min(eps), torch.ones_like(ref))
+    return (flat * rot).reshape(maps.shape).to(maps.dtype)
 
 
 def coil_compression_matrix(samples: torch.Tensor, virtual: int, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -378,16 +424,20 @@ def maps_espirit(
 
 
 def estimate_maps(
-    kspace: torch.Tensor, mask: torch.Tensor, method: str = "auto", width: int | None = None
+    kspace: torch.Tensor, mask: torch.Tensor, method: str = "auto", width: int | None = None,
+    phase: str = DEFAULT_MAP_PHASE,
 ) -> torch.Tensor:
     """Coil maps ``(coils, H, W)`` from undersampled k-space ``(coils, H, W)`` and its mask.
 
     ``method``: ``"espirit"``, ``"lowres"`` or ``"auto"`` (ESPIRiT on the rectangular ACS
     region of a column mask; for a 2-D mask ESPIRiT when the sampled cross has at least
     :data:`MIN_ESPIRIT_ACS` lines, else the low-resolution estimate); ``width`` is
-    the mask's ACS width when the caller knows it already.
+    the mask's ACS width when the caller knows it already; ``phase`` one of :data:`MAP_PHASES`
+    (``virtual``: :func:`virtual_coil_phase`, weighted by the RSS of the low-resolution ACS coil images).
     Raises :class:`OperatorInputError` when the ACS is narrower than :data:`MIN_ACS`.
     """
+    if phase not in MAP_PHASES:
+        raise OperatorInputError(f"unknown coil-map phase reference {phase!r}; choose one of {', '.join(MAP_PHASES)}")
     if kspace.ndim != 3 or not torch.is_complex(kspace):
         raise OperatorInputError(f"k-space must be complex (coils, H, W), got {kspace.dtype} {tuple(kspace.shape)}")
     mask_t = torch.as_tensor(mask)
@@ -408,10 +458,14 @@ def estimate_maps(
             lo, hi = acs_columns(mask_t)
             cols = espirit_calibration_shape(tuple(kspace.shape[-2:]), width, False)[1]
             start = min(max(lo, kspace.shape[-1] // 2 - cols // 2), hi - cols)
-        return maps_espirit(kspace, width, two_d=two_d, col_start=start)
-    if method == "lowres":
-        return maps_lowres(kspace, width, two_d=two_d)
-    raise OperatorInputError(f"unknown coil-map method {method!r}; choose espirit, lowres or auto")
+        maps = maps_espirit(kspace, width, two_d=two_d, col_start=start)
+    elif method == "lowres":
+        maps = maps_lowres(kspace, width, two_d=two_d)
+    else:
+        raise OperatorInputError(f"unknown coil-map method {method!r}; choose espirit, lowres or auto")
+    if phase == "virtual":
+        maps = virtual_coil_phase(maps, rss(lowres_coil_images(kspace, width, two_d), dim=-3))
+    return maps
 
 
 def lowres_sense1(kspace: torch.Tensor, maps: torch.Tensor, width: int, two_d: bool = False) -> torch.Tensor:
