@@ -247,6 +247,22 @@ def test_acs_radius_of_radial_and_cartesian():
 
 
 @pytest.mark.parametrize("method", ["espirit", "lowres"])
+def test_calibration_references_the_maps_phase_as_asked(radial64, method):
+    vol, _ = radial64
+    args = (vol.samples[0], vol.coords, vol.matrix, vol.density, method)
+    own = calibrate_noncartesian(*args)
+    assert torch.equal(own.maps, calibrate_noncartesian(*args, maps_phase="estimator").maps)  # trajectories' default
+    virt = calibrate_noncartesian(*args, maps_phase="virtual")
+    assert not torch.allclose(virt.maps, own.maps, atol=1e-3)
+    # the same physics: equal magnitudes and relative coil phases, the scale (a magnitude) unchanged
+    assert torch.allclose(virt.maps.abs(), own.maps.abs(), atol=1e-5)
+    assert torch.allclose(virt.maps * virt.maps[0].conj(), own.maps * own.maps[0].conj(), atol=1e-5)
+    assert virt.scale == pytest.approx(own.scale, rel=1e-5)
+    with pytest.raises(InputError, match="phase reference"):
+        calibrate_noncartesian(*args, maps_phase="coil0")
+
+
+@pytest.mark.parametrize("method", ["espirit", "lowres"])
 def test_calibration_matches_the_truth(radial64, method):
     vol, true_maps = radial64
     cal = calibrate_noncartesian(vol.samples[0], vol.coords, vol.matrix, vol.density, method)

@@ -52,6 +52,7 @@ def test_reconstruct_is_deterministic_by_seed(tmp_path, fully_sampled_file, tiny
     (["--sampler", "langevin", "--gamma", "2"], "the langevin sampler has no gamma"),
     (["--sampler", "pc", "--steps", "1"], "--steps: the pc sampler needs a budget of at least 2"),
     (["--gamma", "2", "--sampler-opt", "gamma=3"], "both given"),
+    (["--maps-phase", "coil0"], "--maps-phase"),
 ])
 def test_bad_arguments_one_line_exit_2(tmp_path, fully_sampled_file, tiny_prior_path, capsys, args, message):
     import torch
