@@ -26,7 +26,7 @@ MIN_ACS = 4
 #: non-negative, as sigpy and BART return them; low resolution: the ACS image's).
 MAP_PHASES = ("virtual", "estimator")
 #: The phase reference of :func:`estimate_maps` and of a reconstruction request's ``maps_phase``.
-DEFAULT_MAP_PHASE = "estimator"
+DEFAULT_MAP_PHASE = "virtual"
 
 
 def rss(x: torch.Tensor, dim: int = -3) -> torch.Tensor:
