@@ -81,7 +81,7 @@ def test_narrow_acs_column_mask_uses_a_rectangular_espirit_region():
     assert espirit_kernel_shape((24, 24), two_d=True) == (6, 6)
     for acs in (5, 8, 10):
         x, maps, ksp, mask = _simulate(acs=acs)
-        est = estimate_maps(ksp, mask)  # auto: column mask -> rectangular ESPIRiT at any ACS width
+        est = estimate_maps(ksp, mask, phase="estimator")  # auto: column mask -> rectangular ESPIRiT at any ACS width
         width = acs_width(mask)  # the equispaced lines may touch the block
         assert acs <= width <= acs + 2
         lo, hi = acs_columns(mask)
@@ -105,7 +105,7 @@ def test_lowres_fallback_for_narrow_acs_of_2d_masks():
     mask2[::3, ::3] = 1
     mask2[n // 2 - 5:n // 2 + 5, n // 2 - 5:n // 2 + 5] = 1  # a 10 x 10 calibration block
     k2 = fft2c(maps * x) * mask2
-    est = estimate_maps(k2, mask2)  # auto: 2-D mask with a 10-line cross -> low-resolution maps
+    est = estimate_maps(k2, mask2, phase="estimator")  # auto: 2-D mask with a 10-line cross -> low-resolution maps
     width = acs_width(mask2)
     assert 10 <= width < MIN_ESPIRIT_ACS
     assert torch.allclose(est, maps_lowres(k2, width, two_d=True))
@@ -175,7 +175,7 @@ def test_espirit_region_lies_inside_an_off_centre_acs_run():
     lo, hi = acs_columns(mask)
     assert (lo, hi) == (n // 2 - 6, n // 2 + 5) and acs_width(mask) == 11
     full = fft2c(maps * x)
-    est = estimate_maps(full * mask, mask)
+    est = estimate_maps(full * mask, mask, phase="estimator")
     assert torch.allclose(est, maps_espirit(full * mask, 11, col_start=lo))
     # the same maps as from data whose every column is sampled in that region, and not the centred region's
     assert torch.allclose(est, maps_espirit(full, 11, col_start=lo), atol=1e-5)
