@@ -58,6 +58,7 @@ from mri_score.request import ReconRequest, RequestError
 from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
 from mri_score.supervised import load_unet, unet_reconstruct
 from operators import birdcage_maps, estimate_maps, ifft2c, sense1_combine
+from operators.coils import ESPIRIT_THRESHOLD
 from operators.errors import OperatorInputError
 
 if TYPE_CHECKING:
@@ -441,7 +442,7 @@ def unreported_acquisitions(cfg: dict, volumes: int, slices: int, size: int,
 
 def dds_request(spec: dict, seed: int = 0) -> ReconRequest:
     """The :class:`~mri_score.request.ReconRequest` of a DDS method entry (``nfe``, ``samples``, ``options``,
-    ``grid: native|auto|factor``, default native; ``maps_phase``, default auto), in the protocol's primary
+    ``grid: native|auto|factor``, default native; ``maps_phase``, default auto; ``maps_threshold``), in the protocol's primary
     convention (``sense``)."""
     for name in ("nfe", "samples"):  # int() would truncate 2.5 and accept True
         value = spec.get(name, 2)
@@ -449,7 +450,7 @@ def dds_request(spec: dict, seed: int = 0) -> ReconRequest:
             raise ValueError(f"{name} must be an integer, got {value!r}")
     return ReconRequest(sampler="dds", steps=int(spec["nfe"]), samples=int(spec.get("samples", 2)), seed=seed,
                         magnitude="sense", options=dict(spec.get("options") or {}), grid=spec.get("grid", "native"),
-                        maps_phase=spec.get("maps_phase", "auto"))
+                        maps_phase=spec.get("maps_phase", "auto"), maps_threshold=spec.get("maps_threshold"))
 
 
 def registered_dds(cfg: dict) -> dict | None:
@@ -475,9 +476,12 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
     (through :func:`mri_score.pipeline.reconstruct_volume`, the ``reconstruct`` command's path)."""
     ks, mask = acq["under"][s], acq["mask"]
     cal = (acq["oracle"] if maps == "oracle" else acq["cals"])[s]
-    if is_dds(method) and maps == "acs" and spec.get("maps_phase", "auto") != "auto":  # an ablation's phase reference
-        phase = cartesian_map_phase(spec["maps_phase"])
-        cal = replace(cal, maps=estimate_maps(torch.from_numpy(ks), torch.from_numpy(mask), phase=phase))
+    if is_dds(method) and maps == "acs" and (spec.get("maps_phase", "auto") != "auto" or "maps_threshold" in spec):
+        # an ablation's maps: its phase reference or ESPIRiT threshold, the other settings the default's
+        request = dds_request(spec)
+        cal = replace(cal, maps=estimate_maps(
+            torch.from_numpy(ks), torch.from_numpy(mask), phase=cartesian_map_phase(request.maps_phase),
+            thresh=ESPIRIT_THRESHOLD if request.maps_threshold is None else request.maps_threshold))
     t0, c0 = time.perf_counter(), cpu_seconds_now()
     std, nfe, factor = None, 0, None
     if method == "zero_filled":

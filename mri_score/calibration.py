@@ -16,7 +16,7 @@ import torch
 from mri_score.errors import InputError
 from mri_score.scaling import kspace_scale
 from operators import acs_width, estimate_maps
-from operators.coils import DEFAULT_MAP_PHASE, MAP_PHASES, MIN_ACS
+from operators.coils import DEFAULT_MAP_PHASE, ESPIRIT_THRESHOLD, MAP_PHASES, MIN_ACS
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ def calibrate(
     maps: torch.Tensor | None = None,
     sigma_y: float | None = None,
     maps_phase: str = "auto",
+    maps_threshold: float | None = None,
 ) -> Calibration:
     """Calibrate one slice from its undersampled k-space.
 
@@ -140,6 +141,8 @@ def calibrate(
         Known noise std per complex sample, instead of :func:`estimate_sigma_y`.
     maps_phase : str
         Phase reference of estimated maps (:func:`cartesian_map_phase`); given ``maps`` are used as they are.
+    maps_threshold : float, optional
+        ESPIRiT's relative singular-value threshold; :data:`operators.coils.ESPIRIT_THRESHOLD` when None.
 
     Returns
     -------
@@ -148,7 +151,9 @@ def calibrate(
     mask_t = torch.as_tensor(mask, dtype=torch.float32).to(kspace.device)
     width = acs_width(mask_t)
     if maps is None:
-        maps = estimate_maps(kspace, mask_t, method=maps_method, width=width, phase=cartesian_map_phase(maps_phase))
+        thresh = ESPIRIT_THRESHOLD if maps_threshold is None else float(maps_threshold)
+        maps = estimate_maps(kspace, mask_t, method=maps_method, width=width, phase=cartesian_map_phase(maps_phase),
+                             thresh=thresh)
     maps = maps.to(kspace.device)
     scale = float(kspace_scale(kspace, mask_t, maps, width))
     sy = float(sigma_y) if sigma_y is not None else estimate_sigma_y(kspace, mask_t)

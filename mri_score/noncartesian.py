@@ -861,6 +861,7 @@ def calibrate_noncartesian(
     sigma_y: float | None = None,
     radius: float | None = None,
     maps_phase: str = "auto",
+    maps_threshold: float | None = None,
 ) -> Calibration:
     """Coil maps, intensity scale and σ_y of one slice from its non-Cartesian samples alone.
 
@@ -901,6 +902,8 @@ def calibrate_noncartesian(
         The ACS radius instead of :func:`acs_radius`.
     maps_phase : str
         ``auto``, ``virtual`` or ``estimator`` (above); given ``maps`` are used as they are.
+    maps_threshold : float, optional
+        ESPIRiT's relative singular-value threshold (:func:`operators.coils.maps_espirit`'s default when None).
 
     Returns
     -------
@@ -951,7 +954,8 @@ def calibrate_noncartesian(
             box = (torch.linalg.vector_norm(c_near, dim=-1) < r + 1.0).to(torch.float64)
             ks = fft2c(gridded(box))
             try:
-                maps = maps_espirit(ks, max(side, 2), two_d=True)
+                maps = maps_espirit(ks, max(side, 2), two_d=True,
+                                    **({} if maps_threshold is None else {"thresh": float(maps_threshold)}))
             except OperatorInputError as err:
                 raise InputError(f"coil maps: {one_line(err)}") from None
         else:
@@ -1214,12 +1218,14 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
 
 
 def calibrate_volume_noncartesian(volume: NonCartesianVolume, maps_method: str = "auto",
-                                  use_noise_cov: bool = True, maps_phase: str = "auto") -> list[Calibration]:
+                                  use_noise_cov: bool = True, maps_phase: str = "auto",
+                                  maps_threshold: float | None = None) -> list[Calibration]:
     """One :func:`calibrate_noncartesian` per slice of ``volume``, shared by every method.
 
     σ_y is ``volume.known_sigma()`` when the noise covariance is known and ``use_noise_cov``, else estimated
     from each slice's outer samples (:func:`estimate_sigma_noncartesian`; the Cartesian benchmarks estimate it
-    too).  ``maps_method`` is one of :data:`MAP_METHODS`, ``maps_phase`` as :func:`calibrate_noncartesian`'s.
+    too).  ``maps_method`` is one of :data:`MAP_METHODS`, ``maps_phase`` and ``maps_threshold`` as
+    :func:`calibrate_noncartesian`'s.
     """
     dens = volume.density_weights()
     r = acs_radius(volume.coords, volume.matrix)
@@ -1228,7 +1234,8 @@ def calibrate_volume_noncartesian(volume: NonCartesianVolume, maps_method: str =
     for i in range(volume.slices):
         try:
             out.append(calibrate_noncartesian(volume.samples[i], volume.coords, volume.matrix, dens, maps_method,
-                                              sigma_y=known, radius=r, maps_phase=maps_phase))
+                                              sigma_y=known, radius=r, maps_phase=maps_phase,
+                                              maps_threshold=maps_threshold))
         except InputError as err:
             raise InputError(f"{volume.name}: {one_line(err)}" if volume.name else one_line(err)) from None
     return out
@@ -1304,7 +1311,8 @@ def reconstruct_noncartesian_volume(
     dens = torch.from_numpy(volume.density_weights())
     coords = torch.from_numpy(volume.coords)
     if calibrations is None:
-        calibrations = calibrate_volume_noncartesian(volume, request.maps, maps_phase=request.maps_phase)
+        calibrations = calibrate_volume_noncartesian(volume, request.maps, maps_phase=request.maps_phase,
+                                                     maps_threshold=request.maps_threshold)
     compression = coil_compression(volume, request.virtual_coils)
     if compression is not None:
         compression = compression.to(device)

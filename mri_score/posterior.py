@@ -248,7 +248,8 @@ def reconstruct_slices(
     device = cprior.device
     mask_t = torch.as_tensor(mask, dtype=torch.float32).to(device)
     kspace = kspace.to(device) * mask_t
-    cals = [calibrate(kspace[b], mask_t, request.maps, maps_phase=request.maps_phase)
+    cals = [calibrate(kspace[b], mask_t, request.maps, maps_phase=request.maps_phase,
+                      maps_threshold=request.maps_threshold)
             if calibrations is None or calibrations[b] is None else calibrations[b].to(device) for b in range(b_count)]  # type: ignore[union-attr]
     measured = tuple(kspace.shape[-2:])
     grid = fine_shape(measured, request.grid_factor)

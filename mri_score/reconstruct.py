@@ -48,7 +48,7 @@ from mri_score.prior import ComplexPrior
 from mri_score.request import EXPORT_FORMATS, FLAGS, MAGNITUDES, MAP_PHASE_CHOICES, ReconRequest, RequestError
 from mri_score.resolution import MAX_GRID_FACTOR
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS
-from operators.coils import DEFAULT_MAP_PHASE
+from operators.coils import DEFAULT_MAP_PHASE, ESPIRIT_THRESHOLD
 from operators.errors import OperatorInputError
 from operators.masks import MASK_TYPES, create_mask_for_mask_type
 
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "estimator (ESPIRiT's coil 0 made real, as sigpy and BART return them) or auto (Cartesian "
                         f"data: {DEFAULT_MAP_PHASE}; radial and spiral: estimator). The output magnitude is the same "
                         "physics either way")
+    p.add_argument("--maps-threshold", type=float, default=None, metavar="T",
+                   help="ESPIRiT's relative singular-value threshold of the signal subspace, in (0, 1) (default "
+                        f"{ESPIRIT_THRESHOLD:g}, sigpy's; BART's ecalib -t is the same idea)")
     p.add_argument("--magnitude", default="sense", choices=MAGNITUDES,
                    help="sense: the coil-combined posterior-mean magnitude |x|, the anatomy estimate; rss: the "
                         "expected RSS of the noisy coil images, the option for scoring against fastMRI's noisy RSS "
@@ -193,7 +196,7 @@ def request_from_args(args: argparse.Namespace) -> ReconRequest:
         return ReconRequest(
             sampler=args.sampler, steps=args.steps, samples=args.samples, seed=args.seed,
             options=sampler_options(args.sampler_opt, args.gamma, args.sampler), maps=args.maps,
-            maps_phase=args.maps_phase,
+            maps_phase=args.maps_phase, maps_threshold=args.maps_threshold,
             magnitude=args.magnitude, precision=args.precision, grid=args.grid, accel=args.accel,
             mask_type=args.mask_type, center_fraction=args.center_fraction, adapt=adapt_from_args(args),
             condition=args.condition, guidance=args.guidance, classifier=args.classifier,

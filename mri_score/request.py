@@ -47,7 +47,8 @@ MAP_PHASE_CHOICES = ("auto", *MAP_PHASES)
 
 #: The command line's flag for each field (:meth:`RequestError.render`).
 FLAGS = {"sampler": "--sampler", "steps": "--steps", "samples": "--samples", "seed": "--seed",
-         "options": "--sampler-opt", "maps": "--maps", "maps_phase": "--maps-phase", "magnitude": "--magnitude",
+         "options": "--sampler-opt", "maps": "--maps", "maps_phase": "--maps-phase",
+         "maps_threshold": "--maps-threshold", "magnitude": "--magnitude",
          "precision": "--precision",
          "grid": "--grid", "accel": "--accel", "mask_type": "--mask-type", "center_fraction": "--center-fraction",
          "adapt": "--adapt", "condition": "--condition", "guidance": "--guidance", "classifier": "--classifier",
@@ -107,6 +108,8 @@ class ReconRequest:
     maps_phase : str
         Phase reference of the estimated maps, one of :data:`MAP_PHASE_CHOICES` (the phase the image to
         reconstruct carries; its magnitude, the output, is the same physics either way).
+    maps_threshold : float, optional
+        ESPIRiT's relative singular-value threshold in ``(0, 1)``; None: :data:`operators.coils.ESPIRIT_THRESHOLD`.
     magnitude : str
         Output convention, one of :data:`MAGNITUDES`.
     precision : str
@@ -152,6 +155,7 @@ class ReconRequest:
     options: Mapping[str, Any] | SamplerConfig = field(default_factory=dict)
     maps: str = "auto"
     maps_phase: str = "auto"
+    maps_threshold: float | None = None
     magnitude: str = "sense"
     precision: str = "auto"
     grid: str | float = "auto"
@@ -196,6 +200,11 @@ class ReconRequest:
                               ("precision", PRECISIONS), ("mask_type", MASK_TYPES), ("classifier_input", CLASSIFIER_INPUTS)):
             if getattr(self, name) not in allowed:
                 raise RequestError([name], f"unknown {{0}} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.maps_threshold is not None:
+            thresh = _number(self.maps_threshold)
+            if not 0.0 < thresh < 1.0:
+                raise RequestError(["maps_threshold"], f"{{0}} must be in (0, 1), got {self.maps_threshold}")
+            set_(self, "maps_threshold", thresh)
         set_(self, "grid", _grid_value(self.grid))
         set_(self, "virtual_coils", _virtual_coils_value(self.virtual_coils))
         if self.accel is not None:
@@ -290,8 +299,8 @@ class ReconRequest:
         """
         default = ReconRequest(sampler=self.sampler)
         parts = []
-        for name in ("grid", "precision", "maps", "maps_phase", "condition", "guidance", "classifier", "classifier_scale",
-                     "classifier_input", "adapt"):
+        for name in ("grid", "precision", "maps", "maps_phase", "maps_threshold", "condition", "guidance", "classifier",
+                     "classifier_scale", "classifier_input", "adapt"):
             value = getattr(self, name)
             if value != getattr(default, name):
                 if isinstance(value, AdaptSettings):

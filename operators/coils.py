@@ -27,6 +27,8 @@ MIN_ACS = 4
 MAP_PHASES = ("virtual", "estimator")
 #: The phase reference of :func:`estimate_maps` and of a reconstruction request's ``maps_phase``.
 DEFAULT_MAP_PHASE = "virtual"
+#: ESPIRiT's relative singular-value threshold of the signal subspace (sigpy's ``EspiritCalib`` default).
+ESPIRIT_THRESHOLD = 0.02
 
 
 def rss(x: torch.Tensor, dim: int = -3) -> torch.Tensor:
@@ -346,7 +348,7 @@ def maps_espirit(
     calib_width: int = 24,
     calib_rows: int = 48,
     kernel_width: int = 6,
-    thresh: float = 0.02,
+    thresh: float = ESPIRIT_THRESHOLD,
     kernel: tuple[int, int] | None = None,
     col_start: int | None = None,
 ) -> torch.Tensor:
@@ -426,6 +428,7 @@ def maps_espirit(
 def estimate_maps(
     kspace: torch.Tensor, mask: torch.Tensor, method: str = "auto", width: int | None = None,
     phase: str = DEFAULT_MAP_PHASE,
+    thresh: float = ESPIRIT_THRESHOLD,
 ) -> torch.Tensor:
     """Coil maps ``(coils, H, W)`` from undersampled k-space ``(coils, H, W)`` and its mask.
 
@@ -433,7 +436,8 @@ def estimate_maps(
     region of a column mask; for a 2-D mask ESPIRiT when the sampled cross has at least
     :data:`MIN_ESPIRIT_ACS` lines, else the low-resolution estimate); ``width`` is
     the mask's ACS width when the caller knows it already; ``phase`` one of :data:`MAP_PHASES`
-    (``virtual``: :func:`virtual_coil_phase`, weighted by the RSS of the low-resolution ACS coil images).
+    (``virtual``: :func:`virtual_coil_phase`, weighted by the RSS of the low-resolution ACS coil images); ``thresh``
+    ESPIRiT's relative singular-value threshold (:func:`maps_espirit`).
     Raises :class:`OperatorInputError` when the ACS is narrower than :data:`MIN_ACS`.
     """
     if phase not in MAP_PHASES:
@@ -458,7 +462,7 @@ def estimate_maps(
             lo, hi = acs_columns(mask_t)
             cols = espirit_calibration_shape(tuple(kspace.shape[-2:]), width, False)[1]
             start = min(max(lo, kspace.shape[-1] // 2 - cols // 2), hi - cols)
-        maps = maps_espirit(kspace, width, two_d=two_d, col_start=start)
+        maps = maps_espirit(kspace, width, two_d=two_d, thresh=thresh, col_start=start)
     elif method == "lowres":
         maps = maps_lowres(kspace, width, two_d=two_d)
     else:

@@ -10,7 +10,15 @@ from mri_score.calibration import calibrate, cartesian_map_phase
 from mri_score.errors import InputError
 from mri_score.request import ReconRequest, RequestError
 from operators import acs_width, birdcage_maps, estimate_maps, fft2c, rss, sense1_combine, virtual_coil_phase
-from operators.coils import DEFAULT_MAP_PHASE, MAP_PHASES, lowres_coil_images
+from operators.coils import (
+    DEFAULT_MAP_PHASE,
+    ESPIRIT_THRESHOLD,
+    MAP_PHASES,
+    acs_columns,
+    espirit_calibration_shape,
+    lowres_coil_images,
+    maps_espirit,
+)
 from operators.errors import OperatorInputError
 from tests.conftest import phantom
 
@@ -96,3 +104,23 @@ def test_calibrate_and_request_name_the_phase_reference():
     other = next(p for p in MAP_PHASES if p != DEFAULT_MAP_PHASE)
     assert f"maps_phase={other}" in ReconRequest(maps_phase=other).calibration_suffix()
     assert not any("maps_phase" in part for part in ReconRequest().calibration_suffix())
+
+
+def test_the_espirit_threshold_reaches_the_estimator_and_is_validated():
+    _, _, ksp, mask = _acquisition(acs=8)
+    width = acs_width(mask)
+    lo, hi = acs_columns(mask)
+    cols = espirit_calibration_shape(tuple(ksp.shape[-2:]), width, False)[1]
+    start = min(max(lo, ksp.shape[-1] // 2 - cols // 2), hi - cols)
+    for thresh in (ESPIRIT_THRESHOLD, 0.002):
+        assert torch.allclose(estimate_maps(ksp, mask, method="espirit", phase="estimator", thresh=thresh),
+                              maps_espirit(ksp, width, thresh=thresh, col_start=start), atol=1e-6)
+    a = calibrate(ksp, mask, "espirit", maps_threshold=0.002)
+    b = calibrate(ksp, mask, "espirit")
+    assert not torch.allclose(a.maps, b.maps, atol=1e-4)
+    assert torch.allclose(calibrate(ksp, mask, "espirit", maps_threshold=ESPIRIT_THRESHOLD).maps, b.maps)
+    for bad in (0, 1, 1.5, -0.1, "x", float("nan"), True):
+        with pytest.raises(RequestError, match="maps_threshold"):
+            ReconRequest(maps_threshold=bad)
+    assert ReconRequest(maps_threshold="0.002").maps_threshold == 0.002
+    assert "maps_threshold=0.002" in ReconRequest(maps_threshold=0.002).calibration_suffix()

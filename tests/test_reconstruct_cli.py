@@ -53,6 +53,7 @@ def test_reconstruct_is_deterministic_by_seed(tmp_path, fully_sampled_file, tiny
     (["--sampler", "pc", "--steps", "1"], "--steps: the pc sampler needs a budget of at least 2"),
     (["--gamma", "2", "--sampler-opt", "gamma=3"], "both given"),
     (["--maps-phase", "coil0"], "--maps-phase"),
+    (["--maps-threshold", "2"], "--maps-threshold must be in (0, 1)"),
 ])
 def test_bad_arguments_one_line_exit_2(tmp_path, fully_sampled_file, tiny_prior_path, capsys, args, message):
     import torch
