@@ -58,7 +58,7 @@ from mri_score.request import ReconRequest, RequestError
 from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
 from mri_score.supervised import load_unet, unet_reconstruct
 from operators import birdcage_maps, estimate_maps, ifft2c, sense1_combine
-from operators.coils import ESPIRIT_THRESHOLD
+from operators.coils import MAPS_THRESHOLD
 from operators.errors import OperatorInputError
 
 if TYPE_CHECKING:
@@ -481,7 +481,7 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
         request = dds_request(spec)
         cal = replace(cal, maps=estimate_maps(
             torch.from_numpy(ks), torch.from_numpy(mask), phase=cartesian_map_phase(request.maps_phase),
-            thresh=ESPIRIT_THRESHOLD if request.maps_threshold is None else request.maps_threshold))
+            thresh=MAPS_THRESHOLD if request.maps_threshold is None else request.maps_threshold))
     t0, c0 = time.perf_counter(), cpu_seconds_now()
     std, nfe, factor = None, 0, None
     if method == "zero_filled":

@@ -16,7 +16,7 @@ import torch
 from mri_score.errors import InputError
 from mri_score.scaling import kspace_scale
 from operators import acs_width, estimate_maps
-from operators.coils import DEFAULT_MAP_PHASE, ESPIRIT_THRESHOLD, MAP_PHASES, MIN_ACS
+from operators.coils import DEFAULT_MAP_PHASE, MAP_PHASES, MAPS_THRESHOLD, MIN_ACS
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def calibrate(
     maps_phase : str
         Phase reference of estimated maps (:func:`cartesian_map_phase`); given ``maps`` are used as they are.
     maps_threshold : float, optional
-        ESPIRiT's relative singular-value threshold; :data:`operators.coils.ESPIRIT_THRESHOLD` when None.
+        ESPIRiT's relative singular-value threshold; :data:`operators.coils.MAPS_THRESHOLD` when None.
 
     Returns
     -------
@@ -151,7 +151,7 @@ def calibrate(
     mask_t = torch.as_tensor(mask, dtype=torch.float32).to(kspace.device)
     width = acs_width(mask_t)
     if maps is None:
-        thresh = ESPIRIT_THRESHOLD if maps_threshold is None else float(maps_threshold)
+        thresh = MAPS_THRESHOLD if maps_threshold is None else float(maps_threshold)
         maps = estimate_maps(kspace, mask_t, method=maps_method, width=width, phase=cartesian_map_phase(maps_phase),
                              thresh=thresh)
     maps = maps.to(kspace.device)

@@ -48,7 +48,7 @@ from mri_score.prior import ComplexPrior
 from mri_score.request import EXPORT_FORMATS, FLAGS, MAGNITUDES, MAP_PHASE_CHOICES, ReconRequest, RequestError
 from mri_score.resolution import MAX_GRID_FACTOR
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS
-from operators.coils import DEFAULT_MAP_PHASE, ESPIRIT_THRESHOLD
+from operators.coils import DEFAULT_MAP_PHASE, MAPS_THRESHOLD
 from operators.errors import OperatorInputError
 from operators.masks import MASK_TYPES, create_mask_for_mask_type
 
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "physics either way")
     p.add_argument("--maps-threshold", type=float, default=None, metavar="T",
                    help="ESPIRiT's relative singular-value threshold of the signal subspace, in (0, 1) (default "
-                        f"{ESPIRIT_THRESHOLD:g}, sigpy's; BART's ecalib -t is the same idea)")
+                        f"{MAPS_THRESHOLD:g} on Cartesian data; radial and spiral data: sigpy's 0.02)")
     p.add_argument("--magnitude", default="sense", choices=MAGNITUDES,
                    help="sense: the coil-combined posterior-mean magnitude |x|, the anatomy estimate; rss: the "
                         "expected RSS of the noisy coil images, the option for scoring against fastMRI's noisy RSS "

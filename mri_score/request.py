@@ -109,7 +109,7 @@ class ReconRequest:
         Phase reference of the estimated maps, one of :data:`MAP_PHASE_CHOICES` (the phase the image to
         reconstruct carries; its magnitude, the output, is the same physics either way).
     maps_threshold : float, optional
-        ESPIRiT's relative singular-value threshold in ``(0, 1)``; None: :data:`operators.coils.ESPIRIT_THRESHOLD`.
+        ESPIRiT's relative singular-value threshold in ``(0, 1)``; None: :data:`operators.coils.MAPS_THRESHOLD`.
     magnitude : str
         Output convention, one of :data:`MAGNITUDES`.
     precision : str

@@ -27,8 +27,12 @@ MIN_ACS = 4
 MAP_PHASES = ("virtual", "estimator")
 #: The phase reference of :func:`estimate_maps` and of a reconstruction request's ``maps_phase``.
 DEFAULT_MAP_PHASE = "virtual"
-#: ESPIRiT's relative singular-value threshold of the signal subspace (sigpy's ``EspiritCalib`` default).
+#: ESPIRiT's relative singular-value threshold of the signal subspace (sigpy's ``EspiritCalib`` default):
+#: :func:`maps_espirit`'s default.
 ESPIRIT_THRESHOLD = 0.02
+#: The threshold :func:`estimate_maps` (the Cartesian calibration) gives ESPIRiT, and a request's ``maps_threshold``
+#: when None.
+MAPS_THRESHOLD = ESPIRIT_THRESHOLD
 
 
 def rss(x: torch.Tensor, dim: int = -3) -> torch.Tensor:
@@ -428,7 +432,7 @@ def maps_espirit(
 def estimate_maps(
     kspace: torch.Tensor, mask: torch.Tensor, method: str = "auto", width: int | None = None,
     phase: str = DEFAULT_MAP_PHASE,
-    thresh: float = ESPIRIT_THRESHOLD,
+    thresh: float = MAPS_THRESHOLD,
 ) -> torch.Tensor:
     """Coil maps ``(coils, H, W)`` from undersampled k-space ``(coils, H, W)`` and its mask.
 

@@ -14,6 +14,7 @@ from operators.coils import (
     DEFAULT_MAP_PHASE,
     ESPIRIT_THRESHOLD,
     MAP_PHASES,
+    MAPS_THRESHOLD,
     acs_columns,
     espirit_calibration_shape,
     lowres_coil_images,
@@ -118,7 +119,8 @@ def test_the_espirit_threshold_reaches_the_estimator_and_is_validated():
     a = calibrate(ksp, mask, "espirit", maps_threshold=0.002)
     b = calibrate(ksp, mask, "espirit")
     assert not torch.allclose(a.maps, b.maps, atol=1e-4)
-    assert torch.allclose(calibrate(ksp, mask, "espirit", maps_threshold=ESPIRIT_THRESHOLD).maps, b.maps)
+    assert torch.allclose(calibrate(ksp, mask, "espirit", maps_threshold=MAPS_THRESHOLD).maps, b.maps)
+    assert ESPIRIT_THRESHOLD == 0.02  # maps_espirit keeps sigpy's default (its equivalence test)
     for bad in (0, 1, 1.5, -0.1, "x", float("nan"), True):
         with pytest.raises(RequestError, match="maps_threshold"):
             ReconRequest(maps_threshold=bad)
