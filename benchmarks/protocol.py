@@ -45,7 +45,7 @@ from benchmarks.harness import check_score_method, undersample
 from benchmarks.stats import select_parameter
 from mri_score import baselines, uncertainty
 from mri_score.atomic import atomic_output
-from mri_score.calibration import cartesian_map_phase
+from mri_score.calibration import calibrate
 from mri_score.config import require
 from mri_score.data.mixed import MixedCorpus
 from mri_score.data.realset import SPLITS, volumes_in
@@ -57,8 +57,7 @@ from mri_score.prior import ComplexPrior
 from mri_score.request import ReconRequest, RequestError
 from mri_score.simulation import noise_free_target, simulate_volume, subject_volume
 from mri_score.supervised import load_unet, unet_reconstruct
-from operators import birdcage_maps, estimate_maps, ifft2c, sense1_combine
-from operators.coils import MAPS_THRESHOLD
+from operators import birdcage_maps, ifft2c, sense1_combine
 from operators.errors import OperatorInputError
 
 if TYPE_CHECKING:
@@ -442,8 +441,8 @@ def unreported_acquisitions(cfg: dict, volumes: int, slices: int, size: int,
 
 def dds_request(spec: dict, seed: int = 0) -> ReconRequest:
     """The :class:`~mri_score.request.ReconRequest` of a DDS method entry (``nfe``, ``samples``, ``options``,
-    ``grid: native|auto|factor``, default native; ``maps_phase``, default auto; ``maps_threshold``), in the protocol's primary
-    convention (``sense``)."""
+    ``grid: native|auto|factor``, default native; ``maps_phase``, default auto; ``maps_threshold``), in the
+    protocol's primary convention (``sense``)."""
     for name in ("nfe", "samples"):  # int() would truncate 2.5 and accept True
         value = spec.get(name, 2)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -479,9 +478,8 @@ def solve(method: str, spec: dict, lam: float | None, acq: dict, s: int, maps: s
     if is_dds(method) and maps == "acs" and (spec.get("maps_phase", "auto") != "auto" or "maps_threshold" in spec):
         # an ablation's maps: its phase reference or ESPIRiT threshold, the other settings the default's
         request = dds_request(spec)
-        cal = replace(cal, maps=estimate_maps(
-            torch.from_numpy(ks), torch.from_numpy(mask), phase=cartesian_map_phase(request.maps_phase),
-            thresh=MAPS_THRESHOLD if request.maps_threshold is None else request.maps_threshold))
+        cal = replace(cal, maps=calibrate(torch.from_numpy(ks), torch.from_numpy(mask), maps_phase=request.maps_phase,
+                                          maps_threshold=request.maps_threshold).maps)
     t0, c0 = time.perf_counter(), cpu_seconds_now()
     std, nfe, factor = None, 0, None
     if method == "zero_filled":

@@ -904,3 +904,28 @@ def test_oracle_lambda_report_sweeps_per_volume_until_interior_and_refines(tmp_p
     path.write_text(yaml.safe_dump({**cfg, "data": {**cfg["data"], "real": "final"}}))
     assert main(["--config", str(path), "--out", str(tmp_path / "final.md")]) == 2
     assert not (tmp_path / "final.md").exists()
+
+
+def test_a_dds_variant_naming_its_maps_is_solved_with_those_maps(tiny_prior_path):
+    """A variant's ``maps_phase`` / ``maps_threshold`` re-estimate its ACS maps; the default entry keeps the shared ones."""
+    from dataclasses import replace
+
+    from benchmarks import protocol
+    from benchmarks.harness import undersample
+    from mri_score.calibration import calibrate
+    from mri_score.prior import ComplexPrior, load_prior
+    from mri_score.simulation import simulate_volume
+    from tests.conftest import phantom
+
+    prior = ComplexPrior(load_prior(tiny_prior_path))
+    ksp, _, _ = simulate_volume(phantom(32, 1), coils=4, snr=100.0, seed=0)
+    acq = undersample(ksp, "equispaced", 2.0, 0.25, "x.h5")
+    spec = {"nfe": 2, "samples": 1, "maps_phase": "estimator", "maps_threshold": 0.01}
+    own = calibrate(torch.from_numpy(acq["under"][0]), torch.from_numpy(acq["mask"]), maps_phase="estimator",
+                    maps_threshold=0.01)
+    direct = {**acq, "cals": [replace(acq["cals"][0], maps=own.maps)]}
+    variant = protocol.solve("dds:x", spec, None, acq, 0, "acs", prior, 0)
+    same = protocol.solve("dds:x", {"nfe": 2, "samples": 1}, None, direct, 0, "acs", prior, 0)
+    shared = protocol.solve("dds:x", {"nfe": 2, "samples": 1}, None, acq, 0, "acs", prior, 0)
+    assert np.allclose(variant["primary"], same["primary"], atol=1e-5)
+    assert not np.allclose(variant["primary"], shared["primary"], atol=1e-3)
