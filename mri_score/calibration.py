@@ -105,11 +105,11 @@ def check_acs(mask: torch.Tensor | np.ndarray, name: str) -> int:
     return width
 
 
-def cartesian_map_phase(maps_phase: str) -> str:
-    """The phase reference (one of :data:`operators.coils.MAP_PHASES`) a request's ``maps_phase`` names on Cartesian
-    data: ``auto`` is :data:`operators.coils.DEFAULT_MAP_PHASE`."""
+def resolve_map_phase(maps_phase: str, auto: str = DEFAULT_MAP_PHASE) -> str:
+    """The phase reference (one of :data:`operators.coils.MAP_PHASES`) a request's ``maps_phase`` names: ``auto`` is
+    ``auto`` (Cartesian data: :data:`operators.coils.DEFAULT_MAP_PHASE`; trajectories pass ``estimator``)."""
     if maps_phase == "auto":
-        return DEFAULT_MAP_PHASE
+        return auto
     if maps_phase not in MAP_PHASES:
         raise InputError(f"unknown coil-map phase reference {maps_phase!r}; choose auto, {', '.join(MAP_PHASES)}")
     return maps_phase
@@ -140,7 +140,7 @@ def calibrate(
     sigma_y : float, optional
         Known noise std per complex sample, instead of :func:`estimate_sigma_y`.
     maps_phase : str
-        Phase reference of estimated maps (:func:`cartesian_map_phase`); given ``maps`` are used as they are.
+        Phase reference of estimated maps (:func:`resolve_map_phase`); given ``maps`` are used as they are.
     maps_threshold : float, optional
         ESPIRiT's relative singular-value threshold; :data:`operators.coils.MAPS_THRESHOLD` when None.
 
@@ -152,7 +152,7 @@ def calibrate(
     width = acs_width(mask_t)
     if maps is None:
         thresh = MAPS_THRESHOLD if maps_threshold is None else float(maps_threshold)
-        maps = estimate_maps(kspace, mask_t, method=maps_method, width=width, phase=cartesian_map_phase(maps_phase),
+        maps = estimate_maps(kspace, mask_t, method=maps_method, width=width, phase=resolve_map_phase(maps_phase),
                              thresh=thresh)
     maps = maps.to(kspace.device)
     scale = float(kspace_scale(kspace, mask_t, maps, width))

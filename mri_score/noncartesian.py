@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from mri_score import limits
-from mri_score.calibration import Calibration, mad_sigma
+from mri_score.calibration import Calibration, mad_sigma, resolve_map_phase
 from mri_score.errors import InputError, one_line
 from mri_score.fastmri_io import MAX_KSPACE_BYTES, READ_COPIES, atomic_h5_write, dataset, open_input, read_array
 from mri_score.likelihood import GaussianKspaceLikelihood, Likelihood
@@ -70,7 +70,7 @@ from mri_score.resolution import fine_shape
 from mri_score.samplers import SAMPLERS
 from mri_score.scaling import reference_scale
 from operators.coils import (
-    MAP_PHASES,
+    ESPIRIT_THRESHOLD,
     MIN_ACS,
     MIN_ESPIRIT_ACS,
     coil_compression_matrix,
@@ -913,8 +913,7 @@ def calibrate_noncartesian(
     """
     if maps_method not in MAP_METHODS:
         raise InputError(f"unknown coil-map method {maps_method!r}; choose one of {', '.join(MAP_METHODS)}")
-    if maps_phase not in ("auto", *MAP_PHASES):
-        raise InputError(f"unknown coil-map phase reference {maps_phase!r}; choose auto, {', '.join(MAP_PHASES)}")
+    phase = resolve_map_phase(maps_phase, auto="estimator")  # trajectories' defaults were tuned with ESPIRiT's
     y = _as_samples(samples)
     h, w = (int(v) for v in matrix)
     try:
@@ -954,8 +953,8 @@ def calibrate_noncartesian(
             box = (torch.linalg.vector_norm(c_near, dim=-1) < r + 1.0).to(torch.float64)
             ks = fft2c(gridded(box))
             try:
-                maps = maps_espirit(ks, max(side, 2), two_d=True,
-                                    **({} if maps_threshold is None else {"thresh": float(maps_threshold)}))
+                thresh = ESPIRIT_THRESHOLD if maps_threshold is None else float(maps_threshold)
+                maps = maps_espirit(ks, max(side, 2), two_d=True, thresh=thresh)
             except OperatorInputError as err:
                 raise InputError(f"coil maps: {one_line(err)}") from None
         else:
@@ -963,7 +962,7 @@ def calibrate_noncartesian(
             sos = rss(low, dim=-3)
             ref = torch.quantile(sos.reshape(-1).float(), 0.99)
             maps = normalize_maps(low / (sos + LOWRES_EPS * ref).unsqueeze(-3))
-        if maps_phase == "virtual":
+        if phase == "virtual":
             maps = virtual_coil_phase(maps, rss(gridded(_hann_disc(c_near, r)), dim=-3))
     low = gridded(_hann_disc(c_near, scale_r))
     scale = float(reference_scale(sense1_combine(low, maps)))

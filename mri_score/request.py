@@ -48,8 +48,7 @@ MAP_PHASE_CHOICES = ("auto", *MAP_PHASES)
 #: The command line's flag for each field (:meth:`RequestError.render`).
 FLAGS = {"sampler": "--sampler", "steps": "--steps", "samples": "--samples", "seed": "--seed",
          "options": "--sampler-opt", "maps": "--maps", "maps_phase": "--maps-phase",
-         "maps_threshold": "--maps-threshold", "magnitude": "--magnitude",
-         "precision": "--precision",
+         "maps_threshold": "--maps-threshold", "magnitude": "--magnitude", "precision": "--precision",
          "grid": "--grid", "accel": "--accel", "mask_type": "--mask-type", "center_fraction": "--center-fraction",
          "adapt": "--adapt", "condition": "--condition", "guidance": "--guidance", "classifier": "--classifier",
          "classifier_scale": "--classifier-scale", "classifier_input": "--classifier-input", "png": "--png",

@@ -64,7 +64,6 @@ __all__ = [
     "create_mask_for_mask_type",
     "crop_kspace",
     "estimate_maps",
-    "virtual_coil_phase",
     "expected_rss",
     "fft2c",
     "fourier_resample",
@@ -81,5 +80,6 @@ __all__ = [
     "rss",
     "seed_from_filename",
     "sense1_combine",
+    "virtual_coil_phase",
     "zero_pad_kspace",
 ]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mri_score.calibration import calibrate, cartesian_map_phase
+from mri_score.calibration import calibrate, resolve_map_phase
 from mri_score.errors import InputError
 from mri_score.request import ReconRequest, RequestError
 from operators import acs_width, birdcage_maps, estimate_maps, fft2c, rss, sense1_combine, virtual_coil_phase
@@ -92,10 +92,11 @@ def test_estimate_maps_applies_the_reference_weighted_by_the_acs_image():
 
 def test_calibrate_and_request_name_the_phase_reference():
     _, _, ksp, mask = _acquisition()
-    assert cartesian_map_phase("auto") == DEFAULT_MAP_PHASE
-    assert all(cartesian_map_phase(p) == p for p in MAP_PHASES)
+    assert resolve_map_phase("auto") == DEFAULT_MAP_PHASE
+    assert resolve_map_phase("auto", auto="estimator") == "estimator"
+    assert all(resolve_map_phase(p) == p and resolve_map_phase(p, auto="estimator") == p for p in MAP_PHASES)
     with pytest.raises(InputError, match="phase reference"):
-        cartesian_map_phase("coil0")
+        resolve_map_phase("coil0")
     a = calibrate(ksp, mask, "espirit", maps_phase="virtual")
     b = calibrate(ksp, mask, "espirit", maps_phase="estimator")
     assert not torch.allclose(a.maps, b.maps, atol=1e-3)
