@@ -16,7 +16,7 @@ import torch
 from mri_score.errors import InputError
 from mri_score.scaling import kspace_scale
 from operators import acs_width, estimate_maps
-from operators.coils import DEFAULT_MAP_PHASE, MAP_PHASES, MAPS_THRESHOLD, MIN_ACS
+from operators.coils import DEFAULT_MAP_PHASE, MAP_PHASES, MAPS_THRESHOLD, MIN_ACS, NOISE_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def calibrate(
     maps: torch.Tensor | None = None,
     sigma_y: float | None = None,
     maps_phase: str = "auto",
-    maps_threshold: float | None = None,
+    maps_threshold: float | str | None = None,
 ) -> Calibration:
     """Calibrate one slice from its undersampled k-space.
 
@@ -141,8 +141,10 @@ def calibrate(
         Known noise std per complex sample, instead of :func:`estimate_sigma_y`.
     maps_phase : str
         Phase reference of estimated maps (:func:`resolve_map_phase`); given ``maps`` are used as they are.
-    maps_threshold : float, optional
-        ESPIRiT's relative singular-value threshold; :data:`operators.coils.MAPS_THRESHOLD` when None.
+    maps_threshold : float or str, optional
+        ESPIRiT's relative singular-value threshold, or ``"noise"`` (:data:`operators.coils.NOISE_THRESHOLD`: the
+        calibration matrix's noise edge at this slice's σ_y, :func:`operators.espirit_noise_threshold`);
+        :data:`operators.coils.MAPS_THRESHOLD` when None.
 
     Returns
     -------
@@ -150,11 +152,11 @@ def calibrate(
     """
     mask_t = torch.as_tensor(mask, dtype=torch.float32).to(kspace.device)
     width = acs_width(mask_t)
+    sy = float(sigma_y) if sigma_y is not None else estimate_sigma_y(kspace, mask_t)
     if maps is None:
-        thresh = MAPS_THRESHOLD if maps_threshold is None else float(maps_threshold)
+        thresh = MAPS_THRESHOLD if maps_threshold is None else maps_threshold
         maps = estimate_maps(kspace, mask_t, method=maps_method, width=width, phase=resolve_map_phase(maps_phase),
-                             thresh=thresh)
+                             thresh=thresh if thresh == NOISE_THRESHOLD else float(thresh), noise_std=sy)
     maps = maps.to(kspace.device)
     scale = float(kspace_scale(kspace, mask_t, maps, width))
-    sy = float(sigma_y) if sigma_y is not None else estimate_sigma_y(kspace, mask_t)
     return Calibration(acs_width=width, maps=maps, scale=scale, sigma_y=sy)

@@ -73,6 +73,7 @@ from operators.coils import (
     ESPIRIT_THRESHOLD,
     MIN_ACS,
     MIN_ESPIRIT_ACS,
+    NOISE_THRESHOLD,
     coil_compression_matrix,
     compress_coils,
     maps_espirit,
@@ -861,7 +862,7 @@ def calibrate_noncartesian(
     sigma_y: float | None = None,
     radius: float | None = None,
     maps_phase: str = "auto",
-    maps_threshold: float | None = None,
+    maps_threshold: float | str | None = None,
 ) -> Calibration:
     """Coil maps, intensity scale and σ_y of one slice from its non-Cartesian samples alone.
 
@@ -904,6 +905,8 @@ def calibrate_noncartesian(
         ``auto``, ``virtual`` or ``estimator`` (above); given ``maps`` are used as they are.
     maps_threshold : float, optional
         ESPIRiT's relative singular-value threshold (:func:`operators.coils.maps_espirit`'s default when None).
+        The noise-edge rule (``"noise"``) is Cartesian only (the gridded calibration data's noise is not the
+        samples' σ_y) and refused here.
 
     Returns
     -------
@@ -926,6 +929,9 @@ def calibrate_noncartesian(
     wts = torch.as_tensor(np.asarray(dens) if not torch.is_tensor(dens) else dens).to(torch.float64)
     if tuple(wts.shape) != (c.shape[0],):
         raise InputError(f"density must have shape ({c.shape[0]},), got {tuple(wts.shape)}")
+    if maps_threshold == NOISE_THRESHOLD:
+        raise InputError(f"maps_threshold {NOISE_THRESHOLD} applies to Cartesian data only; radial and spiral coil "
+                         "maps take a number in (0, 1)")
     r = acs_radius(c, (h, w)) if radius is None else float(radius)
     if 2 * r < MIN_ACS:
         raise InputError(f"fully sampled k-space centre too small for coil estimation (radius {r:g} cycles/FOV, "
@@ -1218,7 +1224,7 @@ class NonCartesianKspaceLikelihood(GaussianKspaceLikelihood):
 
 def calibrate_volume_noncartesian(volume: NonCartesianVolume, maps_method: str = "auto",
                                   use_noise_cov: bool = True, maps_phase: str = "auto",
-                                  maps_threshold: float | None = None) -> list[Calibration]:
+                                  maps_threshold: float | str | None = None) -> list[Calibration]:
     """One :func:`calibrate_noncartesian` per slice of ``volume``, shared by every method.
 
     σ_y is ``volume.known_sigma()`` when the noise covariance is known and ``use_noise_cov``, else estimated

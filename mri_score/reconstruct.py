@@ -117,9 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "estimator (ESPIRiT's coil 0 made real, as sigpy and BART return them) or auto (Cartesian "
                         f"data: {DEFAULT_MAP_PHASE}; radial and spiral: estimator). The output magnitude is the same "
                         "physics either way")
-    p.add_argument("--maps-threshold", type=float, default=None, metavar="T",
-                   help="ESPIRiT's relative singular-value threshold of the signal subspace, in (0, 1) (default "
-                        f"{MAPS_THRESHOLD:g} on Cartesian data; radial and spiral data: sigpy's 0.02)")
+    p.add_argument("--maps-threshold", default=None, metavar="T",
+                   help="ESPIRiT's relative singular-value threshold of the signal subspace, in (0, 1), or noise "
+                        "(per slice, the calibration matrix's noise edge at the estimated k-space noise; Cartesian "
+                        f"data only) (default {MAPS_THRESHOLD:g} on Cartesian data; radial and spiral data: sigpy's "
+                        "0.02)")
     p.add_argument("--magnitude", default="sense", choices=MAGNITUDES,
                    help="sense: the coil-combined posterior-mean magnitude |x|, the anatomy estimate; rss: the "
                         "expected RSS of the noisy coil images, the option for scoring against fastMRI's noisy RSS "

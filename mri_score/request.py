@@ -32,7 +32,7 @@ from mri_score.resolution import (
     trajectory_grid_factor,
 )
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, SamplerConfig, sampler_config
-from operators.coils import MAP_PHASES
+from operators.coils import MAP_PHASES, NOISE_THRESHOLD
 from operators.masks import MASK_TYPES, MAX_ACCELERATION
 
 #: Output magnitude conventions: ``sense`` (the default) is the coil-combined ``|x|``, the anatomy
@@ -107,8 +107,9 @@ class ReconRequest:
     maps_phase : str
         Phase reference of the estimated maps, one of :data:`MAP_PHASE_CHOICES` (the phase the image to
         reconstruct carries; its magnitude, the output, is the same physics either way).
-    maps_threshold : float, optional
-        ESPIRiT's relative singular-value threshold in ``(0, 1)``; None: :data:`operators.coils.MAPS_THRESHOLD`.
+    maps_threshold : float or str, optional
+        ESPIRiT's relative singular-value threshold in ``(0, 1)``, or ``"noise"`` (set per slice at the calibration
+        matrix's noise edge: :func:`operators.espirit_noise_threshold`); None: :data:`operators.coils.MAPS_THRESHOLD`.
     magnitude : str
         Output convention, one of :data:`MAGNITUDES`.
     precision : str
@@ -154,7 +155,7 @@ class ReconRequest:
     options: Mapping[str, Any] | SamplerConfig = field(default_factory=dict)
     maps: str = "auto"
     maps_phase: str = "auto"
-    maps_threshold: float | None = None
+    maps_threshold: float | str | None = None
     magnitude: str = "sense"
     precision: str = "auto"
     grid: str | float = "auto"
@@ -200,10 +201,7 @@ class ReconRequest:
             if getattr(self, name) not in allowed:
                 raise RequestError([name], f"unknown {{0}} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         if self.maps_threshold is not None:
-            thresh = _number(self.maps_threshold)
-            if not 0.0 < thresh < 1.0:
-                raise RequestError(["maps_threshold"], f"{{0}} must be in (0, 1), got {self.maps_threshold}")
-            set_(self, "maps_threshold", thresh)
+            set_(self, "maps_threshold", _maps_threshold_value(self.maps_threshold))
         set_(self, "grid", _grid_value(self.grid))
         set_(self, "virtual_coils", _virtual_coils_value(self.virtual_coils))
         if self.accel is not None:
@@ -326,6 +324,16 @@ def _virtual_coils_value(value: str | int) -> str | int:
             return number
     raise RequestError(["virtual_coils"], f"{{0}} must be auto, all or a number of coils in [1, {MAX_VIRTUAL_COILS}], "
                                           f"got {value!r}")
+
+
+def _maps_threshold_value(value: str | float) -> str | float:
+    """ESPIRiT's threshold: a number in ``(0, 1)`` or :data:`operators.coils.NOISE_THRESHOLD` (the noise edge)."""
+    if str(value).strip().lower() == NOISE_THRESHOLD:
+        return NOISE_THRESHOLD
+    thresh = _number(value)
+    if not 0.0 < thresh < 1.0:
+        raise RequestError(["maps_threshold"], f"{{0}} must be {NOISE_THRESHOLD} or a number in (0, 1), got {value!r}")
+    return thresh
 
 
 def _grid_value(value: str | float) -> str | float:

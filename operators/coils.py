@@ -33,6 +33,11 @@ ESPIRIT_THRESHOLD = 0.02
 #: The threshold :func:`estimate_maps` (the Cartesian calibration) gives ESPIRiT, and a request's ``maps_threshold``
 #: when None.
 MAPS_THRESHOLD = ESPIRIT_THRESHOLD
+#: The threshold rule named in place of a number: ``noise`` sets ESPIRiT's threshold per slice at the noise edge of
+#: the calibration matrix (:func:`espirit_noise_threshold`).
+NOISE_THRESHOLD = "noise"
+#: Bounds of the noise-edge threshold (a noise-free slice would otherwise keep every singular vector).
+NOISE_THRESHOLD_BOUNDS = (1e-4, 0.5)
 
 
 def rss(x: torch.Tensor, dim: int = -3) -> torch.Tensor:
@@ -345,6 +350,53 @@ def _kernel_gram(kernels: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return gram
 
 
+def _calibration_matrix(calib: torch.Tensor, kr: int, kc: int) -> torch.Tensor:
+    """ESPIRiT's calibration matrix of a ``(coils, rows, cols)`` region: one row per ``kr × kc`` kernel position
+    (valid positions only), columns ordered ``(coil, kernel row, kernel col)``."""
+    coils = calib.shape[0]
+    blocks = calib.unfold(1, kr, 1).unfold(2, kc, 1)  # (coils, nbr, nbc, kr, kc)
+    return blocks.permute(1, 2, 0, 3, 4).reshape(-1, coils * kr * kc)
+
+
+def espirit_noise_threshold(s_max: float, region: tuple[int, int, int], kernel: tuple[int, int],
+                            noise_std: float, seed: int = 0) -> float:
+    """ESPIRiT's relative threshold at the noise edge of the calibration matrix.
+
+    The largest singular value of the calibration matrix of pure noise (complex Gaussian, ``E|n|² = σ²`` per
+    sample, on the same region with the same kernel, drawn from ``seed``) divided by the data's largest
+    singular value ``s_max``, clipped to :data:`NOISE_THRESHOLD_BOUNDS`: the singular vectors kept are those
+    whose singular values stand above what noise alone would produce.  The fixed 0.02 keeps too few on clean
+    data with many coils (the maps lose detail) and a fixed lower value keeps noise on a narrow ACS.
+
+    Parameters
+    ----------
+    s_max : float
+        Largest singular value of the data's calibration matrix (k-space units).
+    region : tuple of int
+        ``(coils, rows, cols)`` of the calibration region (:func:`espirit_calibration_shape`).
+    kernel : tuple of int
+        ``(rows, cols)`` of the kernel (:func:`espirit_kernel_shape`).
+    noise_std : float
+        Noise std per complex k-space sample, in the k-space's units (``>= 0``).
+    seed : int
+        Seed of the noise draw (the threshold is deterministic).
+
+    Returns
+    -------
+    float
+        The relative threshold in :data:`NOISE_THRESHOLD_BOUNDS`.
+    """
+    lo, hi = NOISE_THRESHOLD_BOUNDS
+    if not (noise_std >= 0.0 and np.isfinite(noise_std)):
+        raise OperatorInputError(f"ESPIRiT's noise-edge threshold needs a finite noise std >= 0, got {noise_std}")
+    if noise_std == 0.0 or s_max <= 0.0:
+        return lo
+    gen = torch.Generator().manual_seed(int(seed))
+    parts = torch.randn((2, *region), generator=gen, dtype=torch.float64) * (noise_std / 2**0.5)
+    edge = float(torch.linalg.svdvals(_calibration_matrix(torch.complex(parts[0], parts[1]), *kernel)).max())
+    return float(min(max(edge / s_max, lo), hi))
+
+
 def maps_espirit(
     kspace: torch.Tensor,
     width: int,
@@ -352,9 +404,10 @@ def maps_espirit(
     calib_width: int = 24,
     calib_rows: int = 48,
     kernel_width: int = 6,
-    thresh: float = ESPIRIT_THRESHOLD,
+    thresh: float | str = ESPIRIT_THRESHOLD,
     kernel: tuple[int, int] | None = None,
     col_start: int | None = None,
+    noise_std: float | None = None,
 ) -> torch.Tensor:
     """ESPIRiT maps (Uecker et al. 2014) from the ACS of ``(coils, H, W)`` k-space, with no support crop.
 
@@ -379,13 +432,16 @@ def maps_espirit(
         Upper bounds on the region's columns and (column masks) rows.
     kernel_width : int
         Kernel side where the region allows it.
-    thresh : float
-        Relative singular-value threshold of the signal subspace.
+    thresh : float or str
+        Relative singular-value threshold of the signal subspace, or :data:`NOISE_THRESHOLD` for the noise edge
+        at ``noise_std`` (:func:`espirit_noise_threshold`).
     kernel : tuple of int, optional
         Kernel ``(rows, cols)`` instead of :func:`espirit_kernel_shape`'s rule.
     col_start : int, optional
         First column of the calibration region (:func:`acs_columns` of the mask, for an ACS run that
         is not centred on ``W // 2``); default centred as sigpy places it.
+    noise_std : float, optional
+        Noise std per complex k-space sample (``E|n|² = σ²``, the k-space's units); needed by the noise edge.
 
     Returns
     -------
@@ -405,17 +461,18 @@ def maps_espirit(
     if col_slice.start < 0 or col_slice.stop > w:
         raise OperatorInputError(f"ESPIRiT calibration columns {col_slice.start}..{col_slice.stop} lie outside {w}")
     calib = kspace.detach()[:, _centre_slice(h, rows), col_slice].to(torch.complex128)  # only the region, in double
-    # calibration matrix: one row per kernel position, columns (coil, kernel row, kernel col)
-    blocks = calib.unfold(1, kr, 1).unfold(2, kc, 1)  # (coils, nbr, nbc, kr, kc)
-    mat = blocks.permute(1, 2, 0, 3, 4).reshape(-1, coils * kr * kc)
     try:
-        _, s, vh = torch.linalg.svd(mat, full_matrices=False)
+        _, s, vh = torch.linalg.svd(_calibration_matrix(calib, kr, kc), full_matrices=False)
     except RuntimeError as err:  # LAPACK failure on extreme values
         raise OperatorInputError(f"ESPIRiT coil maps failed ({str(err).splitlines()[0]}); the k-space values may be "
                                  "extreme (try --maps lowres)") from None
     if not bool(s.max() > 0):
         raise OperatorInputError("ESPIRiT coil maps failed: the ACS region is all zeros (try --maps lowres)")
-    kernels = vh[s > thresh * s.max()].reshape(-1, coils, kr, kc).to(torch.complex64)
+    if thresh == NOISE_THRESHOLD:
+        if noise_std is None:
+            raise OperatorInputError("ESPIRiT's noise-edge threshold needs the k-space noise std")
+        thresh = espirit_noise_threshold(float(s.max()), (coils, rows, cols), (kr, kc), noise_std)
+    kernels = vh[s > float(thresh) * s.max()].reshape(-1, coils, kr, kc).to(torch.complex64)
     gram = _kernel_gram(kernels, h, w)  # (H, W, coils, coils)
     gram *= (h * w) / (kr * kc)
     try:
@@ -432,7 +489,8 @@ def maps_espirit(
 def estimate_maps(
     kspace: torch.Tensor, mask: torch.Tensor, method: str = "auto", width: int | None = None,
     phase: str = DEFAULT_MAP_PHASE,
-    thresh: float = MAPS_THRESHOLD,
+    thresh: float | str = MAPS_THRESHOLD,
+    noise_std: float | None = None,
 ) -> torch.Tensor:
     """Coil maps ``(coils, H, W)`` from undersampled k-space ``(coils, H, W)`` and its mask.
 
@@ -441,7 +499,8 @@ def estimate_maps(
     :data:`MIN_ESPIRIT_ACS` lines, else the low-resolution estimate); ``width`` is
     the mask's ACS width when the caller knows it already; ``phase`` one of :data:`MAP_PHASES`
     (``virtual``: :func:`virtual_coil_phase`, weighted by the RSS of the low-resolution ACS coil images); ``thresh``
-    ESPIRiT's relative singular-value threshold (:func:`maps_espirit`).
+    ESPIRiT's relative singular-value threshold or :data:`NOISE_THRESHOLD` (the noise edge at ``noise_std``, the
+    noise std per complex k-space sample: :func:`espirit_noise_threshold`) (:func:`maps_espirit`).
     Raises :class:`OperatorInputError` when the ACS is narrower than :data:`MIN_ACS`.
     """
     if phase not in MAP_PHASES:
@@ -466,7 +525,7 @@ def estimate_maps(
             lo, hi = acs_columns(mask_t)
             cols = espirit_calibration_shape(tuple(kspace.shape[-2:]), width, False)[1]
             start = min(max(lo, kspace.shape[-1] // 2 - cols // 2), hi - cols)
-        maps = maps_espirit(kspace, width, two_d=two_d, thresh=thresh, col_start=start)
+        maps = maps_espirit(kspace, width, two_d=two_d, thresh=thresh, col_start=start, noise_std=noise_std)
     elif method == "lowres":
         maps = maps_lowres(kspace, width, two_d=two_d)
     else:

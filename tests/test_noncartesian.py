@@ -262,6 +262,8 @@ def test_calibration_references_the_maps_phase_as_asked(radial64, method):
         calibrate_noncartesian(*args, maps_phase="coil0")
     if method == "espirit":  # an explicit ESPIRiT threshold reaches the estimator
         assert not torch.allclose(calibrate_noncartesian(*args, maps_threshold=0.5).maps, own.maps, atol=1e-3)
+    with pytest.raises(InputError, match="Cartesian data only"):  # the noise edge needs the samples' noise on the grid
+        calibrate_noncartesian(*args, maps_threshold="noise")
 
 
 @pytest.mark.parametrize("method", ["espirit", "lowres"])

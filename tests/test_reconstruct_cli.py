@@ -53,7 +53,8 @@ def test_reconstruct_is_deterministic_by_seed(tmp_path, fully_sampled_file, tiny
     (["--sampler", "pc", "--steps", "1"], "--steps: the pc sampler needs a budget of at least 2"),
     (["--gamma", "2", "--sampler-opt", "gamma=3"], "both given"),
     (["--maps-phase", "coil0"], "--maps-phase"),
-    (["--maps-threshold", "2"], "--maps-threshold must be in (0, 1)"),
+    (["--maps-threshold", "2"], "--maps-threshold must be noise or a number in (0, 1)"),
+    (["--maps-threshold", "loud"], "--maps-threshold must be noise or a number in (0, 1), got 'loud'"),
 ])
 def test_bad_arguments_one_line_exit_2(tmp_path, fully_sampled_file, tiny_prior_path, capsys, args, message):
     import torch
@@ -122,3 +123,15 @@ def test_sampler_options_reach_the_sampler_and_the_output(tmp_path, fully_sample
     sugar, _ = run("gamma", "--gamma", "5")
     spelled, opts = run("gamma_opt", "--sampler-opt", "gamma=5")
     assert opts["gamma"] == 5.0 and np.array_equal(sugar, spelled) and not np.array_equal(sugar, default)
+
+
+def test_the_noise_edge_threshold_runs_from_the_command_line(tmp_path, fully_sampled_file, tiny_prior_path):
+    recs = {}
+    for name, extra in (("fixed", []), ("noise", ["--maps-threshold", "noise"])):
+        rc = main(["--kspace", str(fully_sampled_file), "--out", str(tmp_path / name), "--prior", str(tiny_prior_path),
+                   "--steps", "2", "--center-fraction", "0.25", "--maps", "espirit", *extra])
+        assert rc == 0
+        with h5py.File(tmp_path / name / fully_sampled_file.name) as hf:
+            recs[name] = hf["reconstruction"][()]
+    assert np.isfinite(recs["noise"]).all() and recs["noise"].shape == recs["fixed"].shape
+    assert not np.allclose(recs["noise"], recs["fixed"])  # the rule reached the maps
