@@ -17,6 +17,7 @@ from mri_score.errors import InputError
 from mri_score.scaling import kspace_scale
 from operators import acs_width, estimate_maps
 from operators.coils import DEFAULT_MAP_PHASE, MAP_PHASES, MAPS_THRESHOLD, MIN_ACS, NOISE_THRESHOLD
+from operators.noise import estimate_sigma_y
 
 
 @dataclass(frozen=True)
@@ -49,52 +50,6 @@ class Calibration:
     def to(self, device: torch.device | str) -> Calibration:
         """The same calibration with the maps on ``device``."""
         return Calibration(self.acs_width, self.maps.to(device), self.scale, self.sigma_y)
-
-
-def estimate_sigma_y(kspace: torch.Tensor, mask: torch.Tensor, edge_fraction: float = 1 / 16) -> float:
-    """Noise std per complex k-space sample (``E|n|² = σ²``) from the outermost readout rows.
-
-    The top and bottom ``edge_fraction`` of the rows of the *sampled* columns
-    hold almost no signal; a median-absolute-deviation estimate on their real
-    and imaginary parts is robust to what signal remains.
-
-    Parameters
-    ----------
-    kspace : torch.Tensor
-        Undersampled k-space, complex ``(..., H, W)``.
-    mask : torch.Tensor
-        Sampling mask broadcastable to ``(H, W)``.
-    edge_fraction : float
-        Fraction of rows at each edge used.
-
-    Returns
-    -------
-    float
-        σ in the units of ``kspace``; 0.0 when fewer than 16 non-zero values are available.
-    """
-    m = torch.as_tensor(mask).to(kspace.device)
-    h = kspace.shape[-2]
-    n = max(1, int(round(h * edge_fraction)))
-    sampled = (m.expand(kspace.shape[-2:]) != 0) if m.ndim >= 1 else torch.ones(kspace.shape[-2:], dtype=torch.bool)
-    rows = torch.zeros(h, dtype=torch.bool, device=kspace.device)
-    rows[:n] = True
-    rows[h - n:] = True
-    sel = sampled & rows[:, None]
-    return mad_sigma(kspace[..., sel])
-
-
-def mad_sigma(values: torch.Tensor) -> float:
-    """Noise std per complex value (``E|n|² = σ²``) of complex ``values`` (any shape).
-
-    A median-absolute-deviation estimate on their non-zero real and imaginary parts (robust to the
-    signal that remains among them); 0.0 when fewer than 16 parts are non-zero.
-    """
-    parts = torch.cat([values.real.reshape(-1), values.imag.reshape(-1)])
-    parts = parts[parts != 0]
-    if parts.numel() < 16:
-        return 0.0
-    mad = (parts - parts.median()).abs().median()
-    return float(1.4826 * mad * 2**0.5)
 
 
 def check_acs(mask: torch.Tensor | np.ndarray, name: str) -> int:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from mri_score import limits
-from mri_score.calibration import Calibration, mad_sigma, resolve_map_phase
+from mri_score.calibration import Calibration, resolve_map_phase
 from mri_score.errors import InputError, one_line
 from mri_score.fastmri_io import MAX_KSPACE_BYTES, READ_COPIES, atomic_h5_write, dataset, open_input, read_array
 from mri_score.likelihood import GaussianKspaceLikelihood, Likelihood
@@ -85,6 +85,7 @@ from operators.coils import (
 from operators.errors import OperatorInputError
 from operators.fft import fft2c
 from operators.grid import fourier_resample, image_to_grid
+from operators.noise import mad_sigma
 from operators.nufft import NonCartesianSense, NufftPlan, check_coordinates
 from operators.trajectories import grid_coverage, pipe_menon_density
 
@@ -836,8 +837,8 @@ def estimate_sigma_noncartesian(samples: torch.Tensor, coords: torch.Tensor, out
     """Noise std per complex sample (``E|n|² = σ²``) from the samples in the outermost ``outer_fraction`` of radius.
 
     The k-space periphery holds almost no signal; a median-absolute-deviation estimate on the real and
-    imaginary parts there (:func:`mri_score.calibration.mad_sigma`) is robust to what remains (as
-    :func:`mri_score.calibration.estimate_sigma_y` does with the outermost Cartesian rows).  ``samples``
+    imaginary parts there (:func:`operators.noise.mad_sigma`) is robust to what remains (as
+    :func:`operators.noise.estimate_sigma_y` does with the outermost Cartesian rows).  ``samples``
     complex ``(coils, M)``, ``coords`` ``(M, 2)``; 0.0 when fewer than 16 values are available.
     """
     r = torch.linalg.vector_norm(coords.to(torch.float64), dim=-1)

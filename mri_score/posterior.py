@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mri_score.calibration import Calibration, calibrate, check_acs, estimate_sigma_y
+from mri_score.calibration import Calibration, calibrate, check_acs
 from mri_score.errors import InputError
 from mri_score.fastmri_io import center_crop
 from mri_score.likelihood import GaussianKspaceLikelihood, Likelihood
@@ -32,6 +32,7 @@ from mri_score.request import MAGNITUDES, ReconRequest
 from mri_score.resolution import fine_shape
 from mri_score.samplers import SAMPLERS
 from operators import Sense, expected_rss, fourier_resample, ifft2c, image_to_grid, sense1_combine
+from operators.noise import estimate_sigma_y
 
 # re-exported: the σ_y estimator and the ACS check live in mri_score.calibration
 __all__ = ["MAGNITUDES", "Calibration", "SliceResult", "check_acs", "estimate_sigma_y", "output_magnitude",

@@ -48,7 +48,7 @@ from mri_score.prior import ComplexPrior
 from mri_score.request import EXPORT_FORMATS, FLAGS, MAGNITUDES, MAP_PHASE_CHOICES, ReconRequest, RequestError
 from mri_score.resolution import MAX_GRID_FACTOR
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS
-from operators.coils import DEFAULT_MAP_PHASE, MAPS_THRESHOLD
+from operators.coils import DEFAULT_MAP_PHASE, ESPIRIT_THRESHOLD, MAPS_THRESHOLD
 from operators.errors import OperatorInputError
 from operators.masks import MASK_TYPES, create_mask_for_mask_type
 
@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps-threshold", default=None, metavar="T",
                    help="ESPIRiT's relative singular-value threshold of the signal subspace, in (0, 1), or noise "
                         "(per slice, the calibration matrix's noise edge at the estimated k-space noise; Cartesian "
-                        f"data only) (default {MAPS_THRESHOLD:g} on Cartesian data; radial and spiral data: sigpy's "
-                        "0.02)")
+                        f"data only) (default {MAPS_THRESHOLD} on Cartesian data, sigpy's {ESPIRIT_THRESHOLD:g} where "
+                        f"no noise is measurable; radial and spiral data: {ESPIRIT_THRESHOLD:g})")
     p.add_argument("--magnitude", default="sense", choices=MAGNITUDES,
                    help="sense: the coil-combined posterior-mean magnitude |x|, the anatomy estimate; rss: the "
                         "expected RSS of the noisy coil images, the option for scoring against fastMRI's noisy RSS "

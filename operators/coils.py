@@ -14,6 +14,7 @@ import torch
 
 from operators.errors import OperatorInputError
 from operators.fft import ifft2c
+from operators.noise import estimate_sigma_y
 
 #: For a 2-D mask (square calibration region) ESPIRiT needs at least this many
 #: ACS lines; below it ``auto`` uses the low-resolution estimate.  Column masks
@@ -30,12 +31,12 @@ DEFAULT_MAP_PHASE = "virtual"
 #: ESPIRiT's relative singular-value threshold of the signal subspace (sigpy's ``EspiritCalib`` default):
 #: :func:`maps_espirit`'s default.
 ESPIRIT_THRESHOLD = 0.02
-#: The threshold :func:`estimate_maps` (the Cartesian calibration) gives ESPIRiT, and a request's ``maps_threshold``
-#: when None.
-MAPS_THRESHOLD = ESPIRIT_THRESHOLD
 #: The threshold rule named in place of a number: ``noise`` sets ESPIRiT's threshold per slice at the noise edge of
 #: the calibration matrix (:func:`espirit_noise_threshold`).
 NOISE_THRESHOLD = "noise"
+#: The threshold :func:`estimate_maps` (the Cartesian calibration) gives ESPIRiT, and a request's ``maps_threshold``
+#: when None: the noise edge (decided on the development data, ``configs/ablation_maps_noise_edge_dev.yaml``).
+MAPS_THRESHOLD = NOISE_THRESHOLD
 #: Bounds of the noise-edge threshold (a noise-free slice would otherwise keep every singular vector).
 NOISE_THRESHOLD_BOUNDS = (1e-4, 0.5)
 
@@ -384,13 +385,16 @@ def espirit_noise_threshold(s_max: float, region: tuple[int, int, int], kernel: 
     Returns
     -------
     float
-        The relative threshold in :data:`NOISE_THRESHOLD_BOUNDS`.
+        The relative threshold in :data:`NOISE_THRESHOLD_BOUNDS`; :data:`ESPIRIT_THRESHOLD` when ``noise_std`` is 0
+        (no noise measurable, e.g. a noise-free simulation or zero-filled k-space edges).
     """
     lo, hi = NOISE_THRESHOLD_BOUNDS
     if not (noise_std >= 0.0 and np.isfinite(noise_std)):
         raise OperatorInputError(f"ESPIRiT's noise-edge threshold needs a finite noise std >= 0, got {noise_std}")
-    if noise_std == 0.0 or s_max <= 0.0:
-        return lo
+    if noise_std == 0.0:  # no noise measurable (noise-free or zero-filled edges): the rule says nothing
+        return ESPIRIT_THRESHOLD
+    if s_max <= 0.0:
+        return hi
     gen = torch.Generator().manual_seed(int(seed))
     parts = torch.randn((2, *region), generator=gen, dtype=torch.float64) * (noise_std / 2**0.5)
     edge = float(torch.linalg.svdvals(_calibration_matrix(torch.complex(parts[0], parts[1]), *kernel)).max())
@@ -500,7 +504,8 @@ def estimate_maps(
     the mask's ACS width when the caller knows it already; ``phase`` one of :data:`MAP_PHASES`
     (``virtual``: :func:`virtual_coil_phase`, weighted by the RSS of the low-resolution ACS coil images); ``thresh``
     ESPIRiT's relative singular-value threshold or :data:`NOISE_THRESHOLD` (the noise edge at ``noise_std``, the
-    noise std per complex k-space sample: :func:`espirit_noise_threshold`) (:func:`maps_espirit`).
+    noise std per complex k-space sample, by default :func:`operators.noise.estimate_sigma_y` of ``kspace``:
+    :func:`espirit_noise_threshold`) (:func:`maps_espirit`).
     Raises :class:`OperatorInputError` when the ACS is narrower than :data:`MIN_ACS`.
     """
     if phase not in MAP_PHASES:
@@ -525,6 +530,8 @@ def estimate_maps(
             lo, hi = acs_columns(mask_t)
             cols = espirit_calibration_shape(tuple(kspace.shape[-2:]), width, False)[1]
             start = min(max(lo, kspace.shape[-1] // 2 - cols // 2), hi - cols)
+        if thresh == NOISE_THRESHOLD and noise_std is None:
+            noise_std = estimate_sigma_y(kspace, mask_t)
         maps = maps_espirit(kspace, width, two_d=two_d, thresh=thresh, col_start=start, noise_std=noise_std)
     elif method == "lowres":
         maps = maps_lowres(kspace, width, two_d=two_d)

@@ -1,6 +1,6 @@
 """σ_y, the noise std every slice's likelihood uses, against the simulator's known σ (issue 13, item 8).
 
-:func:`mri_score.calibration.estimate_sigma_y` takes the median absolute deviation of the real
+:func:`operators.noise.estimate_sigma_y` takes the median absolute deviation of the real
 and imaginary parts of the sampled k-space in the outermost ``1/16`` of the readout rows at each
 edge.  For pure complex Gaussian noise (``E|n|² = σ²``, each part ``N(0, σ²/2)``) over ``N`` real
 values, that estimator has a relative standard deviation of ``1.167/√N`` (the MAD's asymptotic
@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import torch
 
-from mri_score.calibration import estimate_sigma_y
 from mri_score.data.body import BODY_FAMILIES, body_slice
 from mri_score.simulation import simulate_volume
 from operators import make_mask
+from operators.noise import estimate_sigma_y
 
 SIZES = ((64, 64), (128, 96))
 MASKS = (("equispaced", 4.0), ("random", 8.0))

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from mri_score.calibration import calibrate, estimate_sigma_y
+from mri_score.calibration import calibrate
 from mri_score.request import ReconRequest, RequestError
 from operators import acs_width, birdcage_maps, espirit_noise_threshold, estimate_maps, fft2c
 from operators.coils import (
+    ESPIRIT_THRESHOLD,
+    MAPS_THRESHOLD,
     NOISE_THRESHOLD,
     NOISE_THRESHOLD_BOUNDS,
     _calibration_matrix,
@@ -19,6 +21,7 @@ from operators.coils import (
     maps_espirit,
 )
 from operators.errors import OperatorInputError
+from operators.noise import estimate_sigma_y
 from tests.conftest import phantom
 
 
@@ -67,8 +70,10 @@ def test_the_edge_is_the_largest_singular_value_of_a_noise_only_calibration_matr
 
 def test_the_edge_is_clipped_and_validated():
     lo, hi = NOISE_THRESHOLD_BOUNDS
-    assert espirit_noise_threshold(1.0, (4, 24, 8), (6, 2), 0.0) == lo  # noise-free data keep every vector
+    assert espirit_noise_threshold(1e12, (4, 24, 8), (6, 2), 1.0) == lo  # far above the noise: keep (almost) all
     assert espirit_noise_threshold(1e-9, (4, 24, 8), (6, 2), 1.0) == hi  # data below the noise keep only the top
+    # no noise measurable (a noise-free simulation, zero-filled edges): the rule says nothing, sigpy's default holds
+    assert espirit_noise_threshold(1.0, (4, 24, 8), (6, 2), 0.0) == ESPIRIT_THRESHOLD
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(OperatorInputError, match="noise std"):
             espirit_noise_threshold(1.0, (4, 24, 8), (6, 2), bad)
@@ -108,7 +113,8 @@ def test_calibrate_sets_the_edge_at_the_slices_own_noise_estimate():
     thresh = espirit_noise_threshold(float(s.max()), region, kernel, sigma)
     assert NOISE_THRESHOLD_BOUNDS[0] < thresh < NOISE_THRESHOLD_BOUNDS[1]
     assert torch.allclose(cal.maps, maps_espirit(ksp, width, thresh=thresh, col_start=start), atol=1e-6)
-    assert not torch.allclose(cal.maps, calibrate(ksp, mask, "espirit", maps_phase="estimator").maps, atol=1e-4)
+    assert not torch.allclose(cal.maps, calibrate(ksp, mask, "espirit", maps_phase="estimator",
+                                                  maps_threshold=ESPIRIT_THRESHOLD).maps, atol=1e-4)
     # a known sigma_y (e.g. from a noise scan) sets the edge instead of the estimate
     known = calibrate(ksp, mask, "espirit", sigma_y=0.3, maps_phase="estimator", maps_threshold="noise")
     thresh_known = espirit_noise_threshold(float(s.max()), region, kernel, 0.3)
@@ -137,6 +143,23 @@ def test_the_edge_keeps_noise_out_of_the_maps_where_a_fixed_threshold_lets_it_in
     assert edge < 0.3  # a projector distance of 0.3 is a usable map; a broken one is near sqrt(2)
     for fixed in (0.02, 0.005):
         assert misfit(calibrate(ksp, mask, "espirit", maps_threshold=fixed).maps) > 3 * edge
+
+
+def test_the_rule_is_the_cartesian_default_and_estimates_its_own_noise():
+    assert MAPS_THRESHOLD == NOISE_THRESHOLD
+    ksp, mask = _acquisition(0.1)
+    sigma = estimate_sigma_y(ksp, mask)
+    own = estimate_maps(ksp, mask, "espirit")
+    assert torch.allclose(own, estimate_maps(ksp, mask, "espirit", thresh="noise", noise_std=sigma), atol=1e-6)
+    assert not torch.allclose(own, estimate_maps(ksp, mask, "espirit", thresh=ESPIRIT_THRESHOLD), atol=1e-4)
+    assert torch.allclose(calibrate(ksp, mask).maps, calibrate(ksp, mask, maps_threshold="noise").maps)
+    # zero-filled readout edges: no noise to measure, so the maps are ESPIRiT's at its fixed threshold
+    filled = ksp.clone()
+    filled[:, :8] = 0
+    filled[:, -8:] = 0
+    assert estimate_sigma_y(filled, mask) == 0.0
+    assert torch.allclose(estimate_maps(filled, mask, "espirit"),
+                          estimate_maps(filled, mask, "espirit", thresh=ESPIRIT_THRESHOLD), atol=1e-6)
 
 
 def test_the_request_names_the_rule():

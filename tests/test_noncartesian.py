@@ -289,8 +289,8 @@ def test_calibration_matches_the_truth(radial64, method):
 
 
 def test_sigma_estimate_is_as_good_as_the_cartesian_one():
-    from mri_score.calibration import estimate_sigma_y
     from mri_score.simulation import simulate_volume
+    from operators.noise import estimate_sigma_y
 
     x = phantom(64, 1, seed=1)
     vol = simulate_noncartesian(x, "radial", 40, coils=4, snr=20.0, seed=5)

@@ -127,7 +127,8 @@ def test_sampler_options_reach_the_sampler_and_the_output(tmp_path, fully_sample
 
 def test_the_noise_edge_threshold_runs_from_the_command_line(tmp_path, fully_sampled_file, tiny_prior_path):
     recs = {}
-    for name, extra in (("fixed", []), ("noise", ["--maps-threshold", "noise"])):
+    for name, extra in (("fixed", ["--maps-threshold", "0.02"]), ("noise", ["--maps-threshold", "noise"]),
+                        ("default", [])):
         rc = main(["--kspace", str(fully_sampled_file), "--out", str(tmp_path / name), "--prior", str(tiny_prior_path),
                    "--steps", "2", "--center-fraction", "0.25", "--maps", "espirit", *extra])
         assert rc == 0
@@ -135,3 +136,4 @@ def test_the_noise_edge_threshold_runs_from_the_command_line(tmp_path, fully_sam
             recs[name] = hf["reconstruction"][()]
     assert np.isfinite(recs["noise"]).all() and recs["noise"].shape == recs["fixed"].shape
     assert not np.allclose(recs["noise"], recs["fixed"])  # the rule reached the maps
+    assert np.array_equal(recs["default"], recs["noise"])  # and is the Cartesian default
