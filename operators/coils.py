@@ -9,6 +9,8 @@ the data and a prior would fill it with hallucinations.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -37,7 +39,8 @@ NOISE_THRESHOLD = "noise"
 #: The threshold :func:`estimate_maps` (the Cartesian calibration) gives ESPIRiT, and a request's ``maps_threshold``
 #: when None: the noise edge (decided on the development data, ``configs/ablation_maps_noise_edge_dev.yaml``).
 MAPS_THRESHOLD = NOISE_THRESHOLD
-#: Bounds of the noise-edge threshold (a noise-free slice would otherwise keep every singular vector).
+#: Bounds of the noise-edge threshold (data far above the noise keep all but the numerically null vectors; data
+#: below it keep the leading ones).
 NOISE_THRESHOLD_BOUNDS = (1e-4, 0.5)
 
 
@@ -395,10 +398,18 @@ def espirit_noise_threshold(s_max: float, region: tuple[int, int, int], kernel: 
         return ESPIRIT_THRESHOLD
     if s_max <= 0.0:
         return hi
-    gen = torch.Generator().manual_seed(int(seed))
-    parts = torch.randn((2, *region), generator=gen, dtype=torch.float64) * (noise_std / 2**0.5)
-    edge = float(torch.linalg.svdvals(_calibration_matrix(torch.complex(parts[0], parts[1]), *kernel)).max())
+    edge = noise_std * _unit_noise_edge(tuple(int(n) for n in region), tuple(int(n) for n in kernel), int(seed))
     return float(min(max(edge / s_max, lo), hi))
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_noise_edge(region: tuple[int, ...], kernel: tuple[int, ...], seed: int) -> float:
+    """Largest singular value of the calibration matrix of unit complex Gaussian noise (``E|n|² = 1``) on a
+    ``(coils, rows, cols)`` region with a ``(rows, cols)`` kernel; singular values scale with the noise, so one
+    draw per geometry serves every slice (cached)."""
+    gen = torch.Generator().manual_seed(seed)
+    parts = torch.randn((2, *region), generator=gen, dtype=torch.float64) * 2**-0.5
+    return float(torch.linalg.svdvals(_calibration_matrix(torch.complex(parts[0], parts[1]), *kernel)).max())
 
 
 def maps_espirit(
