@@ -165,7 +165,9 @@ def test_the_rule_is_the_cartesian_default_and_estimates_its_own_noise():
 def test_the_request_names_the_rule():
     assert ReconRequest(maps_threshold="noise").maps_threshold == NOISE_THRESHOLD
     assert ReconRequest(maps_threshold=" Noise ").maps_threshold == NOISE_THRESHOLD
-    assert "maps_threshold=noise" in ReconRequest(maps_threshold="noise").calibration_suffix()
+    # the default named explicitly keeps the default's std calibration; a fixed number gets its own key
+    assert ReconRequest(maps_threshold="noise").calibration_suffix() == ReconRequest().calibration_suffix() == []
+    assert "maps_threshold=0.02" in ReconRequest(maps_threshold=0.02).calibration_suffix()
     for bad in ("loud", "", "nan", 0, 1.5, True):
         with pytest.raises(RequestError, match="must be noise or a number in"):
             ReconRequest(maps_threshold=bad)
