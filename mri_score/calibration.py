@@ -16,7 +16,7 @@ import torch
 from mri_score.errors import InputError
 from mri_score.scaling import kspace_scale
 from operators import acs_width, estimate_maps
-from operators.coils import DEFAULT_MAP_PHASE, MAP_PHASES, MAPS_THRESHOLD, MIN_ACS, NOISE_THRESHOLD
+from operators.coils import DEFAULT_MAP_PHASE, MAP_PHASES, MAPS_THRESHOLD, MIN_ACS
 from operators.noise import estimate_sigma_y
 
 
@@ -109,9 +109,8 @@ def calibrate(
     width = acs_width(mask_t)
     sy = float(sigma_y) if sigma_y is not None else estimate_sigma_y(kspace, mask_t)
     if maps is None:
-        thresh = MAPS_THRESHOLD if maps_threshold is None else maps_threshold
         maps = estimate_maps(kspace, mask_t, method=maps_method, width=width, phase=resolve_map_phase(maps_phase),
-                             thresh=thresh if thresh == NOISE_THRESHOLD else float(thresh), noise_std=sy)
+                             thresh=MAPS_THRESHOLD if maps_threshold is None else maps_threshold, noise_std=sy)
     maps = maps.to(kspace.device)
     scale = float(kspace_scale(kspace, mask_t, maps, width))
     return Calibration(acs_width=width, maps=maps, scale=scale, sigma_y=sy)

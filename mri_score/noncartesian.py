@@ -76,6 +76,7 @@ from operators.coils import (
     NOISE_THRESHOLD,
     coil_compression_matrix,
     compress_coils,
+    espirit_threshold,
     maps_espirit,
     normalize_maps,
     rss,
@@ -930,7 +931,11 @@ def calibrate_noncartesian(
     wts = torch.as_tensor(np.asarray(dens) if not torch.is_tensor(dens) else dens).to(torch.float64)
     if tuple(wts.shape) != (c.shape[0],):
         raise InputError(f"density must have shape ({c.shape[0]},), got {tuple(wts.shape)}")
-    if maps_threshold == NOISE_THRESHOLD:
+    try:
+        thresh = ESPIRIT_THRESHOLD if maps_threshold is None else espirit_threshold(maps_threshold)
+    except OperatorInputError as err:
+        raise InputError(f"coil maps: {one_line(err)}") from None
+    if thresh == NOISE_THRESHOLD:
         raise InputError(f"maps_threshold {NOISE_THRESHOLD} applies to Cartesian data only; radial and spiral coil "
                          "maps take a number in (0, 1)")
     r = acs_radius(c, (h, w)) if radius is None else float(radius)
@@ -960,7 +965,6 @@ def calibrate_noncartesian(
             box = (torch.linalg.vector_norm(c_near, dim=-1) < r + 1.0).to(torch.float64)
             ks = fft2c(gridded(box))
             try:
-                thresh = ESPIRIT_THRESHOLD if maps_threshold is None else float(maps_threshold)
                 maps = maps_espirit(ks, max(side, 2), two_d=True, thresh=thresh)
             except OperatorInputError as err:
                 raise InputError(f"coil maps: {one_line(err)}") from None

@@ -34,7 +34,7 @@ from mri_score.samplers import SAMPLERS
 from operators import Sense, expected_rss, fourier_resample, ifft2c, image_to_grid, sense1_combine
 from operators.noise import estimate_sigma_y
 
-# re-exported: the σ_y estimator and the ACS check live in mri_score.calibration
+# re-exported: the σ_y estimator (operators.noise) and the ACS check (mri_score.calibration)
 __all__ = ["MAGNITUDES", "Calibration", "SliceResult", "check_acs", "estimate_sigma_y", "output_magnitude",
            "reconstruct_slice", "reconstruct_slices"]
 

@@ -32,7 +32,8 @@ from mri_score.resolution import (
     trajectory_grid_factor,
 )
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, SamplerConfig, sampler_config
-from operators.coils import MAP_PHASES, MAPS_THRESHOLD, NOISE_THRESHOLD
+from operators.coils import MAP_PHASES, MAPS_THRESHOLD, NOISE_THRESHOLD, espirit_threshold
+from operators.errors import OperatorInputError
 from operators.masks import MASK_TYPES, MAX_ACCELERATION
 
 #: Output magnitude conventions: ``sense`` (the default) is the coil-combined ``|x|``, the anatomy
@@ -329,13 +330,15 @@ def _virtual_coils_value(value: str | int) -> str | int:
 
 
 def _maps_threshold_value(value: str | float) -> str | float:
-    """ESPIRiT's threshold: a number in ``(0, 1)`` or :data:`operators.coils.NOISE_THRESHOLD` (the noise edge)."""
-    if str(value).strip().lower() == NOISE_THRESHOLD:
-        return NOISE_THRESHOLD
-    thresh = _number(value)
-    if not 0.0 < thresh < 1.0:
-        raise RequestError(["maps_threshold"], f"{{0}} must be {NOISE_THRESHOLD} or a number in (0, 1), got {value!r}")
-    return thresh
+    """ESPIRiT's threshold (:func:`operators.coils.espirit_threshold`): a number in ``(0, 1)`` or
+    :data:`operators.coils.NOISE_THRESHOLD` (the noise edge)."""
+    try:
+        if isinstance(value, bool):
+            raise OperatorInputError("a flag is not a threshold")
+        return espirit_threshold(value)
+    except (OperatorInputError, TypeError):
+        raise RequestError(["maps_threshold"], f"{{0}} must be {NOISE_THRESHOLD} or a number in (0, 1), "
+                                               f"got {value!r}") from None
 
 
 def _grid_value(value: str | float) -> str | float:

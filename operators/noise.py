@@ -33,7 +33,10 @@ def estimate_sigma_y(kspace: torch.Tensor, mask: torch.Tensor, edge_fraction: fl
     m = torch.as_tensor(mask).to(kspace.device)
     h = kspace.shape[-2]
     n = max(1, int(round(h * edge_fraction)))
-    sampled = (m.expand(kspace.shape[-2:]) != 0) if m.ndim >= 1 else torch.ones(kspace.shape[-2:], dtype=torch.bool)
+    if m.ndim >= 1:
+        sampled = m.expand(kspace.shape[-2:]) != 0
+    else:
+        sampled = torch.ones(kspace.shape[-2:], dtype=torch.bool, device=kspace.device)
     rows = torch.zeros(h, dtype=torch.bool, device=kspace.device)
     rows[:n] = True
     rows[h - n:] = True
