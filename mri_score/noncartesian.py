@@ -905,10 +905,12 @@ def calibrate_noncartesian(
         The ACS radius instead of :func:`acs_radius`.
     maps_phase : str
         ``auto``, ``virtual`` or ``estimator`` (above); given ``maps`` are used as they are.
-    maps_threshold : float, optional
-        ESPIRiT's relative singular-value threshold (:func:`operators.coils.maps_espirit`'s default when None).
-        The noise-edge rule (``"noise"``) is Cartesian only (the gridded calibration data's noise is not the
-        samples' σ_y) and refused here.
+    maps_threshold : float or str, optional
+        ESPIRiT's relative singular-value threshold (:func:`operators.coils.maps_espirit`'s default when None), or
+        ``"noise"``: the noise edge of the gridded calibration data, whose noise is neither white nor of the
+        samples' σ_y, so a draw of complex Gaussian noise at σ_y on the same samples (seed 0) is gridded the same
+        way and its calibration matrix's largest singular value is the edge (``noise_kspace`` of
+        :func:`operators.coils.maps_espirit`).
 
     Returns
     -------
@@ -935,9 +937,6 @@ def calibrate_noncartesian(
         thresh = ESPIRIT_THRESHOLD if maps_threshold is None else espirit_threshold(maps_threshold)
     except OperatorInputError as err:
         raise InputError(f"coil maps: {one_line(err)}") from None
-    if thresh == NOISE_THRESHOLD:
-        raise InputError(f"maps_threshold {NOISE_THRESHOLD} applies to Cartesian data only; radial and spiral coil "
-                         "maps take a number in (0, 1)")
     r = acs_radius(c, (h, w)) if radius is None else float(radius)
     if 2 * r < MIN_ACS:
         raise InputError(f"fully sampled k-space centre too small for coil estimation (radius {r:g} cycles/FOV, "
@@ -948,8 +947,10 @@ def calibrate_noncartesian(
     plan = NufftPlan(c[near], (h, w))
     y_near, w_near, c_near = y[:, near], wts[near], c[near]
 
-    def gridded(taper: torch.Tensor) -> torch.Tensor:
-        return plan.apply_adjoint(y_near * (w_near * taper).to(torch.float32))
+    def gridded(taper: torch.Tensor, values: torch.Tensor = y_near) -> torch.Tensor:
+        return plan.apply_adjoint(values * (w_near * taper).to(torch.float32))
+
+    sy = float(sigma_y) if sigma_y is not None else estimate_sigma_noncartesian(y, c)
 
     coils = y.shape[0]
     if maps is not None:
@@ -964,8 +965,13 @@ def calibrate_noncartesian(
         if method == "espirit":
             box = (torch.linalg.vector_norm(c_near, dim=-1) < r + 1.0).to(torch.float64)
             ks = fft2c(gridded(box))
+            noise_ks = None
+            if thresh == NOISE_THRESHOLD:  # the same samples' noise at σ_y, gridded as the data are
+                gen = torch.Generator().manual_seed(0)
+                parts = torch.randn((2, *y_near.shape), generator=gen) * (sy / 2**0.5)
+                noise_ks = fft2c(gridded(box, torch.complex(parts[0], parts[1]).to(y_near.dtype)))
             try:
-                maps = maps_espirit(ks, max(side, 2), two_d=True, thresh=thresh)
+                maps = maps_espirit(ks, max(side, 2), two_d=True, thresh=thresh, noise_kspace=noise_ks)
             except OperatorInputError as err:
                 raise InputError(f"coil maps: {one_line(err)}") from None
         else:
@@ -977,7 +983,6 @@ def calibrate_noncartesian(
             maps = virtual_coil_phase(maps, rss(gridded(_hann_disc(c_near, r)), dim=-3))
     low = gridded(_hann_disc(c_near, scale_r))
     scale = float(reference_scale(sense1_combine(low, maps)))
-    sy = float(sigma_y) if sigma_y is not None else estimate_sigma_noncartesian(y, c)
     return Calibration(acs_width=int(math.floor(2 * r)), maps=maps, scale=scale, sigma_y=sy)
 
 

@@ -119,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "physics either way")
     p.add_argument("--maps-threshold", default=None, metavar="T",
                    help="ESPIRiT's relative singular-value threshold of the signal subspace, in (0, 1), or noise "
-                        "(per slice, the calibration matrix's noise edge at the estimated k-space noise; Cartesian "
-                        f"data only) (default {MAPS_THRESHOLD} on Cartesian data, sigpy's {ESPIRIT_THRESHOLD:g} where "
-                        f"no noise is measurable; radial and spiral data: {ESPIRIT_THRESHOLD:g})")
+                        "(per slice, the calibration matrix's noise edge at the estimated k-space noise) (default "
+                        f"{MAPS_THRESHOLD} on Cartesian data, sigpy's {ESPIRIT_THRESHOLD:g} where no noise is "
+                        f"measurable; radial and spiral data: {ESPIRIT_THRESHOLD:g})")
     p.add_argument("--magnitude", default="sense", choices=MAGNITUDES,
                    help="sense: the coil-combined posterior-mean magnitude |x|, the anatomy estimate; rss: the "
                         "expected RSS of the noisy coil images, the option for scoring against fastMRI's noisy RSS "

@@ -32,7 +32,7 @@ from mri_score.resolution import (
     trajectory_grid_factor,
 )
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, SamplerConfig, sampler_config
-from operators.coils import MAP_PHASES, MAPS_THRESHOLD, NOISE_THRESHOLD, espirit_threshold
+from operators.coils import MAP_PHASES, NOISE_THRESHOLD, espirit_threshold
 from operators.errors import OperatorInputError
 from operators.masks import MASK_TYPES, MAX_ACCELERATION
 
@@ -300,8 +300,6 @@ class ReconRequest:
         for name in ("grid", "precision", "maps", "maps_phase", "maps_threshold", "condition", "guidance", "classifier",
                      "classifier_scale", "classifier_input", "adapt"):
             value = getattr(self, name)
-            if name == "maps_threshold" and value == MAPS_THRESHOLD:
-                continue  # the default named explicitly: the same maps (trajectories refuse it), the same std
             if value != getattr(default, name):
                 if isinstance(value, AdaptSettings):
                     value = ",".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(value).items()))

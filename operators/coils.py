@@ -410,14 +410,23 @@ def espirit_noise_threshold(s_max: float, region: tuple[int, int, int], kernel: 
         The relative threshold in :data:`NOISE_THRESHOLD_BOUNDS`; :data:`ESPIRIT_THRESHOLD` when ``noise_std`` is 0
         (no noise measurable, e.g. a noise-free simulation or zero-filled k-space edges).
     """
-    lo, hi = NOISE_THRESHOLD_BOUNDS
     if not (noise_std >= 0.0 and np.isfinite(noise_std)):
         raise OperatorInputError(f"ESPIRiT's noise-edge threshold needs a finite noise std >= 0, got {noise_std}")
-    if noise_std == 0.0:  # no noise measurable (noise-free or zero-filled edges): the rule says nothing
+    if noise_std == 0.0:
+        return edge_threshold(0.0, s_max)
+    return edge_threshold(noise_std * _unit_noise_edge(tuple(int(n) for n in region), tuple(int(n) for n in kernel),
+                                                       int(seed)), s_max)
+
+
+def edge_threshold(edge: float, s_max: float) -> float:
+    """ESPIRiT's relative threshold from a noise edge: ``edge / s_max`` (both singular values, k-space units) clipped
+    to :data:`NOISE_THRESHOLD_BOUNDS`; :data:`ESPIRIT_THRESHOLD` when ``edge`` is 0 (no noise measurable: a noise-free
+    simulation or zero-filled k-space edges, where the rule says nothing)."""
+    lo, hi = NOISE_THRESHOLD_BOUNDS
+    if edge == 0.0:
         return ESPIRIT_THRESHOLD
     if s_max <= 0.0:
         return hi
-    edge = noise_std * _unit_noise_edge(tuple(int(n) for n in region), tuple(int(n) for n in kernel), int(seed))
     return float(min(max(edge / s_max, lo), hi))
 
 
@@ -442,6 +451,7 @@ def maps_espirit(
     kernel: tuple[int, int] | None = None,
     col_start: int | None = None,
     noise_std: float | None = None,
+    noise_kspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ESPIRiT maps (Uecker et al. 2014) from the ACS of ``(coils, H, W)`` k-space, with no support crop.
 
@@ -475,7 +485,13 @@ def maps_espirit(
         First column of the calibration region (:func:`acs_columns` of the mask, for an ACS run that
         is not centred on ``W // 2``); default centred as sigpy places it.
     noise_std : float, optional
-        Noise std per complex k-space sample (``E|n|² = σ²``, the k-space's units); needed by the noise edge.
+        Noise std per complex k-space sample (``E|n|² = σ²``, the k-space's units) of white noise: the noise edge
+        is then :func:`espirit_noise_threshold`'s.
+    noise_kspace : torch.Tensor, optional
+        Complex ``(coils, H, W)`` k-space of a draw of the noise alone, passed through whatever made ``kspace``
+        (e.g. gridding of non-Cartesian samples, whose noise is neither white nor of the samples' σ): the noise
+        edge is the largest singular value of its calibration matrix (same region and kernel). Takes precedence
+        over ``noise_std``.
 
     Returns
     -------
@@ -495,7 +511,8 @@ def maps_espirit(
     col_slice = _centre_slice(w, cols) if col_start is None else slice(int(col_start), int(col_start) + cols)
     if col_slice.start < 0 or col_slice.stop > w:
         raise OperatorInputError(f"ESPIRiT calibration columns {col_slice.start}..{col_slice.stop} lie outside {w}")
-    calib = kspace.detach()[:, _centre_slice(h, rows), col_slice].to(torch.complex128)  # only the region, in double
+    region = (slice(None), _centre_slice(h, rows), col_slice)
+    calib = kspace.detach()[region].to(torch.complex128)  # only the region, in double
     try:
         _, s, vh = torch.linalg.svd(_calibration_matrix(calib, kr, kc), full_matrices=False)
     except RuntimeError as err:  # LAPACK failure on extreme values
@@ -504,9 +521,17 @@ def maps_espirit(
     if not bool(s.max() > 0):
         raise OperatorInputError("ESPIRiT coil maps failed: the ACS region is all zeros (try --maps lowres)")
     if thresh == NOISE_THRESHOLD:
-        if noise_std is None:
+        if noise_kspace is not None:
+            if tuple(noise_kspace.shape) != tuple(kspace.shape):
+                raise OperatorInputError(f"noise k-space {tuple(noise_kspace.shape)} does not match the k-space "
+                                         f"{tuple(kspace.shape)}")
+            noise_calib = noise_kspace.detach()[region].to(device=calib.device, dtype=torch.complex128)
+            edge = float(torch.linalg.svdvals(_calibration_matrix(noise_calib, kr, kc)).max())
+            thresh = edge_threshold(edge, float(s.max()))
+        elif noise_std is not None:
+            thresh = espirit_noise_threshold(float(s.max()), (coils, rows, cols), (kr, kc), noise_std)
+        else:
             raise OperatorInputError("ESPIRiT's noise-edge threshold needs the k-space noise std")
-        thresh = espirit_noise_threshold(float(s.max()), (coils, rows, cols), (kr, kc), noise_std)
     kernels = vh[s > thresh * s.max()].reshape(-1, coils, kr, kc).to(torch.complex64)
     gram = _kernel_gram(kernels, h, w)  # (H, W, coils, coils)
     gram *= (h * w) / (kr * kc)

@@ -16,6 +16,7 @@ from operators.coils import (
     NOISE_THRESHOLD_BOUNDS,
     _calibration_matrix,
     acs_columns,
+    edge_threshold,
     espirit_calibration_shape,
     espirit_kernel_shape,
     espirit_threshold,
@@ -164,6 +165,21 @@ def test_the_rule_is_the_cartesian_default_and_estimates_its_own_noise():
                           estimate_maps(filled, mask, "espirit", thresh=ESPIRIT_THRESHOLD), atol=1e-6)
 
 
+def test_a_noise_kspace_sets_the_edge_from_its_own_calibration_matrix():
+    ksp, mask = _acquisition(0.1)
+    width, region, kernel, start = _region(ksp, mask)
+    added = _acquisition(0.1)[0] - _acquisition(0.0)[0]  # the noise actually in the data
+    s_data, s_noise = _singular_values(ksp, mask), _singular_values(added, mask)
+    thresh = edge_threshold(float(s_noise.max()), float(s_data.max()))
+    assert torch.allclose(maps_espirit(ksp, width, thresh=NOISE_THRESHOLD, noise_kspace=added, col_start=start),
+                          maps_espirit(ksp, width, thresh=thresh, col_start=start), atol=1e-6)
+    # for white noise it agrees with the edge drawn at the noise's std (another draw: within 10 %)
+    assert thresh == pytest.approx(espirit_noise_threshold(float(s_data.max()), region, kernel, 0.1), rel=0.1)
+    assert edge_threshold(0.0, 1.0) == ESPIRIT_THRESHOLD  # a noise-free draw: the rule says nothing
+    with pytest.raises(OperatorInputError, match="does not match"):
+        maps_espirit(ksp, width, thresh=NOISE_THRESHOLD, noise_kspace=added[:, :8], col_start=start)
+
+
 def test_the_rule_on_a_two_dimensional_mask_uses_the_square_region():
     n, coils = 64, 8
     x = torch.from_numpy(phantom(n, 1, seed=3)[0]).to(torch.complex64)
@@ -199,8 +215,9 @@ def test_the_threshold_is_read_the_same_everywhere():
 def test_the_request_names_the_rule():
     assert ReconRequest(maps_threshold="noise").maps_threshold == NOISE_THRESHOLD
     assert ReconRequest(maps_threshold=" Noise ").maps_threshold == NOISE_THRESHOLD
-    # the default named explicitly keeps the default's std calibration; a fixed number gets its own key
-    assert ReconRequest(maps_threshold="noise").calibration_suffix() == ReconRequest().calibration_suffix() == []
+    # named, the rule gets its own std key: on radial and spiral data it is not the default (their 0.02 is)
+    assert "maps_threshold=noise" in ReconRequest(maps_threshold="noise").calibration_suffix()
+    assert ReconRequest().calibration_suffix() == []
     assert "maps_threshold=0.02" in ReconRequest(maps_threshold=0.02).calibration_suffix()
     for bad in ("loud", "", "nan", 0, 1.5, True):
         with pytest.raises(RequestError, match="must be noise or a number in"):

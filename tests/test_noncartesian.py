@@ -262,8 +262,19 @@ def test_calibration_references_the_maps_phase_as_asked(radial64, method):
         calibrate_noncartesian(*args, maps_phase="coil0")
     if method == "espirit":  # an explicit ESPIRiT threshold reaches the estimator
         assert not torch.allclose(calibrate_noncartesian(*args, maps_threshold=0.5).maps, own.maps, atol=1e-3)
-    with pytest.raises(InputError, match="Cartesian data only"):  # the noise edge needs the samples' noise on the grid
-        calibrate_noncartesian(*args, maps_threshold="noise")
+    with pytest.raises(InputError, match="must be noise or a number in"):
+        calibrate_noncartesian(*args, maps_threshold="loud")
+    if method == "espirit":  # the noise edge: the samples' noise gridded as the data are
+        noisy = calibrate_noncartesian(*args, maps_threshold="noise")
+        assert torch.equal(noisy.maps, calibrate_noncartesian(*args, maps_threshold=" Noise ").maps)  # deterministic
+        assert not torch.allclose(noisy.maps, own.maps, atol=1e-4)
+        # relative: samples and σ_y scaled together give the same maps
+        scaled = (vol.samples[0] * 50.0, *args[1:])
+        assert torch.allclose(calibrate_noncartesian(*scaled, sigma_y=50.0 * noisy.sigma_y, maps_threshold="noise").maps,
+                              noisy.maps, atol=1e-4)
+        # no noise measurable: ESPIRiT's fixed threshold
+        assert torch.allclose(calibrate_noncartesian(*args, sigma_y=0.0, maps_threshold="noise").maps, own.maps,
+                              atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["espirit", "lowres"])
@@ -273,6 +284,11 @@ def test_calibration_matches_the_truth(radial64, method):
     obj = vol.target[0] > 0.05 * vol.target[0].max()
     corr = np.abs((cal.maps.numpy().conj() * true_maps).sum(0))
     assert corr[obj].mean() > 0.99 and np.percentile(corr[obj], 5) > 0.95
+    if method == "espirit":  # the noise-edge maps fit the truth as well
+        edge = calibrate_noncartesian(vol.samples[0], vol.coords, vol.matrix, vol.density, method,
+                                      maps_threshold="noise")
+        corr_edge = np.abs((edge.maps.numpy().conj() * true_maps).sum(0))
+        assert corr_edge[obj].mean() > 0.99 and np.percentile(corr_edge[obj], 5) > 0.95
     assert np.allclose((cal.maps.abs() ** 2).sum(0).numpy(), 1.0, atol=1e-4)  # defined at every pixel
     # the scale is the 99th percentile of the SENSE-1 Hann-disc low-resolution image: here from the non-Cartesian
     # samples, there from the noise-free Cartesian k-space of the same object
