@@ -421,11 +421,19 @@ def calibration_key(request: ReconRequest, volume: NonCartesianVolume) -> str:
     differ from ``auto``'s on this volume, and :data:`NONCARTESIAN_DEFAULTS_VERSION`, so a factor fitted under
     older non-Cartesian defaults never matches.
     """
-    from mri_score import uncertainty
 
     used = virtual_coil_count(volume.coils, request.virtual_coils)
     coils = "" if used == virtual_coil_count(volume.coils, "auto") else f"/virtual_coils={used}"
-    return f"{uncertainty.settings_key(request)}/{trajectory_key(volume)}{coils}{CALIBRATION_KEY_SUFFIX}"
+    return f"{trajectory_settings_key(request)}/{trajectory_key(volume)}{coils}{CALIBRATION_KEY_SUFFIX}"
+
+
+def trajectory_settings_key(request: ReconRequest) -> str:
+    """:func:`mri_score.uncertainty.settings_key` of ``request`` on a trajectory: the Cartesian default threshold
+    (the noise edge, left out of the Cartesian key) is not the trajectories' default, so it is named here."""
+    from mri_score import uncertainty
+
+    extra = f"/maps_threshold={NOISE_THRESHOLD}" if request.maps_threshold == NOISE_THRESHOLD else ""
+    return uncertainty.settings_key(request) + extra
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -969,7 +977,7 @@ def calibrate_noncartesian(
             if thresh == NOISE_THRESHOLD:  # the same samples' noise at σ_y, gridded as the data are
                 gen = torch.Generator().manual_seed(0)
                 parts = torch.randn((2, *y_near.shape), generator=gen) * (sy / 2**0.5)
-                noise_ks = fft2c(gridded(box, torch.complex(parts[0], parts[1]).to(y_near.dtype)))
+                noise_ks = fft2c(gridded(box, torch.complex(parts[0], parts[1]).to(y_near.device, y_near.dtype)))
             try:
                 maps = maps_espirit(ks, max(side, 2), two_d=True, thresh=thresh, noise_kspace=noise_ks)
             except OperatorInputError as err:

@@ -256,11 +256,11 @@ def std_calibration_entry(prior: str | None, key: str) -> dict | None:
 def trajectory_calibrations(prior: str | None, request: ReconRequest) -> dict:
     """The sidecar entries of ``prior`` fitted for ``request`` on a non-Cartesian trajectory under the current
     non-Cartesian defaults (keys ending ``/nc@vN``, :func:`mri_score.noncartesian.calibration_key`): ``{key: entry}``."""
-    from mri_score.noncartesian import CALIBRATION_KEY_SUFFIX
+    from mri_score.noncartesian import CALIBRATION_KEY_SUFFIX, trajectory_settings_key
     from mri_score.prior import default_prior_path
 
     path = Path(prior) if prior else default_prior_path()
-    stem = uncertainty.settings_key(request) + "/traj="
+    stem = trajectory_settings_key(request) + "/traj="
     return {k: v for k, v in sorted(uncertainty.matching_entries(path).items()) if k.startswith(stem)
             and k.endswith(CALIBRATION_KEY_SUFFIX)}
 

@@ -32,7 +32,7 @@ from mri_score.resolution import (
     trajectory_grid_factor,
 )
 from mri_score.samplers import DEFAULT_STEPS, SAMPLERS, SamplerConfig, sampler_config
-from operators.coils import MAP_PHASES, NOISE_THRESHOLD, espirit_threshold
+from operators.coils import MAP_PHASES, MAPS_THRESHOLD, NOISE_THRESHOLD, espirit_threshold
 from operators.errors import OperatorInputError
 from operators.masks import MASK_TYPES, MAX_ACCELERATION
 
@@ -110,7 +110,9 @@ class ReconRequest:
         reconstruct carries; its magnitude, the output, is the same physics either way).
     maps_threshold : float or str, optional
         ESPIRiT's relative singular-value threshold in ``(0, 1)``, or ``"noise"`` (set per slice at the calibration
-        matrix's noise edge: :func:`operators.espirit_noise_threshold`); None: :data:`operators.coils.MAPS_THRESHOLD`.
+        matrix's noise edge: :func:`operators.espirit_noise_threshold`; on radial and spiral data from a gridded
+        noise draw, :func:`mri_score.noncartesian.calibrate_noncartesian`); None: the data kind's default
+        (Cartesian :data:`operators.coils.MAPS_THRESHOLD`, trajectories :data:`operators.coils.ESPIRIT_THRESHOLD`).
     magnitude : str
         Output convention, one of :data:`MAGNITUDES`.
     precision : str
@@ -300,6 +302,8 @@ class ReconRequest:
         for name in ("grid", "precision", "maps", "maps_phase", "maps_threshold", "condition", "guidance", "classifier",
                      "classifier_scale", "classifier_input", "adapt"):
             value = getattr(self, name)
+            if name == "maps_threshold" and value == MAPS_THRESHOLD:
+                continue  # the Cartesian default named: the same maps (trajectories key it: noncartesian.calibration_key)
             if value != getattr(default, name):
                 if isinstance(value, AdaptSettings):
                     value = ",".join(f"{k}={v}" for k, v in sorted(dataclasses.asdict(value).items()))

@@ -423,6 +423,8 @@ def edge_threshold(edge: float, s_max: float) -> float:
     to :data:`NOISE_THRESHOLD_BOUNDS`; :data:`ESPIRIT_THRESHOLD` when ``edge`` is 0 (no noise measurable: a noise-free
     simulation or zero-filled k-space edges, where the rule says nothing)."""
     lo, hi = NOISE_THRESHOLD_BOUNDS
+    if not (edge >= 0.0 and np.isfinite(edge)):
+        raise OperatorInputError(f"ESPIRiT's noise edge must be finite and >= 0, got {edge}")
     if edge == 0.0:
         return ESPIRIT_THRESHOLD
     if s_max <= 0.0:
@@ -526,7 +528,10 @@ def maps_espirit(
                 raise OperatorInputError(f"noise k-space {tuple(noise_kspace.shape)} does not match the k-space "
                                          f"{tuple(kspace.shape)}")
             noise_calib = noise_kspace.detach()[region].to(device=calib.device, dtype=torch.complex128)
-            edge = float(torch.linalg.svdvals(_calibration_matrix(noise_calib, kr, kc)).max())
+            try:
+                edge = float(torch.linalg.svdvals(_calibration_matrix(noise_calib, kr, kc)).max())
+            except RuntimeError as err:
+                raise OperatorInputError(f"ESPIRiT's noise edge failed ({str(err).splitlines()[0]})") from None
             thresh = edge_threshold(edge, float(s.max()))
         elif noise_std is not None:
             thresh = espirit_noise_threshold(float(s.max()), (coils, rows, cols), (kr, kc), noise_std)

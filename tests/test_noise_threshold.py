@@ -176,6 +176,9 @@ def test_a_noise_kspace_sets_the_edge_from_its_own_calibration_matrix():
     # for white noise it agrees with the edge drawn at the noise's std (another draw: within 10 %)
     assert thresh == pytest.approx(espirit_noise_threshold(float(s_data.max()), region, kernel, 0.1), rel=0.1)
     assert edge_threshold(0.0, 1.0) == ESPIRIT_THRESHOLD  # a noise-free draw: the rule says nothing
+    for bad in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(OperatorInputError, match="noise edge must be finite"):
+            edge_threshold(bad, 1.0)
     with pytest.raises(OperatorInputError, match="does not match"):
         maps_espirit(ksp, width, thresh=NOISE_THRESHOLD, noise_kspace=added[:, :8], col_start=start)
 
@@ -215,9 +218,16 @@ def test_the_threshold_is_read_the_same_everywhere():
 def test_the_request_names_the_rule():
     assert ReconRequest(maps_threshold="noise").maps_threshold == NOISE_THRESHOLD
     assert ReconRequest(maps_threshold=" Noise ").maps_threshold == NOISE_THRESHOLD
-    # named, the rule gets its own std key: on radial and spiral data it is not the default (their 0.02 is)
-    assert "maps_threshold=noise" in ReconRequest(maps_threshold="noise").calibration_suffix()
-    assert ReconRequest().calibration_suffix() == []
+    # named, the Cartesian default keeps the default's std key; on radial and spiral data, where 0.02 is the
+    # default, the trajectory key names it
+    from mri_score.noncartesian import trajectory_settings_key
+    from mri_score.uncertainty import settings_key
+
+    noise, default = ReconRequest(maps_threshold="noise"), ReconRequest()
+    assert noise.calibration_suffix() == default.calibration_suffix() == []
+    assert settings_key(noise) == settings_key(default)
+    assert trajectory_settings_key(noise) == settings_key(default) + "/maps_threshold=noise"
+    assert trajectory_settings_key(default) == settings_key(default)
     assert "maps_threshold=0.02" in ReconRequest(maps_threshold=0.02).calibration_suffix()
     for bad in ("loud", "", "nan", 0, 1.5, True):
         with pytest.raises(RequestError, match="must be noise or a number in"):

@@ -1015,3 +1015,46 @@ def test_carried_noise_std_matches_the_noise_in_the_proximal_solution(spokes, ga
         term = NonCartesianKspaceLikelihood(op, noise, sy, trajectory="radial")
         power += float(term.prox(torch.zeros(1, n, n, dtype=torch.complex64), gamma, 100).abs().square().mean())
     assert term.carried_noise_std(gamma) == pytest.approx((power / draws / 2) ** 0.5, rel=rel)
+
+
+def test_the_trajectory_noise_edge_is_the_gridded_noise_of_the_samples(monkeypatch):
+    """The draw at σ_y gridded as the data reaches the edge the data's actual noise, gridded the same way, reaches."""
+    import mri_score.noncartesian as nc
+    from operators.coils import (
+        _calibration_matrix,
+        _centre_slice,
+        _unit_noise_edge,
+        espirit_calibration_shape,
+        espirit_kernel_shape,
+    )
+
+    images = phantom(64, 1, seed=1)
+    noisy = simulate_noncartesian(images, "radial", 40, coils=4, snr=100.0, seed=5)
+    clean = simulate_noncartesian(images, "radial", 40, coils=4, snr=1e12, seed=5)
+    calls = []
+    real = nc.maps_espirit
+
+    def spy(ks, width, **kw):
+        calls.append((ks, width, kw.get("noise_kspace")))
+        return real(ks, width, **kw)
+
+    monkeypatch.setattr(nc, "maps_espirit", spy)
+    # σ_y known (the phantom's sharp edges leave signal in the outer samples, where the estimate looks)
+    sigma = float(np.sqrt((np.abs(noisy.samples[0] - clean.samples[0]) ** 2).mean()))
+    args = (noisy.coords, noisy.matrix, noisy.density, "espirit")
+    # the data's own noise through the calibration's gridding: calibrate on the noise samples alone
+    nc.calibrate_noncartesian(noisy.samples[0] - clean.samples[0], *args, sigma_y=sigma, maps_threshold=0.02)
+    nc.calibrate_noncartesian(noisy.samples[0], *args, sigma_y=sigma, maps_threshold="noise")
+    (actual, width, _), (_, _, drawn) = calls
+    assert drawn is not None and drawn.shape == actual.shape
+
+    def top(ks: torch.Tensor) -> float:
+        rows, cols = espirit_calibration_shape(tuple(ks.shape[-2:]), width, True)
+        region = ks[:, _centre_slice(ks.shape[-2], rows), _centre_slice(ks.shape[-1], cols)].to(torch.complex128)
+        return float(torch.linalg.svdvals(_calibration_matrix(region, *espirit_kernel_shape((rows, cols), True))).max())
+
+    assert top(drawn) == pytest.approx(top(actual), rel=0.1)
+    # and it is not the white-noise edge at the samples' σ_y: gridding changes the noise's level and colour
+    rows, cols = espirit_calibration_shape(tuple(actual.shape[-2:]), width, True)
+    white = sigma * _unit_noise_edge((4, rows, cols), espirit_kernel_shape((rows, cols), True), 0)
+    assert not white == pytest.approx(top(drawn), rel=0.5)
