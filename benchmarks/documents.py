@@ -34,14 +34,15 @@ FINAL_BEGIN, FINAL_END = "<!-- results-final:begin -->", "<!-- results-final:end
 #: high-SNR levers of configs/ablation_highsnr_dev.yaml, the sharp-per-pixel fine-tune of
 #: configs/ablation_sharp_dev.yaml, DDS's re-noise η of configs/ablation_eta_dev.yaml and DDS's final denoising step of
 #: configs/ablation_final_denoise_dev.yaml, the coil maps' phase reference of configs/ablation_maps_phase_dev.yaml and
-#: ESPIRiT's threshold of configs/ablation_maps_threshold_dev.yaml and its noise edge of
-#: configs/ablation_maps_noise_edge_dev.yaml),
+#: ESPIRiT's threshold of configs/ablation_maps_threshold_dev.yaml, its noise edge of
+#: configs/ablation_maps_noise_edge_dev.yaml and 30 NFE of configs/ablation_nfe30_dev.yaml),
 #: under benchmarks/results:
 #: one table each, in this order.
 DEV_ABLATIONS = ("ablation_prior_dev.csv", "ablation_blend_dev.csv", "ablation_capacity_dev.csv", "ablation_long_dev.csv",
                  "ablation_long20k_dev.csv", "ablation_highsnr_dev.csv", "ablation_sharp_dev.csv",
                  "ablation_eta_dev.csv", "ablation_final_denoise_dev.csv", "ablation_maps_phase_dev.csv",
-                 "ablation_maps_threshold_dev.csv", "ablation_maps_noise_edge_dev.csv")
+                 "ablation_maps_threshold_dev.csv", "ablation_maps_noise_edge_dev.csv",
+                 "ablation_nfe30_dev.csv")
 #: Per development ablation, its ``(variant, control)`` pairs (:func:`benchmarks.tables.render_variants`): the grown
 #: network against the same training steps on the default's architecture; 12000 steps against the first 4000.
 DEV_CONTROLS = {"ablation_capacity_dev.csv": (("dds:deep", "dds:continue"),),
