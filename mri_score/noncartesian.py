@@ -86,7 +86,7 @@ from operators.coils import (
 from operators.errors import OperatorInputError
 from operators.fft import fft2c
 from operators.grid import fourier_resample, image_to_grid
-from operators.noise import mad_sigma
+from operators.noise import complex_gaussian, mad_sigma
 from operators.nufft import NonCartesianSense, NufftPlan, check_coordinates
 from operators.trajectories import grid_coverage, pipe_menon_density
 
@@ -421,7 +421,6 @@ def calibration_key(request: ReconRequest, volume: NonCartesianVolume) -> str:
     differ from ``auto``'s on this volume, and :data:`NONCARTESIAN_DEFAULTS_VERSION`, so a factor fitted under
     older non-Cartesian defaults never matches.
     """
-
     used = virtual_coil_count(volume.coils, request.virtual_coils)
     coils = "" if used == virtual_coil_count(volume.coils, "auto") else f"/virtual_coils={used}"
     return f"{trajectory_settings_key(request)}/{trajectory_key(volume)}{coils}{CALIBRATION_KEY_SUFFIX}"
@@ -975,9 +974,8 @@ def calibrate_noncartesian(
             ks = fft2c(gridded(box))
             noise_ks = None
             if thresh == NOISE_THRESHOLD:  # the same samples' noise at σ_y, gridded as the data are
-                gen = torch.Generator().manual_seed(0)
-                parts = torch.randn((2, *y_near.shape), generator=gen) * (sy / 2**0.5)
-                noise_ks = fft2c(gridded(box, torch.complex(parts[0], parts[1]).to(y_near.device, y_near.dtype)))
+                noise = complex_gaussian(tuple(y_near.shape), sy, 0, y_near.dtype).to(y_near.device)
+                noise_ks = fft2c(gridded(box, noise))
             try:
                 maps = maps_espirit(ks, max(side, 2), two_d=True, thresh=thresh, noise_kspace=noise_ks)
             except OperatorInputError as err:

@@ -334,13 +334,12 @@ def _virtual_coils_value(value: str | int) -> str | int:
 def _maps_threshold_value(value: str | float) -> str | float:
     """ESPIRiT's threshold (:func:`operators.coils.espirit_threshold`): a number in ``(0, 1)`` or
     :data:`operators.coils.NOISE_THRESHOLD` (the noise edge)."""
-    try:
-        if isinstance(value, bool):
-            raise OperatorInputError("a flag is not a threshold")
-        return espirit_threshold(value)
-    except (OperatorInputError, TypeError):
-        raise RequestError(["maps_threshold"], f"{{0}} must be {NOISE_THRESHOLD} or a number in (0, 1), "
-                                               f"got {value!r}") from None
+    if not isinstance(value, bool):  # float(True) is 1.0: a flag is not a threshold
+        try:
+            return espirit_threshold(value)
+        except (OperatorInputError, TypeError):
+            pass
+    raise RequestError(["maps_threshold"], f"{{0}} must be {NOISE_THRESHOLD} or a number in (0, 1), got {value!r}")
 
 
 def _grid_value(value: str | float) -> str | float:

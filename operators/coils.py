@@ -16,7 +16,7 @@ import torch
 
 from operators.errors import OperatorInputError
 from operators.fft import ifft2c
-from operators.noise import estimate_sigma_y
+from operators.noise import complex_gaussian, estimate_sigma_y
 
 #: For a 2-D mask (square calibration region) ESPIRiT needs at least this many
 #: ACS lines; below it ``auto`` uses the low-resolution estimate.  Column masks
@@ -412,10 +412,8 @@ def espirit_noise_threshold(s_max: float, region: tuple[int, int, int], kernel: 
     """
     if not (noise_std >= 0.0 and np.isfinite(noise_std)):
         raise OperatorInputError(f"ESPIRiT's noise-edge threshold needs a finite noise std >= 0, got {noise_std}")
-    if noise_std == 0.0:
-        return edge_threshold(0.0, s_max)
-    return edge_threshold(noise_std * _unit_noise_edge(tuple(int(n) for n in region), tuple(int(n) for n in kernel),
-                                                       int(seed)), s_max)
+    unit = _unit_noise_edge(tuple(int(n) for n in region), tuple(int(n) for n in kernel), int(seed))
+    return edge_threshold(noise_std * unit, s_max)
 
 
 def edge_threshold(edge: float, s_max: float) -> float:
@@ -437,9 +435,13 @@ def _unit_noise_edge(region: tuple[int, ...], kernel: tuple[int, ...], seed: int
     """Largest singular value of the calibration matrix of unit complex Gaussian noise (``E|n|² = 1``) on a
     ``(coils, rows, cols)`` region with a ``(rows, cols)`` kernel; singular values scale with the noise, so one
     draw per geometry serves every slice (cached)."""
-    gen = torch.Generator().manual_seed(seed)
-    parts = torch.randn((2, *region), generator=gen, dtype=torch.float64) * 2**-0.5
-    return float(torch.linalg.svdvals(_calibration_matrix(torch.complex(parts[0], parts[1]), *kernel)).max())
+    return _largest_singular_value(complex_gaussian(region, 1.0, seed, torch.complex128), kernel)
+
+
+def _largest_singular_value(calib: torch.Tensor, kernel: tuple[int, ...]) -> float:
+    """Largest singular value of the calibration matrix (:func:`_calibration_matrix`) of a ``(coils, rows, cols)``
+    region with a ``(rows, cols)`` kernel."""
+    return float(torch.linalg.svdvals(_calibration_matrix(calib, *kernel)).max())
 
 
 def maps_espirit(
@@ -529,7 +531,7 @@ def maps_espirit(
                                          f"{tuple(kspace.shape)}")
             noise_calib = noise_kspace.detach()[region].to(device=calib.device, dtype=torch.complex128)
             try:
-                edge = float(torch.linalg.svdvals(_calibration_matrix(noise_calib, kr, kc)).max())
+                edge = _largest_singular_value(noise_calib, (kr, kc))
             except RuntimeError as err:
                 raise OperatorInputError(f"ESPIRiT's noise edge failed ({str(err).splitlines()[0]})") from None
             thresh = edge_threshold(edge, float(s.max()))

@@ -56,3 +56,14 @@ def mad_sigma(values: torch.Tensor) -> float:
         return 0.0
     mad = (parts - parts.median()).abs().median()
     return float(1.4826 * mad * 2**0.5)
+
+
+def complex_gaussian(shape: tuple[int, ...], std: float, seed: int,
+                     dtype: torch.dtype = torch.complex64) -> torch.Tensor:
+    """Complex Gaussian noise of ``shape`` with ``E|n|² = std²`` (real and imaginary parts each ``N(0, std²/2)``),
+    drawn on the CPU from its own generator seeded ``seed`` (deterministic, independent of the global RNG);
+    ``dtype`` complex64 or complex128."""
+    real = torch.float64 if dtype == torch.complex128 else torch.float32
+    parts = torch.randn((2, *shape), generator=torch.Generator().manual_seed(int(seed)), dtype=real)
+    parts = parts * (std * 2**-0.5)
+    return torch.complex(parts[0], parts[1])

@@ -233,3 +233,14 @@ def test_the_request_names_the_rule():
         with pytest.raises(RequestError, match="must be noise or a number in"):
             ReconRequest(maps_threshold=bad)
     assert np.isclose(ReconRequest(maps_threshold="0.01").maps_threshold, 0.01)
+
+
+def test_the_noise_draw_has_the_asked_power_and_is_deterministic():
+    from operators.noise import complex_gaussian
+
+    n = complex_gaussian((4, 20000), 0.3, 7, torch.complex128)
+    assert n.dtype == torch.complex128 and n.shape == (4, 20000)
+    assert float((n.abs() ** 2).mean()) == pytest.approx(0.09, rel=0.02)  # E|n|^2 = std^2
+    assert float(n.real.var()) == pytest.approx(float(n.imag.var()), rel=0.05)  # split evenly
+    assert torch.equal(n, complex_gaussian((4, 20000), 0.3, 7, torch.complex128))
+    assert complex_gaussian((3,), 1.0, 0).dtype == torch.complex64
