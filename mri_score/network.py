@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from mri_score.errors import InputError
 from mri_score.schema import Field, check_section
@@ -88,8 +89,33 @@ class NetworkConfig:
 
     def parameter_count(self) -> int:
         """Parameters of the score network of this architecture, counted on the meta device (nothing allocated)."""
-        with torch.device("meta"):
-            return sum(p.numel() for p in UNet(self).parameters())
+        return meta_parameter_count(lambda: UNet(self))
+
+
+class _SkipRandomInit(TorchFunctionMode):
+    """In-place random initialisers (``Tensor.normal_``) as no-ops.
+
+    On the meta device they have no values to fill, and ``normal_``'s meta kernel is a Python reference whose
+    first call imports torch's compiler stack (about 1.8 s of a command's start-up on a 2-core CPU).
+    """
+
+    SKIPPED = frozenset({"normal_"})
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        if getattr(func, "__name__", None) in self.SKIPPED:  # Tensor.normal_(...) or nn.init.normal_(tensor=...)
+            return args[0] if args else (kwargs or {})["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+def meta_parameter_count(build: Callable[[], nn.Module]) -> int:
+    """Parameters of the module ``build()`` makes, built on the meta device: shapes only, nothing allocated or drawn.
+
+    What the memory checks of a checkpoint's declared architecture use before building it
+    (:meth:`NetworkConfig.parameter_count`, :meth:`mri_score.varnet.VarNetConfig.parameter_count`).
+    """
+    with torch.device("meta"), _SkipRandomInit():
+        return sum(p.numel() for p in build().parameters())
 
 
 #: Fields added to :class:`NetworkConfig` after checkpoints were first written, with the value an older
@@ -113,8 +139,10 @@ class FourierEmbedding(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         half = dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half) / half)
-        self.register_buffer("freqs", freqs, persistent=False)
+        # computed on the CPU, then moved to the default device (a device context's): exp's meta kernel is a Python
+        # reference whose first call imports torch's compiler stack (meta_parameter_count builds on meta)
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device="cpu") / half)
+        self.register_buffer("freqs", freqs.to(torch.get_default_device()), persistent=False)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         """Noise levels ``c (B,)`` -> Fourier features ``(B, dim)``."""

@@ -47,7 +47,14 @@ from torch import nn
 
 from mri_score.calibration import Calibration
 from mri_score.errors import InputError
-from mri_score.network import NetworkConfig, UNet, channels_to_complex, complex_to_channels, pad_to_multiple
+from mri_score.network import (
+    NetworkConfig,
+    UNet,
+    channels_to_complex,
+    complex_to_channels,
+    meta_parameter_count,
+    pad_to_multiple,
+)
 from mri_score.schema import Field, check_section
 from operators import acs_width, fft2c, ifft2c, normalize_maps, rss
 from operators.coils import acs_columns
@@ -125,8 +132,7 @@ class VarNetConfig:
 
     def parameter_count(self) -> int:
         """Parameters of a VarNet of this architecture (counted on the meta device: nothing allocated)."""
-        with torch.device("meta"):
-            return sum(p.numel() for p in VarNet(self).parameters())
+        return meta_parameter_count(lambda: VarNet(self))
 
 
 class NormUNet(nn.Module):

@@ -420,3 +420,42 @@ def test_label_lr_mult_scales_only_the_label_tables(tmp_path):
         bad = tiny_train_cfg(tmp_path / "bad", steps=1)
         bad["train"]["label_lr_mult"] = 0
         train(bad)
+
+
+@pytest.mark.parametrize("fields", [{}, {"label_classes": [4, 3]}, {"label_classes": [2], "attention_heads": 4}])
+def test_parameter_count_on_meta_matches_the_built_network(fields):
+    from mri_score.network import NetworkConfig, UNet
+
+    cfg = NetworkConfig.from_dict({"base_channels": 16, "channel_mult": [1, 2], "emb_dim": 32, "groups": 8, **fields},
+                                  where="net")
+    assert cfg.parameter_count() == sum(p.numel() for p in UNet(cfg).parameters())
+
+
+def test_varnet_parameter_count_on_meta_matches_the_built_network():
+    from mri_score.varnet import VarNet, VarNetConfig
+
+    cfg = VarNetConfig(cascades=2)
+    assert cfg.parameter_count() == sum(p.numel() for p in VarNet(cfg).parameters())
+
+
+def test_meta_count_leaves_initialisation_alone_outside_it():
+    # the no-op initialiser is scoped to the count: embeddings built afterwards are drawn as before, seed for seed
+    from mri_score.network import NetworkConfig
+
+    cfg = NetworkConfig.from_dict({"base_channels": 16, "channel_mult": [1, 2], "emb_dim": 32, "groups": 8,
+                                   "label_classes": [3]}, where="net")
+    torch.manual_seed(0)
+    before = torch.nn.Embedding(4, 8).weight.detach().clone()
+    cfg.parameter_count()
+    torch.manual_seed(0)
+    after = torch.nn.Embedding(4, 8).weight.detach()
+    assert before.abs().sum() > 0 and torch.equal(before, after)
+
+
+def test_command_start_up_imports_no_compiler_or_statistics_stack():
+    # loading the shipped prior counts its declared network on the meta device, where normal_ and exp would import
+    # torch._dynamo (~1.8 s); scipy.stats (via skimage.metrics) is only needed once something is scored or fitted
+    code = ("import sys, mri_score.reconstruct; from mri_score.prior import load_prior; load_prior(); "
+            "print(sorted(m for m in ('torch._dynamo', 'scipy.stats', 'skimage.metrics') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
