@@ -31,6 +31,7 @@ from mri_score.prior import ComplexPrior
 from mri_score.request import MAGNITUDES, ReconRequest
 from mri_score.resolution import fine_shape
 from mri_score.samplers import SAMPLERS
+from mri_score.samplers.dds import CoarseStage, DDSConfig
 from operators import Sense, expected_rss, fourier_resample, ifft2c, image_to_grid, sense1_combine
 from operators.noise import estimate_sigma_y
 
@@ -187,6 +188,22 @@ def _data_term(kspace: torch.Tensor, mask: torch.Tensor, cal: Calibration, grid:
     return GaussianKspaceLikelihood(op, kspace / grid_scale, max(cal.sigma_y / grid_scale, 1e-4)), grid_scale
 
 
+def _coarse_stage(kspace: torch.Tensor, mask: torch.Tensor, cals: Sequence[Calibration], grid: tuple[int, int],
+                  k: int, extra_terms: Sequence[Likelihood], request: ReconRequest) -> CoarseStage | None:
+    """DDS's first ``coarse_steps`` steps on the measured matrix when the sampling ``grid`` is finer
+    (:class:`mri_score.samplers.dds.CoarseStage`): the slices' data terms there, their zero-filled start repeated
+    ``k`` times, and the lift to ``grid`` (:func:`operators.fourier_resample`: the fine grid's scaled units, since
+    its data are divided by ``scale / a``, Notes of :func:`reconstruct_slices`).  None when there is nothing coarser
+    or the option is off."""
+    measured = tuple(kspace.shape[-2:])
+    if grid == measured or not isinstance(request.options, DDSConfig) or request.options.coarse_steps <= 0:
+        return None
+    data = GaussianKspaceLikelihood.stack([_data_term(kspace[b], mask, cal, measured)[0] for b, cal in enumerate(cals)])
+    start = data.zero_filled()
+    x_init = start[:, None].expand(start.shape[0], k, *measured).reshape(-1, *measured).clone()
+    return CoarseStage(likelihoods=[data, *extra_terms], x_init=x_init, lift=lambda x: fourier_resample(x, grid))
+
+
 def reconstruct_slices(
     kspace: torch.Tensor,
     mask: torch.Tensor,
@@ -261,7 +278,9 @@ def reconstruct_slices(
     start = data.zero_filled()  # (B, fH, fW)
     x_init = start[:, None].expand(b_count, k, *start.shape[-2:]).reshape(b_count * k, *start.shape[-2:]).clone()
     run = SAMPLERS[request.sampler]
-    result = run(cprior, [data, *extra_terms], x_init, gens, int(request.steps), request.options)
+    coarse = _coarse_stage(kspace, mask_t, cals, grid, k, extra_terms, request)
+    result = run(cprior, [data, *extra_terms], x_init, gens, int(request.steps), request.options,
+                 **({"coarse": coarse} if coarse is not None else {}))
     batch = result.samples.detach().reshape(b_count, k, *start.shape[-2:])
     seconds = (time.time() - t0) / b_count
     out = []

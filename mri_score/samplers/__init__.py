@@ -18,7 +18,7 @@ from mri_score.samplers.base import (
     geometric_sigmas,
     karras_sigmas,
 )
-from mri_score.samplers.dds import DDSConfig, sample_dds
+from mri_score.samplers.dds import CoarseStage, DDSConfig, sample_dds
 from mri_score.samplers.dps import DPSConfig, sample_dps
 from mri_score.samplers.langevin import LangevinConfig, sample_langevin
 from mri_score.samplers.pc import PCConfig, sample_pc
@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "SAMPLERS",
     "SAMPLER_CONFIGS",
+    "CoarseStage",
     "DDSConfig",
     "DPSConfig",
     "LangevinConfig",

@@ -37,6 +37,11 @@ after the other; every other term corrects the Tweedie estimate before it, by Tw
 formula for the posterior: ``x̂₀ ← x̂₀ + σ_i² ∇ log p(obs | x_i)`` (its inflated gradient).
 NFE = budget.
 
+``coarse_steps = n`` runs the first ``n`` steps on the measured matrix when the sampling grid is finer
+(``--grid``; :class:`CoarseStage`): the high levels set coarse structure, which the measured grid resolves at a
+quarter of a 2x grid's network cost, and the estimate is lifted to the fine grid (Fourier interpolation) and
+re-noised there for the rest.  On the measured grid, and on trajectories, it changes nothing.
+
 The schedule starts at ``σ_max = 1`` and takes 24 steps by default: the data are scaled so
 that the ACS image's 99th percentile is 1, and the start ``Aᴴy + σ_max z`` is already dominated by
 noise, so higher levels only spend steps where nothing forms.  Below σ = 1 the 24-step schedule
@@ -49,7 +54,7 @@ measured differences are); ``cg_iters`` by an earlier tuning now archived
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -96,6 +101,7 @@ class DDSConfig(SamplerConfig):
     final_gamma_rule: str = "same"
     final_denoise: float = 0.0
     final_denoise_noncartesian: float | None = None
+    coarse_steps: int = 0
 
     def validate(self) -> None:
         """σ_max > σ_min > 0, both CG counts ≥ 0, η in [0, 1], positive γ bounds with γ_min ≤ γ_max, a known γ rule."""
@@ -118,6 +124,7 @@ class DDSConfig(SamplerConfig):
                       f"in [0, {FINAL_DENOISE_MAX:g}], auto or none")
         self._require(self.final_gamma_rule in ("same", *GAMMA_RULES), "final_gamma_rule",
                       f"one of same, {', '.join(GAMMA_RULES)}")
+        self._require(self.coarse_steps >= 0, "coarse_steps", ">= 0")
 
     def gamma_floor(self, term: Likelihood) -> float:
         """The lower clip of ``term``'s data weight: on a non-Cartesian k-space term
@@ -158,6 +165,9 @@ class DDSConfig(SamplerConfig):
         if explicit and used < 2:
             raise InputError(f"the dds sampler with final_denoise needs a budget of at least 2 network evaluations, "
                              f"got {budget}")
+        if self.coarse_steps >= used:
+            raise InputError(f"dds option coarse_steps must be below the budget of network evaluations ({used}), so "
+                             f"that the last steps run on the sampling grid, got {self.coarse_steps}")
         return used
 
     def schedule_steps(self, budget: int, terms: Sequence[Likelihood]) -> int:
@@ -209,6 +219,20 @@ def discrepancy_gamma(term: Likelihood, x0: torch.Tensor, scale: float, lo: floa
     return float(min(hi, max(lo, scale * err / max(sigma_y, 1e-8) ** 2)))
 
 
+@dataclass(frozen=True)
+class CoarseStage:
+    """The first steps of a sample on a coarser grid than the sampling grid (DDS's ``coarse_steps``).
+
+    ``likelihoods`` are the terms on the coarse grid (the measured matrix), ``x_init`` their start ``(B·K, h, w)``
+    (rows as the sampling grid's), and ``lift`` maps a coarse image ``(B·K, h, w)`` to the sampling grid in its
+    units (:func:`operators.fourier_resample`, :func:`mri_score.posterior.reconstruct_slices`).
+    """
+
+    likelihoods: Sequence[Likelihood]
+    x_init: torch.Tensor
+    lift: Callable[[torch.Tensor], torch.Tensor]
+
+
 def sample_dds(
     prior: ComplexPrior,
     likelihoods: Sequence[Likelihood],
@@ -216,8 +240,16 @@ def sample_dds(
     gen: Generators,
     nfe: int,
     config: DDSConfig | None = None,
+    coarse: CoarseStage | None = None,
 ) -> SamplerResult:
     """Run DDS from ``x_init + σ_max z``; ``x_init`` is complex ``(B·K, H, W)`` (:mod:`~mri_score.samplers.base`); ``nfe`` steps.
+
+    With ``coarse`` and ``config.coarse_steps = n > 0`` the first ``n`` steps run on the coarse grid instead, from
+    ``coarse.x_init + σ_max z`` with ``coarse.likelihoods``; after step ``n`` the data-consistent estimate is lifted
+    to the sampling grid (``coarse.lift``) and re-noised there with fresh noise at the next level,
+    ``x = lift(x̂₀') + σ_{n+1} z`` (with the default η = 1 that is DDS's own step; with η < 1 the coarse noise
+    estimate ε̂ is not carried across grids).  The remaining steps, the last data-consistency step and any final
+    denoising run on the sampling grid.  Without ``coarse`` (already on the measured grid) every step runs there.
 
     Without guiding terms (terms without a proximal step, e.g. classifier guidance, which take gradients)
     the loop runs under :func:`torch.inference_mode` (less per-op overhead than ``no_grad``, the same
@@ -227,29 +259,38 @@ def sample_dds(
     proxed, guiding = split_terms(likelihoods, "has_prox")
     steps = cfg.schedule_steps(nfe, proxed)
     final = steps < cfg.nfe_used(nfe)  # the budget's last evaluation is the final denoising step
+    stage = coarse if coarse is not None and cfg.coarse_steps > 0 else None
     start = prior.nfe
-    with torch.no_grad() if guiding else torch.inference_mode():
-        x0 = _dds_loop(prior, proxed, guiding, x_init, gen, steps, cfg, final)
+    coarse_guiding = split_terms(stage.likelihoods, "has_prox")[1] if stage is not None else []
+    with torch.no_grad() if guiding or coarse_guiding else torch.inference_mode():
+        x0 = _dds_loop(prior, proxed, guiding, x_init, gen, steps, cfg, final, stage)
     return SamplerResult(samples=x0.clone(), nfe=prior.nfe - start)
 
 
 def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequence[Likelihood], x_init: torch.Tensor,
-              gen: Generators, steps: int, cfg: DDSConfig, final: bool = False) -> torch.Tensor:
+              gen: Generators, steps: int, cfg: DDSConfig, final: bool = False,
+              coarse: CoarseStage | None = None) -> torch.Tensor:
     """The DDS steps (module docstring); returns the last data-consistent Tweedie estimate ``(B·K, H, W)``, denoised
-    once more by the final denoising step where ``final`` (:func:`_final_denoise`)."""
+    once more by the final denoising step where ``final`` (:func:`_final_denoise`).  With ``coarse`` the first
+    ``min(cfg.coarse_steps, steps − 1)`` steps run on its grid (:func:`sample_dds`)."""
     sigmas = karras_sigmas(steps, cfg.sigma_max, cfg.sigma_min) + [0.0]
     sd = prior.sigma_data
+    switch = min(cfg.coarse_steps, steps - 1) if coarse is not None else 0
+    terms = (proxed, guiding)
+    if switch:
+        terms = split_terms(coarse.likelihoods, "has_prox")  # type: ignore[union-attr]
+        x_init = coarse.x_init  # type: ignore[union-attr]
     x = x_init + sigmas[0] * randn_complex(tuple(x_init.shape), gen, x_init.device)
     x0 = x
     carried: list[tuple[float, float | torch.Tensor | None]] = []  # the last step's (factor, noise) per term with one
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         den = prior.denoise(x, s)
-        for term in guiding:
+        for term in terms[1]:
             den = den + s**2 * term.inflated_grad(x, s)
         x0 = den
         rule = cfg.final_gamma_rule if s_next == 0.0 and cfg.final_gamma_rule != "same" else cfg.gamma_rule
-        for term in proxed:
+        for term in terms[0]:
             if cfg.gamma is not None:
                 g = cfg.gamma
             elif rule == "discrepancy":
@@ -262,6 +303,11 @@ def _dds_loop(prior: ComplexPrior, proxed: Sequence[Likelihood], guiding: Sequen
                 carried.append((factor, term.carried_noise_std(g)))
         if s_next == 0.0:
             return _final_denoise(prior, x0, carried) if final else x0
+        if i + 1 == switch:  # onto the sampling grid: lift the estimate, fresh noise at the next level
+            x0 = coarse.lift(x0)  # type: ignore[union-attr]
+            x = x0 + s_next * randn_complex(tuple(x0.shape), gen, x0.device)
+            terms = (proxed, guiding)
+            continue
         eps = (x - den) / s
         c = cfg.eta * s_next
         x = x0 + (s_next**2 - c**2) ** 0.5 * eps + c * randn_complex(tuple(x.shape), gen, x.device)
