@@ -190,13 +190,14 @@ def _data_term(kspace: torch.Tensor, mask: torch.Tensor, cal: Calibration, grid:
 
 def _coarse_stage(kspace: torch.Tensor, mask: torch.Tensor, cals: Sequence[Calibration], grid: tuple[int, int],
                   k: int, extra_terms: Sequence[Likelihood], request: ReconRequest) -> CoarseStage | None:
-    """DDS's first ``coarse_steps`` steps on the measured matrix when the sampling ``grid`` is finer
-    (:class:`mri_score.samplers.dds.CoarseStage`): the slices' data terms there, their zero-filled start repeated
-    ``k`` times, and the lift to ``grid`` (:func:`operators.fourier_resample`: the fine grid's scaled units, since
-    its data are divided by ``scale / a``, Notes of :func:`reconstruct_slices`).  None when there is nothing coarser
-    or the option is off."""
+    """DDS's first steps (:meth:`~mri_score.samplers.dds.DDSConfig.coarse_count`) on the measured matrix when the
+    sampling ``grid`` is finer (:class:`mri_score.samplers.dds.CoarseStage`): the slices' data terms there, their
+    zero-filled start repeated ``k`` times, and the lift to ``grid`` (:func:`operators.fourier_resample`: the fine
+    grid's scaled units, since its data are divided by ``scale / a``, Notes of :func:`reconstruct_slices`).  None when
+    there is nothing coarser or the option is off."""
     measured = tuple(kspace.shape[-2:])
-    if grid == measured or not isinstance(request.options, DDSConfig) or request.options.coarse_steps <= 0:
+    if grid == measured or not isinstance(request.options, DDSConfig) or request.options.coarse_count(
+            int(request.steps)) <= 0:
         return None
     data = GaussianKspaceLikelihood.stack([_data_term(kspace[b], mask, cal, measured)[0] for b, cal in enumerate(cals)])
     start = data.zero_filled()

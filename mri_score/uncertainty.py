@@ -193,7 +193,7 @@ def settings_key(request: ReconRequest) -> str:
     """The key a calibration entry is stored under: ``sampler[@vN]/nfe/samples/magnitude[/name=value...]``.
 
     The sampler's options that differ from its defaults are appended in name order (e.g.
-    ``dds@v2/nfe=24/K=2/sense/cg_iters=5``), then every other non-default setting that changes the
+    ``dds@v3/nfe=24/K=2/sense/cg_iters=5``), then every other non-default setting that changes the
     std (grid, precision, maps, conditioning, adaptation: :meth:`ReconRequest.calibration_suffix`), so a
     factor fitted under one setting never applies to another.  ``@vN`` is the sampler's
     ``defaults_version`` when above 1: a key written under older defaults names no version (or an older

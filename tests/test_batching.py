@@ -85,6 +85,7 @@ def operator_mode(request, monkeypatch):
 
 @pytest.mark.parametrize("sampler,options,grid", [
     ("dds", {}, "native"), ("dds", {"gamma_rule": "discrepancy"}, "native"), ("dds", {}, 2),
+    ("dds", {"coarse_steps": 2}, 2),
     ("dps", {}, "native"), ("dps", {}, 2), ("pc", {}, "native"), ("pc", {}, 2), ("langevin", {}, "native"),
 ])
 def test_batched_slices_match_slice_by_slice(volume, prior, sampler, options, grid, operator_mode):

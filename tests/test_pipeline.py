@@ -81,7 +81,7 @@ def test_virtual_coils_request_field_and_its_cartesian_refusal(tmp_path, fully_s
         with pytest.raises(RequestError, match="virtual_coils must be auto, all or a number of coils"):
             ReconRequest(virtual_coils=bad)
     # Cartesian std keys ignore it (Cartesian data keep every coil; the non-Cartesian key names the count used)
-    assert settings_key(ReconRequest()) == settings_key(ReconRequest(virtual_coils="all")) == "dds@v2/nfe=24/K=2/sense"
+    assert settings_key(ReconRequest()) == settings_key(ReconRequest(virtual_coils="all")) == "dds@v3/nfe=24/K=2/sense"
     # Cartesian data keep every coil: a count is refused in one line, auto and all run
     prior = load_prior(tiny_prior_path)
     ksp, mask = _volume(slices=1)

@@ -100,7 +100,7 @@ def test_calibration_key_covers_every_setting_that_changes_the_std():
     from mri_score.adapt import AdaptSettings
 
     plain = _key(sampler="dds", steps=24, samples=2)
-    assert plain == "dds@v2/nfe=24/K=2/sense"  # the defaults (grid auto, precision auto, maps auto, no label) add nothing
+    assert plain == "dds@v3/nfe=24/K=2/sense"  # the defaults (grid auto, precision auto, maps auto, no label) add nothing
     changed = {"grid": "native", "precision": "fp32", "maps": "lowres", "condition": "t2", "guidance": 2.0,
                "adapt": AdaptSettings()}
     keys = {name: _key(sampler="dds", steps=24, samples=2, **{name: value}) for name, value in changed.items()}
@@ -121,10 +121,11 @@ def test_calibration_key_carries_non_default_sampler_options(tiny_prior_path):
     assert _key(sampler="dds", steps=26, samples=2, options=DDSConfig()) == plain
     changed = _key(sampler="dds", steps=26, samples=2, options={"sigma_max": "4", "cg_iters": 5})
     assert changed == f"{plain}/cg_iters=5/sigma_max=4.0"
-    # DDS's defaults changed once (version 2): a key written before names no version and never matches
-    assert plain == f"dds@v{DDSConfig.defaults_version}/nfe=26/K=2/sense" and DDSConfig.defaults_version == 2
+    # DDS's defaults changed twice (version 2, then 3): a key written before names an older version and never matches
+    assert plain == f"dds@v{DDSConfig.defaults_version}/nfe=26/K=2/sense" and DDSConfig.defaults_version == 3
+    assert plain != "dds@v2/nfe=26/K=2/sense"
     old_schedule = _key(sampler="dds", steps=30, samples=2, options={"sigma_max": 3.0})
-    assert old_schedule == "dds@v2/nfe=30/K=2/sense/sigma_max=3.0" != "dds/nfe=30/K=2/sense"
+    assert old_schedule == "dds@v3/nfe=30/K=2/sense/sigma_max=3.0" != "dds/nfe=30/K=2/sense"
     assert _key(sampler="pc", steps=20, samples=2) == "pc/nfe=20/K=2/sense"  # version 1: no tag
     # a factor fitted for the default schedule never applies to another one
     uncertainty.store_factor(tiny_prior_path, plain, 2.5, 0.9)
@@ -342,7 +343,7 @@ def test_protocol_benchmark_end_to_end_and_tables_from_csv(tmp_path, tiny_prior_
     # the sidecar was written for the prior and the DDS settings
     side = json.loads(uncertainty.sidecar_path(tiny_prior_path).read_text())
     assert side["prior_sha256"] == uncertainty.file_sha256(tiny_prior_path)
-    assert _key(sampler="dds", steps=2, samples=2, grid="native") == "dds@v2/nfe=2/K=2/sense/grid=native" in side["entries"]
+    assert _key(sampler="dds", steps=2, samples=2, grid="native") == "dds@v3/nfe=2/K=2/sense/grid=native" in side["entries"]
     # the block writer replaces only its blocks: the README's summary and the results document's report
     readme, doc = tmp_path / "README.md", tmp_path / "results.md"
     readme.write_text("intro\n<!-- results-summary:begin -->\nold\n<!-- results-summary:end -->\noutro\n")
