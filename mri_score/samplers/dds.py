@@ -41,8 +41,9 @@ NFE = budget.
 (``--grid``; :class:`CoarseStage`): the high levels set coarse structure, which the measured grid resolves at a
 quarter of a 2x grid's network cost, and the estimate is lifted to the fine grid (Fourier interpolation) and
 re-noised there for the rest.  ``auto`` (the default) is a third of the budget (8 of 24), ``0`` turns it off.  On
-the measured grid, and on trajectories, it changes nothing.  Chosen by the rule of
-``configs/ablation_coarse_dev.yaml`` (development data): −0.04 dB on the real set at 4x for 22 % less CPU time.
+the measured grid, and on trajectories, it changes nothing (coarse pixels keep a finer grid at every
+acceleration).  Chosen by the rule of ``configs/ablation_coarse_dev.yaml`` (development data): −0.04 dB on the real
+set at 4x for 22 % less CPU time.
 
 The schedule starts at ``σ_max = 1`` and takes 24 steps by default: the data are scaled so
 that the ACS image's 99th percentile is 1, and the start ``Aᴴy + σ_max z`` is already dominated by
