@@ -31,7 +31,7 @@ from mri_score.prior import ComplexPrior
 from mri_score.request import MAGNITUDES, ReconRequest
 from mri_score.resolution import fine_shape
 from mri_score.samplers import SAMPLERS
-from mri_score.samplers.dds import CoarseStage, DDSConfig
+from mri_score.samplers.dds import CoarseStage, DDSConfig, sample_dds
 from operators import Sense, expected_rss, fourier_resample, ifft2c, image_to_grid, sense1_combine
 from operators.noise import estimate_sigma_y
 
@@ -279,7 +279,8 @@ def reconstruct_slices(
     start = data.zero_filled()  # (B, fH, fW)
     x_init = start[:, None].expand(b_count, k, *start.shape[-2:]).reshape(b_count * k, *start.shape[-2:]).clone()
     run = SAMPLERS[request.sampler]
-    coarse = _coarse_stage(kspace, mask_t, cals, grid, k, extra_terms, request)
+    # the coarse stage is DDS's own argument: a sampler registered in its place keeps the documented interface
+    coarse = _coarse_stage(kspace, mask_t, cals, grid, k, extra_terms, request) if run is sample_dds else None
     result = run(cprior, [data, *extra_terms], x_init, gens, int(request.steps), request.options,
                  **({"coarse": coarse} if coarse is not None else {}))
     batch = result.samples.detach().reshape(b_count, k, *start.shape[-2:])
