@@ -200,9 +200,14 @@ def _coarse_stage(kspace: torch.Tensor, mask: torch.Tensor, cals: Sequence[Calib
             int(request.steps)) <= 0:
         return None
     data = GaussianKspaceLikelihood.stack([_data_term(kspace[b], mask, cal, measured)[0] for b, cal in enumerate(cals)])
-    start = data.zero_filled()
-    x_init = start[:, None].expand(start.shape[0], k, *measured).reshape(-1, *measured).clone()
-    return CoarseStage(likelihoods=[data, *extra_terms], x_init=x_init, lift=lambda x: fourier_resample(x, grid))
+    return CoarseStage(likelihoods=[data, *extra_terms], x_init=_repeat_samples(data.zero_filled(), k),
+                       lift=lambda x: fourier_resample(x, grid))
+
+
+def _repeat_samples(start: torch.Tensor, k: int) -> torch.Tensor:
+    """Each slice's start ``(B, H, W)`` repeated for its ``k`` samples: ``(B·k, H, W)``, rows ``b·k … b·k + k − 1``
+    slice ``b``'s (:mod:`mri_score.samplers.base`)."""
+    return start[:, None].expand(start.shape[0], k, *start.shape[-2:]).reshape(-1, *start.shape[-2:]).clone()
 
 
 def reconstruct_slices(
@@ -277,12 +282,11 @@ def reconstruct_slices(
     gens = [torch.Generator(device="cpu").manual_seed(int(request.seed) + b) for b in range(b_count)]
     k = request.samples
     start = data.zero_filled()  # (B, fH, fW)
-    x_init = start[:, None].expand(b_count, k, *start.shape[-2:]).reshape(b_count * k, *start.shape[-2:]).clone()
+    x_init = _repeat_samples(start, k)
     run = SAMPLERS[request.sampler]
     # the coarse stage is DDS's own argument: a sampler registered in its place keeps the documented interface
-    coarse = _coarse_stage(kspace, mask_t, cals, grid, k, extra_terms, request) if run is sample_dds else None
-    result = run(cprior, [data, *extra_terms], x_init, gens, int(request.steps), request.options,
-                 **({"coarse": coarse} if coarse is not None else {}))
+    extra = {"coarse": _coarse_stage(kspace, mask_t, cals, grid, k, extra_terms, request)} if run is sample_dds else {}
+    result = run(cprior, [data, *extra_terms], x_init, gens, int(request.steps), request.options, **extra)
     batch = result.samples.detach().reshape(b_count, k, *start.shape[-2:])
     seconds = (time.time() - t0) / b_count
     out = []

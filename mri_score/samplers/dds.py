@@ -269,11 +269,12 @@ def sample_dds(
     proxed, guiding = split_terms(likelihoods, "has_prox")
     steps = cfg.schedule_steps(nfe, proxed)
     final = steps < cfg.nfe_used(nfe)  # the budget's last evaluation is the final denoising step
-    stage = coarse if coarse is not None and cfg.coarse_count(nfe) > 0 else None
+    n_coarse = cfg.coarse_count(nfe)
+    stage = coarse if n_coarse > 0 else None
     start = prior.nfe
     coarse_guiding = split_terms(stage.likelihoods, "has_prox")[1] if stage is not None else []
     with torch.no_grad() if guiding or coarse_guiding else torch.inference_mode():
-        x0 = _dds_loop(prior, proxed, guiding, x_init, gen, steps, cfg, final, stage, cfg.coarse_count(nfe))
+        x0 = _dds_loop(prior, proxed, guiding, x_init, gen, steps, cfg, final, stage, n_coarse)
     return SamplerResult(samples=x0.clone(), nfe=prior.nfe - start)
 
 
