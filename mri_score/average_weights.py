@@ -1,0 +1,151 @@
+"""``python -m mri_score.average_weights --base A --tuned B --weight W --out C``: a weight-space average of two priors.
+
+Robust fine-tuning (WiSE-FT; Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022): a network
+fine-tuned from a parent on new data lies in the parent's basin, and the straight line between the two often holds
+networks that keep most of the fine-tune's gain on shifted data without its loss on the parent's data.  The
+average ``(1 - W) · base + W · tuned`` of every floating-point tensor is written as a shippable prior whose header
+names both inputs (path, SHA-256), the weight, the exact command and, as ``parent``, the fine-tune (whose own
+``parent`` is the base, so :func:`benchmarks.protocol.ancestry` follows the chain).  It costs nothing at sampling
+time: the averaged network has the parents' architecture.
+
+Both inputs must be exported priors (``kind: prior``) of one architecture: the same ``network`` record, labels,
+tensor names, shapes and dtypes, and equal non-floating tensors.  Anything else is refused in one line (exit 2).
+"""
+
+from __future__ import annotations
+
+from mri_score.cli import guard_startup
+
+guard_startup(__name__)  # first, before torch: a signal while starting exits quietly
+
+# isort: split
+
+import argparse
+import hashlib
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mri_score.atomic import check_output, check_writable
+from mri_score.checkpoint import load_checkpoint, save_checkpoint
+from mri_score.cli import exit_on_input_error, one_line_usage_errors
+from mri_score.errors import CheckpointError, InputError, one_line
+
+__all__ = ["average_priors", "average_state", "main"]
+
+
+def average_state(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], weight: float,
+                  name: str = "weights") -> dict[str, torch.Tensor]:
+    """``(1 - weight) · base + weight · tuned`` for every floating tensor, computed in float64, stored in its dtype.
+
+    Parameters
+    ----------
+    base, tuned : dict of str to torch.Tensor
+        State dicts with the same names, shapes and dtypes.
+    weight : float
+        The tuned network's share, in [0, 1]: 0 gives ``base``, 1 gives ``tuned`` exactly.
+    name : str
+        How errors name the pair.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        The averaged state; non-floating tensors (counters) must be equal and are copied.
+    """
+    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and 0.0 <= weight <= 1.0):
+        raise InputError(f"--weight must be a number in [0, 1], got {weight}")
+    if set(base) != set(tuned):
+        diff = sorted(set(base) ^ set(tuned))
+        raise CheckpointError(f"{name}: the two networks' tensors differ (e.g. {diff[:3]})")
+    out = {}
+    for key in sorted(base):
+        a, b = base[key], tuned[key]
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise CheckpointError(f"{name}: tensor {key} is {tuple(a.shape)} {a.dtype} in one and "
+                                  f"{tuple(b.shape)} {b.dtype} in the other")
+        if a.is_floating_point():
+            mix = (1.0 - weight) * a.to(torch.float64) + weight * b.to(torch.float64)
+            out[key] = mix.to(a.dtype)
+        elif torch.equal(a, b):
+            out[key] = a.clone()
+        else:
+            raise CheckpointError(f"{name}: non-floating tensor {key} differs between the two networks")
+    return out
+
+
+def _record(path: Path) -> dict[str, str]:
+    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def average_priors(base: str | os.PathLike[str], tuned: str | os.PathLike[str], weight: float,
+                   out: str | os.PathLike[str], command: str) -> Path:
+    """Write the weight-space average of two exported priors of one architecture to ``out`` (safetensors).
+
+    Parameters
+    ----------
+    base : path
+        The parent prior (share ``1 - weight``).
+    tuned : path
+        A prior fine-tuned from ``base`` (share ``weight``); its metadata (config, labels, scaling, pixel range)
+        is the average's, its file the average's ``parent``.
+    weight : float
+        The fine-tune's share, in [0, 1].
+    out : path
+        The new prior; written atomically.
+    command : str
+        The command that made it, stored in the header.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    base, tuned = Path(base), Path(tuned)
+    tensors_a, meta_a = load_checkpoint(base)
+    tensors_b, meta_b = load_checkpoint(tuned)
+    for path, meta in ((base, meta_a), (tuned, meta_b)):
+        if meta.get("kind") != "prior":
+            raise CheckpointError(f"{path}: not an exported prior (kind {meta.get('kind')!r}); export it with "
+                                  "python -m mri_score.train --resume --export")
+    for key in ("network", "labels", "scaling"):
+        if meta_a.get(key) != meta_b.get(key):
+            raise CheckpointError(f"{tuned}: its {key} record differs from {base}'s: not one architecture")
+    state = average_state(tensors_a, tensors_b, weight, name=f"{base} and {tuned}")
+    meta: dict[str, Any] = {k: v for k, v in meta_b.items() if k != "format"}
+    meta["command"] = command
+    meta["parent"] = {**_record(tuned), "note": "weight-space average; the other input is in 'average'"}
+    meta["average"] = {"base": _record(base), "tuned": _record(tuned), "weight_tuned": float(weight),
+                       "rule": "(1 - weight_tuned) * base + weight_tuned * tuned, every floating tensor"}
+    return save_checkpoint(out, state, meta)
+
+
+@exit_on_input_error
+def main(argv: list[str] | None = None) -> int:
+    """Average two priors in weight space; one line on success, one line and exit 2 on bad input."""
+    p = one_line_usage_errors(argparse.ArgumentParser(prog="python -m mri_score.average_weights",
+                                                      description=__doc__.split("\n")[0]))
+    p.add_argument("--base", required=True, help="the parent prior (safetensors)")
+    p.add_argument("--tuned", required=True, help="a prior fine-tuned from --base")
+    p.add_argument("--weight", type=float, required=True, help="the fine-tune's share in [0, 1]")
+    p.add_argument("--out", required=True, help="the averaged prior to write (safetensors)")
+    a = p.parse_args(argv)
+    if not (math.isfinite(a.weight) and 0.0 <= a.weight <= 1.0):
+        raise InputError(f"--weight must be a number in [0, 1], got {a.weight}")
+    for flag, path in (("--base", a.base), ("--tuned", a.tuned)):
+        if not Path(path).is_file():
+            raise InputError(f"{flag} {path}: no such file")
+    check_output(a.out, [a.base, a.tuned])
+    check_writable(Path(a.out).parent or Path("."), "--out")
+    command = shlex.join(["python", "-m", "mri_score.average_weights", *(sys.argv[1:] if argv is None else argv)])
+    average_priors(a.base, a.tuned, a.weight, a.out, command)
+    print(one_line(f"wrote {a.out}: {1 - a.weight:g} x {a.base} + {a.weight:g} x {a.tuned}", sys.stdout))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
