@@ -4,8 +4,9 @@ Robust fine-tuning (WiSE-FT; Wortsman et al., "Robust fine-tuning of zero-shot m
 fine-tuned from a parent on new data lies in the parent's basin, and the straight line between the two often holds
 networks that keep most of the fine-tune's gain on shifted data without its loss on the parent's data.  The
 average ``(1 - W) · base + W · tuned`` of every floating-point tensor is written as a shippable prior whose header
-names both inputs (path, SHA-256), the weight, the exact command and, as ``parent``, the fine-tune (whose own
-``parent`` is the base, so :func:`benchmarks.protocol.ancestry` follows the chain).  It costs nothing at sampling
+names both inputs (path, SHA-256), the weight, the exact command and, as ``parent``, the base (the fine-tune's own
+parent, usually shipped, so :func:`benchmarks.protocol.ancestry` follows the chain even where the fine-tune is not
+kept; the average's own config, the fine-tune's, names the new data).  It costs nothing at sampling
 time: the averaged network has the parents' architecture.
 
 Both inputs must be exported priors (``kind: prior``) of one architecture: the same ``network`` record, labels,
@@ -89,10 +90,10 @@ def average_priors(base: str | os.PathLike[str], tuned: str | os.PathLike[str], 
     Parameters
     ----------
     base : path
-        The parent prior (share ``1 - weight``).
+        The parent prior (share ``1 - weight``); the average's ``parent`` record.
     tuned : path
         A prior fine-tuned from ``base`` (share ``weight``); its metadata (config, labels, scaling, pixel range)
-        is the average's, its file the average's ``parent``.
+        is the average's.
     weight : float
         The fine-tune's share, in [0, 1].
     out : path
@@ -118,7 +119,7 @@ def average_priors(base: str | os.PathLike[str], tuned: str | os.PathLike[str], 
     state = average_state(tensors_a, tensors_b, weight, name=f"{base} and {tuned}")
     meta: dict[str, Any] = {k: v for k, v in meta_b.items() if k != "format"}
     meta["command"] = command
-    meta["parent"] = {**_record(tuned), "note": "weight-space average; the other input is in 'average'"}
+    meta["parent"] = {**_record(base), "note": "weight-space average of this prior and a fine-tune of it ('average')"}
     meta["average"] = {"base": _record(base), "tuned": _record(tuned), "weight_tuned": float(weight),
                        "rule": "(1 - weight_tuned) * base + weight_tuned * tuned, every floating tensor"}
     return save_checkpoint(out, state, meta)

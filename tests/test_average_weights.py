@@ -49,7 +49,7 @@ def test_mix_is_linear_and_header_records_both_inputs(tmp_path, tiny_cfg):
     assert meta["average"]["base"] == {"path": str(a), "sha256": _sha(a)}
     assert meta["average"]["tuned"] == {"path": str(b), "sha256": _sha(b)}
     assert meta["average"]["weight_tuned"] == 0.25
-    assert meta["parent"]["sha256"] == _sha(b) and meta["config"] == {"data": {"source": "src2"}}
+    assert meta["parent"]["sha256"] == _sha(a) and meta["config"] == {"data": {"source": "src2"}}
     assert "mri_score.average_weights" in meta["command"] and "--weight 0.25" in meta["command"]
     model = load_prior(out)  # loads as a prior of the parents' architecture
     assert isinstance(model, EDMDenoiser)
@@ -105,3 +105,14 @@ def test_a_training_checkpoint_is_refused(tmp_path, tiny_cfg, capsys):
     err = _refusal(capsys, ["--base", str(a), "--tuned", str(ckpt), "--weight", "0.5",
                             "--out", str(tmp_path / "avg.safetensors")])
     assert "not an exported prior" in err
+
+
+def test_ancestry_follows_the_base_when_the_fine_tune_is_gone(tmp_path, tiny_cfg):
+    from benchmarks.protocol import ancestry
+
+    a, b = _prior(tmp_path / "a.safetensors", tiny_cfg, 1), _prior(tmp_path / "b.safetensors", tiny_cfg, 2)
+    out = tmp_path / "avg.safetensors"
+    main(["--base", str(a), "--tuned", str(b), "--weight", "0.5", "--out", str(out)])
+    b.unlink()
+    chain = ancestry(load_checkpoint(out)[1], root=tmp_path)
+    assert [c["data_source"] for c in chain] == ["src2", "src1"]
