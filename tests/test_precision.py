@@ -175,7 +175,7 @@ def test_cli_bad_precision_one_line_exit_2(tmp_path, fully_sampled_file, tiny_pr
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("module", ["reconstruct", "sample_prior", "simulate", "preprocess", "train"])
+@pytest.mark.parametrize("module", ["reconstruct", "sample_prior", "simulate", "preprocess", "train", "average_weights"])
 def test_every_command_line_reports_usage_errors_in_one_line(module, capsys):
     import importlib
 
