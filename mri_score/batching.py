@@ -11,8 +11,9 @@ std-calibration key, and an output made with one batch size is "done" for a run 
 now (``torch.cuda.mem_get_info`` plus the caching allocator's reusable blocks on CUDA,
 :func:`mri_score.limits.available_memory` on the CPU), at the per-slice working set that
 :func:`mri_score.pipeline.check_memory` refuses a file by (:func:`slice_working_set`), and at most
-:data:`AUTO_MAX_SLICES` on a CPU, where batching gains little (1.1× on 2 cores: the network costs the same per
-image at any batch size there, ``benchmarks/results/throughput.md``) and the memory grows with the batch.
+:data:`AUTO_MAX_SLICES` (one) on a CPU, where batching does not pay: on 2 cores it gained 1.14× at best where the
+CPU has native bf16 and lost 1.2–1.9× in fp32 on one without (128², 4x, batches of 4 and 16;
+``benchmarks/results/throughput.md``), and the memory grows with the batch.
 The working set is a conservative budget (measured: ~22 MiB per extra 128² slice of 8 coils, 47 MiB budgeted).
 """
 
@@ -27,8 +28,9 @@ from mri_score.errors import InputError
 MEM_COPIES = 24
 #: ``auto`` uses at most this fraction of the free memory (the rest: the volume, the network, other processes).
 AUTO_MEMORY_FRACTION = 0.5
-#: ``auto`` on a CPU takes at most this many slices per batch (on CUDA only memory bounds it).
-AUTO_MAX_SLICES = 8
+#: ``auto`` on a CPU takes at most this many slices per batch (on CUDA only memory bounds it): one, slice by slice,
+#: since batches ran slower in fp32 on a 2-core CPU (``benchmarks/results/throughput.md``).
+AUTO_MAX_SLICES = 1
 #: The value of ``--batch-slices`` that chooses the batch from the free memory.
 AUTO = "auto"
 

@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torchrun: cuda means cuda:LOCAL_RANK)")
     p.add_argument("--batch-slices", default="auto", metavar="N|auto",
                    help="slices of a volume sampled together (network and data consistency on N x samples images); "
-                        "auto: as many as fit in half the free memory of the device (at most 8 on a CPU); the "
+                        "auto: as many as fit in half the free memory of a GPU, one on a CPU (batches ran slower there); the "
                         "output does not depend on it")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="directory runs: reconstruct shard I of N (0-based, 0 <= I < N) of the inputs, dealt "

@@ -173,18 +173,22 @@ def test_guidance_terms_batch_like_the_slices(volume, guidance, operator_mode):
 def test_auto_batch_is_bounded_by_the_free_memory(monkeypatch):
     per = batching.slice_working_set(2, 15, (320, 320))
     assert per == batching.MEM_COPIES * 2 * 15 * 320 * 320 * 8
-    # half the free memory, at least one slice, never more than the volume (CPU: at most AUTO_MAX_SLICES)
-    assert batching.auto_batch_slices(30, per, 6 * per) == 3
-    assert batching.auto_batch_slices(30, per, per) == 1 and batching.auto_batch_slices(30, per, 0) == 1
-    assert batching.auto_batch_slices(2, per, 100 * per) == 2
-    assert batching.auto_batch_slices(30, per, 100 * per) == batching.AUTO_MAX_SLICES
+    # half the free memory, at least one slice, never more than the volume
+    assert batching.auto_batch_slices(30, per, 6 * per, "cuda") == 3
+    assert batching.auto_batch_slices(30, per, per, "cuda") == 1 and batching.auto_batch_slices(30, per, 0, "cuda") == 1
+    assert batching.auto_batch_slices(2, per, 100 * per, "cuda") == 2
     assert batching.auto_batch_slices(30, per, 100 * per, "cuda") == 30
+    # on a CPU slice by slice, however much memory is free (batches ran slower there: throughput.md)
+    assert batching.AUTO_MAX_SLICES == 1
+    assert batching.auto_batch_slices(30, per, 100 * per) == 1 and batching.auto_batch_slices(30, per, 6 * per) == 1
     monkeypatch.setattr(batching.limits, "available_memory", lambda: 8 * per)
-    assert batching.resolve_batch_slices("auto", 30, 2, 15, (320, 320), torch.device("cpu")) == 4
+    assert batching.resolve_batch_slices("auto", 30, 2, 15, (320, 320), torch.device("cpu")) == 1
     assert batching.resolve_batch_slices(16, 30, 2, 15, (320, 320), torch.device("cpu")) == 16
     assert batching.resolve_batch_slices("7", 3, 2, 15, (320, 320), torch.device("cpu")) == 3
     # a finer sampling grid (--grid 2) needs four times the memory per slice
-    assert batching.resolve_batch_slices("auto", 30, 2, 15, (640, 640), torch.device("cpu")) == 1
+    monkeypatch.setattr(batching, "free_memory", lambda device: 8 * per)
+    assert batching.resolve_batch_slices("auto", 30, 2, 15, (320, 320), torch.device("cuda")) == 4
+    assert batching.resolve_batch_slices("auto", 30, 2, 15, (640, 640), torch.device("cuda")) == 1
 
 
 def test_auto_batch_on_cuda_reads_mem_get_info_and_the_allocator_cache(monkeypatch):
@@ -210,6 +214,8 @@ def test_reconstruct_volume_auto_batch_and_halving_after_out_of_memory(volume, p
     request = ReconRequest(steps=2, samples=2, seed=0, precision="fp32", grid="native")
     per = batching.slice_working_set(2, ksp.shape[1], ksp.shape[-2:])
     monkeypatch.setattr(batching.limits, "available_memory", lambda: 6 * per)
+    assert reconstruct_volume(ksp, mask, prior, request).batch_slices == 1  # a CPU: slice by slice
+    monkeypatch.setattr(batching, "AUTO_MAX_SLICES", 8)  # the memory bound, as on CUDA
     auto = reconstruct_volume(ksp, mask, prior, request)
     assert auto.batch_slices == 3
     real = posterior.reconstruct_slices
