@@ -42,7 +42,8 @@ DEV_ABLATIONS = ("ablation_prior_dev.csv", "ablation_blend_dev.csv", "ablation_c
                  "ablation_long20k_dev.csv", "ablation_highsnr_dev.csv", "ablation_sharp_dev.csv",
                  "ablation_eta_dev.csv", "ablation_final_denoise_dev.csv", "ablation_maps_phase_dev.csv",
                  "ablation_maps_threshold_dev.csv", "ablation_maps_noise_edge_dev.csv",
-                 "ablation_nfe30_dev.csv", "ablation_coarse_dev.csv", "ablation_wise_dev.csv")
+                 "ablation_nfe30_dev.csv", "ablation_coarse_dev.csv", "ablation_wise_dev.csv",
+                 "ablation_native_blend_dev.csv")
 #: Per development ablation, its ``(variant, control)`` pairs (:func:`benchmarks.tables.render_variants`): the grown
 #: network against the same training steps on the default's architecture; 12000 steps against the first 4000.
 DEV_CONTROLS = {"ablation_capacity_dev.csv": (("dds:deep", "dds:continue"),),
