@@ -24,7 +24,6 @@ guard_startup(__name__)  # first, before torch: a signal while starting exits qu
 # isort: split
 
 import argparse
-import hashlib
 import math
 import os
 import shlex
@@ -38,8 +37,16 @@ from mri_score.atomic import check_output, check_writable
 from mri_score.checkpoint import load_checkpoint, save_checkpoint
 from mri_score.cli import exit_on_input_error, one_line_usage_errors
 from mri_score.errors import CheckpointError, InputError, one_line
+from mri_score.uncertainty import file_sha256
 
-__all__ = ["average_priors", "average_state", "main"]
+__all__ = ["average_priors", "average_state", "check_weight", "main"]
+
+
+def check_weight(weight: float) -> None:
+    """:class:`InputError` unless ``weight`` (the fine-tune's share, ``--weight``) is a number in [0, 1]."""
+    if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and math.isfinite(weight)
+                                        and 0.0 <= weight <= 1.0):
+        raise InputError(f"the fine-tune's weight must be a number in [0, 1] (--weight), got {weight!r}")
 
 
 def average_state(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], weight: float,
@@ -61,9 +68,7 @@ def average_state(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
         The averaged state (floating and complex tensors mixed in float64/complex128 and rounded once to their
         dtype); non-floating tensors (counters) must be equal and are copied.
     """
-    if isinstance(weight, bool) or not (isinstance(weight, (int, float)) and math.isfinite(weight)
-                                        and 0.0 <= weight <= 1.0):
-        raise InputError(f"the fine-tune's weight must be a number in [0, 1], got {weight!r}")
+    check_weight(weight)
     if set(base) != set(tuned):
         diff = sorted(set(base) ^ set(tuned))
         raise CheckpointError(f"{name}: the two networks' tensors differ (e.g. {diff[:3]})")
@@ -84,10 +89,6 @@ def average_state(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
         else:
             raise CheckpointError(f"{name}: non-floating tensor {key} differs between the two networks")
     return out
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def average_priors(base: str | os.PathLike[str], tuned: str | os.PathLike[str], weight: float,
@@ -130,7 +131,7 @@ def average_priors(base: str | os.PathLike[str], tuned: str | os.PathLike[str], 
     for key in ("labels", "scaling"):
         if meta_a.get(key) != meta_b.get(key):
             raise CheckpointError(f"{tuned}: its {key} record differs from {base}'s")
-    sha_a, sha_b = _sha256(base), _sha256(tuned)
+    sha_a, sha_b = file_sha256(base), file_sha256(tuned)
     parent = meta_b.get("parent") or {}
     if parent.get("sha256") != sha_a:
         raise CheckpointError(f"{tuned}: not fine-tuned from {base} (its parent is {parent.get('path')!r}, "
@@ -165,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight", type=float, required=True, help="the fine-tune's share in [0, 1]")
     p.add_argument("--out", required=True, help="the averaged prior to write (safetensors)")
     a = p.parse_args(argv)
-    if not (math.isfinite(a.weight) and 0.0 <= a.weight <= 1.0):
-        raise InputError(f"--weight must be a number in [0, 1], got {a.weight}")
+    check_weight(a.weight)  # before any file is read
     for flag, path in (("--base", a.base), ("--tuned", a.tuned)):
         if not Path(path).is_file():
             raise InputError(f"{flag} {path}: {'not a file' if os.path.lexists(path) else 'no such file'}")
